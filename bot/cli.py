@@ -1,0 +1,242 @@
+"""The `sesame` command, and the composition root wiring web, worker and queues."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+from bot import __version__
+from bot.db import NotMigrated
+from bot.settings import Settings, SettingsError, describe_keys, load_settings
+
+log = logging.getLogger("sesame")
+EXIT_CONFIG = 2
+
+
+def fail(message: str) -> int:
+    """One clear line on stderr, and the configuration exit code."""
+    print(f"sesame: error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sesame", description="Run coding agents in sandboxed workspaces from GitHub, Slack or the terminal.",
+        epilog="Settings come from the environment, then config.json/.yaml/.jsonc/.toml, then defaults: "
+               "`sesame settings` lists them.")
+    parser.add_argument("--version", action="version", version=f"sesame {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the HTTP server (webhooks, Slack, API)")
+    serve.add_argument("--host", help="listen address (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default PORT or 13531)")
+    worker = sub.add_parser("worker", help="run an arq worker (needs REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("doctor", help="check settings, database, Redis, bubblewrap and agents")
+    sub.add_parser("settings", help="list every setting: env name, config path, default")
+    run = sub.add_parser("run", help="run one session from the terminal, leaving a branch")
+    run.add_argument("--repo", required=True, help="local path or clone URL of the repository")
+    run.add_argument("--agent", help="agent to run (default SESAME_DEFAULT_AGENT)")
+    run.add_argument("--model", help="model for the agent")
+    run.add_argument("--base", help="base branch (default: the repository's default branch)")
+    run.add_argument("--command", dest="agent_command", help="argv of the `command` agent (implies --agent command)")
+    run.add_argument("--no-sandbox", action="store_true", help="run without sandbox security")
+    run.add_argument("--keep", action="store_true", help="keep the workspace (keep_alive)")
+    run.add_argument("prompt", nargs="+", help="what the agent should do")
+    agents = sub.add_parser("agents", help="install or list agent CLIs")
+    agents_sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
+    install = agents_sub.add_parser("install", help="install an agent's CLI from its vendor's npm package")
+    install.add_argument("name")
+    agents_sub.add_parser("list", help="list agents and whether they are installed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "settings":
+        print("\n".join(describe_keys()))
+        return 0
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return fail(str(exc))
+    handler = COMMANDS[args.command]
+    try:
+        return asyncio.run(handler(settings, args))
+    except SettingsError as exc:
+        return fail(str(exc))
+    except NotMigrated as exc:
+        return fail(f"DATABASE_URL: {exc}. Run `sesame migrate` first.")
+    except KeyboardInterrupt:
+        return 130
+
+
+async def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from bot.db import make_engine, migrate
+
+    engine = make_engine(settings.database_url)
+    try:
+        await migrate(engine)
+    except OSError as exc:
+        return fail(f"DATABASE_URL: cannot connect ({exc}). Start the database or fix the URL.")
+    finally:
+        await engine.dispose()
+    print(f"database migrated ({engine.dialect.name})")
+    return 0
+
+
+def make_queue(services: Any) -> Any:
+    """arq when REDIS_URL is set, else the in-process queue running the pipeline."""
+    from bot.queue import ArqQueue, InlineQueue
+    from runner.worker import run_session
+
+    if services.settings.get("REDIS_URL"):
+        return ArqQueue(services.settings.REDIS_URL)
+    return InlineQueue(lambda sid: run_session(services, sid), int(services.settings.INLINE_CONCURRENCY))
+
+
+def sandbox_status(settings: Settings) -> dict[str, Any]:
+    """Whether sessions get bubblewrap, for /api/health and doctor."""
+    from runner.sandbox import check_sandbox_support
+
+    ok, detail = check_sandbox_support()
+    enabled = bool(settings.SANDBOX_SECURITY_ENABLED)
+    return {"ok": ok or not enabled, "enabled": enabled, "available": ok, "detail": detail,
+            "provider": settings.SANDBOX_PROVIDER}
+
+
+def build_web_app(services: Any, queue: Any) -> Any:
+    """The aiohttp app with every feature that is configured."""
+    from webhooks.app import create_app
+
+    return create_app(services, queue, sandbox_status(services.settings), web_features())
+
+
+def web_features() -> list[Callable[[Any], None]]:
+    """Setup functions of the optional web features present in this build."""
+    features = []
+    for module_name in ("webhooks.api", "webhooks.github", "webhooks.slack"):
+        try:
+            module = __import__(module_name, fromlist=["setup"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        features.append(module.setup)
+    return features
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bot.services import open_services
+    from bot.sweeper import run_forever_sweeper
+
+    host = args.host or settings.HOST
+    port = args.port or int(settings.PORT)
+    try:
+        services = await open_services(settings)
+    except OSError as exc:
+        return fail(f"DATABASE_URL: cannot connect ({exc}). Start the database or fix the URL.")
+    queue = make_queue(services)
+    runner = web.AppRunner(build_web_app(services, queue), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        await services.close()
+        return fail(f"PORT: cannot listen on {host}:{port} ({exc.strerror}). Pick another with --port.")
+    mode = "SQLite, in-process queue" if services.settings.embedded else services.engine.dialect.name
+    print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    sweeper = asyncio.create_task(run_forever_sweeper(services, queue))
+    await stopping.wait()
+    print("sesame: shutting down", flush=True)
+    sweeper.cancel()
+    await runner.cleanup()
+    await queue.close()
+    await services.close()
+    return 0
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.queue import ArqQueue
+    from bot.services import open_services
+    from runner.worker import build_worker
+
+    if not settings.get("REDIS_URL"):
+        return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
+                    "or run `sesame serve` alone to run sessions in-process.")
+    services = await open_services(settings)
+    queue = ArqQueue(settings.REDIS_URL)
+    worker = build_worker(services, queue, settings.REDIS_URL, burst=args.burst)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.close()
+        await queue.close()
+        await services.close()
+    return 0
+
+
+async def cmd_doctor(settings: Settings, _args: argparse.Namespace) -> int:
+    from bot.doctor import run_doctor
+
+    return await run_doctor(settings)
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.services import open_services
+    from runner.cli_run import run_from_terminal
+
+    services = await open_services(settings)
+    try:
+        return await run_from_terminal(services, args)
+    finally:
+        await services.close()
+
+
+async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.agents import AGENTS
+    from runner.agents.install import find_agent_binary, install_agent
+
+    if args.agents_command == "list":
+        for name, agent in AGENTS.items():
+            found = find_agent_binary(name, settings.data_dir) if agent.npm_package else "built in"
+            print(f"{name:10} {agent.display_name:14} {found or 'not installed: sesame agents install ' + name}")
+        return 0
+    if args.name not in AGENTS:
+        return fail(f"unknown agent {args.name!r}; choose one of {', '.join(AGENTS)}")
+    if not AGENTS[args.name].npm_package:
+        print(f"{args.name} needs no installation")
+        return 0
+    print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)
+    bin_dir = await install_agent(args.name, settings.data_dir, lambda line: print("  " + line, flush=True))
+    print(f"installed: {bin_dir}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+    "serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "doctor": cmd_doctor,
+    "run": cmd_run, "agents": cmd_agents,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

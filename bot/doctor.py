@@ -1,0 +1,125 @@
+"""`sesame doctor`: check each part and say how to fix what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from bot.settings import Settings
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+async def check_settings(settings: Settings) -> Check:
+    locked = sorted(k for k in settings.sources if settings.locked(k))
+    where = str(settings.config_path) if settings.config_path else "no config file"
+    mode = "embedded (SQLite)" if settings.embedded else "production (PostgreSQL)"
+    return Check("settings", "ok", f"{mode}; {where}; {len(locked)} set by the environment")
+
+
+async def check_database(settings: Settings) -> Check:
+    from bot.db import NotMigrated, check_migrated, make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        await asyncio.wait_for(check_migrated(engine), 10)
+        return Check("database", "ok", f"{engine.dialect.name}, schema at head")
+    except NotMigrated as exc:
+        status = "warn" if settings.embedded else "fail"
+        return Check("database", status, str(exc), "run `sesame migrate`"
+                     + (" (`sesame serve` also migrates SQLite itself)" if settings.embedded else ""))
+    except Exception as exc:
+        return Check("database", "fail", f"cannot connect: {str(exc).splitlines()[0]}",
+                     "start the database or fix DATABASE_URL")
+    finally:
+        await engine.dispose()
+
+
+async def check_redis(settings: Settings) -> Check:
+    if not settings.get("REDIS_URL"):
+        return Check("redis", "ok", "REDIS_URL not set: `sesame serve` runs sessions in-process")
+    from bot.queue import ArqQueue
+
+    queue = ArqQueue(settings.REDIS_URL)
+    health = await queue.health()
+    await queue.close()
+    if health["ok"]:
+        return Check("redis", "ok", f"reachable, {health['queued']} job(s) queued")
+    return Check("redis", "fail", f"unreachable: {health['error']}", "start Redis or fix REDIS_URL")
+
+
+async def check_sandbox(settings: Settings) -> Check:
+    from bot.cli import sandbox_status
+
+    status = sandbox_status(settings)
+    if not status["enabled"]:
+        return Check("sandbox", "warn", "sandbox security is OFF (SANDBOX_SECURITY_ENABLED=false): "
+                     "agents run with the server's permissions", "set SANDBOX_SECURITY_ENABLED=true")
+    if status["available"]:
+        return Check("sandbox", "ok", status["detail"])
+    return Check("sandbox", "fail", f"SANDBOX SECURITY UNAVAILABLE: {status['detail']}; sessions will run "
+                 "UNSANDBOXED with a warning", "apt-get install bubblewrap, and allow user namespaces "
+                 "(sysctl kernel.unprivileged_userns_clone=1)")
+
+
+async def check_agents(settings: Settings) -> Check:
+    from runner.agents import AGENTS
+    from runner.agents.install import find_agent_binary
+
+    found = [n for n, a in AGENTS.items() if a.npm_package and find_agent_binary(n, settings.data_dir)]
+    default = settings.SESAME_DEFAULT_AGENT
+    if default in AGENTS and (not AGENTS[default].npm_package or default in found):
+        return Check("agents", "ok", f"installed: {', '.join(found) or 'none'}; default {default}")
+    return Check("agents", "warn", f"the default agent {default!r} is not installed "
+                 f"(installed: {', '.join(found) or 'none'})", f"run `sesame agents install {default}`")
+
+
+async def check_git(_settings: Settings) -> Check:
+    if shutil.which("git"):
+        return Check("git", "ok", shutil.which("git") or "")
+    return Check("git", "fail", "git is not on PATH", "apt-get install git")
+
+
+async def check_integrations(settings: Settings) -> Check:
+    parts = []
+    if settings.get("GITHUB_APP_ID"):
+        parts.append("GitHub App " + str(settings.GITHUB_APP_ID)
+                     + ("" if settings.get("GITHUB_WEBHOOK_SECRET") else " (no GITHUB_WEBHOOK_SECRET!)"))
+    if settings.get("SLACK_SIGNING_SECRET"):
+        parts.append("Slack" + ("" if settings.get("SLACK_BOT_TOKEN") else " (no SLACK_BOT_TOKEN!)"))
+    if not parts:
+        return Check("integrations", "warn", "neither GitHub nor Slack is configured: only the API and "
+                     "`sesame run` work", "set GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH, GITHUB_WEBHOOK_SECRET "
+                     "(see README: Creating the GitHub App)")
+    status = "warn" if "!" in " ".join(parts) else "ok"
+    return Check("integrations", status, ", ".join(parts))
+
+
+CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
+    check_settings, check_database, check_redis, check_sandbox, check_agents, check_git, check_integrations,
+]
+MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+async def run_doctor(settings: Settings) -> int:
+    """Print one line per check (and its fix); exit 1 when any check failed."""
+    failed = False
+    for check_fn in CHECKS:
+        try:
+            check = await check_fn(settings)
+        except Exception as exc:
+            check = Check(check_fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc}")
+        failed |= check.status == "fail"
+        print(f"[{MARKS[check.status]}] {check.name:12} {check.detail}")
+        if check.fix and check.status != "ok":
+            print(f"{'':20}fix: {check.fix}")
+    print("\nsome checks failed" if failed else "\nall checks passed")
+    return 1 if failed else 0

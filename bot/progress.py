@@ -1,0 +1,212 @@
+"""The progress model, its renderings (GitHub markdown, Slack blocks, text), and a throttled publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+from bot.redact import redact
+
+log = logging.getLogger(__name__)
+STEPS = ("queued", "workspace", "agent", "commit", "pr")
+STEP_LABELS = {"queued": "Queued", "workspace": "Workspace ready", "agent": "Agent running",
+               "commit": "Commit", "pr": "Pull request"}
+FINAL_WORDS = {"completed": "Done", "error": "Failed", "stopped": "Stopped"}
+
+
+class RateLimited(Exception):
+    """The remote asked us to wait (403/429 with retry-after)."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited, retry after {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Progress:
+    """What one progress message shows; rendered the same way for every channel."""
+
+    session_id: str
+    title: str
+    agent: str
+    session_url: str | None = None
+    steps: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STEPS} | {"queued": "done"})
+    details: dict[str, str] = field(default_factory=dict)
+    activity: str | None = None
+    violations: Counter = field(default_factory=Counter)
+    warning: str | None = None
+    state: str = "pending"
+    error: str | None = None
+    outcome: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    duration: float | None = None
+
+    def step(self, name: str, status: str, detail: str | None = None) -> None:
+        self.steps[name] = status
+        if detail is not None:
+            self.details[name] = detail
+
+    def violation(self, kind: str, resource: str) -> None:
+        self.violations[(kind, resource)] += 1
+
+    def finish(self, state: str, outcome: str | None = None, error: str | None = None) -> None:
+        self.state, self.outcome, self.error = state, outcome, error
+        self.duration = time.monotonic() - self.started
+        for name, status in self.steps.items():
+            if status == "running":
+                self.steps[name] = "failed" if state != "completed" else "done"
+
+
+def format_duration(seconds: float) -> str:
+    """3m 12s, 0.4 s, 1h 2m."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def violation_lines(p: Progress, limit: int = 8) -> list[str]:
+    items = p.violations.most_common()
+    lines = [f"{kind} `{res}`" + (f" (x{n})" if n > 1 else "") for (kind, res), n in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"and {len(items) - limit} more")
+    return lines
+
+
+def _step_text(p: Progress, name: str) -> str:
+    text = STEP_LABELS[name]
+    if name == "agent" and p.steps[name] == "running" and p.activity:
+        return f"{text}: *{p.activity}*"
+    if p.details.get(name):
+        return f"{text} ({p.details[name]})"
+    return text
+
+
+def final_line(p: Progress) -> str | None:
+    if p.state not in FINAL_WORDS:
+        return None
+    took = f" in {format_duration(p.duration or 0)}"
+    if p.state == "completed":
+        return f"{FINAL_WORDS[p.state]}{took}" + (f": {p.outcome}" if p.outcome else "")
+    reason = p.error or "stopped on request"
+    log_link = f" ([log]({p.session_url}))" if p.session_url else ""
+    return f"{FINAL_WORDS[p.state]}{took}: {reason}{log_link}"
+
+
+def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
+    """The GitHub comment."""
+    verb = {"pending": "will work on this", "processing": "is working on this"}.get(p.state, "worked on this")
+    link = f" · [view session]({p.session_url})" if p.session_url else ""
+    lines = [f"**Sesame** {verb} with {p.agent}{link}", ""]
+    if p.warning:
+        lines += [f"> [!WARNING]\n> {p.warning}", ""]
+    for name in STEPS:
+        mark = "x" if p.steps[name] == "done" else " "
+        suffix = " (failed)" if p.steps[name] == "failed" else ""
+        lines.append(f"- [{mark}] {_step_text(p, name)}{suffix}")
+    vlines = violation_lines(p)
+    if vlines:
+        total = sum(p.violations.values())
+        lines += ["", f"> {total} blocked by the sandbox: " + ", ".join(vlines)]
+    end = final_line(p)
+    if end:
+        lines += ["", end]
+    return redact("\n".join(lines), secrets)
+
+
+def render_text(p: Progress) -> str:
+    """One line for a terminal."""
+    done = sum(1 for s in p.steps.values() if s == "done")
+    current = next((STEP_LABELS[n] for n in STEPS if p.steps[n] == "running"), "")
+    activity = f": {p.activity}" if p.activity and p.steps["agent"] == "running" else ""
+    return f"[{done}/{len(STEPS)}] {current}{activity}"
+
+
+def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[dict[str, Any]]]:
+    """Fallback text and blocks for the Slack message."""
+    icons = {"done": ":white_check_mark:", "running": ":hourglass_flowing_sand:", "failed": ":x:",
+             "pending": ":white_circle:", "skipped": ":heavy_minus_sign:"}
+    header = f"*Sesame* · {p.title}" + (f" · <{p.session_url}|view session>" if p.session_url else "")
+    steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n)}" for n in STEPS)
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": header}}]
+    if p.warning:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f":warning: {p.warning}"}})
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": steps}})
+    vlines = violation_lines(p)
+    if vlines:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
+                       f"{sum(p.violations.values())} blocked by the sandbox: " + ", ".join(vlines)}]})
+    end = final_line(p)
+    if end:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": end}})
+    elif p.state in ("pending", "processing"):
+        blocks.append({"type": "actions", "elements": [{
+            "type": "button", "text": {"type": "plain_text", "text": "Stop"}, "style": "danger",
+            "action_id": "sesame_stop", "value": p.session_id}]})
+    text = redact(f"Sesame: {p.title} ({p.state})", secrets)
+    for block in blocks:
+        if "text" in block:
+            block["text"]["text"] = redact(block["text"]["text"], secrets)
+    return text, blocks
+
+
+Sink = Callable[[Progress], Awaitable[None]]
+
+
+class ThrottledPublisher:
+    """Publishes the latest Progress at most once per `interval`, whatever the agent prints."""
+
+    def __init__(self, sink: Sink, progress: Progress, interval: float = 3.0, max_wait: float = 300.0) -> None:
+        self.sink, self.progress, self.interval, self.max_wait = sink, progress, interval, max_wait
+        self._dirty = asyncio.Event()
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    def changed(self) -> None:
+        """Mark the progress changed; the next flush window publishes it."""
+        self._dirty.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._dirty.clear()
+            await self._publish()
+
+    async def _publish(self) -> None:
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            try:
+                await self.sink(self.progress)
+                self.published += 1
+                self._last = time.monotonic()
+                return
+            except RateLimited as exc:
+                if time.monotonic() + exc.retry_after > deadline:
+                    log.warning("progress update dropped: rate limited for too long")
+                    return
+                await asyncio.sleep(exc.retry_after)
+            except Exception:
+                log.exception("progress update failed")
+                self._last = time.monotonic()
+                return
+
+    async def close(self) -> None:
+        """Stop the loop and publish the final state once."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._publish()

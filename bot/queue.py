@@ -1,0 +1,129 @@
+"""Queue interface: arq on Redis for production, an in-process runner for the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, Callable, Protocol
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+log = logging.getLogger(__name__)
+JOB_NAME = "run_session"
+Job = Callable[[str], Awaitable[None]]
+
+
+def serialize(job: dict[str, Any]) -> bytes:
+    """Jobs are JSON, never pickles: only ids travel on the queue."""
+    return json.dumps(job, default=str).encode()
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    return json.loads(data)
+
+
+class Queue(Protocol):
+    kind: str
+
+    async def enqueue(self, session_id: str) -> bool: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout, settings.conn_retries = 2, 1
+    return settings
+
+
+class ArqQueue:
+    """Enqueues `run_session(session_id)` with job id = session id (arq dedupes it)."""
+
+    kind = "arq"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: ArqRedis | None = None
+
+    async def pool(self) -> ArqRedis:
+        if self._pool is None:
+            self._pool = await create_pool(redis_settings(self.url), job_serializer=serialize,
+                                           job_deserializer=deserialize)
+        return self._pool
+
+    async def enqueue(self, session_id: str) -> bool:
+        """True when enqueued or already queued; False when Redis is unreachable (sweeper retries)."""
+        try:
+            pool = await self.pool()
+            await pool.enqueue_job(JOB_NAME, session_id, _job_id=session_id)
+            return True
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.warning("enqueue of session %s failed (%s); it stays pending for the sweeper", session_id, exc)
+            self._pool = None
+            return False
+        except Exception as exc:  # redis raises its own connection errors
+            if "connect" in type(exc).__name__.lower() or "connect" in str(exc).lower():
+                log.warning("enqueue of session %s failed (%s); it stays pending", session_id, exc)
+                self._pool = None
+                return False
+            raise
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            pool = await self.pool()
+            await asyncio.wait_for(pool.ping(), 2)
+            return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue")}
+        except Exception as exc:
+            self._pool = None
+            return {"kind": self.kind, "ok": False, "error": str(exc) or type(exc).__name__}
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+
+class InlineQueue:
+    """Runs sessions as tasks of this process, a bounded number at a time."""
+
+    kind = "inline"
+
+    def __init__(self, job: Job, concurrency: int = 2) -> None:
+        self.job = job
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def enqueue(self, session_id: str) -> bool:
+        """Start the session unless it is already queued or running here."""
+        if session_id not in self._tasks:
+            task = asyncio.create_task(self._run(session_id), name=f"session-{session_id}")
+            self._tasks[session_id] = task
+            task.add_done_callback(lambda _t: self._tasks.pop(session_id, None))
+        return True
+
+    async def _run(self, session_id: str) -> None:
+        async with self._slots:
+            try:
+                await self.job(session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("session %s failed in the inline queue", session_id)
+
+    async def join(self) -> None:
+        """Wait until every queued session has run (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def health(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ok": True, "running": len(self._tasks), "concurrency": self.concurrency}
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)

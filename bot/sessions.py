@@ -1,0 +1,215 @@
+"""SessionService: idempotent creation, transitions, events, violations, follow-ups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, utcnow
+
+LEASE = timedelta(minutes=2)
+
+
+@dataclass
+class NewSession:
+    """What a trigger asks for; trigger_key makes creation idempotent."""
+
+    trigger_key: str
+    prompt: str
+    agent: str
+    repo: str
+    source: str
+    model: str | None = None
+    base_branch: str | None = None
+    branch: str | None = None
+    title: str = ""
+    report: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    requested_by: str | None = None
+    parent_id: str | None = None
+    sandbox_security: bool = True
+    keep_alive: bool = False
+    pr_number: int | None = None
+
+
+class SessionService:
+    """All reads and writes of sessions go through here; each method owns its transaction."""
+
+    def __init__(self, sessionmaker: async_sessionmaker) -> None:
+        self.sessionmaker = sessionmaker
+
+    async def create(self, new: NewSession) -> tuple[Session, bool]:
+        """Record a session; a repeated trigger key returns the existing one (created=False)."""
+        row = Session(trigger_key=new.trigger_key, prompt=new.prompt, agent=new.agent, repo=new.repo,
+                      source=new.source, model=new.model, base_branch=new.base_branch,
+                      branch=new.branch, title=new.title or first_line(new.prompt),
+                      report=new.report or {}, context=new.context or {},
+                      requested_by=new.requested_by, parent_id=new.parent_id,
+                      sandbox_security=new.sandbox_security, keep_alive=new.keep_alive,
+                      pr_number=new.pr_number)
+        try:
+            async with self.sessionmaker() as db, db.begin():
+                db.add(row)
+                await db.flush()
+                await self._event(db, row.id, "status", {"state": State.PENDING.value})
+        except IntegrityError:
+            existing = await self.by_trigger(new.trigger_key)
+            if existing is None:
+                raise
+            return existing, False
+        return row, True
+
+    async def record_delivery(self, delivery_id: str, source: str, event: str) -> bool:
+        """Remember a delivery id; False when it was seen before (a redelivery)."""
+        try:
+            async with self.sessionmaker() as db, db.begin():
+                db.add(WebhookDelivery(delivery_id=delivery_id, source=source, event=event))
+        except IntegrityError:
+            return False
+        return True
+
+    async def get(self, session_id: str) -> Session | None:
+        async with self.sessionmaker() as db:
+            return await db.get(Session, session_id)
+
+    async def by_trigger(self, trigger_key: str) -> Session | None:
+        async with self.sessionmaker() as db:
+            return (await db.execute(select(Session).where(Session.trigger_key == trigger_key))).scalar_one_or_none()
+
+    async def list(self, limit: int = 50, state: str | None = None) -> list[Session]:
+        query = select(Session).order_by(Session.created_at.desc()).limit(limit)
+        if state:
+            query = query.where(Session.state == state)
+        async with self.sessionmaker() as db:
+            return list((await db.execute(query)).scalars())
+
+    async def claim(self, session_id: str, worker: str) -> Session | None:
+        """Move pending -> processing under a lease; None if someone else has it or it ended."""
+        now = utcnow()
+        async with self.sessionmaker() as db, db.begin():
+            result = await db.execute(
+                update(Session)
+                .where(Session.id == session_id,
+                       or_(Session.state == State.PENDING.value,
+                           (Session.state == State.PROCESSING.value) & (Session.lease_expires_at < now)))
+                .values(state=State.PROCESSING.value, lease_expires_at=now + LEASE,
+                        started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
+            )
+            if result.rowcount != 1:
+                return None
+            await self._event(db, session_id, "status", {"state": State.PROCESSING.value, "worker": worker})
+            return await db.get(Session, session_id)
+
+    async def renew_lease(self, session_id: str) -> bool:
+        """Extend the lease; False when the session is no longer processing."""
+        async with self.sessionmaker() as db, db.begin():
+            result = await db.execute(
+                update(Session).where(Session.id == session_id, Session.state == State.PROCESSING.value)
+                .values(lease_expires_at=utcnow() + LEASE))
+            return result.rowcount == 1
+
+    async def update(self, session_id: str, **values: Any) -> None:
+        """Set fields of a session (branch, progress, commit_sha, pr...)."""
+        async with self.sessionmaker() as db, db.begin():
+            await db.execute(update(Session).where(Session.id == session_id).values(**values))
+
+    async def finish(self, session_id: str, state: State, error: str | None = None) -> bool:
+        """End a session once; False if it had already ended."""
+        async with self.sessionmaker() as db, db.begin():
+            result = await db.execute(
+                update(Session)
+                .where(Session.id == session_id, Session.state.in_([State.PENDING.value, State.PROCESSING.value]))
+                .values(state=state.value, error=error, finished_at=utcnow(), lease_expires_at=None,
+                        progress=100 if state is State.COMPLETED else Session.progress))
+            if result.rowcount != 1:
+                return False
+            await self._event(db, session_id, "status", {"state": state.value, "error": error})
+            return True
+
+    async def request_stop(self, session_id: str) -> Session | None:
+        """Flag a session to stop; a pending one ends stopped at once."""
+        async with self.sessionmaker() as db, db.begin():
+            row = await db.get(Session, session_id, with_for_update=True)
+            if row is None or State(row.state).final:
+                return row
+            row.stop_requested = True
+            if row.state == State.PENDING.value:
+                row.state, row.finished_at = State.STOPPED.value, utcnow()
+                await self._event(db, session_id, "status", {"state": State.STOPPED.value})
+            return row
+
+    async def add_event(self, session_id: str, kind: str, data: dict[str, Any]) -> int:
+        """Append an event with the next per-session seq; returns the seq."""
+        async with self.sessionmaker() as db, db.begin():
+            return await self._event(db, session_id, kind, data)
+
+    async def _event(self, db: AsyncSession, session_id: str, kind: str, data: dict[str, Any]) -> int:
+        seq = (await db.execute(
+            update(Session).where(Session.id == session_id)
+            .values(event_seq=Session.event_seq + 1).returning(Session.event_seq))).scalar_one()
+        db.add(SessionEvent(session_id=session_id, seq=seq, kind=kind, data=data))
+        await db.flush()
+        return seq
+
+    async def add_violation(self, session_id: str, kind: str, resource: str, operation: str,
+                            reason: str | None = None) -> int:
+        """Store a violation row, an event, and bump the session's count."""
+        async with self.sessionmaker() as db, db.begin():
+            db.add(Violation(session_id=session_id, kind=kind, resource=resource,
+                             operation=operation, reason=reason))
+            await db.execute(update(Session).where(Session.id == session_id)
+                             .values(violation_count=Session.violation_count + 1))
+            return await self._event(db, session_id, "violation",
+                                     {"kind": kind, "resource": resource, "operation": operation,
+                                      "reason": reason})
+
+    async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[SessionEvent]:
+        async with self.sessionmaker() as db:
+            return list((await db.execute(
+                select(SessionEvent).where(SessionEvent.session_id == session_id, SessionEvent.seq > after)
+                .order_by(SessionEvent.seq).limit(limit))).scalars())
+
+    async def violations(self, session_id: str) -> list[Violation]:
+        async with self.sessionmaker() as db:
+            return list((await db.execute(
+                select(Violation).where(Violation.session_id == session_id).order_by(Violation.id))).scalars())
+
+    async def latest_with_branch(self, repo: str, issue_number: int) -> Session | None:
+        """The last session on this issue or PR that has a branch: the parent of a follow-up."""
+        async with self.sessionmaker() as db:
+            rows = (await db.execute(
+                select(Session).where(Session.repo == repo, Session.branch.is_not(None))
+                .order_by(Session.created_at.desc()).limit(200))).scalars()
+            for row in rows:
+                if (row.report or {}).get("issue_number") == issue_number:
+                    return row
+        return None
+
+    async def stale(self, pending_older_than: timedelta) -> tuple[list[str], list[str]]:
+        """Ids of sessions pending too long, and of processing ones whose lease expired."""
+        now = utcnow()
+        async with self.sessionmaker() as db:
+            pending = (await db.execute(select(Session.id).where(
+                Session.state == State.PENDING.value,
+                Session.created_at < now - pending_older_than))).scalars()
+            expired = (await db.execute(select(Session.id).where(
+                Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
+            return list(pending), list(expired)
+
+
+def first_line(text: str, limit: int = 120) -> str:
+    """The first non-empty line of a text, trimmed: a default title."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; treat them as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value

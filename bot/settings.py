@@ -1,0 +1,394 @@
+"""Layered settings: environment > config file > built-in default, with locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import json5
+import tomlkit
+import yaml
+
+CONFIG_NAMES = ("config.json", "config.yaml", "config.jsonc", "config.toml")
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the key and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        super().__init__(f"{key}: {problem}. {fix}")
+        self.key, self.problem, self.fix = key, problem, fix
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its name, environment names, config path, default and type."""
+
+    name: str
+    env: tuple[str, ...] = ()
+    path: str | None = None
+    default: Any = None
+    kind: str = "str"  # str | bool | int | float | list
+    secret: bool = False
+    help: str = ""
+
+
+def _k(name: str, *env: str, path: str | None = None, default: Any = None,
+       kind: str = "str", secret: bool = False, help: str = "") -> Key:
+    return Key(name, env or (name,), path, default, kind, secret, help)
+
+
+KEYS: tuple[Key, ...] = (
+    _k("BASE_URL", help="public URL of this server; links in comments point here"),
+    _k("HOST", default="127.0.0.1", help="address `sesame serve` listens on"),
+    _k("PORT", default=13531, kind="int", help="port `sesame serve` listens on"),
+    _k("SESAME_DATA_DIR", default=".sesame", help="data dir: SQLite database, key file, mirrors, agents"),
+    _k("ENCRYPTION_KEY", secret=True, help="64 hex characters (32 bytes) sealing stored credentials"),
+    _k("ENCRYPTION_KEY_PREVIOUS", secret=True, kind="list",
+       help="older keys (comma separated) still accepted for reading, for rotation"),
+    _k("DATABASE_URL", secret=True, help="postgresql://... (production) or sqlite:///path; default SQLite in the data dir"),
+    _k("REDIS_URL", secret=True, help="redis://... for the arq queue; without it sessions run in-process"),
+    _k("INLINE_CONCURRENCY", default=2, kind="int", path="sessions.inlineConcurrency",
+       help="sessions run at once by the in-process queue"),
+    _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
+       help="seconds an agent may run before it is stopped"),
+    _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
+       help="API key of the utility model (titles, branch names, commit messages)"),
+    _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1"),
+    _k("AI_MODEL", path="ai.model", default="gpt-5-nano"),
+    _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory",
+       default="/tmp/sesame", help="where session workspaces are created"),
+    _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local"),
+    _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
+    _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
+    _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
+    _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
+    _k("AUTH_PASSWORD", secret=True, help="HTTP Basic password for the API and pages"),
+    _k("SESAME_API_URL", path="sesameApi.baseUrl", default="https://api.sesame.works"),
+    _k("GITHUB_APP_ID"),
+    _k("GITHUB_PRIVATE_KEY", secret=True),
+    _k("GITHUB_PRIVATE_KEY_PATH"),
+    _k("GITHUB_WEBHOOK_SECRET", secret=True),
+    _k("GITHUB_APP_SLUG", path="github.appSlug", default="sesame"),
+    _k("GITHUB_API_URL", path="github.apiUrl", default="https://api.github.com"),
+    _k("GITHUB_ALLOW_FORK_PULL_REQUESTS", path="github.allowForkPullRequests", default=False, kind="bool"),
+    _k("GITHUB_PAT", secret=True, help="personal access token whose identity authors commits"),
+    _k("SLACK_SIGNING_SECRET", secret=True),
+    _k("SLACK_BOT_TOKEN", secret=True),
+    _k("SLACK_API_URL", path="slack.apiUrl", default="https://slack.com/api/"),
+    _k("SLACK_ALLOWED_USERS", path="slack.allowedUsers", default=[], kind="list"),
+    _k("SLACK_ALLOWED_CHANNELS", path="slack.allowedChannels", default=[], kind="list"),
+    _k("SESAME_DEFAULT_AGENT", path="agents.default", default="claude"),
+    _k("ANTHROPIC_API_KEY", secret=True),
+    _k("CLAUDE_CODE_OAUTH_TOKEN", secret=True),
+    _k("ANTHROPIC_BASE_URL", path="agents.claude.baseUrl"),
+    _k("CLAUDE_MODEL", path="agents.claude.model"),
+    _k("OPENAI_BASE_URL", path="agents.codex.baseUrl"),
+    _k("CODEX_MODEL", path="agents.codex.model"),
+    _k("GEMINI_API_KEY", secret=True),
+    _k("GEMINI_BASE_URL", path="agents.gemini.baseUrl"),
+    _k("GEMINI_MODEL", path="agents.gemini.model"),
+    _k("COPILOT_GITHUB_TOKEN", secret=True),
+    _k("GH_TOKEN", secret=True),
+    _k("GITHUB_TOKEN", secret=True),
+    _k("COPILOT_MODEL", path="agents.copilot.model"),
+    _k("AMP_API_KEY", secret=True),
+    _k("AMP_URL", path="agents.amp.baseUrl"),
+    _k("AGENT_COMMAND", path="agents.command.command", help="argv of the `command` agent"),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def coerce(key: Key, value: Any) -> Any:
+    """Turn a raw env/config value into the key's type or raise SettingsError."""
+    if value is None:
+        return None
+    if key.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in TRUE_WORDS | FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise SettingsError(key.name, f"{value!r} is not a boolean", "Use true or false")
+    if key.kind in ("int", "float"):
+        try:
+            return int(value) if key.kind == "int" else float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(key.name, f"{value!r} is not a number", "Give a whole number") from None
+    if key.kind == "list":
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        raise SettingsError(key.name, f"{value!r} is not a list", "Give a list or comma-separated text")
+    if isinstance(value, (dict, list)):
+        raise SettingsError(key.name, "expected text, got a structure", "Give a plain value")
+    return str(value)
+
+
+def find_config_file(cwd: Path, env: Mapping[str, str]) -> Path | None:
+    """The config file in use: SESAME_CONFIG, else the first known name in cwd."""
+    if env.get("SESAME_CONFIG"):
+        return Path(env["SESAME_CONFIG"])
+    for name in CONFIG_NAMES:
+        if (cwd / name).is_file():
+            return cwd / name
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a config file by its extension; a malformed file raises SettingsError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError("SESAME_CONFIG", f"cannot read {path} ({exc.strerror})",
+                            "Fix the path or the file's permissions") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text) if text.strip() else {}
+        elif suffix == ".jsonc":
+            data = json5.loads(text) if text.strip() else {}
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise SettingsError("SESAME_CONFIG", f"{path.name} has an unknown format",
+                                "Use .json, .yaml, .jsonc or .toml")
+    except SettingsError:
+        raise
+    except Exception as exc:  # each parser has its own error type
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SettingsError(str(path), f"malformed config file ({first})",
+                            "Fix the syntax or remove the file") from None
+    if not isinstance(data, dict):
+        raise SettingsError(str(path), "the config file must hold an object at the top level",
+                            "Wrap the keys in {...}")
+    return data
+
+
+def config_get(data: Mapping[str, Any], path: str) -> Any:
+    """Look up a dotted path such as ai.apiKey in nested config data."""
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+@dataclass
+class Settings:
+    """Resolved settings with where each value came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]  # name -> env:VAR | config | default
+    config_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+    def locked(self, name: str) -> bool:
+        return self.sources.get(name, "").startswith("env:")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["SESAME_DATA_DIR"]).resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.values.get("DATABASE_URL") or f"sqlite:///{self.data_dir / 'sesame.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """True when running the single-machine default (SQLite)."""
+        return not self.database_url.startswith(("postgres", "postgresql"))
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Every secret value, for redaction."""
+        found = []
+        for key in KEYS:
+            value = self.values.get(key.name)
+            if key.secret and value:
+                found.extend(value if isinstance(value, list) else [str(value)])
+        return [v for v in found if len(v) >= 6]
+
+    def github_private_key_configured(self) -> bool:
+        return bool(self.get("GITHUB_PRIVATE_KEY") or self.get("GITHUB_PRIVATE_KEY_PATH"))
+
+    def github_private_key(self) -> str | None:
+        """The App's private key, inline or read from its path."""
+        if self.values.get("GITHUB_PRIVATE_KEY"):
+            return self.values["GITHUB_PRIVATE_KEY"].replace("\\n", "\n")
+        path = self.values.get("GITHUB_PRIVATE_KEY_PATH")
+        return Path(path).read_text() if path else None
+
+    def public(self) -> dict[str, dict[str, Any]]:
+        """Settings for the API: secrets masked, locks marked."""
+        out = {}
+        for key in KEYS:
+            value = self.values.get(key.name)
+            if key.secret:
+                value = "********" if value else None
+            out[key.name] = {"value": value, "locked": self.locked(key.name),
+                             "source": self.sources.get(key.name), "configPath": key.path,
+                             "env": list(key.env)}
+        return out
+
+
+def resolve(env: Mapping[str, str], config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge env, config and defaults (pure)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in KEYS:
+        env_name = next((e for e in key.env if env.get(e) not in (None, "")), None)
+        if env_name:
+            values[key.name], sources[key.name] = coerce(key, env[env_name]), f"env:{env_name}"
+        elif key.path and config_get(config, key.path) is not None:
+            values[key.name], sources[key.name] = coerce(key, config_get(config, key.path)), "config"
+        else:
+            values[key.name], sources[key.name] = key.default, "default"
+    return values, sources
+
+
+def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Read settings from the environment and the config file, and validate them."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    path = find_config_file(cwd, env)
+    config = read_config_file(path) if path else {}
+    values, sources = resolve(env, config)
+    settings = Settings(values, sources, path)
+    if not Path(values["SESAME_DATA_DIR"]).is_absolute():
+        values["SESAME_DATA_DIR"] = str((cwd / values["SESAME_DATA_DIR"]).resolve())
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Raise SettingsError for the first invalid or missing value."""
+    key = settings.get("ENCRYPTION_KEY")
+    if key is not None and not HEX64.match(key):
+        raise SettingsError("ENCRYPTION_KEY", f"must be 64 hex characters (32 bytes), got {len(key)} characters",
+                            "Generate one with `openssl rand -hex 32`")
+    for old in settings.get("ENCRYPTION_KEY_PREVIOUS", []):
+        if not HEX64.match(old):
+            raise SettingsError("ENCRYPTION_KEY_PREVIOUS", "every previous key must be 64 hex characters",
+                                "Remove or fix the malformed entry")
+    url = settings.database_url
+    if not url.startswith(("sqlite", "postgres")):
+        raise SettingsError("DATABASE_URL", f"unsupported scheme in {url.split(':')[0]!r}",
+                            "Use postgresql://user@host/db or sqlite:///path")
+    if not settings.embedded:
+        for name, fix in (("BASE_URL", "Set it to this server's public URL, e.g. https://sesame.example.com"),
+                          ("ENCRYPTION_KEY", "Generate one with `openssl rand -hex 32`")):
+            if not settings.get(name):
+                raise SettingsError(name, "is required when DATABASE_URL names PostgreSQL", fix)
+    base = settings.get("BASE_URL")
+    if base and not base.startswith(("http://", "https://")):
+        raise SettingsError("BASE_URL", f"{base!r} is not an http(s) URL", "Use e.g. https://sesame.example.com")
+    if settings.get("GITHUB_APP_ID") and not settings.github_private_key_configured():
+        raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
+                            "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
+    key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
+    if key_path and not Path(key_path).is_file():
+        raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
+
+
+def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
+    """The encryption key; in the embedded default, a generated key file (0600)."""
+    if settings.get("ENCRYPTION_KEY"):
+        return settings.ENCRYPTION_KEY
+    if not settings.embedded:
+        raise SettingsError("ENCRYPTION_KEY", "is required", "Generate one with `openssl rand -hex 32`")
+    path = settings.data_dir / "encryption.key"
+    if path.exists():
+        key = path.read_text().strip()
+        if not HEX64.match(key):
+            raise SettingsError("ENCRYPTION_KEY", f"the key file {path} is malformed",
+                                "Restore it from a backup or set ENCRYPTION_KEY")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        warn(f"ENCRYPTION_KEY is not set: generated {path} (mode 0600). Back it up, "
+             "or set ENCRYPTION_KEY for production.")
+    settings.values["ENCRYPTION_KEY"] = key
+    settings.sources["ENCRYPTION_KEY"] = f"file:{path}"
+    return key
+
+
+def config_path_set(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in nested config data, creating tables as needed."""
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            node[part] = tomlkit.table() if isinstance(node, tomlkit.TOMLDocument | tomlkit.items.Table) else {}
+        node = node[part]
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def write_config(path: Path, updates: Mapping[str, Any], settings: Settings) -> None:
+    """Apply key updates to the config file, keeping its format; locked keys refused."""
+    for name in updates:
+        key = KEYS_BY_NAME.get(name)
+        if key is None or not key.path:
+            raise SettingsError(name, "cannot be set in the config file", "Set it in the environment")
+        if settings.locked(name):
+            raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
+                                "Change the environment variable and restart")
+    suffix = path.suffix.lower()
+    text = path.read_text() if path.exists() else ""
+    if suffix == ".toml":
+        doc: Any = tomlkit.parse(text)
+    elif suffix in (".yaml", ".yml"):
+        doc = yaml.safe_load(text) or {}
+    elif suffix == ".jsonc":
+        doc = json5.loads(text) if text.strip() else {}
+    else:
+        doc = json.loads(text) if text.strip() else {}
+    for name, value in updates.items():
+        key = KEYS_BY_NAME[name]
+        config_path_set(doc, key.path, coerce(key, value))
+    if suffix == ".toml":
+        out = tomlkit.dumps(doc)
+    elif suffix in (".yaml", ".yml"):
+        out = yaml.safe_dump(doc, sort_keys=False)
+    else:  # JSONC comments are not kept; the values are
+        out = json.dumps(doc, indent=2) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(out)
+    tmp.replace(path)
+
+
+def describe_keys() -> Iterable[str]:
+    """Lines for `sesame settings --keys`: env name, config path, default."""
+    for key in KEYS:
+        default = "" if key.default in (None, []) else f" (default {key.default})"
+        path = f" / {key.path}" if key.path else ""
+        yield f"{' | '.join(key.env)}{path}{default}  {key.help}".rstrip()

@@ -1,0 +1,46 @@
+"""The sweeper: nothing stays pending or processing forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from bot.models import State
+from bot.queue import Queue
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+PENDING_GRACE = timedelta(seconds=30)
+MAX_ATTEMPTS = 3
+
+
+async def sweep(services: Services, queue: Queue) -> dict[str, int]:
+    """Re-enqueue pending sessions; retry or fail sessions whose worker died."""
+    pending, expired = await services.sessions.stale(PENDING_GRACE)
+    for session_id in pending:
+        await queue.enqueue(session_id)
+    for session_id in expired:
+        session = await services.sessions.get(session_id)
+        if session is None:
+            continue
+        if session.attempts >= MAX_ATTEMPTS or session.stop_requested:
+            state = State.STOPPED if session.stop_requested else State.ERROR
+            await services.sessions.finish(session_id, state, None if session.stop_requested else
+                                           f"the worker running this session stopped answering "
+                                           f"{session.attempts} times; giving up")
+        else:
+            await services.sessions.add_event(session_id, "status", {"retry": True,
+                                                                     "reason": "worker lease expired"})
+            await queue.enqueue(session_id)
+    return {"pending": len(pending), "expired": len(expired)}
+
+
+async def run_forever_sweeper(services: Services, queue: Queue, every: float = 30.0) -> None:
+    """The web process's own sweeper, so nothing pending is lost while Redis was down."""
+    while True:
+        try:
+            await sweep(services, queue)
+        except Exception:
+            log.exception("sweeper pass failed")
+        await asyncio.sleep(every)

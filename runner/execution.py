@@ -1,0 +1,138 @@
+"""Start an agent in its sandbox: environment from nothing, credentials, domains, hidden paths."""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+from bot.models import Session
+from bot.services import Services
+from runner.agents.base import Agent, Credential
+from runner.agents.command import CommandAgent
+from runner.agents.install import find_agent_binary
+from runner.sandbox import create_sandbox
+from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, Violation
+from runner.workspace import Workspace
+
+TAIL_LINES = 20
+# Settings an agent may take its own key from; every other secret stays out.
+AGENT_ENV_KEYS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API_KEY", "GEMINI_API_KEY",
+                  "COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "AMP_API_KEY")
+BASE_URL_KEYS = {"claude": "ANTHROPIC_BASE_URL", "codex": "OPENAI_BASE_URL", "gemini": "GEMINI_BASE_URL",
+                 "amp": "AMP_URL"}
+MODEL_KEYS = {"claude": "CLAUDE_MODEL", "codex": "CODEX_MODEL", "gemini": "GEMINI_MODEL",
+              "copilot": "COPILOT_MODEL"}
+
+
+class AgentRun:
+    """A started agent: its output lines, exit code, kill, and the sandbox to destroy."""
+
+    def __init__(self, sandbox: Sandbox, handle: ProcessHandle) -> None:
+        self.sandbox, self.handle = sandbox, handle
+        self.warning = sandbox.warning
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    async def lines(self) -> AsyncIterator[tuple[str, str]]:
+        async for line in self.handle:
+            if line.stream == "stderr" or line.text.strip():
+                self._tail.append(line.text)
+            yield line.stream, line.text
+
+    def tail(self) -> str:
+        """The last lines of output, for an error message."""
+        return " | ".join(t.strip() for t in list(self._tail)[-3:] if t.strip())[:500]
+
+    async def wait(self) -> int:
+        return await self.handle.wait()
+
+    async def kill(self) -> None:
+        await self.handle.kill()
+
+    async def destroy(self) -> None:
+        await self.sandbox.destroy()
+
+
+def agent_server_env(services: Services) -> dict[str, str]:
+    """Only the agent keys of the server's settings, never any other secret."""
+    return {k: str(services.settings.get(k)) for k in AGENT_ENV_KEYS if services.settings.get(k)}
+
+
+def hidden_server_paths(services: Services) -> tuple[str, ...]:
+    """The server's own files an agent must never see: database, key file, config, App key."""
+    settings = services.settings
+    data = settings.data_dir
+    paths = [data / name for name in ("sesame.db", "sesame.db-wal", "sesame.db-shm", "encryption.key")]
+    if settings.config_path:
+        paths.append(Path(settings.config_path).resolve())
+    for cwd_name in ("config.json", "config.yaml", "config.jsonc", "config.toml", ".env"):
+        paths.append(Path.cwd() / cwd_name)
+    if settings.get("GITHUB_PRIVATE_KEY_PATH"):
+        paths.append(Path(settings.GITHUB_PRIVATE_KEY_PATH).resolve())
+    return tuple(str(p) for p in paths if p.exists())
+
+
+def configured_agent(services: Services, session: Session, agent: Agent) -> Agent:
+    """The `command` agent with its argv from the session (CLI) or the settings."""
+    if not isinstance(agent, CommandAgent):
+        return agent
+    command = (session.context or {}).get("command") or services.settings.get("AGENT_COMMAND")
+    if not command:
+        raise ValueError("the command agent needs a command: set AGENT_COMMAND "
+                         "(agents.command.command) or pass --command")
+    return agent.with_command(command)
+
+
+def agent_argv(services: Services, agent: Agent, session: Session, prompt: str) -> list[str]:
+    """The agent's command line, from its installed binary."""
+    if isinstance(agent, CommandAgent):
+        return agent.argv(prompt, session.model)
+    binary = find_agent_binary(agent.name, services.settings.data_dir)
+    if binary is None:
+        raise FileNotFoundError(f"{agent.display_name} is not installed: run `sesame agents install {agent.name}`")
+    model = session.model or services.settings.get(MODEL_KEYS.get(agent.name, ""), None)
+    return agent.argv(prompt, model, bin_dir=Path(binary).parent)
+
+
+def write_home_files(home: Path, files: dict[str, str]) -> None:
+    """Credential and config files the CLI reads, in the session's own HOME (0600)."""
+    for relative, content in files.items():
+        path = (home / relative).resolve()
+        if home.resolve() not in path.parents:
+            raise ValueError(f"refusing to write {relative} outside HOME")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+
+
+async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
+                      prompt: str, workspace: Workspace,
+                      on_violation: Callable[[Violation], Awaitable[None]]) -> AgentRun:
+    """Build the agent's environment from nothing and start it in the session's sandbox."""
+    settings = services.settings
+    agent = configured_agent(services, session, agent)
+    base_url = settings.get(BASE_URL_KEYS.get(agent.name, ""), None)
+    env = {**agent.base_env(base_url), **agent.credential_env(credential, agent_server_env(services))}
+    if isinstance(agent, CommandAgent):
+        env.update(agent.prompt_env(prompt))
+    env["SESAME_SESSION_ID"] = session.id
+    write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)})
+    policy = SandboxPolicy(
+        session_id=session.id, base_dir=workspace.root.parent,
+        allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
+        denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
+        hidden_paths=hidden_server_paths(services),
+        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security)
+    sandbox = create_sandbox(policy, on_violation)
+    await sandbox.start()
+    try:
+        argv = agent_argv(services, agent, session, prompt)
+        handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
+    except BaseException:
+        await sandbox.destroy()
+        raise
+    return AgentRun(sandbox, handle)
+
+

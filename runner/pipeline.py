@@ -1,0 +1,330 @@
+"""One session: workspace -> agent -> commit -> push -> PR -> report -> cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.credentials import CredentialStore
+from bot.models import Session, State
+from bot.progress import Progress, ThrottledPublisher
+from bot.prompting import compose_prompt
+from bot.redact import redact
+from bot.reporting import Channel, RepoAccess, channel_for, session_url
+from bot.services import Services
+from bot.triggers import is_safe_ref
+from bot.utility_ai import UtilityAI
+from runner import git as gitops
+from runner.agents import get_agent
+from runner.agents.base import Agent, Credential
+from runner.agents.install import find_agent_binary
+from runner.execution import AgentRun, start_agent
+from runner.workspace import (Workspace, create_workspace, default_branch, remove_workspace,
+                              restore_git_state, update_mirror)
+
+log = logging.getLogger(__name__)
+LEASE_RENEW = 30.0
+STOP_POLL = 1.0
+EVENT_TEXT_LIMIT = 2000
+
+
+class Stopped(Exception):
+    """The session was asked to stop."""
+
+
+@dataclass
+class Run:
+    """The state of one pipeline run, shared by its steps."""
+
+    services: Services
+    session: Session
+    channel: Channel
+    progress: Progress
+    publisher: ThrottledPublisher
+    secrets: list[str] = field(default_factory=list)
+    workspace: Workspace | None = None
+    agent_run: AgentRun | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    async def event(self, kind: str, data: dict[str, Any]) -> None:
+        await self.services.sessions.add_event(self.session.id, kind, data)
+
+    async def step(self, name: str, status: str, detail: str | None = None, percent: int | None = None) -> None:
+        self.progress.step(name, status, detail)
+        self.publisher.changed()
+        await self.event("step", {"step": name, "status": status, "detail": detail})
+        if percent is not None:
+            await self.services.sessions.update(self.session.id, progress=percent)
+
+
+async def run(services: Services, session: Session) -> None:
+    """Run a claimed session to its end; never raises, always reports."""
+    channel = await channel_for(services, session)
+    progress = Progress(session.id, session.title or session.prompt[:80], get_agent_display(session.agent),
+                        session_url(services, session.id), state=State.PROCESSING.value)
+    publisher = ThrottledPublisher(channel.publish, progress, interval=float(
+        services.extras.get("progress_interval", 3.0)))
+    state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values))
+    publisher.start()
+    watcher = asyncio.create_task(_watch(state))
+    try:
+        await asyncio.wait_for(_steps(state), timeout=float(services.settings.SESSION_TIMEOUT))
+        await _finish(state, State.COMPLETED)
+    except Stopped:
+        await _finish(state, State.STOPPED)
+    except asyncio.TimeoutError:
+        await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
+    except Exception as exc:
+        log.warning("session %s failed: %s", session.id, exc, exc_info=True)
+        await _finish(state, State.ERROR, state.redact(str(exc) or type(exc).__name__))
+    finally:
+        watcher.cancel()
+        await _cleanup(state)
+        await publisher.close()
+
+
+def get_agent_display(name: str) -> str:
+    try:
+        return get_agent(name).display_name
+    except ValueError:
+        return name
+
+
+async def _watch(state: Run) -> None:
+    """Renew the lease and turn a stop request into a killed agent."""
+    last_renew = time.monotonic()
+    while True:
+        await asyncio.sleep(STOP_POLL)
+        row = await state.services.sessions.get(state.session.id)
+        if row is not None and row.stop_requested:
+            state.stop.set()
+            if state.agent_run is not None:
+                await state.agent_run.kill()
+        if time.monotonic() - last_renew > LEASE_RENEW:
+            await state.services.sessions.renew_lease(state.session.id)
+            last_renew = time.monotonic()
+
+
+def _check_stop(state: Run) -> None:
+    if state.stop.is_set():
+        raise Stopped()
+
+
+async def _steps(state: Run) -> None:
+    reason = await state.channel.still_allowed()
+    if reason:
+        raise PermissionError(reason)
+    access = await state.channel.access()
+    state.secrets += access.secrets
+    base, branch, existing = await _workspace_step(state, access)
+    _check_stop(state)
+    await _agent_step(state)
+    _check_stop(state)
+    sha = await _commit_step(state, base)
+    _check_stop(state)
+    await _push_step(state, access, base, branch, sha, existing)
+
+
+async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, bool]:
+    session, settings = state.session, state.services.settings
+    await state.step("workspace", "running", percent=5)
+    started = time.monotonic()
+    mirror = await update_mirror(settings.data_dir, access.remote, access.auth_env)
+    base = session.base_branch or await default_branch(mirror)
+    if not is_safe_ref(base):
+        raise ValueError(f"the base branch {base!r} is not a safe git ref name")
+    existing = bool(session.branch)
+    branch = session.branch or await _utility(state).branch_name(session.prompt, session.id)
+    if not is_safe_ref(branch):
+        raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
+    if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+                                          mirror, check=False):
+        existing = False  # the follow-up's branch never reached the remote: start it again from base
+    await state.services.sessions.update(session.id, branch=branch, base_branch=base)
+    state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,
+                                             access.remote, base, branch, existing)
+    took = time.monotonic() - started
+    await state.step("workspace", "done", f"`{access.display or session.repo}` at `{base}`, {took:.1f} s", 15)
+    return base, branch, existing
+
+
+def _utility(state: Run) -> UtilityAI:
+    settings = state.services.settings
+    return UtilityAI(settings.AI_BASE_URL, settings.get("AI_API_KEY"), settings.AI_MODEL, state.services.http)
+
+
+async def _agent_step(state: Run) -> None:
+    session, services = state.session, state.services
+    assert state.workspace is not None
+    agent = get_agent(session.agent)
+    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    stored = await store.best(agent.name)
+    credential = Credential(stored.kind, stored.value) if stored else None  # type: ignore[arg-type]
+    if credential:
+        state.secrets.append(credential.value)
+    await state.step("agent", "running", percent=20)
+    prompt = compose_prompt(session.prompt, session.context or {})
+    state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
+                                        on_violation=lambda v: _violation(state, v))
+    if state.agent_run.warning:
+        state.progress.warning = state.agent_run.warning
+        await services.sessions.update(session.id, warning=state.agent_run.warning)
+        await state.event("warning", {"message": state.agent_run.warning})
+    await _follow_output(state, agent)
+    code = await state.agent_run.wait()
+    _check_stop(state)
+    if code != 0:
+        tail = state.redact(state.agent_run.tail())
+        raise RuntimeError(f"{agent.display_name} exited with status {code}" + (f": {tail}" if tail else ""))
+    await state.step("agent", "done", percent=70)
+
+
+async def _follow_output(state: Run, agent: Agent) -> None:
+    """Parse every output line into events; the progress shows the latest activity."""
+    assert state.agent_run is not None and state.workspace is not None
+    cwd = str(state.workspace.project)
+    async for stream, line in state.agent_run.lines():
+        line = state.redact(line)
+        if stream == "stderr":
+            await state.event("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
+            continue
+        for event in agent.parse_line(line, cwd=cwd):
+            data = {k: v for k, v in event.data.items() if k != "line"}
+            await state.event(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT],
+                                           **_clip(data)})
+            if event.kind in ("tool_call", "file_edit", "message") and event.summary:
+                state.progress.activity = event.summary[:100]
+                state.publisher.changed()
+
+
+def _clip(data: dict[str, Any]) -> dict[str, Any]:
+    """Keep event payloads small."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        text = value if isinstance(value, str) else None
+        out[key] = text[:EVENT_TEXT_LIMIT] if text is not None else value
+    return out
+
+
+async def _violation(state: Run, violation: Any) -> None:
+    await state.services.sessions.add_violation(state.session.id, violation.kind, violation.resource,
+                                                violation.operation, getattr(violation, "reason", None))
+    state.progress.violation(violation.kind, violation.resource)
+    state.publisher.changed()
+
+
+async def _commit_step(state: Run, base: str) -> str | None:
+    session, settings = state.session, state.services.settings
+    assert state.workspace is not None
+    await state.step("commit", "running", percent=75)
+    restore_git_state(state.workspace)
+    project = state.workspace.project
+    if not await gitops.has_changes(project):
+        await state.step("commit", "skipped", "no changes", 85)
+        return None
+    stat = await gitops.git(["diff", "--stat", "HEAD"], project, check=False)
+    message = await _utility(state).commit_message(session.prompt, stat)
+    author = await commit_author(state.services)
+    sha = await gitops.commit_all(project, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
+    if sha is None:
+        await state.step("commit", "skipped", "no changes", 85)
+        return None
+    await state.services.sessions.update(session.id, commit_sha=sha)
+    await state.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
+    await state.step("commit", "done", f"`{sha[:7]}`", 85)
+    return sha
+
+
+async def commit_author(services: Services) -> gitops.Author:
+    """The connected PAT's GitHub identity, looked up once, else Sesame Agent."""
+    cached = services.extras.get("commit_author")
+    if cached:
+        return cached
+    author = gitops.Author(*gitops.DEFAULT_AUTHOR)
+    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    stored = await store.get("github", "github_pat")
+    token = stored.value if stored else services.settings.get("GITHUB_PAT")
+    if token:
+        try:
+            from bot.github import pat_identity
+
+            identity = await pat_identity(services.http, services.settings.GITHUB_API_URL, token)
+            author = gitops.Author(identity.name, identity.email)
+        except Exception as exc:
+            log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
+            return author
+    services.extras["commit_author"] = author
+    return author
+
+
+async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha: str | None,
+                     existing: bool) -> None:
+    session = state.session
+    assert state.workspace is not None
+    if sha is None:
+        state.progress.step("pr", "skipped", "nothing to push")
+        await state.services.sessions.update(session.id, progress=95)
+        state.progress.outcome = "no changes were needed"
+        return
+    await gitops.push(state.workspace.project, access.remote, branch, access.auth_env)
+    await state.event("push", {"branch": branch, "sha": sha})
+    await state.step("pr", "running", percent=90)
+    stat = (await gitops.diff_stat(state.workspace.project, f"refs/remotes/origin/{base}")).strip()
+    files = stat.splitlines()[-1].strip() if stat else ""
+    title = session.title or await _utility(state).title(session.prompt)
+    pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+    if pr is None:
+        state.progress.step("pr", "skipped", f"branch `{branch}` pushed")
+        state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
+        return
+    await state.services.sessions.update(session.id, pr_number=pr.number, pr_url=pr.url)
+    await state.event("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created})
+    verb = "opened" if pr.created else "updated"
+    await state.step("pr", "done", f"#{pr.number} {verb}", 98)
+    state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+def _pr_body(state: Run, files: str) -> str:
+    session = state.session
+    issue = (session.report or {}).get("issue_number")
+    lines = [f"Sesame ran {state.progress.agent} on this request:", "", "> " + session.prompt.strip()[:2000]
+             .replace("\n", "\n> "), ""]
+    if issue and not (session.context or {}).get("is_pull_request"):
+        lines.append(f"Fixes #{issue}")
+    if files:
+        lines.append(f"\n{files}")
+    if state.progress.session_url:
+        lines.append(f"\n[View the session]({state.progress.session_url})")
+    return state.redact("\n".join(lines))
+
+
+async def _finish(state: Run, final: State, error: str | None = None) -> None:
+    if final is State.ERROR and state.stop.is_set():
+        final, error = State.STOPPED, None
+    await state.services.sessions.finish(state.session.id, final, error)
+    state.progress.finish(final.value, state.progress.outcome, error)
+
+
+async def _cleanup(state: Run) -> None:
+    """Kill every process of the session; remove its directory unless keep_alive."""
+    if state.agent_run is not None:
+        try:
+            await state.agent_run.destroy()
+        except Exception:
+            log.exception("destroying the sandbox of session %s failed", state.session.id)
+    if state.workspace is not None and not state.session.keep_alive:
+        await asyncio.to_thread(remove_workspace, state.workspace)
+    await state.event("cleanup", {"kept": bool(state.session.keep_alive)})
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment, from which only an agent's own key is ever taken."""
+    return dict(os.environ)

@@ -1,0 +1,96 @@
+"""Shared fixtures: real PostgreSQL and Redis, settings built from a clean environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from bot.services import Services, open_services
+from bot.settings import Settings, load_settings
+
+PG_ADMIN = os.environ.get("SESAME_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("SESAME_TEST_REDIS", "redis://127.0.0.1:6379")
+TEST_KEY = "ab" * 32
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return PG_ADMIN
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    name = f"sesame_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis database of its own, emptied before and after the test."""
+    url = f"{REDIS_BASE}/7"
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    yield url
+    await client.flushdb()
+    await client.aclose()
+
+
+def make_env(tmp_path: Path, **values: Any) -> dict[str, str]:
+    """A clean environment for load_settings: nothing from the developer's shell."""
+    env = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": str(tmp_path / "sessions"),
+           "ENCRYPTION_KEY": TEST_KEY}
+    env.update({k: str(v) for k, v in values.items() if v is not None})
+    return env
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Build Settings from keyword env values, in an empty working directory."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+
+    def build(**values: Any) -> Settings:
+        return load_settings(env=make_env(tmp_path, **values), cwd=work)
+
+    return build
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both databases the product supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sesame.db'}"
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+async def services(db_url: str, settings_for) -> AsyncIterator[Services]:  # type: ignore[no-untyped-def]
+    """Migrated services on each database."""
+    settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://127.0.0.1:1")
+    svc = await open_services(settings, auto_migrate=True)
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+def random_hex() -> Iterator[str]:
+    yield secrets.token_hex(8)

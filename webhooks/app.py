@@ -1,0 +1,70 @@
+"""The aiohttp application: webhooks, Slack, REST API and pages."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from bot import __version__
+from bot.queue import Queue
+from bot.services import Services
+
+SERVICES = web.AppKey("services", Services)
+QUEUE = web.AppKey("queue", Queue)
+SANDBOX_STATUS = web.AppKey("sandbox_status", dict)
+MAX_BODY = 25 * 1024 * 1024
+OPEN_PREFIXES = ("/webhooks/", "/slack/", "/api/health")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def basic_auth_middleware(password: str) -> Any:
+    """HTTP Basic on API and pages (any username); webhooks carry their own signatures."""
+    expected = password.encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                _user, _, given = base64.b64decode(header[6:]).decode().partition(":")
+                if hmac.compare_digest(given.encode(), expected):
+                    return await handler(request)
+            except (ValueError, UnicodeDecodeError):
+                pass
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="sesame"'},
+                                   text="authentication required\n")
+
+    return middleware
+
+
+async def health(request: web.Request) -> web.Response:
+    """Database, queue and sandbox status, and the version."""
+    services, queue = request.app[SERVICES], request.app[QUEUE]
+    database = await services.database_health()
+    queue_status = await queue.health()
+    sandbox = request.app[SANDBOX_STATUS]
+    ok = database["ok"] and queue_status["ok"]
+    body = {"status": "ok" if ok else "degraded", "version": __version__,
+            "database": database, "queue": queue_status, "sandbox": sandbox}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] | None = None,
+               extra_setup: list[Callable[[web.Application], None]] | None = None) -> web.Application:
+    """Build the web application; no work happens at import time."""
+    middlewares = []
+    if services.settings.get("AUTH_PASSWORD"):
+        middlewares.append(basic_auth_middleware(services.settings.AUTH_PASSWORD))
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+    app[SERVICES], app[QUEUE] = services, queue
+    app[SANDBOX_STATUS] = sandbox_status or {"ok": False, "detail": "unknown"}
+    app.router.add_get("/api/health", health)
+    for setup in extra_setup or []:
+        setup(app)
+    return app
