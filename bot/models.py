@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary,
-                        MetaData, String, Text, UniqueConstraint)
+                        Index, MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -61,6 +61,7 @@ class InstallationRepo(Base):
 
 class Session(Base):
     __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_repo_issue", "repo", "issue_number"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     trigger_key: Mapped[str] = mapped_column(String(255), unique=True)
     state: Mapped[str] = mapped_column(String(16), default=State.PENDING.value, index=True)
@@ -72,6 +73,7 @@ class Session(Base):
     base_branch: Mapped[str | None] = mapped_column(String(255))
     branch: Mapped[str | None] = mapped_column(String(255))
     commit_sha: Mapped[str | None] = mapped_column(String(64))
+    issue_number: Mapped[int | None] = mapped_column(Integer)  # the GitHub issue or PR it reports on
     pr_number: Mapped[int | None] = mapped_column(Integer)
     pr_url: Mapped[str | None] = mapped_column(String(1024))
     progress: Mapped[int] = mapped_column(Integer, default=0)

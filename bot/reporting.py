@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
@@ -45,19 +46,23 @@ class Channel(Protocol):
 
 
 ChannelFactory = Callable[[Services, Session], Awaitable[Channel]]
-_FACTORIES: dict[str, ChannelFactory] = {}
-
-
-def register_channel(source: str, factory: ChannelFactory) -> None:
-    """Called by each integration (GitHub, Slack, CLI) at start-up."""
-    _FACTORIES[source] = factory
+# source -> "module:function" building its channel; imported only when a session of it runs.
+CHANNELS = {
+    "github": "bot.github_channel:github_channel",
+    "slack": "bot.slack:slack_channel",
+    "cli": "bot.reporting:local_channel",
+    "api": "bot.reporting:local_channel",
+}
 
 
 async def channel_for(services: Services, session: Session) -> Channel:
-    factory = _FACTORIES.get(session.source) or _FACTORIES.get("local")
-    if factory is None:
-        raise RuntimeError(f"no channel registered for source {session.source!r}")
-    return await factory(services, session)
+    """The channel of the session's source (a printer can be given for the terminal)."""
+    override = services.extras.get("channel_factory")
+    if override is not None:
+        return await override(services, session)
+    module_name, _, function = CHANNELS.get(session.source, CHANNELS["api"]).partition(":")
+    module = importlib.import_module(module_name)
+    return await getattr(module, function)(services, session)
 
 
 class LocalChannel:
@@ -82,9 +87,6 @@ class LocalChannel:
 
 async def local_channel(_services: Services, session: Session) -> Channel:
     return LocalChannel(session)
-
-
-register_channel("local", local_channel)
 
 
 def session_url(services: Services, session_id: str) -> str | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,6 +35,7 @@ class NewSession:
     sandbox_security: bool = True
     keep_alive: bool = False
     pr_number: int | None = None
+    issue_number: int | None = None
 
 
 class SessionService:
@@ -51,7 +52,7 @@ class SessionService:
                       report=new.report or {}, context=new.context or {},
                       requested_by=new.requested_by, parent_id=new.parent_id,
                       sandbox_security=new.sandbox_security, keep_alive=new.keep_alive,
-                      pr_number=new.pr_number)
+                      pr_number=new.pr_number, issue_number=new.issue_number)
         try:
             async with self.sessionmaker() as db, db.begin():
                 db.add(row)
@@ -72,6 +73,18 @@ class SessionService:
         except IntegrityError:
             return False
         return True
+
+    async def forget_delivery(self, delivery_id: str) -> None:
+        """Drop a delivery record so a redelivery is processed again (its handler failed)."""
+        async with self.sessionmaker() as db, db.begin():
+            await db.execute(delete(WebhookDelivery).where(WebhookDelivery.delivery_id == delivery_id))
+
+    async def active_for_issue(self, repo: str, issue_number: int) -> list[Session]:
+        """Pending or processing sessions of an issue or PR (for `@sesame stop`)."""
+        async with self.sessionmaker() as db:
+            return list((await db.execute(select(Session).where(
+                Session.repo == repo, Session.issue_number == issue_number,
+                Session.state.in_([State.PENDING.value, State.PROCESSING.value])))).scalars())
 
     async def get(self, session_id: str) -> Session | None:
         async with self.sessionmaker() as db:
@@ -182,13 +195,10 @@ class SessionService:
     async def latest_with_branch(self, repo: str, issue_number: int) -> Session | None:
         """The last session on this issue or PR that has a branch: the parent of a follow-up."""
         async with self.sessionmaker() as db:
-            rows = (await db.execute(
-                select(Session).where(Session.repo == repo, Session.branch.is_not(None))
-                .order_by(Session.created_at.desc()).limit(200))).scalars()
-            for row in rows:
-                if (row.report or {}).get("issue_number") == issue_number:
-                    return row
-        return None
+            return (await db.execute(
+                select(Session).where(Session.repo == repo, Session.issue_number == issue_number,
+                                      Session.branch.is_not(None))
+                .order_by(Session.created_at.desc()).limit(1))).scalar_one_or_none()
 
     async def stale(self, pending_older_than: timedelta) -> tuple[list[str], list[str]]:
         """Ids of sessions pending too long, and of processing ones whose lease expired."""

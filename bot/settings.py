@@ -36,7 +36,7 @@ class Key:
     env: tuple[str, ...] = ()
     path: str | None = None
     default: Any = None
-    kind: str = "str"  # str | bool | int | float | list
+    kind: str = "str"  # str | bool | int | float | list | map
     secret: bool = False
     help: str = ""
 
@@ -86,6 +86,8 @@ KEYS: tuple[Key, ...] = (
     _k("SLACK_API_URL", path="slack.apiUrl", default="https://slack.com/api/"),
     _k("SLACK_ALLOWED_USERS", path="slack.allowedUsers", default=[], kind="list"),
     _k("SLACK_ALLOWED_CHANNELS", path="slack.allowedChannels", default=[], kind="list"),
+    _k("SLACK_USER_MAP", path="slack.githubIdentities", default={}, kind="map",
+       help="Slack user id -> GitHub login the user acts as (U123=octocat,U456=hubot); commits follow it"),
     _k("SESAME_DEFAULT_AGENT", path="agents.default", default="claude"),
     _k("ANTHROPIC_API_KEY", secret=True),
     _k("CLAUDE_CODE_OAUTH_TOKEN", secret=True),
@@ -124,6 +126,16 @@ def coerce(key: Key, value: Any) -> Any:
             return int(value) if key.kind == "int" else float(value)
         except (TypeError, ValueError):
             raise SettingsError(key.name, f"{value!r} is not a number", "Give a whole number") from None
+    if key.kind == "map":
+        if isinstance(value, str):
+            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise SettingsError(key.name, f"{value!r} is not a list of KEY=VALUE pairs",
+                                    "Write it as U123=octocat,U456=hubot")
+            return {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        raise SettingsError(key.name, f"{value!r} is not a mapping", "Give an object or KEY=VALUE pairs")
     if key.kind == "list":
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
@@ -389,6 +401,6 @@ def write_config(path: Path, updates: Mapping[str, Any], settings: Settings) -> 
 def describe_keys() -> Iterable[str]:
     """Lines for `sesame settings --keys`: env name, config path, default."""
     for key in KEYS:
-        default = "" if key.default in (None, []) else f" (default {key.default})"
+        default = "" if key.default in (None, [], {}) else f" (default {key.default})"
         path = f" / {key.path}" if key.path else ""
         yield f"{' | '.join(key.env)}{path}{default}  {key.help}".rstrip()

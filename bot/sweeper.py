@@ -15,9 +15,9 @@ PENDING_GRACE = timedelta(seconds=30)
 MAX_ATTEMPTS = 3
 
 
-async def sweep(services: Services, queue: Queue) -> dict[str, int]:
+async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE) -> dict[str, int]:
     """Re-enqueue pending sessions; retry or fail sessions whose worker died."""
-    pending, expired = await services.sessions.stale(PENDING_GRACE)
+    pending, expired = await services.sessions.stale(pending_grace)
     for session_id in pending:
         await queue.enqueue(session_id)
     for session_id in expired:

@@ -232,7 +232,7 @@ async def _commit_step(state: Run, base: str) -> str | None:
         return None
     stat = await gitops.git(["diff", "--stat", "HEAD"], project, check=False)
     message = await _utility(state).commit_message(session.prompt, stat)
-    author = await commit_author(state.services)
+    author = await commit_author(state.services, session)
     sha = await gitops.commit_all(project, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
     if sha is None:
         await state.step("commit", "skipped", "no changes", 85)
@@ -243,8 +243,11 @@ async def _commit_step(state: Run, base: str) -> str | None:
     return sha
 
 
-async def commit_author(services: Services) -> gitops.Author:
-    """The connected PAT's GitHub identity, looked up once, else Sesame Agent."""
+async def commit_author(services: Services, session: Session | None = None) -> gitops.Author:
+    """The requester's mapped identity, else the connected PAT's (looked up once), else Sesame Agent."""
+    mapped = ((session.report or {}).get("author") if session is not None else None) or {}
+    if mapped.get("email"):
+        return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
     cached = services.extras.get("commit_author")
     if cached:
         return cached

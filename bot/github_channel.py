@@ -1,0 +1,116 @@
+"""The GitHub channel: installation-token access, the progress comment, and pull requests."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gidgethub
+
+from bot.github import GitHubAppClientFactory, SesameGitHubAPI, collaborator_permission, git_auth_env, retry_delay
+from bot.models import Session
+from bot.progress import Progress, RateLimited, render_markdown
+from bot.reporting import PullRequest, RepoAccess
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+WRITE_PERMISSIONS = ("admin", "write", "maintain")
+
+
+def github_factory(services: Services) -> GitHubAppClientFactory:
+    """The process's one client factory (its token cache is shared by every session)."""
+    factory = services.extras.get("github_factory")
+    if factory is None:
+        factory = GitHubAppClientFactory.from_settings(services.settings, services.http)
+        if factory is None:
+            raise RuntimeError("the GitHub App is not configured: set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH")
+        services.extras["github_factory"] = factory
+    return factory
+
+
+def split_repo(full_name: str) -> tuple[str, str]:
+    owner, _, name = full_name.partition("/")
+    return owner, name
+
+
+class GitHubChannel:
+    """Reports a session on its issue or PR through the App's installation."""
+
+    def __init__(self, services: Services, session: Session) -> None:
+        self.services, self.session = services, session
+        self.report: dict[str, Any] = dict(session.report or {})
+        self.factory = github_factory(services)
+        self.installation_id = int(self.report["installation_id"])
+        self.owner, self.repo = split_repo(session.repo)
+
+    async def client(self) -> SesameGitHubAPI:
+        return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo])
+
+    async def access(self) -> RepoAccess:
+        """A token scoped to this one repository, carried in git's environment only."""
+        token = await self.factory.installation_token(self.installation_id, repositories=[self.session.repo])
+        remote = (self.session.context or {}).get("clone_url") or \
+            f"{self.services.settings.GITHUB_API_URL.rstrip('/')}/{self.session.repo}.git"
+        return RepoAccess(remote=remote, auth_env=git_auth_env(token.token), secrets=[token.token],
+                          display=self.session.repo)
+
+    async def still_allowed(self) -> str | None:
+        """The requester's permission, checked again when the job starts."""
+        login = self.session.requested_by
+        if not login:
+            return None
+        permission = await collaborator_permission(await self.client(), self.owner, self.repo, login)
+        if permission in WRITE_PERMISSIONS:
+            return None
+        return f"@{login} no longer has write access to {self.session.repo}"
+
+    async def publish(self, progress: Progress) -> None:
+        """Edit the one progress comment in place (create it if intake could not)."""
+        body = render_markdown(progress, self.services.settings.secret_values)
+        gh = await self.client()
+        try:
+            if self.report.get("comment_id"):
+                await gh.patch(self._comment_url(), {"comment_id": self.report["comment_id"]}, data={"body": body})
+            else:
+                await self._create_comment(gh, body)
+        except gidgethub.HTTPException as exc:
+            delay = retry_delay(exc)
+            if delay is not None:
+                raise RateLimited(delay) from None
+            raise
+
+    def _comment_url(self) -> str:
+        if self.report.get("review_comment_id"):
+            return f"/repos/{self.owner}/{self.repo}/pulls/comments/{{comment_id}}"
+        return f"/repos/{self.owner}/{self.repo}/issues/comments/{{comment_id}}"
+
+    async def _create_comment(self, gh: SesameGitHubAPI, body: str) -> None:
+        comment = await post_progress_comment(gh, self.session.repo, self.report, body)
+        self.report["comment_id"] = comment["id"]
+        await self.services.sessions.update(self.session.id, report=self.report)
+
+    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+        """The PR the session worked on, an open one for its branch, or a new one."""
+        gh = await self.client()
+        if self.session.pr_number:
+            pr = await gh.getitem(f"/repos/{self.owner}/{self.repo}/pulls/{self.session.pr_number}")
+            return PullRequest(pr["number"], pr["html_url"], created=False)
+        async for pr in gh.getiter(f"/repos/{self.owner}/{self.repo}/pulls{{?state,head}}",
+                                   {"state": "open", "head": f"{self.owner}:{branch}"}):
+            return PullRequest(pr["number"], pr["html_url"], created=False)
+        pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
+                           data={"title": title[:250], "head": branch, "base": base, "body": body})
+        return PullRequest(pr["number"], pr["html_url"], created=True)
+
+
+async def post_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str, Any], body: str) -> dict[str, Any]:
+    """Create the progress comment: a reply in the review thread, or an issue comment."""
+    owner, name = split_repo(repo)
+    if report.get("review_comment_id"):
+        return await gh.post(f"/repos/{owner}/{name}/pulls/{report['issue_number']}/comments/"
+                             f"{report['review_comment_id']}/replies", data={"body": body})
+    return await gh.post(f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments", data={"body": body})
+
+
+async def github_channel(services: Services, session: Session) -> GitHubChannel:
+    return GitHubChannel(services, session)

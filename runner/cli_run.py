@@ -1,0 +1,102 @@
+"""`sesame run`: one session from the terminal, with a live progress line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+from bot.models import Session, State
+from bot.progress import Progress, render_text
+from bot.reporting import Channel, LocalChannel
+from bot.services import Services
+from bot.sessions import NewSession
+from runner import pipeline
+from runner.agents import get_agent
+from runner.worker import WORKER_NAME
+
+
+class TerminalPrinter:
+    """Prints the progress line when it changes (in place on a terminal)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.last = out, ""
+        self.tty = out.isatty()
+
+    def __call__(self, progress: Progress) -> None:
+        line = render_text(progress)
+        if line == self.last or progress.state in ("completed", "error", "stopped"):
+            return
+        self.last = line
+        if self.tty:
+            self.out.write("\r\033[K" + line[:200])
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty and self.last:
+            self.out.write("\n")
+
+
+def resolve_repo(repo: str) -> str:
+    """An absolute path for a local repository, the URL otherwise."""
+    path = Path(repo).expanduser()
+    if path.exists():
+        if not (path / ".git").exists() and not (path / "HEAD").exists():
+            raise ValueError(f"{repo} is not a git repository")
+        return str(path.resolve())
+    if "://" in repo or repo.startswith("git@"):
+        return repo
+    raise ValueError(f"{repo} is neither an existing path nor a clone URL")
+
+
+async def run_from_terminal(services: Services, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Record a cli session, run it here, print the branch and commit; 0 when it completed."""
+    try:
+        repo = resolve_repo(args.repo)
+        agent = get_agent("command" if args.agent_command else (args.agent or services.settings.SESAME_DEFAULT_AGENT))
+    except ValueError as exc:
+        print(f"sesame: error: {exc}", file=sys.stderr)
+        return 2
+    prompt = " ".join(args.prompt).strip()
+    if not prompt:
+        print("sesame: error: the prompt is empty", file=sys.stderr)
+        return 2
+    context = {"command": args.agent_command} if args.agent_command else {}
+    row, _ = await services.sessions.create(NewSession(
+        trigger_key=f"cli:{uuid.uuid4()}", prompt=prompt, agent=agent.name, repo=repo, source="cli",
+        model=args.model, base_branch=args.base, context=context, requested_by="cli",
+        sandbox_security=not args.no_sandbox, keep_alive=args.keep))
+    printer = TerminalPrinter(out)
+
+    async def terminal_channel(_services: Services, session: Session) -> Channel:
+        return LocalChannel(session, printer)
+
+    services.extras.setdefault("channel_factory", terminal_channel)
+    services.extras.setdefault("progress_interval", 0.3)
+    print(f"session {row.id}: {agent.display_name} on {repo}", file=out, flush=True)
+    claimed = await services.sessions.claim(row.id, WORKER_NAME)
+    assert claimed is not None
+    await pipeline.run(services, claimed)
+    printer.done()
+    return report(await services.sessions.get(row.id), out)
+
+
+def report(session: Session | None, out: TextIO) -> int:
+    """The closing lines: state, branch, commit, violations."""
+    assert session is not None
+    if session.warning:
+        print(f"WARNING: {session.warning}", file=out)
+    if session.violation_count:
+        print(f"{session.violation_count} access(es) blocked by the sandbox", file=out)
+    if session.state == State.COMPLETED.value:
+        if session.commit_sha:
+            print(f"branch {session.branch}\ncommit {session.commit_sha}", file=out)
+        else:
+            print("completed: the agent changed nothing, no commit", file=out)
+        return 0
+    print(f"{session.state}: {session.error or 'stopped'}", file=out)
+    return 1

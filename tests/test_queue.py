@@ -1,0 +1,94 @@
+"""Queues: the inline runner's bounds, arq's JSON jobs and dedupe on real Redis, the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import redis.asyncio as aioredis
+
+from bot.queue import ArqQueue, InlineQueue
+from bot.services import Services
+from bot.sessions import NewSession
+from bot.sweeper import sweep
+
+
+async def test_inline_queue_bounds_concurrency_and_dedupes() -> None:
+    running, peak, ran = 0, 0, []
+
+    async def job(session_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        ran.append(session_id)
+        running -= 1
+
+    queue = InlineQueue(job, concurrency=2)
+    for n in range(6):
+        await queue.enqueue(f"s{n}")
+    await queue.enqueue("s0")  # already queued: not run twice
+    await queue.join()
+    assert sorted(ran) == [f"s{n}" for n in range(6)]
+    assert peak == 2
+    assert (await queue.health())["running"] == 0
+
+
+async def test_inline_queue_survives_a_failing_job() -> None:
+    ran = []
+
+    async def job(session_id: str) -> None:
+        if session_id == "bad":
+            raise RuntimeError("boom")
+        ran.append(session_id)
+
+    queue = InlineQueue(job, concurrency=1)
+    await queue.enqueue("bad")
+    await queue.enqueue("good")
+    await queue.join()
+    assert ran == ["good"]
+
+
+async def test_arq_jobs_are_json_with_the_session_id_as_job_id(redis_url: str) -> None:
+    queue = ArqQueue(redis_url)
+    session_id = str(uuid.uuid4())
+    assert await queue.enqueue(session_id)
+    assert await queue.enqueue(session_id)  # a second enqueue is deduped by arq
+    client = aioredis.from_url(redis_url)
+    try:
+        assert await client.zcard("arq:queue") == 1
+        raw = await client.get(f"arq:job:{session_id}")
+        job = json.loads(raw)  # JSON, never a pickle
+        assert job["f"] == "run_session" and job["a"] == [session_id] and job["k"] == {}
+    finally:
+        await client.aclose()
+        await queue.close()
+    assert (await ArqQueue(redis_url).health())["ok"]
+
+
+async def test_arq_enqueue_with_redis_down_keeps_the_session_pending(services: Services) -> None:
+    queue = ArqQueue("redis://127.0.0.1:1/0")  # nothing listens there
+    row, _ = await services.sessions.create(NewSession(
+        trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command", repo="r", source="api"))
+    assert await queue.enqueue(row.id) is False
+    assert (await queue.health())["ok"] is False
+    assert (await services.sessions.get(row.id)).state == "pending"
+
+
+async def test_sweeper_requeues_pending_sessions(services: Services) -> None:
+    from datetime import timedelta
+
+    row, _ = await services.sessions.create(NewSession(
+        trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command", repo="r", source="api"))
+    seen: list[str] = []
+
+    class Recorder:
+        kind = "recorder"
+
+        async def enqueue(self, session_id: str) -> bool:
+            seen.append(session_id)
+            return True
+
+    await sweep(services, Recorder(), pending_grace=timedelta(seconds=-1))  # type: ignore[arg-type]
+    assert row.id in seen

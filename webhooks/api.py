@@ -1,0 +1,239 @@
+"""REST API: sessions, their events over SSE, settings and credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import delete
+
+from bot.catalog import AGENT_NAMES
+from bot.credentials import KINDS, CredentialStore
+from bot.models import Session, State
+from bot.services import Services
+from bot.sessions import NewSession, as_utc
+from bot.settings import SettingsError, load_settings, write_config
+from bot.triggers import is_safe_ref
+from webhooks.app import QUEUE, SERVICES
+
+SSE_POLL = 0.5
+MAX_PROMPT = 50_000
+
+
+def session_json(row: Session) -> dict[str, Any]:
+    """The public view of a session."""
+    def iso(value: Any) -> str | None:
+        value = as_utc(value)
+        return value.isoformat() if value else None
+
+    return {
+        "id": row.id, "state": row.state, "title": row.title, "prompt": row.prompt, "agent": row.agent,
+        "model": row.model, "repo": row.repo, "baseBranch": row.base_branch, "branch": row.branch,
+        "commitSha": row.commit_sha, "pullRequest": {"number": row.pr_number, "url": row.pr_url}
+        if row.pr_number else None, "progress": row.progress, "source": row.source,
+        "requestedBy": row.requested_by, "parentId": row.parent_id, "sandboxSecurity": row.sandbox_security,
+        "keepAlive": row.keep_alive, "error": row.error, "warning": row.warning,
+        "violationCount": row.violation_count, "createdAt": iso(row.created_at),
+        "startedAt": iso(row.started_at), "finishedAt": iso(row.finished_at),
+    }
+
+
+def check_agent(name: str) -> str:
+    """A known agent name, or a clear 400."""
+    if name.lower() not in AGENT_NAMES:
+        raise bad_request(f"unknown agent {name!r}; valid agents: {', '.join(AGENT_NAMES)}")
+    return name.lower()
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body, or a clear 400."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+async def _session_or_404(request: web.Request) -> Session:
+    row = await request.app[SERVICES].sessions.get(request.match_info["id"])
+    if row is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": "no such session"}), content_type="application/json")
+    return row
+
+
+def _text(body: dict[str, Any], name: str, required: bool = False, limit: int = 255) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise bad_request(f"{name} is required")
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise bad_request(f"{name} must be text of at most {limit} characters")
+    return value
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    try:
+        limit = min(int(request.query.get("limit", "50")), 500)
+    except ValueError:
+        raise bad_request("limit must be a number") from None
+    rows = await request.app[SERVICES].sessions.list(limit, request.query.get("state"))
+    return web.json_response({"sessions": [session_json(r) for r in rows]})
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """Record and enqueue a session; Idempotency-Key makes retries safe."""
+    services: Services = request.app[SERVICES]
+    body = await read_json(request)
+    prompt = _text(body, "prompt", True, MAX_PROMPT)
+    repo = _text(body, "repo", True, 1024)
+    base = _text(body, "baseBranch")
+    if base and not is_safe_ref(base):
+        raise bad_request("baseBranch is not a safe git ref name")
+    key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
+    agent = check_agent(_text(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    row, created = await services.sessions.create(NewSession(
+        trigger_key=f"api:{key}", prompt=prompt or "", agent=agent, repo=repo or "", source="api",
+        model=_text(body, "model"), base_branch=base, requested_by="api",
+        sandbox_security=bool(body.get("sandboxSecurity", True)), keep_alive=bool(body.get("keepAlive", False))))
+    if created:
+        await request.app[QUEUE].enqueue(row.id)
+    return web.json_response(session_json(row), status=201 if created else 200)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(session_json(await _session_or_404(request)))
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    """{"action": "stop"} stops it; {"message": "..."} starts a follow-up on its branch."""
+    services: Services = request.app[SERVICES]
+    row = await _session_or_404(request)
+    body = await read_json(request)
+    if body.get("action") == "stop":
+        stopped = await services.sessions.request_stop(row.id)
+        return web.json_response(session_json(stopped or row))
+    message = _text(body, "message", True, MAX_PROMPT)
+    key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
+    child, created = await services.sessions.create(NewSession(
+        trigger_key=f"api:{key}", prompt=message or "", agent=check_agent(_text(body, "agent") or row.agent),
+        repo=row.repo, source=row.source, model=_text(body, "model") or row.model,
+        base_branch=row.base_branch, branch=row.branch, report=row.report, context=row.context,
+        requested_by=row.requested_by, parent_id=row.id, sandbox_security=row.sandbox_security,
+        keep_alive=row.keep_alive, pr_number=row.pr_number))
+    if created:
+        await request.app[QUEUE].enqueue(child.id)
+    return web.json_response(session_json(child), status=201 if created else 200)
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    services: Services = request.app[SERVICES]
+    row = await _session_or_404(request)
+    if not State(row.state).final:
+        raise web.HTTPConflict(text=json.dumps({"error": "the session is running: stop it first"}),
+                               content_type="application/json")
+    async with services.sessions.sessionmaker() as db, db.begin():
+        await db.execute(delete(Session).where(Session.id == row.id))
+    return web.Response(status=204)
+
+
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """SSE: replay after Last-Event-ID, then follow until the session has ended."""
+    services: Services = request.app[SERVICES]
+    row = await _session_or_404(request)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)
+    except ValueError:
+        raise bad_request("Last-Event-ID must be a number") from None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    while True:
+        events = await services.sessions.events(row.id, after)
+        for event in events:
+            payload = json.dumps({"kind": event.kind, "data": event.data,
+                                  "at": as_utc(event.created_at).isoformat()})
+            await response.write(f"id: {event.seq}\nevent: {event.kind}\ndata: {payload}\n\n".encode())
+            after = event.seq
+        if not events:
+            current = await services.sessions.get(row.id)
+            if current is None or State(current.state).final:
+                break
+            await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(SSE_POLL)
+    await response.write(b"event: end\ndata: {}\n\n")
+    return response
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    settings = request.app[SERVICES].settings
+    return web.json_response({"configFile": str(settings.config_path) if settings.config_path else None,
+                              "settings": settings.public()})
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    """Write keys to the config file (keeping its format); locked keys are refused with 409."""
+    services: Services = request.app[SERVICES]
+    body = await read_json(request)
+    path = services.settings.config_path
+    if path is None:
+        path = Path.cwd() / "config.json"
+    try:
+        write_config(path, body, services.settings)
+        fresh = load_settings()
+    except SettingsError as exc:
+        return web.json_response({"error": str(exc), "key": exc.key}, status=409 if "locked" in str(exc) else 400)
+    return web.json_response({"configFile": str(path), "settings": fresh.public(),
+                              "restartRequired": True})
+
+
+def _store(request: web.Request) -> CredentialStore:
+    services: Services = request.app[SERVICES]
+    return CredentialStore(services.sessions.sessionmaker, services.keyring)
+
+
+async def get_credentials(request: web.Request) -> web.Response:
+    agent = request.match_info["agent"]
+    return web.json_response({"agent": agent, "stored": await _store(request).kinds(agent)})
+
+
+async def put_credentials(request: web.Request) -> web.Response:
+    agent = request.match_info["agent"]
+    body = await read_json(request)
+    kind = body.get("kind", "api_key")
+    value = _text(body, "value", True, 20_000)
+    if kind not in KINDS:
+        raise bad_request(f"kind must be one of {', '.join(KINDS)}")
+    await _store(request).put(agent, kind, value or "")
+    return web.json_response({"agent": agent, "stored": await _store(request).kinds(agent)})
+
+
+async def delete_credentials(request: web.Request) -> web.Response:
+    agent = request.match_info["agent"]
+    removed = await _store(request).delete(agent, request.query.get("kind"))
+    return web.json_response({"agent": agent, "removed": removed})
+
+
+def setup(app: web.Application) -> None:
+    """Mount the REST API."""
+    app.router.add_get("/api/session", list_sessions)
+    app.router.add_post("/api/session", create_session)
+    app.router.add_get("/api/session/{id}", get_session)
+    app.router.add_patch("/api/session/{id}", patch_session)
+    app.router.add_delete("/api/session/{id}", delete_session)
+    app.router.add_get("/api/session/{id}/events", session_events)
+    app.router.add_get("/api/settings", get_settings)
+    app.router.add_put("/api/settings", put_settings)
+    app.router.add_get("/api/credentials/{agent}", get_credentials)
+    app.router.add_put("/api/credentials/{agent}", put_credentials)
+    app.router.add_delete("/api/credentials/{agent}", delete_credentials)
