@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.catalog import display_name
 from bot.credentials import CredentialStore
 from bot.models import Session, State
 from bot.progress import Progress, ThrottledPublisher
@@ -22,7 +22,6 @@ from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents import get_agent
 from runner.agents.base import Agent, Credential
-from runner.agents.install import find_agent_binary
 from runner.execution import AgentRun, start_agent
 from runner.workspace import (Workspace, create_workspace, default_branch, remove_workspace,
                               restore_git_state, update_mirror)
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
 STOP_POLL = 1.0
 EVENT_TEXT_LIMIT = 2000
+SALVAGE_TIMEOUT = 60.0
 
 
 class Stopped(Exception):
@@ -48,6 +48,7 @@ class Run:
     publisher: ThrottledPublisher
     secrets: list[str] = field(default_factory=list)
     workspace: Workspace | None = None
+    access: RepoAccess | None = None
     agent_run: AgentRun | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,7 +69,7 @@ class Run:
 async def run(services: Services, session: Session) -> None:
     """Run a claimed session to its end; never raises, always reports."""
     channel = await channel_for(services, session)
-    progress = Progress(session.id, session.title or session.prompt[:80], get_agent_display(session.agent),
+    progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=float(
         services.extras.get("progress_interval", 3.0)))
@@ -79,8 +80,10 @@ async def run(services: Services, session: Session) -> None:
         await asyncio.wait_for(_steps(state), timeout=float(services.settings.SESSION_TIMEOUT))
         await _finish(state, State.COMPLETED)
     except Stopped:
+        await _salvage(state)
         await _finish(state, State.STOPPED)
     except asyncio.TimeoutError:
+        await _salvage(state)
         await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
     except Exception as exc:
         log.warning("session %s failed: %s", session.id, exc, exc_info=True)
@@ -89,13 +92,6 @@ async def run(services: Services, session: Session) -> None:
         watcher.cancel()
         await _cleanup(state)
         await publisher.close()
-
-
-def get_agent_display(name: str) -> str:
-    try:
-        return get_agent(name).display_name
-    except ValueError:
-        return name
 
 
 async def _watch(state: Run) -> None:
@@ -123,6 +119,7 @@ async def _steps(state: Run) -> None:
     if reason:
         raise PermissionError(reason)
     access = await state.channel.access()
+    state.access = access
     state.secrets += access.secrets
     base, branch, existing = await _workspace_step(state, access)
     _check_stop(state)
@@ -309,6 +306,25 @@ def _pr_body(state: Run, files: str) -> str:
     return state.redact("\n".join(lines))
 
 
+async def _salvage(state: Run) -> None:
+    """After a stop or timeout: kill the agent, then commit and push what it wrote, so nothing is lost."""
+    if state.agent_run is None or state.workspace is None or state.access is None:
+        return
+    try:
+        await state.agent_run.kill()
+        session = await state.services.sessions.get(state.session.id)
+        if session is None or not session.branch:
+            return
+        sha = await asyncio.wait_for(_commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
+        if sha:
+            await asyncio.wait_for(gitops.push(state.workspace.project, state.access.remote, session.branch,
+                                               state.access.auth_env), SALVAGE_TIMEOUT)
+            await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
+            state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"
+    except Exception as exc:
+        log.warning("could not keep the work of session %s: %s", state.session.id, exc)
+
+
 async def _finish(state: Run, final: State, error: str | None = None) -> None:
     if final is State.ERROR and state.stop.is_set():
         final, error = State.STOPPED, None
@@ -326,8 +342,3 @@ async def _cleanup(state: Run) -> None:
     if state.workspace is not None and not state.session.keep_alive:
         await asyncio.to_thread(remove_workspace, state.workspace)
     await state.event("cleanup", {"kept": bool(state.session.keep_alive)})
-
-
-def server_env() -> dict[str, str]:
-    """The server's environment, from which only an agent's own key is ever taken."""
-    return dict(os.environ)

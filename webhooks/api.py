@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
 from bot.catalog import AGENT_NAMES
 from bot.credentials import KINDS, CredentialStore
@@ -142,8 +143,11 @@ async def delete_session(request: web.Request) -> web.Response:
     if not State(row.state).final:
         raise web.HTTPConflict(text=json.dumps({"error": "the session is running: stop it first"}),
                                content_type="application/json")
-    async with services.sessions.sessionmaker() as db, db.begin():
-        await db.execute(delete(Session).where(Session.id == row.id))
+    try:
+        async with services.sessions.sessionmaker() as db, db.begin():
+            await db.execute(delete(Session).where(Session.id == row.id))
+    except IntegrityError:
+        return web.json_response({"error": "follow-up sessions refer to this one: delete them first"}, status=409)
     return web.Response(status=204)
 
 

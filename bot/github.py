@@ -1,0 +1,322 @@
+"""GitHub App auth: JWT -> installation tokens and clients, PAT identity, git auth env."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple, Protocol
+
+import aiohttp
+import gidgethub
+import gidgethub.abc
+import gidgethub.aiohttp
+from gidgethub import apps
+
+# Refresh installation tokens this long before GitHub says they expire.
+TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
+# What a session needs on its one repository: push, open PRs, comment.
+SESSION_PERMISSIONS: Mapping[str, str] = {
+    "contents": "write",
+    "pull_requests": "write",
+    "issues": "write",
+    "metadata": "read",
+}
+NOREPLY_DOMAIN = "users.noreply.github.com"
+
+Clock = Callable[[], datetime]
+TokenKey = tuple[int, frozenset[str], frozenset[int], frozenset[tuple[str, str]]]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def parse_github_time(value: str) -> datetime:
+    """Parse GitHub's ISO 8601 timestamps (`2016-07-11T22:14:10Z`)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Token:
+    """An installation access token; the value is kept out of repr()."""
+
+    token: str = field(repr=False)
+    expires_at: datetime
+    permissions: Mapping[str, str] = field(default_factory=dict)
+    repositories: tuple[str, ...] = ()
+
+    def fresh(self, now: datetime, margin: timedelta = TOKEN_REFRESH_MARGIN) -> bool:
+        """True while the token is usable for at least `margin` more."""
+        return now < self.expires_at - margin
+
+
+class Identity(NamedTuple):
+    """A GitHub user as a git author."""
+
+    login: str
+    name: str
+    email: str
+
+
+def noreply_email(login: str) -> str:
+    """GitHub's no-reply address for a login (DESIGN section 6)."""
+    return f"{login}@{NOREPLY_DOMAIN}"
+
+
+def retry_delay(exc: gidgethub.HTTPException, now: float | None = None) -> float | None:
+    """Seconds to wait before retrying a rate-limited request, or None if not rate-limited."""
+    status = int(exc.status_code)
+    headers = {k.lower(): v for k, v in exc.headers.items()}
+    if status not in (403, 429):
+        return None
+    retry_after = headers.get("retry-after")
+    if retry_after is not None:
+        return _parse_retry_after(retry_after, now)
+    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+        return max(0.0, float(headers["x-ratelimit-reset"]) - (now or time.time())) + 1.0
+    if status == 429 or "rate limit" in str(exc).lower():
+        return 60.0  # GitHub: without headers, wait at least a minute
+    return None
+
+
+def _parse_retry_after(value: str, now: float | None) -> float:
+    """`Retry-After` as seconds or an HTTP date."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+        return max(0.0, when - (now or time.time()))
+
+
+class SesameGitHubAPI(gidgethub.aiohttp.GitHubAPI):
+    """gidgethub's aiohttp client that honours 403/429 `retry-after` and refreshes its token."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        requester: str,
+        *,
+        token_source: Callable[[], Awaitable[str]] | None = None,
+        max_retries: int = 3,
+        max_retry_wait: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(session, requester, **kwargs)
+        self._token_source = token_source
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+
+    async def _make_request(self, *args: Any, **kwargs: Any) -> tuple[bytes, str | None, int]:
+        """Use a fresh installation token for every request, so long jobs keep working."""
+        if self._token_source is not None:
+            self.oauth_token = await self._token_source()
+        return await super()._make_request(*args, **kwargs)
+
+    async def handle_rate_limit_error(
+        self, *, method: str, url: str, exception: gidgethub.HTTPException, attempt: int
+    ) -> bool:
+        """Sleep for `retry-after` (or until the reset) and retry, a few times at most."""
+        delay = retry_delay(exception)
+        if delay is None or attempt > self.max_retries or delay > self.max_retry_wait:
+            return False
+        await self.sleep(delay)
+        return True
+
+
+class AppSettings(Protocol):
+    """The part of bot.settings.Settings the factory needs."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A setting's value."""
+
+    def github_private_key(self) -> str | None:
+        """The App's private key PEM."""
+
+
+class GitHubAppClientFactory:
+    """Mints App JWTs, installation tokens (cached) and clients; shared by web and worker."""
+
+    def __init__(
+        self,
+        app_id: int | str,
+        private_key_pem: str,
+        api_url: str,
+        http: aiohttp.ClientSession,
+        user_agent: str = "sesame",
+        *,
+        clock: Clock = utcnow,
+        max_retry_wait: float = 60.0,
+    ) -> None:
+        self.app_id = str(app_id)
+        self._private_key = private_key_pem
+        self.api_url = api_url.rstrip("/")
+        self._http = http
+        self.user_agent = user_agent
+        self._clock = clock
+        self._max_retry_wait = max_retry_wait
+        self._tokens: dict[TokenKey, Token] = {}
+        self._locks: dict[TokenKey, asyncio.Lock] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: AppSettings, http: aiohttp.ClientSession, **kwargs: Any
+    ) -> GitHubAppClientFactory | None:
+        """The factory for GITHUB_APP_ID / GITHUB_PRIVATE_KEY / GITHUB_API_URL; None without an App."""
+        app_id, key = settings.get("GITHUB_APP_ID"), settings.github_private_key()
+        if not app_id or not key:
+            return None
+        api_url = settings.get("GITHUB_API_URL", "https://api.github.com")
+        return cls(app_id, key, api_url, http, **kwargs)
+
+    def app_jwt(self) -> str:
+        """A fresh App JWT (RS256, iat 60 s in the past, valid 10 minutes)."""
+        return apps.get_jwt(app_id=self.app_id, private_key=self._private_key)
+
+    def _client(self, **kwargs: Any) -> SesameGitHubAPI:
+        """A client on this factory's session and API URL."""
+        return SesameGitHubAPI(self._http, self.user_agent, base_url=self.api_url,
+                               max_retry_wait=self._max_retry_wait, **kwargs)
+
+    def app_client(self) -> SesameGitHubAPI:
+        """A client authenticated as the App (JWT, refreshed by gidgethub)."""
+        return self._client(app_id=self.app_id, private_key=self._private_key)
+
+    def user_client(self, token: str) -> SesameGitHubAPI:
+        """A client authenticated with a personal access token."""
+        return self._client(oauth_token=token)
+
+    async def installation_token(
+        self,
+        installation_id: int,
+        *,
+        repositories: Iterable[str] | None = None,
+        repository_ids: Iterable[int] | None = None,
+        permissions: Mapping[str, str] | None = None,
+    ) -> Token:
+        """An installation token, optionally scoped; cached until 5 minutes before expiry."""
+        names = frozenset(r.rsplit("/", 1)[-1] for r in repositories or ())
+        key: TokenKey = (int(installation_id), names, frozenset(repository_ids or ()),
+                         frozenset((permissions or {}).items()))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._tokens.get(key)
+            if cached is not None and cached.fresh(self._clock()):
+                return cached
+            token = await self._mint_token(key)
+            self._tokens[key] = token
+            return token
+
+    async def _mint_token(self, key: TokenKey) -> Token:
+        """POST /app/installations/{id}/access_tokens."""
+        installation_id, names, ids, permissions = key
+        body: dict[str, Any] = {}
+        if names:
+            body["repositories"] = sorted(names)
+        if ids:
+            body["repository_ids"] = sorted(ids)
+        if permissions:
+            body["permissions"] = dict(permissions)
+        data = await self.app_client().post(
+            "/app/installations/{installation_id}/access_tokens",
+            {"installation_id": installation_id},
+            data=body or b"",
+        )
+        repos = tuple(r["full_name"] for r in data.get("repositories", ()))
+        return Token(data["token"], parse_github_time(data["expires_at"]),
+                     data.get("permissions", {}), repos)
+
+    def forget_installation(self, installation_id: int) -> None:
+        """Drop cached tokens of an installation (deleted or suspended)."""
+        for key in [k for k in self._tokens if k[0] == int(installation_id)]:
+            del self._tokens[key]
+
+    async def installation_client(
+        self,
+        installation_id: int,
+        *,
+        repositories: Iterable[str] | None = None,
+        permissions: Mapping[str, str] | None = None,
+    ) -> SesameGitHubAPI:
+        """A client acting as the installation; its token is re-minted when near expiry."""
+        repos = tuple(repositories or ())
+        first = await self.installation_token(installation_id, repositories=repos,
+                                              permissions=permissions)
+
+        async def token_source() -> str:
+            token = await self.installation_token(installation_id, repositories=repos,
+                                                  permissions=permissions)
+            return token.token
+
+        return self._client(oauth_token=first.token, token_source=token_source)
+
+    async def repository_installation(self, owner: str, repo: str) -> int:
+        """The installation id of the App on `owner/repo` (GET /repos/{o}/{r}/installation)."""
+        data = await self.app_client().getitem(
+            "/repos/{owner}/{repo}/installation", {"owner": owner, "repo": repo}
+        )
+        return int(data["id"])
+
+    async def pat_identity(self, token: str) -> Identity:
+        """The git identity of a PAT's user: login, display name, no-reply e-mail."""
+        return await _identity(self.user_client(token))
+
+
+async def _identity(gh: gidgethub.abc.GitHubAPI) -> Identity:
+    """GET /user as an Identity."""
+    user = await gh.getitem("/user")
+    login = user["login"]
+    return Identity(login, user.get("name") or login, noreply_email(login))
+
+
+async def pat_identity(
+    http: aiohttp.ClientSession, api_url: str, token: str, user_agent: str = "sesame"
+) -> Identity:
+    """The git identity of a PAT's user, without an App (for the runner's commit author)."""
+    return await _identity(SesameGitHubAPI(http, user_agent, oauth_token=token,
+                                           base_url=api_url.rstrip("/")))
+
+
+async def collaborator_permission(
+    gh: gidgethub.abc.GitHubAPI, owner: str, repo: str, username: str
+) -> str:
+    """`admin`, `write`, `read` or `none`; 404 (not a collaborator, no such user) is `none`."""
+    try:
+        data = await gh.getitem(
+            "/repos/{owner}/{repo}/collaborators/{username}/permission",
+            {"owner": owner, "repo": repo, "username": username},
+        )
+    except gidgethub.BadRequest as exc:
+        if exc.status_code == 404:
+            return "none"
+        raise
+    return str(data.get("permission") or "none")
+
+
+def git_config_env(config: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables passing git config through GIT_CONFIG_COUNT/KEY/VALUE."""
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for index, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+def git_auth_config(token: str, url: str | None = None) -> dict[str, str]:
+    """Git config sending the token as Basic auth header (limited to `url` when given)."""
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    section = f"http.{url}.extraHeader" if url else "http.extraHeader"
+    return {"credential.helper": "", section: f"Authorization: Basic {basic}"}
+
+
+def git_auth_env(
+    token: str, url: str | None = None, extra_config: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Env vars authenticating git over HTTPS with `token`: nothing on disk, nothing in argv."""
+    config = {**git_auth_config(token, url), **(extra_config or {})}
+    return {**git_config_env(config), "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "",
+            "SSH_ASKPASS": ""}

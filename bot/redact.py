@@ -1,0 +1,50 @@
+"""The one redaction function for everything Sesame posts or logs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+# Shorter "secrets" would mangle ordinary text; real tokens are far longer.
+MIN_SECRET_LENGTH = 6
+
+_TOKEN_SHAPES = re.compile(
+    "|".join(
+        [
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+            r"\bgh[pousr]_[A-Za-z0-9]{20,255}\b",  # GitHub tokens
+            r"\bgithub_pat_[A-Za-z0-9_]{20,255}\b",  # fine-grained PATs
+            r"\bxox[abposre]-[A-Za-z0-9-]{8,}",  # Slack bot/user tokens
+            r"\bxapp-[A-Za-z0-9-]{8,}",  # Slack app tokens
+            r"\bsk-(?:ant-)?[A-Za-z0-9_-]{16,}",  # Anthropic and OpenAI keys
+            r"\bAIza[0-9A-Za-z_-]{35}\b",  # Google API keys
+            r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
+            r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",  # JWTs
+        ]
+    ),
+    re.DOTALL,
+)
+# `https://user:password@host`: keep scheme and host, drop the credentials.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*:[^/\s@]+@")
+# `Authorization: Basic xyz`, `"authorization": "token xyz"`, `Authorization=Bearer xyz`.
+_AUTH_HEADER = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
+    r"(?:(?:basic|bearer|token|digest)\s+)?[^\s\"',;]+"
+)
+
+
+def _literal_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One alternation of the given secret values, longest first."""
+    values = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, values))) if values else None
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace the given secret values and known token shapes by `[redacted]`."""
+    literal = _literal_pattern(secrets)
+    if literal is not None:
+        text = literal.sub(REDACTED, text)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    return _TOKEN_SHAPES.sub(REDACTED, text)

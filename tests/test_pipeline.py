@@ -1,0 +1,164 @@
+"""The session pipeline end to end with real git and a real database: `command` agent, stop, timeout."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bot.services import Services, open_services
+from bot.settings import load_settings
+from runner.cli_run import run_from_terminal
+from tests.support.gitrepo import branches, git, make_repo, show_file
+
+WRITE_SCRIPT = textwrap.dedent("""\
+    import os, pathlib, sys
+    prompt = sys.stdin.read()
+    assert prompt.startswith(os.environ["SESAME_PROMPT"].splitlines()[0])
+    pathlib.Path("src/widget.py").write_text("def answer():\\n    return 42\\n")
+    pathlib.Path("NOTES.md").write_text("prompt: " + prompt.splitlines()[0] + "\\n")
+    print("edited src/widget.py", flush=True)
+""")
+
+
+def args(repo: Path, *prompt: str, command: str | None = None, **extra: object) -> argparse.Namespace:
+    values = {"repo": str(repo), "agent": None, "model": None, "base": None, "agent_command": command,
+              "no_sandbox": False, "keep": False, "prompt": list(prompt)}
+    values.update(extra)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "origin")
+
+
+# The system Python: readable by the sandbox user, unlike a pyenv under /root.
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def script() -> str:
+    """The command agent's argv as one string: the system Python running WRITE_SCRIPT."""
+    return shlex.join([PYTHON, "-c", WRITE_SCRIPT])
+
+
+async def make_services(tmp_path: Path, db_url: str, **env: str) -> Services:
+    base = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": str(tmp_path / "sessions"),
+            "ENCRYPTION_KEY": "ab" * 32, "DATABASE_URL": db_url, "BASE_URL": "http://127.0.0.1:1",
+            "SESSION_TIMEOUT": "60"}
+    return await open_services(load_settings(env={**base, **env}, cwd=tmp_path), auto_migrate=True)
+
+
+async def test_command_agent_commits_with_author_trailer_and_pushes(tmp_path: Path, db_url: str, origin: Path,
+                                                                    script: str) -> None:
+    services = await make_services(tmp_path, db_url)
+    out = io.StringIO()
+    try:
+        code = await run_from_terminal(services, args(origin, "make answer() return 42; rm -rf / $(reboot) `x`",
+                                                      command=script), out)
+        assert code == 0, out.getvalue()
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert session.state == "completed" and session.progress == 100
+    assert session.branch.startswith("sesame/make-answer-return-42")
+    assert branches(origin)[session.branch] == session.commit_sha
+    assert show_file(origin, session.branch, "src/widget.py").endswith("return 42")
+    assert "rm -rf / $(reboot) `x`" in show_file(origin, session.branch, "NOTES.md")
+    author = git("log", "-1", "--format=%an <%ae>", session.branch, cwd=origin)
+    assert author == "Sesame Agent <agent@sesame.works>"
+    message = git("log", "-1", "--format=%B", session.branch, cwd=origin)
+    assert message.splitlines()[0].startswith("make answer() return 42")
+    assert message.rstrip().endswith("Co-authored-by: Sesame <agent@sesame.works>")
+    assert f"branch {session.branch}" in out.getvalue() and session.commit_sha in out.getvalue()
+    assert not (tmp_path / "sessions" / session.id).exists()  # cleaned up
+    git_config = git("config", "--list", "--local", cwd=origin)
+    assert "extraheader" not in git_config.lower()
+
+
+async def test_events_record_each_step(tmp_path: Path, db_url: str, origin: Path, script: str) -> None:
+    services = await make_services(tmp_path, db_url, GIT_INCLUDE_CO_AUTHORED_BY="false")
+    try:
+        await run_from_terminal(services, args(origin, "fix it", command=script),
+                                io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        events = await services.sessions.events(session.id)
+    finally:
+        await services.close()
+    kinds = [e.kind for e in events]
+    steps = [(e.data["step"], e.data["status"]) for e in events if e.kind == "step"]
+    assert ("workspace", "done") in steps and ("agent", "done") in steps and ("commit", "done") in steps
+    assert "commit" in kinds and "push" in kinds and "cleanup" in kinds
+    assert any(e.kind == "message" and "edited src/widget.py" in e.data["summary"] for e in events)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert "Co-authored-by" not in git("log", "-1", "--format=%B", session.branch, cwd=origin)
+
+
+async def test_no_changes_means_no_commit(tmp_path: Path, db_url: str, origin: Path) -> None:
+    services = await make_services(tmp_path, db_url)
+    try:
+        out = io.StringIO()
+        code = await run_from_terminal(services, args(origin, "look around", command="true"), out)
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 0 and session.state == "completed" and session.commit_sha is None
+    assert list(branches(origin)) == ["main"]
+    assert "changed nothing" in out.getvalue()
+
+
+async def test_failing_agent_ends_in_error_with_its_output(tmp_path: Path, db_url: str, origin: Path) -> None:
+    services = await make_services(tmp_path, db_url)
+    try:
+        code = await run_from_terminal(services, args(origin, "x", command="sh -c 'echo broken >&2; exit 3'"),
+                                       io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error"
+    assert "exited with status 3" in session.error and "broken" in session.error
+
+
+async def test_timeout_kills_the_tree_and_keeps_the_work(tmp_path: Path, db_url: str, origin: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    command = ("sh -c 'echo partial > partial.txt; sleep 300 & echo $! > " + str(pidfile) + "; wait'")
+    services = await make_services(tmp_path, db_url, SESSION_TIMEOUT="4", SANDBOX_SECURITY_ENABLED="false")
+    try:
+        code = await run_from_terminal(services, args(origin, "slow", command=command), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error" and "timed out" in session.error
+    child = int(pidfile.read_text())
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    assert show_file(origin, session.branch, "partial.txt") == "partial"
+
+
+async def test_unsafe_base_branch_is_refused(tmp_path: Path, db_url: str, origin: Path) -> None:
+    services = await make_services(tmp_path, db_url)
+    try:
+        code = await run_from_terminal(services, args(origin, "x", command="true", base="--upload-pack=evil"),
+                                       io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 1 and "not a safe git ref" in session.error
+
+
+def test_sesame_run_in_a_subprocess(tmp_path: Path, origin: Path, script: str) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SESAME_DATA_DIR": str(tmp_path / "data"),
+           "SESSION_DIR_BASE": str(tmp_path / "sessions"), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--repo", str(origin), "--command",
+                             script, "make", "it", "42"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    branch = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("branch "))
+    assert show_file(origin, branch, "src/widget.py").endswith("return 42")
