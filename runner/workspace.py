@@ -85,13 +85,18 @@ async def default_branch(mirror: Path) -> str:
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
                            base: str, branch: str, existing_branch: bool) -> Workspace:
-    """Clone from the mirror (sharing its objects), then check out the session's branch."""
+    """Clone from the mirror with hard-linked objects, then check out the session's branch.
+
+    Hard links (not alternates) keep the clone usable inside the sandbox, which cannot see the
+    mirror; the linked files are root-owned and read-only there, so the mirror cannot be altered.
+    """
     ws = Workspace(base_dir / session_id)
     if ws.root.exists():
         shutil.rmtree(ws.root)
     for path in (ws.root, ws.home, ws.tmp, ws.saved_git):
         path.mkdir(parents=True, mode=0o700)
-    await git(["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror), str(ws.project)])
+    os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
+    await git(["clone", "--local", "--no-checkout", "--quiet", "--", str(mirror), str(ws.project)])
     # The clone's origin names the real remote, never with a token; fetches go through the mirror.
     await git(["remote", "set-url", "origin", remote], ws.project)
     start = branch if existing_branch else base
@@ -100,7 +105,7 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
     return ws
 
 
-GIT_STATE_FILES = ("config", "objects/info/alternates")
+GIT_STATE_FILES = ("config",)
 
 
 def save_git_state(ws: Workspace) -> None:
@@ -113,7 +118,7 @@ def save_git_state(ws: Workspace) -> None:
 
 
 def restore_git_state(ws: Workspace) -> None:
-    """Put back .git/config and alternates, and empty .git/hooks: the agent's edits never run as us."""
+    """Put back .git/config, drop alternates and empty .git/hooks: the agent's edits never run as us."""
     git_dir = ws.project / ".git"
     if git_dir.is_symlink() or not git_dir.is_dir():
         raise RuntimeError("the agent replaced .git; refusing to run git in this workspace")
@@ -123,6 +128,9 @@ def restore_git_state(ws: Workspace) -> None:
             if target.is_symlink() or target.exists():
                 target.unlink()
             shutil.copyfile(saved, target)
+    alternates = git_dir / "objects" / "info" / "alternates"
+    if alternates.is_symlink() or alternates.exists():
+        alternates.unlink()
     hooks = git_dir / "hooks"
     if hooks.is_symlink():
         hooks.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -21,6 +22,23 @@ pytest_plugins = ["tests.support.fake_github"]
 PG_ADMIN = os.environ.get("SESAME_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SESAME_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_KEY = "ab" * 32
+# Session bases must be reachable by the sandbox's unprivileged uid; pytest's tmp dirs are 0700.
+SESSION_ROOT = Path("/tmp") / f"sesame-tests-{os.getpid()}"
+
+
+def session_base() -> str:
+    """A fresh, world-traversable directory for session workspaces."""
+    SESSION_ROOT.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(SESSION_ROOT, 0o755)
+    path = SESSION_ROOT / uuid.uuid4().hex[:12]
+    path.mkdir(mode=0o755)
+    return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_root() -> Iterator[None]:
+    yield
+    shutil.rmtree(SESSION_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +76,7 @@ async def redis_url() -> AsyncIterator[str]:
 
 def make_env(tmp_path: Path, **values: Any) -> dict[str, str]:
     """A clean environment for load_settings: nothing from the developer's shell."""
-    env = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": str(tmp_path / "sessions"),
+    env = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": session_base(),
            "ENCRYPTION_KEY": TEST_KEY}
     env.update({k: str(v) for k, v in values.items() if v is not None})
     return env

@@ -16,6 +16,7 @@ import pytest
 from bot.services import Services, open_services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
+from tests.conftest import session_base
 from tests.support.gitrepo import branches, git, make_repo, show_file
 
 WRITE_SCRIPT = textwrap.dedent("""\
@@ -51,7 +52,7 @@ def script() -> str:
 
 
 async def make_services(tmp_path: Path, db_url: str, **env: str) -> Services:
-    base = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": str(tmp_path / "sessions"),
+    base = {"SESAME_DATA_DIR": str(tmp_path / "data"), "SESSION_DIR_BASE": session_base(),
             "ENCRYPTION_KEY": "ab" * 32, "DATABASE_URL": db_url, "BASE_URL": "http://127.0.0.1:1",
             "SESSION_TIMEOUT": "60"}
     return await open_services(load_settings(env={**base, **env}, cwd=tmp_path), auto_migrate=True)
@@ -79,7 +80,7 @@ async def test_command_agent_commits_with_author_trailer_and_pushes(tmp_path: Pa
     assert message.splitlines()[0].startswith("make answer() return 42")
     assert message.rstrip().endswith("Co-authored-by: Sesame <agent@sesame.works>")
     assert f"branch {session.branch}" in out.getvalue() and session.commit_sha in out.getvalue()
-    assert not (tmp_path / "sessions" / session.id).exists()  # cleaned up
+    assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()  # cleaned up
     git_config = git("config", "--list", "--local", cwd=origin)
     assert "extraheader" not in git_config.lower()
 
@@ -128,8 +129,7 @@ async def test_failing_agent_ends_in_error_with_its_output(tmp_path: Path, db_ur
 
 
 async def test_timeout_kills_the_tree_and_keeps_the_work(tmp_path: Path, db_url: str, origin: Path) -> None:
-    pidfile = tmp_path / "child.pid"
-    command = ("sh -c 'echo partial > partial.txt; sleep 300 & echo $! > " + str(pidfile) + "; wait'")
+    command = "sh -c 'echo partial > partial.txt; sleep 300 & echo $! > child.pid; wait'"
     services = await make_services(tmp_path, db_url, SESSION_TIMEOUT="4", SANDBOX_SECURITY_ENABLED="false")
     try:
         code = await run_from_terminal(services, args(origin, "slow", command=command), io.StringIO())
@@ -137,7 +137,7 @@ async def test_timeout_kills_the_tree_and_keeps_the_work(tmp_path: Path, db_url:
     finally:
         await services.close()
     assert code == 1 and session.state == "error" and "timed out" in session.error
-    child = int(pidfile.read_text())
+    child = int(show_file(origin, session.branch, "child.pid"))
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
     assert show_file(origin, session.branch, "partial.txt") == "partial"
 
@@ -155,7 +155,7 @@ async def test_unsafe_base_branch_is_refused(tmp_path: Path, db_url: str, origin
 
 def test_sesame_run_in_a_subprocess(tmp_path: Path, origin: Path, script: str) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SESAME_DATA_DIR": str(tmp_path / "data"),
-           "SESSION_DIR_BASE": str(tmp_path / "sessions"), "PYTHONPATH": str(Path(__file__).parent.parent)}
+           "SESSION_DIR_BASE": session_base(), "PYTHONPATH": str(Path(__file__).parent.parent)}
     result = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--repo", str(origin), "--command",
                              script, "make", "it", "42"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, session_base
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ def free_port() -> int:
 def sesame_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The test process's PATH and Python, nothing else of its environment."""
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SESAME_DATA_DIR": str(tmp_path / "data"),
-           "SESSION_DIR_BASE": str(tmp_path / "sessions"), "PYTHONPATH": str(Path(__file__).parent.parent)}
+           "SESSION_DIR_BASE": session_base(), "PYTHONPATH": str(Path(__file__).parent.parent)}
     env.update(extra)
     return env
 

@@ -1,0 +1,167 @@
+"""The Agent base: argv, credentials, network domains and an output-line parser."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+EventKind = Literal["message", "tool_call", "file_edit", "error", "result", "raw"]
+CredentialKind = Literal["subscription", "api_key"]
+SUMMARY_LIMIT = 120
+
+
+class CredentialLike(Protocol):
+    """Anything with a kind ('subscription' | 'api_key') and a decrypted value."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A stored agent credential, already decrypted by the caller."""
+
+    kind: CredentialKind
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """One thing an agent did, parsed from one line of its output."""
+
+    kind: EventKind
+    summary: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_credential(stored: Iterable[CredentialLike]) -> CredentialLike | None:
+    """Choose the stored credential to use: subscription first, then API key."""
+    by_kind = {c.kind: c for c in stored if c.value}
+    return by_kind.get("subscription") or by_kind.get("api_key")
+
+
+def shorten(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """First non-empty line of text, cut to limit characters."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def relative_path(path: str, cwd: str | None) -> str:
+    """Show a path relative to the working directory when it lies inside it."""
+    if cwd and path.startswith(cwd.rstrip("/") + "/"):
+        return path[len(cwd.rstrip("/")) + 1 :]
+    return path
+
+
+def host_port(url: str | None) -> str | None:
+    """host:port of a URL (default port from the scheme), or None."""
+    if not url:
+        return None
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if not parts.hostname:
+        return None
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    return f"{parts.hostname}:{port}"
+
+
+def load_json_object(line: str) -> dict[str, Any] | None:
+    """Parse a line as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """value when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def raw_event(line: str) -> AgentEvent:
+    """An event for a line no parser understood."""
+    return AgentEvent("raw", shorten(line), {"line": line})
+
+
+def env_first(server_env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The first of names set in server_env, as a one-item environment."""
+    for name in names:
+        if server_env.get(name):
+            return {name: server_env[name]}
+    return {}
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A coding-agent CLI: how to install, run, authenticate and understand it."""
+
+    name: str = ""
+    display_name: str = ""
+    npm_package: str | None = None
+    binary: str = ""
+    vendor_domains: tuple[str, ...] = ()
+    base_url_env: str | None = None
+    subscription_env: str | None = None
+    api_key_env: str | None = None
+    server_env_keys: tuple[str, ...] = ()
+
+    def executable(self, bin_dir: Path | str | None) -> str:
+        """Path of the binary inside bin_dir, or its bare name for a PATH lookup."""
+        return str(Path(bin_dir) / self.binary) if bin_dir else self.binary
+
+    def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
+        """Command line for one non-interactive run."""
+        raise NotImplementedError
+
+    def stdin(self, prompt: str) -> bytes | None:
+        """Bytes to write to the agent's standard input, if the prompt goes there."""
+        return None
+
+    def prompt_env(self, prompt: str) -> dict[str, str]:
+        """Environment carrying the prompt, for agents that read it there."""
+        return {}
+
+    def credential_env(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> dict[str, str]:
+        """Environment carrying the credential: stored subscription > stored API key > server env."""
+        if cred is not None and cred.kind == "subscription" and self.subscription_env:
+            return {self.subscription_env: cred.value}
+        if cred is not None and cred.kind == "api_key" and self.api_key_env:
+            return {self.api_key_env: cred.value}
+        if cred is not None and self.credential_files(cred):
+            return {}
+        return env_first(server_env, self.server_env_keys)
+
+    def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
+        """Files the CLI reads its credential from, as {path relative to HOME: content}."""
+        return {}
+
+    def config_files(self) -> dict[str, str]:
+        """Non-secret settings files the CLI needs in HOME, as {relative path: content}."""
+        return {}
+
+    def base_env(self, base_url: str | None = None) -> dict[str, str]:
+        """Agent-specific environment (quiet flags, gateway base URL)."""
+        return {self.base_url_env: base_url} if base_url and self.base_url_env else {}
+
+    def domains(self, settings_base_url: str | None = None) -> list[str]:
+        """Network destinations the agent needs: vendor domains plus a configured gateway."""
+        extra = host_port(settings_base_url)
+        return list(self.vendor_domains) + ([extra] if extra else [])
+
+    def parse_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for one line of output; never raises."""
+        try:
+            return self.parse_json_line(line, cwd=cwd)
+        except Exception:  # a parser bug must never break a session
+            return [raw_event(line)]
+
+    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """Agent-specific parser; the default treats every non-empty line as raw output."""
+        return [raw_event(line)] if line.strip() else []

@@ -1,0 +1,70 @@
+"""Google Gemini CLI: `gemini --output-format stream-json --prompt=...`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.agents.base import Agent, AgentEvent, CredentialLike, load_json_object, raw_event, shorten
+from runner.agents.tools import tool_event
+
+OAUTH_FILE = ".gemini/oauth_creds.json"
+SETTINGS_FILE = ".gemini/settings.json"
+
+
+def gemini_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
+    """Events for one stream-json line."""
+    kind = obj.get("type")
+    if kind == "message" and obj.get("role") == "assistant" and str(obj.get("content", "")).strip():
+        data = {"text": obj["content"], "delta": bool(obj.get("delta"))}
+        return [AgentEvent("message", shorten(obj["content"]), data)]
+    if kind == "tool_use":
+        extra = {"id": obj.get("tool_id")}
+        return [tool_event(str(obj.get("tool_name")), obj.get("parameters"), cwd=cwd, extra=extra)]
+    if kind == "error":
+        return [AgentEvent("error", shorten(str(obj.get("message", "error"))), obj)]
+    if kind == "result":
+        failed = obj.get("status") != "success"
+        message = str((obj.get("error") or {}).get("message", "")) if failed else ""
+        return [AgentEvent("result", shorten(message) or ("failed" if failed else "done"), obj | {"is_error": failed})]
+    if kind in ("init", "message", "tool_result"):
+        return []
+    return [AgentEvent("raw", shorten(str(kind or obj)), obj)]
+
+
+@dataclass(frozen=True)
+class GeminiAgent(Agent):
+    """Google's Gemini CLI."""
+
+    name: str = "gemini"
+    display_name: str = "Gemini CLI"
+    npm_package: str | None = "@google/gemini-cli"
+    binary: str = "gemini"
+    vendor_domains: tuple[str, ...] = (
+        "generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com")
+    base_url_env: str | None = "GOOGLE_GEMINI_BASE_URL"
+    api_key_env: str | None = "GEMINI_API_KEY"
+    server_env_keys: tuple[str, ...] = ("GEMINI_API_KEY",)
+
+    def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
+        """Headless mode; `--prompt=` keeps a prompt starting with '-' a value."""
+        argv = [self.executable(bin_dir), "--output-format", "stream-json", "--approval-mode", "yolo", "--skip-trust"]
+        return argv + (["--model", model] if model else []) + [f"--prompt={prompt}"]
+
+    def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
+        """A Google-login subscription is the oauth_creds.json the CLI wrote, plus its auth setting."""
+        if cred is None or cred.kind != "subscription":
+            return {}
+        return {OAUTH_FILE: cred.value, SETTINGS_FILE: '{"security": {"auth": {"selectedType": "oauth-personal"}}}\n'}
+
+    def base_env(self, base_url: str | None = None) -> dict[str, str]:
+        """No telemetry; optional gateway URL."""
+        return {"GEMINI_TELEMETRY_ENABLED": "false"} | super().base_env(base_url)
+
+    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """Parse a stream-json line."""
+        if not line.strip():
+            return []
+        obj = load_json_object(line)
+        return gemini_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]

@@ -1,0 +1,112 @@
+"""Install agent CLIs from npm into the data dir, and find them again."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.agents import AGENTS, get_agent
+
+Progress = Callable[[str], Awaitable[None] | None]
+
+
+class AgentInstallError(RuntimeError):
+    """npm could not install an agent."""
+
+
+@dataclass(frozen=True)
+class InstalledAgent:
+    """An agent CLI found on this machine."""
+
+    name: str
+    binary: Path
+    version: str | None
+    source: str  # "data dir" or "PATH"
+
+
+def agent_prefix(name: str, data_dir: Path | str) -> Path:
+    """npm prefix of one agent: {data_dir}/agents/{name}."""
+    return Path(data_dir) / "agents" / name
+
+
+def agent_bin_dir(name: str, data_dir: Path | str) -> Path:
+    """Directory holding the agent's installed executables."""
+    return agent_prefix(name, data_dir) / "node_modules" / ".bin"
+
+
+async def report(progress: Progress | None, line: str) -> None:
+    """Pass a line to the progress callback, sync or async."""
+    if progress is not None:
+        result = progress(line)
+        if inspect.isawaitable(result):
+            await result
+
+
+async def install_agent(name: str, data_dir: Path | str, *, progress: Progress | None = None,
+                        version: str | None = None, npm: str = "npm") -> Path:
+    """npm-install the agent's package into its prefix; returns the bin dir."""
+    agent = get_agent(name)
+    if agent.npm_package is None:
+        raise AgentInstallError(f"the {name} agent is not installed from npm")
+    prefix = agent_prefix(name, data_dir)
+    prefix.mkdir(parents=True, exist_ok=True)
+    spec = f"{agent.npm_package}@{version}" if version else agent.npm_package
+    argv = [npm, "install", "--prefix", str(prefix), "--no-fund", "--no-audit", "--loglevel", "http", spec]
+    await report(progress, f"$ {' '.join(argv)}")
+    returncode, tail = await run_streaming(argv, progress)
+    binary = agent_bin_dir(name, data_dir) / agent.binary
+    if returncode != 0 or not binary.exists():
+        raise AgentInstallError(f"npm install {spec} failed (exit {returncode}): {' | '.join(tail)}")
+    return binary.parent
+
+
+async def run_streaming(argv: list[str], progress: Progress | None) -> tuple[int, list[str]]:
+    """Run argv, passing each output line to progress; returns exit code and the last lines."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        tail = (tail + [line])[-5:]
+        await report(progress, line)
+    return await proc.wait(), tail
+
+
+def find_agent_binary(name: str, data_dir: Path | str) -> Path | None:
+    """The agent's executable: the data dir's install first, then PATH."""
+    agent = get_agent(name)
+    if not agent.binary:
+        return None
+    local = agent_bin_dir(name, data_dir) / agent.binary
+    if local.exists():
+        return local
+    found = shutil.which(agent.binary)
+    return Path(found) if found else None
+
+
+def package_version(name: str, data_dir: Path | str) -> str | None:
+    """Version of the agent's npm package in its prefix, if installed there."""
+    package = get_agent(name).npm_package
+    manifest = agent_prefix(name, data_dir) / "node_modules" / str(package) / "package.json"
+    try:
+        return str(json.loads(manifest.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def installed_agents(data_dir: Path | str) -> list[InstalledAgent]:
+    """Every npm-packaged agent found in the data dir or on PATH, for `sesame doctor`."""
+    found = []
+    for name, agent in AGENTS.items():
+        binary = find_agent_binary(name, data_dir) if agent.npm_package else None
+        if binary is not None:
+            local = binary.parent == agent_bin_dir(name, data_dir)
+            version = package_version(name, data_dir) if local else None
+            found.append(InstalledAgent(name, binary, version, "data dir" if local else "PATH"))
+    return found

@@ -1,0 +1,75 @@
+"""opencode: `opencode run --format json -- PROMPT`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.agents.base import (Agent, AgentEvent, CredentialLike, as_dict, env_first, load_json_object, raw_event,
+                                shorten)
+from runner.agents.tools import tool_event
+
+AUTH_FILE = ".local/share/opencode/auth.json"
+
+
+def opencode_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
+    """Events for one `run --format json` line."""
+    kind = obj.get("type")
+    part = as_dict(obj.get("part"))
+    if kind == "text" and str(part.get("text", "")).strip():
+        return [AgentEvent("message", shorten(part["text"]), {"text": part["text"]})]
+    if kind == "tool_use":
+        state = as_dict(part.get("state"))
+        extra = {"id": part.get("callID"), "status": state.get("status")}
+        return [tool_event(str(part.get("tool")), state.get("input"), cwd=cwd, extra=extra)]
+    if kind == "error":
+        error = as_dict(obj.get("error"))
+        message = as_dict(error.get("data")).get("message") or error.get("name") or "error"
+        return [AgentEvent("error", shorten(str(message)), obj)]
+    if kind == "step_finish" and part.get("reason") == "stop":
+        usage = {"is_error": False, "tokens": part.get("tokens"), "cost": part.get("cost")}
+        return [AgentEvent("result", "done", usage)]
+    return []
+
+
+@dataclass(frozen=True)
+class OpencodeAgent(Agent):
+    """The opencode CLI (any provider; Anthropic by default)."""
+
+    name: str = "opencode"
+    display_name: str = "opencode"
+    npm_package: str | None = "opencode-ai"
+    binary: str = "opencode"
+    vendor_domains: tuple[str, ...] = ("api.anthropic.com", "api.openai.com", "models.dev", "opencode.ai")
+    server_env_keys: tuple[str, ...] = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
+
+    def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
+        """Raw JSON events; `--` keeps the prompt a positional even if it starts with '-'."""
+        argv = [self.executable(bin_dir), "run", "--format", "json", "--auto"]
+        return argv + (["--model", model] if model else []) + ["--", prompt]
+
+    def credential_env(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> dict[str, str]:
+        """A stored API key is Anthropic's unless it looks like OpenAI's; a subscription is auth.json."""
+        if cred is not None and cred.kind == "api_key":
+            openai = cred.value.startswith("sk-") and not cred.value.startswith("sk-ant-")
+            return {"OPENAI_API_KEY" if openai else "ANTHROPIC_API_KEY": cred.value}
+        if cred is not None and cred.kind == "subscription":
+            return {}
+        return env_first(server_env, self.server_env_keys)
+
+    def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
+        """A subscription is the auth.json that `opencode auth login` writes."""
+        return {AUTH_FILE: cred.value} if cred is not None and cred.kind == "subscription" else {}
+
+    def base_env(self, base_url: str | None = None) -> dict[str, str]:
+        """No self-update, no model-list fetch, no telemetry."""
+        return {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1"}
+
+    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """Parse a JSON event line."""
+        if not line.strip():
+            return []
+        obj = load_json_object(line)
+        return opencode_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]

@@ -1,0 +1,145 @@
+"""Agent definitions: registry, argv, credentials and their priority, domains, environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.agents import AGENTS, Credential, get_agent, pick_credential
+
+SUB = Credential("subscription", "sub-token")
+KEY = Credential("api_key", "sk-ant-key")
+
+
+def test_registry_knows_every_agent() -> None:
+    assert sorted(AGENTS) == ["amp", "claude", "codex", "command", "copilot", "gemini", "opencode"]
+    assert get_agent(" Claude ").display_name == "Claude Code"
+
+
+def test_unknown_agent_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown agent 'cursor'; valid agents: amp, claude, codex, command"):
+        get_agent("cursor")
+
+
+@pytest.mark.parametrize(("name", "package"), [
+    ("claude", "@anthropic-ai/claude-code"), ("codex", "@openai/codex"), ("gemini", "@google/gemini-cli"),
+    ("copilot", "@github/copilot"), ("amp", "@sourcegraph/amp"), ("opencode", "opencode-ai"), ("command", None)])
+def test_npm_packages(name: str, package: str | None) -> None:
+    assert get_agent(name).npm_package == package
+
+
+PROMPT = "--help me; rm -rf / $(whoami) `id` 'quoted'\nsecond line"
+
+
+@pytest.mark.parametrize("name", sorted(set(AGENTS) - {"command"}))
+def test_prompt_survives_intact_as_one_argv_element_or_stdin(name: str) -> None:
+    agent = get_agent(name)
+    argv = agent.argv(PROMPT, "some-model", bin_dir="/data/agents/x/node_modules/.bin")
+    assert argv[0] == f"/data/agents/x/node_modules/.bin/{agent.binary}"
+    stdin = agent.stdin(PROMPT)
+    in_argv = [a for a in argv if PROMPT in a]
+    assert (stdin == PROMPT.encode()) != bool(in_argv)
+    if in_argv:  # glued to its flag or after "--", so a leading "-" cannot be read as an option
+        assert in_argv[0] in (f"--prompt={PROMPT}",) or argv[argv.index(in_argv[0]) - 1] == "--"
+
+
+def test_claude_argv() -> None:
+    assert get_agent("claude").argv("x", "claude-sonnet-4-5") == [
+        "claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions",
+        "--model", "claude-sonnet-4-5"]
+
+
+def test_model_is_optional() -> None:
+    assert "--model" not in get_agent("codex").argv("x", None)
+
+
+def test_command_agent_argv_from_string_or_list() -> None:
+    agent = get_agent("command", command="python3 -c 'import sys; print(sys.stdin.read())'")
+    assert agent.argv("p", None) == ["python3", "-c", "import sys; print(sys.stdin.read())"]
+    assert get_agent("command", command=["./agent.sh", "a b"]).argv("p", None) == ["./agent.sh", "a b"]
+    assert agent.stdin("the prompt") == b"the prompt"
+    assert agent.prompt_env("the prompt") == {"SESAME_PROMPT": "the prompt"}
+
+
+def test_command_agent_without_command_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="needs a command"):
+        get_agent("command").argv("p", None)
+
+
+def test_pick_credential_prefers_subscription() -> None:
+    assert pick_credential([KEY, SUB]) is SUB
+    assert pick_credential([KEY]) is KEY
+    assert pick_credential([Credential("api_key", "")]) is None
+    assert pick_credential([]) is None
+
+
+SERVER = {"ANTHROPIC_API_KEY": "srv-ant", "CLAUDE_CODE_OAUTH_TOKEN": "srv-oauth", "OPENAI_API_KEY": "srv-oai",
+          "GEMINI_API_KEY": "srv-gem", "GH_TOKEN": "srv-gh", "GITHUB_TOKEN": "srv-ghx", "AMP_API_KEY": "srv-amp",
+          "DATABASE_URL": "postgresql://secret"}
+
+
+@pytest.mark.parametrize(("name", "cred", "expected"), [
+    ("claude", SUB, {"CLAUDE_CODE_OAUTH_TOKEN": "sub-token"}),
+    ("claude", KEY, {"ANTHROPIC_API_KEY": "sk-ant-key"}),
+    ("claude", None, {"CLAUDE_CODE_OAUTH_TOKEN": "srv-oauth"}),
+    ("codex", KEY, {"CODEX_API_KEY": "sk-ant-key"}),
+    ("codex", None, {"OPENAI_API_KEY": "srv-oai"}),
+    ("gemini", KEY, {"GEMINI_API_KEY": "sk-ant-key"}),
+    ("gemini", None, {"GEMINI_API_KEY": "srv-gem"}),
+    ("copilot", SUB, {"COPILOT_GITHUB_TOKEN": "sub-token"}),
+    ("copilot", None, {"GH_TOKEN": "srv-gh"}),
+    ("amp", KEY, {"AMP_API_KEY": "sk-ant-key"}),
+    ("amp", None, {"AMP_API_KEY": "srv-amp"}),
+    ("opencode", KEY, {"ANTHROPIC_API_KEY": "sk-ant-key"}),
+    ("opencode", Credential("api_key", "sk-proj-1"), {"OPENAI_API_KEY": "sk-proj-1"}),
+    ("command", KEY, {"SESAME_AGENT_API_KEY": "sk-ant-key"}),
+    ("command", None, {}),
+])
+def test_credential_env(name: str, cred: Credential | None, expected: dict[str, str]) -> None:
+    assert get_agent(name).credential_env(cred, SERVER) == expected
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_server_secrets_never_leak_into_agent_env(name: str) -> None:
+    agent = get_agent(name)
+    env = agent.credential_env(None, SERVER) | agent.base_env("https://gw.example.com")
+    assert len([v for v in env.values() if v in SERVER.values()]) <= 1  # only its own key, never DATABASE_URL
+
+
+def test_claude_subscription_file() -> None:
+    blob = '{"claudeAiOauth": {"accessToken": "a", "refreshToken": "r"}}'
+    claude = get_agent("claude")
+    assert claude.credential_files(Credential("subscription", blob)) == {".claude/.credentials.json": blob}
+    assert claude.credential_env(Credential("subscription", blob), SERVER) == {}
+    assert claude.credential_files(KEY) == {}
+
+
+@pytest.mark.parametrize(("name", "path"), [
+    ("codex", ".codex/auth.json"), ("gemini", ".gemini/oauth_creds.json"),
+    ("opencode", ".local/share/opencode/auth.json")])
+def test_subscription_files(name: str, path: str) -> None:
+    agent = get_agent(name)
+    assert agent.credential_files(SUB)[path] == "sub-token"
+    assert agent.credential_env(SUB, SERVER) == {}
+
+
+@pytest.mark.parametrize(("name", "base_url", "expected"), [
+    ("claude", None, ["api.anthropic.com"]),
+    ("claude", "http://127.0.0.1:8080", ["api.anthropic.com", "127.0.0.1:8080"]),
+    ("codex", "https://gateway.example.com/v1", ["api.openai.com", "chatgpt.com", "auth.openai.com",
+                                                 "gateway.example.com:443"]),
+    ("command", None, []),
+])
+def test_domains(name: str, base_url: str | None, expected: list[str]) -> None:
+    assert get_agent(name).domains(base_url) == expected
+
+
+def test_claude_base_env() -> None:
+    env = get_agent("claude").base_env("http://127.0.0.1:9")
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1" and env["DISABLE_AUTOUPDATER"] == "1"
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9"
+    assert "ANTHROPIC_BASE_URL" not in get_agent("claude").base_env(None)
+
+
+def test_amp_allows_all_tools_through_its_settings_file() -> None:
+    files = get_agent("amp").config_files()
+    assert '"amp.dangerouslyAllowAll": true' in files[".config/amp/settings.json"]
