@@ -11,7 +11,7 @@ from bot.models import Session
 from bot.services import Services
 from runner.agents.base import Agent, Credential
 from runner.agents.command import CommandAgent
-from runner.agents.install import find_agent_binary
+from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, Violation
 from runner.workspace import Workspace
@@ -63,7 +63,7 @@ def hidden_server_paths(services: Services) -> tuple[str, ...]:
     """The server's own files an agent must never see: database, key file, config, App key."""
     settings = services.settings
     data = settings.data_dir
-    paths = [data / name for name in ("sesame.db", "sesame.db-wal", "sesame.db-shm", "encryption.key")]
+    paths = [data / name for name in ("sesame.db", "sesame.db-wal", "sesame.db-shm", "encryption.key", "mirrors")]
     if settings.config_path:
         paths.append(Path(settings.config_path).resolve())
     for cwd_name in ("config.json", "config.yaml", "config.jsonc", "config.toml", ".env"):
@@ -84,15 +84,30 @@ def configured_agent(services: Services, session: Session, agent: Agent) -> Agen
     return agent.with_command(command)
 
 
-def agent_argv(services: Services, agent: Agent, session: Session, prompt: str) -> list[str]:
-    """The agent's command line, from its installed binary."""
+def agent_binary(services: Services, agent: Agent) -> Path | None:
+    """The installed CLI of a vendor agent (None for `command`)."""
     if isinstance(agent, CommandAgent):
-        return agent.argv(prompt, session.model)
+        return None
     binary = find_agent_binary(agent.name, services.settings.data_dir)
     if binary is None:
         raise FileNotFoundError(f"{agent.display_name} is not installed: run `sesame agents install {agent.name}`")
+    return Path(binary)
+
+
+def install_prefix(services: Services, agent: Agent, binary: Path | None) -> Path | None:
+    """The agent's npm prefix in the data dir, when the binary comes from there."""
+    prefix = agent_prefix(agent.name, services.settings.data_dir) if binary else None
+    if prefix is not None and (binary == prefix or prefix in binary.parents):
+        return prefix
+    return None
+
+
+def agent_argv(services: Services, agent: Agent, session: Session, prompt: str, bin_dir: Path | None) -> list[str]:
+    """The agent's command line; vendor CLIs run from bin_dir as the sandbox sees it."""
+    if isinstance(agent, CommandAgent):
+        return agent.argv(prompt, session.model)
     model = session.model or services.settings.get(MODEL_KEYS.get(agent.name, ""), None)
-    return agent.argv(prompt, model, bin_dir=Path(binary).parent)
+    return agent.argv(prompt, model, bin_dir=bin_dir)
 
 
 def write_home_files(home: Path, files: dict[str, str]) -> None:
@@ -119,16 +134,22 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         env.update(agent.prompt_env(prompt))
     env["SESAME_SESSION_ID"] = session.id
     write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)})
+    binary = agent_binary(services, agent)
+    prefix = install_prefix(services, agent, binary)
     policy = SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
         allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
+        tools=((str(prefix), agent.name),) if prefix else (),
         security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()
     try:
-        argv = agent_argv(services, agent, session, prompt)
+        bin_dir = binary.parent if binary else None
+        if binary and prefix and sandbox.secured:  # the sandbox sees the install at its tool path
+            bin_dir = policy.tool_path(agent.name) / binary.parent.relative_to(prefix)
+        argv = agent_argv(services, agent, session, prompt, bin_dir)
         handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
     except BaseException:
         await sandbox.destroy()

@@ -1,0 +1,117 @@
+"""Workspace-ready time: a warm mirror + hard-linked clone against a fresh clone, in one run.
+
+    python bench/workspace_ready.py [--commits 10000] [--files 500] [--runs 5]
+
+Builds a repository of N commits touching F files with `git fast-import`, serves it as a
+`file://` remote (the pack protocol, as over the network, minus latency), then times:
+  fresh: `git clone file://...` into an empty directory and checkout (what a naive runner does);
+  warm:  Sesame's path: fetch into the cached mirror, clone from it, check out the branch.
+Prints median and p90 of each and the warm/fresh ratio (target: under 0.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runner.git import git  # noqa: E402
+from runner.workspace import create_workspace, remove_workspace, update_mirror  # noqa: E402
+
+
+def fast_import_stream(commits: int, files: int) -> bytes:
+    """A fast-import stream: one commit adding every file, then commits editing a few each."""
+    out: list[bytes] = []
+    when = 1_700_000_000
+
+    def commit(n: int, changes: list[tuple[str, bytes]]) -> None:
+        message = f"commit {n}\n".encode()
+        out.append(b"commit refs/heads/main\n")
+        out.append(f"committer Bench <bench@example.test> {when + n} +0000\n".encode())
+        out.append(f"data {len(message)}\n".encode() + message)
+        for path, content in changes:
+            out.append(f"M 100644 inline {path}\n".encode())
+            out.append(f"data {len(content)}\n".encode() + content + b"\n")
+
+    def body(path: int, version: int) -> bytes:
+        lines = [f"# file {path} version {version}"] + [f"value_{path}_{i} = {i * version}" for i in range(40)]
+        return "\n".join(lines).encode()
+
+    commit(0, [(f"pkg{p % 25}/module_{p}.py", body(p, 0)) for p in range(files)])
+    for n in range(1, commits):
+        touched = [(n * 7 + k * 13) % files for k in range(3)]
+        commit(n, [(f"pkg{p % 25}/module_{p}.py", body(p, n)) for p in touched])
+    return b"".join(out)
+
+
+def build_remote(root: Path, commits: int, files: int) -> Path:
+    remote = root / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    started = time.monotonic()
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=remote, input=fast_import_stream(commits, files),
+                   check=True)
+    subprocess.run(["git", "repack", "-adq"], cwd=remote, check=True)
+    count = subprocess.run(["git", "rev-list", "--count", "main"], cwd=remote, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    print(f"remote: {count} commits, {files} files, built in {time.monotonic() - started:.1f} s")
+    return remote
+
+
+async def fresh_clone(url: str, dest: Path) -> float:
+    started = time.monotonic()
+    await git(["clone", "--quiet", "--", url, str(dest)])
+    return time.monotonic() - started
+
+
+async def warm_workspace(data_dir: Path, base: Path, url: str, n: int) -> float:
+    started = time.monotonic()
+    mirror = await update_mirror(data_dir, url, {})
+    ws = await create_workspace(base, f"bench-{n}", mirror, url, "main", f"sesame/bench-{n}", False)
+    took = time.monotonic() - started
+    remove_workspace(ws)
+    return took
+
+
+def summary(values: list[float]) -> str:
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return f"median {statistics.median(values) * 1000:7.1f} ms  p90 {p90 * 1000:7.1f} ms"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=10_000)
+    parser.add_argument("--files", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
+    try:
+        url = f"file://{build_remote(root, args.commits, args.files)}"
+        data_dir, base = root / "data", root / "sessions"
+        base.mkdir()
+        first = await warm_workspace(data_dir, base, url, 0)  # builds the mirror: a cold start
+        fresh, warm = [], []
+        for n in range(args.runs):
+            dest = root / f"fresh-{n}"
+            fresh.append(await fresh_clone(url, dest))
+            shutil.rmtree(dest)
+            warm.append(await warm_workspace(data_dir, base, url, n + 1))
+        print(f"cold (mirror built): {first * 1000:7.1f} ms")
+        print(f"fresh clone:  {summary(fresh)}")
+        print(f"warm (Sesame): {summary(warm)}")
+        ratio = statistics.median(warm) / statistics.median(fresh)
+        print(f"warm/fresh ratio: {ratio:.3f} (target < 0.25) {'OK' if ratio < 0.25 else 'OVER TARGET'}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,217 @@
+"""The sandbox provider interface: policy, violations, process handles."""
+
+from __future__ import annotations
+
+import abc
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+# Inside the sandbox the agent is uid/gid 1000 (Claude Code refuses to skip permissions as
+# root). On the host its user namespace maps onto SANDBOX_HOST_UID, an unprivileged uid that
+# owns no host file, so root-owned files stay out of reach even through the uid mapping.
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_HOST_UID = 99999
+SANDBOX_HOST_GID = 99999
+SANDBOX_USER = "sesame"
+
+# Paths inside the project the agent may read but never write (git and shell hooks that
+# code outside the sandbox might later execute).
+DEFAULT_READ_ONLY = (
+    ".git/hooks",
+    ".git/config",
+    ".gitmodules",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".zlogout",
+    ".kshrc",
+    ".cshrc",
+    ".tcshrc",
+)
+
+# Credential paths hidden under every home directory the sandbox could see.
+CREDENTIAL_PATHS = (
+    ".ssh",
+    ".aws",
+    ".config/gcloud",
+    ".docker",
+    ".kube",
+    ".netrc",
+    ".git-credentials",
+    ".gnupg",
+    ".config/gh",
+    ".azure",
+    ".npmrc",
+    ".pypirc",
+    ".claude",
+    ".claude.json",
+    ".codex",
+    ".gemini",
+)
+
+# Credential files outside home directories.
+SYSTEM_SECRET_PATHS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+
+ViolationKind = Literal["network", "filesystem"]
+StreamName = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """What one session's sandbox may touch; directories live under {base_dir}/{session_id}/."""
+
+    session_id: str
+    base_dir: Path
+    allowed_domains: tuple[str, ...] = ()
+    denied_domains: tuple[str, ...] = ()
+    hidden_paths: tuple[str, ...] = ()
+    read_only_paths: tuple[str, ...] = DEFAULT_READ_ONLY
+    # Host directories (e.g. the agent's npm install) shown read-only at {base}/.tools/{name},
+    # mounted by fd so they work even under a directory the sandbox user cannot traverse.
+    tools: tuple[tuple[str, str], ...] = ()
+    security_enabled: bool = True
+    uid: int = SANDBOX_UID
+    gid: int = SANDBOX_GID
+    host_uid: int = SANDBOX_HOST_UID
+    host_gid: int = SANDBOX_HOST_GID
+
+    def __post_init__(self) -> None:
+        """Normalise base_dir to an absolute path; refuse ids that could escape it."""
+        object.__setattr__(self, "base_dir", Path(os.path.abspath(self.base_dir)))
+        if not self.session_id or "/" in self.session_id or self.session_id in (".", ".."):
+            raise ValueError(f"bad session id {self.session_id!r}")
+
+    @property
+    def session_dir(self) -> Path:
+        """The session's own directory."""
+        return Path(self.base_dir) / self.session_id
+
+    @property
+    def project_dir(self) -> Path:
+        """The workspace the agent edits."""
+        return self.session_dir / "project"
+
+    @property
+    def home_dir(self) -> Path:
+        """The agent's HOME for this session."""
+        return self.session_dir / "home"
+
+    def tool_path(self, name: str) -> Path:
+        """Where the tool directory `name` appears inside the sandbox."""
+        return Path(self.base_dir) / ".tools" / name
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The session tmp, mounted on /tmp inside the sandbox."""
+        return self.session_dir / "tmp"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One blocked access: a refused request or a refused write."""
+
+    kind: ViolationKind
+    resource: str
+    operation: str
+    reason: str
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form for storage and SSE."""
+        return asdict(self)
+
+
+ViolationCallback = Callable[[Violation], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One line of agent output, tagged with its stream."""
+
+    stream: StreamName
+    text: str
+
+
+class ProcessHandle(abc.ABC):
+    """A running command: merged output lines, wait, and tree kill."""
+
+    pid: int
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[OutputLine]:
+        """Lines of stdout and stderr as they arrive, until both streams close."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the command (and, sandboxed, its whole process tree); the exit code."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Kill the whole process tree and wait until it is gone."""
+
+    @property
+    @abc.abstractmethod
+    def returncode(self) -> int | None:
+        """The exit code once finished."""
+
+
+class Sandbox(abc.ABC):
+    """One session's sandbox: start, run commands, read and write project files, destroy."""
+
+    policy: SandboxPolicy
+    #: Why security is off for this session, or None when the OS sandbox is in force.
+    warning: str | None = None
+
+    @property
+    def secured(self) -> bool:
+        """True when commands run inside the OS sandbox."""
+        return self.warning is None
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Create the session directories and, secured, the network namespace and proxy."""
+
+    @abc.abstractmethod
+    async def exec(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        cwd: str | Path | None = None,
+    ) -> ProcessHandle:
+        """Start argv with only env (plus PATH, HOME, locale, TMPDIR, proxy) in its environment."""
+
+    @abc.abstractmethod
+    async def destroy(self) -> None:
+        """Kill every process of the session and stop the proxy; files are left in place."""
+
+    def _project_path(self, relative: str | Path) -> Path:
+        """A path inside the project, refusing escapes by .. or absolute paths."""
+        root = self.policy.project_dir.resolve()
+        path = (root / relative).resolve()
+        if path != root and root not in path.parents:
+            raise ValueError(f"{relative} is outside the project")
+        return path
+
+    async def read_file(self, relative: str | Path) -> bytes:
+        """Read a project file from the host side."""
+        return self._project_path(relative).read_bytes()
+
+    async def write_file(self, relative: str | Path, data: bytes) -> None:
+        """Write a project file from the host side, owned by the sandbox user."""
+        path = self._project_path(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if os.geteuid() == 0:
+            os.chown(path, self.policy.host_uid, self.policy.host_gid)

@@ -1,0 +1,106 @@
+"""Pure translation of a resolved mount plan into a bubblewrap argv."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BWRAP = "/usr/bin/bwrap"
+HOSTNAME = "sesame"
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """Everything bwrap needs, already resolved against the host (see layout.plan_mounts)."""
+
+    base_dir: str
+    project_dir: str
+    home_dir: str
+    tmp_dir: str
+    control_dir: str
+    uid: int
+    gid: int
+    hide_files: tuple[str, ...] = ()
+    hide_dirs: tuple[str, ...] = ()
+    read_only: tuple[str, ...] = ()
+    resolv_conf: bool = True
+    tool_fds: tuple[tuple[int, str], ...] = ()  # (open O_PATH fd, path inside), read-only
+    bwrap: str = BWRAP
+
+
+def _namespaces(plan: MountPlan) -> list[str]:
+    """New user, pid, ipc, uts and cgroup namespaces; the netns is joined, not created."""
+    return [
+        "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc",
+        "--unshare-uts", "--unshare-cgroup-try", "--hostname", HOSTNAME,
+        "--uid", str(plan.uid), "--gid", str(plan.gid),
+        "--die-with-parent", "--new-session",
+    ]
+
+
+def _base_mounts(plan: MountPlan) -> list[str]:
+    """Read-only root, fresh /dev and /proc, empty /run, session tmp on /tmp."""
+    return [
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--perms", "0755", "--tmpfs", "/run", "--remount-ro", "/run",
+        "--bind", plan.tmp_dir, "/tmp",
+    ]
+
+
+def _session_mounts(plan: MountPlan) -> list[str]:
+    """Hide every session but this one; the project and HOME stay at their host paths."""
+    return [
+        "--perms", "0755", "--tmpfs", plan.base_dir,
+        "--bind", plan.project_dir, plan.project_dir,
+        "--bind", plan.home_dir, plan.home_dir,
+        *[arg for fd, dest in plan.tool_fds for arg in ("--ro-bind-fd", str(fd), dest)],
+        "--remount-ro", plan.base_dir,
+    ]
+
+
+def _etc_mounts(plan: MountPlan) -> list[str]:
+    """Minimal passwd and group with only the sandbox user; DNS pointed at the sink."""
+    argv = [
+        "--ro-bind", f"{plan.control_dir}/passwd", "/etc/passwd",
+        "--ro-bind", f"{plan.control_dir}/group", "/etc/group",
+    ]
+    if plan.resolv_conf:
+        argv += ["--ro-bind", f"{plan.control_dir}/resolv.conf", "/etc/resolv.conf"]
+    return argv
+
+
+def _hiding_mounts(plan: MountPlan) -> list[str]:
+    """Unreadable root-owned placeholders over credential files and directories."""
+    argv: list[str] = []
+    for path in plan.hide_files:
+        argv += ["--ro-bind", f"{plan.control_dir}/denied", path]
+    for path in plan.hide_dirs:
+        argv += ["--ro-bind", f"{plan.control_dir}/denied.d", path]
+    return argv
+
+
+def _read_only_mounts(plan: MountPlan) -> list[str]:
+    """Protected paths inside the project, read-only where they exist."""
+    argv: list[str] = []
+    for path in plan.read_only:
+        argv += ["--ro-bind-try", path, path]
+    return argv
+
+
+def build_argv(
+    plan: MountPlan,
+    command: Sequence[str],
+    cwd: str,
+    seccomp_fd: int | None = None,
+    info_fd: int | None = None,
+) -> list[str]:
+    """The full bwrap argv running command in cwd under plan."""
+    argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
+    argv += [*_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    return [*argv, "--chdir", cwd, "--", *command]

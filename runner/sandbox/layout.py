@@ -1,0 +1,154 @@
+"""Session directories, control files and the host-resolved mount plan."""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from pathlib import Path
+
+from runner.sandbox.base import (
+    CREDENTIAL_PATHS,
+    SANDBOX_USER,
+    SYSTEM_SECRET_PATHS,
+    SandboxPolicy,
+)
+from runner.sandbox.bwrap import MountPlan
+
+CONTROL = ".sandbox"
+# Already replaced by fresh mounts inside the sandbox: hiding there would fail.
+_REPLACED_ROOTS = ("/run", "/var/run", "/tmp", "/proc", "/dev")
+
+
+def control_dir(policy: SandboxPolicy) -> Path:
+    """Root-owned files the sandbox mounts but cannot see as such."""
+    return policy.session_dir / CONTROL
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Write a root-owned control file."""
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+def write_control_files(policy: SandboxPolicy) -> None:
+    """passwd, group, resolv.conf and the unreadable placeholders used to hide paths."""
+    ctl = control_dir(policy)
+    ctl.mkdir(mode=0o755, exist_ok=True)
+    home = policy.home_dir
+    _write(ctl / "passwd", f"{SANDBOX_USER}:x:{policy.uid}:{policy.gid}:Sesame agent:{home}:/bin/sh\n", 0o644)
+    _write(ctl / "group", f"{SANDBOX_USER}:x:{policy.gid}:\n", 0o644)
+    _write(ctl / "resolv.conf", "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n", 0o644)
+    _write(ctl / "denied", "", 0o000)
+    (ctl / "denied.d").mkdir(mode=0o000, exist_ok=True)
+    os.chmod(ctl / "denied.d", 0o000)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Hand a directory tree to the sandbox's host uid (skips what it already owns)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
+            st = os.lstat(name)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                continue  # a hard link (e.g. git objects shared with a mirror): stays read-only
+            if st.st_uid != uid or st.st_gid != gid:
+                os.lchown(name, uid, gid)
+
+
+def prepare_session(policy: SandboxPolicy, drop_privileges: bool) -> None:
+    """Create project, home and tmp; owned by the sandbox's host uid when we are root."""
+    policy.session_dir.mkdir(parents=True, exist_ok=True)
+    for path in (policy.project_dir, policy.home_dir, policy.tmp_dir):
+        path.mkdir(mode=0o700, exist_ok=True)
+    if drop_privileges:
+        _make_traversable(Path(policy.base_dir))
+        os.chmod(policy.session_dir, 0o711)
+        if not _reachable(str(policy.project_dir), policy.host_uid, policy.host_gid):
+            raise PermissionError(
+                f"uid {policy.host_uid} cannot traverse to {policy.project_dir}: "
+                "every parent of the session base must be searchable by others"
+            )
+        for path in (policy.project_dir, policy.home_dir, policy.tmp_dir):
+            _chown_tree(path, policy.host_uid, policy.host_gid)
+    write_control_files(policy)
+
+
+def _make_traversable(path: Path) -> None:
+    """Ensure others may traverse the session base (bwrap runs as the sandbox host uid)."""
+    mode = path.stat().st_mode
+    if not mode & stat.S_IXOTH:
+        os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def home_directories() -> list[str]:
+    """Home directories whose credentials must be hidden: ours, root's and /home/*."""
+    homes = {os.path.expanduser("~"), "/root", *glob.glob("/home/*")}
+    return sorted(h for h in homes if os.path.isdir(h))
+
+
+def _reachable(path: str, uid: int, gid: int) -> bool:
+    """Whether uid:gid can look up path (bwrap must reach a mount point to cover it)."""
+    parent = os.path.dirname(path)
+    while True:
+        st = os.stat(parent)
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
+
+
+def _replaced(path: str, policy: SandboxPolicy) -> bool:
+    """True when path lies under a mount the sandbox replaces anyway."""
+    roots = (*_REPLACED_ROOTS, str(policy.base_dir))
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def secret_candidates(policy: SandboxPolicy) -> list[str]:
+    """Every path that should be hidden, before checking existence."""
+    paths = [os.path.join(h, c) for h in home_directories() for c in CREDENTIAL_PATHS]
+    paths += [*SYSTEM_SECRET_PATHS, *glob.glob("/etc/ssh/ssh_host_*key")]
+    return paths + [os.path.abspath(p) for p in policy.hidden_paths]
+
+
+def hidden_mounts(policy: SandboxPolicy, check_reach: bool) -> tuple[list[str], list[str]]:
+    """(files, dirs) to cover: existing secrets bwrap can reach and does not hide already."""
+    files: list[str] = []
+    dirs: list[str] = []
+    for candidate in secret_candidates(policy):
+        path = os.path.realpath(candidate)
+        if not os.path.lexists(path) or _replaced(path, policy):
+            continue
+        if check_reach and not _reachable(path, policy.host_uid, policy.host_gid):
+            continue  # the host uid cannot even look it up: plain permissions hide it
+        (dirs if os.path.isdir(path) else files).append(path)
+    return sorted(set(files)), sorted(set(dirs))
+
+
+def read_only_paths(policy: SandboxPolicy) -> tuple[str, ...]:
+    """Absolute protected paths inside the project."""
+    return tuple(str(policy.project_dir / p) for p in policy.read_only_paths)
+
+
+def plan_mounts(policy: SandboxPolicy, drop_privileges: bool) -> MountPlan:
+    """Resolve the policy against this host into a MountPlan."""
+    files, dirs = hidden_mounts(policy, check_reach=drop_privileges)
+    return MountPlan(
+        base_dir=str(policy.base_dir),
+        project_dir=str(policy.project_dir),
+        home_dir=str(policy.home_dir),
+        tmp_dir=str(policy.tmp_dir),
+        control_dir=str(control_dir(policy)),
+        uid=policy.uid,
+        gid=policy.gid,
+        hide_files=tuple(files),
+        hide_dirs=tuple(dirs),
+        read_only=read_only_paths(policy),
+        resolv_conf=not os.path.islink("/etc/resolv.conf"),
+    )

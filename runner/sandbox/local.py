@@ -1,0 +1,251 @@
+"""The local provider: bubblewrap + netns + egress proxy + seccomp, or plain processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from runner.sandbox import bwrap, layout, seccomp
+from runner.sandbox.base import (
+    SANDBOX_USER,
+    ProcessHandle,
+    Sandbox,
+    SandboxPolicy,
+    Violation,
+    ViolationCallback,
+)
+from runner.sandbox.dns import start_dns_sink
+from runner.sandbox.launch import ChildSetup, ListenerFilter, spawn
+from runner.sandbox.netns import NetNamespace, create_netns
+from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
+from runner.sandbox.proxy import EgressProxy
+from runner.sandbox.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+PROXY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def build_env(
+    caller: Mapping[str, str] | None,
+    home: str,
+    tmp: str,
+    token: str,
+    proxy_url: str | None,
+) -> dict[str, str]:
+    """The whole environment of a sandboxed command, built from nothing (never os.environ)."""
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "TERM": "dumb", "SHELL": "/bin/sh"}
+    env.update(caller or {})
+    env.update({"HOME": home, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "TMPDIR": tmp})
+    env[MARKER] = token
+    for name in PROXY_VARS:
+        env.pop(name, None)
+        if proxy_url:
+            env[name] = proxy_url
+    return env
+
+
+class LocalSandbox(Sandbox):
+    """One session on this host; secured with bubblewrap unless warning says why not."""
+
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        on_violation: ViolationCallback,
+        warning: str | None = None,
+    ) -> None:
+        """warning set means: run without the OS sandbox, and say so."""
+        self.policy = policy
+        self.warning = warning
+        self._on_violation = on_violation
+        self._token = secrets.token_hex(8) + "/"
+        self._count = 0
+        self._drop = os.geteuid() == 0
+        self._handles: set[LocalProcess] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._netns: NetNamespace | None = None
+        self._proxy: EgressProxy | None = None
+        self._dns: asyncio.DatagramTransport | None = None
+        self._plan: bwrap.MountPlan | None = None
+        self._seccomp_fd: int | None = None
+        self._tool_fds: list[int] = []
+        self._started = False
+
+    def report(self, violation: Violation) -> None:
+        """Hand a violation to the callback on the loop (safe from any thread)."""
+        self._loop.call_soon_threadsafe(self._dispatch, violation)
+
+    def _dispatch(self, violation: Violation) -> None:
+        """Run the async callback without blocking the reporter."""
+        log.info("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
+                 violation.resource, violation.reason)
+        task = asyncio.ensure_future(self._on_violation(violation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Directories, and when secured the netns with its proxy and DNS sink."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
+        if self.secured:
+            await self._start_network()
+            self._tool_fds = [os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                              for src, _name in self.policy.tools]
+            tool_fds = tuple((fd, str(self.policy.tool_path(name)))
+                             for fd, (_src, name) in zip(self._tool_fds, self.policy.tools))
+            self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds)
+            self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
+        self._started = True
+
+    async def _start_network(self) -> None:
+        """A loopback-only netns with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
+        binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
+        self._netns = create_netns(binds)
+        proxy_sock, dns_sock = self._netns.sockets
+        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report)
+        await self._proxy.start(proxy_sock)
+        self._dns = await start_dns_sink(dns_sock, self.report)
+        self._netns.sockets = []  # now owned by the servers
+
+    def _host_owner(self) -> tuple[int, int]:
+        """The host uid:gid the sandbox user maps to."""
+        if self._drop:
+            return self.policy.host_uid, self.policy.host_gid
+        return os.geteuid(), os.getegid()
+
+    def _cwd(self, cwd: str | Path | None) -> str:
+        """An absolute working directory, relative ones taken from the project."""
+        return str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir)
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        cwd: str | Path | None = None,
+    ) -> ProcessHandle:
+        """Start argv in the sandbox (or directly, when not secured)."""
+        if not self._started:
+            raise RuntimeError("start() the sandbox first")
+        self._count += 1
+        token = f"{self._token}{self._count}/"
+        if self.secured:
+            handle = await self._exec_bwrap(argv, env, stdin, cwd, token)
+        else:
+            handle = await self._exec_direct(argv, env, stdin, cwd, token)
+        self._handles.add(handle)
+        return handle
+
+    async def _exec_bwrap(
+        self, argv: Sequence[str], env: Mapping[str, str] | None, stdin: bytes | None,
+        cwd: str | Path | None, token: str,
+    ) -> LocalProcess:
+        """bwrap joined to the session netns, as the host sandbox uid, supervised."""
+        assert self._plan is not None and self._netns is not None and self._seccomp_fd is not None
+        os.lseek(self._seccomp_fd, 0, os.SEEK_SET)
+        arch = seccomp.host_arch()
+        setup = ChildSetup(
+            netns_fd=self._netns.fd,
+            uid=self.policy.host_uid if self._drop else None,
+            gid=self.policy.host_gid if self._drop else None,
+            listener=ListenerFilter(seccomp.notify_program(arch), arch),
+        )
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        command = bwrap.build_argv(self._plan, argv, self._cwd(cwd), self._seccomp_fd, info_w)
+        # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
+        full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
+        missing = _missing(self._plan.read_only)
+        try:
+            spawned = await spawn(command, full_env, setup, (self._seccomp_fd, info_w, *self._tool_fds),
+                                  stdin is not None)
+        except BaseException:
+            os.close(info_r)
+            raise
+        finally:
+            os.close(info_w)
+        assert spawned.listener_fd is not None
+        supervisor = Supervisor(
+            spawned.listener_fd, arch, self._plan.read_only, self.report, spawned.proc.pid,
+            self._host_owner(),
+        )
+        supervisor.start()
+
+        async def on_exit() -> None:
+            supervisor.stop()
+            self._sweep(missing)
+
+        return LocalProcess(spawned.proc, Tree(spawned.proc.pid, info_r), on_exit, stdin)
+
+    async def _exec_direct(
+        self, argv: Sequence[str], env: Mapping[str, str] | None, stdin: bytes | None,
+        cwd: str | Path | None, token: str,
+    ) -> LocalProcess:
+        """Security off: a plain process with a clean env, in its own group, as the host uid."""
+        full_env = build_env(env, str(self.policy.home_dir), str(self.policy.tmp_dir), token, None)
+        setup = ChildSetup(
+            uid=self.policy.host_uid if self._drop else None,
+            gid=self.policy.host_gid if self._drop else None,
+        )
+        spawned = await spawn([*argv], full_env, setup, (), stdin is not None, cwd=self._cwd(cwd))
+
+        async def on_exit() -> None:
+            return None
+
+        return LocalProcess(spawned.proc, Tree(spawned.proc.pid, None, token), on_exit, stdin)
+
+    def _sweep(self, missing: list[str]) -> None:
+        """Protected paths that appeared during the run are refused after the fact: removed."""
+        for path in missing:
+            if not os.path.lexists(path):
+                continue
+            reason = "protected path created inside the project; removed"
+            self.report(Violation("filesystem", path, "create", reason))
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    async def destroy(self) -> None:
+        """Kill every process of the session, then stop the network side."""
+        await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
+        await kill_marked(self._token)
+        if self._proxy is not None:
+            await self._proxy.close()
+        if self._dns is not None:
+            self._dns.close()
+        if self._netns is not None:
+            self._netns.close()
+            self._netns = None
+        if self._seccomp_fd is not None:
+            os.close(self._seccomp_fd)
+            self._seccomp_fd = None
+        for fd in self._tool_fds:
+            os.close(fd)
+        self._tool_fds = []
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._started = False
+
+
+def _missing(paths: Sequence[str]) -> list[str]:
+    """Protected paths that do not exist yet (creating them is refused too)."""
+    return [p for p in paths if not os.path.lexists(p) and os.path.isdir(os.path.dirname(p))]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """A sealed-in-practice memfd holding data, for bwrap --seccomp."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd

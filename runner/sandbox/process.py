@@ -1,0 +1,204 @@
+"""Process handles: merged line streams, and killing a whole tree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from runner.sandbox.base import OutputLine, ProcessHandle, StreamName
+
+LINE_LIMIT = 16 * 1024 * 1024
+MARKER = "SESAME_SANDBOX_TOKEN"
+
+
+def processes_with_marker(prefix: str) -> list[int]:
+    """Host pids whose environment carries a token starting with prefix (daemons included)."""
+    needle = f"{MARKER}={prefix}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                if any(v.startswith(needle) for v in fh.read().split(b"\0")):
+                    found.append(int(entry.name))
+    return found
+
+
+async def kill_marked(prefix: str, rounds: int = 50) -> None:
+    """SIGKILL every process whose token starts with prefix until none is left."""
+    for _ in range(rounds):
+        pids = processes_with_marker(prefix)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.01)
+
+
+async def _wait_readable(fd: int) -> None:
+    """Wait until fd is readable (a pidfd: the process has exited)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: None if done.done() else done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+
+
+class Tree:
+    """The processes of one command: its process group, and for bwrap the pid-ns init."""
+
+    def __init__(self, pid: int, info_fd: int | None, token: str | None = None) -> None:
+        """pid leads its own process group; info_fd is bwrap's --info-fd read end.
+
+        Without a pid namespace (token set), processes that left the group (setsid,
+        daemons) are found by the token in their environment.
+        """
+        self.pid = pid
+        self.token = token
+        self._init_pidfd: int | None = None
+        self._info = asyncio.ensure_future(self._read_info(info_fd)) if info_fd is not None else None
+
+    async def _read_info(self, fd: int) -> None:
+        """Take a pidfd on bwrap's pid-1 from its info JSON."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        try:
+            reader = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+            )
+            data = await reader.read()
+            transport.close()
+            child = json.loads(data or b"{}").get("child-pid")
+            if child:
+                self._init_pidfd = os.pidfd_open(child)
+        except (OSError, ValueError):
+            pass
+
+    async def kill(self) -> None:
+        """SIGKILL the group and the pid-ns init (which takes the whole namespace with it)."""
+        if self._info is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._info), 1.0)
+        if self._init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self.token is not None:
+            await kill_marked(self.token)
+
+    async def settled(self) -> None:
+        """Return once the pid namespace (if any) is empty."""
+        if self._info is not None:
+            await self._info
+        if self._init_pidfd is not None:
+            await _wait_readable(self._init_pidfd)
+            os.close(self._init_pidfd)
+            self._init_pidfd = None
+
+
+class LocalProcess(ProcessHandle):
+    """A command started by a local sandbox."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        tree: Tree,
+        on_exit: Callable[[], Awaitable[None]],
+        stdin: bytes | None,
+    ) -> None:
+        """Start pumping output and feeding stdin."""
+        self._proc = proc
+        self.pid = proc.pid
+        self._tree = tree
+        self._on_exit = on_exit
+        self._queue: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pumps = [
+            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
+            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
+        ]
+        self._feeder = asyncio.ensure_future(self._feed(stdin))
+        self._done = asyncio.ensure_future(self._finish())
+
+    async def _feed(self, data: bytes | None) -> None:
+        """Write stdin then close it."""
+        if self._proc.stdin is None:
+            return
+        with contextlib.suppress(ConnectionError):
+            if data:
+                self._proc.stdin.write(data)
+                await self._proc.stdin.drain()
+            self._proc.stdin.close()
+
+    async def _pump(self, stream: asyncio.StreamReader, name: StreamName) -> None:
+        """Queue each line of one stream; None marks its end."""
+        try:
+            while True:
+                try:
+                    line = await stream.readline()
+                except ValueError:  # longer than LINE_LIMIT: hand it over in pieces
+                    line = await stream.read(LINE_LIMIT)
+                if not line:
+                    break
+                text = line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+                self._queue.put_nowait(OutputLine(name, text))
+        finally:
+            self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[OutputLine]:  # type: ignore[override]
+        """Lines of both streams, in arrival order."""
+        open_streams = 2
+        while open_streams:
+            item = await self._queue.get()
+            if item is None:
+                open_streams -= 1
+            else:
+                yield item
+
+    async def _exited(self) -> int:
+        """The exit code, without waiting for the pipes (3.11's Process.wait() does)."""
+        pidfd = os.pidfd_open(self._proc.pid)
+        try:
+            await _wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        while self._proc.returncode is None:  # the child watcher reaps it right away
+            await asyncio.sleep(0.0005)
+        return self._proc.returncode
+
+    async def _finish(self) -> int:
+        """Exit code, once the process and its namespace are gone and cleanup ran."""
+        try:
+            code = await self._exited()
+        except ProcessLookupError:  # already reaped
+            code = await self._proc.wait()
+        await self._tree.kill()  # daemons left behind share the process group or the pid ns
+        await self._tree.settled()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._on_exit()
+        return code
+
+    async def wait(self) -> int:
+        """The exit code; the tree is dead when this returns."""
+        return await asyncio.shield(self._done)
+
+    async def kill(self) -> None:
+        """SIGKILL the tree and wait for it."""
+        if not self._done.done():
+            await self._tree.kill()
+        await self.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once wait() has completed."""
+        return self._done.result() if self._done.done() else None

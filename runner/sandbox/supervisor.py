@@ -1,0 +1,474 @@
+"""Seccomp user-notification supervisor: reports refused writes and direct connections.
+
+Enforcement stays with the kernel (read-only mounts, the empty netns); the supervisor only
+looks at each write-like syscall before it runs, resolves its path in the sandbox's own
+view (/proc/PID/root with RESOLVE_IN_ROOT), and reports it when the kernel is about to
+refuse it. Writes to the protected project paths are refused here too (EACCES), which also
+covers creating them when they did not exist.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import posixpath
+import select
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runner.sandbox.base import Violation
+from runner.sandbox.seccomp import Arch
+
+log = logging.getLogger(__name__)
+
+NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
+NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)
+NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
+_NOTIF = struct.Struct("=QIIiIQ6Q")
+_RESP = struct.Struct("=QqiI")
+FLAG_CONTINUE = 1
+AT_FDCWD = -100
+O_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = 437
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) through libc's syscall()."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), 24)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+@dataclass(frozen=True)
+class PathArg:
+    """Where a syscall keeps one path: dirfd argument (None: cwd), path argument."""
+
+    dirfd: int | None
+    path: int
+    operation: str
+    follow: bool  # the final symlink is followed
+    modifies_dir: bool  # creates or removes a directory entry
+
+
+def _ops() -> dict[str, tuple[PathArg, ...]]:
+    """Path arguments of every notified syscall except open/openat/openat2/connect/sendto."""
+    create = lambda d, p, op: PathArg(d, p, op, False, True)  # noqa: E731
+    inode = lambda d, p, op, f=True: PathArg(d, p, op, f, False)  # noqa: E731
+    return {
+        "creat": (PathArg(None, 0, "write", True, False),),
+        "mkdir": (create(None, 0, "mkdir"),), "mkdirat": (create(0, 1, "mkdir"),),
+        "rmdir": (create(None, 0, "rmdir"),),
+        "unlink": (create(None, 0, "unlink"),), "unlinkat": (create(0, 1, "unlink"),),
+        "rename": (create(None, 0, "rename"), create(None, 1, "rename")),
+        "renameat": (create(0, 1, "rename"), create(2, 3, "rename")),
+        "renameat2": (create(0, 1, "rename"), create(2, 3, "rename")),
+        "link": (create(None, 1, "link"),), "linkat": (create(2, 3, "link"),),
+        "symlink": (create(None, 1, "symlink"),), "symlinkat": (create(1, 2, "symlink"),),
+        "mknod": (create(None, 0, "mknod"),), "mknodat": (create(0, 1, "mknod"),),
+        "truncate": (inode(None, 0, "truncate"),),
+        "chmod": (inode(None, 0, "chmod"),), "fchmodat": (inode(0, 1, "chmod"),),
+        "fchmodat2": (inode(0, 1, "chmod"),),
+        "chown": (inode(None, 0, "chown"),), "lchown": (inode(None, 0, "chown", False),),
+        "fchownat": (inode(0, 1, "chown"),),
+    }
+
+
+PATH_OPS = _ops()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one syscall: report it, and refuse it ourselves or let it run."""
+
+    violation: Violation | None
+    deny_errno: int = 0
+
+
+ALLOW = Verdict(None)
+
+
+def _signed32(value: int) -> int:
+    """The low 32 bits of a syscall argument as a signed int (dirfds, AT_FDCWD)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class Target:
+    """Reads strings and resolves paths in one sandboxed process's view."""
+
+    def __init__(self, pid: int) -> None:
+        """Open the process's memory and root."""
+        self.pid = pid
+        self.mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Release the fds."""
+        os.close(self.mem)
+        os.close(self.root)
+
+    def read(self, address: int, size: int) -> bytes:
+        """size bytes of the process's memory."""
+        return os.pread(self.mem, size, address)
+
+    def string(self, address: int, limit: int = 4096) -> str:
+        """A NUL-terminated string from the process's memory, read page by page."""
+        out = b""
+        while len(out) < limit:
+            chunk = os.pread(self.mem, 4096 - (address + len(out)) % 4096, address + len(out))
+            if not chunk:
+                break
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(out + chunk[:end])
+            out += chunk
+        return os.fsdecode(out)
+
+    def base(self, dirfd: int | None) -> str | None:
+        """The inside path a relative path starts from (cwd or a directory fd)."""
+        fd = AT_FDCWD if dirfd is None else dirfd
+        link = f"/proc/{self.pid}/cwd" if fd == AT_FDCWD else f"/proc/{self.pid}/fd/{fd}"
+        try:
+            base = os.readlink(link)
+        except OSError:
+            return None
+        return base if base.startswith("/") else None
+
+    def open(self, path: str, flags: int = 0) -> int:
+        """O_PATH fd of an inside path, resolved within the sandbox root."""
+        return openat2(self.root, path, os.O_PATH | flags, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+
+
+def _fd_path(fd: int) -> str:
+    """The inside path of an fd opened through the sandbox root."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _read_only(fd: int) -> bool:
+    """True when fd lives on a read-only mount."""
+    return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A path argument resolved in the sandbox view."""
+
+    path: str  # inside path of the final target (symlinks followed when the syscall does)
+    exists: bool
+    read_only: bool  # the mount the kernel will check is read-only
+    special: bool  # device, fifo or socket: writable even on read-only mounts
+    writable: bool = True  # permission bits let the sandbox user write the checked inode
+
+
+def _may_write(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether uid:gid (no capabilities) may write an inode with these permissions."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def _resolve(
+    target: Target, absolute: str, follow: bool, modifies_dir: bool, owner: tuple[int, int]
+) -> Resolved | None:
+    """Resolve a path as the kernel will for this syscall; None when the lookup fails anyway."""
+    for _ in range(40):
+        parent, name = posixpath.split(absolute.rstrip("/") or "/")
+        try:
+            pfd = target.open(parent or "/", os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            parent_path = _fd_path(pfd)
+            try:
+                ffd = openat2(pfd, name or ".", os.O_PATH | os.O_NOFOLLOW, 0)
+            except OSError:
+                writable = _may_write(os.fstat(pfd), *owner)
+                return Resolved(posixpath.join(parent_path, name), False, _read_only(pfd), False, writable)
+            try:
+                st = os.fstat(ffd)
+                mode = st.st_mode
+                if follow and stat.S_ISLNK(mode):
+                    link = os.readlink(name, dir_fd=pfd)
+                    absolute = posixpath.join(parent_path, link)
+                    continue
+                checked = pfd if modifies_dir else ffd
+                special = not modifies_dir and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+                writable = _may_write(os.fstat(pfd) if modifies_dir else st, *owner)
+                path = posixpath.join(parent_path, name)
+                return Resolved(path, True, _read_only(checked), special, writable)
+            finally:
+                os.close(ffd)
+        finally:
+            os.close(pfd)
+    return None
+
+
+_DIR_OPS = ("mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mknod")
+
+
+def _under(path: str, root: str) -> bool:
+    """path is root or inside it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class PathInspector:
+    """Decides, for one path argument, whether the write is refused."""
+
+    def __init__(self, protected: tuple[str, ...]) -> None:
+        """protected: absolute inside paths no write may touch (nor their ancestors' renames)."""
+        self.protected = protected
+
+    def verdict(self, resolved: Resolved, arg: PathArg) -> Verdict:
+        """Report writes the kernel will refuse; refuse writes to protected paths ourselves."""
+        path = resolved.path
+        touches = any(_under(path, p) for p in self.protected)
+        moves_ancestor = arg.operation in ("rename", "rmdir", "unlink") and any(
+            _under(p, path) for p in self.protected
+        )
+        if touches or moves_ancestor:
+            reason = "protected path inside the project (git hooks and config, shell rc files)"
+            return Verdict(Violation("filesystem", path, arg.operation, reason), errno.EACCES)
+        if resolved.special:
+            return ALLOW
+        if resolved.read_only:
+            reason = "outside the writable project, HOME and tmp"
+            return Verdict(Violation("filesystem", path, arg.operation, reason))
+        if not resolved.writable and arg.operation in ("write", "truncate") + _DIR_OPS:
+            reason = "not writable by the sandbox user (e.g. a hard link to a file outside)"
+            return Verdict(Violation("filesystem", path, arg.operation, reason))
+        return ALLOW
+
+
+# glibc probes nscd with exactly this socket type on every passwd/hosts lookup: refused
+# like any unix socket, but not worth a violation on every `curl` or `git`.
+_NSCD_PROBE_TYPE = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+
+
+def _unix_socket(args: list[int]) -> Verdict:
+    """socket(AF_UNIX) is always refused; reported unless it is glibc's nscd probe."""
+    if args[1] & 0xFFFFFFFF == _NSCD_PROBE_TYPE:
+        return Verdict(None, errno.EPERM)
+    reason = "unix sockets are not available inside the sandbox (host services stay out of reach)"
+    return Verdict(Violation("network", "unix socket", "socket", reason), errno.EPERM)
+
+
+def _sockaddr(raw: bytes) -> tuple[str, int] | None:
+    """(ip, port) of an AF_INET/AF_INET6 sockaddr."""
+    if len(raw) < 8:
+        return None
+    family, port = struct.unpack("=H", raw[:2])[0], struct.unpack("!H", raw[2:4])[0]
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[4:8])), port
+    if family == 10 and len(raw) >= 24:
+        return str(ipaddress.IPv6Address(raw[8:24])), port
+    return None
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """Local ports with a TCP listener or a UDP socket in the process's netns."""
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if table.startswith("udp") or cols[3] == "0A":
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class Supervisor:
+    """Serves one seccomp listener fd in a thread; violations go to report."""
+
+    def __init__(
+        self,
+        listener: int,
+        arch: Arch,
+        protected: tuple[str, ...],
+        report: Callable[[Violation], None],
+        launcher_pid: int | None = None,
+        owner: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Take ownership of the listener fd; launcher_pid is bwrap's (its setup is trusted)."""
+        self.listener = listener
+        self.launcher_pid = launcher_pid
+        self.owner = owner  # host uid:gid the sandbox user maps to
+        self._launcher: set[int] = set()
+        self._agent: set[int] = set()
+        self.names = {nr: name for name, nr in arch.nr.items()}
+        self.paths = PathInspector(protected)
+        self.report = report
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sesame-seccomp", daemon=True)
+
+    def start(self) -> None:
+        """Begin answering notifications."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to finish; it closes the listener (pending calls then get ENOSYS)."""
+        with self._lock:
+            if not self._closed:
+                os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        """Poll the listener until every filtered process is gone or stop() is called."""
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._wake_r in events or events.get(self.listener, 0) & select.POLLHUP:
+                    return
+                if self.listener in events:
+                    self._serve_one()
+        finally:
+            with self._lock:
+                self._closed = True
+                for fd in (self.listener, self._wake_r, self._wake_w):
+                    os.close(fd)
+
+    def _serve_one(self) -> None:
+        """Receive one notification, inspect it, answer it."""
+        buf = bytearray(_NOTIF.size)
+        try:
+            fcntl.ioctl(self.listener, NOTIF_RECV, buf)
+        except OSError:
+            return  # the target died before we got to it
+        ident, pid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(buf)
+        if self._is_launcher(pid):
+            self._answer(ident, ALLOW)
+            return
+        try:
+            verdict = self._inspect(ident, pid, self.names.get(nr, ""), args)
+        except Exception:  # never leave a sandboxed syscall hanging
+            log.exception("seccomp supervisor failed on syscall %s", nr)
+            verdict = ALLOW
+        self._answer(ident, verdict)
+        if verdict.violation is not None:
+            self.report(verdict.violation)
+
+    def _is_launcher(self, pid: int) -> bool:
+        """bwrap itself or its pid-1 child, doing the sandbox setup (not agent code)."""
+        if pid in self._agent or self.launcher_pid is None:
+            return False
+        if pid == self.launcher_pid or pid in self._launcher:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        (self._launcher if ppid == self.launcher_pid else self._agent).add(pid)
+        return ppid == self.launcher_pid
+
+    def _answer(self, ident: int, verdict: Verdict) -> None:
+        """Let the syscall run, or fail it with the verdict's errno."""
+        if verdict.deny_errno:
+            resp = _RESP.pack(ident, 0, -verdict.deny_errno, 0)
+        else:
+            resp = _RESP.pack(ident, 0, 0, FLAG_CONTINUE)
+        try:
+            fcntl.ioctl(self.listener, NOTIF_SEND, resp)
+        except OSError:
+            pass  # target gone
+
+    def _valid(self, ident: int) -> bool:
+        """The notification is still pending (the pid was not recycled under us)."""
+        try:
+            fcntl.ioctl(self.listener, NOTIF_ID_VALID, struct.pack("=Q", ident))
+            return True
+        except OSError:
+            return False
+
+    def _inspect(self, ident: int, pid: int, name: str, args: list[int]) -> Verdict:
+        """Dispatch on the syscall."""
+        try:
+            target = Target(pid)
+        except OSError:
+            return ALLOW
+        try:
+            if name == "socket":
+                return _unix_socket(args)
+            if name in ("connect", "sendto"):
+                return self._inspect_connect(target, name, args)
+            return self._inspect_paths(ident, target, name, args)
+        finally:
+            target.close()
+
+    def _path_args(self, target: Target, name: str, args: list[int]) -> tuple[PathArg, ...]:
+        """Path arguments of this call (opens are classified by their flags)."""
+        if name in ("open", "openat", "openat2"):
+            flag_arg = {"open": 1, "openat": 2}.get(name)
+            if flag_arg is None:
+                flags = struct.unpack("=Q", target.read(args[2], 8))[0]
+            else:
+                flags = args[flag_arg]
+            if not flags & O_WRITE_FLAGS:
+                return ()
+            follow = not flags & (os.O_NOFOLLOW | os.O_EXCL)
+            if name == "open":
+                return (PathArg(None, 0, "write", follow, False),)
+            return (PathArg(0, 1, "write", follow, False),)
+        return PATH_OPS.get(name, ())
+
+    def _inspect_paths(self, ident: int, target: Target, name: str, args: list[int]) -> Verdict:
+        """The first path argument that is refused, if any."""
+        for arg in self._path_args(target, name, args):
+            path = target.string(args[arg.path])
+            if not path:
+                continue  # AT_EMPTY_PATH: acts on an fd
+            if not path.startswith("/"):
+                base = target.base(None if arg.dirfd is None else _signed32(args[arg.dirfd]))
+                if base is None:
+                    continue
+                path = posixpath.join(base, path)
+            if not self._valid(ident):
+                return ALLOW
+            resolved = _resolve(target, path, arg.follow, arg.modifies_dir, self.owner)
+            verdict = self.paths.verdict(resolved, arg) if resolved else ALLOW
+            if verdict.violation is not None:
+                return verdict
+        return ALLOW
+
+    def _inspect_connect(self, target: Target, name: str, args: list[int]) -> Verdict:
+        """Report connections that bypass the proxy (they fail: the netns has only lo)."""
+        addr_arg, len_arg = (1, 2) if name == "connect" else (4, 5)
+        size = min(args[len_arg] & 0xFFFFFFFF, 128)
+        dest = _sockaddr(target.read(args[addr_arg], size)) if size else None
+        if dest is None:
+            return ALLOW
+        ip, port = dest
+        address = ipaddress.ip_address(ip)
+        if address.is_loopback and port in _listening_ports(target.pid):
+            return ALLOW  # the proxy, the DNS sink, or the agent's own server
+        resource = f"[{ip}]:{port}" if address.version == 6 else f"{ip}:{port}"
+        reason = "direct connection bypassing the proxy"
+        return Verdict(Violation("network", resource, "connect", reason))

@@ -1,0 +1,109 @@
+"""The pure policy -> bwrap argv translation, as a table of expectations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from runner.sandbox.bwrap import MountPlan, build_argv
+from runner.sandbox.local import build_env
+
+PLAN = MountPlan(
+    base_dir="/srv/sesame", project_dir="/srv/sesame/s1/project", home_dir="/srv/sesame/s1/home",
+    tmp_dir="/srv/sesame/s1/tmp", control_dir="/srv/sesame/s1/.sandbox", uid=1000, gid=1000,
+    hide_files=("/etc/shadow", "/srv/config/sesame.toml"), hide_dirs=("/home/ann/.ssh",),
+    read_only=("/srv/sesame/s1/project/.git/hooks", "/srv/sesame/s1/project/.git/config"),
+)
+
+
+def _pairs(argv: list[str], option: str, arity: int) -> list[tuple[str, ...]]:
+    """Every occurrence of option with its arguments."""
+    return [tuple(argv[i + 1 : i + 1 + arity]) for i, a in enumerate(argv) if a == option]
+
+
+ARGV = build_argv(PLAN, ["claude", "-p", "hi"], "/srv/sesame/s1/project", seccomp_fd=5, info_fd=6)
+
+CASES = [
+    # option, arity, expected occurrences (subset), why
+    ("--ro-bind", 2, [("/", "/")], "root read-only"),
+    ("--bind", 2, [("/srv/sesame/s1/project",) * 2, ("/srv/sesame/s1/home",) * 2,
+                   ("/srv/sesame/s1/tmp", "/tmp")], "writable: project, HOME, session tmp"),
+    ("--tmpfs", 1, [("/srv/sesame",), ("/run",)], "other sessions and host sockets hidden"),
+    ("--remount-ro", 1, [("/srv/sesame",), ("/run",)], "hiding tmpfs read-only"),
+    ("--ro-bind", 2, [("/srv/sesame/s1/.sandbox/passwd", "/etc/passwd"),
+                      ("/srv/sesame/s1/.sandbox/group", "/etc/group"),
+                      ("/srv/sesame/s1/.sandbox/resolv.conf", "/etc/resolv.conf")], "minimal /etc"),
+    ("--ro-bind", 2, [("/srv/sesame/s1/.sandbox/denied", "/etc/shadow"),
+                      ("/srv/sesame/s1/.sandbox/denied", "/srv/config/sesame.toml"),
+                      ("/srv/sesame/s1/.sandbox/denied.d", "/home/ann/.ssh")], "secrets hidden"),
+    ("--ro-bind-try", 2, [("/srv/sesame/s1/project/.git/hooks",) * 2,
+                          ("/srv/sesame/s1/project/.git/config",) * 2], "protected project paths"),
+    ("--uid", 1, [("1000",)], "unprivileged uid inside"),
+    ("--gid", 1, [("1000",)], "unprivileged gid inside"),
+    ("--seccomp", 1, [("5",)], "seccomp program fd"),
+    ("--info-fd", 1, [("6",)], "info fd for the pid-1 pidfd"),
+    ("--chdir", 1, [("/srv/sesame/s1/project",)], "cwd"),
+]
+
+
+@pytest.mark.parametrize(("option", "arity", "expected", "why"), CASES)
+def test_argv_contains(option: str, arity: int, expected: list[tuple[str, ...]], why: str) -> None:
+    """Each expectation is present."""
+    found = _pairs(ARGV, option, arity)
+    for item in expected:
+        assert item in found, why
+
+
+@pytest.mark.parametrize("flag", ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                                  "--disable-userns", "--die-with-parent", "--new-session"])
+def test_namespaces_and_lifetime_flags(flag: str) -> None:
+    """New user, pid, ipc, uts namespaces; no nested userns; dies with the worker."""
+    assert flag in ARGV
+
+
+def test_network_namespace_is_joined_not_created() -> None:
+    """The netns is prepared by the caller (loopback + proxy), so bwrap must not unshare it."""
+    assert "--unshare-net" not in ARGV and "--unshare-all" not in ARGV and "--share-net" not in ARGV
+
+
+def test_command_follows_double_dash() -> None:
+    """The command comes last, unparsed by bwrap."""
+    assert ARGV[0] == "/usr/bin/bwrap"
+    assert ARGV[ARGV.index("--") + 1 :] == ["claude", "-p", "hi"]
+
+
+def test_ordering_hides_sessions_before_binding_our_own() -> None:
+    """tmpfs over the base, then our binds, then the base goes read-only."""
+    tmpfs = ARGV.index("/srv/sesame")
+    project = ARGV.index("/srv/sesame/s1/project")
+    remount = len(ARGV) - 1 - ARGV[::-1].index("--remount-ro")
+    assert tmpfs < project < remount or ARGV[remount + 1] == "/run"
+    assert ARGV.index("--tmpfs") < ARGV.index("/srv/sesame/s1/home")
+
+
+def test_root_bind_comes_first() -> None:
+    """Later mounts override the read-only root, never the other way round."""
+    assert ARGV.index("--ro-bind") < ARGV.index("--bind") < ARGV.index("--ro-bind-try")
+
+
+def test_without_resolv_conf_and_fds() -> None:
+    """No resolv.conf bind when the host's is a symlink; optional fds omitted."""
+    argv = build_argv(replace(PLAN, resolv_conf=False), ["true"], "/x")
+    assert "/etc/resolv.conf" not in argv and "--seccomp" not in argv and "--info-fd" not in argv
+
+
+def test_env_is_built_from_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.environ never leaks in; the caller cannot override HOME or the proxy."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://secret")
+    env = build_env({"API_KEY": "k", "HOME": "/root", "HTTPS_PROXY": "http://evil:1"},
+                    "/s/home", "/tmp", "tok/", "http://127.0.0.1:3128")
+    assert "DATABASE_URL" not in env and env["API_KEY"] == "k"
+    assert env["HOME"] == "/s/home" and env["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    assert env["TMPDIR"] == "/tmp" and env["PATH"].startswith("/usr/local/sbin")
+
+
+def test_env_without_proxy_drops_callers_proxy() -> None:
+    """Unsandboxed runs get no proxy variables at all."""
+    env = build_env({"http_proxy": "http://x:1"}, "/h", "/t", "tok/", None)
+    assert not any("proxy" in k.lower() for k in env)
