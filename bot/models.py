@@ -74,6 +74,7 @@ class Session(Base):
     branch: Mapped[str | None] = mapped_column(String(255))
     commit_sha: Mapped[str | None] = mapped_column(String(64))
     issue_number: Mapped[int | None] = mapped_column(Integer)  # the GitHub issue or PR it reports on
+    thread_key: Mapped[str | None] = mapped_column(String(255), index=True)  # Slack "channel:thread_ts"
     pr_number: Mapped[int | None] = mapped_column(Integer)
     pr_url: Mapped[str | None] = mapped_column(String(1024))
     progress: Mapped[int] = mapped_column(Integer, default=0)

@@ -86,6 +86,12 @@ class SessionService:
                 Session.repo == repo, Session.issue_number == issue_number,
                 Session.state.in_([State.PENDING.value, State.PROCESSING.value])))).scalars())
 
+    async def in_thread(self, thread_key: str) -> list[Session]:
+        """Sessions whose message lives in a Slack thread ("channel:thread_ts"), newest first."""
+        async with self.sessionmaker() as db:
+            return list((await db.execute(select(Session).where(Session.thread_key == thread_key)
+                                          .order_by(Session.created_at.desc()))).scalars())
+
     async def get(self, session_id: str) -> Session | None:
         async with self.sessionmaker() as db:
             return await db.get(Session, session_id)

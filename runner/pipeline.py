@@ -274,6 +274,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         await state.services.sessions.update(session.id, progress=95)
         state.progress.outcome = "no changes were needed"
         return
+    access = await _fresh_access(state)  # a long session may have outlived the first token
     await gitops.push(state.workspace.project, access.remote, branch, access.auth_env)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
@@ -306,6 +307,14 @@ def _pr_body(state: Run, files: str) -> str:
     return state.redact("\n".join(lines))
 
 
+async def _fresh_access(state: Run) -> RepoAccess:
+    """Access again (the token cache hands back the same token while it is fresh)."""
+    access = await state.channel.access()
+    state.secrets += [s for s in access.secrets if s not in state.secrets]
+    state.access = access
+    return access
+
+
 async def _salvage(state: Run) -> None:
     """After a stop or timeout: kill the agent, then commit and push what it wrote, so nothing is lost."""
     if state.agent_run is None or state.workspace is None or state.access is None:
@@ -317,8 +326,9 @@ async def _salvage(state: Run) -> None:
             return
         sha = await asyncio.wait_for(_commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
         if sha:
-            await asyncio.wait_for(gitops.push(state.workspace.project, state.access.remote, session.branch,
-                                               state.access.auth_env), SALVAGE_TIMEOUT)
+            access = await _fresh_access(state)
+            await asyncio.wait_for(gitops.push(state.workspace.project, access.remote, session.branch,
+                                               access.auth_env), SALVAGE_TIMEOUT)
             await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
             state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"
     except Exception as exc:

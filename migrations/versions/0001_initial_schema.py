@@ -45,6 +45,7 @@ def upgrade() -> None:
     sa.Column('branch', sa.String(length=255), nullable=True),
     sa.Column('commit_sha', sa.String(length=64), nullable=True),
     sa.Column('issue_number', sa.Integer(), nullable=True),
+    sa.Column('thread_key', sa.String(length=255), nullable=True),
     sa.Column('pr_number', sa.Integer(), nullable=True),
     sa.Column('pr_url', sa.String(length=1024), nullable=True),
     sa.Column('progress', sa.Integer(), nullable=False),
@@ -73,6 +74,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_sessions_created_at'), ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_sessions_parent_id'), ['parent_id'], unique=False)
         batch_op.create_index('ix_sessions_repo_issue', ['repo', 'issue_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sessions_thread_key'), ['thread_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_sessions_state'), ['state'], unique=False)
 
     op.create_table('webhook_deliveries',

@@ -1,0 +1,298 @@
+"""POST /slack/events: bolt's AsyncApp with the slash command, the Stop button and thread follow-ups.
+
+Bolt checks the signature and the timestamp (5 minutes) before any listener
+runs. Listeners answer Slack's 3 s with `ack()` as soon as the session row is
+written; posting the channel message and enqueueing happen right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from typing import Any, Awaitable, Callable, Iterator
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.models import Session, State
+from bot.policy import slack_is_bot, slack_may_stop, slack_refusal
+from bot.queue import Queue
+from bot.services import Services
+from bot.sessions import NewSession
+from bot.settings import SettingsError
+from bot.slack import (HELP_TEXT, NotInstalled, SlackChannel, first_progress, github_login,
+                       post_session_message, repository_installation, session_report, status_text,
+                       thread_sessions, web_client)
+from bot.triggers import Command, SlackCommand, Trigger, parse_mention, parse_slack_command, slack_unescape
+from webhooks.app import QUEUE, SERVICES
+
+log = logging.getLogger(__name__)
+INSTALL_CHECK_TIMEOUT = 2.0  # of Slack's 3 s; past it the worker checks again
+Notify = Callable[[str], Awaitable[Any]]
+
+
+def ephemeral(text: str) -> dict[str, Any]:
+    """An ack body only the invoking user sees."""
+    return {"response_type": "ephemeral", "text": text}
+
+
+def command_trigger_key(command: dict[str, Any]) -> str:
+    """Slack's trigger id (unique per invocation, the same in a retried body)."""
+    if command.get("trigger_id"):
+        return f"slack:{command['trigger_id']}"
+    parts = [command.get(k, "") for k in ("team_id", "channel_id", "user_id", "text", "response_url")]
+    return "slack:" + hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def mention_text(text: str, bot_user_id: str | None, slug: str) -> str:
+    """The mention with `<@BOT>` written as `@slug`, Slack formatting undone."""
+    pattern = rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>" if bot_user_id else r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>"
+    return slack_unescape(re.sub(pattern, f"@{slug}", text, count=1))
+
+
+class SlackIntake:
+    """The listeners; every one records before it acks, and is tracked until it ends."""
+
+    def __init__(self, services: Services, queue: Queue) -> None:
+        self.services, self.queue = services, queue
+        self.settings = services.settings
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def register(self, bolt: AsyncApp) -> None:
+        bolt.command(re.compile(r"^/"))(self.on_command)
+        bolt.action("sesame_stop")(self.on_stop_button)
+        bolt.event("app_mention")(self.on_mention)
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        """Remember the running listener, so shutdown and tests can wait for it."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for listeners still posting or enqueueing."""
+        await asyncio.sleep(0)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    # ------------------------------------------------------------ /sesame
+
+    async def on_command(self, ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient,
+                         respond: Notify) -> None:
+        """Answer a `/sesame` command; an unexpected failure still gets a short ephemeral answer."""
+        with self.tracked():
+            try:
+                await self.command(ack, command, client, respond)
+            except Exception:
+                log.exception("/sesame command failed")
+                if ack.response is None:
+                    await ack(ephemeral("Sorry, something went wrong on Sesame's side; try again."))
+
+    async def command(self, ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient,
+                      respond: Notify) -> None:
+        """Parse, check the policy, then run, report status, stop, or help."""
+        parsed = parse_slack_command(command.get("text", ""))
+        if parsed.command is Command.HELP:
+            await ack(ephemeral(HELP_TEXT))
+            return
+        refusal = slack_refusal(self.settings, command.get("user_id"), command.get("channel_id"))
+        if refusal or parsed.error:
+            await ack(ephemeral(refusal or f"{parsed.error}\n\n{HELP_TEXT}"))
+        elif parsed.command is Command.STATUS:
+            await ack(ephemeral(await self.status(parsed.session_id or "")))
+        elif parsed.command is Command.STOP:
+            text, ended = await self.stop(command["user_id"], parsed.session_id or "")
+            await ack(ephemeral(text))
+            await self.show_stopped(client, ended)
+        else:
+            await self.run(parsed, command, ack, client, respond)
+
+    async def run(self, parsed: SlackCommand, command: dict[str, Any], ack: AsyncAck,
+                  client: AsyncWebClient, respond: Notify) -> None:
+        """Record the session, ack, post its message, enqueue."""
+        assert parsed.repo is not None
+        try:
+            installation = await asyncio.wait_for(repository_installation(self.services, parsed.repo),
+                                                  INSTALL_CHECK_TIMEOUT)
+        except NotInstalled as exc:
+            await ack(ephemeral(str(exc)))
+            return
+        except Exception as exc:  # GitHub slow or down: the worker's still_allowed checks again
+            log.warning("installation check of %s failed (%s); the worker checks again", parsed.repo, exc)
+            installation = None
+        row, created = await self.services.sessions.create(self.new_session(parsed, command, installation))
+        if not created:
+            await ack(ephemeral(f"Already on it: session `{row.id}`."))
+            return
+        await ack(ephemeral(f"Queued session `{row.id}` on `{row.repo}`; progress follows in this channel."))
+        await self.announce(client, row, respond)
+
+    def new_session(self, parsed: SlackCommand, command: dict[str, Any], installation: int | None) -> NewSession:
+        """What a `/sesame owner/repo ...` command asks for."""
+        user = command["user_id"]
+        report = session_report(self.settings, team=command.get("team_id"), channel=command["channel_id"],
+                                user=user)
+        if installation:
+            report["installation_id"] = installation
+        return NewSession(trigger_key=command_trigger_key(command), prompt=parsed.prompt,
+                          agent=parsed.agent or self.settings.SESAME_DEFAULT_AGENT, model=parsed.model,
+                          repo=parsed.repo or "", base_branch=parsed.branch, source="slack", report=report,
+                          requested_by=github_login(self.settings, user) or f"slack:{user}")
+
+    async def announce(self, client: AsyncWebClient, row: Session, notify: Notify) -> None:
+        """Post the session's channel message, then enqueue it (even if Slack refused the post)."""
+        try:
+            await post_session_message(client, self.services, row)
+        except SlackApiError as exc:
+            error = (exc.response or {}).get("error", "error")
+            log.warning("posting the message of session %s failed: %s", row.id, error)
+            await notify(f"I could not post in this channel (`{error}`); invite me with `/invite`. "
+                         f"The session runs anyway: `/sesame status {row.id}`.")
+        finally:
+            await self.queue.enqueue(row.id)
+
+    async def status(self, session_id: str) -> str:
+        row = await self.services.sessions.get(session_id)
+        return status_text(self.services, row) if row else f"No session `{session_id}`."
+
+    async def stop(self, user: str, session_id: str) -> tuple[str, Session | None]:
+        """Flag a Slack session to stop; the row too when it ended at once (it never started)."""
+        row = await self.services.sessions.get(session_id)
+        if row is None or row.source != "slack":
+            return f"No Slack session `{session_id}`.", None
+        if not slack_may_stop(self.settings, user, row.report or {}):
+            return "Only the person who started this session (or an allowed user) can stop it.", None
+        if State(row.state).final:
+            return f"Session `{row.id}` already ended ({row.state}).", None
+        row = await self.services.sessions.request_stop(row.id)
+        if row is not None and row.state == State.STOPPED.value:
+            return f"Stopped session `{row.id}` before it started.", row
+        return f"Stopping session `{session_id}`…", None
+
+    async def show_stopped(self, client: AsyncWebClient, row: Session | None) -> None:
+        """No worker reports a session stopped while queued: update its message here."""
+        if row is None or not (row.report or {}).get("ts"):
+            return
+        progress = first_progress(self.services, row)
+        progress.finish(State.STOPPED.value)
+        await SlackChannel(self.services, row, client).publish(progress)
+
+    # ------------------------------------------------------------ the Stop button
+
+    async def on_stop_button(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """Stop the session of the message; tell the presser what happened."""
+        with self.tracked():
+            await ack()
+            user = body["user"]["id"]
+            channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
+            text, ended = await self.stop(user, body["actions"][0]["value"])
+            await client.chat_postEphemeral(channel=channel, user=user, text=text)
+            await self.show_stopped(client, ended)
+
+    # ------------------------------------------------------------ mentions in a session thread
+
+    async def on_mention(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any],
+                         client: AsyncWebClient) -> None:
+        """A mention of the bot; Slack's retries (same event id) are dropped, a failure forgets the id."""
+        event_id = body.get("event_id") or event["ts"]
+        with self.tracked():
+            if slack_is_bot(event) or not await self.services.sessions.record_delivery(
+                    event_id, "slack", "app_mention"):
+                return
+            try:
+                await self.mention(event, body, context, client)
+            except Exception:
+                await self.services.sessions.forget_delivery(event_id)
+                raise
+
+    async def mention(self, event: dict[str, Any], body: dict[str, Any], context: dict[str, Any],
+                      client: AsyncWebClient) -> None:
+        """In a session's thread: a follow-up, `stop` or `help`; elsewhere a hint."""
+        channel, user = event["channel"], event.get("user", "")
+
+        async def whisper(text: str) -> None:
+            await client.chat_postEphemeral(channel=channel, user=user, text=text,
+                                            thread_ts=event.get("thread_ts"))
+
+        family = await thread_sessions(self.services, channel, event["thread_ts"]) \
+            if event.get("thread_ts") else []
+        if not family:
+            return await whisper("Mention me in a session's thread to follow up, or start one with "
+                                 "`/sesame owner/repo PROMPT`.")
+        refusal = slack_refusal(self.settings, user, channel)
+        slug = self.settings.GITHUB_APP_SLUG
+        trigger = parse_mention(mention_text(event.get("text", ""), context.get("bot_user_id"), slug), slug)
+        if refusal or trigger is None or trigger.error or trigger.command is Command.HELP:
+            return await whisper(refusal or (trigger.error if trigger and trigger.error else HELP_TEXT))
+        if trigger.command is Command.STOP:
+            text, ended = await self.stop(user, family[0].id)
+            await whisper(text)
+            return await self.show_stopped(client, ended)
+        await self.follow_up(family[0], trigger, body, event, client, whisper)
+
+    async def follow_up(self, parent: Session, trigger: Trigger, body: dict[str, Any], event: dict[str, Any],
+                        client: AsyncWebClient, whisper: Notify) -> None:
+        """A child of the thread's last session, on the same branch; its message is a thread reply."""
+        user = event.get("user", "")
+        report = session_report(self.settings, team=body.get("team_id"), channel=event["channel"], user=user,
+                                thread_ts=event["thread_ts"])
+        if (parent.report or {}).get("installation_id"):
+            report["installation_id"] = parent.report["installation_id"]
+        row, created = await self.services.sessions.create(NewSession(
+            trigger_key=f"slack:event:{body.get('event_id') or event['ts']}", prompt=trigger.prompt,
+            agent=trigger.agent or parent.agent, model=trigger.model or (None if trigger.agent else parent.model),
+            repo=parent.repo, base_branch=trigger.base or parent.base_branch, branch=parent.branch,
+            pr_number=parent.pr_number, parent_id=parent.id, source="slack", report=report,
+            requested_by=github_login(self.settings, user) or f"slack:{user}"))
+        if created:
+            await self.announce(client, row, whisper)
+
+
+SLACK_BOLT = web.AppKey("slack_bolt", AsyncApp)
+SLACK_INTAKE = web.AppKey("slack_intake", SlackIntake)
+
+
+def build_bolt_app(services: Services, intake: SlackIntake) -> AsyncApp:
+    """Bolt with its own signature/timestamp verification; Web API on SLACK_API_URL."""
+    settings = services.settings
+    if not settings.get("SLACK_BOT_TOKEN"):
+        raise SettingsError("SLACK_BOT_TOKEN", "is required when SLACK_SIGNING_SECRET is set",
+                            "Set it to the app's Bot User OAuth Token (xoxb-...)")
+    bolt = AsyncApp(name="sesame", signing_secret=settings.SLACK_SIGNING_SECRET,
+                    client=web_client(settings, services.http))
+    intake.register(bolt)
+    return bolt
+
+
+async def slack_events(request: web.Request) -> web.Response:
+    """Hand the request to bolt and its answer back to aiohttp."""
+    response = await request.app[SLACK_BOLT].async_dispatch(await to_bolt_request(request))
+    return await to_aiohttp_response(response)
+
+
+async def _drain_on_shutdown(app: web.Application) -> None:
+    await app[SLACK_INTAKE].drain(timeout=5.0)
+
+
+def setup(app: web.Application) -> None:
+    """Mount /slack/events when SLACK_SIGNING_SECRET is set; otherwise do nothing."""
+    services = app[SERVICES]
+    if not services.settings.get("SLACK_SIGNING_SECRET"):
+        return
+    intake = SlackIntake(services, app[QUEUE])
+    app[SLACK_INTAKE] = intake
+    app[SLACK_BOLT] = build_bolt_app(services, intake)
+    app.router.add_post("/slack/events", slack_events)
+    app.on_shutdown.append(_drain_on_shutdown)
