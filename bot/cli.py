@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 0
@@ -158,7 +160,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         await runner.cleanup()
         await services.close()
         return fail(f"PORT: cannot listen on {host}:{port} ({exc.strerror}). Pick another with --port.")
-    mode = "SQLite, in-process queue" if services.settings.embedded else services.engine.dialect.name
+    mode = "SQLite" if services.settings.embedded else "PostgreSQL"
     print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

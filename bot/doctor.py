@@ -98,7 +98,7 @@ async def check_integrations(settings: Settings) -> Check:
     if not parts:
         return Check("integrations", "warn", "neither GitHub nor Slack is configured: only the API and "
                      "`sesame run` work", "set GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH, GITHUB_WEBHOOK_SECRET "
-                     "(see README: Creating the GitHub App)")
+                     "(see the README section GitHub App)")
     status = "warn" if "!" in " ".join(parts) else "ok"
     return Check("integrations", status, ", ".join(parts))
 
@@ -111,15 +111,17 @@ MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
 async def run_doctor(settings: Settings) -> int:
     """Print one line per check (and its fix); exit 1 when any check failed."""
-    failed = False
+    failed, warnings = False, 0
     for check_fn in CHECKS:
         try:
             check = await check_fn(settings)
         except Exception as exc:
             check = Check(check_fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc}")
         failed |= check.status == "fail"
+        warnings += check.status == "warn"
         print(f"[{MARKS[check.status]}] {check.name:12} {check.detail}")
         if check.fix and check.status != "ok":
             print(f"{'':20}fix: {check.fix}")
-    print("\nsome checks failed" if failed else "\nall checks passed")
+    tail = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+    print(("\nsome checks failed" if failed else "\nall checks passed") + tail)
     return 1 if failed else 0
