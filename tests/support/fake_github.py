@@ -36,6 +36,8 @@ import aiohttp
 import jwt
 import pytest_asyncio
 from aiohttp import web
+
+from tests.support.loopback import serve_on_loopback
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -268,12 +270,8 @@ class FakeGitHub:
         """Listen on 127.0.0.1, on a random port."""
         app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024**2)
         self._add_routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, url = await serve_on_loopback(app)
+        self.url = url
 
     async def close(self) -> None:
         """Stop the server; remove the repositories when the fake made their directory."""

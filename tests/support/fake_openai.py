@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.loopback import serve_on_loopback
+
 _ids = itertools.count(1)
 
 
@@ -79,12 +81,8 @@ class FakeOpenAI:
         for prefix in ("/v1", ""):
             app.router.add_post(f"{prefix}/chat/completions", self._chat)
             app.router.add_get(f"{prefix}/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.1)
+        self.base_url = url + "/v1"
         return self.base_url
 
     async def close(self) -> None:

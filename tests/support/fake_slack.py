@@ -28,6 +28,8 @@ import pytest_asyncio
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
+from tests.support.loopback import serve_on_loopback
+
 SIGNING_SECRET = "slack-signing-secret-for-tests"
 BOT_TOKEN = "xoxb-fake-slack-bot-token-0001"
 BOT_USER_ID = "U0SESAME"
@@ -108,12 +110,8 @@ class FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/respond/{key}", self._respond)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, url = await serve_on_loopback(app)
+        self.url = url
 
     async def close(self) -> None:
         if self._runner is not None:
