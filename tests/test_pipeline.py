@@ -162,3 +162,36 @@ def test_sesame_run_in_a_subprocess(tmp_path: Path, origin: Path, script: str) -
     assert result.returncode == 0, result.stdout + result.stderr
     branch = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("branch "))
     assert show_file(origin, branch, "src/widget.py").endswith("return 42")
+
+
+async def test_stop_during_a_run_kills_the_agent_and_keeps_its_work(tmp_path: Path, db_url: str,
+                                                                    origin: Path) -> None:
+    import asyncio
+
+    from bot.queue import InlineQueue
+    from bot.sessions import NewSession
+    from runner.worker import run_session
+
+    command = "sh -c 'echo started > started.txt; sleep 300'"
+    services = await make_services(tmp_path, db_url, AGENT_COMMAND=command)
+    queue = InlineQueue(lambda sid: run_session(services, sid))
+    try:
+        row, _ = await services.sessions.create(NewSession(
+            trigger_key=f"t:{tmp_path.name}", prompt="long job", agent="command", repo=str(origin), source="api"))
+        await queue.enqueue(row.id)
+        for _ in range(300):  # wait until the agent is running
+            events = await services.sessions.events(row.id)
+            if any(e.kind == "step" and e.data == {"step": "agent", "status": "running", "detail": None}
+                   for e in events):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        await services.sessions.request_stop(row.id)
+        await asyncio.wait_for(queue.join(), 30)
+        session = await services.sessions.get(row.id)
+    finally:
+        await queue.close()
+        await services.close()
+    assert session.state == "stopped" and session.error is None
+    assert show_file(origin, session.branch, "started.txt") == "started"
+    assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()
