@@ -42,6 +42,7 @@ class GitHubChannel:
         self.factory = github_factory(services)
         self.installation_id = int(self.report["installation_id"])
         self.owner, self.repo = split_repo(session.repo)
+        self.secrets: list[str] = []  # tokens handed out by access(), redacted from every comment
 
     async def client(self) -> SesameGitHubAPI:
         return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo])
@@ -66,7 +67,7 @@ class GitHubChannel:
 
     async def publish(self, progress: Progress) -> None:
         """Edit the one progress comment in place (create it if intake could not)."""
-        body = render_markdown(progress, self.services.settings.secret_values)
+        body = render_markdown(progress, [*self.services.settings.secret_values, *self.secrets])
         gh = await self.client()
         try:
             if self.report.get("comment_id"):

@@ -1,8 +1,9 @@
-"""POST /webhooks/github: verify, record the delivery, route to one Router per feature."""
+"""POST /webhooks/github: verify, route to one Router per feature, answer 202."""
 
 from __future__ import annotations
 
 import logging
+from typing import Mapping
 
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
@@ -13,40 +14,51 @@ from webhooks.github.intake import Intake
 
 log = logging.getLogger(__name__)
 router = routing.Router(comments.router, issues.router, installations.router)
+REQUIRED_HEADERS = ("x-github-event", "x-github-delivery")
 
 
-def parse_event(request: web.Request, body: bytes, secret: str) -> sansio.Event:
-    """Verify the signature and parse; a clear 401/400 on anything wrong."""
-    if "x-hub-signature-256" not in request.headers:
+def parse_event(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.Event:
+    """Verify the signature and parse; a clear 401/400/415 on anything wrong."""
+    if "x-hub-signature-256" not in headers:
         raise web.HTTPUnauthorized(text="missing X-Hub-Signature-256\n")
+    if any(name not in headers for name in REQUIRED_HEADERS):
+        raise web.HTTPBadRequest(text="a delivery needs X-GitHub-Event and X-GitHub-Delivery\n")
     try:
-        return sansio.Event.from_http(request.headers, body, secret=secret)
+        return sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure:
         raise web.HTTPUnauthorized(text="signature does not match\n") from None
-    except BadRequest as exc:
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
-    except (ValueError, UnicodeDecodeError):
+    except (BadRequest, ValueError, UnicodeDecodeError):
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="send deliveries as application/json\n") from None
         raise web.HTTPBadRequest(text="the body is not valid JSON\n") from None
 
 
+async def dispatch(event: sansio.Event, intake: Intake) -> int:
+    """Run every matching handler; one failing handler does not skip the others. Returns failures."""
+    failures = 0
+    for handler in router.fetch(event):
+        try:
+            await handler(event, intake=intake)
+        except Exception:
+            log.exception("handler %s failed on delivery %s (%s)", handler.__name__, event.delivery_id,
+                          event.event)
+            failures += 1
+    return failures
+
+
 async def receive(request: web.Request) -> web.Response:
-    """202 as soon as the delivery is recorded and any session enqueued."""
+    """202 as soon as any session is recorded and enqueued."""
     services = request.app[SERVICES]
     body = await request.read()
-    event = parse_event(request, body, services.settings.GITHUB_WEBHOOK_SECRET)
+    event = parse_event(request.headers, body, services.settings.GITHUB_WEBHOOK_SECRET)
     if event.event == "ping":
         return web.json_response({"msg": "pong"})
-    if not isinstance(event.data, dict) or not event.delivery_id:
-        raise web.HTTPBadRequest(text="a delivery needs a JSON object body and X-GitHub-Delivery\n")
-    if not await services.sessions.record_delivery(event.delivery_id, "github", event.event):
-        return web.json_response({"status": "duplicate delivery"}, status=202)
-    intake = Intake(services, request.app[QUEUE])
-    try:
-        await router.dispatch(event, intake=intake)
-    except Exception:
-        # Forget the delivery so that GitHub's "redeliver" button runs it again.
-        await services.sessions.forget_delivery(event.delivery_id)
-        log.exception("delivery %s (%s) failed", event.delivery_id, event.event)
+    if not isinstance(event.data, dict):
+        raise web.HTTPBadRequest(text="a delivery body is a JSON object\n")
+    intake = Intake(services, request.app[QUEUE], event)
+    if await dispatch(event, intake):
+        if intake.claimed:  # forget it, so that GitHub's "redeliver" button runs it again
+            await services.sessions.forget_delivery(event.delivery_id)
         return web.json_response({"status": "error"}, status=500)
     return web.json_response({"status": "accepted", **intake.outcome}, status=202)
 
@@ -57,4 +69,4 @@ def setup(app: web.Application) -> None:
         app.router.add_post("/webhooks/github", receive)
 
 
-__all__ = ["setup", "router"]
+__all__ = ["setup", "router", "parse_event", "dispatch"]

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gidgethub import routing, sansio
 
 from bot.installations import InstallationStore
-from webhooks.github.intake import Intake, independent
+from webhooks.github.intake import INSTALLATION_CACHE, Intake
 
 router = routing.Router()
-STATES = {"created": (False, False), "new_permissions_accepted": (None, None), "deleted": (None, True),
-          "suspend": (True, None), "unsuspend": (False, None)}
+# action -> (suspended, deleted); None leaves the flag as it is.
+STATES: dict[str, tuple[bool | None, bool | None]] = {
+    "created": (False, False), "new_permissions_accepted": (None, None), "deleted": (None, True),
+    "suspend": (True, None), "unsuspend": (False, None)}
 
 
 def _store(intake: Intake) -> InstallationStore:
     return InstallationStore(intake.services.sessions.sessionmaker)
 
 
+def _names(repos: list[dict[str, Any]] | None) -> list[str]:
+    return [r["full_name"] for r in repos or []]
+
+
 @router.register("installation")
-@independent
 async def installation(event: sansio.Event, intake: Intake) -> None:
     """Record, suspend, unsuspend or delete an installation."""
     action = event.data.get("action")
@@ -25,23 +32,21 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
         return
     data = event.data["installation"]
     suspended, deleted = STATES[action]
-    repos = [r["full_name"] for r in event.data.get("repositories") or []] if action == "created" else None
+    repos = _names(event.data.get("repositories")) if action == "created" else None
     await _store(intake).upsert(int(data["id"]), data.get("account", {}).get("login", ""),
                                 suspended=suspended, deleted=deleted, repos=repos)
-    if action in ("deleted", "suspend"):
-        factory = intake.services.extras.get("github_factory")
-        if factory is not None:
-            factory.forget_installation(int(data["id"]))
+    intake.services.extras.get(INSTALLATION_CACHE, {}).pop(int(data["id"]), None)
+    if action in ("deleted", "suspend") and "github_factory" in intake.services.extras:
+        intake.services.extras["github_factory"].forget_installation(int(data["id"]))
     intake.outcome["installation"] = action
 
 
 @router.register("installation_repositories")
-@independent
 async def repositories(event: sansio.Event, intake: Intake) -> None:
     """Repositories added to or removed from an installation."""
     data = event.data["installation"]
-    await _store(intake).upsert(int(data["id"]), data.get("account", {}).get("login", ""))
-    await _store(intake).change_repos(int(data["id"]),
-                                      [r["full_name"] for r in event.data.get("repositories_added") or []],
-                                      [r["full_name"] for r in event.data.get("repositories_removed") or []])
+    store = _store(intake)
+    await store.upsert(int(data["id"]), data.get("account", {}).get("login", ""))
+    await store.change_repos(int(data["id"]), _names(event.data.get("repositories_added")),
+                             _names(event.data.get("repositories_removed")))
     intake.outcome["installation"] = event.data.get("action")

@@ -1,0 +1,278 @@
+"""Time to the 202 for signed GitHub deliveries: `sesame serve` (PostgreSQL + Redis) vs a bare aiohttp handler.
+
+    python3 bench/webhooks.py [--rate 200] [--seconds 10]
+
+Creates and migrates a fresh PostgreSQL database, starts the fake GitHub (its own thread and loop) and
+`sesame serve` (a subprocess) on loopback, posts trigger comments from users with write permission at a
+fixed rate (open loop: a late answer never delays the next send), then the same load against a bare
+handler that answers 202 after reading the body. Prints deliveries/s, p50, p99 and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.fake_github import FakeGitHub  # noqa: E402
+
+PG_ADMIN = os.environ.get("SESAME_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SESAME_BENCH_REDIS", "redis://127.0.0.1:6379/8")
+WRITERS = ("alice", "bob", "carol", "dave")
+Delivery = tuple[dict[str, str], bytes]
+
+
+@dataclass
+class Result:
+    """Latencies (seconds) and statuses of one load run."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    cpu: float = 0.0  # seconds of CPU the server spent on the run
+
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    def line(self) -> str:
+        rate = len(self.latencies) / self.elapsed if self.elapsed else 0.0
+        return (f"{self.name:8} {len(self.latencies):5d} deliveries in {self.elapsed:5.1f} s = {rate:6.1f}/s   "
+                f"p50 {self.percentile(0.5) * 1000:6.1f} ms   p99 {self.percentile(0.99) * 1000:6.1f} ms   "
+                f"max {max(self.latencies, default=0) * 1000:6.1f} ms   "
+                f"server CPU {self.cpu / max(1, len(self.latencies)) * 1000:5.2f} ms/delivery   "
+                f"statuses {dict(sorted(self.statuses.items()))}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeThread:
+    """The fake GitHub on its own event loop, so it does not share the load generator's."""
+
+    def __init__(self, root: Path) -> None:
+        self.fake = FakeGitHub(root=root)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> FakeGitHub:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(30)
+        return self.fake
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def deliveries(fake: FakeGitHub, repo: str, count: int) -> list[Delivery]:
+    """Signed trigger comments from writers, each with its own delivery id."""
+    out = []
+    for i in range(count):
+        payload = fake.issue_comment_payload(repo, 1 + i % 50, f"@sesame fix flaky test number {i}",
+                                             sender=WRITERS[i % len(WRITERS)])
+        out.append(fake.delivery("issue_comment", payload, delivery_id=str(uuid.uuid4())))
+    return out
+
+
+async def admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll until the server answers (or fail with its output)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                async with http.get(url) as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+async def send(http: aiohttp.ClientSession, url: str, delivery: Delivery, result: Result) -> None:
+    headers, body = delivery
+    started = time.perf_counter()
+    try:
+        async with http.post(url, data=body, headers=headers) as response:
+            await response.read()
+            status = response.status
+    except aiohttp.ClientError:
+        status = 0
+    result.latencies.append(time.perf_counter() - started)
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+
+
+async def load(name: str, url: str, items: list[Delivery], rate: float) -> Result:
+    """Send `items` at `rate` per second, open loop; bounded by the item count."""
+    result = Result(name)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        start = time.perf_counter()
+        tasks = []
+        for i, item in enumerate(items):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(http, url, item, result)))
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        result.elapsed = time.perf_counter() - start
+    return result
+
+
+async def bare_handler(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=202)
+
+
+def run_bare_server(port: int) -> None:
+    """The baseline: an aiohttp app that answers 202 after reading the body."""
+    app = web.Application(client_max_size=25 * 1024 * 1024)
+    app.router.add_post("/webhooks/github", bare_handler)
+    app.router.add_get("/api/health", lambda _r: asyncio.sleep(0, web.Response(text="ok")))
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_env(fake: FakeGitHub, database_url: str, work: Path) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": str(work), "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "BASE_URL": "http://sesame.bench",
+            "ENCRYPTION_KEY": "ab" * 32, "SESAME_DATA_DIR": str(work / "data"), **fake.settings_env()}
+
+
+def start(argv: list[str], env: dict[str, str], work: Path, log_name: str) -> subprocess.Popen[bytes]:
+    log = open(work / log_name, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(argv, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: float,
+                  warmup: list[Delivery]) -> Result:
+    """Warm up (token, permission cache, connections), then the measured run."""
+    await load(f"{name}-warm", url, warmup, rate=min(rate, 50))
+    before = cpu_seconds(pid)
+    result = await load(name, url, items, rate)
+    result.cpu = cpu_seconds(pid) - before
+    return result
+
+
+async def run(rate: float, seconds: float) -> tuple[Result, Result]:
+    work = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
+    database = f"sesame_bench_{uuid.uuid4().hex[:10]}"
+    database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + database
+    fake_thread = FakeThread(work / "fake")
+    fake = fake_thread.start()
+    repo = "acme/widget"
+    fake.add_repo(repo)
+    for login in WRITERS:
+        fake.set_permission(repo, login, "write")
+    count = int(rate * seconds)
+    items, warmup = deliveries(fake, repo, count), deliveries(fake, repo, 40)
+    bare_items, bare_warmup = deliveries(fake, repo, count), deliveries(fake, repo, 40)
+    await admin(f'CREATE DATABASE "{database}"')
+    redis = aioredis.from_url(REDIS_URL)
+    await redis.flushdb()
+    env = serve_env(fake, database_url, work)
+    procs = []
+    try:
+        subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
+                       capture_output=True, timeout=60)
+        port, bare_port = free_port(), free_port()
+        procs.append(start([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)], env, work, "serve.log"))
+        procs.append(start([sys.executable, __file__, "--bare-server", str(bare_port)], env, work, "bare.log"))
+        await wait_ready(f"http://127.0.0.1:{port}/api/health", procs[0])
+        await wait_ready(f"http://127.0.0.1:{bare_port}/api/health", procs[1])
+        sesame = await measure(f"http://127.0.0.1:{port}/webhooks/github", procs[0].pid, "sesame", items, rate,
+                               warmup)
+        bare = await measure(f"http://127.0.0.1:{bare_port}/webhooks/github", procs[1].pid, "bare", bare_items,
+                             rate, bare_warmup)
+        await check_sessions(database_url, count + len(warmup))
+        return sesame, bare
+    finally:
+        for proc in procs:
+            stop(proc)
+        fake_thread.stop()
+        await redis.flushdb()
+        await redis.aclose()
+        await admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def check_sessions(database_url: str, expected: int) -> None:
+    """Every delivery became exactly one session with its progress comment."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        sessions = await conn.fetchval("SELECT count(*) FROM sessions")
+        commented = await conn.fetchval("SELECT count(*) FROM sessions WHERE report::text LIKE '%comment_id%'")
+    finally:
+        await conn.close()
+    print(f"sessions recorded: {sessions} of {expected}; with their queued comment: {commented}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="deliveries per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        run_bare_server(args.bare_server)
+        return
+    sesame, bare = asyncio.run(run(args.rate, args.seconds))
+    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s")
+    print(sesame.line())
+    print(bare.line())
+    print(f"ratio sesame/bare: p50 x{sesame.percentile(0.5) / bare.percentile(0.5):.1f}, "
+          f"p99 x{sesame.percentile(0.99) / bare.percentile(0.99):.1f}")
+    print(f"p99 target < 50 ms: {'met' if sesame.percentile(0.99) < 0.050 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Starting and stopping sessions from a trigger: context, branch, the queued comment, the queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bot.catalog import display_name
+from bot.github import SesameGitHubAPI
+from bot.github_channel import GitHubChannel, post_progress_comment, split_repo
+from bot.models import Session, State
+from bot.progress import Progress, render_markdown
+from bot.reporting import session_url
+from bot.services import Services
+from bot.sessions import NewSession
+from bot.triggers import Trigger, clean_context
+from webhooks.github.intake import FORK_REFUSED, NOTHING_TO_STOP, Intake, Mention, refuse, reply, thread_root
+
+log = logging.getLogger(__name__)
+
+
+async def stop_sessions(intake: Intake, gh: SesameGitHubAPI, source: Mention) -> None:
+    """Flag every active session of the issue or PR; a pending one ends (and says so) at once."""
+    sessions = intake.services.sessions
+    active = await sessions.active_for_issue(intake.repo, source.issue["number"])
+    for row in active:
+        stopped = await sessions.request_stop(row.id)
+        if stopped is not None and stopped.state == State.STOPPED.value:
+            await report_stopped(intake.services, stopped)
+    intake.outcome["stopped"] = [row.id for row in active]
+    if not active:
+        kind = "pull request" if source.is_pull_request else "issue"
+        await reply(intake, gh, source, NOTHING_TO_STOP.format(kind=kind))
+
+
+async def report_stopped(services: Services, row: Session) -> None:
+    """A session stopped before any worker took it: its queued comment says so (no job will)."""
+    progress = new_progress(services, row.id, row.prompt, row.agent)
+    progress.finish(State.STOPPED.value)
+    try:
+        await GitHubChannel(services, row).publish(progress)
+    except Exception as exc:
+        log.warning("could not mark the comment of session %s stopped: %s", row.id, exc)
+
+
+def new_progress(services: Services, session_id: str, prompt: str, agent: str) -> Progress:
+    """The progress of a session that was just queued."""
+    return Progress(session_id, prompt[:80], display_name(agent), session_url(services, session_id))
+
+
+def build_context(intake: Intake, source: Mention) -> dict[str, Any]:
+    """The issue and comment text as they were at the trigger, cleaned; later comments never join."""
+    context: dict[str, Any] = {
+        "issue_number": source.issue["number"], "issue_title": clean_context(source.issue.get("title") or ""),
+        "issue_body": clean_context(source.issue.get("body") or ""), "is_pull_request": source.is_pull_request,
+        "clone_url": intake.event.data["repository"].get("clone_url"),
+    }
+    if source.comment:
+        context["comment"] = clean_context(source.comment.get("body") or "")
+    if source.review_comment:
+        rc = source.review_comment
+        context["review_comment"] = {"path": rc.get("path"), "line": rc.get("line") or rc.get("original_line"),
+                                     "diff_hunk": clean_context(rc.get("diff_hunk") or ""),
+                                     "body": clean_context(rc.get("body") or "")}
+    return context
+
+
+def new_session(intake: Intake, source: Mention, trigger: Trigger) -> NewSession:
+    """The session a trigger asks for, before its branch is decided."""
+    number = source.issue["number"]
+    review_id = thread_root(source.review_comment) if source.review_comment else None
+    return NewSession(
+        trigger_key=f"github:{intake.event.delivery_id}", prompt=trigger.prompt,
+        agent=trigger.agent or intake.services.settings.SESAME_DEFAULT_AGENT, model=trigger.model,
+        base_branch=trigger.base, repo=intake.repo, source="github", requested_by=intake.sender,
+        context=build_context(intake, source), issue_number=number,
+        report={"installation_id": intake.installation_id, "issue_number": number,
+                "review_comment_id": review_id})
+
+
+async def on_pull_request_branch(intake: Intake, gh: SesameGitHubAPI, source: Mention, new: NewSession) -> bool:
+    """Work on the PR's own branch; False (after a reply) for a refused fork PR."""
+    pr = intake.event.data.get("pull_request") or await gh.getitem(source.issue["pull_request"]["url"])
+    head_repo = ((pr.get("head") or {}).get("repo") or {}).get("full_name")
+    new.base_branch = new.base_branch or pr["base"]["ref"]
+    if head_repo == intake.repo:
+        new.branch, new.pr_number = pr["head"]["ref"], int(pr["number"])
+        return True
+    if not intake.services.settings.GITHUB_ALLOW_FORK_PULL_REQUESTS:
+        if await intake.claim_delivery():
+            await refuse(intake, gh, source, "fork", FORK_REFUSED.format(login=intake.sender))
+        return False
+    return True  # a fork's branch is out of the token's reach: a new branch here, and a new PR
+
+
+async def on_open_sesame_pull_request(intake: Intake, gh: SesameGitHubAPI, new: NewSession) -> None:
+    """A follow-up on an issue whose last Sesame PR is still open continues that PR's branch."""
+    parent = await intake.services.sessions.latest_with_branch(intake.repo, int(new.issue_number or 0))
+    if parent is None or not parent.pr_number or new.base_branch:
+        return
+    owner, name = split_repo(intake.repo)
+    pr = await gh.getitem("/repos/{owner}/{repo}/pulls/{number}",
+                          {"owner": owner, "repo": name, "number": parent.pr_number})
+    if pr.get("state") == "open":
+        new.branch, new.parent_id, new.pr_number = parent.branch, parent.id, parent.pr_number
+        new.base_branch = parent.base_branch
+
+
+async def choose_branch(intake: Intake, gh: SesameGitHubAPI, source: Mention, new: NewSession) -> bool:
+    """Decide the branch (PR branch, open Sesame PR, or a new one); False when refused."""
+    if source.is_pull_request:
+        if not await on_pull_request_branch(intake, gh, source, new):
+            return False
+        parent = await intake.services.sessions.latest_with_branch(intake.repo, int(source.issue["number"]))
+        if parent is not None and parent.branch == new.branch:
+            new.parent_id = parent.id
+        return True
+    await on_open_sesame_pull_request(intake, gh, new)
+    return True
+
+
+async def start_session(intake: Intake, gh: SesameGitHubAPI, source: Mention, trigger: Trigger) -> None:
+    """Record the session, post the queued progress comment, enqueue."""
+    new = new_session(intake, source, trigger)
+    if not await choose_branch(intake, gh, source, new):
+        return
+    row, created = await intake.services.sessions.create(new)
+    intake.outcome["session"] = row.id
+    if not created:
+        intake.outcome["duplicate"] = True
+        return
+    await post_queued_comment(intake, gh, row.id, new)
+    await intake.queue.enqueue(row.id)
+
+
+async def post_queued_comment(intake: Intake, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
+    """Create the one progress comment now, so the requester sees it was queued."""
+    services = intake.services
+    progress = new_progress(services, session_id, new.prompt, new.agent)
+    try:
+        comment = await post_progress_comment(gh, new.repo, new.report or {},
+                                              render_markdown(progress, services.settings.secret_values))
+    except Exception as exc:  # the worker creates it when this fails
+        log.warning("could not post the queued comment for %s: %s", session_id, exc)
+        return
+    await services.sessions.update(session_id, report={**(new.report or {}), "comment_id": comment["id"]})
