@@ -65,9 +65,11 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+    """User + system CPU time so far of a process and its children (the --workers processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def free_port() -> int:
@@ -203,7 +205,7 @@ async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: fl
     return result
 
 
-async def run(rate: float, seconds: float) -> tuple[Result, Result]:
+async def run(rate: float, seconds: float, workers: int = 1) -> tuple[Result, Result]:
     work = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
     database = f"sesame_bench_{uuid.uuid4().hex[:10]}"
     database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + database
@@ -225,7 +227,8 @@ async def run(rate: float, seconds: float) -> tuple[Result, Result]:
         subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
                        capture_output=True, timeout=60)
         port, bare_port = free_port(), free_port()
-        procs.append(start([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)], env, work, "serve.log"))
+        procs.append(start([sys.executable, "-m", "bot.cli", "serve", "--port", str(port), "--workers", str(workers)],
+                           env, work, "serve.log"))
         procs.append(start([sys.executable, __file__, "--bare-server", str(bare_port)], env, work, "bare.log"))
         await wait_ready(f"http://127.0.0.1:{port}/api/health", procs[0])
         await wait_ready(f"http://127.0.0.1:{bare_port}/api/health", procs[1])
@@ -260,13 +263,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="deliveries per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--workers", type=int, default=1, help="`sesame serve --workers N`")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         run_bare_server(args.bare_server)
         return
-    sesame, bare = asyncio.run(run(args.rate, args.seconds))
-    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s")
+    sesame, bare = asyncio.run(run(args.rate, args.seconds, args.workers))
+    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s, {args.workers} web process(es)")
     print(sesame.line())
     print(bare.line())
     print(f"ratio sesame/bare: p50 x{sesame.percentile(0.5) / bare.percentile(0.5):.1f}, "

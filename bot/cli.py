@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server (webhooks, Slack, API)")
     serve.add_argument("--host", help="listen address (default HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default PORT or 13531)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="web processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     worker = sub.add_parser("worker", help="run an arq worker (needs REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     sub.add_parser("migrate", help="apply database migrations")
@@ -139,9 +142,23 @@ def web_features() -> list[Callable[[Any], None]]:
     return features
 
 
+async def serve_many(args: argparse.Namespace) -> int:
+    """Run `workers` web processes on one port; SIGTERM reaches each, and we wait for all."""
+    argv = [sys.executable, "-m", "bot.cli", "serve", "--workers", "1", "--reuse-port"]
+    argv += (["--host", args.host] if args.host else []) + (["--port", str(args.port)] if args.port else [])
+    children = [await asyncio.create_subprocess_exec(*argv) for _ in range(args.workers)]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: [c.send_signal(s) for c in children if c.returncode is None])
+    codes = [await child.wait() for child in children]
+    return max(codes)
+
+
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    if args.workers > 1:
+        return await serve_many(args)
     from bot.services import open_services
     from bot.sweeper import run_forever_sweeper
 
@@ -155,7 +172,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     runner = web.AppRunner(build_web_app(services, queue), handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=args.reuse_port or None).start()
     except OSError as exc:
         await runner.cleanup()
         await services.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -34,15 +35,16 @@ _AUTH_HEADER = re.compile(
 )
 
 
-def _literal_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """One alternation of the given secret values, longest first."""
-    values = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, values))) if values else None
+@functools.lru_cache(maxsize=256)
+def _literal_pattern(values: frozenset[str]) -> re.Pattern[str] | None:
+    """One alternation of the given secret values, longest first (compiled once per set)."""
+    ordered = sorted((s for s in values if s and len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace the given secret values and known token shapes by `[redacted]`."""
-    literal = _literal_pattern(secrets)
+    literal = _literal_pattern(frozenset(secrets))
     if literal is not None:
         text = literal.sub(REDACTED, text)
     text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)

@@ -6,13 +6,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, utcnow
+from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 
 LEASE = timedelta(minutes=2)
+INSERT_SESSION = Session.__table__.insert()
+INSERT_EVENT = SessionEvent.__table__.insert()
+_S = Session.__table__.c
+LATEST_WITH_BRANCH = (
+    select(Session.__table__)
+    .where(_S.repo == bindparam("repo"), _S.issue_number == bindparam("issue"), _S.branch.is_not(None))
+    .order_by(_S.created_at.desc()).limit(1))
 
 
 @dataclass
@@ -36,6 +43,7 @@ class NewSession:
     keep_alive: bool = False
     pr_number: int | None = None
     issue_number: int | None = None
+    id: str | None = None  # chosen by the caller when it must know it before the row exists
 
 
 class SessionService:
@@ -43,27 +51,33 @@ class SessionService:
 
     def __init__(self, sessionmaker: async_sessionmaker) -> None:
         self.sessionmaker = sessionmaker
+        # Reads and single-statement writes need no BEGIN/COMMIT round trips: autocommit.
+        engine = self.engine = sessionmaker.kw["bind"]
+        self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.autocommit = async_sessionmaker(self.autocommit_engine, expire_on_commit=False)
 
     async def create(self, new: NewSession) -> tuple[Session, bool]:
         """Record a session; a repeated trigger key returns the existing one (created=False)."""
-        row = Session(trigger_key=new.trigger_key, prompt=new.prompt, agent=new.agent, repo=new.repo,
-                      source=new.source, model=new.model, base_branch=new.base_branch,
-                      branch=new.branch, title=new.title or first_line(new.prompt),
-                      report=new.report or {}, context=new.context or {},
-                      requested_by=new.requested_by, parent_id=new.parent_id,
-                      sandbox_security=new.sandbox_security, keep_alive=new.keep_alive,
-                      pr_number=new.pr_number, issue_number=new.issue_number)
-        try:
-            async with self.sessionmaker() as db, db.begin():
-                db.add(row)
-                await db.flush()
-                await self._event(db, row.id, "status", {"state": State.PENDING.value})
+        now = utcnow()
+        values = dict(
+            id=new.id or new_id(), trigger_key=new.trigger_key, state=State.PENDING.value,
+            title=new.title or first_line(new.prompt), prompt=new.prompt, agent=new.agent, model=new.model,
+            repo=new.repo, base_branch=new.base_branch, branch=new.branch, issue_number=new.issue_number,
+            pr_number=new.pr_number, progress=0, source=new.source, report=new.report or {},
+            context=new.context or {}, requested_by=new.requested_by, parent_id=new.parent_id,
+            sandbox_security=new.sandbox_security, keep_alive=new.keep_alive, stop_requested=False,
+            violation_count=0, event_seq=1, attempts=0, created_at=now)
+        try:  # prebuilt Core statements with bound parameters: this is every trigger's hot path
+            async with self.engine.begin() as conn:
+                await conn.execute(INSERT_SESSION, values)
+                await conn.execute(INSERT_EVENT, {"session_id": values["id"], "seq": 1, "kind": "status",
+                                                  "data": {"state": State.PENDING.value}, "created_at": now})
         except IntegrityError:
             existing = await self.by_trigger(new.trigger_key)
             if existing is None:
                 raise
             return existing, False
-        return row, True
+        return Session(**values), True
 
     async def record_delivery(self, delivery_id: str, source: str, event: str) -> bool:
         """Remember a delivery id; False when it was seen before (a redelivery)."""
@@ -81,30 +95,30 @@ class SessionService:
 
     async def active_for_issue(self, repo: str, issue_number: int) -> list[Session]:
         """Pending or processing sessions of an issue or PR (for `@sesame stop`)."""
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return list((await db.execute(select(Session).where(
                 Session.repo == repo, Session.issue_number == issue_number,
                 Session.state.in_([State.PENDING.value, State.PROCESSING.value])))).scalars())
 
     async def in_thread(self, thread_key: str) -> list[Session]:
         """Sessions whose message lives in a Slack thread ("channel:thread_ts"), newest first."""
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return list((await db.execute(select(Session).where(Session.thread_key == thread_key)
                                           .order_by(Session.created_at.desc()))).scalars())
 
     async def get(self, session_id: str) -> Session | None:
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return await db.get(Session, session_id)
 
     async def by_trigger(self, trigger_key: str) -> Session | None:
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return (await db.execute(select(Session).where(Session.trigger_key == trigger_key))).scalar_one_or_none()
 
     async def list(self, limit: int = 50, state: str | None = None) -> list[Session]:
         query = select(Session).order_by(Session.created_at.desc()).limit(limit)
         if state:
             query = query.where(Session.state == state)
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return list((await db.execute(query)).scalars())
 
     async def claim(self, session_id: str, worker: str) -> Session | None:
@@ -126,16 +140,17 @@ class SessionService:
 
     async def renew_lease(self, session_id: str) -> bool:
         """Extend the lease; False when the session is no longer processing."""
-        async with self.sessionmaker() as db, db.begin():
+        async with self.autocommit() as db:
             result = await db.execute(
                 update(Session).where(Session.id == session_id, Session.state == State.PROCESSING.value)
                 .values(lease_expires_at=utcnow() + LEASE))
             return result.rowcount == 1
 
     async def update(self, session_id: str, **values: Any) -> None:
-        """Set fields of a session (branch, progress, commit_sha, pr...)."""
-        async with self.sessionmaker() as db, db.begin():
-            await db.execute(update(Session).where(Session.id == session_id).values(**values))
+        """Set fields of a session (branch, progress, commit_sha, pr...): one statement."""
+        table = Session.__table__
+        async with self.autocommit_engine.connect() as conn:
+            await conn.execute(table.update().where(table.c.id == session_id).values(**values))
 
     async def finish(self, session_id: str, state: State, error: str | None = None) -> bool:
         """End a session once; False if it had already ended."""
@@ -164,16 +179,27 @@ class SessionService:
 
     async def add_event(self, session_id: str, kind: str, data: dict[str, Any]) -> int:
         """Append an event with the next per-session seq; returns the seq."""
+        return (await self.add_events(session_id, [(kind, data)]))[-1]
+
+    async def add_events(self, session_id: str, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+        """Append several events in one transaction (a chatty agent's lines); their seqs."""
         async with self.sessionmaker() as db, db.begin():
-            return await self._event(db, session_id, kind, data)
+            return await self._events(db, session_id, items)
 
     async def _event(self, db: AsyncSession, session_id: str, kind: str, data: dict[str, Any]) -> int:
-        seq = (await db.execute(
+        return (await self._events(db, session_id, [(kind, data)]))[-1]
+
+    async def _events(self, db: AsyncSession, session_id: str, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+        """Reserve len(items) seqs atomically, then insert the events with them."""
+        last = (await db.execute(
             update(Session).where(Session.id == session_id)
-            .values(event_seq=Session.event_seq + 1).returning(Session.event_seq))).scalar_one()
-        db.add(SessionEvent(session_id=session_id, seq=seq, kind=kind, data=data))
-        await db.flush()
-        return seq
+            .values(event_seq=Session.event_seq + len(items)).returning(Session.event_seq))).scalar_one()
+        seqs = list(range(last - len(items) + 1, last + 1))
+        conn = await db.connection()
+        await conn.execute(INSERT_EVENT, [
+            {"session_id": session_id, "seq": seq, "kind": kind, "data": data, "created_at": utcnow()}
+            for seq, (kind, data) in zip(seqs, items)])
+        return seqs
 
     async def add_violation(self, session_id: str, kind: str, resource: str, operation: str,
                             reason: str | None = None) -> int:
@@ -188,28 +214,26 @@ class SessionService:
                                       "reason": reason})
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[SessionEvent]:
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return list((await db.execute(
                 select(SessionEvent).where(SessionEvent.session_id == session_id, SessionEvent.seq > after)
                 .order_by(SessionEvent.seq).limit(limit))).scalars())
 
     async def violations(self, session_id: str) -> list[Violation]:
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             return list((await db.execute(
                 select(Violation).where(Violation.session_id == session_id).order_by(Violation.id))).scalars())
 
     async def latest_with_branch(self, repo: str, issue_number: int) -> Session | None:
         """The last session on this issue or PR that has a branch: the parent of a follow-up."""
-        async with self.sessionmaker() as db:
-            return (await db.execute(
-                select(Session).where(Session.repo == repo, Session.issue_number == issue_number,
-                                      Session.branch.is_not(None))
-                .order_by(Session.created_at.desc()).limit(1))).scalar_one_or_none()
+        async with self.autocommit_engine.connect() as conn:  # Core: every issue comment asks this
+            row = (await conn.execute(LATEST_WITH_BRANCH, {"repo": repo, "issue": issue_number})).first()
+        return Session(**row._mapping) if row is not None else None
 
     async def stale(self, pending_older_than: timedelta) -> tuple[list[str], list[str]]:
         """Ids of sessions pending too long, and of processing ones whose lease expired."""
         now = utcnow()
-        async with self.sessionmaker() as db:
+        async with self.autocommit() as db:
             pending = (await db.execute(select(Session.id).where(
                 Session.state == State.PENDING.value,
                 Session.created_at < now - pending_older_than))).scalars()

@@ -31,6 +31,8 @@ LEASE_RENEW = 30.0
 STOP_POLL = 1.0
 EVENT_TEXT_LIMIT = 2000
 SALVAGE_TIMEOUT = 60.0
+EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stored and streamed
+EVENT_FLUSH_LIMIT = 200
 
 
 class Stopped(Exception):
@@ -184,22 +186,54 @@ async def _agent_step(state: Run) -> None:
     await state.step("agent", "done", percent=70)
 
 
+class EventBuffer:
+    """Agent output lines become events in batches: one transaction per flush, not per line."""
+
+    def __init__(self, state: Run, interval: float = EVENT_FLUSH_INTERVAL, limit: int = EVENT_FLUSH_LIMIT) -> None:
+        self.state, self.interval, self.limit = state, interval, limit
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self._task = asyncio.create_task(self._tick())
+
+    async def add(self, kind: str, data: dict[str, Any]) -> None:
+        self.items.append((kind, data))
+        if len(self.items) >= self.limit:
+            await self.flush()
+
+    async def flush(self) -> None:
+        items, self.items = self.items, []
+        if items:
+            await self.state.services.sessions.add_events(self.state.session.id, items)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+
 async def _follow_output(state: Run, agent: Agent) -> None:
     """Parse every output line into events; the progress shows the latest activity."""
     assert state.agent_run is not None and state.workspace is not None
     cwd = str(state.workspace.project)
-    async for stream, line in state.agent_run.lines():
-        line = state.redact(line)
-        if stream == "stderr":
-            await state.event("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
-            continue
-        for event in agent.parse_line(line, cwd=cwd):
-            data = {k: v for k, v in event.data.items() if k != "line"}
-            await state.event(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT],
-                                           **_clip(data)})
-            if event.kind in ("tool_call", "file_edit", "message") and event.summary:
-                state.progress.activity = event.summary[:100]
-                state.publisher.changed()
+    buffer = EventBuffer(state)
+    try:
+        async for stream, line in state.agent_run.lines():
+            line = state.redact(line)
+            if stream == "stderr":
+                await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
+                continue
+            for event in agent.parse_line(line, cwd=cwd):
+                data = {k: v for k, v in event.data.items() if k != "line"}
+                await buffer.add(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT], **_clip(data)})
+                if event.kind in ("tool_call", "file_edit", "message") and event.summary:
+                    state.progress.activity = event.summary[:100]
+                    state.publisher.changed()
+    finally:
+        await buffer.close()
 
 
 def _clip(data: dict[str, Any]) -> dict[str, Any]:
