@@ -131,7 +131,8 @@ def build_web_app(services: Any, queue: Any) -> Any:
 def web_features() -> list[Callable[[Any], None]]:
     """Setup functions of the optional web features present in this build."""
     features = []
-    for module_name in ("webhooks.api", "webhooks.pages", "webhooks.github", "webhooks.slack"):
+    for module_name in ("webhooks.api", "webhooks.pages", "webhooks.github", "webhooks.github_setup",
+                        "webhooks.slack"):
         try:
             module = __import__(module_name, fromlist=["setup"])
         except ModuleNotFoundError as exc:

@@ -251,6 +251,7 @@ class FakeGitHub:
         self.requests: list[RecordedRequest] = []
         self.pushes: list[RecordedPush] = []
         self.jwts_seen: list[dict[str, Any]] = []
+        self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
         self.bot_user = FakeUser(f"{slug}[bot]", 9_000_000 + app_id, "Bot")
         self.installation_id = self.add_installation(account).id
@@ -742,6 +743,7 @@ class FakeGitHub:
         repo = "/repos/{owner}/{repo}"
         routes = [
             ("GET", "/app", self._get_app),
+            ("POST", "/app-manifests/{code}/conversions", self._convert_manifest),
             ("GET", "/app/installations", self._list_installations),
             ("GET", "/app/installations/{id}", self._get_installation),
             ("POST", "/app/installations/{id}/access_tokens", self._create_token),
@@ -818,6 +820,16 @@ class FakeGitHub:
         return full_name in installation.repos and in_scope and not installation.deleted
 
     # ------------------------------------------------------------ App endpoints
+
+    async def _convert_manifest(self, request: web.Request) -> web.Response:
+        """POST /app-manifests/{code}/conversions: a code from `manifest_codes` yields the App (once)."""
+        if request.match_info["code"] not in self.manifest_codes:
+            raise GitHubError(404, "Not Found")
+        self.manifest_codes.discard(request.match_info["code"])
+        return _json({"id": self.app_id, "slug": self.slug, "name": self.slug.capitalize(),
+                      "html_url": f"{self.url}/apps/{self.slug}", "pem": self.private_key_pem,
+                      "webhook_secret": self.webhook_secret, "client_id": "Iv1.fake",
+                      "client_secret": "fake-client-secret"}, status=201)
 
     async def _get_app(self, request: web.Request) -> web.Response:
         """GET /app."""
