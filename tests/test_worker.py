@@ -71,3 +71,45 @@ async def test_a_finished_session_enqueued_again_does_not_run_again(tmp_path: Pa
         await services.close()
     assert session.state == "completed" and session.attempts == 1
     assert git("log", "--format=%s", session.branch, cwd=origin).count("once") == 1
+
+
+def test_sesame_worker_burst_subprocess_drains_the_queue(tmp_path: Path, pg_database: str, redis_url: str) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    origin = make_repo(tmp_path / "origin")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SESAME_DATA_DIR": str(tmp_path / "data"),
+           "SESSION_DIR_BASE": session_base(), "ENCRYPTION_KEY": "ab" * 32, "DATABASE_URL": pg_database,
+           "BASE_URL": "http://127.0.0.1:1", "REDIS_URL": redis_url,
+           "AGENT_COMMAND": shlex.join(["/usr/bin/python3", "-c", COUNTER]),
+           "PYTHONPATH": str(Path(__file__).parent.parent)}
+
+    async def enqueue() -> str:
+        services = await make_services(tmp_path, pg_database)
+        queue = ArqQueue(redis_url)
+        try:
+            row, _ = await services.sessions.create(new_session(origin, "from the worker command"))
+            await queue.enqueue(row.id)
+            return row.id
+        finally:
+            await queue.close()
+            await services.close()
+
+    session_id = asyncio.run(enqueue())
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "worker", "--burst"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    async def state() -> tuple[str, str | None]:
+        services = await make_services(tmp_path, pg_database)
+        try:
+            row = await services.sessions.get(session_id)
+            return row.state, row.branch
+        finally:
+            await services.close()
+
+    final, branch = asyncio.run(state())
+    assert final == "completed"
+    assert git("show", f"{branch}:runs.txt", cwd=origin) == "run"
