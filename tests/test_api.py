@@ -163,3 +163,27 @@ async def test_basic_auth_guards_api_but_not_webhooks_or_health(tmp_path: Path, 
         assert (await client.get("/api/health")).status == 200
     finally:
         await services.close()
+
+
+async def test_events_follow_live_until_the_session_ends(api, services: Services) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from bot.models import State
+
+    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    response = await api.get(f"/api/session/{created['id']}/events")
+    received: list[str] = []
+
+    async def read() -> None:
+        async for line in response.content:
+            received.append(line.decode())
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    await services.sessions.add_event(created["id"], "message", {"summary": "live line"})
+    await services.sessions.claim(created["id"], "test")
+    await services.sessions.finish(created["id"], State.COMPLETED)
+    await asyncio.wait_for(reader, 10)
+    text = "".join(received)
+    assert "live line" in text and '"state": "completed"' in text
+    assert text.rstrip().endswith("data: {}")

@@ -1,0 +1,70 @@
+"""Workspaces over git's smart HTTP: the token authenticates the fetch and is written nowhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiohttp
+
+from bot.github import git_auth_env
+from runner.git import GitError
+from runner.workspace import create_workspace, mirror_path, remove_workspace, restore_git_state, update_mirror
+from tests.conftest import session_base
+from tests.support.fake_github import FakeGitHub
+from tests.support.gitrepo import git
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    found = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            if not path.is_symlink() and needle in path.read_bytes():
+                found.append(path)
+    return found
+
+
+async def test_token_fetches_but_lands_nowhere(tmp_path: Path, fake_github: FakeGitHub) -> None:
+    async with aiohttp.ClientSession() as http:
+        factory = fake_github.client_factory(http)
+        token = (await factory.installation_token(fake_github.installation_id, repositories=["acme/widget"])).token
+    remote = fake_github.clone_url("acme/widget")
+    data_dir, base = tmp_path / "data", Path(session_base())
+    mirror = await update_mirror(data_dir, remote, git_auth_env(token))
+    assert mirror == mirror_path(data_dir, remote)
+    ws = await create_workspace(base, "s1", mirror, remote, "main", "sesame/test-s1", False)
+    assert (ws.project / "README.md").exists()
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=ws.project) == "sesame/test-s1"
+    assert git("remote", "get-url", "origin", cwd=ws.project) == remote
+    for root in (ws.root, mirror):
+        assert files_containing(root, token.encode()) == []
+        assert files_containing(root, b"extraheader") == []
+    # without the token the fake refuses: the fetch really was authenticated by it
+    try:
+        await update_mirror(tmp_path / "other", remote, {})
+    except GitError as exc:
+        assert "401" in str(exc) or "Authentication" in str(exc) or "could not read" in str(exc)
+    else:
+        raise AssertionError("an unauthenticated clone succeeded")
+    remove_workspace(ws)
+    assert not ws.root.exists()
+
+
+async def test_agent_edits_to_git_config_and_hooks_are_undone(tmp_path: Path) -> None:
+    from tests.support.gitrepo import make_repo
+
+    origin = make_repo(tmp_path / "origin")
+    mirror = await update_mirror(tmp_path / "data", str(origin), {})
+    ws = await create_workspace(Path(session_base()), "s2", mirror, str(origin), "main", "sesame/x", False)
+    config = ws.project / ".git" / "config"
+    config.write_text(config.read_text() + "[core]\n\tfsmonitor = touch /tmp/pwned-by-agent\n")
+    hook = ws.project / ".git" / "hooks" / "pre-commit"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\ntouch /tmp/pwned-by-hook\n")
+    (ws.project / ".git" / "objects" / "info" / "alternates").write_text("/etc\n")
+    restore_git_state(ws)
+    assert "fsmonitor" not in config.read_text()
+    assert not (ws.project / ".git" / "hooks").exists()
+    assert not (ws.project / ".git" / "objects" / "info" / "alternates").exists()
+    remove_workspace(ws)
