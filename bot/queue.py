@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 JOB_NAME = "run_session"
@@ -61,16 +62,10 @@ class ArqQueue:
             pool = await self.pool()
             await pool.enqueue_job(JOB_NAME, session_id, _job_id=session_id)
             return True
-        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (OSError, RedisError, asyncio.TimeoutError) as exc:
             log.warning("enqueue of session %s failed (%s); it stays pending for the sweeper", session_id, exc)
             self._pool = None
             return False
-        except Exception as exc:  # redis raises its own connection errors
-            if "connect" in type(exc).__name__.lower() or "connect" in str(exc).lower():
-                log.warning("enqueue of session %s failed (%s); it stays pending", session_id, exc)
-                self._pool = None
-                return False
-            raise
 
     async def health(self) -> dict[str, Any]:
         try:

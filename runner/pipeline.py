@@ -70,7 +70,12 @@ class Run:
 
 async def run(services: Services, session: Session) -> None:
     """Run a claimed session to its end; never raises, always reports."""
-    channel = await channel_for(services, session)
+    try:
+        channel = await channel_for(services, session)
+    except Exception as exc:  # nowhere to report: the session row says why
+        log.warning("session %s has no channel: %s", session.id, exc)
+        await services.sessions.finish(session.id, State.ERROR, f"cannot report back: {exc}")
+        return
     progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=float(
@@ -101,14 +106,17 @@ async def _watch(state: Run) -> None:
     last_renew = time.monotonic()
     while True:
         await asyncio.sleep(STOP_POLL)
-        row = await state.services.sessions.get(state.session.id)
-        if row is not None and row.stop_requested:
-            state.stop.set()
-            if state.agent_run is not None:
-                await state.agent_run.kill()
-        if time.monotonic() - last_renew > LEASE_RENEW:
-            await state.services.sessions.renew_lease(state.session.id)
-            last_renew = time.monotonic()
+        try:  # a database hiccup must not end the watch: the lease would lapse and the session run twice
+            row = await state.services.sessions.get(state.session.id)
+            if row is not None and row.stop_requested:
+                state.stop.set()
+                if state.agent_run is not None:
+                    await state.agent_run.kill()
+            if time.monotonic() - last_renew > LEASE_RENEW:
+                await state.services.sessions.renew_lease(state.session.id)
+                last_renew = time.monotonic()
+        except Exception as exc:
+            log.warning("watching session %s failed (%s); retrying", state.session.id, exc)
 
 
 def _check_stop(state: Run) -> None:
