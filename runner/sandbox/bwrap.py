@@ -89,6 +89,28 @@ def _read_only_mounts(plan: MountPlan) -> list[str]:
     return argv
 
 
+def mount_argv(plan: MountPlan) -> list[str]:
+    """bwrap with namespaces and mounts: the part of the argv fixed for a session."""
+    argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
+    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan)]
+
+
+def finish_argv(
+    prefix: Sequence[str],
+    command: Sequence[str],
+    cwd: str,
+    seccomp_fd: int | None = None,
+    info_fd: int | None = None,
+) -> list[str]:
+    """A session's mount_argv completed for one command."""
+    argv = list(prefix)
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    return [*argv, "--chdir", cwd, "--", *command]
+
+
 def build_argv(
     plan: MountPlan,
     command: Sequence[str],
@@ -97,10 +119,4 @@ def build_argv(
     info_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap argv running command in cwd under plan."""
-    argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
-    argv += [*_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan)]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    if info_fd is not None:
-        argv += ["--info-fd", str(info_fd)]
-    return [*argv, "--chdir", cwd, "--", *command]
+    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd)

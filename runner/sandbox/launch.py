@@ -1,4 +1,10 @@
-"""Starting a command: netns join, privilege drop and the seccomp listener, in the child."""
+"""Starting a command: netns join, privilege drop and the seccomp listener.
+
+Sandboxed commands start from a per-session launcher thread that has joined the netns,
+dropped to the sandbox host uid and installed the listener filter once; posix_spawn (a
+vfork, no Python in the child) then inherits all three. Unsandboxed commands fork with a
+preexec function (ChildSetup).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,19 @@ import array
 import asyncio
 import ctypes
 import os
+import queue
+import signal
 import socket
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from runner.sandbox.netns import CLONE_NEWNET, setns
-from runner.sandbox.process import LINE_LIMIT
+from runner.sandbox.process import LINE_LIMIT, SpawnedProcess
 from runner.sandbox.seccomp import Arch
+
+T = TypeVar("T")
 
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER = 1
@@ -119,3 +131,124 @@ async def spawn(
             if end is not None:
                 end.close()
     return Spawned(proc, listener)
+
+
+def _drop_thread_credentials(arch: Arch, uid: int, gid: int) -> None:
+    """setgroups/setresgid/setresuid for the calling thread only (raw syscalls: glibc's
+    wrappers would change every thread of the worker)."""
+    for name, args in (("setgroups", (0, None)), ("setresgid", (gid, gid, gid)),
+                       ("setresuid", (uid, uid, uid))):
+        if _libc.syscall(arch.nr[name], *args) != 0:
+            raise OSError(ctypes.get_errno(), f"{name} failed")
+
+
+class Launcher:
+    """A thread that joined the session netns, dropped to the host uid and carries the
+    listener filter; commands are posix_spawned from it and inherit all of that."""
+
+    def __init__(self, netns_fd: int, listener: ListenerFilter, arch: Arch,
+                 uid: int | None, gid: int | None) -> None:
+        """Start the thread and wait until it is set up; listener_fd is then the supervisor's."""
+        self._requests: queue.SimpleQueue[tuple[Callable[[], object], Callable[[object, BaseException | None], None]] | None] = queue.SimpleQueue()
+        self._setup = (netns_fd, listener, arch, uid, gid)
+        self.listener_fd = -1
+        self.native_id = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sesame-launcher", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _prepare(self) -> None:
+        """Join the netns, drop privileges, no_new_privs, install the listener filter."""
+        netns_fd, listener, arch, uid, gid = self._setup
+        setns(netns_fd, CLONE_NEWNET)
+        if uid is not None and gid is not None:
+            _drop_thread_credentials(arch, uid, gid)
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+        self.listener_fd = listener.install()
+
+    def _run(self) -> None:
+        """Thread body: prepare, then run requests until None."""
+        self.native_id = threading.get_native_id()
+        try:
+            self._prepare()
+        except BaseException as exc:  # handed to the constructor's caller
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while (request := self._requests.get()) is not None:
+            work, done = request
+            try:
+                result = work()
+            except BaseException as exc:
+                done(None, exc)
+            else:
+                done(result, None)
+
+    async def call(self, work: Callable[[], T]) -> T:
+        """Run work on the launcher thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def done(result: object, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._requests.put((work, done))
+        return await future
+
+    def close(self) -> None:
+        """Let the thread end (processes it started die with it: bwrap --die-with-parent)."""
+        self._requests.put(None)
+        self._thread.join()
+
+
+def _settle(future: asyncio.Future[T], result: object, error: BaseException | None) -> None:
+    """Complete a launcher future on the loop."""
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+async def spawn_from(
+    launcher: Launcher,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    pass_fds: Sequence[int] = (),
+    stdin: bool = False,
+) -> SpawnedProcess:
+    """posix_spawn argv on the launcher thread, in a new session, with pipes for stdio."""
+    fds: list[int] = []
+    try:
+        # no file action may open: os.posix_spawn keeps the GIL while the vfork child runs,
+        # so a notified open there would wait forever for the supervisor thread
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC) if stdin else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds = [fd for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w) if fd >= 0]
+        actions: list[tuple[int, ...]] = [
+            (os.POSIX_SPAWN_DUP2, stdin_r, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+            *((os.POSIX_SPAWN_DUP2, fd, fd) for fd in pass_fds),  # same fd: clears CLOEXEC
+        ]
+        path, args, environ = argv[0], list(argv), dict(env)
+        pid = await launcher.call(lambda: os.posix_spawn(
+            path, args, environ, file_actions=actions, setsid=True, setsigmask=(),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        ))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in (stdin_r, out_w, err_w):
+        if fd >= 0:
+            os.close(fd)
+    return await SpawnedProcess.connect(pid, stdin_w if stdin else None, out_r, err_r, LINE_LIMIT)

@@ -23,11 +23,11 @@ from runner.sandbox.base import (
     ViolationCallback,
 )
 from runner.sandbox.dns import start_dns_sink
-from runner.sandbox.launch import ChildSetup, ListenerFilter, spawn
+from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
 from runner.sandbox.netns import NetNamespace, create_netns
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
-from runner.sandbox.supervisor import Supervisor
+from runner.sandbox.supervisor import HiddenPaths, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class LocalSandbox(Sandbox):
         self._plan: bwrap.MountPlan | None = None
         self._seccomp_fd: int | None = None
         self._tool_fds: list[int] = []
+        self._launcher: Launcher | None = None
+        self._supervisor: Supervisor | None = None
+        self._argv_prefix: list[str] = []
         self._started = False
 
     def report(self, violation: Violation) -> None:
@@ -105,8 +108,23 @@ class LocalSandbox(Sandbox):
             tool_fds = tuple((fd, str(self.policy.tool_path(name)))
                              for fd, (_src, name) in zip(self._tool_fds, self.policy.tools))
             self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds)
+            self._argv_prefix = bwrap.mount_argv(self._plan)
             self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
+            self._start_launcher()
         self._started = True
+
+    def _start_launcher(self) -> None:
+        """The session's launcher thread and the supervisor of its seccomp listener."""
+        assert self._netns is not None and self._plan is not None
+        arch = seccomp.host_arch()
+        uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
+        self._launcher = Launcher(self._netns.fd, ListenerFilter(seccomp.notify_program(arch), arch),
+                                  arch, uid, gid)
+        self._supervisor = Supervisor(
+            self._launcher.listener_fd, arch, self._plan.read_only, self.report,
+            self._host_owner(), self._launcher.native_id, hidden_paths(self.policy),
+        )
+        self._supervisor.start()
 
     async def _start_network(self) -> None:
         """A loopback-only netns with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
@@ -152,40 +170,30 @@ class LocalSandbox(Sandbox):
         cwd: str | Path | None, token: str,
     ) -> LocalProcess:
         """bwrap joined to the session netns, as the host sandbox uid, supervised."""
-        assert self._plan is not None and self._netns is not None and self._seccomp_fd is not None
-        os.lseek(self._seccomp_fd, 0, os.SEEK_SET)
-        arch = seccomp.host_arch()
-        setup = ChildSetup(
-            netns_fd=self._netns.fd,
-            uid=self.policy.host_uid if self._drop else None,
-            gid=self.policy.host_gid if self._drop else None,
-            listener=ListenerFilter(seccomp.notify_program(arch), arch),
-        )
+        assert self._launcher is not None and self._supervisor is not None
+        assert self._seccomp_fd is not None
+        # a private file offset per command: concurrent bwraps read the program at once
+        program = os.open(f"/proc/self/fd/{self._seccomp_fd}", os.O_RDONLY | os.O_CLOEXEC)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        command = bwrap.build_argv(self._plan, argv, self._cwd(cwd), self._seccomp_fd, info_w)
+        command = bwrap.finish_argv(self._argv_prefix, argv, self._cwd(cwd), program, info_w)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
-        missing = _missing(self._plan.read_only)
+        missing = _missing(self._plan.read_only) if self._plan else []
+        self._supervisor.forget()
         try:
-            spawned = await spawn(command, full_env, setup, (self._seccomp_fd, info_w, *self._tool_fds),
-                                  stdin is not None)
+            proc = await spawn_from(self._launcher, command, full_env,
+                                    (program, info_w, *self._tool_fds), stdin is not None)
         except BaseException:
             os.close(info_r)
             raise
         finally:
             os.close(info_w)
-        assert spawned.listener_fd is not None
-        supervisor = Supervisor(
-            spawned.listener_fd, arch, self._plan.read_only, self.report, spawned.proc.pid,
-            self._host_owner(),
-        )
-        supervisor.start()
+            os.close(program)
 
         async def on_exit() -> None:
-            supervisor.stop()
             self._sweep(missing)
 
-        return LocalProcess(spawned.proc, Tree(spawned.proc.pid, info_r), on_exit, stdin)
+        return LocalProcess(proc, Tree(proc.pid, info_r), on_exit, stdin)
 
     async def _exec_direct(
         self, argv: Sequence[str], env: Mapping[str, str] | None, stdin: bytes | None,
@@ -228,6 +236,12 @@ class LocalSandbox(Sandbox):
         if self._netns is not None:
             self._netns.close()
             self._netns = None
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            self._supervisor = None
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
         if self._seccomp_fd is not None:
             os.close(self._seccomp_fd)
             self._seccomp_fd = None
@@ -237,6 +251,17 @@ class LocalSandbox(Sandbox):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._started = False
+
+
+def hidden_paths(policy: SandboxPolicy) -> HiddenPaths:
+    """What reads are refused and reported: every secret candidate (existing or not, as
+    given and resolved), and the session base except this session and the tools."""
+    secrets: set[str] = set()
+    for candidate in layout.secret_candidates(policy):
+        secrets.update((os.path.abspath(candidate), os.path.realpath(candidate)))
+    visible = (str(policy.session_dir), str(policy.base_dir / ".tools"))
+    writable = (str(policy.project_dir), str(policy.home_dir), "/tmp", "/dev/shm")
+    return HiddenPaths(frozenset(secrets), str(policy.base_dir), visible, writable)
 
 
 def _missing(paths: Sequence[str]) -> list[str]:

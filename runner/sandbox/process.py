@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -106,12 +107,65 @@ class Tree:
             self._init_pidfd = None
 
 
+class SpawnedProcess:
+    """A child started without asyncio's subprocess machinery (posix_spawn): streams and
+    a pidfd; reaped through the pidfd, the way asyncio.subprocess.Process is used below."""
+
+    def __init__(self, pid: int, pidfd: int, stdin: asyncio.StreamWriter | None,
+                 stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:
+        """Take ownership of the pidfd and the streams."""
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._pidfd: int | None = pidfd
+        self._returncode: int | None = None
+
+    @classmethod
+    async def connect(cls, pid: int, stdin_fd: int | None, out_fd: int, err_fd: int,
+                      limit: int) -> SpawnedProcess:
+        """Wrap the parent ends of the child's pipes in asyncio streams."""
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(pid)
+        readers = []
+        for fd in (out_fd, err_fd):
+            reader = asyncio.StreamReader(limit=limit)
+            await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader),
+                                         os.fdopen(fd, "rb", 0))
+            readers.append(reader)
+        writer = None
+        if stdin_fd is not None:
+            transport, protocol = await loop.connect_write_pipe(
+                asyncio.streams.FlowControlMixin, os.fdopen(stdin_fd, "wb", 0))
+            writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        return cls(pid, pidfd, writer, readers[0], readers[1])
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, reaping the child if it has exited (never blocks)."""
+        if self._returncode is None and self._pidfd is not None:
+            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+            if result is not None:
+                code = result.si_status
+                self._returncode = -code if result.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else code
+                os.close(self._pidfd)
+                self._pidfd = None
+        return self._returncode
+
+    async def wait(self) -> int:
+        """Wait for the exit and reap."""
+        while self.returncode is None:
+            assert self._pidfd is not None
+            await _wait_readable(self._pidfd)
+        return self._returncode  # type: ignore[return-value]
+
+
 class LocalProcess(ProcessHandle):
     """A command started by a local sandbox."""
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: asyncio.subprocess.Process | SpawnedProcess,
         tree: Tree,
         on_exit: Callable[[], Awaitable[None]],
         stdin: bytes | None,
@@ -167,6 +221,8 @@ class LocalProcess(ProcessHandle):
 
     async def _exited(self) -> int:
         """The exit code, without waiting for the pipes (3.11's Process.wait() does)."""
+        if isinstance(self._proc, SpawnedProcess):
+            return await self._proc.wait()
         pidfd = os.pidfd_open(self._proc.pid)
         try:
             await _wait_readable(pidfd)

@@ -28,6 +28,7 @@ AF_UNIX = 1
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY|O_RDWR|O_CREAT|O_TRUNC
+O_PATH = 0o10000000  # same value on x86_64 and aarch64
 X32_SYSCALL_BIT = 0x40000000
 
 
@@ -73,6 +74,7 @@ X86_64 = Arch("x86_64", 0xC000003E, _COMMON | {
     "renameat2": 316, "link": 86, "linkat": 265, "symlink": 88, "symlinkat": 266,
     "truncate": 76, "mknod": 133, "mknodat": 259, "chmod": 90, "fchmodat": 268,
     "chown": 92, "lchown": 94, "fchownat": 260, "seccomp": 317,
+    "setgroups": 116, "setresuid": 117, "setresgid": 119,
 })
 
 AARCH64 = Arch("aarch64", 0xC00000B7, _COMMON | {
@@ -88,6 +90,7 @@ AARCH64 = Arch("aarch64", 0xC00000B7, _COMMON | {
     "socket": 198, "ioctl": 29, "connect": 203, "sendto": 206, "openat": 56, "mkdirat": 34,
     "unlinkat": 35, "renameat": 38, "renameat2": 276, "linkat": 37, "symlinkat": 36,
     "truncate": 45, "mknodat": 33, "fchmodat": 53, "fchownat": 54, "seccomp": 277,
+    "setgroups": 159, "setresuid": 147, "setresgid": 149,
 })
 
 ARCHES = {"x86_64": X86_64, "aarch64": AARCH64}
@@ -200,8 +203,11 @@ def deny_program(arch: Arch | None = None) -> bytes:
     return a.assemble()
 
 
-def notify_program(arch: Arch | None = None) -> bytes:
-    """The filter whose listener the supervisor reads: write-like syscalls and connect."""
+def notify_program(arch: Arch | None = None, reads: bool = True) -> bytes:
+    """The filter whose listener the supervisor reads: opens, write-like syscalls, connect.
+
+    reads: every open but O_PATH ones (hidden paths are reported), else only write opens.
+    """
     arch = arch or host_arch()
     a = _Asm()
     a.load(_ARCH)
@@ -218,7 +224,10 @@ def notify_program(arch: Arch | None = None) -> bytes:
     for flag_arg in sorted(set(NOTIFIED_OPENS.values())):
         a.labels[f"flags{flag_arg}"] = len(a.code)
         a.load(_arg_lo(flag_arg))
-        a.jump(_JSET, OPEN_WRITE_FLAGS, "notify", "allow")
+        if reads:
+            a.jump(_JSET, O_PATH, "allow", "notify")
+        else:
+            a.jump(_JSET, OPEN_WRITE_FLAGS, "notify", "allow")
     a.labels["socket"] = len(a.code)  # AF_UNIX: refused (and reported) by the supervisor
     a.load(_arg_lo(0))
     a.jump(_JEQ, AF_UNIX, "notify", "allow")

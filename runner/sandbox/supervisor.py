@@ -9,6 +9,7 @@ covers creating them when they did not exist.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
 NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)
 NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
+NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64)
+FD_SYNC_WAKE_UP = 1  # Linux 6.6+: wake the supervisor on the caller's CPU
 _NOTIF = struct.Struct("=QIIiIQ6Q")
 _RESP = struct.Struct("=QqiI")
 FLAG_CONTINUE = 1
@@ -301,6 +304,94 @@ def _listening_ports(pid: int) -> set[int]:
     return ports
 
 
+@dataclass(frozen=True)
+class HiddenPaths:
+    """Inside paths the agent must not read: credential paths and other sessions' dirs."""
+
+    secrets: frozenset[str] = frozenset()
+    base_dir: str | None = None
+    visible: tuple[str, ...] = ()  # under base_dir but shown: the own session, tools
+    # where the agent can plant symlinks; elsewhere the root is read-only, and host
+    # symlinks to secrets are covered by listing secrets resolved too
+    writable: tuple[str, ...] = ()
+
+    def may_redirect(self, path: str) -> bool:
+        """path may pass through a symlink the agent made (worth resolving)."""
+        return any(_under(path, w) for w in self.writable)
+
+    def reason(self, path: str) -> str | None:
+        """Why reading path is refused, or None (checks each ancestor: O(depth))."""
+        ancestor = path
+        while len(ancestor) > 1:
+            if ancestor in self.secrets:
+                return "credential path hidden from the sandbox"
+            ancestor = posixpath.dirname(ancestor)
+        base = self.base_dir
+        if base and path != base and _under(path, base):
+            if not any(_under(path, v) for v in self.visible):
+                return "another session's directory"
+        return None
+
+
+def _resolve_read(target: Target, path: str) -> str | None:
+    """path with symlinks resolved in the sandbox view; a missing tail is kept as given,
+    and a dangling symlink is followed by its text."""
+    tail = ""
+    for _ in range(64):
+        try:
+            fd = target.open(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT or path in ("/", ""):
+                return None
+            link = _dangling_link(target, path)
+            if link is not None:
+                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
+                continue
+            path, name = posixpath.split(path)
+            tail = posixpath.join(name, tail) if tail else name
+            continue
+        try:
+            resolved = _fd_path(fd)
+        finally:
+            os.close(fd)
+        return posixpath.join(resolved, tail) if tail else resolved
+    return None
+
+
+def _dangling_link(target: Target, path: str) -> str | None:
+    """The text of path when it is a symlink whose target is missing."""
+    try:
+        fd = target.open(path, os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return os.readlink("", dir_fd=fd) if stat.S_ISLNK(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_OPEN_FLAGS = {"open": 1, "openat": 2, "openat2": None}
+
+
+def _open_flags(target: Target, name: str, args: list[int]) -> int:
+    """The flags of an open call (openat2 keeps them in struct open_how)."""
+    flag_arg = _OPEN_FLAGS[name]
+    if flag_arg is None:
+        return int(struct.unpack("=Q", target.read(args[2], 8))[0])
+    return args[flag_arg]
+
+
+def _ppid(pid: int) -> int | None:
+    """The parent pid of pid, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Supervisor:
     """Serves one seccomp listener fd in a thread; violations go to report."""
 
@@ -310,25 +401,38 @@ class Supervisor:
         arch: Arch,
         protected: tuple[str, ...],
         report: Callable[[Violation], None],
-        launcher_pid: int | None = None,
         owner: tuple[int, int] = (0, 0),
+        launcher_tid: int | None = None,
+        hidden: HiddenPaths | None = None,
     ) -> None:
-        """Take ownership of the listener fd; launcher_pid is bwrap's (its setup is trusted)."""
+        """Take ownership of the listener fd of one session's launcher thread.
+
+        Trusted (bwrap's own setup, not agent code): the launcher thread itself, the
+        worker's direct children (bwrap) and grandchildren (bwrap's pid-1 child).
+        """
         self.listener = listener
-        self.launcher_pid = launcher_pid
+        self.spawner = os.getpid()
+        self.launcher_tid = launcher_tid
         self.owner = owner  # host uid:gid the sandbox user maps to
         self._launcher: set[int] = set()
         self._agent: set[int] = set()
         self.names = {nr: name for name, nr in arch.nr.items()}
         self.paths = PathInspector(protected)
+        self.hidden = hidden or HiddenPaths()
         self.report = report
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sesame-seccomp", daemon=True)
 
+    def forget(self) -> None:
+        """Drop the pid classification cache (called per command: pids get recycled)."""
+        self._launcher, self._agent = set(), set()
+
     def start(self) -> None:
         """Begin answering notifications."""
+        with contextlib.suppress(OSError):  # older kernels: plain wake-ups
+            fcntl.ioctl(self.listener, NOTIF_SET_FLAGS, FD_SYNC_WAKE_UP)
         self._thread.start()
 
     def stop(self) -> None:
@@ -376,18 +480,16 @@ class Supervisor:
             self.report(verdict.violation)
 
     def _is_launcher(self, pid: int) -> bool:
-        """bwrap itself or its pid-1 child, doing the sandbox setup (not agent code)."""
-        if pid in self._agent or self.launcher_pid is None:
+        """The launcher thread, bwrap or its pid-1 child doing the setup (not agent code)."""
+        launcher, agent = self._launcher, self._agent
+        if pid in agent:
             return False
-        if pid == self.launcher_pid or pid in self._launcher:
+        if pid in launcher or pid == self.launcher_tid:
             return True
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        (self._launcher if ppid == self.launcher_pid else self._agent).add(pid)
-        return ppid == self.launcher_pid
+        parent = _ppid(pid)
+        trusted = parent == self.spawner or (parent is not None and _ppid(parent) == self.spawner)
+        (launcher if trusted else agent).add(pid)
+        return trusted
 
     def _answer(self, ident: int, verdict: Verdict) -> None:
         """Let the syscall run, or fail it with the verdict's errno."""
@@ -419,18 +521,43 @@ class Supervisor:
                 return _unix_socket(args)
             if name in ("connect", "sendto"):
                 return self._inspect_connect(target, name, args)
+            if name in _OPEN_FLAGS:
+                flags = _open_flags(target, name, args)
+                if not flags & O_WRITE_FLAGS:
+                    return self._inspect_read(ident, target, name, args)
             return self._inspect_paths(ident, target, name, args)
         finally:
             target.close()
 
+    def _inspect_read(self, ident: int, target: Target, name: str, args: list[int]) -> Verdict:
+        """Refuse and report an open of a hidden path, as the agent sees it."""
+        path = target.string(args[0 if name == "open" else 1])
+        if not path:
+            return ALLOW
+        if not path.startswith("/"):
+            base = target.base(None if name == "open" else _signed32(args[0]))
+            if base is None:
+                return ALLOW
+            path = posixpath.join(base, path)
+        path = posixpath.normpath(path)
+        reason = self.hidden.reason(path)
+        if reason is None:  # a planted symlink may still lead there
+            if not self.hidden.may_redirect(path):
+                return ALLOW
+            resolved = _resolve_read(target, path)
+            if resolved is None or resolved == path:
+                return ALLOW
+            path, reason = resolved, self.hidden.reason(resolved)
+            if reason is None:
+                return ALLOW
+        if not self._valid(ident):
+            return ALLOW
+        return Verdict(Violation("filesystem", path, "read", reason), errno.EACCES)
+
     def _path_args(self, target: Target, name: str, args: list[int]) -> tuple[PathArg, ...]:
         """Path arguments of this call (opens are classified by their flags)."""
-        if name in ("open", "openat", "openat2"):
-            flag_arg = {"open": 1, "openat": 2}.get(name)
-            if flag_arg is None:
-                flags = struct.unpack("=Q", target.read(args[2], 8))[0]
-            else:
-                flags = args[flag_arg]
+        if name in _OPEN_FLAGS:
+            flags = _open_flags(target, name, args)
             if not flags & O_WRITE_FLAGS:
                 return ()
             follow = not flags & (os.O_NOFOLLOW | os.O_EXCL)

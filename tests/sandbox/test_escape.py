@@ -33,6 +33,24 @@ async def test_credential_file_is_unreadable(env: Env, rel: str) -> None:
     run = await env.run(f"cat {path}; cat {path.parent}/* 2>&1; ls {path.parent}")
     assert CREDENTIALS[rel] not in run.out
     assert run.code != 0
+    await env.violation(lambda v: _fs(v, path, "read"))
+
+
+async def test_credential_read_through_planted_symlink(env: Env) -> None:
+    """A symlink planted in the project does not hide where a read goes."""
+    run = await env.run(f"ln -s {env.fake_home}/.ssh keys; cat keys/id_rsa; "
+                        "ln -s /root/.aws/nothing-here aws; cat aws")
+    assert "ssh-secret-key" not in run.out and run.code != 0
+    await env.violation(lambda v: _fs(v, env.fake_home / ".ssh/id_rsa", "read"))
+    await env.violation(lambda v: _fs(v, "/root/.aws/nothing-here", "read"))
+
+
+async def test_normal_reads_are_not_reported(env: Env) -> None:
+    """Reading the project, HOME, /etc and the tools of the system records nothing."""
+    run = await env.run("cat README.md /etc/hostname /etc/passwd >/dev/null && git status -s "
+                        f"&& ls {env.base} ~ /tmp >/dev/null && {PY} -c 'import json, email'")
+    assert run.code == 0, run.err
+    assert env.violations == []
 
 
 async def test_etc_shadow_is_unreadable_and_not_ours(env: Env) -> None:
@@ -54,6 +72,7 @@ async def test_etc_shadow_is_unreadable_and_not_ours(env: Env) -> None:
     assert not any("root:" in line for line in out)
     assert out == ["65534", "65534", "65534"]  # host root is unmapped: nobody, not uid 1000
     assert host_uids and all(uids == ["99999"] * 4 for uids in host_uids)
+    await env.violation(lambda v: _fs(v, "/etc/shadow", "read"))
 
 
 async def test_passwd_holds_only_the_sandbox_user(env: Env) -> None:
@@ -67,6 +86,7 @@ async def test_server_key_file_is_hidden(env: Env) -> None:
     """Server config and key files named in hidden_paths cannot be read."""
     run = await env.run(f"cat {env.server_key}")
     assert "server-private-key-secret" not in run.out and run.code != 0
+    await env.violation(lambda v: _fs(v, env.server_key, "read"))
 
 
 async def test_other_session_is_invisible(env: Env) -> None:
@@ -74,6 +94,7 @@ async def test_other_session_is_invisible(env: Env) -> None:
     run = await env.run(f"cat {env.other_secret}; ls {env.base}")
     assert "other-session-secret" not in run.out
     assert run.out.split() == ["sess-a"]
+    await env.violation(lambda v: _fs(v, env.other_secret, "read"))
 
 
 # --- writes ---------------------------------------------------------------------------------

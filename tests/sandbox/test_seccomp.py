@@ -83,10 +83,11 @@ def test_deny_program_kills_foreign_arch_and_x32() -> None:
     assert run_bpf(program, seccomp.X86_64.audit, 0x40000000 | 2) == EPERM
 
 
-O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0, 1, 2, 0o100, 0o1000
+O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_PATH = 0, 1, 2, 0o100, 0o1000, 0o10000000
 
 NOTIFY_CASES = [
-    ("openat", (0, 0, O_RDONLY), ALLOW, "reads are not inspected"),
+    ("openat", (0, 0, O_RDONLY), NOTIFY, "reads: hidden paths are reported"),
+    ("openat", (0, 0, O_PATH), ALLOW, "O_PATH opens read nothing"),
     ("openat", (0, 0, O_WRONLY), NOTIFY, "write"),
     ("openat", (0, 0, O_RDWR), NOTIFY, "read-write"),
     ("openat", (0, 0, O_CREAT), NOTIFY, "create"),
@@ -120,8 +121,17 @@ def test_open_flags_checked_on_x86_64_legacy_open() -> None:
     """open(2) keeps its flags in the second argument."""
     arch = seccomp.X86_64
     program = seccomp.notify_program(arch)
-    assert run_bpf(program, arch.audit, arch.nr["open"], (0, O_RDONLY)) == ALLOW
+    assert run_bpf(program, arch.audit, arch.nr["open"], (0, O_RDONLY)) == NOTIFY
+    assert run_bpf(program, arch.audit, arch.nr["open"], (0, O_PATH)) == ALLOW
     assert run_bpf(program, arch.audit, arch.nr["open"], (0, O_WRONLY | O_CREAT)) == NOTIFY
+
+
+def test_write_only_program_leaves_reads_alone() -> None:
+    """Without read reporting only write opens are notified."""
+    arch = seccomp.X86_64
+    program = seccomp.notify_program(arch, reads=False)
+    assert run_bpf(program, arch.audit, arch.nr["openat"], (0, 0, O_RDONLY)) == ALLOW
+    assert run_bpf(program, arch.audit, arch.nr["openat"], (0, 0, O_WRONLY)) == NOTIFY
 
 
 def test_dns_sink_parsing() -> None:
