@@ -226,6 +226,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from bot.services import open_services
     from runner.cli_run import run_from_terminal
 
+    logging.getLogger("runner.pipeline").setLevel(logging.ERROR)  # the outcome is printed below
     services = await open_services(settings)
     try:
         return await run_from_terminal(services, args)

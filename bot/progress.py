@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 STEPS = ("queued", "workspace", "agent", "commit", "pr")
 STEP_LABELS = {"queued": "Queued", "workspace": "Workspace ready", "agent": "Agent running",
                "commit": "Commit", "pr": "Pull request"}
+RUNNING_LABELS = {"workspace": "Preparing the workspace", "agent": "Agent running", "commit": "Committing",
+                  "pr": "Pushing and opening the pull request"}
 FINAL_WORDS = {"completed": "Done", "error": "Failed", "stopped": "Stopped"}
 
 
@@ -124,7 +126,7 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
 def render_text(p: Progress) -> str:
     """One line for a terminal."""
     done = sum(1 for s in p.steps.values() if s == "done")
-    current = next((STEP_LABELS[n] for n in STEPS if p.steps[n] == "running"), "")
+    current = next((RUNNING_LABELS.get(n, STEP_LABELS[n]) for n in STEPS if p.steps[n] == "running"), "")
     activity = f": {p.activity}" if p.activity and p.steps["agent"] == "running" else ""
     return f"[{done}/{len(STEPS)}] {current}{activity}"
 

@@ -93,7 +93,8 @@ async def run(services: Services, session: Session) -> None:
         await _salvage(state)
         await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
     except Exception as exc:
-        log.warning("session %s failed: %s", session.id, exc, exc_info=True)
+        log.warning("session %s failed: %s", session.id, state.redact(str(exc)))
+        log.debug("session %s failure", session.id, exc_info=True)
         await _finish(state, State.ERROR, state.redact(str(exc) or type(exc).__name__))
     finally:
         watcher.cancel()
