@@ -10,6 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from bot.models import Session
 from bot.services import Services
 from runner.agents.base import Agent, Credential
+from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
@@ -129,6 +130,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     settings = services.settings
     agent = configured_agent(services, session, agent)
     base_url = settings.get(BASE_URL_KEYS.get(agent.name, ""), None)
+    if isinstance(agent, CodexAgent) and base_url:  # codex takes its gateway as config, not from env
+        agent = agent.with_base_url(base_url)
     env = {**agent.base_env(base_url), **agent.credential_env(credential, agent_server_env(services))}
     if isinstance(agent, CommandAgent):
         env.update(agent.prompt_env(prompt))

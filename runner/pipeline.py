@@ -21,7 +21,7 @@ from bot.triggers import is_safe_ref
 from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents import get_agent
-from runner.agents.base import Agent, Credential
+from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.workspace import (Workspace, create_workspace, default_branch, remove_workspace,
                               restore_git_state, update_mirror)
@@ -229,6 +229,7 @@ async def _follow_output(state: Run, agent: Agent) -> None:
     assert state.agent_run is not None and state.workspace is not None
     cwd = str(state.workspace.project)
     buffer = EventBuffer(state)
+    pending: list[str] = []
     try:
         async for stream, line in state.agent_run.lines():
             line = state.redact(line)
@@ -236,13 +237,26 @@ async def _follow_output(state: Run, agent: Agent) -> None:
                 await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
                 continue
             for event in agent.parse_line(line, cwd=cwd):
+                if event.kind == "message" and event.data.get("delta"):
+                    pending.append(str(event.data.get("text", "")))  # streamed pieces: one event per message
+                    continue
+                await _flush_message(buffer, pending)
                 data = {k: v for k, v in event.data.items() if k != "line"}
                 await buffer.add(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT], **_clip(data)})
                 if event.kind in ("tool_call", "file_edit", "message") and event.summary:
                     state.progress.activity = event.summary[:100]
                     state.publisher.changed()
+        await _flush_message(buffer, pending)
     finally:
         await buffer.close()
+
+
+async def _flush_message(buffer: EventBuffer, pending: list[str]) -> None:
+    """One message event for the streamed pieces gathered so far."""
+    if pending:
+        text = "".join(pending)
+        pending.clear()
+        await buffer.add("message", {"summary": shorten(text)[:EVENT_TEXT_LIMIT], "text": text[:EVENT_TEXT_LIMIT]})
 
 
 def _clip(data: dict[str, Any]) -> dict[str, Any]:

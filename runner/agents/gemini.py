@@ -6,11 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import Agent, AgentEvent, CredentialLike, load_json_object, raw_event, shorten
+from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, load_json_object, raw_event, shorten
+from runner.agents.codex import error_text
 from runner.agents.tools import tool_event
 
 OAUTH_FILE = ".gemini/oauth_creds.json"
 SETTINGS_FILE = ".gemini/settings.json"
+# With GOOGLE_GEMINI_BASE_URL set and no auth chosen, the CLI picks a "gateway" auth its own headless check
+# rejects ("Invalid auth method selected."), so the API-key auth is chosen explicitly.
+API_KEY_SETTINGS = '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'
+
+
+def api_error_text(message: object) -> str:
+    """The message of an error; the CLI wraps an API's JSON body as `[API Error: {...}]`."""
+    text = str(message).strip()
+    if text.startswith("[API Error: ") and text.endswith("]"):
+        text = text.removeprefix("[API Error: ")[:-1]
+    return error_text(text)
 
 
 def gemini_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
@@ -23,10 +35,10 @@ def gemini_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
         extra = {"id": obj.get("tool_id")}
         return [tool_event(str(obj.get("tool_name")), obj.get("parameters"), cwd=cwd, extra=extra)]
     if kind == "error":
-        return [AgentEvent("error", shorten(str(obj.get("message", "error"))), obj)]
+        return [AgentEvent("error", shorten(api_error_text(obj.get("message", "error"))), obj)]
     if kind == "result":
         failed = obj.get("status") != "success"
-        message = str((obj.get("error") or {}).get("message", "")) if failed else ""
+        message = api_error_text(as_dict(obj.get("error")).get("message", "")) if failed else ""
         return [AgentEvent("result", shorten(message) or ("failed" if failed else "done"), obj | {"is_error": failed})]
     if kind in ("init", "message", "tool_result"):
         return []
@@ -57,6 +69,10 @@ class GeminiAgent(Agent):
         if cred is None or cred.kind != "subscription":
             return {}
         return {OAUTH_FILE: cred.value, SETTINGS_FILE: '{"security": {"auth": {"selectedType": "oauth-personal"}}}\n'}
+
+    def config_files(self) -> dict[str, str]:
+        """API-key auth, unless a subscription's credential_files replace it with the Google login."""
+        return {SETTINGS_FILE: API_KEY_SETTINGS}
 
     def base_env(self, base_url: str | None = None) -> dict[str, str]:
         """No telemetry; optional gateway URL."""

@@ -82,7 +82,7 @@ SERVER = {"ANTHROPIC_API_KEY": "srv-ant", "CLAUDE_CODE_OAUTH_TOKEN": "srv-oauth"
     ("claude", KEY, {"ANTHROPIC_API_KEY": "sk-ant-key"}),
     ("claude", None, {"CLAUDE_CODE_OAUTH_TOKEN": "srv-oauth"}),
     ("codex", KEY, {"CODEX_API_KEY": "sk-ant-key"}),
-    ("codex", None, {"OPENAI_API_KEY": "srv-oai"}),
+    ("codex", None, {"CODEX_API_KEY": "srv-oai"}),  # codex exec reads no OPENAI_API_KEY
     ("gemini", KEY, {"GEMINI_API_KEY": "sk-ant-key"}),
     ("gemini", None, {"GEMINI_API_KEY": "srv-gem"}),
     ("copilot", SUB, {"COPILOT_GITHUB_TOKEN": "sub-token"}),
@@ -143,3 +143,21 @@ def test_claude_base_env() -> None:
 def test_amp_allows_all_tools_through_its_settings_file() -> None:
     files = get_agent("amp").config_files()
     assert '"amp.dangerouslyAllowAll": true' in files[".config/amp/settings.json"]
+
+
+def test_codex_gateway_is_config_not_environment() -> None:
+    """codex ignores OPENAI_BASE_URL; a gateway is a Responses provider over HTTPS given with `-c`."""
+    codex = get_agent("codex")
+    assert "-c" not in codex.argv("x", None)
+    argv = codex.with_base_url("http://127.0.0.1:9/v1").argv("x", "gpt-5.5")  # type: ignore[attr-defined]
+    assert argv[argv.index("-c") : argv.index("--model")] == [
+        "-c", 'model_provider="sesame"', "-c", 'model_providers.sesame={name="Sesame gateway",'
+        'base_url="http://127.0.0.1:9/v1",wire_api="responses",requires_openai_auth=true,supports_websockets=false}']
+    assert codex.base_env("http://127.0.0.1:9/v1") == {}
+
+
+def test_gemini_chooses_api_key_auth_unless_subscribed() -> None:
+    gemini = get_agent("gemini")
+    files = gemini.config_files() | gemini.credential_files(KEY)
+    assert files == {".gemini/settings.json": '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'}
+    assert "oauth-personal" in (gemini.config_files() | gemini.credential_files(SUB))[".gemini/settings.json"]

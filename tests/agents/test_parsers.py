@@ -77,13 +77,56 @@ def test_opencode_error_line() -> None:
         AgentEvent("error", "Unauthorized", json.loads(line))]
 
 
+def test_codex_edit_session() -> None:
+    events = parse_file("codex", "codex_json_edit.jsonl")
+    assert summaries(events, "file_edit") == ["Creating greet.py", "Editing greet.py"]
+    assert summaries(events, "tool_call") == [
+        "Running `cat README.md`", "Running `python3 -c 'import greet; print(greet.greet())'`"]
+    assert summaries(events, "message") == ["Let me look first.", "Added greet.py; it returns 'hello'."]
+    assert events[-1].kind == "result" and events[-1].data["is_error"] is False
+    assert events[-1].data["usage"]["input_tokens"] == 50
+    assert not summaries(events, "raw") and not summaries(events, "error")
+
+
+def test_codex_api_error() -> None:
+    events = parse_file("codex", "codex_json_error.jsonl")
+    assert [(e.kind, e.summary) for e in events] == [("error", "scripted failure"), ("result", "scripted failure")]
+    assert events[1].data["is_error"] is True
+
+
+def test_codex_unauthorized() -> None:
+    events = parse_file("codex", "codex_json_unauthorized.jsonl")
+    assert [e.kind for e in events] == ["error"] * 6 + ["result"]
+    assert events[0].summary.startswith("Reconnecting... 1/5 (unexpected status 401 Unauthorized")
+    assert events[-1].data["is_error"] is True and "401 Unauthorized" in events[-1].summary
+
+
+def test_gemini_edit_session() -> None:
+    events = parse_file("gemini", "gemini_stream_edit.jsonl")
+    assert summaries(events, "file_edit") == ["Writing greet.py", "Editing greet.py"]
+    assert summaries(events, "tool_call") == [
+        "Reading README.md", "Running `python3 -c 'import greet; print(greet.greet())'`"]
+    messages = [e for e in events if e.kind == "message"]
+    assert all(e.data["delta"] for e in messages)  # the CLI streams the model's text in pieces
+    assert "".join(e.data["text"] for e in messages) == "Let me look first.Added greet.py; it returns 'hello'."
+    assert events[-1].kind == "result" and events[-1].data["is_error"] is False
+    assert events[-1].data["stats"]["tool_calls"] == 4
+    assert not summaries(events, "raw") and not summaries(events, "error")
+
+
+def test_gemini_api_error() -> None:
+    events = parse_file("gemini", "gemini_stream_error.jsonl")
+    assert [(e.kind, e.summary) for e in events] == [("result", "scripted failure")]
+    assert events[0].data["is_error"] is True
+
+
 CODEX_DOC_LINES = [
     # Shapes from the Codex CLI's documentation of `codex exec --json` (docs/exec.md).
     ('{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a53"}', []),
     ('{"type":"turn.started"}', []),
     ('{"type":"item.completed","item":{"id":"item_0","type":"reasoning","text":"**Searching for README files**"}}', []),
     ('{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"bash -lc ls",'
-     '"aggregated_output":"","exit_code":null,"status":"in_progress"}}', [("tool_call", "Running `bash -lc ls`")]),
+     '"aggregated_output":"","exit_code":null,"status":"in_progress"}}', [("tool_call", "Running `ls`")]),
     ('{"type":"item.completed","item":{"id":"item_1","type":"command_execution","command":"bash -lc ls",'
      '"aggregated_output":"docs\\nsdk\\n","exit_code":0,"status":"completed"}}', []),
     ('{"type":"item.completed","item":{"id":"item_2","type":"file_change","changes":[{"path":"/w/project/src/a.py",'
@@ -95,6 +138,10 @@ CODEX_DOC_LINES = [
      [("result", "done")]),
     ('{"type":"turn.failed","error":{"message":"stream disconnected"}}', [("result", "stream disconnected")]),
     ('{"type":"error","message":"Reconnecting... 1/5"}', [("error", "Reconnecting... 1/5")]),
+    ('{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \'unclosed",'
+     '"status":"in_progress"}}', [("tool_call", "Running `/bin/bash -lc 'unclosed`")]),
+    ('{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"ls -la",'
+     '"status":"in_progress"}}', [("tool_call", "Running `ls -la`")]),
 ]
 
 

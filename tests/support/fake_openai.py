@@ -1,10 +1,11 @@
-"""A scripted OpenAI-compatible /v1/chat/completions server on loopback."""
+"""A scripted OpenAI-compatible server on loopback: /v1/chat/completions and the streaming /v1/responses."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,13 @@ class ToolCall:
     """A function call the scripted model makes."""
 
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] | str
     id: str = field(default_factory=lambda: f"call_{next(_ids):08d}")
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as the wire carries them (a str is a freeform tool's raw input)."""
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
 
 
 @dataclass
@@ -53,7 +59,7 @@ class RecordedRequest:
 class FakeOpenAI:
     """Answers chat completions from a script of replies; the default reply once it runs out."""
 
-    def __init__(self, replies: list[Reply | str] | None = None, *, api_key: str | None = None,
+    def __init__(self, replies: Sequence[Reply | str] | None = None, *, api_key: str | None = None,
                  default: Reply | str = "ok", side_reply: Reply | str | None = None) -> None:
         """Strings in replies are shorthand for Reply(content=...).
 
@@ -80,6 +86,7 @@ class FakeOpenAI:
         app = web.Application(middlewares=[self._record])
         for prefix in ("/v1", ""):
             app.router.add_post(f"{prefix}/chat/completions", self._chat)
+            app.router.add_post(f"{prefix}/responses", self._responses)
             app.router.add_get(f"{prefix}/models", self._models)
         self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.1)
         self.base_url = url + "/v1"
@@ -98,6 +105,18 @@ class FakeOpenAI:
     def chat_requests(self) -> list[RecordedRequest]:
         """Recorded chat completion requests, in order."""
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def responses_requests(self) -> list[RecordedRequest]:
+        """Recorded Responses API requests, in order."""
+        return [r for r in self.requests if r.path.endswith("/responses")]
+
+    def tool_outputs(self) -> list[dict[str, Any]]:
+        """Every function/custom tool output item the client sent back (the last request holds the history)."""
+        if not self.responses_requests:
+            return []
+        items = (self.responses_requests[-1].body or {}).get("input") or []
+        return [i for i in items if isinstance(i, dict) and str(i.get("type", "")).endswith("call_output")]
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -125,6 +144,15 @@ class FakeOpenAI:
             return await stream_reply(request, reply, model)
         return web.json_response(completion_json(reply, model))
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = self.requests[-1].body if isinstance(self.requests[-1].body, dict) else {}
+        reply = self._next_reply(body)
+        if reply.hang:
+            await asyncio.sleep(reply.hang)
+        if reply.status != 200:
+            return error_response(reply.status, "server_error", "scripted failure")
+        return await stream_response(request, reply, str(body.get("model", "gpt-test")), custom_tools(body))
+
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         if self.side_reply is not None and not body.get("tools"):
             return self.side_reply
@@ -148,7 +176,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def tool_calls_json(reply: Reply) -> list[dict[str, Any]]:
     """Tool calls as a complete message carries them."""
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
             for c in reply.tool_calls]
 
 
@@ -171,7 +199,7 @@ def stream_chunks(reply: Reply, model: str) -> list[dict[str, Any]]:
     for index, call in enumerate(reply.tool_calls):
         start = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
         deltas.append({"tool_calls": [start]})
-        args = json.dumps(call.arguments)
+        args = call.arguments_json
         deltas += [{"tool_calls": [{"index": index, "function": {"arguments": args[i : i + 16]}}]}
                    for i in range(0, len(args), 16)]
     base = {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
@@ -188,5 +216,82 @@ async def stream_reply(request: web.Request, reply: Reply, model: str) -> web.St
     for chunk in stream_chunks(reply, model):
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
     await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+def custom_tools(body: dict[str, Any]) -> set[str]:
+    """Names of the freeform (type "custom") tools a Responses request offers."""
+    return {str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "custom"}
+
+
+def response_items(reply: Reply, custom: set[str]) -> list[dict[str, Any]]:
+    """The completed output items of a reply: a message, then function or custom tool calls."""
+    items: list[dict[str, Any]] = []
+    if reply.content:
+        part = {"type": "output_text", "text": reply.content, "annotations": []}
+        items.append({"id": f"msg_{next(_ids):08d}", "type": "message", "status": "completed",
+                      "role": "assistant", "content": [part]})
+    for call in reply.tool_calls:
+        item = {"id": f"fc_{next(_ids):08d}", "status": "completed", "call_id": call.id, "name": call.name}
+        if call.name in custom:
+            items.append(item | {"type": "custom_tool_call", "input": call.arguments_json})
+        else:
+            items.append(item | {"type": "function_call", "arguments": call.arguments_json})
+    return items
+
+
+def item_events(index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """output_item.added, the deltas of its text or arguments, and output_item.done."""
+    ids = {"item_id": item["id"], "output_index": index}
+    if item["type"] == "message":
+        text = item["content"][0]["text"]
+        part = {"type": "output_text", "text": "", "annotations": []}
+        middle = [{"type": "response.content_part.added", **ids, "content_index": 0, "part": part}]
+        middle += [{"type": "response.output_text.delta", **ids, "content_index": 0, "delta": p}
+                   for p in pieces(text)]
+        middle += [{"type": "response.output_text.done", **ids, "content_index": 0, "text": text},
+                   {"type": "response.content_part.done", **ids, "content_index": 0, "part": item["content"][0]}]
+        started = item | {"status": "in_progress", "content": []}
+    elif item["type"] == "custom_tool_call":
+        middle = [{"type": "response.custom_tool_call_input.delta", **ids, "delta": p} for p in pieces(item["input"])]
+        middle.append({"type": "response.custom_tool_call_input.done", **ids, "input": item["input"]})
+        started = item | {"status": "in_progress", "input": ""}
+    else:
+        middle = [{"type": "response.function_call_arguments.delta", **ids, "delta": p}
+                  for p in pieces(item["arguments"])]
+        middle.append({"type": "response.function_call_arguments.done", **ids, "arguments": item["arguments"]})
+        started = item | {"status": "in_progress", "arguments": ""}
+    added = {"type": "response.output_item.added", "output_index": index, "item": started}
+    return [added, *middle, {"type": "response.output_item.done", "output_index": index, "item": item}]
+
+
+def response_events(reply: Reply, model: str, custom: set[str]) -> list[dict[str, Any]]:
+    """The server-sent events of one streamed Responses API reply, in wire order."""
+    items = response_items(reply, custom)
+    response = {"id": f"resp_{next(_ids):08d}", "object": "response", "created_at": 1700000000,
+                "status": "in_progress", "model": model, "output": [], "usage": None}
+    events = [{"type": "response.created", "response": response},
+              {"type": "response.in_progress", "response": response}]
+    for index, item in enumerate(items):
+        events += item_events(index, item)
+    usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}
+    done = response | {"status": "completed", "output": items, "usage": usage}
+    events.append({"type": "response.completed", "response": done})
+    return [e | {"sequence_number": n} for n, e in enumerate(events)]
+
+
+def pieces(text: str, size: int = 16) -> list[str]:
+    """Text split into pieces, as a model streams it."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+async def stream_response(request: web.Request, reply: Reply, model: str, custom: set[str]) -> web.StreamResponse:
+    """Write a Responses API reply as server-sent events."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    await response.prepare(request)
+    for event in response_events(reply, model, custom):
+        await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
     await response.write_eof()
     return response
