@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_async(coro: Awaitable[int]) -> int:
+    """Run on uvloop when it is installed (about twice the request rate), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     handler = COMMANDS[args.command]
     try:
-        return asyncio.run(handler(settings, args))
+        return run_async(handler(settings, args))
     except SettingsError as exc:
         return fail(str(exc))
     except NotMigrated as exc:

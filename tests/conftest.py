@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Iterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 
 from bot.services import Services, open_services
 from bot.settings import Settings, load_settings
@@ -39,6 +40,11 @@ def session_base() -> str:
 def _remove_session_root() -> Iterator[None]:
     yield
     shutil.rmtree(SESSION_ROOT, ignore_errors=True)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The tests run on the loop production runs on (bot.cli.run_async picks uvloop)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
