@@ -7,71 +7,32 @@ with install_agent into SESAME_TEST_AGENTS_DIR (default /var/tmp/sesame-test-age
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runner.agents import Credential, get_agent
-from runner.agents.install import agent_bin_dir, find_agent_binary, install_agent, installed_agents
+from runner.agents.install import agent_bin_dir, find_agent_binary, installed_agents
+from tests.agents import real_cli
 from tests.support.fake_anthropic import FakeAnthropic, call, say
 
 pytestmark = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
-AGENT_UID = 1000
 MODEL = "claude-sonnet-4-5"
 
 
 @pytest.fixture(scope="session")
 def agents_data_dir() -> Path:
     """A data dir holding an installed Claude Code, installed from npm on first use."""
-    data_dir = Path(os.environ.get("SESAME_TEST_AGENTS_DIR", "/var/tmp/sesame-test-agents"))
-    if not (agent_bin_dir("claude", data_dir) / "claude").exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o755)
-        asyncio.run(install_agent("claude", data_dir, progress=print))
-    return data_dir
+    return real_cli.agents_data_dir("claude")
 
 
 @pytest.fixture
 def workspace() -> Iterator[Path]:
     """A session dir with HOME and a git project, owned by the unprivileged agent user."""
-    root = Path(tempfile.mkdtemp(prefix="sesame-claude-"))
-    root.chmod(0o755)
-    (root / "home").mkdir()
-    project = root / "project"
-    subprocess.run(["git", "init", "-q", str(project)], check=True)
-    (project / "README.md").write_text("# demo\n")
-    if os.geteuid() == 0:
-        subprocess.run(["chown", "-R", f"{AGENT_UID}:{AGENT_UID}", str(root)], check=True)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def as_agent_user(argv: list[str]) -> list[str]:
-    """Prefix argv so it runs as the unprivileged agent user when we are root."""
-    if os.geteuid() != 0:
-        return argv
-    return ["setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups", "--", *argv]
-
-
-async def run_agent(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes | None) -> tuple[int, list[str]]:
-    """Run the CLI to completion; returns its exit code and stdout lines."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin or b""), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return proc.returncode, out.decode().splitlines()
+    with real_cli.agent_workspace("sesame-claude-") as root:
+        yield root
 
 
 async def test_claude_code_edits_files_against_the_fake(agents_data_dir: Path, workspace: Path) -> None:
@@ -87,7 +48,7 @@ async def test_claude_code_edits_files_against_the_fake(agents_data_dir: Path, w
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(workspace)}
         env |= claude.base_env(fake.base_url) | claude.credential_env(Credential("api_key", "test-key"), {})
         argv = claude.argv("add hello.py", MODEL, bin_dir=agent_bin_dir("claude", agents_data_dir))
-        _, lines = await run_agent(as_agent_user(argv), env, project, claude.stdin("add hello.py"))
+        lines = await real_cli.run_cli(argv, env, project, claude.stdin("add hello.py"))
 
     assert (project / "hello.py").read_text() == "print('hello from claude')\n"
     events = [e for line in lines for e in claude.parse_line(line, cwd=str(project))]
