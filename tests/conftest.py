@@ -18,7 +18,7 @@ import uvloop
 from bot.services import Services, open_services
 from bot.settings import Settings, load_settings
 
-pytest_plugins = ["tests.support.fake_github"]
+pytest_plugins = ["tests.support.fake_github", "tests.support.fake_slack"]
 
 PG_ADMIN = os.environ.get("SESAME_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SESAME_TEST_REDIS", "redis://127.0.0.1:6379")

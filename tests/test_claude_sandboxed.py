@@ -17,7 +17,8 @@ from bot.services import open_services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from runner.sandbox import check_sandbox_support
-from tests.agents.test_claude_real import MODEL, agents_data_dir  # noqa: F401  (session fixture)
+from tests.agents import real_cli
+from tests.agents.test_claude_real import MODEL
 from tests.conftest import session_base
 from tests.support.fake_anthropic import FakeAnthropic, call, say
 from tests.support.gitrepo import git, make_repo, show_file
@@ -25,13 +26,19 @@ from tests.support.gitrepo import git, make_repo, show_file
 SANDBOX_OK, SANDBOX_DETAIL = check_sandbox_support()
 
 
+@pytest.fixture(scope="session")
+def claude_install() -> Path:
+    """The data dir holding Claude Code from npm (installed on first use)."""
+    return real_cli.agents_data_dir("claude")
+
+
 @pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
 async def test_claude_code_in_the_sandbox_edits_and_its_blocked_curl_is_a_violation(
-        tmp_path: Path, agents_data_dir: Path) -> None:  # noqa: F811
+        tmp_path: Path, claude_install: Path) -> None:
     origin = make_repo(tmp_path / "origin")
     data_dir = tmp_path / "data"
     (data_dir / "agents").mkdir(parents=True)
-    os.symlink(agents_data_dir / "agents" / "claude", data_dir / "agents" / "claude")
+    os.symlink(claude_install / "agents" / "claude", data_dir / "agents" / "claude")
     script = [
         call("Bash", text="Writing the greeting.", command="echo 'print(42)' > hello.py && cat hello.py",
              description="Create hello.py"),

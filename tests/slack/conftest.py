@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bot.models import Session
 from bot.services import Services, open_services
-from tests.support.fake_github import FakeGitHub, fake_github  # noqa: F401  (fixture)
-from tests.support.fake_slack import FakeSlack, fake_slack  # noqa: F401  (fixture)
+from tests.support.fake_github import FakeGitHub
+from tests.support.fake_slack import FakeSlack
 from webhooks import slack as slack_intake
 from webhooks.app import create_app
 
