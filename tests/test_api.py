@@ -187,3 +187,36 @@ async def test_events_follow_live_until_the_session_ends(api, services: Services
     text = "".join(received)
     assert "live line" in text and '"state": "completed"' in text
     assert text.rstrip().endswith("data: {}")
+
+
+async def test_sesame_api_is_proxied(tmp_path: Path, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from bot.settings import load_settings
+    from tests.support.loopback import serve_on_loopback
+
+    seen: list[str] = []
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.json_response({"models": [{"id": "claude-sonnet-4-5", "agent": "claude"}]})
+
+    upstream = web.Application()
+    upstream.router.add_get("/models", models)
+    runner, url = await serve_on_loopback(upstream)
+    settings = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "d"), "ENCRYPTION_KEY": "ab" * 32,
+                                  "SESAME_API_URL": url}, cwd=tmp_path)
+    services = await open_services(settings)
+    try:
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
+        got = await client.get("/api/sesame/models?agent=claude")
+        assert got.status == 200 and (await got.json())["models"][0]["id"] == "claude-sonnet-4-5"
+        assert seen == ["/models?agent=claude"]
+        assert (await client.get("/api/sesame/..%2F..%2Fetc")).status in (400, 404)
+        missing = await client.get("/api/sesame/nothing-here")  # aiohttp's 404 page is text, not JSON
+        assert missing.status == 502 and "other than JSON" in (await missing.json())["error"]
+        await runner.cleanup()
+        down = await client.get("/api/sesame/models")
+        assert down.status == 502 and "unreachable" in (await down.json())["error"]
+    finally:
+        await services.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -228,8 +230,34 @@ async def delete_credentials(request: web.Request) -> web.Response:
     return web.json_response({"agent": agent, "removed": removed})
 
 
+UPSTREAM_PATH = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*$")
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+async def sesame_api(request: web.Request) -> web.Response:
+    """Model listings and version checks from SESAME_API_URL, proxied so clients need no direct access."""
+    services: Services = request.app[SERVICES]
+    path = request.match_info["path"]
+    if not UPSTREAM_PATH.match(path) or ".." in path:
+        raise bad_request("not a Sesame API path")
+    url = f"{services.settings.SESAME_API_URL.rstrip('/')}/{path}"
+    try:
+        async with services.http.get(url, params=request.query, timeout=UPSTREAM_TIMEOUT,
+                                     headers={"Accept": "application/json"}) as upstream:
+            body = await upstream.read()
+            kind = upstream.headers.get("Content-Type", "application/json").split(";")[0]
+            if kind != "application/json":
+                return web.json_response({"error": "the Sesame API answered with something other than JSON"},
+                                         status=502)
+            return web.Response(body=body, status=upstream.status, content_type="application/json")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return web.json_response({"error": f"the Sesame API at {services.settings.SESAME_API_URL} is "
+                                           f"unreachable ({type(exc).__name__})"}, status=502)
+
+
 def setup(app: web.Application) -> None:
     """Mount the REST API."""
+    app.router.add_get("/api/sesame/{path:.+}", sesame_api)
     app.router.add_get("/api/session", list_sessions)
     app.router.add_post("/api/session", create_session)
     app.router.add_get("/api/session/{id}", get_session)
