@@ -195,3 +195,29 @@ async def test_stop_during_a_run_kills_the_agent_and_keeps_its_work(tmp_path: Pa
     assert session.state == "stopped" and session.error is None
     assert show_file(origin, session.branch, "started.txt") == "started"
     assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()
+
+
+async def test_an_unsandboxed_session_warns_on_the_session_and_in_its_progress(tmp_path: Path, db_url: str,
+                                                                               origin: Path) -> None:
+    from bot.progress import render_markdown, render_slack
+    from bot.reporting import LocalChannel
+
+    published = []
+
+    async def recording_channel(_services, session):  # type: ignore[no-untyped-def]
+        return LocalChannel(session, published.append)
+
+    services = await make_services(tmp_path, db_url)
+    services.extras["channel_factory"] = recording_channel
+    try:
+        code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        events = await services.sessions.events(session.id)
+    finally:
+        await services.close()
+    assert code == 0
+    assert session.warning and "unsandboxed" in session.warning
+    assert any(e.kind == "warning" for e in events)
+    final = published[-1]
+    assert "[!WARNING]" in render_markdown(final) and "unsandboxed" in render_markdown(final)
+    assert any(":warning:" in b.get("text", {}).get("text", "") for b in render_slack(final)[1])
