@@ -1,11 +1,12 @@
 """Time to the 202 for signed GitHub deliveries: `sesame serve` (PostgreSQL + Redis) vs a bare aiohttp handler.
 
-    python3 bench/webhooks.py [--rate 200] [--seconds 10]
+    python3 bench/webhooks.py [--rate 200] [--seconds 10] [--workers 1] [--github-latency 0.2]
 
 Creates and migrates a fresh PostgreSQL database, starts the fake GitHub (its own thread and loop) and
 `sesame serve` (a subprocess) on loopback, posts trigger comments from users with write permission at a
 fixed rate (open loop: a late answer never delays the next send), then the same load against a bare
 handler that answers 202 after reading the body. Prints deliveries/s, p50, p99 and the ratio.
+`--github-latency` makes every answer of the fake GitHub that slow, as the real one is (100-500 ms).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: fl
     return result
 
 
-async def run(rate: float, seconds: float, workers: int = 1) -> tuple[Result, Result]:
+async def run(rate: float, seconds: float, workers: int = 1, github_latency: float = 0.0) -> tuple[Result, Result]:
     work = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
     database = f"sesame_bench_{uuid.uuid4().hex[:10]}"
     database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + database
@@ -213,6 +214,7 @@ async def run(rate: float, seconds: float, workers: int = 1) -> tuple[Result, Re
     fake = fake_thread.start()
     repo = "acme/widget"
     fake.add_repo(repo)
+    fake.latency = github_latency
     for login in WRITERS:
         fake.set_permission(repo, login, "write")
     count = int(rate * seconds)
@@ -264,13 +266,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="deliveries per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--workers", type=int, default=1, help="`sesame serve --workers N`")
+    parser.add_argument("--github-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay every fake GitHub answer (real GitHub: 0.1-0.5)")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         run_bare_server(args.bare_server)
         return
-    sesame, bare = asyncio.run(run(args.rate, args.seconds, args.workers))
-    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s, {args.workers} web process(es)")
+    sesame, bare = asyncio.run(run(args.rate, args.seconds, args.workers, args.github_latency))
+    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s, {args.workers} web process(es), "
+          f"GitHub answers in {args.github_latency * 1000:.0f} ms")
     print(sesame.line())
     print(bare.line())
     print(f"ratio sesame/bare: p50 x{sesame.percentile(0.5) / bare.percentile(0.5):.1f}, "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import gidgethub
@@ -15,6 +17,11 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 WRITE_PERMISSIONS = ("admin", "write", "maintain")
+# Intake posts the queued comment just after its 202; until `report[COMMENT_DUE]` (epoch seconds) the
+# worker waits for that comment rather than post a second one.
+COMMENT_DUE = "comment_due"
+COMMENT_GRACE = 30.0
+COMMENT_POLL = 0.1
 
 
 def github_factory(services: Services) -> GitHubAppClientFactory:
@@ -69,6 +76,7 @@ class GitHubChannel:
         """Edit the one progress comment in place (create it if intake could not)."""
         body = render_markdown(progress, [*self.services.settings.secret_values, *self.secrets])
         gh = await self.client()
+        await self._intake_comment()
         try:
             if self.report.get("comment_id"):
                 await gh.patch(self._comment_url(), {"comment_id": self.report["comment_id"]}, data={"body": body})
@@ -80,6 +88,15 @@ class GitHubChannel:
                 raise RateLimited(delay) from None
             raise
 
+    async def _intake_comment(self) -> None:
+        """Wait (at most until its due time) for the queued comment intake is still posting."""
+        while not self.report.get("comment_id") and float(self.report.get(COMMENT_DUE) or 0) > time.time():
+            await asyncio.sleep(COMMENT_POLL)
+            row = await self.services.sessions.get(self.session.id)
+            if row is None:
+                return
+            self.report = dict(row.report or {})
+
     def _comment_url(self) -> str:
         if self.report.get("review_comment_id"):
             return f"/repos/{self.owner}/{self.repo}/pulls/comments/{{comment_id}}"
@@ -87,6 +104,7 @@ class GitHubChannel:
 
     async def _create_comment(self, gh: SesameGitHubAPI, body: str) -> None:
         comment = await post_progress_comment(gh, self.session.repo, self.report, body)
+        self.report.pop(COMMENT_DUE, None)
         self.report["comment_id"] = comment["id"]
         await self.services.sessions.update(self.session.id, report=self.report)
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import __version__
+from bot.background import Background
 from bot.crypto import Keyring
 from bot.db import check_migrated, make_engine, make_sessionmaker, migrate
 from bot.sessions import SessionService
@@ -29,6 +30,7 @@ class Services:
     keyring: Keyring
     http: aiohttp.ClientSession
     extras: dict[str, Any] = field(default_factory=dict)
+    background: Background = field(default_factory=Background)
 
     async def database_health(self) -> dict[str, Any]:
         try:
@@ -40,6 +42,7 @@ class Services:
             return {"ok": False, "dialect": self.engine.dialect.name, "error": str(exc).splitlines()[0]}
 
     async def close(self) -> None:
+        await self.background.drain()
         await self.http.close()
         await self.engine.dispose()
 

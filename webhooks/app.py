@@ -55,6 +55,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
+async def _drain_background(app: web.Application) -> None:
+    """Replies and progress comments started after a 202 finish before the process exits."""
+    await app[SERVICES].background.drain()
+
+
 def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] | None = None,
                extra_setup: list[Callable[[web.Application], None]] | None = None) -> web.Application:
     """Build the web application; no work happens at import time."""
@@ -65,6 +70,7 @@ def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] 
     app[SERVICES], app[QUEUE] = services, queue
     app[SANDBOX_STATUS] = sandbox_status or {"ok": False, "detail": "unknown"}
     app.router.add_get("/api/health", health)
+    app.on_shutdown.append(_drain_background)
     for setup in extra_setup or []:
         setup(app)
     return app

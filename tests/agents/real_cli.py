@@ -8,6 +8,7 @@ dir. Each CLI is installed once with install_agent into SESAME_TEST_AGENTS_DIR (
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -30,7 +31,9 @@ def agents_data_dir(name: str) -> Path:
     if not (agent_bin_dir(name, data_dir) / get_agent(name).binary).exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         data_dir.chmod(0o755)
-        asyncio.run(install_agent(name, data_dir, progress=print))
+        # Called from async tests too: install on a loop of its own, in a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, install_agent(name, data_dir, progress=print)).result()
     return data_dir
 
 

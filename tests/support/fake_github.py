@@ -22,6 +22,7 @@ import hmac
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -253,6 +254,9 @@ class FakeGitHub:
         self.jwts_seen: list[dict[str, Any]] = []
         self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
+        self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
+        self._failures: list[tuple[str, re.Pattern[str], int]] = []
+        self.latency = 0.0  # seconds every API answer takes (benchmarks: real GitHub takes 100-500 ms)
         self.bot_user = FakeUser(f"{slug}[bot]", 9_000_000 + app_id, "Bot")
         self.installation_id = self.add_installation(account).id
         self._runner: web.AppRunner | None = None
@@ -387,6 +391,28 @@ class FakeGitHub:
                                  retry_after: int = 1) -> None:
         """Answer the next `count` comment edits with `status` (403 or 429) and `retry-after`."""
         self._rate_limit = _RateLimitPlan(count, status, retry_after)
+
+    def hold(self, method: str, path: str) -> asyncio.Event:
+        """Hold `method` requests whose path matches the regex `path` until the returned event is set."""
+        gate = asyncio.Event()
+        self._holds.append((method, re.compile(path), gate))
+        return gate
+
+    def fail_next(self, method: str, path: str, status: int = 502) -> None:
+        """Answer the next `method` request whose path matches the regex `path` with `status`."""
+        self._failures.append((method, re.compile(path), status))
+
+    async def _intercept(self, request: web.Request) -> web.Response | None:
+        if self.latency and not request.path.startswith("/git/"):
+            await asyncio.sleep(self.latency)
+        for method, pattern, gate in self._holds:
+            if request.method == method and pattern.search(request.path):
+                await gate.wait()
+        for failure in self._failures:
+            if request.method == failure[0] and failure[1].search(request.path):
+                self._failures.remove(failure)
+                return _json({"message": "Server Error"}, status=failure[2])
+        return None
 
     def expire_tokens(self) -> None:
         """Make every installation token issued so far expired."""
@@ -732,7 +758,7 @@ class FakeGitHub:
                                  credential, 500, parsed)
         self.requests.append(record)
         try:
-            response = await handler(request)
+            response = await self._intercept(request) or await handler(request)
         except GitHubError as exc:
             response = _error_response(exc)
         record.status = response.status

@@ -33,9 +33,11 @@ class Hook:
 
     async def send(self, event: str, payload: dict[str, Any], *, delivery_id: str | None = None,
                    secret: str | None = None) -> ClientResponse:
-        """POST a delivery signed like GitHub's."""
+        """POST a delivery signed like GitHub's; returns once what it started after the 202 has ended."""
         headers, body = self.fake.delivery(event, payload, delivery_id=delivery_id, secret=secret)
-        return await self.client.post("/webhooks/github", data=body, headers=headers)
+        response = await self.client.post("/webhooks/github", data=body, headers=headers)
+        await self.services.background.drain()
+        return response
 
     async def comment(self, number: int, body: str, **kwargs: Any) -> ClientResponse:
         """An issue_comment.created delivery."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from bot.catalog import display_name
 from bot.github import SesameGitHubAPI
-from bot.github_channel import GitHubChannel, post_progress_comment, split_repo
+from bot.github_channel import COMMENT_DUE, COMMENT_GRACE, GitHubChannel, post_progress_comment, split_repo
 from bot.models import Session, State
 from bot.progress import Progress, render_markdown
 from bot.reporting import session_url
@@ -120,27 +121,35 @@ async def choose_branch(intake: Intake, gh: SesameGitHubAPI, source: Mention, ne
 
 
 async def start_session(intake: Intake, gh: SesameGitHubAPI, source: Mention, trigger: Trigger) -> None:
-    """Record the session, post the queued progress comment, enqueue."""
+    """Record the session and enqueue it (then the 202); the queued comment is posted right after."""
     new = new_session(intake, source, trigger)
     if not await choose_branch(intake, gh, source, new):
         return
+    new.report = {**(new.report or {}), COMMENT_DUE: time.time() + COMMENT_GRACE}
     row, created = await intake.services.sessions.create(new)
     intake.outcome["session"] = row.id
     if not created:
         intake.outcome["duplicate"] = True
         return
-    await post_queued_comment(intake, gh, row.id, new)
     await intake.queue.enqueue(row.id)
+    intake.services.background.spawn(post_queued_comment(intake.services, gh, row.id, new),
+                                     name=f"queued-comment-{row.id}")
 
 
-async def post_queued_comment(intake: Intake, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
-    """Create the one progress comment now, so the requester sees it was queued."""
-    services = intake.services
+async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
+    """Create the one progress comment, so the requester sees it was queued.
+
+    It is not on the 202's path: GitHub's latency never delays the answer to a delivery. The row's
+    `comment_due` tells the worker to wait for this comment (GitHubChannel) instead of posting its own;
+    on failure it is dropped, and the worker creates the comment at once.
+    """
+    report = {key: value for key, value in (new.report or {}).items() if key != COMMENT_DUE}
     progress = new_progress(services, session_id, new.prompt, new.agent)
     try:
-        comment = await post_progress_comment(gh, new.repo, new.report or {},
+        comment = await post_progress_comment(gh, new.repo, report,
                                               render_markdown(progress, services.settings.secret_values))
-    except Exception as exc:  # the worker creates it when this fails
-        log.warning("could not post the queued comment for %s: %s", session_id, exc)
-        return
-    await services.sessions.update(session_id, report={**(new.report or {}), "comment_id": comment["id"]})
+    except Exception as exc:
+        log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
+    else:
+        report["comment_id"] = comment["id"]
+    await services.sessions.update(session_id, report=report)
