@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,6 +16,16 @@ LEASE = timedelta(minutes=2)
 INSERT_SESSION = Session.__table__.insert()
 INSERT_EVENT = SessionEvent.__table__.insert()
 _S = Session.__table__.c
+_E = SessionEvent.__table__.c
+# PostgreSQL: the session and its first event in one statement (a data-modifying CTE), one round trip
+# in autocommit instead of BEGIN, two INSERTs and COMMIT; a duplicate trigger key still fails as a whole.
+_NEW_ROW = (Session.__table__.insert()
+            .values({column.name: bindparam(column.name, type_=column.type) for column in _S})
+            .returning(_S.id).cte("new_session"))
+INSERT_SESSION_WITH_EVENT = SessionEvent.__table__.insert().from_select(
+    ["session_id", "seq", "kind", "data", "created_at"],
+    select(_NEW_ROW.c.id, literal(1), literal("status"), bindparam("event_data", type_=_E.data.type),
+           bindparam("event_created_at", type_=_E.created_at.type)))
 LATEST_WITH_BRANCH = (
     select(Session.__table__)
     .where(_S.repo == bindparam("repo"), _S.issue_number == bindparam("issue"), _S.branch.is_not(None))
@@ -59,7 +69,8 @@ class SessionService:
     async def create(self, new: NewSession) -> tuple[Session, bool]:
         """Record a session; a repeated trigger key returns the existing one (created=False)."""
         now = utcnow()
-        values = dict(
+        values: dict[str, Any] = dict.fromkeys(_S.keys())
+        values.update(
             id=new.id or new_id(), trigger_key=new.trigger_key, state=State.PENDING.value,
             title=new.title or first_line(new.prompt), prompt=new.prompt, agent=new.agent, model=new.model,
             repo=new.repo, base_branch=new.base_branch, branch=new.branch, issue_number=new.issue_number,
@@ -67,11 +78,17 @@ class SessionService:
             context=new.context or {}, requested_by=new.requested_by, parent_id=new.parent_id,
             sandbox_security=new.sandbox_security, keep_alive=new.keep_alive, stop_requested=False,
             violation_count=0, event_seq=1, attempts=0, created_at=now)
+        first_event = {"state": State.PENDING.value}
         try:  # prebuilt Core statements with bound parameters: this is every trigger's hot path
-            async with self.engine.begin() as conn:
-                await conn.execute(INSERT_SESSION, values)
-                await conn.execute(INSERT_EVENT, {"session_id": values["id"], "seq": 1, "kind": "status",
-                                                  "data": {"state": State.PENDING.value}, "created_at": now})
+            if self.engine.dialect.name == "postgresql":
+                async with self.autocommit_engine.connect() as conn:
+                    await conn.execute(INSERT_SESSION_WITH_EVENT,
+                                       {**values, "event_data": first_event, "event_created_at": now})
+            else:
+                async with self.engine.begin() as conn:
+                    await conn.execute(INSERT_SESSION, values)
+                    await conn.execute(INSERT_EVENT, {"session_id": values["id"], "seq": 1, "kind": "status",
+                                                      "data": first_event, "created_at": now})
         except IntegrityError:
             existing = await self.by_trigger(new.trigger_key)
             if existing is None:

@@ -65,6 +65,17 @@ async def test_concurrent_duplicates_make_one_session(services: Services) -> Non
     assert sum(created for _, created in results) == 1
 
 
+async def test_a_new_session_has_its_pending_event_and_a_duplicate_adds_none(services: Services) -> None:
+    key = f"delivery:{uuid.uuid4()}"
+    row, _ = await services.sessions.create(new(key, issue_number=7, report={"comment_due": 1.5}))
+    await services.sessions.create(new(key))
+    stored = await services.sessions.get(row.id)
+    assert stored is not None and (stored.issue_number, stored.report, stored.state) == (7, {"comment_due": 1.5},
+                                                                                           "pending")
+    [event] = await services.sessions.events(row.id)
+    assert (event.seq, event.kind, event.data) == (1, "status", {"state": "pending"})
+
+
 async def test_delivery_ids_are_recorded_once(services: Services) -> None:
     delivery = str(uuid.uuid4())
     outcomes = await asyncio.gather(*(services.sessions.record_delivery(delivery, "github", "ping")
