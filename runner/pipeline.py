@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ EVENT_TEXT_LIMIT = 2000
 SALVAGE_TIMEOUT = 60.0
 EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stored and streamed
 EVENT_FLUSH_LIMIT = 200
+FORK_HEAD = re.compile(r"refs/pull/[0-9]{1,9}/head")
 
 
 class Stopped(Exception):
@@ -141,11 +143,23 @@ async def _steps(state: Run) -> None:
     await _push_step(state, access, base, branch, sha, existing)
 
 
+def fork_start_ref(session: Session) -> str | None:
+    """A fork PR's head as the base repository keeps it (refs/pull/N/head), where its session starts."""
+    ref = (session.context or {}).get("start_ref")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not FORK_HEAD.fullmatch(ref):
+        raise ValueError(f"the start ref {ref!r} is not a pull request head")
+    return ref
+
+
 async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, bool]:
     session, settings = state.session, state.services.settings
     await state.step("workspace", "running", percent=5)
     started = time.monotonic()
-    mirror = await update_mirror(settings.data_dir, access.remote, access.auth_env)
+    start_ref = fork_start_ref(session)
+    mirror = await update_mirror(settings.data_dir, access.remote, access.auth_env,
+                                 [start_ref] if start_ref else [])
     base = session.base_branch or await default_branch(mirror)
     if not is_safe_ref(base):
         raise ValueError(f"the base branch {base!r} is not a safe git ref name")
@@ -158,7 +172,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
         existing = False  # the follow-up's branch never reached the remote: start it again from base
     await state.services.sessions.update(session.id, branch=branch, base_branch=base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,
-                                             access.remote, base, branch, existing)
+                                             access.remote, base, branch, existing, start_ref)
     took = time.monotonic() - started
     await state.step("workspace", "done", f"`{access.display or session.repo}` at `{base}`, {took:.1f} s", 15)
     return base, branch, existing
@@ -355,8 +369,11 @@ def _pr_body(state: Run, files: str) -> str:
     issue = (session.report or {}).get("issue_number")
     lines = [f"Sesame ran {state.progress.agent} on this request:", "", "> " + session.prompt.strip()[:2000]
              .replace("\n", "\n> "), ""]
-    if issue and not (session.context or {}).get("is_pull_request"):
+    context = session.context or {}
+    if issue and not context.get("is_pull_request"):
         lines.append(f"Fixes #{issue}")
+    if issue and context.get("fork"):
+        lines.append(f"Builds on #{issue} from `{context['fork']}`, whose branch Sesame cannot push to.")
     if files:
         lines.append(f"\n{files}")
     if state.progress.session_url:

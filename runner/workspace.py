@@ -9,12 +9,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from runner.git import git
 
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
+START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,12 @@ class _FileLock:
         os.close(self.fd)
 
 
-async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]) -> Path:
-    """Create or fetch the bare mirror of a remote (one fetch at a time per mirror)."""
+async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str],
+                        extra_refs: Sequence[str] = ()) -> Path:
+    """Create or fetch the bare mirror of a remote (one fetch at a time per mirror).
+
+    `extra_refs` (such as a fork PR's refs/pull/N/head) are fetched too, to the same names.
+    """
     mirror = mirror_path(data_dir, remote)
     async with _FileLock(mirror.with_suffix(".lock")):
         if not (mirror / "HEAD").exists():
@@ -77,6 +82,8 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
         else:
             await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
                       mirror, auth_env)
+        if extra_refs:
+            await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in extra_refs)], mirror, auth_env)
     return mirror
 
 
@@ -87,7 +94,7 @@ async def default_branch(mirror: Path) -> str:
 
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
-                           base: str, branch: str, existing_branch: bool) -> Workspace:
+                           base: str, branch: str, existing_branch: bool, start_ref: str | None = None) -> Workspace:
     """Clone from the mirror with hard-linked objects, then check out the session's branch.
 
     Hard links (not alternates) keep the clone usable inside the sandbox, which cannot see the
@@ -102,10 +109,13 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
     await git(["clone", "--local", "--no-checkout", "--quiet", "--", str(mirror), str(ws.project)])
     # The clone's origin names the real remote, never with a token; fetches go through the mirror.
     await git(["remote", "set-url", "origin", remote], ws.project)
-    start = branch if existing_branch else base
+    start = f"refs/remotes/origin/{branch if existing_branch else base}"
+    if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
+        await git(["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"], ws.project)
+        start = START_REF
     # Writing the files dominates a warm start; parallel checkout spreads it over the cores.
-    await git(["-c", f"checkout.workers={CHECKOUT_WORKERS}", "checkout", "--quiet", "-B", branch,
-               f"refs/remotes/origin/{start}"], ws.project)
+    await git(["-c", f"checkout.workers={CHECKOUT_WORKERS}", "checkout", "--quiet", "-B", branch, start],
+              ws.project)
     save_git_state(ws)
     return ws
 

@@ -221,3 +221,22 @@ async def test_an_unsandboxed_session_warns_on_the_session_and_in_its_progress(t
     final = published[-1]
     assert "[!WARNING]" in render_markdown(final) and "unsandboxed" in render_markdown(final)
     assert any(":warning:" in b.get("text", {}).get("text", "") for b in render_slack(final)[1])
+
+
+@pytest.mark.parametrize("ref", ["refs/pull/12/head", "refs/pull/1/head"])
+def test_a_fork_session_starts_from_its_pull_request_head(ref: str) -> None:
+    from bot.models import Session
+    from runner.pipeline import fork_start_ref
+
+    assert fork_start_ref(Session(context={"start_ref": ref})) == ref
+    assert fork_start_ref(Session(context={})) is None
+
+
+@pytest.mark.parametrize("ref", ["refs/heads/main", "refs/pull/1/head --upload-pack=touch /tmp/x",
+                                 "refs/pull/../head", "-refs/pull/1/head", "refs/pull/1/merge", 7])
+def test_any_other_start_ref_is_refused(ref: object) -> None:
+    from bot.models import Session
+    from runner.pipeline import fork_start_ref
+
+    with pytest.raises(ValueError, match="not a pull request head"):
+        fork_start_ref(Session(context={"start_ref": ref}))

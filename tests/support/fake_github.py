@@ -380,11 +380,25 @@ class FakeGitHub:
 
     def add_pull(self, full_name: str, head: str, *, base: str | None = None,
                  title: str = "A change", body: str | None = "", user: str = "alice",
-                 head_repo: str | None = None, number: int | None = None) -> FakeIssue:
-        """Open a pull request from `head` (a branch of `head_repo`, default the same repo)."""
+                 head_repo: str | None = None, number: int | None = None,
+                 fork_files: Mapping[str, str] | None = None) -> FakeIssue:
+        """Open a pull request from `head` (a branch of `head_repo`, default the same repo).
+
+        A fork's commit (`fork_files` changed on top of the base) lands where GitHub keeps every PR's
+        head in the base repository: refs/pull/N/head.
+        """
         issue = self.add_issue(full_name, title, body, user=user, number=number)
         issue.head, issue.head_repo = head, head_repo or full_name
         issue.base = base or self.repos[full_name].default_branch
+        if fork_files and head_repo:
+            base_path = self.repos[full_name].path
+            fork = self.repos.get(head_repo) or self.add_repo(head_repo, source=base_path, installed=False,
+                                                               fork_of=full_name)
+            work = self.root / "forks" / f"{full_name}-{issue.number}"
+            gitrepo.git("clone", "--quiet", "--branch", issue.base, str(base_path), str(work), cwd=self.root)
+            gitrepo.commit_files(work, fork_files, f"{user}'s change")
+            gitrepo.git("push", "--quiet", str(fork.path), f"HEAD:refs/heads/{head}", cwd=work)
+            gitrepo.git("push", "--quiet", "origin", f"HEAD:refs/pull/{issue.number}/head", cwd=work)
         return issue
 
     def rate_limit_comment_edits(self, count: int, *, status: int = 403,

@@ -175,6 +175,29 @@ async def test_review_comment_follow_up_pushes_to_the_pr_branch(make_stack: Make
     assert_no_token_posted(hook.fake)
 
 
+async def test_allowed_fork_pull_request_starts_from_its_head(make_stack: MakeStack) -> None:
+    """The fork's branch is out of reach: a new branch here holds its commit and the agent's, in a new PR."""
+    stack = await make_stack(EDIT, SANDBOX_SECURITY_ENABLED="false", GITHUB_ALLOW_FORK_PULL_REQUESTS="true")
+    hook = stack.hook
+    fork = hook.fake.add_pull(hook.repo, "patch-1", head_repo="mallory/widget", user="mallory",
+                              fork_files={"docs/usage.md": "# usage\n"})
+    assert (await hook.comment(fork.number, "@sesame make answer() return 42")).status == 202
+    await stack.drain()
+    row = await stack.only_session()
+    assert row.state == "completed", row.error
+    bare = hook.fake.repos[hook.repo].path
+    fork_head = gitrepo.git("rev-parse", f"refs/pull/{fork.number}/head", cwd=bare)
+    assert hook.fake.branches(hook.repo)[row.branch] == row.commit_sha
+    assert gitrepo.git("rev-parse", f"{row.commit_sha}^", cwd=bare) == fork_head
+    assert gitrepo.git("show", f"{row.commit_sha}:docs/usage.md", cwd=bare) == "# usage"
+    assert gitrepo.git("show", f"{row.commit_sha}:src/widget.py", cwd=bare).endswith("42")
+    [pr] = [p for p in hook.fake.pulls if p.number != fork.number]
+    assert (pr.head, pr.base, row.pr_number) == (row.branch, "main", pr.number)
+    assert f"Builds on #{fork.number} from `mallory/widget`" in (pr.body or "") and "Fixes" not in (pr.body or "")
+    assert f"#{pr.number} opened" in progress_comment(stack, fork.number).body
+    assert_no_token_posted(hook.fake)
+
+
 async def test_chatty_agent_makes_few_comment_edits(make_stack: MakeStack) -> None:
     lines = 1000
     stack = await make_stack(CHATTY.format(lines=lines), interval=2.0, SANDBOX_SECURITY_ENABLED="false")

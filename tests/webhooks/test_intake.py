@@ -132,7 +132,8 @@ async def test_help_and_malformed_options_get_a_reply(hook: Hook) -> None:
 
 def fork_pull(hook: Hook) -> int:
     """A PR whose head branch lives in someone else's fork."""
-    return hook.fake.add_pull(hook.repo, "patch-1", head_repo="mallory/widget", user="mallory").number
+    return hook.fake.add_pull(hook.repo, "patch-1", head_repo="mallory/widget", user="mallory",
+                              fork_files={"docs/usage.md": "# usage\n"}).number
 
 
 async def test_fork_pull_request_is_refused_with_a_reply(hook: Hook) -> None:
@@ -150,6 +151,7 @@ async def test_fork_pull_request_allowed_when_configured(make_hook: MakeHook) ->
     [row] = await hook.sessions()
     assert row.branch is None and row.pr_number is None and row.base_branch == "main"
     assert row.context["is_pull_request"] is True
+    assert (row.context["start_ref"], row.context["fork"]) == (f"refs/pull/{number}/head", "mallory/widget")
 
 
 async def test_stop_flags_the_running_session(hook: Hook) -> None:

@@ -91,7 +91,11 @@ async def on_pull_request_branch(intake: Intake, gh: SesameGitHubAPI, source: Me
         if await intake.claim_delivery():
             await refuse(intake, gh, source, "fork", FORK_REFUSED.format(login=intake.sender))
         return False
-    return True  # a fork's branch is out of the token's reach: a new branch here, and a new PR
+    # The fork's branch is out of the installation token's reach: start from the PR's head, which
+    # GitHub keeps in this repository as refs/pull/N/head, and push a new branch and PR here.
+    fork = head_repo or (pr.get("head") or {}).get("label") or "a deleted fork"
+    new.context = {**(new.context or {}), "start_ref": f"refs/pull/{int(pr['number'])}/head", "fork": fork}
+    return True
 
 
 async def on_open_sesame_pull_request(intake: Intake, gh: SesameGitHubAPI, new: NewSession) -> None:
