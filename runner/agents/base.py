@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-EventKind = Literal["message", "tool_call", "file_edit", "error", "result", "raw"]
+EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
 SUMMARY_LIMIT = 120
 

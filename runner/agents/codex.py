@@ -17,6 +17,7 @@ AUTH_FILE = ".codex/auth.json"
 CHANGE_VERBS = {"add": "Creating", "delete": "Deleting", "update": "Editing"}
 SHELLS = {"bash", "sh", "zsh", "dash"}
 GATEWAY_PROVIDER = "sesame"
+RETRY_NOTICE = "Reconnecting..."
 
 
 def shell_script(command: str) -> str:
@@ -69,8 +70,8 @@ def item_events(phase: str, item: dict[str, Any], *, cwd: str | None) -> list[Ag
         return [tool_event("web_search", {"query": item.get("query", "")}, cwd=cwd)]
     if kind == "todo_list" and phase == "item.started":
         return [tool_event("todo_write", {"items": item.get("items")}, cwd=cwd)]
-    if kind == "error":
-        return [AgentEvent("error", shorten(error_text(item.get("message", "error"))), item)]
+    if kind == "error":  # an error item is codex's non-fatal notice; failures end the turn
+        return [AgentEvent("warning", shorten(error_text(item.get("message", "error"))), item)]
     return []
 
 
@@ -93,7 +94,9 @@ def codex_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
         message = error_text(as_dict(obj.get("error")).get("message", "turn failed"))
         return [AgentEvent("result", shorten(message), {"is_error": True, "error": obj.get("error")})]
     if kind == "error":
-        return [AgentEvent("error", shorten(error_text(obj.get("message", "error"))), obj)]
+        message = error_text(obj.get("message", "error"))
+        retrying = message.startswith(RETRY_NOTICE)  # codex retries by itself; turn.failed says if it gave up
+        return [AgentEvent("warning" if retrying else "error", shorten(message), obj)]
     if kind in ("thread.started", "turn.started"):
         return []
     return [AgentEvent("raw", shorten(kind or str(obj)), obj)]

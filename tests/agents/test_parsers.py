@@ -96,7 +96,7 @@ def test_codex_api_error() -> None:
 
 def test_codex_unauthorized() -> None:
     events = parse_file("codex", "codex_json_unauthorized.jsonl")
-    assert [e.kind for e in events] == ["error"] * 6 + ["result"]
+    assert [e.kind for e in events] == ["warning"] * 5 + ["error", "result"]
     assert events[0].summary.startswith("Reconnecting... 1/5 (unexpected status 401 Unauthorized")
     assert events[-1].data["is_error"] is True and "401 Unauthorized" in events[-1].summary
 
@@ -137,7 +137,10 @@ CODEX_DOC_LINES = [
     ('{"type":"turn.completed","usage":{"input_tokens":24763,"cached_input_tokens":24448,"output_tokens":122}}',
      [("result", "done")]),
     ('{"type":"turn.failed","error":{"message":"stream disconnected"}}', [("result", "stream disconnected")]),
-    ('{"type":"error","message":"Reconnecting... 1/5"}', [("error", "Reconnecting... 1/5")]),
+    ('{"type":"error","message":"Reconnecting... 1/5"}', [("warning", "Reconnecting... 1/5")]),
+    ('{"type":"error","message":"stream error: boom"}', [("error", "stream error: boom")]),
+    ('{"type":"item.completed","item":{"id":"item_4","type":"error","message":"Under-development features '
+     'enabled"}}', [("warning", "Under-development features enabled")]),
     ('{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \'unclosed",'
      '"status":"in_progress"}}', [("tool_call", "Running `/bin/bash -lc 'unclosed`")]),
     ('{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"ls -la",'
