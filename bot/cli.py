@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1,
                        help="web processes sharing the port (SO_REUSEPORT); default 1")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--no-sweeper", action="store_true", help=argparse.SUPPRESS)
     worker = sub.add_parser("worker", help="run an arq worker (needs REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     sub.add_parser("migrate", help="apply database migrations")
@@ -164,7 +165,9 @@ async def serve_many(args: argparse.Namespace) -> int:
     """Run `workers` web processes on one port; SIGTERM reaches each, and we wait for all."""
     argv = [sys.executable, "-m", "bot.cli", "serve", "--workers", "1", "--reuse-port"]
     argv += (["--host", args.host] if args.host else []) + (["--port", str(args.port)] if args.port else [])
-    children = [await asyncio.create_subprocess_exec(*argv) for _ in range(args.workers)]
+    # One sweeper is enough: the other processes only answer requests.
+    children = [await asyncio.create_subprocess_exec(*argv, *([] if i == 0 else ["--no-sweeper"]))
+                for i in range(args.workers)]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: [c.send_signal(s) for c in children if c.returncode is None])
@@ -201,11 +204,12 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    sweeper = asyncio.create_task(run_forever_sweeper(services, queue))
+    sweeper = None if args.no_sweeper else asyncio.create_task(run_forever_sweeper(services, queue))
     freeze_heap()
     await stopping.wait()
     print("sesame: shutting down", flush=True)
-    sweeper.cancel()
+    if sweeper is not None:
+        sweeper.cancel()
     await runner.cleanup()
     await queue.close()
     await services.close()

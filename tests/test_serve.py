@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -80,6 +81,40 @@ def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path, backend: str,
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
         assert "shutting down" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_workers_share_the_port_with_one_sweeper(tmp_path: Path, pg_database: str) -> None:
+    port = free_port()
+    env = sesame_env(tmp_path, PORT=str(port), DATABASE_URL=pg_database, REDIS_URL="redis://127.0.0.1:6379/7",
+                     BASE_URL="https://sesame.example.test", ENCRYPTION_KEY=TEST_KEY)
+    assert sesame("migrate", env=env, cwd=tmp_path).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], env=env, cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        status, body = wait_for(f"http://127.0.0.1:{port}/api/health", proc)
+        assert status == 200 and body["database"]["ok"] is True, body
+        assert proc.stdout is not None
+        started = 0
+        watchdog = threading.Timer(30, proc.kill)  # a server that never says it listens ends the wait
+        watchdog.start()
+        try:
+            while started < 2:  # both processes listen before they are looked at and stopped
+                line = proc.stdout.readline()
+                assert line, "serve exited (or was killed after 30 s) before both processes listened"
+                started += "serving on" in line
+        finally:
+            watchdog.cancel()
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        argvs = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
+        assert len(argvs) == 2 and all(b"--reuse-port" in argv for argv in argvs)
+        assert sorted(b"--no-sweeper" in argv for argv in argvs) == [False, True]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert out.count("shutting down") == 2, out
     finally:
         if proc.poll() is None:
             proc.kill()
