@@ -48,6 +48,28 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+async def communicate(proc: asyncio.subprocess.Process, data: bytes | None) -> tuple[bytes, bytes]:
+    """proc.communicate(data) for a process that may exit without reading its input.
+
+    asyncio ignores the broken pipe then, but uvloop raises RuntimeError from the write, losing the
+    output; here the input is fed beside the reads and a closed pipe is left to the exit status.
+    """
+    async def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(data or b"")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass
+
+    feeder = asyncio.ensure_future(feed()) if proc.stdin is not None else None
+    out, err = await proc.communicate()
+    if feeder is not None:
+        await feeder
+    return out, err
+
+
 async def git(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
               check: bool = True, stdin: bytes | None = None) -> str:
     """Run `git SAFE_OPTIONS args` and return stdout; raise GitError when check fails."""
@@ -55,7 +77,7 @@ async def git(args: list[str], cwd: Path | None = None, env: Mapping[str, str] |
         "git", *SAFE_OPTIONS, *args, cwd=cwd, env=git_env(env),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(stdin)
+    out, err = await communicate(proc, stdin)
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode or -1, err.decode(errors="replace"))
     return out.decode(errors="replace")

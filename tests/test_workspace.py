@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 from pathlib import Path
 
 import aiohttp
 
 from bot.github import git_auth_env
-from runner.git import GitError
+from runner.git import GitError, communicate
 from runner.workspace import create_workspace, mirror_path, remove_workspace, restore_git_state, update_mirror
 from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
@@ -68,3 +70,21 @@ async def test_agent_edits_to_git_config_and_hooks_are_undone(tmp_path: Path) ->
     assert not (ws.project / ".git" / "hooks").exists()
     assert not (ws.project / ".git" / "objects" / "info" / "alternates").exists()
     remove_workspace(ws)
+
+
+async def test_communicate_survives_a_process_that_never_reads_its_input() -> None:
+    """uvloop raises RuntimeError writing to a pipe it saw close (a fast `git http-backend` GET did that)."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", "exec 0<&-; echo out; echo err >&2; exit 3", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await proc.wait()
+    await asyncio.sleep(0.2)  # the loop notices the closed pipe before anything is written
+    assert await communicate(proc, b"input") == (b"out\n", b"err\n") and proc.returncode == 3
+
+
+async def test_communicate_feeds_and_reads_at_once() -> None:
+    big = bytes(range(256)) * (8 << 10)  # 2 MiB through cat: feeding without reading would deadlock
+    proc = await asyncio.create_subprocess_exec(
+        "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(communicate(proc, big), 30)
+    assert (out, err, proc.returncode) == (big, b"", 0)

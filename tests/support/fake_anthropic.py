@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import LoopbackFake, RecordedRequest
 
 _ids = itertools.count(1)
 
@@ -47,50 +47,21 @@ def call(name: str, text: str | None = None, **tool_input: Any) -> Turn:
     return Turn(text=text, tool_uses=[ToolUse(name, tool_input)])
 
 
-@dataclass
-class RecordedRequest:
-    """A request as the fake received it."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeAnthropic:
-    """Serves POST /v1/messages from a script; side requests get harmless answers."""
+class FakeAnthropic(LoopbackFake):
+    """Serves POST /v1/messages from a script; side requests get harmless answers; base_url has no /v1."""
 
     def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok") -> None:
         """Script is consumed by requests that offer tools (the agent loop); others get side_reply."""
+        super().__init__(api_key=api_key)
         self.script = list(script)
-        self.api_key = api_key
         self.side_reply = side_reply
-        self.requests: list[RecordedRequest] = []
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
-    async def __aenter__(self) -> FakeAnthropic:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL (no /v1)."""
-        app = web.Application(middlewares=[self._record])
+    def routes(self, app: web.Application) -> None:
+        """The Messages API, token counting and the model list; anything else is harmless."""
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._other)
-        self._runner, url = await serve_on_loopback(app)
-        self.base_url = url
-        return self.base_url
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._runner:
-            await self._runner.cleanup()
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
@@ -108,23 +79,14 @@ class FakeAnthropic:
                 found += [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
         return found
 
-    @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), body))
-        if request.path.startswith("/v1/") and not self._authorised(request):
-            return error_response(401, "authentication_error", "invalid x-api-key")
-        return await handler(request)
-
-    def _authorised(self, request: web.Request) -> bool:
-        if self.api_key is None:
-            return True
+    def auth_error(self, request: web.Request) -> web.Response | None:
+        """A 401 for /v1/ requests whose x-api-key (or bearer token) is not api_key."""
+        if self.api_key is None or not request.path.startswith("/v1/"):
+            return None
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-        return self.api_key in (request.headers.get("x-api-key"), bearer)
+        if self.api_key in (request.headers.get("x-api-key"), bearer):
+            return None
+        return error_response(401, "authentication_error", "invalid x-api-key")
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = self.requests[-1].body or {}

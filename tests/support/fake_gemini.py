@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import LoopbackFake, RecordedRequest
 
 
 @dataclass
@@ -38,50 +38,23 @@ def call(name: str, text: str | None = None, **args: Any) -> Turn:
     return Turn(text=text, calls=[FunctionCall(name, args)])
 
 
-@dataclass
-class RecordedRequest:
-    """A request as the fake received it."""
+class FakeGemini(LoopbackFake):
+    """Serves models/{model}:streamGenerateContent and :generateContent from a script (base_url: no /v1beta)."""
 
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeGemini:
-    """Serves models/{model}:streamGenerateContent and :generateContent from a script."""
+    shutdown_timeout = 0.1
 
     def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok") -> None:
         """Script is consumed by requests that offer tools (the agent loop); others get side_reply."""
+        super().__init__(api_key=api_key)
         self.script = list(script)
-        self.api_key = api_key
         self.side_reply = side_reply
-        self.requests: list[RecordedRequest] = []
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
-    async def __aenter__(self) -> FakeGemini:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL (no /v1beta)."""
-        app = web.Application(middlewares=[self._record])
+    def routes(self, app: web.Application) -> None:
+        """Generation (streamed or whole) and token counting under any API version; anything else is a 404."""
         app.router.add_post("/{version}/models/{model}:streamGenerateContent", self._stream)
         app.router.add_post("/{version}/models/{model}:generateContent", self._generate)
         app.router.add_post("/{version}/models/{model}:countTokens", self._count_tokens)
         app.router.add_route("*", "/{tail:.*}", self._other)
-        self._runner, self.base_url = await serve_on_loopback(app, shutdown_timeout=0.1)
-        return self.base_url
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._runner:
-            await self._runner.cleanup()
 
     @property
     def agent_requests(self) -> list[RecordedRequest]:
@@ -96,18 +69,11 @@ class FakeGemini:
         parts = [p for c in contents if isinstance(c, dict) for p in c.get("parts") or []]
         return [p["functionResponse"] for p in parts if isinstance(p, dict) and "functionResponse" in p]
 
-    @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.query),
-                                             dict(request.headers), body))
+    def auth_error(self, request: web.Request) -> web.Response | None:
+        """Google's 400 when api_key is set and neither x-goog-api-key nor ?key= carries it."""
         if self.api_key and self.api_key not in (request.headers.get("x-goog-api-key"), request.query.get("key")):
             return error_response(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
-        return await handler(request)
+        return None
 
     def _next_turn(self) -> Turn:
         body = self.requests[-1].body

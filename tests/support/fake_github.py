@@ -38,11 +38,12 @@ import jwt
 import pytest_asyncio
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import LoopbackServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.github import GitHubAppClientFactory
+from runner.git import communicate
 from tests.support import gitrepo
 
 DOCS_URL = "https://docs.github.com/rest"
@@ -228,12 +229,13 @@ class GitHubError(Exception):
 # ---------------------------------------------------------------- the fake
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """Loopback GitHub REST API + git smart HTTP; records everything for assertions."""
 
     def __init__(self, *, app_id: int = 4242, slug: str = "sesame",
                  webhook_secret: str = "webhook-secret-for-tests", account: str = "acme",
                  token_ttl: timedelta = timedelta(hours=1), root: Path | None = None) -> None:
+        super().__init__()
         self.app_id, self.slug, self.webhook_secret = app_id, slug, webhook_secret
         self.private_key_pem, self.public_key_pem = app_key_pair()
         self.token_ttl = token_ttl
@@ -259,29 +261,18 @@ class FakeGitHub:
         self.latency = 0.0  # seconds every API answer takes (benchmarks: real GitHub takes 100-500 ms)
         self.bot_user = FakeUser(f"{slug}[bot]", 9_000_000 + app_id, "Bot")
         self.installation_id = self.add_installation(account).id
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # ------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> FakeGitHub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Listen on 127.0.0.1, on a random port."""
         app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024**2)
         self._add_routes(app.router)
-        self._runner, url = await serve_on_loopback(app)
-        self.url = url
+        await self.serve(app)
 
     async def close(self) -> None:
         """Stop the server; remove the repositories when the fake made their directory."""
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -1212,7 +1203,7 @@ class FakeGitHub:
         proc = await asyncio.create_subprocess_exec(
             "git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate(body)
+        out, _ = await communicate(proc, body)  # a GET's backend may exit before its empty stdin is written
         return _parse_cgi(out)
 
 

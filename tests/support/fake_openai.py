@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import LoopbackFake, RecordedRequest
 
 _ids = itertools.count(1)
 
@@ -46,18 +46,11 @@ class Reply:
         return "tool_calls" if self.tool_calls else "stop"
 
 
-@dataclass
-class RecordedRequest:
-    """A request as the fake received it."""
+class FakeOpenAI(LoopbackFake):
+    """Answers from a script of replies, then the default reply; base_url ends in /v1."""
 
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeOpenAI:
-    """Answers chat completions from a script of replies; the default reply once it runs out."""
+    shutdown_timeout = 0.1
+    url_suffix = "/v1"
 
     def __init__(self, replies: Sequence[Reply | str] | None = None, *, api_key: str | None = None,
                  default: Reply | str = "ok", side_reply: Reply | str | None = None) -> None:
@@ -66,36 +59,17 @@ class FakeOpenAI:
         With side_reply, only requests offering tools (an agent's loop) consume the script;
         the others (titles, summaries) get side_reply.
         """
+        super().__init__(api_key=api_key)
         self.replies = [as_reply(r) for r in replies or []]
         self.default = as_reply(default)
         self.side_reply = as_reply(side_reply) if side_reply is not None else None
-        self.api_key = api_key
-        self.requests: list[RecordedRequest] = []
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL ending in /v1."""
-        app = web.Application(middlewares=[self._record])
+    def routes(self, app: web.Application) -> None:
+        """Chat completions, Responses and the model list, with and without the /v1 prefix."""
         for prefix in ("/v1", ""):
             app.router.add_post(f"{prefix}/chat/completions", self._chat)
             app.router.add_post(f"{prefix}/responses", self._responses)
             app.router.add_get(f"{prefix}/models", self._models)
-        self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.1)
-        self.base_url = url + "/v1"
-        return self.base_url
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._runner:
-            await self._runner.cleanup()
 
     def push(self, *replies: Reply | str) -> None:
         """Append replies to the script."""
@@ -118,17 +92,11 @@ class FakeOpenAI:
         items = (self.responses_requests[-1].body or {}).get("input") or []
         return [i for i in items if isinstance(i, dict) and str(i.get("type", "")).endswith("call_output")]
 
-    @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), body))
+    def auth_error(self, request: web.Request) -> web.Response | None:
+        """OpenAI's 401 when api_key is set and the Authorization header is not its bearer token."""
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return error_response(401, "invalid_api_key", "Incorrect API key provided")
-        return await handler(request)
+        return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = self.requests[-1].body if isinstance(self.requests[-1].body, dict) else {}

@@ -28,7 +28,7 @@ import pytest_asyncio
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import LoopbackServer
 
 SIGNING_SECRET = "slack-signing-secret-for-tests"
 BOT_TOKEN = "xoxb-fake-slack-bot-token-0001"
@@ -79,11 +79,12 @@ class Ephemeral:
     text: str
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """Loopback Slack Web API; records calls, messages, ephemerals and response_url posts."""
 
     def __init__(self, *, token: str = BOT_TOKEN, signing_secret: str = SIGNING_SECRET,
                  team_id: str | None = None, bot_user_id: str = BOT_USER_ID) -> None:
+        super().__init__()
         self.token, self.signing_secret = token, signing_secret
         # A workspace of its own per fake, so tests sharing a database can tell their sessions apart.
         self.team_id = team_id or f"T{uuid.uuid4().hex[:9].upper()}"
@@ -95,27 +96,13 @@ class FakeSlack:
         self.not_in: set[str] = set()  # channels the bot is not a member of
         self._rate_limits: dict[str, list[float]] = {}
         self._ts = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> FakeSlack:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Listen on 127.0.0.1, on a random port."""
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/respond/{key}", self._respond)
-        self._runner, url = await serve_on_loopback(app)
-        self.url = url
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.serve(app)
 
     # ------------------------------------------------------------ configuration and queries
 
