@@ -119,15 +119,23 @@ class Target:
     """Reads strings and resolves paths in one sandboxed process's view."""
 
     def __init__(self, pid: int) -> None:
-        """Open the process's memory and root."""
+        """Open the process's memory (its root only when a path must be resolved)."""
         self.pid = pid
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._root = -1
+
+    @property
+    def root(self) -> int:
+        """An O_PATH fd of the process's root; most reads never need it (an open saved per call)."""
+        if self._root < 0:
+            self._root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._root
 
     def close(self) -> None:
         """Release the fds."""
         os.close(self.mem)
-        os.close(self.root)
+        if self._root >= 0:
+            os.close(self._root)
 
     def read(self, address: int, size: int) -> bytes:
         """size bytes of the process's memory."""
@@ -325,7 +333,7 @@ class HiddenPaths:
         while len(ancestor) > 1:
             if ancestor in self.secrets:
                 return "credential path hidden from the sandbox"
-            ancestor = posixpath.dirname(ancestor)
+            ancestor = ancestor[:ancestor.rfind("/")] or "/"  # dirname, for the normalized paths given
         base = self.base_dir
         if base and path != base and _under(path, base):
             if not any(_under(path, v) for v in self.visible):
