@@ -1,6 +1,6 @@
 """Time to the 202 for signed GitHub deliveries: `sesame serve` (PostgreSQL + Redis) vs a bare aiohttp handler.
 
-    python3 bench/webhooks.py [--rate 200] [--seconds 10] [--workers 1] [--github-latency 0.2]
+    python3 bench/webhooks.py [--rate 200] [--seconds 10] [--workers 1] [--github-latency 0.2] [--repeat 5]
 
 Creates and migrates a fresh PostgreSQL database, starts the fake GitHub (its own thread and loop) and
 `sesame serve` (a subprocess) on loopback, posts trigger comments from users with write permission at a
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,7 +203,16 @@ async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: fl
     """Warm up (token, permission cache, connections), then the measured run."""
     await load(f"{name}-warm", url, warmup, rate=min(rate, 50))
     before = cpu_seconds(pid)
-    result = await load(name, url, items, rate)
+    # This process (load generator and fake GitHub) must not pause: its full collections took
+    # 100-150 ms once the fake had recorded a few thousand requests, and showed up as server latency.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        result = await load(name, url, items, rate)
+    finally:
+        gc.enable()
+        gc.unfreeze()
     result.cpu = cpu_seconds(pid) - before
     return result
 
@@ -268,20 +279,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="`sesame serve --workers N`")
     parser.add_argument("--github-latency", type=float, default=0.0, metavar="SECONDS",
                         help="delay every fake GitHub answer (real GitHub: 0.1-0.5)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh database and server")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         run_bare_server(args.bare_server)
         return
-    sesame, bare = asyncio.run(run(args.rate, args.seconds, args.workers, args.github_latency))
-    print(f"target {args.rate:.0f}/s for {args.seconds:.0f} s, {args.workers} web process(es), "
-          f"GitHub answers in {args.github_latency * 1000:.0f} ms")
-    print(sesame.line())
-    print(bare.line())
-    print(f"ratio sesame/bare: p50 x{sesame.percentile(0.5) / bare.percentile(0.5):.1f}, "
-          f"p99 x{sesame.percentile(0.99) / bare.percentile(0.99):.1f}")
-    print(f"p99 target < 50 ms: {'met' if sesame.percentile(0.99) < 0.050 else 'NOT met'}")
-
+    p99s = []
+    for attempt in range(args.repeat):
+        sesame, bare = asyncio.run(run(args.rate, args.seconds, args.workers, args.github_latency))
+        print(f"run {attempt + 1} of {args.repeat}: target {args.rate:.0f}/s for {args.seconds:.0f} s, "
+              f"{args.workers} web process(es), GitHub answers in {args.github_latency * 1000:.0f} ms")
+        print(sesame.line())
+        print(bare.line())
+        print(f"ratio sesame/bare: p50 x{sesame.percentile(0.5) / bare.percentile(0.5):.1f}, "
+              f"p99 x{sesame.percentile(0.99) / bare.percentile(0.99):.1f}")
+        print(f"p99 target < 50 ms: {'met' if sesame.percentile(0.99) < 0.050 else 'NOT met'}", flush=True)
+        p99s.append(sesame.percentile(0.99) * 1000)
+    if args.repeat > 1:
+        met = sum(p99 < 50 for p99 in p99s)
+        print(f"\nsesame p99 over {args.repeat} runs: median {statistics.median(p99s):.1f} ms, "
+              f"worst {max(p99s):.1f} ms; target met in {met} of {args.repeat}")
 
 if __name__ == "__main__":
     main()
