@@ -154,6 +154,15 @@ async def test_fork_pull_request_allowed_when_configured(make_hook: MakeHook) ->
     assert (row.context["start_ref"], row.context["fork"]) == (f"refs/pull/{number}/head", "mallory/widget")
 
 
+async def test_a_deleted_fork_is_named_by_its_label_without_markdown(make_hook: MakeHook) -> None:
+    hook = await make_hook(GITHUB_ALLOW_FORK_PULL_REQUESTS="true")
+    number = hook.fake.add_pull(hook.repo, "x`@everyone`[a](b)", head_repo="gone/widget", user="mallory").number
+    await hook.comment(number, "@sesame fix the tests")
+    [row] = await hook.sessions()
+    assert row.context["fork"] == "gone:xeveryoneab"  # the label, minus backticks, @, brackets
+    assert row.context["start_ref"] == f"refs/pull/{number}/head"
+
+
 async def test_stop_flags_the_running_session(hook: Hook) -> None:
     await hook.comment(1, "@sesame fix it")
     [row] = await hook.sessions()

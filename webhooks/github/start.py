@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from bot.triggers import Trigger, clean_context
 from webhooks.github.intake import FORK_REFUSED, NOTHING_TO_STOP, Intake, Mention, refuse, reply, thread_root
 
 log = logging.getLogger(__name__)
+FORK_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._/:-]")
 
 
 async def stop_sessions(intake: Intake, gh: SesameGitHubAPI, source: Mention) -> None:
@@ -93,7 +95,8 @@ async def on_pull_request_branch(intake: Intake, gh: SesameGitHubAPI, source: Me
         return False
     # The fork's branch is out of the installation token's reach: start from the PR's head, which
     # GitHub keeps in this repository as refs/pull/N/head, and push a new branch and PR here.
-    fork = head_repo or (pr.get("head") or {}).get("label") or "a deleted fork"
+    fork = FORK_NAME_UNSAFE.sub("", str(head_repo or (pr.get("head") or {}).get("label") or ""))[:140] \
+        or "a deleted fork"  # goes into the PR body: no markdown or mentions from a branch name
     new.context = {**(new.context or {}), "start_ref": f"refs/pull/{int(pr['number'])}/head", "fork": fork}
     return True
 
