@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from bot.github_channel import COMMENT_DUE, github_channel
 from bot.models import Session
 from bot.progress import Progress
@@ -91,3 +93,19 @@ async def test_an_overdue_queued_comment_no_longer_holds_the_worker(hook: Hook) 
     assert len(comments) == 2 and comments[0].id == queued.id
     row = await reload(hook, row)
     assert row.report["comment_id"] == comments[1].id and COMMENT_DUE not in row.report
+
+
+async def test_intake_gives_up_on_a_hanging_github_before_the_worker_stops_waiting(
+        hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
+    import webhooks.github.start as start
+
+    monkeypatch.setattr(start, "COMMENT_GRACE", 0.4)
+    issue = hook.fake.add_issue(hook.repo, "Flaky")
+    gate = hook.fake.hold("POST", COMMENTS)
+    try:
+        assert await post_trigger(hook, issue.number) == 202
+        await asyncio.wait_for(hook.services.background.drain(), 5)  # gave up after COMMENT_GRACE / 2
+        [row] = await hook.sessions()
+        assert "comment_id" not in row.report and COMMENT_DUE not in row.report
+    finally:
+        gate.set()

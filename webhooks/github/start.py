@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -152,9 +153,9 @@ async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_i
     """
     report = {key: value for key, value in (new.report or {}).items() if key != COMMENT_DUE}
     progress = new_progress(services, session_id, new.prompt, new.agent)
-    try:
-        comment = await post_progress_comment(gh, new.repo, report,
-                                              render_markdown(progress, services.settings.secret_values))
+    try:  # finished (or given up) well before the worker stops waiting for it
+        comment = await asyncio.wait_for(post_progress_comment(
+            gh, new.repo, report, render_markdown(progress, services.settings.secret_values)), COMMENT_GRACE / 2)
     except Exception as exc:
         log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
     else:
