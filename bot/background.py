@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, Coroutine
+from typing import Any, Coroutine, Iterator
 
 log = logging.getLogger(__name__)
 
 
 class Background:
-    """Fire-and-forget tasks that are never garbage-collected mid-flight and are awaited at shutdown."""
+    """Tasks that outlive the answer to a request: never garbage-collected mid-flight, awaited at shutdown."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -26,8 +27,16 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    def __len__(self) -> int:
-        return len(self._tasks)
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count the running task (a request handler answering first, working after) until the block ends."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for the running tasks (those they start too); cancel what is left after `timeout`."""

@@ -8,11 +8,10 @@ written; posting the channel message and enqueueing happen right after.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -58,41 +57,28 @@ def mention_text(text: str, bot_user_id: str | None, slug: str) -> str:
 
 
 class SlackIntake:
-    """The listeners; every one records before it acks, and is tracked until it ends."""
+    """The listeners; every one records before it acks, and is tracked (services.background) until it ends."""
 
     def __init__(self, services: Services, queue: Queue) -> None:
         self.services, self.queue = services, queue
         self.settings = services.settings
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def register(self, bolt: AsyncApp) -> None:
         bolt.command(re.compile(r"^/"))(self.on_command)
         bolt.action("sesame_stop")(self.on_stop_button)
         bolt.event("app_mention")(self.on_mention)
 
-    @contextlib.contextmanager
-    def tracked(self) -> Iterator[None]:
-        """Remember the running listener, so shutdown and tests can wait for it."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            yield
-        finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
-
     async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for listeners still posting or enqueueing."""
-        await asyncio.sleep(0)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        """Wait for listeners still posting or enqueueing (and what else the process runs after answering)."""
+        await asyncio.sleep(0)  # let a listener that was just handed a request start
+        await self.services.background.drain(timeout)
 
     # ------------------------------------------------------------ /sesame
 
     async def on_command(self, ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient,
                          respond: Notify) -> None:
         """Answer a `/sesame` command; an unexpected failure still gets a short ephemeral answer."""
-        with self.tracked():
+        with self.services.background.track():
             try:
                 await self.command(ack, command, client, respond)
             except Exception:
@@ -193,7 +179,7 @@ class SlackIntake:
 
     async def on_stop_button(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """Stop the session of the message; tell the presser what happened."""
-        with self.tracked():
+        with self.services.background.track():
             await ack()
             user = body["user"]["id"]
             channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
@@ -207,7 +193,7 @@ class SlackIntake:
                          client: AsyncWebClient) -> None:
         """A mention of the bot; Slack's retries (same event id) are dropped, a failure forgets the id."""
         event_id = body.get("event_id") or event["ts"]
-        with self.tracked():
+        with self.services.background.track():
             if slack_is_bot(event) or not await self.services.sessions.record_delivery(
                     event_id, "slack", "app_mention"):
                 return
@@ -282,10 +268,6 @@ async def slack_events(request: web.Request) -> web.Response:
     return await to_aiohttp_response(response)
 
 
-async def _drain_on_shutdown(app: web.Application) -> None:
-    await app[SLACK_INTAKE].drain(timeout=5.0)
-
-
 def setup(app: web.Application) -> None:
     """Mount /slack/events when SLACK_SIGNING_SECRET is set; otherwise do nothing."""
     services = app[SERVICES]
@@ -295,4 +277,3 @@ def setup(app: web.Application) -> None:
     app[SLACK_INTAKE] = intake
     app[SLACK_BOLT] = build_bolt_app(services, intake)
     app.router.add_post("/slack/events", slack_events)
-    app.on_shutdown.append(_drain_on_shutdown)

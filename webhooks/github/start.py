@@ -96,10 +96,16 @@ async def on_pull_request_branch(intake: Intake, gh: SesameGitHubAPI, source: Me
         return False
     # The fork's branch is out of the installation token's reach: start from the PR's head, which
     # GitHub keeps in this repository as refs/pull/N/head, and push a new branch and PR here.
-    fork = FORK_NAME_UNSAFE.sub("", str(head_repo or (pr.get("head") or {}).get("label") or ""))[:140] \
-        or "a deleted fork"  # goes into the PR body: no markdown or mentions from a branch name
-    new.context = {**(new.context or {}), "start_ref": f"refs/pull/{int(pr['number'])}/head", "fork": fork}
+    new.context = {**(new.context or {}), "start_ref": f"refs/pull/{int(pr['number'])}/head",
+                   "fork": fork_name(head_repo, pr)}
     return True
+
+
+def fork_name(head_repo: str | None, pr: dict[str, Any]) -> str:
+    """How the PR body names the fork: its full name, else (fork deleted) its `owner:branch` label,
+    keeping only name characters: a branch name may hold markdown or @mentions."""
+    name = head_repo or (pr.get("head") or {}).get("label") or ""
+    return FORK_NAME_UNSAFE.sub("", str(name))[:140] or "a deleted fork"
 
 
 async def on_open_sesame_pull_request(intake: Intake, gh: SesameGitHubAPI, new: NewSession) -> None:
