@@ -71,6 +71,8 @@ KEYS: tuple[Key, ...] = (
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
+    _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
+       help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
     _k("AUTH_PASSWORD", secret=True, help="HTTP Basic password for the API and pages"),
     _k("SESAME_API_URL", path="sesameApi.baseUrl", default="https://api.sesame.works"),
     _k("GITHUB_APP_ID"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,17 +71,40 @@ async def communicate(proc: asyncio.subprocess.Process, data: bytes | None) -> t
     return out, err
 
 
-async def git(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
-              check: bool = True, stdin: bytes | None = None) -> str:
-    """Run `git SAFE_OPTIONS args` and return stdout; raise GitError when check fails."""
+def _become(uid: int, gid: int) -> None:
+    """In the child before exec: that user alone, no supplementary groups (uvloop has no user=)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+async def git_bytes(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
+                    check: bool = True, stdin: bytes | None = None, user: tuple[int, int] | None = None) -> bytes:
+    """Run `git SAFE_OPTIONS args` and return raw stdout; raise GitError when check fails.
+
+    `user` (uid, gid) runs git as that unprivileged user, without supplementary groups.
+    """
+    drop = {"preexec_fn": functools.partial(_become, *user)} if user and os.geteuid() == 0 else {}
     proc = await asyncio.create_subprocess_exec(
         "git", *SAFE_OPTIONS, *args, cwd=cwd, env=git_env(env),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **drop)
     out, err = await communicate(proc, stdin)
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode or -1, err.decode(errors="replace"))
-    return out.decode(errors="replace")
+    return out
+
+
+async def git(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
+              check: bool = True, stdin: bytes | None = None) -> str:
+    """Run `git SAFE_OPTIONS args` and return stdout; raise GitError when check fails."""
+    return (await git_bytes(args, cwd, env, check, stdin)).decode(errors="replace")
+
+
+async def in_git_dir(git_dir: Path, args: list[str], env: Mapping[str, str] | None = None,
+                     check: bool = True, stdin: bytes | None = None) -> str:
+    """git on a trusted git directory alone: no work tree, so nothing of a workspace is read."""
+    return await git(["--git-dir", str(git_dir), *args], git_dir, env, check, stdin)
 
 
 def commit_message(message: str, include_co_author: bool) -> str:
@@ -91,29 +115,13 @@ def commit_message(message: str, include_co_author: bool) -> str:
     return message + "\n"
 
 
-async def has_changes(project: Path) -> bool:
-    """True when the work tree differs from HEAD (untracked files included)."""
-    return bool((await git(["status", "--porcelain", "--untracked-files=all"], project)).strip())
+async def diff_stat(git_dir: Path, base: str, head: str = "HEAD") -> str:
+    """A short `--stat` of head against base, for commit messages and reports."""
+    return await in_git_dir(git_dir, ["diff", "--stat", "--no-color", "--no-ext-diff", "--no-textconv",
+                                      base, head, "--"], check=False)
 
 
-async def commit_all(project: Path, message: str, author: Author, include_co_author: bool) -> str | None:
-    """Stage everything and commit; None when nothing changed (no empty commits)."""
-    if not await has_changes(project):
-        return None
-    await git(["add", "--all", "--", "."], project)
-    identity = {"GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
-                "GIT_COMMITTER_NAME": author.name, "GIT_COMMITTER_EMAIL": author.email}
-    await git(["commit", "--no-verify", "--quiet", "-F", "-"], project, identity,
-              stdin=commit_message(message, include_co_author).encode())
-    return (await git(["rev-parse", "HEAD"], project)).strip()
-
-
-async def diff_stat(project: Path, base: str) -> str:
-    """A short `--stat` of the branch against its base, for commit messages and reports."""
-    return await git(["diff", "--stat", "--no-color", base, "HEAD", "--"], project, check=False)
-
-
-async def push(project: Path, remote: str, branch: str, auth_env: Mapping[str, str], force: bool = False) -> None:
-    """Push HEAD to the branch on the remote; the token rides in the environment only."""
+async def push(git_dir: Path, remote: str, branch: str, auth_env: Mapping[str, str], force: bool = False) -> None:
+    """Push HEAD of the trusted git dir to the branch; the token rides in the environment only."""
     refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch}"
-    await git(["push", "--no-verify", "--porcelain", remote, refspec], project, auth_env)
+    await in_git_dir(git_dir, ["push", "--no-verify", "--porcelain", remote, refspec], auth_env)

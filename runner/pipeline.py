@@ -24,8 +24,9 @@ from runner import git as gitops
 from runner.agents import get_agent
 from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
-from runner.workspace import (Workspace, create_workspace, default_branch, remove_workspace,
-                              restore_git_state, update_mirror)
+from runner.commit import commit_tree, snapshot_tree
+from runner.sandbox.base import Violation
+from runner.workspace import Workspace, create_workspace, default_branch, remove_workspace, update_mirror
 
 log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
@@ -55,6 +56,7 @@ class Run:
     access: RepoAccess | None = None
     agent_run: AgentRun | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    limit_error: str | None = None  # a limit was hit: the session ends in error once the work is pushed
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -141,6 +143,8 @@ async def _steps(state: Run) -> None:
     sha = await _commit_step(state, base)
     _check_stop(state)
     await _push_step(state, access, base, branch, sha, existing)
+    if state.limit_error:
+        raise RuntimeError(state.limit_error)
 
 
 def fork_start_ref(session: Session) -> str | None:
@@ -290,25 +294,46 @@ async def _violation(state: Run, violation: Any) -> None:
 
 
 async def _commit_step(state: Run, base: str) -> str | None:
+    """Build the commit from the work tree's contents in the trusted git dir (see runner.commit)."""
     session, settings = state.session, state.services.settings
     assert state.workspace is not None
     await state.step("commit", "running", percent=75)
-    restore_git_state(state.workspace)
-    project = state.workspace.project
-    if not await gitops.has_changes(project):
+    ws = state.workspace
+    max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
+    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, _session_user(state), max_size)
+    await _report_left_out(state, tree.left_out, tree.too_large, max_size)
+    if not tree.changed:
         await state.step("commit", "skipped", "no changes", 85)
         return None
-    stat = await gitops.git(["diff", "--stat", "HEAD"], project, check=False)
+    stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
     message = await _utility(state).commit_message(session.prompt, stat)
     author = await commit_author(state.services, session)
-    sha = await gitops.commit_all(project, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
-    if sha is None:
-        await state.step("commit", "skipped", "no changes", 85)
-        return None
+    sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
     await state.services.sessions.update(session.id, commit_sha=sha)
     await state.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
     await state.step("commit", "done", f"`{sha[:7]}`", 85)
     return sha
+
+
+def _session_user(state: Run) -> tuple[int, int] | None:
+    """The host uid:gid the session's sandbox runs as: the host reads the agent's files as it."""
+    if state.agent_run is None:
+        return None
+    policy = state.agent_run.sandbox.policy
+    return policy.host_uid, policy.host_gid
+
+
+async def _report_left_out(state: Run, nested: list[str], too_large: list[tuple[str, int]], limit: int) -> None:
+    """Nested .git directories are violations; files over the size limit end the session after the push."""
+    assert state.workspace is not None
+    for path in nested:
+        await _violation(state, Violation("filesystem", f"{state.workspace.project}/{path}", "commit",
+                                          "a nested .git directory is left out of the commit"))
+    if too_large:
+        names = ", ".join(f"{path} ({size >> 20} MiB)" for path, size in too_large[:5])
+        state.limit_error = (f"left out of the commit, over the largest-file limit of {limit >> 20} MiB "
+                             f"(GIT_MAX_FILE_SIZE_MB): {names}")
+        await state.event("warning", {"message": state.limit_error})
 
 
 async def commit_author(services: Services, session: Session | None = None) -> gitops.Author:
@@ -346,10 +371,10 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         state.progress.outcome = "no changes were needed"
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
-    await gitops.push(state.workspace.project, access.remote, branch, access.auth_env)
+    await gitops.push(state.workspace.git_dir, access.remote, branch, access.auth_env)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
-    stat = (await gitops.diff_stat(state.workspace.project, f"refs/remotes/origin/{base}")).strip()
+    stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
     title = session.title or await _utility(state).title(session.prompt)
     pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
@@ -401,7 +426,7 @@ async def _salvage(state: Run) -> None:
         sha = await asyncio.wait_for(_commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
         if sha:
             access = await _fresh_access(state)
-            await asyncio.wait_for(gitops.push(state.workspace.project, access.remote, session.branch,
+            await asyncio.wait_for(gitops.push(state.workspace.git_dir, access.remote, session.branch,
                                                access.auth_env), SALVAGE_TIMEOUT)
             await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
             state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from runner.git import git
+from runner.git import git, in_git_dir
 
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -20,7 +20,8 @@ START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new bran
 
 @dataclass(frozen=True)
 class Workspace:
-    """A session's directory: project (the clone), home and tmp beside it."""
+    """A session's directory: project (the work tree), home and tmp, and beside them, out of the
+    sandbox's sight, the trusted git directory the commit is built in."""
 
     root: Path
 
@@ -37,9 +38,14 @@ class Workspace:
         return self.root / "tmp"
 
     @property
-    def saved_git(self) -> Path:
-        """Outside the project: the clone's own config and alternates, restored after the agent."""
-        return self.root / "git-saved"
+    def git_dir(self) -> Path:
+        """The session's real git directory: the sandbox never sees it, the agent never writes it."""
+        return self.root / "git"
+
+    @property
+    def scratch(self) -> Path:
+        """An empty repository in which git lists the work tree's files as the session's uid."""
+        return self.root / "scan"
 
 
 def mirror_path(data_dir: Path, remote: str) -> Path:
@@ -95,61 +101,48 @@ async def default_branch(mirror: Path) -> str:
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
                            base: str, branch: str, existing_branch: bool, start_ref: str | None = None) -> Workspace:
-    """Clone from the mirror with hard-linked objects, then check out the session's branch.
+    """Clone from the mirror into the trusted git dir, check out the branch, give the agent a copy.
 
-    Hard links (not alternates) keep the clone usable inside the sandbox, which cannot see the
-    mirror; the linked files are root-owned and read-only there, so the mirror cannot be altered.
+    Objects are hard links (not alternates), so the agent's copy works inside the sandbox, which
+    cannot see the mirror; the linked files are root-owned and read-only there.
     """
     ws = Workspace(base_dir / session_id)
     if ws.root.exists():
         shutil.rmtree(ws.root)
-    for path in (ws.root, ws.home, ws.tmp, ws.saved_git):
+    for path in (ws.root, ws.home, ws.tmp):
         path.mkdir(parents=True, mode=0o700)
     os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
-    await git(["clone", "--local", "--no-checkout", "--quiet", "--", str(mirror), str(ws.project)])
+    await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",
+               str(mirror), str(ws.project)])
+    (ws.project / ".git").unlink()  # the gitfile: the trusted dir is named on every command instead
+    await in_git_dir(ws.git_dir, ["config", "core.bare", "true"])
     # The clone's origin names the real remote, never with a token; fetches go through the mirror.
-    await git(["remote", "set-url", "origin", remote], ws.project)
+    await in_git_dir(ws.git_dir, ["remote", "set-url", "origin", remote])
     start = f"refs/remotes/origin/{branch if existing_branch else base}"
     if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
-        await git(["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"], ws.project)
+        await in_git_dir(ws.git_dir, ["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"])
         start = START_REF
-    # Writing the files dominates a warm start; parallel checkout spreads it over the cores.
-    await git(["-c", f"checkout.workers={CHECKOUT_WORKERS}", "checkout", "--quiet", "-B", branch, start],
-              ws.project)
-    save_git_state(ws)
+    # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
+    # project is still ours and empty: nothing of the agent's exists yet.
+    await in_git_dir(ws.git_dir, ["--work-tree", str(ws.project), "-c", f"checkout.workers={CHECKOUT_WORKERS}",
+                                  "checkout", "--quiet", "-B", branch, start])
+    await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
+    await git(["--git-dir", str(ws.project / ".git"), "config", "core.bare", "false"], ws.project)
     return ws
 
 
-GIT_STATE_FILES = ("config",)
-
-
-def save_git_state(ws: Workspace) -> None:
-    """Keep copies of files the agent must not change, to restore before we run git on them."""
-    for name in GIT_STATE_FILES:
-        source = ws.project / ".git" / name
-        if source.exists():
-            target = ws.saved_git / name.replace("/", "__")
-            shutil.copyfile(source, target)
-
-
-def restore_git_state(ws: Workspace) -> None:
-    """Put back .git/config, drop alternates and empty .git/hooks: the agent's edits never run as us."""
-    git_dir = ws.project / ".git"
-    if git_dir.is_symlink() or not git_dir.is_dir():
-        raise RuntimeError("the agent replaced .git; refusing to run git in this workspace")
-    for name in GIT_STATE_FILES:
-        saved, target = ws.saved_git / name.replace("/", "__"), git_dir / name
-        if saved.exists():
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            shutil.copyfile(saved, target)
-    alternates = git_dir / "objects" / "info" / "alternates"
-    if alternates.is_symlink() or alternates.exists():
-        alternates.unlink()
-    hooks = git_dir / "hooks"
-    if hooks.is_symlink():
-        hooks.unlink()
-    shutil.rmtree(hooks, ignore_errors=True)
+def copy_git_dir(source: Path, target: Path) -> None:
+    """The agent's disposable .git: objects hard-linked, the rest copied; never read back."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        relative = Path(dirpath).relative_to(source)
+        (target / relative).mkdir(mode=0o755, exist_ok=True)
+        linked = relative.parts[:1] == ("objects",) and relative.parts[1:2] != ("info",)
+        for name in filenames:
+            src, dst = Path(dirpath) / name, target / relative / name
+            if linked:
+                os.link(src, dst)
+            else:
+                shutil.copyfile(src, dst)
 
 
 def remove_workspace(ws: Workspace) -> None:

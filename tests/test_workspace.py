@@ -11,7 +11,7 @@ import aiohttp
 
 from bot.github import git_auth_env
 from runner.git import GitError, communicate
-from runner.workspace import create_workspace, mirror_path, remove_workspace, restore_git_state, update_mirror
+from runner.workspace import create_workspace, mirror_path, remove_workspace, update_mirror
 from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import git
@@ -53,22 +53,22 @@ async def test_token_fetches_but_lands_nowhere(tmp_path: Path, fake_github: Fake
     assert not ws.root.exists()
 
 
-async def test_agent_edits_to_git_config_and_hooks_are_undone(tmp_path: Path) -> None:
+async def test_the_trusted_git_dir_lives_outside_the_project_and_the_agent_gets_a_copy(tmp_path: Path) -> None:
     from tests.support.gitrepo import make_repo
 
     origin = make_repo(tmp_path / "origin")
     mirror = await update_mirror(tmp_path / "data", str(origin), {})
     ws = await create_workspace(Path(session_base()), "s2", mirror, str(origin), "main", "sesame/x", False)
+    assert ws.git_dir.parent == ws.root and ws.project not in ws.git_dir.parents
+    assert git("rev-parse", "--is-bare-repository", cwd=ws.git_dir) == "true"
+    assert git("symbolic-ref", "HEAD", cwd=ws.git_dir) == "refs/heads/sesame/x"
+    # the agent's .git is a working repository of its own: git status there is clean
+    assert git("status", "--porcelain", cwd=ws.project) == ""
+    assert git("rev-parse", "HEAD", cwd=ws.project) == git("rev-parse", "HEAD", cwd=ws.git_dir)
     config = ws.project / ".git" / "config"
     config.write_text(config.read_text() + "[core]\n\tfsmonitor = touch /tmp/pwned-by-agent\n")
-    hook = ws.project / ".git" / "hooks" / "pre-commit"
-    hook.parent.mkdir(exist_ok=True)
-    hook.write_text("#!/bin/sh\ntouch /tmp/pwned-by-hook\n")
-    (ws.project / ".git" / "objects" / "info" / "alternates").write_text("/etc\n")
-    restore_git_state(ws)
-    assert "fsmonitor" not in config.read_text()
-    assert not (ws.project / ".git" / "hooks").exists()
-    assert not (ws.project / ".git" / "objects" / "info" / "alternates").exists()
+    assert "fsmonitor" not in (ws.git_dir / "config").read_text()
+    assert not (ws.git_dir / "index").samefile(ws.project / ".git" / "index")
     remove_workspace(ws)
 
 
