@@ -186,3 +186,34 @@ async def test_gitignored_files_stay_out_and_deletions_are_committed(tmp_path: P
     assert code == 0, session.error
     tree = set(git("ls-tree", "-r", "--name-only", session.branch, cwd=origin).splitlines())
     assert tree == {"README.md", ".gitignore", "tracked.pyc", "new.txt"}
+
+
+async def test_a_file_over_the_size_limit_is_left_out_and_named(tmp_path: Path, db_url: str) -> None:
+    origin = make_repo(tmp_path / "origin")
+    script = "head -c 2097152 /dev/zero > big.bin && echo small > small.txt"
+    services = await make_services(tmp_path, db_url, GIT_MAX_FILE_SIZE_MB="1")
+    try:
+        code = await run_from_terminal(services, args(origin, "big", command=f"sh -c '{script}'"), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error"
+    assert "largest-file limit of 1 MiB (GIT_MAX_FILE_SIZE_MB): big.bin (2 MiB)" in session.error
+    tree = set(git("ls-tree", "-r", "--name-only", session.branch, cwd=origin).splitlines())
+    assert "small.txt" in tree and "big.bin" not in tree  # the work that fits is pushed
+
+
+async def test_unreadable_and_special_files_are_not_read_with_the_hosts_rights(tmp_path: Path, db_url: str) -> None:
+    origin = make_repo(tmp_path / "origin")
+    secret = _root_only_file(tmp_path)
+    script = (f"ln {secret} hard.txt 2>/dev/null; mkfifo pipe; echo private > mine.txt; chmod 000 mine.txt; "
+              "echo fine > fine.txt")
+    services = await make_services(tmp_path, db_url)
+    try:
+        code = await run_from_terminal(services, args(origin, "odd", command=f"sh -c '{script}'"), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 0, session.error
+    tree = set(git("ls-tree", "-r", "--name-only", session.branch, cwd=origin).splitlines())
+    assert "fine.txt" in tree and not {"hard.txt", "pipe", "mine.txt"} & tree
