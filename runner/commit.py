@@ -70,15 +70,22 @@ async def counted_paths(project: Path, scratch: Path, user: User | None) -> list
 
     Runs as the session's uid in a scratch repository with an empty index: git only lists names.
     """
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(mode=0o700)
-    if user is not None and os.geteuid() == 0:
-        os.chown(scratch, *user)
-    await gitops.git_bytes(["init", "--quiet", "--bare", str(scratch)], scratch, user=user)
+    make_scratch(scratch, user)
     out = await gitops.git_bytes(["--git-dir", str(scratch), "--work-tree", str(project), "ls-files", "-z",
                                   "--others", "--exclude-standard"], scratch, user=user)
     return [p for p in out.split(b"\0") if p]
+
+
+def make_scratch(scratch: Path, user: User | None) -> None:
+    """The smallest repository git accepts (HEAD, objects, refs), owned by the session's uid."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    for path in (scratch, scratch / "objects", scratch / "refs"):
+        path.mkdir(mode=0o700)
+    (scratch / "HEAD").write_text("ref: refs/heads/main\n")
+    if user is not None and os.geteuid() == 0:
+        for path in (scratch, scratch / "objects", scratch / "refs", scratch / "HEAD"):
+            os.chown(path, *user)
 
 
 def included(snap: Snapshot, tracked: dict[bytes, tuple[str, str]], listed: list[bytes]) -> dict[bytes, Entry]:
@@ -111,7 +118,8 @@ def import_stream(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tup
 async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User | None,
                         max_size: int | None) -> Tree:
     """Write the working tree's contents into git_dir as a tree; compare it with HEAD's."""
-    base = (await gitops.in_git_dir(git_dir, ["rev-parse", "--verify", "HEAD^{commit}"])).strip()
+    base, base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", "HEAD^{commit}",
+                                                         "HEAD^{tree}"])).split()
     tracked = await base_entries(git_dir, base)
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     snap = await as_user(*(user or (None, None)), lambda: walk(str(project), gitlinks, max_size))
@@ -120,8 +128,6 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
     await gitops.git_bytes(["--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done"],
                            git_dir, stdin=import_stream(base, files, tracked))
     tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{SNAPSHOT_REF}^{{tree}}"])).strip()
-    base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{base}^{{tree}}"])).strip()
-    await gitops.in_git_dir(git_dir, ["update-ref", "-d", SNAPSHOT_REF])
     return Tree(base, tree, tree != base_tree, [_name(p) for p in snap.nested_git],
                 [(_name(p), size) for p, size in snap.too_large], [_name(p) for p in snap.unreadable])
 
