@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from bot.redact import redact
-from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text
+from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text, within
 
 log = logging.getLogger(__name__)
 STEPS = ("queued", "workspace", "agent", "commit", "pr")
@@ -20,9 +20,12 @@ STEP_LABELS = {"queued": "Queued", "workspace": "Workspace ready", "agent": "Age
 RUNNING_LABELS = {"workspace": "Preparing the workspace", "agent": "Agent running", "commit": "Committing",
                   "pr": "Pushing and opening the pull request"}
 FINAL_WORDS = {"completed": "Done", "error": "Failed", "stopped": "Stopped"}
-ACTIVITY_LIMIT = 100
-RESOURCE_LIMIT = 200
-ERROR_LIMIT = 1000
+# Characters of escaped text (escaping can grow text fivefold): together well within Slack's 3000 per block.
+ACTIVITY_LIMIT = 300
+DETAIL_LIMIT = 300
+RESOURCE_LIMIT = 250
+ERROR_LIMIT = 1500
+TITLE_LIMIT = 200
 # Outcomes and step details start with Sesame's own `#N` when they name the pull request: kept as a link.
 _OWN_REFERENCE = re.compile(r"#[0-9]+(?= )")
 
@@ -90,21 +93,21 @@ class Escaper:
     link: Callable[[str, str], str]  # (url, label) of Sesame's own links
     secrets: tuple[str, ...] = ()
 
-    def text(self, value: str, limit: int | None = None) -> str:
-        """Untrusted text, shown as text."""
-        return self.text_fn(one_line(redact(value, self.secrets), limit))
+    def text(self, value: str, limit: int) -> str:
+        """Untrusted text, shown as text in at most `limit` characters."""
+        return within(self.text_fn, one_line(redact(value, self.secrets)), limit)
 
-    def code(self, value: str, limit: int | None = None) -> str:
-        """An untrusted name (file, host, branch), shown as code."""
-        return self.code_fn(one_line(redact(value, self.secrets), limit))
+    def code(self, value: str, limit: int) -> str:
+        """An untrusted name (file, host, branch), shown as code in at most `limit` characters."""
+        return within(self.code_fn, one_line(redact(value, self.secrets)), limit)
 
-    def own(self, value: str, limit: int | None = None) -> str:
+    def own(self, value: str, limit: int) -> str:
         """Sesame's sentence with `names` in it (an outcome, a step detail), its names as code, everything
-        else as text but a leading `#N` of Sesame's own."""
-        value = one_line(redact(value, self.secrets), limit)
+        else as text but a leading `#N` of Sesame's own; at most `limit` characters."""
+        value = one_line(redact(value, self.secrets))
         lead = _OWN_REFERENCE.match(value)
         head = lead.group(0) if lead else ""
-        return head + markup(value[len(head):], self.code_fn, self.text_fn)
+        return head + within(lambda rest: markup(rest, self.code_fn, self.text_fn), value[len(head):], limit)
 
 
 def github_escaper(secrets: Iterable[str] = ()) -> Escaper:
@@ -117,7 +120,7 @@ def slack_escaper(secrets: Iterable[str] = ()) -> Escaper:
 
 def violation_lines(p: Progress, esc: Escaper, limit: int = 8) -> list[str]:
     items = p.violations.most_common()
-    lines = [f"{esc.text(kind)} {esc.code(res, RESOURCE_LIMIT)}" + (f" (x{n})" if n > 1 else "")
+    lines = [f"{esc.text(kind, 40)} {esc.code(res, RESOURCE_LIMIT)}" + (f" (x{n})" if n > 1 else "")
              for (kind, res), n in items[:limit]]
     if len(items) > limit:
         lines.append(f"and {len(items) - limit} more")
@@ -130,7 +133,7 @@ def _step_text(p: Progress, name: str, esc: Escaper) -> str:
     if name == "agent" and p.steps[name] == "running" and activity:
         return f"{text}: *{activity}*"  # italics on GitHub, bold in Slack: the escaped text cannot end them
     if p.details.get(name):
-        return f"{text} ({esc.own(p.details[name])})"
+        return f"{text} ({esc.own(p.details[name], DETAIL_LIMIT)})"
     return text
 
 
@@ -139,7 +142,7 @@ def final_line(p: Progress, esc: Escaper) -> str | None:
         return None
     took = f" in {format_duration(p.duration or 0)}"
     if p.state == "completed":
-        return f"{FINAL_WORDS[p.state]}{took}" + (f": {esc.own(p.outcome)}" if p.outcome else "")
+        return f"{FINAL_WORDS[p.state]}{took}" + (f": {esc.own(p.outcome, DETAIL_LIMIT)}" if p.outcome else "")
     reason = esc.text(p.error, ERROR_LIMIT) if p.error else "stopped on request"
     log_link = f" ({esc.link(p.session_url, 'log')})" if p.session_url else ""
     return f"{FINAL_WORDS[p.state]}{took}: {reason}{log_link}"
@@ -152,7 +155,7 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     link = f" · [view session]({p.session_url})" if p.session_url else ""
     lines = [f"**Sesame** {verb} with {p.agent}{link}", ""]
     if p.warning:
-        lines += [f"> [!WARNING]\n> {esc.text(p.warning)}", ""]
+        lines += [f"> [!WARNING]\n> {esc.text(p.warning, ERROR_LIMIT)}", ""]
     for name in STEPS:
         mark = "x" if p.steps[name] == "done" else " "
         suffix = " (failed)" if p.steps[name] == "failed" else ""
@@ -185,12 +188,12 @@ def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[di
     esc = slack_escaper(secrets)
     icons = {"done": ":white_check_mark:", "running": ":hourglass_flowing_sand:", "failed": ":x:",
              "pending": ":white_circle:", "skipped": ":heavy_minus_sign:"}
-    title = esc.text(p.title)
+    title = esc.text(p.title, TITLE_LIMIT)
     header = f"*Sesame* · {title}" + (f" · <{p.session_url}|view session>" if p.session_url else "")
     steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n, esc)}" for n in STEPS)
     blocks: list[dict[str, Any]] = [{"type": "section", "text": _mrkdwn(header)}]
     if p.warning:
-        blocks.append({"type": "section", "text": _mrkdwn(f":warning: {esc.text(p.warning)}")})
+        blocks.append({"type": "section", "text": _mrkdwn(f":warning: {esc.text(p.warning, ERROR_LIMIT)}")})
     blocks.append({"type": "section", "text": _mrkdwn(steps)})
     vlines = violation_lines(p, esc)
     if vlines:

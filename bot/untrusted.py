@@ -52,6 +52,16 @@ def one_line(text: str, limit: int | None = None) -> str:
     return flat
 
 
+def within(escape: Callable[[str], str], text: str, budget: int) -> str:
+    """`escape(text)` in at most `budget` characters: the text is cut (with an ellipsis) before escaping,
+    as escaping can grow it fivefold (`&` -> `&amp;`) and a cut escaped text could end inside an escape."""
+    out = escape(text)
+    while len(out) > budget and text:
+        text = text[: len(text) * budget // len(out) - 1]  # shorter each round: budget < len(out)
+        out = escape(text + "…") if text else ""
+    return out
+
+
 def md_text(text: str) -> str:
     """GitHub markdown that renders as exactly `text` on one line: no link, image, HTML, emphasis,
     mention, reference, emoji or code span, even at the start of a line."""

@@ -6,12 +6,14 @@ import html
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from bot.progress import Progress, github_escaper, render_markdown, render_slack, render_text
 from bot.untrusted import (SOFT_HYPHEN, WORD_JOINER, ControlFreeFormatter, clean_record, install_clean_records,
-                           markup, md_code, md_fence, md_text, one_line, slack_code, slack_text, strip_controls)
+                           markup, md_code, md_fence, md_text, one_line, slack_code, slack_text, strip_controls,
+                           within)
 from tests.support.rendered import github_html, github_text, live_github_markup, live_slack_markup
 
 ESC = "\x1b"
@@ -227,7 +229,7 @@ def test_secrets_are_redacted_before_escaping_could_hide_them() -> None:
     text, blocks = render_slack(progress, [secret])
     for out in (body, github_text(body), text, str(blocks), slack_shown(str(blocks))):
         assert "abc" not in out and "aaaaaaaa" not in out
-    assert github_escaper([secret]).text(secret) == "\\[redacted\\]"
+    assert github_escaper([secret]).text(secret, 100) == "\\[redacted\\]"
 
 
 def test_the_slack_message_shows_agent_text_as_text() -> None:
@@ -244,6 +246,31 @@ def test_the_slack_message_shows_agent_text_as_text() -> None:
     shown = slack_shown("\n".join(o["text"] for o in objects))
     assert f"exited: {NASTY}" in shown and f"running unsandboxed: {NASTY}" in shown
     assert f"<{URL}|log>" in shown and f"<{URL}|view session>" in shown
+
+
+@pytest.mark.parametrize("escape", [md_text, md_code, slack_text, slack_code])
+@pytest.mark.parametrize("flood", ["&" * 5000, "<>" * 3000, "`" * 4000, "@a#1:b" * 2000, "ok " * 3000])
+def test_within_keeps_escaped_text_in_its_budget(escape: Callable[[str], str], flood: str) -> None:
+    out = within(escape, flood, 300)
+    assert 250 <= len(out) <= 300 and "…" in out  # cut, but not much more than it had to be
+    assert within(escape, "short", 300) == escape("short")
+
+
+def test_a_flooding_agent_cannot_push_a_slack_block_past_3000_characters() -> None:
+    flood = "&<>`*" * 2000
+    progress = Progress("s1", flood, "Command", URL, state="processing")
+    progress.step("workspace", "done", f"`{flood}` at `{flood}`, 0.2 s")
+    progress.step("agent", "running")
+    progress.activity, progress.warning = flood, flood
+    progress.violations = Counter({("file", f"{flood}{i}"): 1 for i in range(20)})
+    for state in ("processing", "error"):
+        if state == "error":
+            progress.finish("error", error=flood)
+        text, blocks = render_slack(progress)
+        texts = [b["text"]["text"] for b in blocks if isinstance(b.get("text"), dict)]
+        texts += [e["text"] for b in blocks for e in b.get("elements", []) if e.get("type") == "mrkdwn"]
+        assert len(text) <= 3000 and all(len(t) <= 3000 for t in texts), [len(t) for t in texts]
+        assert all(live_slack_markup(t, (URL,)) == [] for t in texts)
 
 
 def test_the_terminal_line_has_no_controls() -> None:

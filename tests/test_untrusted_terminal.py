@@ -75,3 +75,24 @@ def test_sesame_run_prints_no_escapes(tmp_path: Path, origin: Path) -> None:
     assert result.returncode == 1 and "still visible" in stdout, stdout + stderr
     assert_no_controls(stdout)
     assert_no_controls(stderr)
+
+
+def test_the_cli_logging_writes_no_escapes_to_stderr(tmp_path: Path) -> None:
+    """What `sesame serve` and `sesame worker` log (messages, arguments, tracebacks) goes out control-free."""
+    script = textwrap.dedent(f"""\
+        import logging
+        from bot.cli import configure_logging
+        configure_logging(verbose=False)
+        log = logging.getLogger("runner.pipeline")
+        log.warning("session %s failed: %s", "s1", {ESCAPES + " tail"!r})
+        try:
+            raise RuntimeError({ESCAPES + " in the traceback"!r})
+        except RuntimeError:
+            log.exception("session s1 failure")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, timeout=60,
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parent.parent)})
+    stderr = result.stderr.decode()
+    assert result.returncode == 0 and "session s1 failed: " in stderr and "in the traceback" in stderr, stderr
+    assert "rm -rfevil tail" in stderr
+    assert_no_controls(stderr)
