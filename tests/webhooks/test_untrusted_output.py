@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import textwrap
@@ -18,6 +19,7 @@ FAILING = textwrap.dedent(f"""\
     print({ESCAPES + "screen cleared"!r}, flush=True)
     sys.exit(3)
 """)
+SAY_AND_WAIT = f"import time\nprint({NASTY!r}, flush=True)\ntime.sleep(120)\n"
 EDIT_AND_SAY = textwrap.dedent(f"""\
     import pathlib
     print({NASTY!r}, flush=True)
@@ -60,3 +62,23 @@ async def test_the_prompt_is_quoted_as_text_in_the_pull_request(make_stack: Make
     assert live_github_markup(own, OWN_LINKS) == [], body
     for version in progress_comment(stack, issue.number).history:
         assert live_github_markup(version.replace(f"#{pr.number} opened", ""), OWN_LINKS) == [], version
+
+
+async def test_agent_activity_is_text_while_the_agent_runs(make_stack: MakeStack) -> None:
+    stack = await make_stack(SAY_AND_WAIT, SANDBOX_SECURITY_ENABLED="false", interval=0.1)
+    hook = stack.hook
+    await hook.comment(1, "@sesame think about it")
+    worker = asyncio.create_task(stack.drain())
+
+    def versions() -> list[str]:
+        return [v for c in hook.bot_comments(1) for v in c.history]
+
+    for _ in range(600):  # until the running agent's line has been published
+        if any("octocat" in version for version in versions()):
+            break
+        await asyncio.sleep(0.1)
+    await hook.comment(1, "@sesame stop")
+    await worker
+    assert any(f"Agent running: {NASTY}" in github_text(version) for version in versions()), versions()
+    for version in versions():
+        assert live_github_markup(version, OWN_LINKS) == [], version
