@@ -13,9 +13,11 @@ from typing import Any, Awaitable, Callable
 from bot import __version__
 from bot.db import NotMigrated
 from bot.settings import Settings, SettingsError, describe_keys, load_settings
+from bot.untrusted import ControlFreeFormatter, install_clean_records
 
 log = logging.getLogger("sesame")
 EXIT_CONFIG = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def fail(message: str) -> int:
@@ -61,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr; no record carries a terminal control, whatever text (agent output) it quotes."""
+    install_clean_records()
+    handler = logging.StreamHandler()
+    handler.setFormatter(ControlFreeFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def run_async(coro: Awaitable[int]) -> int:
     """Run on uvloop when it is installed (about twice the request rate), else asyncio's loop."""
     try:
@@ -73,10 +85,7 @@ def run_async(coro: Awaitable[int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return 0

@@ -14,6 +14,7 @@ from bot.models import Session
 from bot.progress import Progress, RateLimited, render_markdown
 from bot.reporting import PullRequest, RepoAccess
 from bot.services import Services
+from bot.untrusted import one_line
 
 log = logging.getLogger(__name__)
 WRITE_PERMISSIONS = ("admin", "write", "maintain")
@@ -118,7 +119,7 @@ class GitHubChannel:
                                    {"state": "open", "head": f"{self.owner}:{branch}"}):
             return PullRequest(pr["number"], pr["html_url"], created=False)
         pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
-                           data={"title": title[:250], "head": branch, "base": base, "body": body})
+                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body})
         return PullRequest(pr["number"], pr["html_url"], created=True)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from bot.redact import redact
+from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text, within
 
 log = logging.getLogger(__name__)
 STEPS = ("queued", "workspace", "agent", "commit", "pr")
@@ -18,6 +20,14 @@ STEP_LABELS = {"queued": "Queued", "workspace": "Workspace ready", "agent": "Age
 RUNNING_LABELS = {"workspace": "Preparing the workspace", "agent": "Agent running", "commit": "Committing",
                   "pr": "Pushing and opening the pull request"}
 FINAL_WORDS = {"completed": "Done", "error": "Failed", "stopped": "Stopped"}
+# Characters of escaped text (escaping can grow text fivefold): together well within Slack's 3000 per block.
+ACTIVITY_LIMIT = 300
+DETAIL_LIMIT = 300
+RESOURCE_LIMIT = 250
+ERROR_LIMIT = 1500
+TITLE_LIMIT = 200
+# Outcomes and step details start with Sesame's own `#N` when they name the pull request: kept as a link.
+_OWN_REFERENCE = re.compile(r"#[0-9]+(?= )")
 
 
 class RateLimited(Exception):
@@ -74,50 +84,87 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def violation_lines(p: Progress, limit: int = 8) -> list[str]:
+@dataclass(frozen=True)
+class Escaper:
+    """Writes text Sesame did not write into one medium, redacted first (escaping would hide a secret)."""
+
+    text_fn: Callable[[str], str]
+    code_fn: Callable[[str], str]
+    link: Callable[[str, str], str]  # (url, label) of Sesame's own links
+    secrets: tuple[str, ...] = ()
+
+    def text(self, value: str, limit: int) -> str:
+        """Untrusted text, shown as text in at most `limit` characters."""
+        return within(self.text_fn, one_line(redact(value, self.secrets)), limit)
+
+    def code(self, value: str, limit: int) -> str:
+        """An untrusted name (file, host, branch), shown as code in at most `limit` characters."""
+        return within(self.code_fn, one_line(redact(value, self.secrets)), limit)
+
+    def own(self, value: str, limit: int) -> str:
+        """Sesame's sentence with `names` in it (an outcome, a step detail), its names as code, everything
+        else as text but a leading `#N` of Sesame's own; at most `limit` characters."""
+        value = one_line(redact(value, self.secrets))
+        lead = _OWN_REFERENCE.match(value)
+        head = lead.group(0) if lead else ""
+        return head + within(lambda rest: markup(rest, self.code_fn, self.text_fn), value[len(head):], limit)
+
+
+def github_escaper(secrets: Iterable[str] = ()) -> Escaper:
+    return Escaper(md_text, md_code, lambda url, label: f"[{label}]({url})", tuple(secrets))
+
+
+def slack_escaper(secrets: Iterable[str] = ()) -> Escaper:
+    return Escaper(slack_text, slack_code, lambda url, label: f"<{url}|{label}>", tuple(secrets))
+
+
+def violation_lines(p: Progress, esc: Escaper, limit: int = 8) -> list[str]:
     items = p.violations.most_common()
-    lines = [f"{kind} `{res}`" + (f" (x{n})" if n > 1 else "") for (kind, res), n in items[:limit]]
+    lines = [f"{esc.text(kind, 40)} {esc.code(res, RESOURCE_LIMIT)}" + (f" (x{n})" if n > 1 else "")
+             for (kind, res), n in items[:limit]]
     if len(items) > limit:
         lines.append(f"and {len(items) - limit} more")
     return lines
 
 
-def _step_text(p: Progress, name: str) -> str:
+def _step_text(p: Progress, name: str, esc: Escaper) -> str:
     text = STEP_LABELS[name]
-    if name == "agent" and p.steps[name] == "running" and p.activity:
-        return f"{text}: *{p.activity}*"
+    activity = esc.text(p.activity, ACTIVITY_LIMIT).strip() if p.activity else ""
+    if name == "agent" and p.steps[name] == "running" and activity:
+        return f"{text}: *{activity}*"  # italics on GitHub, bold in Slack: the escaped text cannot end them
     if p.details.get(name):
-        return f"{text} ({p.details[name]})"
+        return f"{text} ({esc.own(p.details[name], DETAIL_LIMIT)})"
     return text
 
 
-def final_line(p: Progress) -> str | None:
+def final_line(p: Progress, esc: Escaper) -> str | None:
     if p.state not in FINAL_WORDS:
         return None
     took = f" in {format_duration(p.duration or 0)}"
     if p.state == "completed":
-        return f"{FINAL_WORDS[p.state]}{took}" + (f": {p.outcome}" if p.outcome else "")
-    reason = p.error or "stopped on request"
-    log_link = f" ([log]({p.session_url}))" if p.session_url else ""
+        return f"{FINAL_WORDS[p.state]}{took}" + (f": {esc.own(p.outcome, DETAIL_LIMIT)}" if p.outcome else "")
+    reason = esc.text(p.error, ERROR_LIMIT) if p.error else "stopped on request"
+    log_link = f" ({esc.link(p.session_url, 'log')})" if p.session_url else ""
     return f"{FINAL_WORDS[p.state]}{took}: {reason}{log_link}"
 
 
 def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     """The GitHub comment."""
+    esc = github_escaper(secrets)
     verb = {"pending": "will work on this", "processing": "is working on this"}.get(p.state, "worked on this")
     link = f" · [view session]({p.session_url})" if p.session_url else ""
     lines = [f"**Sesame** {verb} with {p.agent}{link}", ""]
     if p.warning:
-        lines += [f"> [!WARNING]\n> {p.warning}", ""]
+        lines += [f"> [!WARNING]\n> {esc.text(p.warning, ERROR_LIMIT)}", ""]
     for name in STEPS:
         mark = "x" if p.steps[name] == "done" else " "
         suffix = " (failed)" if p.steps[name] == "failed" else ""
-        lines.append(f"- [{mark}] {_step_text(p, name)}{suffix}")
-    vlines = violation_lines(p)
+        lines.append(f"- [{mark}] {_step_text(p, name, esc)}{suffix}")
+    vlines = violation_lines(p, esc)
     if vlines:
         total = sum(p.violations.values())
         lines += ["", f"> {total} blocked by the sandbox: " + ", ".join(vlines)]
-    end = final_line(p)
+    end = final_line(p, esc)
     if end:
         lines += ["", end]
     return redact("\n".join(lines), secrets)
@@ -127,36 +174,43 @@ def render_text(p: Progress) -> str:
     """One line for a terminal."""
     done = sum(1 for s in p.steps.values() if s == "done")
     current = next((RUNNING_LABELS.get(n, STEP_LABELS[n]) for n in STEPS if p.steps[n] == "running"), "")
-    activity = f": {p.activity}" if p.activity and p.steps["agent"] == "running" else ""
+    activity = f": {one_line(p.activity, ACTIVITY_LIMIT)}" if p.activity and p.steps["agent"] == "running" else ""
     return f"[{done}/{len(STEPS)}] {current}{activity}"
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    """A Slack mrkdwn text object; verbatim, so Slack links no URL, channel or name Sesame did not link."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[dict[str, Any]]]:
     """Fallback text and blocks for the Slack message."""
+    esc = slack_escaper(secrets)
     icons = {"done": ":white_check_mark:", "running": ":hourglass_flowing_sand:", "failed": ":x:",
              "pending": ":white_circle:", "skipped": ":heavy_minus_sign:"}
-    header = f"*Sesame* · {p.title}" + (f" · <{p.session_url}|view session>" if p.session_url else "")
-    steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n)}" for n in STEPS)
-    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": header}}]
+    title = esc.text(p.title, TITLE_LIMIT)
+    header = f"*Sesame* · {title}" + (f" · <{p.session_url}|view session>" if p.session_url else "")
+    steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n, esc)}" for n in STEPS)
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": _mrkdwn(header)}]
     if p.warning:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f":warning: {p.warning}"}})
-    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": steps}})
-    vlines = violation_lines(p)
+        blocks.append({"type": "section", "text": _mrkdwn(f":warning: {esc.text(p.warning, ERROR_LIMIT)}")})
+    blocks.append({"type": "section", "text": _mrkdwn(steps)})
+    vlines = violation_lines(p, esc)
     if vlines:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
-                       f"{sum(p.violations.values())} blocked by the sandbox: " + ", ".join(vlines)}]})
-    end = final_line(p)
+        blocks.append({"type": "context", "elements": [
+            _mrkdwn(f"{sum(p.violations.values())} blocked by the sandbox: " + ", ".join(vlines))]})
+    end = final_line(p, esc)
     if end:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": end}})
+        blocks.append({"type": "section", "text": _mrkdwn(end)})
     elif p.state in ("pending", "processing"):
         blocks.append({"type": "actions", "elements": [{
             "type": "button", "text": {"type": "plain_text", "text": "Stop"}, "style": "danger",
             "action_id": "sesame_stop", "value": p.session_id}]})
-    text = redact(f"Sesame: {p.title} ({p.state})", secrets)
-    for block in blocks:
-        if "text" in block:
-            block["text"]["text"] = redact(block["text"]["text"], secrets)
-    return text, blocks
+    for block in blocks:  # Sesame's own parts too, as everything posted
+        for text_object in [block.get("text"), *block.get("elements", [])]:
+            if isinstance(text_object, dict) and text_object.get("type") == "mrkdwn":
+                text_object["text"] = redact(text_object["text"], esc.secrets)
+    return f"Sesame: {title} ({p.state})", blocks
 
 
 Sink = Callable[[Progress], Awaitable[None]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import aiohttp
 import gidgethub
@@ -14,7 +14,8 @@ from bot.github import SESSION_PERMISSIONS, git_auth_env, noreply_email
 from bot.github_channel import GitHubChannel, github_factory, split_repo
 from bot.models import Session
 from bot.policy import slack_refusal
-from bot.progress import Progress, RateLimited, format_duration, render_slack
+from bot.progress import (DETAIL_LIMIT, ERROR_LIMIT, TITLE_LIMIT, Progress, RateLimited, format_duration,
+                          render_slack, slack_escaper)
 from bot.redact import redact
 from bot.reporting import PullRequest, RepoAccess, session_url
 from bot.services import Services
@@ -107,14 +108,16 @@ async def thread_sessions(services: Services, channel: str, thread_ts: str) -> l
 
 def status_text(services: Services, session: Session) -> str:
     """One short ephemeral status of a session."""
-    lines = [f"*{session.title or session.prompt[:80]}* · `{session.repo}` · *{session.state}*"]
+    esc = slack_escaper(services.settings.secret_values)
+    title = esc.text(session.title or session.prompt, TITLE_LIMIT)
+    lines = [f"*{title}* · {esc.code(session.repo, DETAIL_LIMIT)} · *{session.state}*"]
     if session.branch:
-        lines.append(f"branch `{session.branch}`" + (f" · commit `{session.commit_sha[:7]}`"
-                                                     if session.commit_sha else ""))
+        lines.append(f"branch {esc.code(session.branch, DETAIL_LIMIT)}" + (
+            f" · commit `{session.commit_sha[:7]}`" if session.commit_sha else ""))
     if session.pr_url:
         lines.append(f"pull request: <{session.pr_url}|#{session.pr_number}>")
     if session.error:
-        lines.append(f"error: {session.error[:300]}")
+        lines.append(f"error: {esc.text(session.error, DETAIL_LIMIT)}")
     lines.append(f"<{session_url(services, session.id)}|view session> · id `{session.id}`")
     return redact("\n".join(lines), services.settings.secret_values)
 
@@ -135,16 +138,19 @@ async def repository_installation(services: Services, repo: str) -> int:
         raise
 
 
-def final_reply(progress: Progress, pr_url: str | None) -> str:
+def final_reply(progress: Progress, pr_url: str | None, secrets: Iterable[str] = ()) -> str:
     """The thread reply that ends a session: outcome, PR link, or the error."""
+    esc = slack_escaper(secrets)
     took = format_duration(progress.duration or 0)
     if progress.state == "completed":
         link = f" <{pr_url}|view the pull request>" if pr_url else ""
-        return f":white_check_mark: Done in {took}: {progress.outcome or 'finished'}.{link}"
+        outcome = esc.own(progress.outcome, DETAIL_LIMIT) if progress.outcome else "finished"
+        return f":white_check_mark: Done in {took}: {outcome}.{link}"
     if progress.state == "stopped":
         return f":octagonal_sign: Stopped after {took}."
     log_link = f" <{progress.session_url}|log>" if progress.session_url else ""
-    return f":x: Failed after {took}: {progress.error or 'unknown error'}{log_link}"
+    error = esc.text(progress.error, ERROR_LIMIT) if progress.error else "unknown error"
+    return f":x: Failed after {took}: {error}{log_link}"
 
 
 class SlackChannel:
@@ -210,11 +216,11 @@ class SlackChannel:
     async def _thread_details(self, progress: Progress) -> None:
         """Post the sandbox warning and the final result in the thread, once each."""
         if progress.warning and "warning" not in self._said:
-            await self._reply(f":warning: {progress.warning}")
+            await self._reply(f":warning: {slack_escaper(self.secrets).text(progress.warning, ERROR_LIMIT)}")
             self._said.add("warning")
         if progress.state in ("completed", "error", "stopped") and "final" not in self._said:
             row = await self.services.sessions.get(self.session.id)
-            await self._reply(final_reply(progress, row.pr_url if row else None))
+            await self._reply(final_reply(progress, row.pr_url if row else None, self.secrets))
             self._said.add("final")
 
     async def _reply(self, text: str) -> None:

@@ -13,6 +13,7 @@ from bot.progress import Progress, render_text
 from bot.reporting import Channel, LocalChannel
 from bot.services import Services
 from bot.sessions import NewSession
+from bot.untrusted import one_line
 from runner import pipeline
 from runner.agents import get_agent
 from runner.worker import WORKER_NAME
@@ -59,7 +60,7 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
         repo = resolve_repo(args.repo)
         agent = get_agent("command" if args.agent_command else (args.agent or services.settings.SESAME_DEFAULT_AGENT))
     except ValueError as exc:
-        print(f"sesame: error: {exc}", file=sys.stderr)
+        print(f"sesame: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     prompt = " ".join(args.prompt).strip()
     if not prompt:
@@ -77,7 +78,7 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
 
     services.extras.setdefault("channel_factory", terminal_channel)
     services.extras.setdefault("progress_interval", 0.3)
-    print(f"session {row.id}: {agent.display_name} on {repo}", file=out, flush=True)
+    print(f"session {row.id}: {agent.display_name} on {one_line(repo)}", file=out, flush=True)
     claimed = await services.sessions.claim(row.id, WORKER_NAME)
     assert claimed is not None
     await pipeline.run(services, claimed)
@@ -86,17 +87,17 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
 
 
 def report(session: Session | None, out: TextIO) -> int:
-    """The closing lines: state, branch, commit, violations."""
+    """The closing lines: state, branch, commit, violations (what the agent wrote, freed of controls)."""
     assert session is not None
     if session.warning:
-        print(f"WARNING: {session.warning}", file=out)
+        print(f"WARNING: {one_line(session.warning)}", file=out)
     if session.violation_count:
         print(f"{session.violation_count} access(es) blocked by the sandbox", file=out)
     if session.state == State.COMPLETED.value:
         if session.commit_sha:
-            print(f"branch {session.branch}\ncommit {session.commit_sha}", file=out)
+            print(f"branch {one_line(session.branch or '')}\ncommit {session.commit_sha}", file=out)
         else:
             print("completed: the agent changed nothing, no commit", file=out)
         return 0
-    print(f"{session.state}: {session.error or 'stopped'}", file=out)
+    print(f"{session.state}: {one_line(session.error or 'stopped')}", file=out)
     return 1

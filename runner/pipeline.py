@@ -19,6 +19,7 @@ from bot.redact import redact
 from bot.reporting import Channel, RepoAccess, channel_for, session_url
 from bot.services import Services
 from bot.triggers import is_safe_ref
+from bot.untrusted import md_code, md_fence
 from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents import get_agent
@@ -392,13 +393,14 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
 def _pr_body(state: Run, files: str) -> str:
     session = state.session
     issue = (session.report or {}).get("issue_number")
-    lines = [f"Sesame ran {state.progress.agent} on this request:", "", "> " + session.prompt.strip()[:2000]
-             .replace("\n", "\n> "), ""]
+    # The prompt as a code block: none of its markup renders, none of its `Fixes #N` closes an issue.
+    prompt = md_fence(state.redact(session.prompt.strip()[:2000]))
+    lines = [f"Sesame ran {state.progress.agent} on this request:", "", prompt, ""]
     context = session.context or {}
     if issue and not context.get("is_pull_request"):
         lines.append(f"Fixes #{issue}")
     if issue and context.get("fork"):
-        lines.append(f"Builds on #{issue} from `{context['fork']}`, whose branch Sesame cannot push to.")
+        lines.append(f"Builds on #{issue} from {md_code(context['fork'])}, whose branch Sesame cannot push to.")
     if files:
         lines.append(f"\n{files}")
     if state.progress.session_url:
