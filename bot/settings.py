@@ -70,6 +70,10 @@ KEYS: tuple[Key, ...] = (
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
+    _k("SANDBOX_UID_RANGE", path="sandbox.uidRange", default="200000-299999",
+       help="host uids sessions run as, one per session (FIRST-LAST); used when the worker runs as root"),
+    _k("SANDBOX_UID_DIR", path="sandbox.uidDirectory", default="/var/lib/sesame/sandbox-uids",
+       help="where a host's workers claim session uids (one symlink per uid to its workspace)"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
     _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
        help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
@@ -325,9 +329,19 @@ def validate(settings: Settings) -> None:
     if settings.get("GITHUB_APP_ID") and not settings.github_private_key_configured():
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
+    parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
     key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
     if key_path and not Path(key_path).is_file():
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
+
+
+def parse_uid_range(text: str | None) -> tuple[int, int]:
+    """SANDBOX_UID_RANGE as (first, last): FIRST-LAST, upwards, from 1000 on, within 32 bits."""
+    first, sep, last = str(text or "").strip().partition("-")
+    if sep and first.strip().isdigit() and last.strip().isdigit() and 1000 <= int(first) <= int(last) < 2**32 - 1:
+        return int(first), int(last)
+    raise SettingsError("SANDBOX_UID_RANGE", f"{text!r} is not a range of uids",
+                        "Write FIRST-LAST, e.g. 200000-299999, with no uid of a real user in it")
 
 
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:

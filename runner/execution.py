@@ -123,6 +123,14 @@ def write_home_files(home: Path, files: dict[str, str]) -> None:
             handle.write(content)
 
 
+def session_owner(workspace: Workspace) -> dict[str, int]:
+    """The policy's host uid:gid: the workspace's own when it claimed one, else the shared default."""
+    if workspace.user is None:
+        return {}
+    uid, gid = workspace.user
+    return {"host_uid": uid, "host_gid": gid}
+
+
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
                       on_violation: Callable[[Violation], Awaitable[None]]) -> AgentRun:
@@ -145,7 +153,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (),
-        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security)
+        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security,
+        **session_owner(workspace))
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()
     try:

@@ -27,7 +27,8 @@ from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
 from runner.sandbox.base import Violation
-from runner.workspace import Workspace, create_workspace, default_branch, remove_workspace, update_mirror
+from runner.uids import kill_uid, pool_from_settings
+from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
 
 log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
@@ -177,7 +178,8 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
         existing = False  # the follow-up's branch never reached the remote: start it again from base
     await state.services.sessions.update(session.id, branch=branch, base_branch=base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,
-                                             access.remote, base, branch, existing, start_ref)
+                                             access.remote, base, branch, existing, start_ref,
+                                             pool_from_settings(settings))
     took = time.monotonic() - started
     await state.step("workspace", "done", f"`{access.display or session.repo}` at `{base}`, {took:.1f} s", 15)
     return base, branch, existing
@@ -301,7 +303,7 @@ async def _commit_step(state: Run, base: str) -> str | None:
     await state.step("commit", "running", percent=75)
     ws = state.workspace
     max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
-    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, _session_user(state), max_size)
+    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, await _session_user(state), max_size)
     await _report_left_out(state, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
         await state.step("commit", "skipped", "no changes", 85)
@@ -316,8 +318,14 @@ async def _commit_step(state: Run, base: str) -> str | None:
     return sha
 
 
-def _session_user(state: Run) -> tuple[int, int] | None:
-    """The host uid:gid the session's sandbox runs as: the host reads the agent's files as it."""
+async def _session_user(state: Run) -> tuple[int, int] | None:
+    """The host uid:gid the session's sandbox runs as: the host reads the agent's files as it.
+
+    A uid of the session's own is first emptied of processes: none may watch or race the read.
+    """
+    if state.workspace is not None and state.workspace.claim is not None:
+        await kill_uid(state.workspace.claim.uid)
+        return state.workspace.user
     if state.agent_run is None:
         return None
     policy = state.agent_run.sandbox.policy
@@ -450,6 +458,9 @@ async def _cleanup(state: Run) -> None:
             await state.agent_run.destroy()
         except Exception:
             log.exception("destroying the sandbox of session %s failed", state.session.id)
-    if state.workspace is not None and not state.session.keep_alive:
-        await asyncio.to_thread(remove_workspace, state.workspace)
+    if state.workspace is not None:
+        try:
+            await end_workspace(state.workspace, bool(state.session.keep_alive))
+        except Exception:
+            log.exception("removing the workspace of session %s failed", state.session.id)
     await state.event("cleanup", {"kept": bool(state.session.keep_alive)})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from runner.git import git, in_git_dir
+from runner.uids import Claim, UidPool, kill_uid
 
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -24,6 +25,12 @@ class Workspace:
     sandbox's sight, the trusted git directory the commit is built in."""
 
     root: Path
+    claim: Claim | None = None  # the session's own host uid, when the worker can switch uids
+
+    @property
+    def user(self) -> tuple[int, int] | None:
+        """The host uid:gid the session runs as, when it has one of its own."""
+        return self.claim.user if self.claim is not None else None
 
     @property
     def project(self) -> Path:
@@ -100,18 +107,26 @@ async def default_branch(mirror: Path) -> str:
 
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
-                           base: str, branch: str, existing_branch: bool, start_ref: str | None = None) -> Workspace:
+                           base: str, branch: str, existing_branch: bool, start_ref: str | None = None,
+                           uids: UidPool | None = None) -> Workspace:
     """Clone from the mirror into the trusted git dir, check out the branch, give the agent a copy.
 
     Objects are hard links (not alternates), so the agent's copy works inside the sandbox, which
-    cannot see the mirror; the linked files are root-owned and read-only there.
+    cannot see the mirror; the linked files are root-owned and read-only there. With `uids`, the
+    workspace claims a host uid of its own, and only that uid may enter the session directory.
     """
     ws = Workspace(base_dir / session_id)
-    if ws.root.exists():
+    if ws.root.exists():  # a retried session: nothing of the last attempt may still run in it
+        if uids is not None:
+            await _kill_holder(uids, ws.root)
         shutil.rmtree(ws.root)
     for path in (ws.root, ws.home, ws.tmp):
         path.mkdir(parents=True, mode=0o700)
     os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
+    if uids is not None:
+        ws = Workspace(ws.root, await asyncio.to_thread(uids.claim, ws.root))
+        os.chown(ws.root, 0, ws.claim.uid)  # type: ignore[union-attr]
+        os.chmod(ws.root, 0o710)  # only the session's own uid (its group) may pass
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",
                str(mirror), str(ws.project)])
     (ws.project / ".git").unlink()  # the gitfile: the trusted dir is named on every command instead
@@ -143,6 +158,24 @@ def copy_git_dir(source: Path, target: Path) -> None:
                 os.link(src, dst)
             else:
                 shutil.copyfile(src, dst)
+
+
+async def _kill_holder(uids: UidPool, root: Path) -> None:
+    """End whatever still runs as the uid claimed for root (a worker that died left it)."""
+    for uid, held in uids.claimed().items():
+        if held == root:
+            await kill_uid(uid)
+
+
+async def end_workspace(ws: Workspace, keep: bool) -> None:
+    """Kill what still runs as the session's uid; unless keep, remove the directory, then free the uid."""
+    if ws.claim is not None:
+        await kill_uid(ws.claim.uid)
+    if keep:
+        return
+    await asyncio.to_thread(remove_workspace, ws)
+    if ws.claim is not None:
+        await asyncio.to_thread(ws.claim.release)
 
 
 def remove_workspace(ws: Workspace) -> None:

@@ -56,13 +56,16 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 def prepare_session(policy: SandboxPolicy, drop_privileges: bool) -> None:
-    """Create project, home and tmp; owned by the sandbox's host uid when we are root."""
+    """Create project, home and tmp (0700); owned by the sandbox's host uid when we are root."""
     policy.session_dir.mkdir(parents=True, exist_ok=True)
     for path in (policy.project_dir, policy.home_dir, policy.tmp_dir):
         path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
     if drop_privileges:
         _make_traversable(Path(policy.base_dir))
-        os.chmod(policy.session_dir, 0o711)
+        # root's, and passable only by the sandbox's group: no other uid reaches project or home
+        os.chown(policy.session_dir, 0, policy.host_gid)
+        os.chmod(policy.session_dir, 0o710)
         if not _reachable(str(policy.project_dir), policy.host_uid, policy.host_gid):
             raise PermissionError(
                 f"uid {policy.host_uid} cannot traverse to {policy.project_dir}: "

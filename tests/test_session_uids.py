@@ -1,0 +1,115 @@
+"""Every session is a principal of its own: two installations on one host cannot read each other's work.
+
+Two sessions run at once under different SESSION_DIR_BASE directories (another installation, another
+worker); the second session's agent goes for the first one's workspace file and HOME credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import io
+import os
+import shlex
+import shutil
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runner.cli_run import run_from_terminal
+from tests.support.gitrepo import git, make_repo, show_file
+from tests.test_pipeline import args, make_services
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="uids can only be switched by a worker running as root")
+
+WORKSPACE_SECRET = "WORKSPACE-SECRET-" + uuid.uuid4().hex
+HOME_SECRET = "HOME-CREDENTIAL-" + uuid.uuid4().hex
+
+# The victim writes like an agent would (a project file 0644, a credential 0600 in its HOME), says it
+# is ready, and keeps running until the test says go.
+VICTIM = textwrap.dedent("""\
+    mkdir -p "$HOME/.claude"
+    printf '%s' "$2" > "$HOME/.claude/.credentials.json"; chmod 600 "$HOME/.claude/.credentials.json"
+    printf '%s' "$1" > secret.txt
+    touch ready
+    i=0; while [ ! -e "$3" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+    rm -f ready
+""")
+
+# The attacker tries the victim's files directly and by listing; whatever it gets is committed.
+ATTACKER = textwrap.dedent("""\
+    for f in "$@"; do echo "== $f" >> stolen.txt; cat "$f" >> stolen.txt 2>&1; done
+    ls -la "$(dirname "$(dirname "$1")")" >> stolen.txt 2>&1
+    ls -la "$(dirname "$1")" >> stolen.txt 2>&1
+    cat stolen.txt
+""")
+
+
+def _shared_dir(name: str) -> Path:
+    """A directory the sandbox may read (the root file system is visible, read-only)."""
+    path = Path("/var/tmp") / f"sesame-uids-{name}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    return path
+
+
+async def _wait_for(pattern: str, task: asyncio.Task[int], timeout: float = 60.0) -> str:
+    """The first path matching pattern, written by a running session."""
+    for _ in range(int(timeout / 0.1)):
+        found = glob.glob(pattern)
+        if found:
+            return found[0]
+        if task.done():
+            raise AssertionError(f"the victim session ended early: {task.result()}")
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{pattern} never appeared")
+
+
+async def test_a_session_cannot_read_another_installations_workspace_or_home(tmp_path: Path) -> None:
+    shared = _shared_dir("go")
+    go = shared / "go"
+    victim_origin = make_repo(tmp_path / "victim-origin")
+    attacker_origin = make_repo(tmp_path / "attacker-origin")
+    (shared / "victim.sh").write_text(VICTIM)
+    (shared / "attacker.sh").write_text(ATTACKER)
+    # outside /tmp, which the sandbox replaces with its own: the attacker sees the victim's base
+    bases = [_shared_dir("base-a"), _shared_dir("base-b")]
+    victim = await make_services(tmp_path / "a", f"sqlite:///{tmp_path / 'a.db'}", SESSION_DIR_BASE=str(bases[0]))
+    attacker = await make_services(tmp_path / "b", f"sqlite:///{tmp_path / 'b.db'}", SESSION_DIR_BASE=str(bases[1]))
+    try:
+        assert victim.settings.SESSION_DIR_BASE != attacker.settings.SESSION_DIR_BASE
+        victim_command = shlex.join(["sh", str(shared / "victim.sh"), WORKSPACE_SECRET, HOME_SECRET, str(go)])
+        victim_run = asyncio.create_task(run_from_terminal(
+            victim, args(victim_origin, "hold a secret", command=victim_command), io.StringIO()))
+        ready = await _wait_for(f"{victim.settings.SESSION_DIR_BASE}/*/project/ready", victim_run)
+        session_dir = Path(ready).parent.parent
+        targets = [str(session_dir / "project" / "secret.txt"),
+                   str(session_dir / "home" / ".claude" / ".credentials.json")]
+        assert Path(targets[0]).read_text() == WORKSPACE_SECRET  # the files are there while the attack runs
+        assert Path(targets[1]).read_text() == HOME_SECRET
+        out = io.StringIO()
+        attacker_command = shlex.join(["sh", str(shared / "attacker.sh"), *targets])
+        code = await run_from_terminal(attacker, args(attacker_origin, "steal", command=attacker_command), out)
+        assert not victim_run.done(), "the victim must still be running during the attack"
+        go.touch()
+        assert await asyncio.wait_for(victim_run, 60) == 0
+        stolen_session = (await attacker.sessions.list(1))[0]
+        events = await attacker.sessions.events(stolen_session.id)
+        victim_session = (await victim.sessions.list(1))[0]
+    finally:
+        go.touch()
+        await victim.close()
+        await attacker.close()
+        for path in (shared, *bases):
+            shutil.rmtree(path, ignore_errors=True)
+    assert code == 0, stolen_session.error
+    stolen = show_file(attacker_origin, stolen_session.branch, "stolen.txt")
+    everything = " ".join([stolen, out.getvalue(), *(str(e.data) for e in events)])
+    assert WORKSPACE_SECRET not in everything and HOME_SECRET not in everything, stolen
+    assert stolen.count("Permission denied") >= 2, stolen  # it really tried, and was refused
+    # the victim's own work is untouched and pushed
+    assert victim_session.state == "completed", victim_session.error
+    assert show_file(victim_origin, victim_session.branch, "secret.txt") == WORKSPACE_SECRET
+    assert "ready" not in git("ls-tree", "--name-only", victim_session.branch, cwd=victim_origin).split()
