@@ -70,6 +70,13 @@ async def check_sandbox(settings: Settings) -> Check:
                  "(sysctl kernel.unprivileged_userns_clone=1)")
 
 
+async def check_session_uids(settings: Settings) -> Check:
+    from runner.uids import uid_status
+
+    status, detail, fix = uid_status(settings)
+    return Check("session uids", status, detail, fix)
+
+
 async def check_agents(settings: Settings) -> Check:
     from runner.agents import AGENTS
     from runner.agents.install import find_agent_binary
@@ -104,7 +111,8 @@ async def check_integrations(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
-    check_settings, check_database, check_redis, check_sandbox, check_agents, check_git, check_integrations,
+    check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_agents, check_git,
+    check_integrations,
 ]
 MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import secrets
 import signal
 import stat
@@ -113,7 +114,7 @@ class UidPool:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The host-wide claims lock, in a directory only root may write."""
-        self._ensure_directory()
+        self.ensure_directory()
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -121,7 +122,7 @@ class UidPool:
         finally:
             os.close(fd)
 
-    def _ensure_directory(self) -> None:
+    def ensure_directory(self) -> None:
         """Create the claims directory (0700); refuse one that others could write or that is a link."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -199,3 +200,37 @@ async def kill_uid(uid: int, timeout: float = KILL_TIMEOUT) -> None:
         if time.monotonic() > deadline:
             raise UidError(f"{len(left)} process(es) of uid {uid} outlived SIGKILL; the uid stays claimed")
         await asyncio.sleep(0.02)
+
+
+def _users_in(first: int, last: int) -> list[str]:
+    """Names of the host's users (and subordinate uid ranges) that fall in first-last."""
+    names = [u.pw_name for u in pwd.getpwall() if first <= u.pw_uid <= last]
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/subuid").read_text().splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                start, count = int(parts[1]), int(parts[2])
+                if start <= last and first < start + count:
+                    names.append(f"{parts[0]} (subuids {start}-{start + count - 1})")
+    return names
+
+
+def uid_status(settings: Settings) -> tuple[str, str, str]:
+    """(ok | warn | fail, detail, fix) about session uids, for `sesame doctor`."""
+    pool = pool_from_settings(settings)
+    if pool is None:
+        return ("warn", f"not running as root (uid {os.geteuid()}): uids cannot be switched, so every session "
+                "runs as this uid and sessions can read each other's files (SANDBOX_UID_RANGE is unused)",
+                "run the worker (`sesame worker` or `sesame serve`) as root")
+    taken = _users_in(pool.first, pool.last)
+    if taken:
+        return ("warn", f"SANDBOX_UID_RANGE {pool.first}-{pool.last} holds uids of this host: {', '.join(taken[:5])}",
+                "choose a range no user and no subordinate uid range uses")
+    try:
+        pool.ensure_directory()
+        claims = pool.claimed()
+    except UidError as exc:
+        return "fail", str(exc), "fix SANDBOX_UID_DIR or its ownership and mode (root, 0700)"
+    live = sum(1 for root in claims.values() if os.path.lexists(root))
+    return ("ok", f"each session runs as a uid of its own from {pool.first}-{pool.last}: {live} held by "
+            f"existing workspaces, {len(claims) - live} free again; claims in {pool.directory}", "")
