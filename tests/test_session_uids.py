@@ -12,6 +12,8 @@ import io
 import os
 import shlex
 import shutil
+import stat
+import subprocess
 import textwrap
 import uuid
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli_run import run_from_terminal
+from runner.uids import pool_from_settings
 from tests.support.gitrepo import git, make_repo, show_file
 from tests.test_pipeline import args, make_services
 
@@ -113,3 +116,71 @@ async def test_a_session_cannot_read_another_installations_workspace_or_home(tmp
     assert victim_session.state == "completed", victim_session.error
     assert show_file(victim_origin, victim_session.branch, "secret.txt") == WORKSPACE_SECRET
     assert "ready" not in git("ls-tree", "--name-only", victim_session.branch, cwd=victim_origin).split()
+
+
+async def test_a_kept_workspace_keeps_its_uid_and_only_that_uid_may_enter(tmp_path: Path) -> None:
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, f"sqlite:///{tmp_path / 'k.db'}")
+    try:
+        code = await run_from_terminal(services, args(origin, "keep", command="sh -c 'echo kept > kept.txt'",
+                                                      keep=True), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        pool = pool_from_settings(services.settings)
+    finally:
+        await services.close()
+    assert code == 0, session.error and pool is not None
+    root = Path(services.settings.SESSION_DIR_BASE) / session.id
+    uid = next(u for u, held in pool.claimed().items() if held == root)  # held while the files exist
+    assert pool.first <= uid <= pool.last
+    st = os.stat(root)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, uid, 0o710)
+    for name in ("project", "home", "tmp"):
+        st = os.stat(root / name)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, uid, 0o700), name
+    assert os.stat(root / "project" / "kept.txt").st_uid == uid
+    other = next(u for u in range(pool.first, pool.last + 1) if u != uid)
+    assert not _can_read_as(other, root / "project" / "kept.txt") and _can_read_as(uid, root / "project" / "kept.txt")
+    shutil.rmtree(root)
+    assert pool.holder(uid) == root and pool.release(uid, root) and pool.holder(uid) is None
+
+
+def _can_read_as(uid: int, path: Path) -> bool:
+    """Whether uid (no supplementary groups) can read path: a child process tries."""
+    def become() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return subprocess.run(["cat", str(path)], preexec_fn=become, capture_output=True, check=False).returncode == 0
+
+
+# A daemon that drops the session's environment marker and its process group, as an unsandboxed agent can.
+DAEMON = "env -i setsid sh -c 'while true; do sleep 0.05; done; echo 777.4242' >/dev/null 2>&1 & sleep 0.5; echo started"
+
+
+async def test_processes_the_session_uid_left_behind_are_killed(tmp_path: Path) -> None:
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        # bounded: a daemon left alive holds a pipe of the worker and the session would never end
+        code = await asyncio.wait_for(run_from_terminal(services, args(
+            origin, "daemon", command=f"sh -c {shlex.quote(DAEMON)}", no_sandbox=True), io.StringIO()), 90)
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 0, session.error
+    assert _pids_with("777.4242") == []
+
+
+def _pids_with(text: str) -> list[int]:
+    """Host pids whose command line contains text."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
