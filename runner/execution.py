@@ -123,12 +123,12 @@ def write_home_files(home: Path, files: dict[str, str]) -> None:
             handle.write(content)
 
 
-def session_owner(workspace: Workspace) -> dict[str, int]:
+def session_owner(workspace: Workspace) -> dict[str, int | bool]:
     """The policy's host uid:gid: the workspace's own when it claimed one, else the shared default."""
     if workspace.user is None:
         return {}
     uid, gid = workspace.user
-    return {"host_uid": uid, "host_gid": gid}
+    return {"host_uid": uid, "host_gid": gid, "own_uid": True}
 
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,

@@ -155,21 +155,35 @@ def _can_read_as(uid: int, path: Path) -> bool:
 
 
 # A daemon that drops the session's environment marker and its process group, as an unsandboxed agent can.
-DAEMON = "env -i setsid sh -c 'while true; do sleep 0.05; done; echo 777.4242' >/dev/null 2>&1 & sleep 0.5; echo started"
+MARK = uuid.uuid4().hex
+DAEMON = f"env -i setsid sh -c 'while true; do sleep 0.05; done; echo {MARK}' >/dev/null 2>&1 & sleep 0.5; echo started"
 
 
 async def test_processes_the_session_uid_left_behind_are_killed(tmp_path: Path) -> None:
     origin = make_repo(tmp_path / "origin")
     services = await make_services(tmp_path, f"sqlite:///{tmp_path / 'd.db'}")
+    # a daemon left alive holds a pipe of the worker and the session never ends: a reaper ends the test
+    reaper = asyncio.create_task(_reap(MARK, after=45))
     try:
-        # bounded: a daemon left alive holds a pipe of the worker and the session would never end
-        code = await asyncio.wait_for(run_from_terminal(services, args(
-            origin, "daemon", command=f"sh -c {shlex.quote(DAEMON)}", no_sandbox=True), io.StringIO()), 90)
+        code = await run_from_terminal(services, args(origin, "daemon", command=f"sh -c {shlex.quote(DAEMON)}",
+                                                      no_sandbox=True), io.StringIO())
         session = (await services.sessions.list(1))[0]
     finally:
+        reaped = reaper.done() and reaper.result()
+        reaper.cancel()
         await services.close()
+    assert not reaped, "the daemon outlived the session (the test had to kill it)"
     assert code == 0, session.error
-    assert _pids_with("777.4242") == []
+    assert _pids_with(MARK) == []
+
+
+async def _reap(mark: str, after: float) -> list[int]:
+    """After a while, SIGKILL what the session failed to; the pids it had to kill."""
+    await asyncio.sleep(after)
+    pids = _pids_with(mark)
+    for pid in pids:
+        os.kill(pid, 9)
+    return pids
 
 
 def _pids_with(text: str) -> list[int]:

@@ -85,6 +85,7 @@ class SandboxPolicy:
     gid: int = SANDBOX_GID
     host_uid: int = SANDBOX_HOST_UID
     host_gid: int = SANDBOX_HOST_GID
+    own_uid: bool = False  # host_uid is this session's alone: whatever runs as it is the session's
 
     def __post_init__(self) -> None:
         """Normalise base_dir to an absolute path; refuse ids that could escape it."""

@@ -210,7 +210,8 @@ class LocalSandbox(Sandbox):
         async def on_exit() -> None:
             return None
 
-        return LocalProcess(spawned.proc, Tree(spawned.proc.pid, None, token), on_exit, stdin)
+        own_uid = self.policy.host_uid if self._drop and self.policy.own_uid else None
+        return LocalProcess(spawned.proc, Tree(spawned.proc.pid, None, token, own_uid), on_exit, stdin)
 
     def _sweep(self, missing: list[str]) -> None:
         """Protected paths that appeared during the run are refused after the fact: removed."""

@@ -56,14 +56,16 @@ async def _wait_readable(fd: int) -> None:
 class Tree:
     """The processes of one command: its process group, and for bwrap the pid-ns init."""
 
-    def __init__(self, pid: int, info_fd: int | None, token: str | None = None) -> None:
+    def __init__(self, pid: int, info_fd: int | None, token: str | None = None, uid: int | None = None) -> None:
         """pid leads its own process group; info_fd is bwrap's --info-fd read end.
 
         Without a pid namespace (token set), processes that left the group (setsid,
-        daemons) are found by the token in their environment.
+        daemons) are found by the token in their environment, and by uid when the
+        session has a host uid of its own (a daemon may drop its environment).
         """
         self.pid = pid
         self.token = token
+        self.uid = uid
         self._init_pidfd: int | None = None
         self._info = asyncio.ensure_future(self._read_info(info_fd)) if info_fd is not None else None
 
@@ -96,6 +98,10 @@ class Tree:
             os.killpg(self.pid, signal.SIGKILL)
         if self.token is not None:
             await kill_marked(self.token)
+        if self.uid is not None:
+            from runner.uids import kill_uid
+
+            await kill_uid(self.uid)
 
     async def settled(self) -> None:
         """Return once the pid namespace (if any) is empty."""
