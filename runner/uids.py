@@ -45,12 +45,13 @@ class UidPool:
     def size(self) -> int:
         return self.last - self.first + 1
 
-    def claim(self, root: Path) -> Claim:
-        """A uid for the workspace at root (which must exist): the one it holds, else a free or stale one."""
+    def claim(self, root: Path, reuse: bool = False) -> Claim:
+        """A uid for the workspace at root (which must exist): a free or stale one; with reuse, first the
+        one a claim already names root with (a retried session; this reads every claim)."""
         if not root.is_dir():
             raise UidError(f"the workspace {root} must exist before it claims a uid")
         with self._locked():
-            uid = self._held_by(root)
+            uid = self._held_by(root) if reuse else None
             if uid is None:
                 uid = next((u for u in self._candidates() if self._take(u, root)), None)
         if uid is None:

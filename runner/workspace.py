@@ -116,7 +116,8 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
     workspace claims a host uid of its own, and only that uid may enter the session directory.
     """
     ws = Workspace(base_dir / session_id)
-    if ws.root.exists():  # a retried session: nothing of the last attempt may still run in it
+    retried = ws.root.exists()
+    if retried:  # nothing of the last attempt may still run in it
         if uids is not None:
             await _kill_holder(uids, ws.root)
         shutil.rmtree(ws.root)
@@ -124,7 +125,7 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
         path.mkdir(parents=True, mode=0o700)
     os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
     if uids is not None:
-        ws = Workspace(ws.root, await asyncio.to_thread(uids.claim, ws.root))
+        ws = Workspace(ws.root, await asyncio.to_thread(uids.claim, ws.root, retried))
         os.chown(ws.root, 0, ws.claim.uid)  # type: ignore[union-attr]
         os.chmod(ws.root, 0o710)  # only the session's own uid (its group) may pass
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",

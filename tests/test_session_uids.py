@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli_run import run_from_terminal
-from runner.uids import pool_from_settings
+from runner.uids import pool_from_settings, processes_of
 from tests.support.gitrepo import git, make_repo, show_file
 from tests.test_pipeline import args, make_services
 
@@ -198,3 +198,31 @@ def _pids_with(text: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+async def test_a_retried_session_keeps_its_uid_and_nothing_of_the_last_attempt_runs(tmp_path: Path) -> None:
+    from bot.settings import load_settings
+    from runner.workspace import create_workspace, end_workspace, update_mirror
+    from tests.conftest import session_base
+    from tests.test_uids import _run_as
+
+    origin = make_repo(tmp_path / "origin")
+    mirror = await update_mirror(tmp_path / "data", str(origin), {})
+    pool = pool_from_settings(load_settings(env={"SESAME_DATA_DIR": str(tmp_path)}, cwd=tmp_path))
+    base = Path(session_base())
+    first = await create_workspace(base, "retry", mirror, str(origin), "main", "sesame/r", False, uids=pool)
+    assert first.claim is not None
+    leftover = _run_as(first.claim.uid, "902.5")  # the last attempt's agent, still running (a daemon)
+    try:
+        for _ in range(100):
+            if processes_of(first.claim.uid):
+                break
+            await asyncio.sleep(0.02)
+        assert processes_of(first.claim.uid)
+        again = await create_workspace(base, "retry", mirror, str(origin), "main", "sesame/r", False, uids=pool)
+        assert again.claim is not None and again.claim.uid == first.claim.uid
+        assert processes_of(first.claim.uid) == []
+        await end_workspace(again, keep=False)
+    finally:
+        leftover.wait()
+    assert not again.root.exists() and pool is not None and pool.holder(again.claim.uid) is None

@@ -85,7 +85,7 @@ def test_a_uid_is_not_reused_while_its_workspace_exists(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
     claim = pool.claim(first)
-    assert claim.user == (FIRST, FIRST) and pool.claim(first).uid == FIRST  # a retry keeps its uid
+    assert claim.user == (FIRST, FIRST) and pool.claim(first, reuse=True).uid == FIRST  # a retry keeps its uid
     with pytest.raises(UidError):
         pool.claim(second)
     assert not claim.release() and pool.holder(FIRST) == first  # still there: not released
