@@ -113,7 +113,7 @@ class Violation(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     session_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # filesystem | network
+    kind: Mapped[str] = mapped_column(String(16))  # filesystem | network | secret
     resource: Mapped[str] = mapped_column(Text)
     operation: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)

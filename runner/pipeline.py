@@ -27,6 +27,7 @@ from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
 from runner.sandbox.base import Violation
+from runner.secretscan import SecretInPush, check_push
 from runner.workspace import Workspace, create_workspace, default_branch, remove_workspace, update_mirror
 
 log = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         state.progress.outcome = "no changes were needed"
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
+    await _refuse_leaks(state, sha)
     await gitops.push(state.workspace.git_dir, access.remote, branch, access.auth_env)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
@@ -428,12 +430,28 @@ async def _salvage(state: Run) -> None:
         sha = await asyncio.wait_for(_commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
         if sha:
             access = await _fresh_access(state)
+            await asyncio.wait_for(_refuse_leaks(state, sha), SALVAGE_TIMEOUT)
             await asyncio.wait_for(gitops.push(state.workspace.git_dir, access.remote, session.branch,
                                                access.auth_env), SALVAGE_TIMEOUT)
             await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
             state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"
+    except SecretInPush as exc:  # the refusal is the news: it goes where the requester reads it
+        warning = " ".join(filter(None, [state.progress.warning, f"Work not kept: {exc}"]))
+        state.progress.warning = warning
+        await state.services.sessions.update(state.session.id, warning=warning)
+        await state.event("warning", {"message": str(exc)})
     except Exception as exc:
         log.warning("could not keep the work of session %s: %s", state.session.id, exc)
+
+
+async def _refuse_leaks(state: Run, sha: str) -> None:
+    """Scan what the push would send for every known secret; a hit is a violation and no push."""
+    assert state.workspace is not None
+    leaks = await check_push(state.services, state.workspace.git_dir, sha, state.secrets)
+    for leak in leaks:
+        await _violation(state, Violation("secret", leak.path, "push", leak.label))
+    if leaks:
+        raise SecretInPush(leaks)
 
 
 async def _finish(state: Run, final: State, error: str | None = None) -> None:

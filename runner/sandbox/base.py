@@ -63,7 +63,7 @@ CREDENTIAL_PATHS = (
 # Credential files outside home directories.
 SYSTEM_SECRET_PATHS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 
-ViolationKind = Literal["network", "filesystem"]
+ViolationKind = Literal["network", "filesystem", "secret"]  # secret: a push refused by the scan
 StreamName = Literal["stdout", "stderr"]
 
 
