@@ -82,7 +82,10 @@ def locate(matcher: SecretMatcher, kind: bytes, path: str, data: bytes) -> str:
 
 
 async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: SecretMatcher) -> list[Leak]:
-    """Stream the objects out of `git cat-file --batch` and search each; one leak per place and kind."""
+    """Stream the objects out of `git cat-file --batch` and search each; one leak per place and kind.
+
+    A large blob is searched in a thread (the matcher releases the GIL) while the next is read.
+    """
     proc = await asyncio.create_subprocess_exec(
         "git", *gitops.SAFE_OPTIONS, "--git-dir", str(git_dir), "cat-file", "--batch", cwd=git_dir,
         env=gitops.git_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -90,18 +93,18 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
     assert proc.stdin is not None and proc.stdout is not None
     feeder = asyncio.ensure_future(_feed(proc.stdin, "".join(f"{oid}\n" for oid, _ in objects).encode()))
     leaks: dict[tuple[str, str], None] = {}
+    in_flight: tuple[asyncio.Future[list[str]], bytes, str, memoryview] | None = None
     try:
         for _oid, path in objects:
-            header = (await proc.stdout.readline()).split()
-            if len(header) != 3:
-                raise RuntimeError("git cat-file ended early while scanning the push for secrets")
-            data = await proc.stdout.readexactly(int(header[2]) + 1)
-            body = memoryview(data)[:-1]
-            labels = (await asyncio.to_thread(matcher.find, body) if len(body) >= THREAD_SCAN
-                      else matcher.find(body))
-            if labels:
-                place = matcher.mask(locate(matcher, header[1], path, bytes(body)))
-                leaks.update(((place, label), None) for label in labels)
+            kind, body = await _read_object(proc.stdout)
+            if len(body) < THREAD_SCAN:
+                _record(leaks, matcher, matcher.find(body), kind, path, body)
+                continue
+            if in_flight is not None:
+                _record(leaks, matcher, await in_flight[0], *in_flight[1:])
+            in_flight = (asyncio.ensure_future(asyncio.to_thread(matcher.find, body)), kind, path, body)
+        if in_flight is not None:
+            _record(leaks, matcher, await in_flight[0], *in_flight[1:])
         await feeder
     except BaseException:
         feeder.cancel()
@@ -111,6 +114,22 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
     finally:
         await proc.wait()
     return [Leak(place, label) for place, label in leaks]
+
+
+async def _read_object(stdout: asyncio.StreamReader) -> tuple[bytes, memoryview]:
+    """The next object of `cat-file --batch`: its type and content."""
+    header = (await stdout.readline()).split()
+    if len(header) != 3:
+        raise RuntimeError("git cat-file ended early while scanning the push for secrets")
+    data = await stdout.readexactly(int(header[2]) + 1)
+    return header[1], memoryview(data)[:-1]
+
+
+def _record(leaks: dict[tuple[str, str], None], matcher: SecretMatcher, labels: list[str], kind: bytes,
+            path: str, body: memoryview) -> None:
+    if labels:
+        place = matcher.mask(locate(matcher, kind, path, bytes(body)))
+        leaks.update(((place, label), None) for label in labels)
 
 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:

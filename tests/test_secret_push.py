@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import secrets
 import shlex
 import textwrap
@@ -20,6 +21,7 @@ from bot.models import Session, SessionEvent, Violation
 from bot.secretscan import forms
 from bot.services import Services
 from runner.cli_run import run_from_terminal
+from runner.commit import quote_path
 from tests.support.gitrepo import branches, make_repo, show_file
 from tests.test_pipeline import PYTHON, args, make_services
 
@@ -177,3 +179,59 @@ def test_the_leak_script_holds_no_form_of_the_value() -> None:
     assert_nowhere(value, leak_command(value, "plain"))
     assert base64.b64encode(value.encode()).decode() not in leak_command(value, "base64")
     assert quote(value, safe="") not in leak_command(value, "url")
+
+
+def _git_dir(tmp_path: Path, base: dict[bytes, bytes], work: dict[bytes, bytes], message: bytes = b"work") -> Path:
+    """A bare repository like a session's: origin/main as the remote has it, refs/heads/work on top."""
+    import subprocess
+
+    git_dir = tmp_path / "git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(git_dir)], check=True)
+    parts = [b"commit refs/remotes/origin/main\ncommitter B <b@h.invalid> 1 +0000\ndata 4\nbase\n"]
+    parts += [b"M 100644 inline %s\ndata %d\n%s\n" % (quote_path(p), len(d), d) for p, d in base.items()]
+    parts.append(b"commit refs/heads/work\ncommitter B <b@h.invalid> 2 +0000\ndata %d\n%s\n"
+                 b"from refs/remotes/origin/main\n" % (len(message), message))
+    parts += [b"M 100644 inline %s\ndata %d\n%s\n" % (quote_path(p), len(d), d) for p, d in work.items()]
+    subprocess.run(["git", "fast-import", "--quiet"], input=b"".join(parts), cwd=git_dir, check=True)
+    return git_dir
+
+
+async def _scan(git_dir: Path, *values: str) -> list[tuple[str, str]]:
+    from bot.secretscan import KnownSecret, SecretMatcher
+    from runner.secretscan import new_objects, scan_objects
+
+    matcher = SecretMatcher([KnownSecret(f"secret {n}", v) for n, v in enumerate(values)])
+    return [(leak.path, leak.label) for leak in
+            await scan_objects(git_dir, await new_objects(git_dir, "refs/heads/work"), matcher)]
+
+
+async def test_large_binary_blobs_are_scanned_beside_the_reads(tmp_path: Path) -> None:
+    value, other = stored_value(), stored_value()
+    big = os.urandom(3 << 20)
+    work = {b"a/clean.bin": big, b"b/leak.bin": big[:1 << 20] + base64.b64encode(b"z" + value.encode()) + big,
+            b"c/small.txt": b"token=" + quote(other, safe="").encode(), b"d/clean2.bin": big[::-1]}
+    assert sorted(await _scan(_git_dir(tmp_path, {b"README": b"hi\n"}, work), value, other)) == [
+        ("b/leak.bin", "secret 0"), ("c/small.txt", "secret 1")]
+
+
+async def test_names_and_messages_are_scanned_and_what_the_remote_has_is_not(tmp_path: Path) -> None:
+    value, old = stored_value().replace("/", "-"), stored_value()
+    git_dir = _git_dir(tmp_path, {b"legacy.txt": old.encode()},
+                       {b"dir/" + value.encode() + b".txt": b"x\n", b"legacy2.txt": b"moved: " + old.encode()},
+                       message=b"add " + value.encode())
+    found = sorted(await _scan(git_dir, value, old))
+    # the remote already holds `old` in legacy.txt, but a new blob quoting it is still new
+    assert found == [("dir/[secret].txt", "secret 0"), ("legacy2.txt", "secret 1"), ("the commit message", "secret 0")]
+
+
+async def test_the_remote_s_own_objects_are_not_scanned(tmp_path: Path) -> None:
+    old = stored_value()
+    git_dir = _git_dir(tmp_path, {b"legacy.txt": old.encode()}, {b"new.txt": b"fine\n"})
+    assert await _scan(git_dir, old) == []
+
+
+async def test_a_file_name_with_a_newline_neither_breaks_nor_hides_the_scan(tmp_path: Path) -> None:
+    value = stored_value()
+    git_dir = _git_dir(tmp_path, {b"README": b"hi\n"},
+                       {b"x\n0000000000000000000000000000000000000000 y": b"clean\n", b"z/leak.txt": value.encode()})
+    assert await _scan(git_dir, value) == [("z/leak.txt", "secret 0")]
