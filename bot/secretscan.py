@@ -57,7 +57,7 @@ def base64_forms(data: bytes) -> set[bytes]:
     groups of four characters then depend on its neighbours, so only the groups made of its own bytes
     are kept (a few bytes at each end are lost; what remains is still far too long to occur by chance).
     """
-    forms = set()
+    forms: set[bytes] = set()
     for shift in range(3):
         encoded = base64.b64encode(b"\0" * shift + data)
         core = encoded[4 if shift else 0:(shift + len(data)) // 3 * 4]
@@ -69,7 +69,7 @@ def base64_forms(data: bytes) -> set[bytes]:
 def url_forms(value: str) -> set[bytes]:
     """Percent-encoded forms as common encoders write them, with upper and lower case hex digits."""
     forms = {quote(value, safe=""), quote(value), quote_plus(value), quote(value, safe="!~*'()")}
-    out = set()
+    out: set[bytes] = set()
     for form in forms:
         data = form.encode()
         out.update((data, PERCENT_ESCAPE.sub(lambda m: m.group().lower(), data)))
