@@ -235,3 +235,36 @@ async def test_a_file_name_with_a_newline_neither_breaks_nor_hides_the_scan(tmp_
     git_dir = _git_dir(tmp_path, {b"README": b"hi\n"},
                        {b"x\n0000000000000000000000000000000000000000 y": b"clean\n", b"z/leak.txt": value.encode()})
     assert await _scan(git_dir, value) == [("z/leak.txt", "secret 0")]
+
+
+async def test_known_secrets_gather_settings_stored_credentials_and_session_tokens(services: Services) -> None:
+    from runner.secretscan import TOKEN_LABEL, known_secrets
+
+    value = stored_value()
+    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    await store.put("claude", "api_key", value)
+    await store.put("github", "github_pat", "ghp_" + "a" * 36)
+    found = {(s.label, s.value) for s in await known_secrets(services, ["ghs_minted-for-this-session"])}
+    assert ("the stored API key of claude", value) in found
+    assert ("the stored personal access token of github", "ghp_" + "a" * 36) in found
+    assert ("the encryption key (ENCRYPTION_KEY)", services.settings.ENCRYPTION_KEY) in found
+    assert (TOKEN_LABEL, "ghs_minted-for-this-session") in found
+
+
+async def test_a_credential_no_key_opens_is_skipped_not_fatal(services: Services,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from sqlalchemy import update
+
+    from bot.models import Credential as CredentialRow
+
+    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    await store.put("gemini", "api_key", "gemini-key-" + secrets.token_hex(8))
+    await store.put("amp", "api_key", "amp-key-" + secrets.token_hex(8))
+    async with services.sessions.sessionmaker() as db, db.begin():
+        await db.execute(update(CredentialRow).where(CredentialRow.agent == "gemini").values(sealed=b"\x01" * 60))
+    try:
+        opened = {(c.agent, c.kind) for c in await store.all_values()}  # the database may be shared
+    finally:
+        await store.delete("gemini", "api_key")
+    assert ("amp", "api_key") in opened and ("gemini", "api_key") not in opened
+    assert "the stored api_key of gemini cannot be opened" in caplog.text
