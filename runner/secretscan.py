@@ -32,10 +32,9 @@ class SecretInPush(Exception):
 
     def __init__(self, leaks: list[Leak]) -> None:
         self.leaks = leaks
-        shown = ", ".join(f"{leak.path} ({leak.label})" for leak in leaks[:NAMES_SHOWN])
-        more = f" and {len(leaks) - NAMES_SHOWN} more" if len(leaks) > NAMES_SHOWN else ""
-        super().__init__(f"push refused: the changes hold a secret of this server, in {shown}{more}; "
-                         "remove it and run again")
+        shown = ", ".join(f"{leak.path} holds {leak.label}" for leak in leaks[:NAMES_SHOWN])
+        more = f" (and {len(leaks) - NAMES_SHOWN} more)" if len(leaks) > NAMES_SHOWN else ""
+        super().__init__(f"push refused, nothing was pushed: {shown}{more}")
 
 
 async def known_secrets(services: Services, tokens: Iterable[str]) -> list[KnownSecret]:

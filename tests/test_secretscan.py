@@ -136,3 +136,12 @@ def test_settings_secrets_are_labelled_and_only_url_passwords_count(tmp_path: Pa
 def test_credential_labels_say_what_and_whose() -> None:
     assert credential_label("claude", "api_key") == "the stored API key of claude"
     assert credential_label("github", "github_pat") == "the stored personal access token of github"
+
+
+def test_the_refusal_names_places_and_kinds_and_counts_the_rest() -> None:
+    from runner.secretscan import Leak, SecretInPush
+
+    leaks = [Leak(f"f{n}.txt", "the GitHub webhook secret") for n in range(7)]
+    message = str(SecretInPush(leaks))
+    assert message.startswith("push refused, nothing was pushed: f0.txt holds the GitHub webhook secret, ")
+    assert "f4.txt" in message and "f5.txt" not in message and message.endswith("(and 2 more)")
