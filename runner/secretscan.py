@@ -50,11 +50,8 @@ async def new_objects(git_dir: Path, sha: str) -> list[tuple[str, str]]:
     if await gitops.in_git_dir(git_dir, ["rev-parse", "--verify", "--quiet", START_REF], check=False):
         known.append(START_REF)  # a fork PR's head: already in the base repository, not the agent's
     out = await gitops.in_git_dir(git_dir, ["rev-list", "--objects", sha, "--not", *known])
-    objects = []
-    for line in out.splitlines():
-        oid, _, path = line.partition(" ")
-        objects.append((oid, path))
-    return objects
+    # Lines end at \n only: str.splitlines would also cut a file name at \x1c or \u2028.
+    return [(oid, path) for oid, _, path in (line.partition(" ") for line in out.split("\n") if line)]
 
 
 def tree_names(data: bytes) -> list[bytes]:

@@ -233,7 +233,8 @@ async def test_the_remote_s_own_objects_are_not_scanned(tmp_path: Path) -> None:
 async def test_a_file_name_with_a_newline_neither_breaks_nor_hides_the_scan(tmp_path: Path) -> None:
     value = stored_value()
     git_dir = _git_dir(tmp_path, {b"README": b"hi\n"},
-                       {b"x\n0000000000000000000000000000000000000000 y": b"clean\n", b"z/leak.txt": value.encode()})
+                       {b"x\n0000000000000000000000000000000000000000 y": b"clean\n", b"a\x1cb\xe2\x80\xa8c": b"ok\n",
+                        b"z/leak.txt": value.encode()})
     assert await _scan(git_dir, value) == [("z/leak.txt", "secret 0")]
 
 
