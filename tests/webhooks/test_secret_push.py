@@ -3,8 +3,12 @@ the fake GitHub, the progress comment names the file and the kind of secret, nev
 
 from __future__ import annotations
 
+import logging
 import textwrap
 
+import pytest
+
+from tests.support.fake_github import app_key_pair
 from tests.test_secret_push import KEY, assert_nowhere, stored_text
 from tests.webhooks.test_end_to_end import MakeStack, make_stack, progress_comment  # noqa: F401 (fixture)
 
@@ -19,8 +23,9 @@ WRITE_KEY = textwrap.dedent("""\
 """)
 
 
-async def test_the_app_private_key_in_the_changes_never_reaches_github(make_stack: MakeStack) -> None:
-    from tests.support.fake_github import app_key_pair
+async def test_the_app_private_key_in_the_changes_never_reaches_github(make_stack: MakeStack,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
 
     pem = app_key_pair()[0]
     script = WRITE_KEY.format(key=KEY, hidden=bytes(b ^ KEY for b in pem.encode()).hex())
@@ -42,4 +47,4 @@ async def test_the_app_private_key_in_the_changes_never_reaches_github(make_stac
     final = comment.history[-1]
     assert "push refused" in final and "the GitHub App private key" in final and "app.pem" in final
     assert "secret `deploy/app.pem`" in final  # the violations section
-    assert_nowhere(pem, *comment.history, stored)
+    assert_nowhere(pem, *comment.history, stored, caplog.text)
