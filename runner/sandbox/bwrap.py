@@ -25,7 +25,14 @@ class MountPlan:
     read_only: tuple[str, ...] = ()
     resolv_conf: bool = True
     tool_fds: tuple[tuple[int, str], ...] = ()  # (open O_PATH fd, path inside), read-only
+    tmpfs_size: int | None = None  # bytes, for every tmpfs mounted (SANDBOX_TMPFS_SIZE)
     bwrap: str = BWRAP
+
+
+def _tmpfs(plan: MountPlan, dest: str, perms: str = "0755") -> list[str]:
+    """A tmpfs on dest, of at most plan.tmpfs_size bytes."""
+    size = ["--size", str(plan.tmpfs_size)] if plan.tmpfs_size else []
+    return ["--perms", perms, *size, "--tmpfs", dest]
 
 
 def _namespaces(plan: MountPlan) -> list[str]:
@@ -39,12 +46,14 @@ def _namespaces(plan: MountPlan) -> list[str]:
 
 
 def _base_mounts(plan: MountPlan) -> list[str]:
-    """Read-only root, fresh /dev and /proc, empty /run, session tmp on /tmp."""
+    """Read-only root, fresh /dev (its /dev/shm a sized tmpfs) and /proc, empty /run,
+    session tmp on /tmp."""
     return [
         "--ro-bind", "/", "/",
         "--dev", "/dev",
+        *_tmpfs(plan, "/dev/shm", "1777"),
         "--proc", "/proc",
-        "--perms", "0755", "--tmpfs", "/run", "--remount-ro", "/run",
+        *_tmpfs(plan, "/run"), "--remount-ro", "/run",
         "--bind", plan.tmp_dir, "/tmp",
     ]
 
@@ -52,7 +61,7 @@ def _base_mounts(plan: MountPlan) -> list[str]:
 def _session_mounts(plan: MountPlan) -> list[str]:
     """Hide every session but this one; the project and HOME stay at their host paths."""
     return [
-        "--perms", "0755", "--tmpfs", plan.base_dir,
+        *_tmpfs(plan, plan.base_dir),
         "--bind", plan.project_dir, plan.project_dir,
         "--bind", plan.home_dir, plan.home_dir,
         *[arg for fd, dest in plan.tool_fds for arg in ("--ro-bind-fd", str(fd), dest)],
@@ -101,13 +110,17 @@ def finish_argv(
     cwd: str,
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
-    """A session's mount_argv completed for one command."""
+    """A session's mount_argv completed for one command; with block_fd the command waits
+    until a byte arrives there (the limits are applied first)."""
     argv = list(prefix)
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
     return [*argv, "--chdir", cwd, "--", *command]
 
 
@@ -117,6 +130,7 @@ def build_argv(
     cwd: str,
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap argv running command in cwd under plan."""
-    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd)
+    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd)
