@@ -288,9 +288,9 @@ def _v2_parent(mounts: dict[str, Path], own: dict[str, str]) -> Path | None:
         available = (parent / "cgroup.controllers").read_text().split()
     except OSError:
         return None
-    missing = [c for c in ("pids", "memory") if c not in enabled]
-    if any(c not in available for c in missing):
+    if "pids" not in available or "memory" not in available:
         return None
+    missing = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
     try:  # only possible when the worker's cgroup holds no process itself (a delegated subtree)
         if missing:
             _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
@@ -311,7 +311,7 @@ def detect(proc_mounts: str | None = None, proc_cgroup: str | None = None) -> Me
     writable = {c: p for c, p in parents.items() if os.access(p, os.W_OK)}
     if "pids" in writable and "memory" in writable:
         names = ", ".join(writable)
-        return Mechanism("cgroup v1", f"{names} hierarchies under {writable['memory'].parent}",
+        return Mechanism("cgroup v1", f"{names}; session cgroups under {writable['memory']} and beside",
                          tuple(writable.items()))
     why = "no writable cgroup with the pids and memory controllers"
     return Mechanism("rlimits", f"{why}: RLIMIT_NPROC and RLIMIT_AS per session, CPU share not enforced")
