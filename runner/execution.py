@@ -9,6 +9,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from bot.models import Session
 from bot.services import Services
+from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
@@ -77,12 +78,13 @@ def hidden_server_paths(services: Services) -> tuple[str, ...]:
     return tuple(str(p) for p in paths if p.exists())
 
 
-def sandbox_limits(services: Services) -> SandboxLimits:
+def sandbox_limits_from(settings: Settings) -> SandboxLimits:
     """The per-session limits from the SANDBOX_* settings."""
-    settings = services.settings
-    return SandboxLimits(max_processes=int(settings.SANDBOX_MAX_PROCESSES), memory=int(settings.SANDBOX_MEMORY_LIMIT),
-                         cpu_share=float(settings.SANDBOX_CPU_SHARE), tmpfs=int(settings.SANDBOX_TMPFS_SIZE),
-                         disk=int(settings.SANDBOX_DISK_LIMIT))
+    return SandboxLimits(
+        max_processes=int(settings.SANDBOX_MAX_PROCESSES), memory=int(settings.SANDBOX_MEMORY_LIMIT),
+        cpu_share=float(settings.SANDBOX_CPU_SHARE), tmpfs=int(settings.SANDBOX_TMPFS_SIZE),
+        disk=int(settings.SANDBOX_DISK_LIMIT),
+    )
 
 
 def configured_agent(services: Services, session: Session, agent: Agent) -> Agent:
@@ -155,7 +157,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
-        tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits(services),
+        tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()

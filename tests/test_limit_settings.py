@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.doctor import check_limits
 from bot.settings import SettingsError, load_settings
+from runner.sandbox import limits as limits_module
 from runner.sandbox.base import SandboxLimits, format_size
-from runner.sandbox.limits import detect
+from runner.sandbox.limits import Mechanism, detect
 
 SIZES = [("4g", 4 << 30), ("512m", 512 << 20), ("512M", 512 << 20), ("1024k", 1 << 20), ("2GiB", 2 << 30),
          ("1t", 1 << 40), ("4096", 4096), (" 8g ", 8 << 30)]
@@ -93,3 +95,15 @@ def test_v2_when_the_workers_cgroup_delegates(tmp_path: Path) -> None:
     found = detect(f"cgroup2 {tmp_path} cgroup2 rw 0 0\n", "0::/worker.slice\n")
     assert found.name == "cgroup v2" and dict(found.parents) == {"memory": worker}
     assert (worker / "cgroup.subtree_control").read_text() == "+pids +memory +cpu"
+
+
+async def test_doctor_says_which_mechanism_applies(tmp_path: Path) -> None:
+    check = await check_limits(load_settings(env={"SANDBOX_MEMORY_LIMIT": "2g"}, cwd=tmp_path))
+    assert check.detail.startswith(f"{limits_module.mechanism().name} (") and "2g memory" in check.detail
+    assert check.status == ("warn" if limits_module.mechanism().name == "rlimits" else "ok")
+
+
+async def test_doctor_warns_when_only_rlimits_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits_module, "_mechanism", Mechanism("rlimits", "no writable cgroup"))
+    check = await check_limits(load_settings(env={}, cwd=tmp_path))
+    assert check.status == "warn" and check.detail.startswith("rlimits") and "cgroup" in check.fix

@@ -311,7 +311,7 @@ def detect(proc_mounts: str | None = None, proc_cgroup: str | None = None) -> Me
     writable = {c: p for c, p in parents.items() if os.access(p, os.W_OK)}
     if "pids" in writable and "memory" in writable:
         names = ", ".join(writable)
-        return Mechanism("cgroup v1", f"{names}; session cgroups under {writable['memory']} and beside",
+        return Mechanism("cgroup v1", f"{names} hierarchies, one cgroup per session below the worker's",
                          tuple(writable.items()))
     why = "no writable cgroup with the pids and memory controllers"
     return Mechanism("rlimits", f"{why}: RLIMIT_NPROC and RLIMIT_AS per session, CPU share not enforced")
