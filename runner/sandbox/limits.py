@@ -96,6 +96,11 @@ class Limiter(abc.ABC):
         """The command as run inside the sandbox."""
         return argv
 
+    def adopt_thread(self, tid: int) -> bool:
+        """Put the thread that starts the session's commands under the limits, so that they are
+        born there and need no attach; False where the mechanism cannot take a single thread."""
+        return False
+
     @abc.abstractmethod
     def attach(self, pids: list[int]) -> None:
         """Put processes (bwrap and its pid-1, before the command starts) under the limits."""
@@ -147,11 +152,12 @@ class Cgroups(Limiter):
             self._made.append(path)
 
     def _procs(self) -> set[int]:
-        """Pids in the session cgroup."""
+        """Pids in the session cgroup, never the worker's own (its launcher thread may be there)."""
         pids: set[int] = set()
         for path in self._made:
             with contextlib.suppress(OSError):
                 pids.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        pids.discard(os.getpid())
         return pids
 
     def attach(self, pids: list[int]) -> None:
@@ -193,6 +199,13 @@ class CgroupV1(Cgroups):
     """cgroup v1: pids.max, memory.limit_in_bytes, cpu.cfs_quota_us in separate hierarchies."""
 
     mechanism = "cgroup v1"
+
+    def adopt_thread(self, tid: int) -> bool:
+        """v1 moves single threads (the tasks file): bwrap and all it starts are born inside."""
+        for path in dict.fromkeys(self.dirs.values()):
+            _write(path / "tasks", str(tid))
+        self.attaches = False
+        return True
 
     def create(self) -> CgroupV1:
         """Make the directories and write the limits."""

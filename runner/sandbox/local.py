@@ -19,6 +19,7 @@ from runner.sandbox.base import (
     SANDBOX_USER,
     LimitExceeded,
     ProcessHandle,
+    SandboxLimits,
     Sandbox,
     SandboxPolicy,
     Violation,
@@ -123,10 +124,16 @@ class LocalSandbox(Sandbox):
             self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
             self._start_launcher()
             if limits is not None:
-                self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
+                await self._start_limiter(limits)
         if self.policy.limits is not None:
             self._watchdog = asyncio.create_task(self._watch_limits())
         self._started = True
+
+    async def _start_limiter(self, limits: SandboxLimits) -> None:
+        """The session cgroup (or rlimits); under v1 the launcher thread moves in at once."""
+        assert self._launcher is not None
+        self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
+        await asyncio.to_thread(self._limiter.adopt_thread, self._launcher.native_id)
 
     @property
     def limit_mechanism(self) -> str | None:
@@ -305,9 +312,6 @@ class LocalSandbox(Sandbox):
             self._watchdog = None
         await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
         await kill_marked(self._token)
-        if self._limiter is not None:
-            await asyncio.to_thread(self._limiter.remove)
-            self._limiter = None
         if self._proxy is not None:
             await self._proxy.close()
         if self._dns is not None:
@@ -321,6 +325,9 @@ class LocalSandbox(Sandbox):
         if self._launcher is not None:
             self._launcher.close()
             self._launcher = None
+        if self._limiter is not None:  # after the launcher thread has left its cgroup
+            await asyncio.to_thread(self._limiter.remove)
+            self._limiter = None
         if self._seccomp_fd is not None:
             os.close(self._seccomp_fd)
             self._seccomp_fd = None

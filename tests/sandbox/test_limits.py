@@ -133,15 +133,21 @@ async def test_limits_follow_symlinks_nowhere(sandboxes: Callable[..., object]) 
 
 
 async def test_cpu_share_and_memory_are_set_on_the_session_cgroup(sandboxes: Callable[..., object]) -> None:
-    """The limits are written where the sandbox's processes are."""
+    """The limits are written where the sandbox's processes are: the command is born inside."""
     sandbox = await sandboxes("knobs", SandboxLimits(cpu_share=0.5, memory=1 << 30))  # type: ignore[operator]
-    result = await run(sandbox, "cat /proc/self/cgroup")
     assert sandbox._limiter is not None
     dirs = sandbox._limiter.dirs  # type: ignore[attr-defined]
     assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
     assert (dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(1 << 30)
     assert (dirs["pids"] / "pids.max").read_text().strip() == "1024"
-    assert f"pids:/{dirs['pids'].name}" in result.out
+    handle = await sandbox.exec(["/bin/sh", "-c", "exec sleep 1.234"])
+    await asyncio.sleep(0.3)
+    sleepers = [int(p) for p in (dirs["pids"] / "cgroup.procs").read_text().split()
+                if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x001.234\x00"]
+    assert len(sleepers) == 1
+    for controller in ("pids", "memory", "cpu"):
+        assert str(sleepers[0]) in (dirs[controller] / "cgroup.procs").read_text().split()
+    await handle.kill()
 
 
 async def test_cgroups_are_removed_with_the_sandbox(sandboxes: Callable[..., object]) -> None:
