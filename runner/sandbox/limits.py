@@ -353,8 +353,12 @@ def session_limiter(limits: SandboxLimits, session_id: str, found: Mechanism | N
     return Rlimits(limits)
 
 
-def disk_usage(roots: list[Path]) -> int:
-    """Bytes allocated under roots, each inode once; never follows a symlink (O_NOFOLLOW walk)."""
+def disk_usage(roots: list[Path], owner: int | None = None) -> int:
+    """Bytes allocated under roots, each inode once; never follows a symlink (O_NOFOLLOW walk).
+
+    With owner set, a file with other hard links that owner does not own is not counted: the
+    clone's git objects share their blocks with the mirror (the agent cannot make such links
+    to files of its own that escape the count: those it owns)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for root in roots:
@@ -362,11 +366,11 @@ def disk_usage(roots: list[Path]) -> int:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
             continue
-        total += _walk(fd, seen)
+        total += _walk(fd, seen, owner)
     return total
 
 
-def _walk(dir_fd: int, seen: set[tuple[int, int]]) -> int:
+def _walk(dir_fd: int, seen: set[tuple[int, int]], owner: int | None) -> int:
     """Sum st_blocks below an open directory (closes it)."""
     total = 0
     stack = [dir_fd]
@@ -375,7 +379,7 @@ def _walk(dir_fd: int, seen: set[tuple[int, int]]) -> int:
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
-                    total += _entry_size(fd, entry, seen, stack)
+                    total += _entry_size(fd, entry, seen, stack, owner)
         except OSError:
             pass
         finally:
@@ -383,7 +387,8 @@ def _walk(dir_fd: int, seen: set[tuple[int, int]]) -> int:
     return total
 
 
-def _entry_size(parent: int, entry: os.DirEntry[str], seen: set[tuple[int, int]], stack: list[int]) -> int:
+def _entry_size(parent: int, entry: os.DirEntry[str], seen: set[tuple[int, int]], stack: list[int],
+                owner: int | None) -> int:
     """An entry's allocated bytes; a directory is opened (no symlink followed) and stacked."""
     try:
         st = entry.stat(follow_symlinks=False)
@@ -395,4 +400,6 @@ def _entry_size(parent: int, entry: os.DirEntry[str], seen: set[tuple[int, int]]
     if stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(OSError):
             stack.append(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent))
+    elif owner is not None and st.st_nlink > 1 and st.st_uid != owner:
+        return 0
     return st.st_blocks * 512

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -183,3 +184,21 @@ async def test_rlimits_apply_where_no_cgroup_is_writable(
         "Max address space         268435456            268435456            bytes     ",
     ]
     assert "MemoryError" in result.err and "survived" not in result.out
+
+
+async def test_hard_links_count_once_and_shared_objects_not_at_all(sandboxes: Callable[..., object],
+                                                                   base_dir: Path) -> None:
+    """Links the agent makes to its own file count once; root-owned files shared with a mirror
+    (hard-linked git objects) are not the session's disk use."""
+    from runner.sandbox.limits import disk_usage
+
+    sandbox = await sandboxes("links2")  # type: ignore[operator]
+    project = sandbox.policy.project_dir
+    shared = base_dir / "mirror-object"
+    shared.write_bytes(b"m" * (4 << 20))
+    os.link(shared, project / "object")
+    result = await run(sandbox, "dd if=/dev/zero of=own bs=1M count=2 2>/dev/null; ln own own2; ln own own3")
+    assert result.code == 0, result.err
+    used = disk_usage([project], sandbox.policy.host_uid)
+    assert 2 << 20 <= used < 3 << 20
+    assert disk_usage([project]) >= 6 << 20  # without an owner every inode counts
