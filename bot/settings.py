@@ -72,13 +72,13 @@ KEYS: tuple[Key, ...] = (
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
     _k("SANDBOX_MAX_PROCESSES", path="sandbox.limits.maxProcesses", default=1024, kind="int",
        help="processes (and threads) one session's sandbox may run at once"),
-    _k("SANDBOX_MEMORY_LIMIT", path="sandbox.limits.memory", default=4 << 30, kind="size",
+    _k("SANDBOX_MEMORY_LIMIT", path="sandbox.limits.memory", default="4g", kind="size",
        help="memory of one session's sandbox, tmpfs files included (e.g. 4g, 512m)"),
     _k("SANDBOX_CPU_SHARE", path="sandbox.limits.cpuShare", default=1.0, kind="float",
        help="CPU time of one session's sandbox, in cores (0.5: half a core)"),
-    _k("SANDBOX_TMPFS_SIZE", path="sandbox.limits.tmpfsSize", default=256 << 20, kind="size",
+    _k("SANDBOX_TMPFS_SIZE", path="sandbox.limits.tmpfsSize", default="256m", kind="size",
        help="size of every tmpfs the sandbox mounts, /dev/shm included"),
-    _k("SANDBOX_DISK_LIMIT", path="sandbox.limits.disk", default=10 << 30, kind="size",
+    _k("SANDBOX_DISK_LIMIT", path="sandbox.limits.disk", default="10g", kind="size",
        help="disk used by a session's project, HOME and tmp; a watchdog stops the session past it"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
     _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
@@ -310,8 +310,9 @@ def resolve(env: Mapping[str, str], config: Mapping[str, Any]) -> tuple[dict[str
             values[key.name], sources[key.name] = coerce(key, env[env_name]), f"env:{env_name}"
         elif key.path and config_get(config, key.path) is not None:
             values[key.name], sources[key.name] = coerce(key, config_get(config, key.path)), "config"
-        else:
-            values[key.name], sources[key.name] = key.default, "default"
+        else:  # sizes are written as the user would (4g) and kept in bytes like the others
+            default = coerce(key, key.default) if key.kind == "size" else key.default
+            values[key.name], sources[key.name] = default, "default"
     return values, sources
 
 

@@ -129,7 +129,9 @@ class Rlimits(Limiter):
     attaches = False
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """prlimit --nproc --as -- argv."""
+        """prlimit --nproc --as -- argv (argv as it is where prlimit is missing: doctor says so)."""
+        if not os.access(PRLIMIT, os.X_OK):
+            return argv
         return [PRLIMIT, f"--nproc={self.limits.max_processes}", f"--as={self.limits.memory}", "--", *argv]
 
     def attach(self, pids: list[int]) -> None:
@@ -327,6 +329,9 @@ def detect(proc_mounts: str | None = None, proc_cgroup: str | None = None) -> Me
         return Mechanism("cgroup v1", f"{names} hierarchies, one cgroup per session below the worker's",
                          tuple(writable.items()))
     why = "no writable cgroup with the pids and memory controllers"
+    if not os.access(PRLIMIT, os.X_OK):
+        return Mechanism("rlimits", f"{why}, and {PRLIMIT} is missing (util-linux): only the tmpfs sizes "
+                                    "and the disk watchdog apply")
     return Mechanism("rlimits", f"{why}: RLIMIT_NPROC and RLIMIT_AS per session, CPU share not enforced")
 
 

@@ -107,3 +107,14 @@ def test_env_without_proxy_drops_callers_proxy() -> None:
     """Unsandboxed runs get no proxy variables at all."""
     env = build_env({"http_proxy": "http://x:1"}, "/h", "/t", "tok/", None)
     assert not any("proxy" in k.lower() for k in env)
+
+
+def test_every_tmpfs_is_sized_and_dev_shm_is_one() -> None:
+    """With a size, each --tmpfs is preceded by --size; /dev/shm is its own tmpfs after --dev."""
+    argv = build_argv(replace(PLAN, tmpfs_size=1 << 20), ["true"], "/", block_fd=7)
+    tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
+    assert [argv[i + 1] for i in tmpfs] == ["/dev/shm", "/run", "/srv/sesame"]
+    assert all(argv[i - 2 : i] == ["--size", str(1 << 20)] for i in tmpfs)
+    assert argv.index("--dev") < tmpfs[0] and argv[tmpfs[0] - 4 : tmpfs[0] - 2] == ["--perms", "1777"]
+    assert _pairs(argv, "--block-fd", 1) == [("7",)]
+    assert "--size" not in ARGV and "--block-fd" not in ARGV  # no limits: nothing sized, nothing blocks
