@@ -366,8 +366,8 @@ def validate_limits(settings: Settings) -> None:
     if settings.SANDBOX_MAX_PROCESSES < 1:
         raise SettingsError("SANDBOX_MAX_PROCESSES", f"{settings.SANDBOX_MAX_PROCESSES} is below 1",
                             "Give the number of processes a session may run, e.g. 1024")
-    if not settings.SANDBOX_CPU_SHARE > 0:
-        raise SettingsError("SANDBOX_CPU_SHARE", f"{settings.SANDBOX_CPU_SHARE} is not above 0",
+    if not settings.SANDBOX_CPU_SHARE >= 0.01:  # the kernel's smallest quota: 1 ms in 100 ms
+        raise SettingsError("SANDBOX_CPU_SHARE", f"{settings.SANDBOX_CPU_SHARE} is below 0.01",
                             "Give the CPU share in cores, e.g. 1.0 or 0.5")
 
 

@@ -34,6 +34,7 @@ def test_bad_sizes_are_one_clear_error(tmp_path: Path, key: str, text: str, prob
 
 @pytest.mark.parametrize(("key", "value"), [("SANDBOX_MAX_PROCESSES", "0"), ("SANDBOX_MAX_PROCESSES", "many"),
                                             ("SANDBOX_CPU_SHARE", "0"), ("SANDBOX_CPU_SHARE", "-1"),
+                                            ("SANDBOX_CPU_SHARE", "0.001"), ("SANDBOX_CPU_SHARE", "nan"),
                                             ("SANDBOX_CPU_SHARE", "half")])
 def test_bad_numbers_name_the_key(tmp_path: Path, key: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:

@@ -64,6 +64,7 @@ CREDENTIAL_PATHS = (
 SYSTEM_SECRET_PATHS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 
 ViolationKind = Literal["network", "filesystem"]
+StreamName = Literal["stdout", "stderr"]
 SIZE_UNITS = (("t", 1 << 40), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10))
 
 
@@ -98,7 +99,6 @@ class LimitExceeded(Exception):
         """what: memory, process, disk; value as the setting reads; setting: its name."""
         super().__init__(f"stopped: the sandbox reached its {what} limit of {value} ({setting})")
         self.what, self.value, self.setting = what, value, setting
-StreamName = Literal["stdout", "stderr"]
 
 
 @dataclass(frozen=True)

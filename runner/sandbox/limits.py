@@ -153,6 +153,16 @@ class Cgroups(Limiter):
             path.mkdir(mode=0o755)
             self._made.append(path)
 
+    def create(self) -> Cgroups:
+        """Make the directories and write the limits."""
+        self._make()
+        self._configure()
+        return self
+
+    @abc.abstractmethod
+    def _configure(self) -> None:
+        """Write the limits into the new directories."""
+
     def _procs(self) -> set[int]:
         """Pids in the session cgroup, never the worker's own (its launcher thread may be there)."""
         pids: set[int] = set()
@@ -209,9 +219,8 @@ class CgroupV1(Cgroups):
         self.attaches = False
         return True
 
-    def create(self) -> CgroupV1:
-        """Make the directories and write the limits."""
-        self._make()
+    def _configure(self) -> None:
+        """Write the limits."""
         _write(self.dirs["pids"] / "pids.max", str(self.limits.max_processes))
         memory = self.dirs["memory"]
         _write(memory / "memory.limit_in_bytes", str(self.limits.memory))
@@ -220,7 +229,6 @@ class CgroupV1(Cgroups):
         if "cpu" in self.dirs:
             _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CFS_PERIOD_US))
             _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(round(self.limits.cpu_share * CFS_PERIOD_US)))
-        return self
 
     def exceeded(self) -> LimitExceeded | None:
         """An OOM kill in the memory cgroup, or a fork refused by pids.max."""
@@ -242,9 +250,8 @@ class CgroupV2(Cgroups):
 
     mechanism = "cgroup v2"
 
-    def create(self) -> CgroupV2:
-        """Make the directory and write the limits."""
-        self._make()
+    def _configure(self) -> None:
+        """Write the limits."""
         path = self.dirs["memory"]
         _write(path / "pids.max", str(self.limits.max_processes))
         _write(path / "memory.max", str(self.limits.memory))
@@ -252,7 +259,6 @@ class CgroupV2(Cgroups):
             _write(path / "memory.swap.max", "0")
         if (path / "cpu.max").exists():
             _write(path / "cpu.max", f"{round(self.limits.cpu_share * CFS_PERIOD_US)} {CFS_PERIOD_US}")
-        return self
 
     def exceeded(self) -> LimitExceeded | None:
         """An OOM kill (memory.events), or a fork refused by pids.max (pids.events)."""
@@ -351,11 +357,15 @@ def session_limiter(limits: SandboxLimits, session_id: str, found: Mechanism | N
     found = found or mechanism()
     name = f"sesame-{session_id}-{secrets.token_hex(4)}"  # sessions may share an id across bases
     dirs = {controller: parent / name for controller, parent in found.parents}
-    if found.name == "cgroup v2":
-        return CgroupV2(limits, dirs).create()
-    if found.name == "cgroup v1":
-        return CgroupV1(limits, dirs).create()
-    return Rlimits(limits)
+    if found.name == "rlimits":
+        return Rlimits(limits)
+    cgroup = CgroupV2(limits, dirs) if found.name == "cgroup v2" else CgroupV1(limits, dirs)
+    try:
+        return cgroup.create()
+    except OSError as exc:
+        cgroup.remove()
+        raise OSError(exc.errno, f"cannot set up the session's {found.name} ({exc.strerror}: "
+                                 f"{exc.filename or name})") from None
 
 
 def disk_usage(roots: list[Path], owner: int | None = None) -> int:

@@ -202,3 +202,22 @@ async def test_hard_links_count_once_and_shared_objects_not_at_all(sandboxes: Ca
     used = disk_usage([project], sandbox.policy.host_uid)
     assert 2 << 20 <= used < 3 << 20
     assert disk_usage([project]) >= 6 << 20  # without an owner every inode counts
+
+
+async def test_attach_before_start_where_threads_cannot_move(sandboxes: Callable[..., object],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cgroup v2 way (bwrap --block-fd, then cgroup.procs), run on v1: the flood is still capped."""
+    monkeypatch.setattr(limits_module.CgroupV1, "adopt_thread", lambda self, tid: False)
+    sandbox = await sandboxes("attach")  # type: ignore[operator]
+    assert sandbox._limiter is not None and sandbox._limiter.attaches
+    result = await run(sandbox, "for i in $(seq 300); do sleep 30 & done; sleep 30")
+    assert "fork" in result.err.lower()
+    with pytest.raises(LimitExceeded, match="process limit of 64"):
+        sandbox.check_limits()
+
+
+def test_a_failed_cgroup_setup_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit the kernel refuses is one clear error, and the directories made so far go."""
+    with pytest.raises(OSError, match="cannot set up the session's cgroup v1"):
+        limits_module.session_limiter(SandboxLimits(cpu_share=0.001), "broken")
+    assert leftover_cgroups("broken") == []
