@@ -39,9 +39,12 @@ def disk_exceeded(limits: SandboxLimits) -> LimitExceeded:
 
 
 def _write(path: Path, value: str) -> None:
-    """Write one cgroup control file."""
-    with open(path, "w") as fh:
-        fh.write(value)
+    """Write one cgroup control file (the kernel's refusal comes at the write: name the file)."""
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def _counter(path: Path, name: str) -> int:
