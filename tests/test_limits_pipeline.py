@@ -50,3 +50,17 @@ async def test_a_disk_hog_is_stopped_and_the_work_before_it_kept(tmp_path: Path,
     assert code == 1 and session.state == "error"
     assert session.error == "stopped: the sandbox reached its disk limit of 16m (SANDBOX_DISK_LIMIT)"
     assert show_file(origin, session.branch, "kept.txt") == "kept"
+
+
+async def test_a_fork_bomb_ends_the_session_and_keeps_the_work(tmp_path: Path, db_url: str, origin: Path) -> None:
+    command = shlex.join(["sh", "-c", "echo kept > kept.txt; bomb() { bomb | bomb & }; bomb; sleep 60"])
+    services = await make_services(tmp_path, db_url, SANDBOX_MAX_PROCESSES="64")
+    try:
+        code = await run_from_terminal(services, args(origin, "bomb", command=command), io.StringIO())
+        session = (await services.sessions.list(1))[0]
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error"
+    assert session.error == "stopped: the sandbox reached its process limit of 64 (SANDBOX_MAX_PROCESSES)"
+    assert show_file(origin, session.branch, "kept.txt") == "kept"
+    assert leftover_cgroups(session.id) == []
