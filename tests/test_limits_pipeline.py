@@ -39,8 +39,8 @@ async def test_a_memory_hog_ends_the_session_and_keeps_the_work(tmp_path: Path, 
 
 
 async def test_a_disk_hog_is_stopped_and_the_work_before_it_kept(tmp_path: Path, db_url: str, origin: Path) -> None:
-    command = shlex.join(["sh", "-c", "echo kept > kept.txt; dd if=/dev/zero of=$TMPDIR/big bs=1M count=24 "
-                                      "2>/dev/null; sleep 60"])
+    script = "echo kept > kept.txt; dd if=/dev/zero of=$TMPDIR/big bs=1M count=24 2>/dev/null; sleep 60"
+    command = shlex.join(["sh", "-c", script])
     services = await make_services(tmp_path, db_url, SANDBOX_DISK_LIMIT="16m")
     try:
         code = await run_from_terminal(services, args(origin, "disk", command=command), io.StringIO())

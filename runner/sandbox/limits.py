@@ -15,7 +15,6 @@ from pathlib import Path
 
 from runner.sandbox.base import LimitExceeded, SandboxLimits, format_size
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
 V1_CONTROLLERS = ("pids", "memory", "cpu")  # cpu is optional
 V2_CONTROLLERS = ("pids", "memory", "cpu")
