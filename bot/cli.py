@@ -273,7 +273,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
     from runner.agents import AGENTS
-    from runner.agents.install import find_agent_binary, install_agent
+    from runner.agents.install import AgentInstallError, find_agent_binary, install_agent
 
     if args.agents_command == "list":
         for name, agent in AGENTS.items():
@@ -286,7 +286,10 @@ async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.name} needs no installation")
         return 0
     print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)
-    bin_dir = await install_agent(args.name, settings.data_dir, lambda line: print("  " + line, flush=True))
+    try:
+        bin_dir = await install_agent(args.name, settings.data_dir, progress=lambda line: print("  " + line, flush=True))
+    except AgentInstallError as exc:
+        return fail(f"{exc}. Check that npm can reach its registry, then run `sesame agents install {args.name}` again.")
     print(f"installed: {bin_dir}")
     return 0
 
