@@ -15,7 +15,7 @@ from dataclasses import dataclass
 PROC_SUPER_MAGIC = 0x9FA0
 MAX_LINKS = 40  # the kernel's limit too (ELOOP)
 # Per-process magic links of procfs, by the path the sandbox sees them at.
-_MAGIC = re.compile(r"^/proc/(\d+)(?:/task/(\d+))?/(cwd|root|exe|fd/\d+|map_files/[^/]+)$")
+_MAGIC = re.compile(r"^/proc/(\d+)(?:/task/(\d+))?/(cwd|root|exe|fd/\d+|map_files/[^/]+|ns/[^/]+)$")
 _O_LOOKUP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.sandbox import SandboxPolicy
-from runner.sandbox import layout
+from runner.sandbox import SandboxPolicy, layout
 
 
 def test_hidden_homes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

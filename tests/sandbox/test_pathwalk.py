@@ -67,6 +67,8 @@ def test_own_magic_links_lead_where_the_kernel_goes(walker: Walker, tmp_path: Pa
         assert _walk(walker, "/proc/self/cwd") == (True, os.getcwd())
         assert _walk(walker, "/proc/self/root/etc") == (True, "/etc")
         assert _walk(walker, "/dev/fd/../root/etc") == (True, "/etc")
+        exists, path = _walk(walker, "/proc/self/ns/net")
+        assert exists and path.startswith("net:[")
         exists, path = _walk(walker, f"/proc/self/fd/{read_end}")
         assert exists and path.startswith("pipe:[")
         assert _walk(walker, f"/proc/self/fd/{read_end}/x") == (False, f"{path}/x")
