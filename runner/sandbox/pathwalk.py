@@ -168,4 +168,25 @@ class Walker:
             if exc.errno == errno.ENOENT:
                 return Node(-1, full)
             raise Unresolvable(f"{full}: {exc.strerror}") from exc
-        return Node(fd, os.readlink(f"/proc/self/fd/{fd}"))
+        try:
+            return Node(fd, self._seen_at(fd, full))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _seen_at(self, fd: int, full: str) -> str:
+        """The path the process sees fd's file at; a directory must be that very one (an fd
+        from outside its root would let '..' climb out of it)."""
+        text = os.readlink(f"/proc/self/fd/{fd}")
+        st = os.fstat(fd)
+        if not text.startswith("/"):
+            return text  # pipe:[..], socket:[..], anon_inode:..: nothing to hide there
+        if text.endswith(" (deleted)") and not stat.S_ISDIR(st.st_mode):
+            return text
+        node = self.walk(text, follow=False)
+        if node.exists:
+            same = os.fstat(node.fd)
+            os.close(node.fd)
+            if (same.st_dev, same.st_ino) == (st.st_dev, st.st_ino):
+                return text
+        raise Unresolvable(f"{full}: leads outside the sandbox's view")

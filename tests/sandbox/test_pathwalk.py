@@ -94,3 +94,21 @@ def test_another_process_magic_link_is_unresolvable(walker: Walker) -> None:
 ])
 def test_magic_path(path: str, magic: bool) -> None:
     assert magic_path(path) is magic
+
+
+def test_magic_link_to_a_directory_outside_the_root_is_unresolvable(tmp_path: Path) -> None:
+    """An fd of a directory the process's root does not contain: '..' from it would escape."""
+    inside = tmp_path / "root"
+    (inside / "etc").mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    root = os.open(inside, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    leaked = os.open(outside, os.O_PATH | os.O_DIRECTORY)
+    try:
+        walker = Walker(os.getpid(), root)  # no /proc under this root: ask the check itself
+        with pytest.raises(Unresolvable, match="outside"):
+            walker._seen_at(leaked, f"/proc/self/fd/{leaked}")
+        assert _walk(walker, "/etc/../../../etc") == (True, "/etc")
+    finally:
+        os.close(leaked)
+        os.close(root)
