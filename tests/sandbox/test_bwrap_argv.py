@@ -107,3 +107,25 @@ def test_env_without_proxy_drops_callers_proxy() -> None:
     """Unsandboxed runs get no proxy variables at all."""
     env = build_env({"http_proxy": "http://x:1"}, "/h", "/t", "tok/", None)
     assert not any("proxy" in k.lower() for k in env)
+
+
+def test_homes_are_empty_tmpfs_under_the_session_mounts_then_read_only() -> None:
+    """Homes hidden whole before anything inside them is mounted, sealed read-only after."""
+    plan = replace(PLAN, base_dir="/home/svc/sessions", project_dir="/home/svc/sessions/s1/project",
+                   home_dir="/home/svc/sessions/s1/home", hide_homes=("/home", "/root"))
+    argv = build_argv(plan, ["true"], "/")
+    tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] in ("/home", "/root")]
+    base = argv.index("/home/svc/sessions")
+    project = argv.index("/home/svc/sessions/s1/project")
+    sealed = [i for i, a in enumerate(argv) if a == "--remount-ro" and argv[i + 1] in ("/home", "/root")]
+    assert len(tmpfs) == 2 and len(sealed) == 2
+    assert max(tmpfs) < base < project < min(sealed) < argv.index("--")
+    assert argv[tmpfs[0] - 2 : tmpfs[0]] == ["--perms", "0755"]
+
+
+def test_git_dir_is_pinned_before_its_read_only_parts() -> None:
+    """.git bound onto itself first: the ro hooks and config then sit on top of it."""
+    git = "/srv/sesame/s1/project/.git"
+    argv = build_argv(replace(PLAN, pinned=(git,)), ["true"], "/")
+    pin = next(i for i, a in enumerate(argv) if a == "--bind" and argv[i + 1 : i + 3] == [git, git])
+    assert pin < argv.index(f"{git}/hooks") and pin < argv.index(f"{git}/config")
