@@ -23,6 +23,8 @@ class MountPlan:
     hide_files: tuple[str, ...] = ()
     hide_dirs: tuple[str, ...] = ()
     read_only: tuple[str, ...] = ()
+    hide_homes: tuple[str, ...] = ()  # home directories shown as empty read-only tmpfs
+    pinned: tuple[str, ...] = ()  # directories bound onto themselves: cannot be moved or replaced
     resolv_conf: bool = True
     tool_fds: tuple[tuple[int, str], ...] = ()  # (open O_PATH fd, path inside), read-only
     tmpfs_size: int | None = None  # bytes, for every tmpfs mounted (SANDBOX_TMPFS_SIZE)
@@ -55,6 +57,7 @@ def _base_mounts(plan: MountPlan) -> list[str]:
         "--proc", "/proc",
         *_tmpfs(plan, "/run"), "--remount-ro", "/run",
         "--bind", plan.tmp_dir, "/tmp",
+        *[arg for home in plan.hide_homes for arg in _tmpfs(plan, home)],
     ]
 
 
@@ -92,16 +95,22 @@ def _hiding_mounts(plan: MountPlan) -> list[str]:
 
 def _read_only_mounts(plan: MountPlan) -> list[str]:
     """Protected paths inside the project, read-only where they exist."""
-    argv: list[str] = []
+    argv = [arg for path in plan.pinned for arg in ("--bind", path, path)]
     for path in plan.read_only:
         argv += ["--ro-bind-try", path, path]
     return argv
 
 
+def _sealing_mounts(plan: MountPlan) -> list[str]:
+    """The hidden homes turn read-only once everything inside them is mounted."""
+    return [arg for home in plan.hide_homes for arg in ("--remount-ro", home)]
+
+
 def mount_argv(plan: MountPlan) -> list[str]:
     """bwrap with namespaces and mounts: the part of the argv fixed for a session."""
     argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
-    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan)]
+    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan),
+            *_sealing_mounts(plan)]
 
 
 def finish_argv(
