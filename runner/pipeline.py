@@ -26,7 +26,7 @@ from runner.agents import get_agent
 from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
-from runner.sandbox.base import Violation
+from runner.sandbox.base import LimitExceeded, Violation
 from runner.secretscan import SecretInPush, check_push
 from runner.workspace import Workspace, create_workspace, default_branch, remove_workspace, update_mirror
 
@@ -95,6 +95,9 @@ async def run(services: Services, session: Session) -> None:
     except Stopped:
         await _salvage(state)
         await _finish(state, State.STOPPED)
+    except LimitExceeded as exc:  # the sandbox stopped the agent: keep what it wrote, name the limit
+        await _salvage(state)
+        await _finish(state, State.ERROR, str(exc))
     except asyncio.TimeoutError:
         await _salvage(state)
         await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
