@@ -193,10 +193,13 @@ class LocalProcess(ProcessHandle):
         self._done = asyncio.ensure_future(self._finish())
 
     async def _feed(self, data: bytes | None) -> None:
-        """Write stdin then close it."""
+        """Write stdin then close it; a command that exits without reading it is no error.
+
+        asyncio reports that as a broken pipe, uvloop as RuntimeError from the closed transport.
+        """
         if self._proc.stdin is None:
             return
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, RuntimeError):
             if data:
                 self._proc.stdin.write(data)
                 await self._proc.stdin.drain()
