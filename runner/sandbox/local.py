@@ -131,7 +131,8 @@ class LocalSandbox(Sandbox):
         binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
         self._netns = create_netns(binds)
         proxy_sock, dns_sock = self._netns.sockets
-        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report)
+        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
+                                  self.policy.proxy_limits)
         await self._proxy.start(proxy_sock)
         self._dns = await start_dns_sink(dns_sock, self.report)
         self._netns.sockets = []  # now owned by the servers
