@@ -14,7 +14,7 @@ from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
-from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxPolicy, Violation
+from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxPolicy, ViolationCallback
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
@@ -133,7 +133,7 @@ def proxy_limits(services: Services) -> ProxyLimits:
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
-                      on_violation: Callable[[Violation], Awaitable[None]]) -> AgentRun:
+                      on_violation: ViolationCallback) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox."""
     settings = services.settings
     agent = configured_agent(services, session, agent)

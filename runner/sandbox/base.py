@@ -142,7 +142,9 @@ class Violation:
         return asdict(self)
 
 
-ViolationCallback = Callable[[Violation], Awaitable[None]]
+# Called on the event loop for every violation: a plain function (it must not block) or a coroutine
+# function, run as a task. A flood calls it thousands of times a second: count, do not store, here.
+ViolationCallback = Callable[[Violation], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)

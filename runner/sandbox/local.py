@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import contextlib
+import inspect
 import logging
 import os
 import secrets
@@ -90,12 +91,14 @@ class LocalSandbox(Sandbox):
         self._loop.call_soon_threadsafe(self._dispatch, violation)
 
     def _dispatch(self, violation: Violation) -> None:
-        """Run the async callback without blocking the reporter."""
-        log.info("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
-                 violation.resource, violation.reason)
-        task = asyncio.ensure_future(self._on_violation(violation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Hand over to the callback without blocking the reporter (a coroutine runs as a task)."""
+        log.debug("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
+                  violation.resource, violation.reason)
+        result = self._on_violation(violation)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         """Directories, and when secured the netns with its proxy and DNS sink."""
