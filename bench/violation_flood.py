@@ -55,6 +55,7 @@ class Result:
     transactions: int
     stored: int
     refused: int
+    failed: int = 0
 
 
 def query(n: int, names: int) -> bytes:
@@ -152,8 +153,10 @@ async def run(batched: bool, args: argparse.Namespace, tmp: Path) -> Result:
         await asyncio.sleep(0)  # the last call_soon_threadsafe dispatches
         if batched:
             await aggregator.close(timeout=600)
+        failed = 0
         while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
+            outcomes = await asyncio.gather(*list(tasks), return_exceptions=True)
+            failed += sum(isinstance(o, BaseException) for o in outcomes)
         drained = time.monotonic()
         rows = await services.sessions.violations(session.id)
         fresh = await services.sessions.get(session.id)
@@ -161,14 +164,15 @@ async def run(batched: bool, args: argparse.Namespace, tmp: Path) -> Result:
         writes = aggregator.rows if batched else fresh.violation_count  # baseline: one upsert per violation
         transactions = aggregator.batches if batched else fresh.violation_count
         return Result(absorbed - started, drained - absorbed, len(rows), writes, transactions,
-                      fresh.violation_count, refused)
+                      fresh.violation_count, refused, failed)
     finally:
         await close()
 
 
 def show(name: str, r: Result) -> None:
     print(f"{name:9} absorb {r.absorb * 1000:7.0f} ms  drain {r.drain * 1000:7.0f} ms  rows {r.rows:4}  "
-          f"row writes {r.row_writes:6}  transactions {r.transactions:6}  counted {r.stored:6}  503s {r.refused}")
+          f"row writes {r.row_writes:6}  transactions {r.transactions:6}  counted {r.stored:6}  503s {r.refused}"
+          + (f"  LOST {r.failed} (failed transactions)" if r.failed else ""))
 
 
 async def main() -> None:
@@ -177,6 +181,7 @@ async def main() -> None:
     parser.add_argument("--names", type=int, default=1, help="distinct names the queries cycle through")
     parser.add_argument("--connections", type=int, default=300, help="idle proxy connections (cap is 64)")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
+    parser.add_argument("--no-baseline", action="store_true", help="only the batched run (big floods)")
     args = parser.parse_args()
     if args.queries < 1 or args.names < 1 or args.connections < 0:
         parser.error("--queries and --names must be at least 1, --connections at least 0")
@@ -185,6 +190,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sesame-flood-") as tmp:
         batched = await run(True, args, Path(tmp))
         show("batched", batched)
+        if args.no_baseline:
+            return
         baseline = await run(False, args, Path(tmp))
         show("baseline", baseline)
     print(f"ratio baseline/batched: absorb+drain {(baseline.absorb + baseline.drain) / (batched.absorb + batched.drain):.1f}x, "
