@@ -85,7 +85,7 @@ def merge_counts(items: Sequence[CountedViolation]) -> list[ViolationCount]:
     merged: dict[tuple[str, str, str], ViolationCount] = {}
     now = utcnow()
     for item in items:
-        key = (item.kind, clip_resource(item.resource), item.operation)
+        key = (item.kind[:16], clip_resource(item.resource), item.operation[:32])  # the columns' widths
         first, last = item.first_at or now, item.last_at or now
         old = merged.get(key)
         if old is not None:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 PROXY_RESOURCE = "egress proxy"
+# Operations recorded for refused requests: the agent chooses the method, so only known ones are kept.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
 ViolationSink = Callable[[Violation], None]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What inet_aton(3) may read as an IPv4 address: 1 to 4 parts, decimal, octal (0...) or hex (0x...).
@@ -295,7 +297,10 @@ class EgressProxy:
     def _refuse(self, request: Request, reason: str) -> None:
         """Report a refused request."""
         resource = format_resource(request.host, request.port)
-        operation = "connect" if request.method == "CONNECT" else request.method.lower()
+        if request.method == "CONNECT":
+            operation = "connect"
+        else:
+            operation = request.method.lower() if request.method in HTTP_METHODS else "http"
         self.report(Violation("network", resource, operation, reason))
 
 

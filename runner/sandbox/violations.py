@@ -16,6 +16,8 @@ FLUSH_INTERVAL = 1.0  # seconds between batch writes: a flood costs one transact
 ROWS_PER_SECOND = 20.0  # a batch of n rows delays the next by n / this (many distinct resources)
 MAX_INTERVAL = 10.0  # ... but never longer than this
 MAX_RESOURCES = 200  # distinct (kind, resource, operation) keys per session; the rest fold into one
+MAX_OTHER = 16  # 'other resources' keys, one per (kind, operation); past it the operation folds too
+OTHER_OPERATION = "other"
 OTHER_RESOURCES = "(other resources, over the limit of {limit} per session)"
 
 
@@ -60,6 +62,7 @@ class ViolationAggregator:
         self.written = 0  # violations stored
         self.batches = 0  # successful writes
         self._keys: set[tuple[str, str, str]] = set()
+        self._other: set[tuple[str, str, str]] = set()
         self._pending: dict[tuple[str, str, str], Aggregate] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -90,7 +93,11 @@ class ViolationAggregator:
         if len(self._keys) < self.max_resources:
             self._keys.add(key)
             return key
-        return violation.kind, OTHER_RESOURCES.format(limit=self.max_resources), violation.operation
+        other = (violation.kind, OTHER_RESOURCES.format(limit=self.max_resources), violation.operation)
+        if other in self._other or len(self._other) < MAX_OTHER:
+            self._other.add(other)
+            return other
+        return other[0], other[1], OTHER_OPERATION
 
     @property
     def pending(self) -> int:

@@ -166,3 +166,18 @@ async def test_a_numeric_form_of_a_listed_address_reaches_it(upstream: Upstream)
         assert upstream.accepted == 1
     finally:
         await proxy.proxy.close()
+
+
+async def test_a_made_up_method_is_recorded_as_http() -> None:
+    """The agent picks the method: a refusal's operation is one of a few words, never its text."""
+    proxy = await start_proxy(())
+    try:
+        status, _reader, writer = await proxy.request(
+            b"X" * 200 + b" http://refused.invalid/ HTTP/1.1\r\nHost: refused.invalid\r\n\r\n")
+        writer.close()
+        status2, _r, writer2 = await proxy.request(b"POST http://refused.invalid/ HTTP/1.1\r\n\r\n")
+        writer2.close()
+        assert status.startswith(b"HTTP/1.1 403") and status2.startswith(b"HTTP/1.1 403")
+        assert [v.operation for v in proxy.violations] == ["http", "post"]
+    finally:
+        await proxy.proxy.close()

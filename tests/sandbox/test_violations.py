@@ -116,3 +116,14 @@ async def test_many_distinct_resources_slow_the_writes_down() -> None:
     await agg.close(timeout=1)
     assert 2 <= len(store.batches) <= 6  # 30 at one write per interval
     assert sum(store.totals().values()) == 4500
+
+
+async def test_memory_stays_bounded_whatever_the_operations() -> None:
+    """Operations the agent picks (HTTP methods) cannot grow the keys past the limits either."""
+    store = Store()
+    agg = ViolationAggregator(store.write, max_resources=10)
+    for n in range(5000):
+        agg.add(Violation("network", f"h{n}.invalid:80", f"m{n}", "not allowed"))
+    assert len(agg._pending) <= 10 + 16 + 1
+    await agg.flush()
+    assert sum(store.totals().values()) == 5000
