@@ -306,6 +306,7 @@ async def _violation(state: Run, violation: Violation) -> None:
 async def _store_violations(state: Run, batch: list[Aggregate]) -> None:
     """One transaction per batch: counted rows, events, the session's total, then the progress message."""
     await state.services.sessions.add_violations(state.session.id, batch)
+    log.info("session %s: %d violations stored as %d rows", state.session.id, sum(i.count for i in batch), len(batch))
     for item in batch:
         state.progress.violation(item.kind, item.resource, item.count)
     state.publisher.changed()
