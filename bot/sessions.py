@@ -52,15 +52,22 @@ class ViolationCount:
 
 
 class CountedViolation(Protocol):
-    """What add_violations stores: a ViolationCount, or the runner's in-memory aggregate."""
+    """What add_violations stores: a ViolationCount, or the runner's in-memory aggregate (read-only)."""
 
-    kind: str
-    resource: str
-    operation: str
-    reason: str | None
-    count: int
-    first_at: datetime | None
-    last_at: datetime | None
+    @property
+    def kind(self) -> str: ...
+    @property
+    def resource(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def first_at(self) -> datetime | None: ...
+    @property
+    def last_at(self) -> datetime | None: ...
 
 
 def clip_resource(resource: str) -> str:

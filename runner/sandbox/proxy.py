@@ -346,6 +346,17 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, acti
         writer.close()
 
 
+async def _copy_both(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    activity: _Activity,
+) -> None:
+    """Both directions at once, until both reach EOF."""
+    await asyncio.gather(_copy(reader, up_writer, activity), _copy(up_reader, writer, activity))
+
+
 async def _pipe_both(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -355,7 +366,7 @@ async def _pipe_both(
 ) -> None:
     """Tunnel both directions until both close, or nothing crosses for idle_timeout seconds."""
     activity = _Activity()
-    pipes = asyncio.gather(_copy(reader, up_writer, activity), _copy(up_reader, writer, activity))
+    pipes = asyncio.ensure_future(_copy_both(reader, writer, up_reader, up_writer, activity))
     idle = asyncio.ensure_future(activity.idle_for(idle_timeout))
     try:
         await asyncio.wait([pipes, idle], return_when=asyncio.FIRST_COMPLETED)
