@@ -66,3 +66,34 @@ async def test_a_dns_and_connection_flood_is_a_few_counted_rows(tmp_path: Path, 
     assert sum(e.data["count"] for e in events) == session.violation_count
     # batched and rate-limited: about 20 rows (and events) a second, not one per datagram
     assert len(events) < QUERIES / 3
+
+
+ENDLESS = textwrap.dedent("""
+    import socket
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    open("started.txt", "w").write("yes\\n")
+    while True:
+        dns.sendto(b"\\0\\1\\1\\0\\0\\1\\0\\0\\0\\0\\0\\0\\5flood\\7invalid\\0\\0\\1\\0\\1", ("127.0.0.1", 53))
+""")
+
+
+async def test_a_flood_until_the_timeout_is_stored_and_the_work_kept(tmp_path: Path, db_url: str) -> None:
+    """The session times out mid-flood: its violations are still stored (the drain runs at cleanup)."""
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, db_url, SESSION_TIMEOUT="4")
+    try:
+        code = await run_from_terminal(services, args(origin, "flood", command=shlex.join([PYTHON, "-c", ENDLESS])),
+                                       io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        rows = await services.sessions.violations(session.id)
+        events = await services.sessions.events(session.id, limit=100_000)
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error" and "timed out" in session.error
+    assert show_file(origin, session.branch, "started.txt") == "yes"
+    counts = {(v.resource, v.operation): v.count for v in rows}
+    assert len(rows) <= 2, counts  # the sink's refusal (and the supervisor's, for sendto to port 53)
+    assert counts[("flood.invalid:53", "dns")] > 10
+    assert session.violation_count == sum(counts.values())
+    assert events[-1].kind == "cleanup"
+    assert sum(e.data["count"] for e in events if e.kind == "violation") == session.violation_count
