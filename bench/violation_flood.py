@@ -9,7 +9,7 @@ the same process, on a fresh database each:
   batched:  violations counted by runner.sandbox.violations and written in batches (this branch);
   baseline: one SessionService.add_violation transaction per violation, run as a task each, as
             the pipeline did before.
-Prints, for each: time for the flood to be absorbed (last answer received), drain time (from then
+Prints, for each: the worst event-loop stall while it lasts (the server shares the loop), time for the flood to be absorbed (last answer received), drain time (from then
 until every violation is stored), rows in the table, rows written (upserts) and transactions, the
 total count stored; then the baseline/batched ratios.
 """
@@ -56,6 +56,7 @@ class Result:
     stored: int
     refused: int
     failed: int = 0
+    lag: float = 0.0  # worst event-loop lateness seen during flood and drain: how long the server stalls
 
 
 def query(n: int, names: int) -> bytes:
@@ -109,6 +110,15 @@ async def open_db(kind: str, tmp: Path) -> tuple[Services, Callable[[], Any]]:
     return services, close
 
 
+async def worst_lag(box: list[float]) -> None:
+    """Sleep 10 ms at a time; keep the worst lateness in box[0]."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(0.01)
+        box[0] = max(box[0], loop.time() - before - 0.01)
+
+
 async def run(batched: bool, args: argparse.Namespace, tmp: Path) -> Result:
     services, close = await open_db(args.db, tmp)
     try:
@@ -144,6 +154,8 @@ async def run(batched: bool, args: argparse.Namespace, tmp: Path) -> Result:
         sink = await start_dns_sink(udp, report)
         if batched:
             aggregator.start()
+        lag = [0.0]
+        ticker = asyncio.create_task(worst_lag(lag))
         started = time.monotonic()
         refused = await asyncio.to_thread(flood, udp.getsockname()[1], tcp.getsockname()[1], args.queries,
                                           args.names, args.connections)
@@ -158,20 +170,21 @@ async def run(batched: bool, args: argparse.Namespace, tmp: Path) -> Result:
             outcomes = await asyncio.gather(*list(tasks), return_exceptions=True)
             failed += sum(isinstance(o, BaseException) for o in outcomes)
         drained = time.monotonic()
+        ticker.cancel()
         rows = await services.sessions.violations(session.id)
         fresh = await services.sessions.get(session.id)
         assert fresh is not None
         writes = aggregator.rows if batched else fresh.violation_count  # baseline: one upsert per violation
         transactions = aggregator.batches if batched else fresh.violation_count
         return Result(absorbed - started, drained - absorbed, len(rows), writes, transactions,
-                      fresh.violation_count, refused, failed)
+                      fresh.violation_count, refused, failed, lag[0])
     finally:
         await close()
 
 
 def show(name: str, r: Result) -> None:
     print(f"{name:9} absorb {r.absorb * 1000:7.0f} ms  drain {r.drain * 1000:7.0f} ms  rows {r.rows:4}  "
-          f"row writes {r.row_writes:6}  transactions {r.transactions:6}  counted {r.stored:6}  503s {r.refused}"
+          f"row writes {r.row_writes:6}  transactions {r.transactions:6}  counted {r.stored:6}  503s {r.refused}  worst loop lag {r.lag * 1000:.0f} ms"
           + (f"  LOST {r.failed} (failed transactions)" if r.failed else ""))
 
 
