@@ -80,6 +80,12 @@ KEYS: tuple[Key, ...] = (
        help="size of every tmpfs the sandbox mounts, /dev/shm included"),
     _k("SANDBOX_DISK_LIMIT", path="sandbox.limits.disk", default="10g", kind="size",
        help="disk used by a session's project, HOME and tmp; a watchdog stops the session past it"),
+    _k("SANDBOX_PROXY_HEAD_TIMEOUT", path="sandbox.proxy.headTimeoutSeconds", default=10.0, kind="float",
+       help="seconds a connection to the egress proxy has to send its request"),
+    _k("SANDBOX_PROXY_MAX_CONNECTIONS", path="sandbox.proxy.maxConnections", default=64, kind="int",
+       help="egress proxy connections one session may hold open; more are refused as violations"),
+    _k("SANDBOX_PROXY_IDLE_TIMEOUT", path="sandbox.proxy.idleTimeoutSeconds", default=300.0, kind="float",
+       help="seconds a proxied connection may carry nothing before it is cut"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
     _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
        help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
@@ -349,6 +355,9 @@ def validate(settings: Settings) -> None:
                           ("ENCRYPTION_KEY", "Generate one with `openssl rand -hex 32`")):
             if not settings.get(name):
                 raise SettingsError(name, "is required when DATABASE_URL names PostgreSQL", fix)
+    for name in ("SANDBOX_PROXY_HEAD_TIMEOUT", "SANDBOX_PROXY_MAX_CONNECTIONS", "SANDBOX_PROXY_IDLE_TIMEOUT"):
+        if settings.get(name) is not None and settings.get(name) <= 0:
+            raise SettingsError(name, f"must be above zero, got {settings.get(name)}", "Give a positive number")
     base = settings.get("BASE_URL")
     if base and not base.startswith(("http://", "https://")):
         raise SettingsError("BASE_URL", f"{base!r} is not an http(s) URL", "Use e.g. https://sesame.example.com")

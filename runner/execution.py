@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import os
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 from bot.models import Session
 from bot.services import Services
@@ -15,7 +15,7 @@ from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
-from runner.sandbox.base import ProcessHandle, Sandbox, SandboxLimits, SandboxPolicy, Violation
+from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
@@ -136,9 +136,17 @@ def write_home_files(home: Path, files: dict[str, str]) -> None:
             handle.write(content)
 
 
+def proxy_limits(services: Services) -> ProxyLimits:
+    """The egress proxy's bounds from the SANDBOX_PROXY_* settings."""
+    settings = services.settings
+    return ProxyLimits(head_timeout=float(settings.SANDBOX_PROXY_HEAD_TIMEOUT),
+                       max_connections=int(settings.SANDBOX_PROXY_MAX_CONNECTIONS),
+                       idle_timeout=float(settings.SANDBOX_PROXY_IDLE_TIMEOUT))
+
+
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
-                      on_violation: Callable[[Violation], Awaitable[None]]) -> AgentRun:
+                      on_violation: ViolationCallback) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox."""
     settings = services.settings
     agent = configured_agent(services, session, agent)
@@ -158,6 +166,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
+        proxy_limits=proxy_limits(services),
         security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()

@@ -102,6 +102,15 @@ class LimitExceeded(Exception):
 
 
 @dataclass(frozen=True)
+class ProxyLimits:
+    """Bounds of one session's egress proxy (SANDBOX_PROXY_* settings)."""
+
+    head_timeout: float = 10.0  # seconds a client has to send its request head
+    max_connections: int = 64  # client connections open at once; more are refused and reported
+    idle_timeout: float = 300.0  # seconds a tunnel may carry nothing either way before it is cut
+
+
+@dataclass(frozen=True)
 class SandboxPolicy:
     """What one session's sandbox may touch; directories live under {base_dir}/{session_id}/."""
 
@@ -115,6 +124,7 @@ class SandboxPolicy:
     # mounted by fd so they work even under a directory the sandbox user cannot traverse.
     tools: tuple[tuple[str, str], ...] = ()
     security_enabled: bool = True
+    proxy_limits: ProxyLimits = ProxyLimits()
     uid: int = SANDBOX_UID
     gid: int = SANDBOX_GID
     host_uid: int = SANDBOX_HOST_UID
@@ -167,7 +177,9 @@ class Violation:
         return asdict(self)
 
 
-ViolationCallback = Callable[[Violation], Awaitable[None]]
+# Called on the event loop for every violation: a plain function (it must not block) or a coroutine
+# function, run as a task. A flood calls it thousands of times a second: count, do not store, here.
+ViolationCallback = Callable[[Violation], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)

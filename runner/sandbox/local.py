@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import contextlib
+import inspect
 import logging
 import os
 import secrets
@@ -100,12 +101,14 @@ class LocalSandbox(Sandbox):
         self._loop.call_soon_threadsafe(self._dispatch, violation)
 
     def _dispatch(self, violation: Violation) -> None:
-        """Run the async callback without blocking the reporter."""
-        log.info("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
-                 violation.resource, violation.reason)
-        task = asyncio.ensure_future(self._on_violation(violation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Hand over to the callback without blocking the reporter (a coroutine runs as a task)."""
+        log.debug("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
+                  violation.resource, violation.reason)
+        result = self._on_violation(violation)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         """Directories, and when secured the netns with its proxy and DNS sink."""
@@ -189,7 +192,8 @@ class LocalSandbox(Sandbox):
         binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
         self._netns = create_netns(binds)
         proxy_sock, dns_sock = self._netns.sockets
-        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report)
+        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
+                                  self.policy.proxy_limits)
         await self._proxy.start(proxy_sock)
         self._dns = await start_dns_sink(dns_sock, self.report)
         self._netns.sockets = []  # now owned by the servers
