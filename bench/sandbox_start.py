@@ -1,13 +1,16 @@
 """Sandbox start-up cost: Sesame's bwrap sandbox vs bare bwrap vs srt, running `true`.
 
-Run as root: python bench/sandbox_start.py [-n 30]
+Run as root: python bench/sandbox_start.py [-n 30] [--no-limits | --compare]
 Prints median/p90 wall time from "start sandbox" until `true` has run and its whole
 process tree is gone, for:
   bare    bwrap --ro-bind / / --unshare-all --die-with-parent true
   exec    exec() of `true` in an already started Sesame sandbox (per command)
   cold    start() of a new session sandbox + exec(true) + destroy() (per session)
   srt     srt true (npm @anthropic-ai/sandbox-runtime), when installed
-and peak RSS of the child processes where measurable.
+and peak RSS of the child processes where measurable. The Sesame sandboxes run with the
+default per-session limits (session cgroup, sized tmpfs, disk watchdog); --no-limits runs
+them without, --compare runs both in the same rounds. With limits, the memory an idle
+sandbox (`sleep` in it) is charged in its session cgroup is printed too.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.sandbox import SandboxPolicy, Violation, create_sandbox  # noqa: E402
+from runner.sandbox.base import SandboxLimits  # noqa: E402
+from runner.sandbox.local import LocalSandbox  # noqa: E402
 
 BARE = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"]
 
@@ -80,34 +85,50 @@ def rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-async def main(runs: int) -> None:
+def variants(no_limits: bool, compare: bool) -> dict[str, SandboxLimits | None]:
+    """Name suffix -> limits of the Sesame sandboxes to measure."""
+    if compare:
+        return {"": SandboxLimits(), ", no limits": None}
+    return {", no limits": None} if no_limits else {"": SandboxLimits()}
+
+
+async def idle_memory(base: Path) -> int | None:
+    """Bytes charged to the session cgroup of a sandbox idling in `sleep`."""
+    sandbox = create_sandbox(SandboxPolicy("idle", base), _ignore)
+    await sandbox.start()
+    try:
+        handle = await sandbox.exec(["sleep", "5"])
+        await asyncio.sleep(0.5)
+        usage = sandbox.memory_usage() if isinstance(sandbox, LocalSandbox) else None
+        await handle.kill()
+        return usage
+    finally:
+        await sandbox.destroy()
+
+
+async def main(runs: int, no_limits: bool, compare: bool) -> None:
     """Measure and print."""
     base = Path(tempfile.mkdtemp(prefix="sesame-sandbox-bench-", dir="/tmp"))
     os.chmod(base, 0o711)
     counter = iter(range(1_000_000))
+    actions: dict[str, Callable[[], Awaitable[None]]] = {"bare bwrap": bare_bwrap}
+    warms: list[LocalSandbox] = []
     try:
         rss_before = rss_mib()
-        warm = create_sandbox(SandboxPolicy("warm", base), _ignore)
-        if warm.warning:
-            print(f"WARNING: {warm.warning}")
-        await warm.start()
+        for suffix, limits in variants(no_limits, compare).items():
+            warm = create_sandbox(SandboxPolicy(f"warm{next(counter)}", base, limits=limits), _ignore)
+            if warm.warning:
+                print(f"WARNING: {warm.warning}")
+            await warm.start()
+            warms.append(warm)
+            actions[f"sesame exec (warm{suffix})"] = exec_in(warm)
+            actions[f"sesame start+exec (cold{suffix})"] = cold_start(base, counter, limits)
         rss_after = rss_mib()
-
-        async def exec_true() -> None:
-            await (await warm.exec(["true"])).wait()
-
-        async def cold_true() -> None:
-            sandbox = create_sandbox(SandboxPolicy(f"cold{next(counter)}", base), _ignore)
-            await sandbox.start()
-            await (await sandbox.exec(["true"])).wait()
-            await sandbox.destroy()
-
-        results = await interleaved(runs, {
-            "bare bwrap": bare_bwrap,
-            "sesame exec (warm)": exec_true,
-            "sesame start+exec (cold)": cold_true,
-        })
-        await warm.destroy()
+        results = await interleaved(runs, actions)
+        mechanism = warms[0].limit_mechanism
+        for warm in warms:
+            await warm.destroy()
+        idle = await idle_memory(base) if not no_limits else None
         srt = shutil.which("srt")
         if srt:
             async def srt_true() -> None:
@@ -117,7 +138,26 @@ async def main(runs: int) -> None:
             results["srt"] = await timed(max(5, runs // 3), srt_true)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    report(results, runs, rss_after - rss_before, srt)
+    report(results, runs, (rss_after - rss_before) / len(warms), srt)
+    print(f"limits: {mechanism or 'off'}" + (f"; idle sandbox charged to its session cgroup: "
+                                             f"{idle / 1024:.0f} KiB" if idle is not None else ""))
+
+
+def exec_in(sandbox: LocalSandbox) -> Callable[[], Awaitable[None]]:
+    """exec(true) in a started sandbox."""
+    async def exec_true() -> None:
+        await (await sandbox.exec(["true"])).wait()
+    return exec_true
+
+
+def cold_start(base: Path, counter: Iterator[int], limits: SandboxLimits | None) -> Callable[[], Awaitable[None]]:
+    """start() + exec(true) + destroy() of a new sandbox."""
+    async def cold_true() -> None:
+        sandbox = create_sandbox(SandboxPolicy(f"cold{next(counter)}", base, limits=limits), _ignore)
+        await sandbox.start()
+        await (await sandbox.exec(["true"])).wait()
+        await sandbox.destroy()
+    return cold_true
 
 
 def report(results: dict[str, list[float]], runs: int, worker_rss: float, srt: str | None) -> None:
@@ -140,4 +180,7 @@ def report(results: dict[str, list[float]], runs: int, worker_rss: float, srt: s
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=30)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--no-limits", action="store_true", help="Sesame sandboxes without per-session limits")
+    parser.add_argument("--compare", action="store_true", help="with and without limits, in the same rounds")
+    options = parser.parse_args()
+    asyncio.run(main(options.runs, options.no_limits, options.compare))

@@ -181,7 +181,12 @@ async def serve_many(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: [c.send_signal(s) for c in children if c.returncode is None])
     codes = [await child.wait() for child in children]
-    return max(codes)
+    return exit_code(codes)
+
+
+def exit_code(codes: list[int]) -> int:
+    """The first failure among children's return codes; death by signal N counts as 128 + N."""
+    return next((code if code > 0 else 128 - code for code in codes if code), 0)
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -207,12 +212,12 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         await runner.cleanup()
         await services.close()
         return fail(f"PORT: cannot listen on {host}:{port} ({exc.strerror}). Pick another with --port.")
-    mode = "SQLite" if services.settings.embedded else "PostgreSQL"
-    print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the announcement: whoever read it may stop us
         loop.add_signal_handler(sig, stopping.set)
+    mode = "SQLite" if services.settings.embedded else "PostgreSQL"
+    print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
     sweeper = None if args.no_sweeper else asyncio.create_task(run_forever_sweeper(services, queue))
     freeze_heap()
     await stopping.wait()
@@ -268,7 +273,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
     from runner.agents import AGENTS
-    from runner.agents.install import find_agent_binary, install_agent
+    from runner.agents.install import AgentInstallError, find_agent_binary, install_agent
 
     if args.agents_command == "list":
         for name, agent in AGENTS.items():
@@ -281,7 +286,10 @@ async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.name} needs no installation")
         return 0
     print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)
-    bin_dir = await install_agent(args.name, settings.data_dir, lambda line: print("  " + line, flush=True))
+    try:
+        bin_dir = await install_agent(args.name, settings.data_dir, progress=lambda line: print("  " + line, flush=True))
+    except AgentInstallError as exc:
+        return fail(f"{exc}. Check that npm can reach its registry, then run `sesame agents install {args.name}` again.")
     print(f"installed: {bin_dir}")
     return 0
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from bot.crypto import Keyring
+from bot.crypto import Keyring, SealError
 from bot.models import Credential as CredentialRow
 
+log = logging.getLogger(__name__)
 KINDS = ("subscription", "api_key", "github_pat")
 PRIORITY = ("subscription", "api_key")
 
@@ -70,6 +72,22 @@ class CredentialStore:
             return None
         value = self.keyring.open(row.sealed, aad(row.id, agent, kind)).decode()
         return StoredCredential(agent, kind, value)
+
+    async def all_values(self) -> list[StoredCredential]:
+        """Every stored credential, decrypted: only for the scan that keeps them out of pushes.
+
+        A value sealed under a key we no longer hold is skipped: it cannot have reached any session.
+        """
+        async with self.sessionmaker() as db:
+            rows = list((await db.execute(select(CredentialRow).order_by(CredentialRow.agent))).scalars())
+        found = []
+        for row in rows:
+            try:
+                found.append(StoredCredential(row.agent, row.kind, self.keyring.open(
+                    row.sealed, aad(row.id, row.agent, row.kind)).decode()))
+            except SealError:
+                log.warning("the stored %s of %s cannot be opened with the current keys", row.kind, row.agent)
+        return found
 
     async def best(self, agent: str) -> StoredCredential | None:
         """Stored subscription, else stored API key, else None (the server environment is next)."""

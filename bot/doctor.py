@@ -75,6 +75,17 @@ async def check_session_uids(settings: Settings) -> Check:
 
     status, detail, fix = uid_status(settings)
     return Check("session uids", status, detail, fix)
+async def check_limits(settings: Settings) -> Check:
+    """Which mechanism enforces the per-session limits here, and the limits themselves."""
+    from runner.execution import sandbox_limits_from
+    from runner.sandbox.limits import mechanism
+
+    found = mechanism()
+    detail = f"{found.name} ({found.detail}): {sandbox_limits_from(settings).describe()} per session"
+    if found.name == "rlimits":
+        return Check("limits", "warn", detail, "run the worker as root with the cgroup v1 pids and memory "
+                     "hierarchies mounted, or in a cgroup v2 subtree delegated to it")
+    return Check("limits", "ok", detail)
 
 
 async def check_agents(settings: Settings) -> Check:
@@ -111,8 +122,8 @@ async def check_integrations(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
-    check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_agents, check_git,
-    check_integrations,
+    check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_limits, check_agents,
+    check_git, check_integrations,
 ]
 MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 

@@ -109,14 +109,20 @@ class SessionEvent(Base):
 
 
 class Violation(Base):
+    """One row per (session, kind, resource, operation): how often, first and last time."""
+
     __tablename__ = "violations"
+    __table_args__ = (UniqueConstraint("session_id", "kind", "resource", "operation"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     session_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # filesystem | network
+    kind: Mapped[str] = mapped_column(String(16))  # filesystem | network | secret
     resource: Mapped[str] = mapped_column(Text)
     operation: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -62,8 +62,8 @@ class Progress:
         if detail is not None:
             self.details[name] = detail
 
-    def violation(self, kind: str, resource: str) -> None:
-        self.violations[(kind, resource)] += 1
+    def violation(self, kind: str, resource: str, count: int = 1) -> None:
+        self.violations[(kind, resource)] += count
 
     def finish(self, state: str, outcome: str | None = None, error: str | None = None) -> None:
         self.state, self.outcome, self.error = state, outcome, error

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, func, literal, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +32,74 @@ LATEST_WITH_BRANCH = (
     select(Session.__table__)
     .where(_S.repo == bindparam("repo"), _S.issue_number == bindparam("issue"), _S.branch.is_not(None))
     .order_by(_S.created_at.desc()).limit(1))
+
+
+RESOURCE_LIMIT = 512  # characters of a violation's resource kept (the key must fit a btree entry)
+
+
+@dataclass(frozen=True)
+class ViolationCount:
+    """Violations of one (kind, resource, operation): how many, first and last time."""
+
+    kind: str
+    resource: str
+    operation: str
+    reason: str | None = None
+    count: int = 1
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+
+
+class CountedViolation(Protocol):
+    """What add_violations stores: a ViolationCount, or the runner's in-memory aggregate (read-only)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def resource(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def first_at(self) -> datetime | None: ...
+    @property
+    def last_at(self) -> datetime | None: ...
+
+
+def clip_resource(resource: str) -> str:
+    """A resource short enough to be part of the violations key."""
+    return resource if len(resource) <= RESOURCE_LIMIT else resource[: RESOURCE_LIMIT - 1] + "…"
+
+
+def _upsert_violations(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT that adds the count and keeps the latest last_at (PostgreSQL and SQLite)."""
+    table = Violation.__table__
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["session_id", "kind", "resource", "operation"],
+        set_={"count": table.c.count + stmt.excluded.count,
+              "last_at": case((stmt.excluded.last_at > table.c.last_at, stmt.excluded.last_at),
+                              else_=table.c.last_at),
+              "reason": func.coalesce(stmt.excluded.reason, table.c.reason)})
+
+
+def merge_counts(items: Sequence[CountedViolation]) -> list[ViolationCount]:
+    """One ViolationCount per key (clipped resources may collide), counts added, in first-seen order."""
+    merged: dict[tuple[str, str, str], ViolationCount] = {}
+    now = utcnow()
+    for item in items:
+        key = (item.kind[:16], clip_resource(item.resource), item.operation[:32])  # the columns' widths
+        first, last = item.first_at or now, item.last_at or now
+        old = merged.get(key)
+        if old is not None:
+            first, last = min(first, old.first_at or first), max(last, old.last_at or last)
+        merged[key] = ViolationCount(*key, item.reason or (old.reason if old else None),
+                                     item.count + (old.count if old else 0), first, last)
+    return list(merged.values())
 
 
 @dataclass
@@ -220,15 +290,24 @@ class SessionService:
 
     async def add_violation(self, session_id: str, kind: str, resource: str, operation: str,
                             reason: str | None = None) -> int:
-        """Store a violation row, an event, and bump the session's count."""
+        """Count one violation (its own transaction); the seq of its event."""
+        return (await self.add_violations(session_id, [ViolationCount(kind, resource, operation, reason)]))[-1]
+
+    async def add_violations(self, session_id: str, items: Sequence[CountedViolation]) -> list[int]:
+        """Add a batch of counted violations in one transaction: one upserted row and one event
+        per (kind, resource, operation), the session's count raised by the total; the event seqs."""
+        counts = merge_counts(items)
+        if not counts:
+            return []
+        rows = [{"session_id": session_id, "kind": v.kind, "resource": v.resource, "operation": v.operation,
+                 "reason": v.reason, "count": v.count, "first_at": v.first_at, "last_at": v.last_at,
+                 "created_at": v.first_at} for v in counts]
         async with self.sessionmaker() as db, db.begin():
-            db.add(Violation(session_id=session_id, kind=kind, resource=resource,
-                             operation=operation, reason=reason))
+            conn = await db.connection()
+            await conn.execute(_upsert_violations(conn.dialect.name), rows)
             await db.execute(update(Session).where(Session.id == session_id)
-                             .values(violation_count=Session.violation_count + 1))
-            return await self._event(db, session_id, "violation",
-                                     {"kind": kind, "resource": resource, "operation": operation,
-                                      "reason": reason})
+                             .values(violation_count=Session.violation_count + sum(v.count for v in counts)))
+            return await self._events(db, session_id, [("violation", violation_event(v)) for v in counts])
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[SessionEvent]:
         async with self.autocommit() as db:
@@ -257,6 +336,13 @@ class SessionService:
             expired = (await db.execute(select(Session.id).where(
                 Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
             return list(pending), list(expired)
+
+
+def violation_event(v: ViolationCount) -> dict[str, Any]:
+    """The event (and SSE) payload of a batch's violations of one kind, resource and operation."""
+    return {"kind": v.kind, "resource": v.resource, "operation": v.operation, "reason": v.reason,
+            "count": v.count, "firstAt": v.first_at.isoformat() if v.first_at else None,
+            "lastAt": v.last_at.isoformat() if v.last_at else None}
 
 
 def first_line(text: str, limit: int = 120) -> str:

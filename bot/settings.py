@@ -36,7 +36,7 @@ class Key:
     env: tuple[str, ...] = ()
     path: str | None = None
     default: Any = None
-    kind: str = "str"  # str | bool | int | float | list | map
+    kind: str = "str"  # str | bool | int | float | size | list | map
     secret: bool = False
     help: str = ""
 
@@ -74,6 +74,22 @@ KEYS: tuple[Key, ...] = (
        help="host uids sessions run as, one per session (FIRST-LAST); used when the worker runs as root"),
     _k("SANDBOX_UID_DIR", path="sandbox.uidDirectory", default="/var/lib/sesame/sandbox-uids",
        help="where a host's workers claim session uids (one symlink per uid to its workspace)"),
+    _k("SANDBOX_MAX_PROCESSES", path="sandbox.limits.maxProcesses", default=1024, kind="int",
+       help="processes (and threads) one session's sandbox may run at once"),
+    _k("SANDBOX_MEMORY_LIMIT", path="sandbox.limits.memory", default="4g", kind="size",
+       help="memory of one session's sandbox, tmpfs files included (e.g. 4g, 512m)"),
+    _k("SANDBOX_CPU_SHARE", path="sandbox.limits.cpuShare", default=1.0, kind="float",
+       help="CPU time of one session's sandbox, in cores (0.5: half a core)"),
+    _k("SANDBOX_TMPFS_SIZE", path="sandbox.limits.tmpfsSize", default="256m", kind="size",
+       help="size of every tmpfs the sandbox mounts, /dev/shm included"),
+    _k("SANDBOX_DISK_LIMIT", path="sandbox.limits.disk", default="10g", kind="size",
+       help="disk used by a session's project, HOME and tmp; a watchdog stops the session past it"),
+    _k("SANDBOX_PROXY_HEAD_TIMEOUT", path="sandbox.proxy.headTimeoutSeconds", default=10.0, kind="float",
+       help="seconds a connection to the egress proxy has to send its request"),
+    _k("SANDBOX_PROXY_MAX_CONNECTIONS", path="sandbox.proxy.maxConnections", default=64, kind="int",
+       help="egress proxy connections one session may hold open; more are refused as violations"),
+    _k("SANDBOX_PROXY_IDLE_TIMEOUT", path="sandbox.proxy.idleTimeoutSeconds", default=300.0, kind="float",
+       help="seconds a proxied connection may carry nothing before it is cut"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
     _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
        help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
@@ -116,6 +132,23 @@ KEYS: tuple[Key, ...] = (
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+SIZE = re.compile(r"^([0-9]+)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(name: str, value: Any) -> int:
+    """A positive size in bytes from 4g, 512m, 1024k or a plain number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = SIZE.match(str(value).strip())
+        if match is None:
+            raise SettingsError(name, f"{value!r} is not a size",
+                                "Write a whole number with an optional unit k, m, g or t, e.g. 4g or 512m")
+        size = int(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+    if size <= 0:
+        raise SettingsError(name, f"{value!r} is not a positive size", "Give a size above zero, e.g. 4g")
+    return size
 
 
 def coerce(key: Key, value: Any) -> Any:
@@ -129,6 +162,8 @@ def coerce(key: Key, value: Any) -> Any:
         if word in TRUE_WORDS | FALSE_WORDS:
             return word in TRUE_WORDS
         raise SettingsError(key.name, f"{value!r} is not a boolean", "Use true or false")
+    if key.kind == "size":
+        return parse_size(key.name, value)
     if key.kind in ("int", "float"):
         try:
             return int(value) if key.kind == "int" else float(value)
@@ -285,8 +320,9 @@ def resolve(env: Mapping[str, str], config: Mapping[str, Any]) -> tuple[dict[str
             values[key.name], sources[key.name] = coerce(key, env[env_name]), f"env:{env_name}"
         elif key.path and config_get(config, key.path) is not None:
             values[key.name], sources[key.name] = coerce(key, config_get(config, key.path)), "config"
-        else:
-            values[key.name], sources[key.name] = key.default, "default"
+        else:  # sizes are written as the user would (4g) and kept in bytes like the others
+            default = coerce(key, key.default) if key.kind == "size" else key.default
+            values[key.name], sources[key.name] = default, "default"
     return values, sources
 
 
@@ -323,6 +359,9 @@ def validate(settings: Settings) -> None:
                           ("ENCRYPTION_KEY", "Generate one with `openssl rand -hex 32`")):
             if not settings.get(name):
                 raise SettingsError(name, "is required when DATABASE_URL names PostgreSQL", fix)
+    for name in ("SANDBOX_PROXY_HEAD_TIMEOUT", "SANDBOX_PROXY_MAX_CONNECTIONS", "SANDBOX_PROXY_IDLE_TIMEOUT"):
+        if settings.get(name) is not None and settings.get(name) <= 0:
+            raise SettingsError(name, f"must be above zero, got {settings.get(name)}", "Give a positive number")
     base = settings.get("BASE_URL")
     if base and not base.startswith(("http://", "https://")):
         raise SettingsError("BASE_URL", f"{base!r} is not an http(s) URL", "Use e.g. https://sesame.example.com")
@@ -330,6 +369,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
+    validate_limits(settings)
     key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
     if key_path and not Path(key_path).is_file():
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
@@ -342,6 +382,14 @@ def parse_uid_range(text: str | None) -> tuple[int, int]:
         return int(first), int(last)
     raise SettingsError("SANDBOX_UID_RANGE", f"{text!r} is not a range of uids",
                         "Write FIRST-LAST, e.g. 200000-299999, with no uid of a real user in it")
+def validate_limits(settings: Settings) -> None:
+    """The sandbox limits that are numbers must be positive (sizes are checked when parsed)."""
+    if settings.SANDBOX_MAX_PROCESSES < 1:
+        raise SettingsError("SANDBOX_MAX_PROCESSES", f"{settings.SANDBOX_MAX_PROCESSES} is below 1",
+                            "Give the number of processes a session may run, e.g. 1024")
+    if not settings.SANDBOX_CPU_SHARE >= 0.01:  # the kernel's smallest quota: 1 ms in 100 ms
+        raise SettingsError("SANDBOX_CPU_SHARE", f"{settings.SANDBOX_CPU_SHARE} is below 0.01",
+                            "Give the CPU share in cores, e.g. 1.0 or 0.5")
 
 
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import collections
 import os
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 from bot.models import Session
 from bot.services import Services
+from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
-from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, Violation
+from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
@@ -46,7 +47,10 @@ class AgentRun:
         return " | ".join(t.strip() for t in list(self._tail)[-3:] if t.strip())[:500]
 
     async def wait(self) -> int:
-        return await self.handle.wait()
+        """The exit code; LimitExceeded when the sandbox stopped the agent at one of its limits."""
+        code = await self.handle.wait()
+        self.sandbox.check_limits()
+        return code
 
     async def kill(self) -> None:
         await self.handle.kill()
@@ -72,6 +76,15 @@ def hidden_server_paths(services: Services) -> tuple[str, ...]:
     if settings.get("GITHUB_PRIVATE_KEY_PATH"):
         paths.append(Path(settings.GITHUB_PRIVATE_KEY_PATH).resolve())
     return tuple(str(p) for p in paths if p.exists())
+
+
+def sandbox_limits_from(settings: Settings) -> SandboxLimits:
+    """The per-session limits from the SANDBOX_* settings."""
+    return SandboxLimits(
+        max_processes=int(settings.SANDBOX_MAX_PROCESSES), memory=int(settings.SANDBOX_MEMORY_LIMIT),
+        cpu_share=float(settings.SANDBOX_CPU_SHARE), tmpfs=int(settings.SANDBOX_TMPFS_SIZE),
+        disk=int(settings.SANDBOX_DISK_LIMIT),
+    )
 
 
 def configured_agent(services: Services, session: Session, agent: Agent) -> Agent:
@@ -129,11 +142,17 @@ def session_owner(workspace: Workspace) -> dict[str, int | bool]:
         return {}
     uid, gid = workspace.user
     return {"host_uid": uid, "host_gid": gid, "own_uid": True}
+def proxy_limits(services: Services) -> ProxyLimits:
+    """The egress proxy's bounds from the SANDBOX_PROXY_* settings."""
+    settings = services.settings
+    return ProxyLimits(head_timeout=float(settings.SANDBOX_PROXY_HEAD_TIMEOUT),
+                       max_connections=int(settings.SANDBOX_PROXY_MAX_CONNECTIONS),
+                       idle_timeout=float(settings.SANDBOX_PROXY_IDLE_TIMEOUT))
 
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
-                      on_violation: Callable[[Violation], Awaitable[None]]) -> AgentRun:
+                      on_violation: ViolationCallback) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox."""
     settings = services.settings
     agent = configured_agent(services, session, agent)
@@ -152,7 +171,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
-        tools=((str(prefix), agent.name),) if prefix else (),
+        tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
+        proxy_limits=proxy_limits(services),
         security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security,
         **session_owner(workspace))
     sandbox = create_sandbox(policy, on_violation)

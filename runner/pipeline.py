@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.catalog import display_name
 from bot.credentials import CredentialStore
-from bot.models import Session, State
+from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
@@ -26,7 +26,9 @@ from runner.agents import get_agent
 from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
-from runner.sandbox.base import Violation
+from runner.sandbox.base import LimitExceeded, Violation
+from runner.secretscan import SecretInPush, check_push
+from runner.sandbox.violations import Aggregate, ViolationAggregator
 from runner.uids import kill_uid, pool_from_settings
 from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
 
@@ -35,6 +37,7 @@ LEASE_RENEW = 30.0
 STOP_POLL = 1.0
 EVENT_TEXT_LIMIT = 2000
 SALVAGE_TIMEOUT = 60.0
+DRAIN_GRACE = 5.0  # seconds the last violations may take to store when the session's time is up
 EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stored and streamed
 EVENT_FLUSH_LIMIT = 200
 FORK_HEAD = re.compile(r"refs/pull/[0-9]{1,9}/head")
@@ -59,6 +62,8 @@ class Run:
     agent_run: AgentRun | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     limit_error: str | None = None  # a limit was hit: the session ends in error once the work is pushed
+    violations: ViolationAggregator | None = None
+    deadline: float = field(default_factory=lambda: time.monotonic() + 3600)  # session timeout, cleanup included
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -86,7 +91,8 @@ async def run(services: Services, session: Session) -> None:
                         session_url(services, session.id), state=State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=float(
         services.extras.get("progress_interval", 3.0)))
-    state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values))
+    state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
+                deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT))
     publisher.start()
     watcher = asyncio.create_task(_watch(state))
     try:
@@ -95,6 +101,9 @@ async def run(services: Services, session: Session) -> None:
     except Stopped:
         await _salvage(state)
         await _finish(state, State.STOPPED)
+    except LimitExceeded as exc:  # the sandbox stopped the agent: keep what it wrote, name the limit
+        await _salvage(state)
+        await _finish(state, State.ERROR, str(exc))
     except asyncio.TimeoutError:
         await _salvage(state)
         await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
@@ -201,8 +210,10 @@ async def _agent_step(state: Run) -> None:
         state.secrets.append(credential.value)
     await state.step("agent", "running", percent=20)
     prompt = compose_prompt(session.prompt, session.context or {})
+    state.violations = ViolationAggregator(lambda batch: _store_violations(state, batch))
+    state.violations.start()
     state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                        on_violation=lambda v: _violation(state, v))
+                                        on_violation=state.violations.add)
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
         await services.sessions.update(session.id, warning=state.agent_run.warning)
@@ -289,10 +300,21 @@ def _clip(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _violation(state: Run, violation: Any) -> None:
-    await state.services.sessions.add_violation(state.session.id, violation.kind, violation.resource,
-                                                violation.operation, getattr(violation, "reason", None))
-    state.progress.violation(violation.kind, violation.resource)
+async def _violation(state: Run, violation: Violation) -> None:
+    """Count a violation the host found; it is stored with the sandbox's next batch."""
+    if state.violations is not None:
+        state.violations.add(violation)
+    else:
+        await _store_violations(state, [Aggregate(violation.kind, violation.resource, violation.operation,
+                                                  violation.reason, 1, utcnow(), utcnow())])
+
+
+async def _store_violations(state: Run, batch: list[Aggregate]) -> None:
+    """One transaction per batch: counted rows, events, the session's total, then the progress message."""
+    await state.services.sessions.add_violations(state.session.id, batch)
+    log.info("session %s: %d violations stored as %d rows", state.session.id, sum(i.count for i in batch), len(batch))
+    for item in batch:
+        state.progress.violation(item.kind, item.resource, item.count)
     state.publisher.changed()
 
 
@@ -380,6 +402,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         state.progress.outcome = "no changes were needed"
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
+    await _refuse_leaks(state, sha)
     await gitops.push(state.workspace.git_dir, access.remote, branch, access.auth_env)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
@@ -436,12 +459,28 @@ async def _salvage(state: Run) -> None:
         sha = await asyncio.wait_for(_commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
         if sha:
             access = await _fresh_access(state)
+            await asyncio.wait_for(_refuse_leaks(state, sha), SALVAGE_TIMEOUT)
             await asyncio.wait_for(gitops.push(state.workspace.git_dir, access.remote, session.branch,
                                                access.auth_env), SALVAGE_TIMEOUT)
             await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
             state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"
+    except SecretInPush as exc:  # the refusal is the news: it goes where the requester reads it
+        warning = " ".join(filter(None, [state.progress.warning, f"Work not kept: {exc}"]))
+        state.progress.warning = warning
+        await state.services.sessions.update(state.session.id, warning=warning)
+        await state.event("warning", {"message": str(exc)})
     except Exception as exc:
         log.warning("could not keep the work of session %s: %s", state.session.id, exc)
+
+
+async def _refuse_leaks(state: Run, sha: str) -> None:
+    """Scan what the push would send for every known secret; a hit is a violation and no push."""
+    assert state.workspace is not None
+    leaks = await check_push(state.services, state.workspace.git_dir, sha, state.secrets)
+    for leak in leaks:
+        await _violation(state, Violation("secret", leak.path, "push", leak.label))
+    if leaks:
+        raise SecretInPush(leaks)
 
 
 async def _finish(state: Run, final: State, error: str | None = None) -> None:
@@ -458,6 +497,8 @@ async def _cleanup(state: Run) -> None:
             await state.agent_run.destroy()
         except Exception:
             log.exception("destroying the sandbox of session %s failed", state.session.id)
+    if state.violations is not None:
+        await state.violations.close(max(state.deadline - time.monotonic(), DRAIN_GRACE))
     if state.workspace is not None:
         try:
             await end_workspace(state.workspace, bool(state.session.keep_alive))

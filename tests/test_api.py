@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.services import Services, open_services
+from bot.sessions import ViolationCount
 from bot.cli import build_web_app
 
 
@@ -99,6 +101,24 @@ async def test_events_replay_from_last_event_id(api, services: Services) -> None
     assert ids == [3, 4, 5, 6]
     assert "event: violation" in text and "evil.invalid:443" in text
     assert text.rstrip().endswith("data: {}")
+
+
+async def test_violations_endpoint_shows_counts_and_times(api, services: Services) -> None:  # type: ignore[no-untyped-def]
+    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    await services.sessions.add_violations(created["id"], [
+        ViolationCount("network", "flood.invalid:53", "dns", "no DNS", 20_000, t0, t0 + timedelta(seconds=9))])
+    await services.sessions.add_violation(created["id"], "filesystem", "/etc/shadow", "read", "hidden")
+    body = await (await api.get(f"/api/session/{created['id']}/violations")).json()
+    assert body["total"] == 20_001
+    assert body["violations"][0] == {"kind": "network", "resource": "flood.invalid:53", "operation": "dns",
+                                     "reason": "no DNS", "count": 20_000, "firstAt": "2026-01-01T00:00:00+00:00",
+                                     "lastAt": "2026-01-01T00:00:09+00:00"}
+    assert body["violations"][1]["count"] == 1
+    assert (await api.get("/api/session/nope/violations")).status == 404
+    await services.sessions.request_stop(created["id"])  # the stream ends with the session
+    events = await (await api.get(f"/api/session/{created['id']}/events")).text()
+    assert '"count": 20000' in events
 
 
 async def test_session_page_escapes_user_text(api) -> None:  # type: ignore[no-untyped-def]

@@ -182,3 +182,11 @@ def test_doctor_reports_each_part(tmp_path: Path) -> None:
         assert f"] {name}" in result.stdout, result.stdout
     assert "[FAIL] redis" in result.stdout and "fix: start Redis or fix REDIS_URL" in result.stdout
     assert result.returncode == 1
+
+
+def test_serve_many_reports_a_child_killed_by_a_signal() -> None:
+    from bot.cli import exit_code
+
+    assert exit_code([0, 0]) == 0
+    assert exit_code([0, -signal.SIGTERM]) == 128 + signal.SIGTERM  # max() of these was 0: a hidden death
+    assert exit_code([3, 0]) == 3

@@ -124,6 +124,9 @@ def test_malformed_config_is_one_clear_error(tmp_path: Path, name: str, text: st
     ({"SANDBOX_SECURITY_ENABLED": "maybe"}, "SANDBOX_SECURITY_ENABLED"),
     ({"GITHUB_APP_ID": "1"}, "GITHUB_PRIVATE_KEY"),
     ({"GITHUB_PRIVATE_KEY_PATH": "/nonexistent/key.pem"}, "GITHUB_PRIVATE_KEY_PATH"),
+    ({"SANDBOX_PROXY_MAX_CONNECTIONS": "0"}, "SANDBOX_PROXY_MAX_CONNECTIONS"),
+    ({"SANDBOX_PROXY_HEAD_TIMEOUT": "-1"}, "SANDBOX_PROXY_HEAD_TIMEOUT"),
+    ({"SANDBOX_PROXY_IDLE_TIMEOUT": "soon"}, "SANDBOX_PROXY_IDLE_TIMEOUT"),
 ])
 def test_startup_errors_name_the_key(tmp_path: Path, env: dict[str, str], key: str) -> None:
     with pytest.raises(SettingsError) as info:

@@ -9,10 +9,13 @@ from datetime import timedelta
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import update
 
-from bot.db import NotMigrated, check_migrated, make_engine, migrate
+from alembic import command
+from sqlalchemy import text
+
+from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
 from bot.models import Session, State, utcnow
 from bot.services import Services
-from bot.sessions import NewSession
+from bot.sessions import NewSession, ViolationCount
 
 TABLES = {"installations", "installation_repos", "sessions", "session_events", "violations",
           "webhook_deliveries", "credentials", "alembic_version"}
@@ -100,6 +103,73 @@ async def test_violations_are_rows_events_and_a_count(services: Services) -> Non
     kinds = [v.kind for v in await services.sessions.violations(row.id)]
     assert kinds == ["network", "filesystem"]
     assert [e.kind for e in await services.sessions.events(row.id)][-2:] == ["violation", "violation"]
+
+
+async def test_violations_are_one_row_per_resource_with_a_count(services: Services) -> None:
+    """A flood of the same refusal is one row: the count grows, first and last time bracket it."""
+    row, _ = await services.sessions.create(new())
+    t0 = utcnow()
+    later = t0 + timedelta(seconds=5)
+    batch = [ViolationCount("network", "a.invalid:53", "dns", "no DNS", 5000, t0, t0 + timedelta(seconds=1)),
+             ViolationCount("network", "b.invalid:53", "dns", "no DNS", 3, t0, t0)]
+    seqs = await services.sessions.add_violations(row.id, batch)
+    assert len(seqs) == 2
+    await services.sessions.add_violations(row.id, [ViolationCount("network", "a.invalid:53", "dns", "no DNS",
+                                                                   2, later, later)])
+    await services.sessions.add_violation(row.id, "network", "a.invalid:53", "dns", "no DNS")
+    rows = await services.sessions.violations(row.id)
+    assert [(v.resource, v.count) for v in rows] == [("a.invalid:53", 5003), ("b.invalid:53", 3)]
+    first, last = rows[0].first_at, rows[0].last_at
+    assert abs((first.replace(tzinfo=None) - t0.replace(tzinfo=None)).total_seconds()) < 0.01
+    assert last.replace(tzinfo=None) == later.replace(tzinfo=None)  # the late single one did not move it back
+    assert (await services.sessions.get(row.id)).violation_count == 5006
+    events = [e for e in await services.sessions.events(row.id) if e.kind == "violation"]
+    assert [e.data["count"] for e in events] == [5000, 3, 2, 1]
+
+
+async def test_a_long_resource_is_clipped_to_one_key(services: Services) -> None:
+    row, _ = await services.sessions.create(new())
+    long = "/x" * 2000
+    await services.sessions.add_violations(row.id, [ViolationCount("filesystem", long + "a", "read"),
+                                                    ViolationCount("filesystem", long + "b", "read")])
+    rows = await services.sessions.violations(row.id)
+    assert len(rows) == 1 and rows[0].count == 2 and len(rows[0].resource) == 512
+
+
+async def test_migration_folds_rows_written_one_per_violation(db_url: str) -> None:
+    """A database written by the old code keeps its totals: duplicates fold into one counted row."""
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_to, "0001")
+            await conn.execute(text("DELETE FROM violations"))
+            await conn.execute(text("DELETE FROM sessions WHERE id = 'old'"))
+            await conn.execute(text(
+                "INSERT INTO sessions (id, trigger_key, state, title, prompt, agent, repo, progress, source, report,"
+                " context, sandbox_security, keep_alive, stop_requested, violation_count, event_seq, attempts,"
+                " created_at) VALUES ('old', 'old', 'completed', 't', 'p', 'command', 'r', 0, 'api', '{}', '{}',"
+                " true, false, false, 3, 0, 0, CURRENT_TIMESTAMP)"))
+            for n, resource in enumerate(["e.invalid:443", "e.invalid:443", "f.invalid:443"]):
+                await conn.execute(text(
+                    "INSERT INTO violations (session_id, kind, resource, operation, created_at) "
+                    f"VALUES ('old', 'network', '{resource}', 'connect', '2026-01-0{n + 1} 00:00:00+00')"))
+        await migrate(engine)
+        await check_migrated(engine)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT resource, count, first_at, last_at FROM violations ORDER BY resource"))).all()
+        assert [(r[0], r[1]) for r in rows] == [("e.invalid:443", 2), ("f.invalid:443", 1)]
+        assert str(rows[0][2]).startswith("2026-01-01") and str(rows[0][3]).startswith("2026-01-02")
+    finally:
+        await engine.dispose()
+
+
+def _upgrade_to(connection, revision: str) -> None:  # type: ignore[no-untyped-def]
+    """Bring a database to one revision, down if it is past it."""
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+    command.downgrade(cfg, revision)
 
 
 async def test_claim_is_exclusive_and_finish_happens_once(services: Services) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.catalog import AGENT_NAMES
 from bot.credentials import KINDS, CredentialStore
-from bot.models import Session, State
+from bot.models import Session, State, Violation
 from bot.services import Services
 from bot.sessions import NewSession, as_utc
 from bot.settings import SettingsError, load_settings, write_config
@@ -116,6 +116,21 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     return web.json_response(session_json(await _session_or_404(request)))
+
+
+def violation_json(row: Violation) -> dict[str, Any]:
+    """One counted violation: what was refused, how often, first and last time."""
+    first, last = as_utc(row.first_at), as_utc(row.last_at)
+    return {"kind": row.kind, "resource": row.resource, "operation": row.operation, "reason": row.reason,
+            "count": row.count, "firstAt": first.isoformat() if first else None,
+            "lastAt": last.isoformat() if last else None}
+
+
+async def session_violations(request: web.Request) -> web.Response:
+    """The session's violations, one entry per kind, resource and operation, with counts."""
+    row = await _session_or_404(request)
+    items = await request.app[SERVICES].sessions.violations(row.id)
+    return web.json_response({"total": row.violation_count, "violations": [violation_json(v) for v in items]})
 
 
 async def patch_session(request: web.Request) -> web.Response:
@@ -264,6 +279,7 @@ def setup(app: web.Application) -> None:
     app.router.add_patch("/api/session/{id}", patch_session)
     app.router.add_delete("/api/session/{id}", delete_session)
     app.router.add_get("/api/session/{id}/events", session_events)
+    app.router.add_get("/api/session/{id}/violations", session_violations)
     app.router.add_get("/api/settings", get_settings)
     app.router.add_put("/api/settings", put_settings)
     app.router.add_get("/api/credentials/{agent}", get_credentials)

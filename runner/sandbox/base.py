@@ -63,8 +63,51 @@ CREDENTIAL_PATHS = (
 # Credential files outside home directories.
 SYSTEM_SECRET_PATHS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 
-ViolationKind = Literal["network", "filesystem"]
+ViolationKind = Literal["network", "filesystem", "secret"]  # secret: a push refused by the scan
 StreamName = Literal["stdout", "stderr"]
+SIZE_UNITS = (("t", 1 << 40), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10))
+
+
+def format_size(size: int) -> str:
+    """Bytes as the shortest exact size setting: 4294967296 -> 4g, 1536 -> 1536."""
+    for suffix, unit in SIZE_UNITS:
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one session's sandbox (SANDBOX_* settings); sizes in bytes."""
+
+    max_processes: int = 1024
+    memory: int = 4 << 30
+    cpu_share: float = 1.0  # cores
+    tmpfs: int = 256 << 20  # each tmpfs the sandbox mounts, /dev/shm included
+    disk: int = 10 << 30  # project, HOME and tmp together, enforced by a watchdog
+
+    def describe(self) -> str:
+        """One line for `sesame doctor`."""
+        return (f"{self.max_processes} processes, {format_size(self.memory)} memory, "
+                f"{self.cpu_share:g} CPU, tmpfs {format_size(self.tmpfs)}, disk {format_size(self.disk)}")
+
+
+class LimitExceeded(Exception):
+    """The session reached a resource limit: its processes were stopped, its work is kept."""
+
+    def __init__(self, what: str, value: str, setting: str) -> None:
+        """what: memory, process, disk; value as the setting reads; setting: its name."""
+        super().__init__(f"stopped: the sandbox reached its {what} limit of {value} ({setting})")
+        self.what, self.value, self.setting = what, value, setting
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Bounds of one session's egress proxy (SANDBOX_PROXY_* settings)."""
+
+    head_timeout: float = 10.0  # seconds a client has to send its request head
+    max_connections: int = 64  # client connections open at once; more are refused and reported
+    idle_timeout: float = 300.0  # seconds a tunnel may carry nothing either way before it is cut
 
 
 @dataclass(frozen=True)
@@ -81,11 +124,13 @@ class SandboxPolicy:
     # mounted by fd so they work even under a directory the sandbox user cannot traverse.
     tools: tuple[tuple[str, str], ...] = ()
     security_enabled: bool = True
+    proxy_limits: ProxyLimits = ProxyLimits()
     uid: int = SANDBOX_UID
     gid: int = SANDBOX_GID
     host_uid: int = SANDBOX_HOST_UID
     host_gid: int = SANDBOX_HOST_GID
     own_uid: bool = False  # host_uid is this session's alone: whatever runs as it is the session's
+    limits: SandboxLimits | None = SandboxLimits()  # None: no limits (benchmarks)
 
     def __post_init__(self) -> None:
         """Normalise base_dir to an absolute path; refuse ids that could escape it."""
@@ -133,7 +178,9 @@ class Violation:
         return asdict(self)
 
 
-ViolationCallback = Callable[[Violation], Awaitable[None]]
+# Called on the event loop for every violation: a plain function (it must not block) or a coroutine
+# function, run as a task. A flood calls it thousands of times a second: count, do not store, here.
+ViolationCallback = Callable[[Violation], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -192,6 +239,9 @@ class Sandbox(abc.ABC):
         cwd: str | Path | None = None,
     ) -> ProcessHandle:
         """Start argv with only env (plus PATH, HOME, locale, TMPDIR, proxy) in its environment."""
+
+    def check_limits(self) -> None:
+        """Raise LimitExceeded when the session has reached one of its limits."""
 
     @abc.abstractmethod
     async def destroy(self) -> None:

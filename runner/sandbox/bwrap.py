@@ -23,9 +23,18 @@ class MountPlan:
     hide_files: tuple[str, ...] = ()
     hide_dirs: tuple[str, ...] = ()
     read_only: tuple[str, ...] = ()
+    hide_homes: tuple[str, ...] = ()  # home directories shown as empty read-only tmpfs
+    pinned: tuple[str, ...] = ()  # directories bound onto themselves: cannot be moved or replaced
     resolv_conf: bool = True
     tool_fds: tuple[tuple[int, str], ...] = ()  # (open O_PATH fd, path inside), read-only
+    tmpfs_size: int | None = None  # bytes, for every tmpfs mounted (SANDBOX_TMPFS_SIZE)
     bwrap: str = BWRAP
+
+
+def _tmpfs(plan: MountPlan, dest: str, perms: str = "0755") -> list[str]:
+    """A tmpfs on dest, of at most plan.tmpfs_size bytes."""
+    size = ["--size", str(plan.tmpfs_size)] if plan.tmpfs_size else []
+    return ["--perms", perms, *size, "--tmpfs", dest]
 
 
 def _namespaces(plan: MountPlan) -> list[str]:
@@ -39,20 +48,23 @@ def _namespaces(plan: MountPlan) -> list[str]:
 
 
 def _base_mounts(plan: MountPlan) -> list[str]:
-    """Read-only root, fresh /dev and /proc, empty /run, session tmp on /tmp."""
+    """Read-only root, fresh /dev (its /dev/shm a sized tmpfs) and /proc, empty /run,
+    session tmp on /tmp."""
     return [
         "--ro-bind", "/", "/",
         "--dev", "/dev",
+        *_tmpfs(plan, "/dev/shm", "1777"),
         "--proc", "/proc",
-        "--perms", "0755", "--tmpfs", "/run", "--remount-ro", "/run",
+        *_tmpfs(plan, "/run"), "--remount-ro", "/run",
         "--bind", plan.tmp_dir, "/tmp",
+        *[arg for home in plan.hide_homes for arg in _tmpfs(plan, home)],
     ]
 
 
 def _session_mounts(plan: MountPlan) -> list[str]:
     """Hide every session but this one; the project and HOME stay at their host paths."""
     return [
-        "--perms", "0755", "--tmpfs", plan.base_dir,
+        *_tmpfs(plan, plan.base_dir),
         "--bind", plan.project_dir, plan.project_dir,
         "--bind", plan.home_dir, plan.home_dir,
         *[arg for fd, dest in plan.tool_fds for arg in ("--ro-bind-fd", str(fd), dest)],
@@ -83,16 +95,22 @@ def _hiding_mounts(plan: MountPlan) -> list[str]:
 
 def _read_only_mounts(plan: MountPlan) -> list[str]:
     """Protected paths inside the project, read-only where they exist."""
-    argv: list[str] = []
+    argv = [arg for path in plan.pinned for arg in ("--bind", path, path)]
     for path in plan.read_only:
         argv += ["--ro-bind-try", path, path]
     return argv
 
 
+def _sealing_mounts(plan: MountPlan) -> list[str]:
+    """The hidden homes turn read-only once everything inside them is mounted."""
+    return [arg for home in plan.hide_homes for arg in ("--remount-ro", home)]
+
+
 def mount_argv(plan: MountPlan) -> list[str]:
     """bwrap with namespaces and mounts: the part of the argv fixed for a session."""
     argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
-    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan)]
+    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan),
+            *_sealing_mounts(plan)]
 
 
 def finish_argv(
@@ -101,13 +119,17 @@ def finish_argv(
     cwd: str,
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
-    """A session's mount_argv completed for one command."""
+    """A session's mount_argv completed for one command; with block_fd the command waits
+    until a byte arrives there (the limits are applied first)."""
     argv = list(prefix)
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
     return [*argv, "--chdir", cwd, "--", *command]
 
 
@@ -117,6 +139,7 @@ def build_argv(
     cwd: str,
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap argv running command in cwd under plan."""
-    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd)
+    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd)

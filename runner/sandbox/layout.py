@@ -107,6 +107,21 @@ def _reachable(path: str, uid: int, gid: int) -> bool:
         parent = os.path.dirname(parent)
 
 
+def _under(path: str, root: str) -> bool:
+    """path is root or inside it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def hidden_homes(policy: SandboxPolicy) -> list[str]:
+    """Home directories shown as empty tmpfs: whatever appears in them later stays out too.
+
+    The session's own HOME, project and the tools are mounted on top; "/" is never one.
+    """
+    homes = {os.path.realpath(h) for h in [*home_directories(), "/home"] if os.path.isdir(h)}
+    homes = {h for h in homes if h != "/" and not _replaced(h, policy)}
+    return sorted(h for h in homes if not any(h != o and _under(h, o) for o in homes))
+
+
 def _replaced(path: str, policy: SandboxPolicy) -> bool:
     """True when path lies under a mount the sandbox replaces anyway."""
     roots = (*_REPLACED_ROOTS, str(policy.base_dir))
@@ -141,7 +156,11 @@ def read_only_paths(policy: SandboxPolicy) -> tuple[str, ...]:
 
 def plan_mounts(policy: SandboxPolicy, drop_privileges: bool) -> MountPlan:
     """Resolve the policy against this host into a MountPlan."""
+    homes = hidden_homes(policy)
     files, dirs = hidden_mounts(policy, check_reach=drop_privileges)
+    files = [p for p in files if not any(_under(p, h) for h in homes)]
+    dirs = [p for p in dirs if not any(_under(p, h) for h in homes)]
+    git_dir = policy.project_dir / ".git"
     return MountPlan(
         base_dir=str(policy.base_dir),
         project_dir=str(policy.project_dir),
@@ -153,5 +172,8 @@ def plan_mounts(policy: SandboxPolicy, drop_privileges: bool) -> MountPlan:
         hide_files=tuple(files),
         hide_dirs=tuple(dirs),
         read_only=read_only_paths(policy),
+        hide_homes=tuple(homes),
+        # the agent's .git stays where it is (a real directory only: bwrap follows links)
+        pinned=(str(git_dir),) if git_dir.is_dir() and not git_dir.is_symlink() else (),
         resolv_conf=not os.path.islink("/etc/resolv.conf"),
     )

@@ -5,25 +5,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import contextlib
+import inspect
 import logging
 import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runner.sandbox import bwrap, layout, seccomp
 from runner.sandbox.base import (
     SANDBOX_USER,
+    LimitExceeded,
     ProcessHandle,
     Sandbox,
+    SandboxLimits,
     SandboxPolicy,
     Violation,
     ViolationCallback,
 )
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
+from runner.sandbox.limits import Limiter, disk_exceeded, disk_usage, session_limiter
 from runner.sandbox.netns import NetNamespace, create_netns
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
@@ -59,6 +64,9 @@ def build_env(
 class LocalSandbox(Sandbox):
     """One session on this host; secured with bubblewrap unless warning says why not."""
 
+    limit_poll = 0.5  # seconds between looks at the cgroup's OOM and fork-refusal counters
+    disk_poll = 5.0  # seconds between walks of project, HOME and tmp for SANDBOX_DISK_LIMIT
+
     def __init__(
         self,
         policy: SandboxPolicy,
@@ -83,6 +91,9 @@ class LocalSandbox(Sandbox):
         self._launcher: Launcher | None = None
         self._supervisor: Supervisor | None = None
         self._argv_prefix: list[str] = []
+        self._limiter: Limiter | None = None
+        self._exceeded: LimitExceeded | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._started = False
 
     def report(self, violation: Violation) -> None:
@@ -90,12 +101,14 @@ class LocalSandbox(Sandbox):
         self._loop.call_soon_threadsafe(self._dispatch, violation)
 
     def _dispatch(self, violation: Violation) -> None:
-        """Run the async callback without blocking the reporter."""
-        log.info("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
-                 violation.resource, violation.reason)
-        task = asyncio.ensure_future(self._on_violation(violation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Hand over to the callback without blocking the reporter (a coroutine runs as a task)."""
+        log.debug("sandbox violation %s %s %s: %s", violation.kind, violation.operation,
+                  violation.resource, violation.reason)
+        result = self._on_violation(violation)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         """Directories, and when secured the netns with its proxy and DNS sink."""
@@ -107,11 +120,59 @@ class LocalSandbox(Sandbox):
                               for src, _name in self.policy.tools]
             tool_fds = tuple((fd, str(self.policy.tool_path(name)))
                              for fd, (_src, name) in zip(self._tool_fds, self.policy.tools))
-            self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds)
+            limits = self.policy.limits
+            self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
+                                             tmpfs_size=limits.tmpfs if limits else None)
             self._argv_prefix = bwrap.mount_argv(self._plan)
             self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
             self._start_launcher()
+            if limits is not None:
+                await self._start_limiter(limits)
+        if self.policy.limits is not None:
+            self._watchdog = asyncio.create_task(self._watch_limits())
         self._started = True
+
+    async def _start_limiter(self, limits: SandboxLimits) -> None:
+        """The session cgroup (or rlimits); under v1 the launcher thread moves in at once."""
+        assert self._launcher is not None
+        self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
+        await asyncio.to_thread(self._limiter.adopt_thread, self._launcher.native_id)
+
+    @property
+    def limit_mechanism(self) -> str | None:
+        """cgroup v2, cgroup v1 or rlimits; None when no limits apply."""
+        return self._limiter.mechanism if self._limiter else None
+
+    def memory_usage(self) -> int | None:
+        """Bytes the session's processes use (its cgroup's figure), where measurable."""
+        return self._limiter.memory_usage() if self._limiter else None
+
+    def check_limits(self) -> None:
+        """Raise LimitExceeded once a limit was reached (the watchdog's or the cgroup's word)."""
+        if self._exceeded is None and self._limiter is not None:
+            self._exceeded = self._limiter.exceeded()
+        if self._exceeded is not None:
+            raise self._exceeded
+
+    async def _watch_limits(self) -> None:
+        """Stop every process of the session once it reaches a limit."""
+        assert self.policy.limits is not None
+        next_disk = time.monotonic() + self.disk_poll
+        roots = [self.policy.project_dir, self.policy.home_dir, self.policy.tmp_dir]
+        owner = self.policy.host_uid if self._drop else None
+        while self._exceeded is None:
+            await asyncio.sleep(self.limit_poll)
+            found = self._limiter.exceeded() if self._limiter else None
+            if found is None and time.monotonic() >= next_disk:
+                walked = time.monotonic()
+                if await asyncio.to_thread(disk_usage, roots, owner) > self.policy.limits.disk:
+                    found = disk_exceeded(self.policy.limits)
+                # a huge tree is walked less often: at most a tenth of the time goes to walking
+                next_disk = time.monotonic() + max(self.disk_poll, 10 * (time.monotonic() - walked))
+            if found is not None:
+                self._exceeded = found
+                log.warning("session %s: %s", self.policy.session_id, found)
+                await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
 
     def _start_launcher(self) -> None:
         """The session's launcher thread and the supervisor of its seccomp listener."""
@@ -131,7 +192,8 @@ class LocalSandbox(Sandbox):
         binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
         self._netns = create_netns(binds)
         proxy_sock, dns_sock = self._netns.sockets
-        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report)
+        self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
+                                  self.policy.proxy_limits)
         await self._proxy.start(proxy_sock)
         self._dns = await start_dns_sink(dns_sock, self.report)
         self._netns.sockets = []  # now owned by the servers
@@ -175,25 +237,49 @@ class LocalSandbox(Sandbox):
         # a private file offset per command: concurrent bwraps read the program at once
         program = os.open(f"/proc/self/fd/{self._seccomp_fd}", os.O_RDONLY | os.O_CLOEXEC)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        command = bwrap.finish_argv(self._argv_prefix, argv, self._cwd(cwd), program, info_w)
+        # with limits the command waits on block_r until bwrap and its pid-1 are under them
+        block_r, block_w = os.pipe2(os.O_CLOEXEC) if self._limiter and self._limiter.attaches else (None, None)
+        inner = self._limiter.wrap(list(argv)) if self._limiter else list(argv)
+        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
         missing = _missing(self._plan.read_only) if self._plan else []
         self._supervisor.forget()
+        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()))
         try:
-            proc = await spawn_from(self._launcher, command, full_env,
-                                    (program, info_w, *self._tool_fds), stdin is not None)
+            proc = await spawn_from(self._launcher, command, full_env, passed, stdin is not None)
         except BaseException:
             os.close(info_r)
+            if block_w is not None:
+                os.close(block_w)
             raise
         finally:
-            os.close(info_w)
-            os.close(program)
+            for fd in (info_w, program, block_r):
+                if fd is not None:
+                    os.close(fd)
+        tree = Tree(proc.pid, info_r)
+        if block_w is not None:
+            await self._apply_limits(tree, block_w)
 
         async def on_exit() -> None:
             self._sweep(missing)
 
-        return LocalProcess(proc, Tree(proc.pid, info_r), on_exit, stdin)
+        return LocalProcess(proc, tree, on_exit, stdin)
+
+    async def _apply_limits(self, tree: Tree, block_w: int) -> None:
+        """Put bwrap and its pid-1 under the limits, then let the command start."""
+        assert self._limiter is not None
+        try:
+            child = await tree.started()
+            if child is None:
+                raise OSError("bwrap did not report its pid-1")
+            self._limiter.attach([tree.pid, child])
+        except BaseException as exc:
+            await tree.kill()
+            os.close(block_w)
+            raise RuntimeError(f"could not put the sandbox under its limits ({exc})") from exc
+        os.write(block_w, b"x")
+        os.close(block_w)
 
     async def _exec_direct(
         self, argv: Sequence[str], env: Mapping[str, str] | None, stdin: bytes | None,
@@ -228,6 +314,10 @@ class LocalSandbox(Sandbox):
 
     async def destroy(self) -> None:
         """Kill every process of the session, then stop the network side."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
         await kill_marked(self._token)
         if self._proxy is not None:
@@ -243,6 +333,9 @@ class LocalSandbox(Sandbox):
         if self._launcher is not None:
             self._launcher.close()
             self._launcher = None
+        if self._limiter is not None:  # after the launcher thread has left its cgroup
+            await asyncio.to_thread(self._limiter.remove)
+            self._limiter = None
         if self._seccomp_fd is not None:
             os.close(self._seccomp_fd)
             self._seccomp_fd = None

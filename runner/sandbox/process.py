@@ -66,6 +66,7 @@ class Tree:
         self.pid = pid
         self.token = token
         self.uid = uid
+        self.child_pid: int | None = None  # bwrap's pid-1, from its info JSON
         self._init_pidfd: int | None = None
         self._info = asyncio.ensure_future(self._read_info(info_fd)) if info_fd is not None else None
 
@@ -82,9 +83,16 @@ class Tree:
             transport.close()
             child = json.loads(data or b"{}").get("child-pid")
             if child:
+                self.child_pid = int(child)
                 self._init_pidfd = os.pidfd_open(child)
         except (OSError, ValueError):
             pass
+
+    async def started(self) -> int | None:
+        """bwrap's pid-1 once bwrap has reported it (None without an info fd or on failure)."""
+        if self._info is not None:
+            await asyncio.shield(self._info)
+        return self.child_pid
 
     async def kill(self) -> None:
         """SIGKILL the group and the pid-ns init (which takes the whole namespace with it)."""
@@ -191,10 +199,13 @@ class LocalProcess(ProcessHandle):
         self._done = asyncio.ensure_future(self._finish())
 
     async def _feed(self, data: bytes | None) -> None:
-        """Write stdin then close it."""
+        """Write stdin then close it; a command that exits without reading it is no error.
+
+        asyncio reports that as a broken pipe, uvloop as RuntimeError from the closed transport.
+        """
         if self._proc.stdin is None:
             return
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, RuntimeError):
             if data:
                 self._proc.stdin.write(data)
                 await self._proc.stdin.drain()

@@ -6,18 +6,26 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from runner.sandbox.base import Violation
+from runner.sandbox.base import ProxyLimits, Violation
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
 CONNECT_TIMEOUT = 10.0
+PROXY_RESOURCE = "egress proxy"
+# Operations recorded for refused requests: the agent chooses the method, so only known ones are kept.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
 ViolationSink = Callable[[Violation], None]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What inet_aton(3) may read as an IPv4 address: 1 to 4 parts, decimal, octal (0...) or hex (0x...).
+_NUMERIC_V4 = re.compile(r"[0-9a-fx]+(\.[0-9a-fx]+){0,3}")
 
 
 @dataclass(frozen=True)
@@ -46,19 +54,32 @@ def parse_rule(rule: str) -> tuple[str, int | None]:
     return normalize_host(rule), None
 
 
-def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address if host is an IP literal, else None."""
+def ip_literal(host: str) -> IPAddress | None:
+    """The address if host is an IP literal in any form a resolver accepts, else None.
+
+    IPv4 as inet_aton reads it (16909060, 0x01020304, 01.02.03.04, 1.2.772 are all 1.2.3.4);
+    IPv6 with its zone dropped and IPv4-mapped addresses (::ffff:1.2.3.4) as their IPv4 address.
+    """
+    host = normalize_host(host)
+    if _NUMERIC_V4.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
     try:
-        return ipaddress.ip_address(normalize_host(host))
+        ip = ipaddress.ip_address(host.split("%")[0]) if ":" in host else None
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def host_matches(pattern: str, host: str) -> bool:
     """Exact match; '*.d' matches subdomains of d only; '*' any name; IPs only exactly."""
-    if ip_literal(host) is not None:
-        ip, pat = ip_literal(host), ip_literal(pattern)
-        return pat is not None and pat == ip
+    ip = ip_literal(host)
+    if ip is not None:
+        return ip_literal(pattern) == ip
     if pattern == "*":
         return True
     if pattern.startswith("*."):
@@ -96,11 +117,16 @@ def domain_allowed(host: str, port: int, allow: Sequence[str], deny: Sequence[st
     return check_destination(host, port, allow, deny).allowed
 
 
+def denied_address(address: str, port: int, deny: Sequence[str]) -> bool:
+    """Whether a resolved (or connected) address is on the deny list, in any of its forms."""
+    return _match(deny, address, port) is not None
+
+
 def public_address(address: str) -> bool:
     """False for private, loopback, link-local, reserved and other non-global addresses."""
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    ip = ip_literal(address)
+    if ip is None:
+        raise ValueError(f"not an IP address: {address!r}")
     return ip.is_global and not ip.is_multicast
 
 
@@ -143,15 +169,27 @@ def parse_request(head: bytes) -> Request:
 
 
 class EgressProxy:
-    """Allows agent domains plus the global allow list minus the deny list; reports refusals."""
+    """Allows agent domains plus the global allow list minus the deny list; reports refusals.
 
-    def __init__(self, allow: Sequence[str], deny: Sequence[str], report: ViolationSink) -> None:
+    Bounded: at most limits.max_connections client connections at once (more are refused and
+    reported), a request head must arrive within limits.head_timeout, and a tunnel with no bytes
+    either way for limits.idle_timeout is cut.
+    """
+
+    def __init__(self, allow: Sequence[str], deny: Sequence[str], report: ViolationSink,
+                 limits: ProxyLimits | None = None) -> None:
         """Lists as in check_destination; report receives each Violation at once."""
         self.allow = tuple(allow)
         self.deny = tuple(deny)
         self.report = report
+        self.limits = limits or ProxyLimits()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def connections(self) -> int:
+        """Client connections being served now."""
+        return len(self._tasks)
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound, listening socket (opened inside the sandbox netns)."""
@@ -166,7 +204,10 @@ class EgressProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Track one client connection so close() can cut it."""
+        """Track one client connection so close() can cut it; refuse it over the cap."""
+        if len(self._tasks) >= self.limits.max_connections:
+            await self._refuse_over_cap(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -178,10 +219,36 @@ class EgressProxy:
             self._tasks.discard(task)
             writer.close()
 
+    async def _refuse_over_cap(self, writer: asyncio.StreamWriter) -> None:
+        """503 and a violation for a connection over SANDBOX_PROXY_MAX_CONNECTIONS."""
+        limit = self.limits.max_connections
+        self.report(Violation("network", PROXY_RESOURCE, "connect",
+                              f"over the limit of {limit} open connections (SANDBOX_PROXY_MAX_CONNECTIONS)"))
+        try:
+            await asyncio.wait_for(_respond(writer, 503, f"too many open connections (limit {limit})"), 1.0)
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """The request head, or None (after a 408 and a violation) when it is not sent in time."""
+        timeout = self.limits.head_timeout
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        except asyncio.TimeoutError:
+            self.report(Violation("network", PROXY_RESOURCE, "request",
+                                  f"no request head within {timeout:g} s (SANDBOX_PROXY_HEAD_TIMEOUT)"))
+            await _respond(writer, 408, "no request received in time")
+            return None
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read one request head, decide, then tunnel or refuse."""
+        head = await self._read_head(reader, writer)
+        if head is None:
+            return
         try:
-            request = parse_request(await reader.readuntil(b"\r\n\r\n"))
+            request = parse_request(head)
         except ValueError as exc:
             await _respond(writer, 400, f"bad proxy request: {exc}")
             return
@@ -200,7 +267,7 @@ class EgressProxy:
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         else:
             up_writer.write(request.head)
-        await _pipe_both(reader, writer, up_reader, up_writer)
+        await _pipe_both(reader, writer, up_reader, up_writer, self.limits.idle_timeout)
 
     async def _authorize(self, request: Request) -> str | None:
         """The address to connect to, or None after reporting a violation."""
@@ -208,8 +275,9 @@ class EgressProxy:
         if not decision.allowed:
             self._refuse(request, decision.reason)
             return None
-        if ip_literal(request.host) is not None:
-            return normalize_host(request.host)
+        literal = ip_literal(request.host)
+        if literal is not None:
+            return str(literal)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 normalize_host(request.host), request.port, type=socket.SOCK_STREAM
@@ -218,6 +286,9 @@ class EgressProxy:
             self._refuse(request, "name does not resolve")
             return None
         addresses = [str(info[4][0]) for info in infos]
+        if any(denied_address(a, request.port, self.deny) for a in addresses):
+            self._refuse(request, "resolves to an address on the deny list")
+            return None
         if not decision.explicit and not all(public_address(a) for a in addresses):
             self._refuse(request, "resolves to a private, loopback or link-local address")
             return None
@@ -226,13 +297,17 @@ class EgressProxy:
     def _refuse(self, request: Request, reason: str) -> None:
         """Report a refused request."""
         resource = format_resource(request.host, request.port)
-        operation = "connect" if request.method == "CONNECT" else request.method.lower()
+        if request.method == "CONNECT":
+            operation = "connect"
+        else:
+            operation = request.method.lower() if request.method in HTTP_METHODS else "http"
         self.report(Violation("network", resource, operation, reason))
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
     """A short plain-text response that closes the connection."""
-    phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    phrase = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 502: "Bad Gateway",
+              503: "Service Unavailable"}[status]
     body = (message + "\n").encode()
     writer.write(
         f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\n"
@@ -243,10 +318,26 @@ async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> N
         await writer.drain()
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Activity:
+    """When bytes last crossed a tunnel, either way."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    async def idle_for(self, timeout: float) -> None:
+        """Return once nothing has crossed for timeout seconds."""
+        while (left := self.last + timeout - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity) -> None:
     """Copy until EOF, then half-close."""
     try:
         while data := await reader.read(65536):
+            activity.touch()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
@@ -255,14 +346,32 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+async def _copy_both(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    activity: _Activity,
+) -> None:
+    """Both directions at once, until both reach EOF."""
+    await asyncio.gather(_copy(reader, up_writer, activity), _copy(up_reader, writer, activity))
+
+
 async def _pipe_both(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
+    idle_timeout: float,
 ) -> None:
-    """Tunnel both directions until both close."""
+    """Tunnel both directions until both close, or nothing crosses for idle_timeout seconds."""
+    activity = _Activity()
+    pipes = asyncio.ensure_future(_copy_both(reader, writer, up_reader, up_writer, activity))
+    idle = asyncio.ensure_future(activity.idle_for(idle_timeout))
     try:
-        await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        await asyncio.wait([pipes, idle], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        idle.cancel()
+        pipes.cancel()
+        await asyncio.gather(pipes, idle, return_exceptions=True)
         up_writer.close()

@@ -2,9 +2,10 @@
 
 Enforcement stays with the kernel (read-only mounts, the empty netns); the supervisor only
 looks at each write-like syscall before it runs, resolves its path in the sandbox's own
-view (/proc/PID/root with RESOLVE_IN_ROOT), and reports it when the kernel is about to
-refuse it. Writes to the protected project paths are refused here too (EACCES), which also
-covers creating them when they did not exist.
+view (/proc/PID/root with RESOLVE_IN_ROOT, or component by component in pathwalk where magic
+links lead), and reports it when the kernel is about to refuse it. Writes to the protected
+project paths are refused here too (EACCES), which also covers creating them when they did
+not exist. A path it cannot resolve safely is refused and reported: it fails closed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.sandbox.base import Violation
+from runner.sandbox.pathwalk import Unresolvable, Walker, magic_path, on_procfs
 from runner.sandbox.seccomp import Arch
 
 log = logging.getLogger(__name__)
@@ -70,23 +72,27 @@ class PathArg:
     operation: str
     follow: bool  # the final symlink is followed
     modifies_dir: bool  # creates or removes a directory entry
+    # what the kernel does when the name exists: "excl" fails with EEXIST (mkdir, O_EXCL),
+    # "open" opens it without writing (O_CREAT alone); "" writes to it
+    creates: str = ""
 
 
 def _ops() -> dict[str, tuple[PathArg, ...]]:
     """Path arguments of every notified syscall except open/openat/openat2/connect/sendto."""
     create = lambda d, p, op: PathArg(d, p, op, False, True)  # noqa: E731
+    make = lambda d, p, op: PathArg(d, p, op, False, True, "excl")  # noqa: E731
     inode = lambda d, p, op, f=True: PathArg(d, p, op, f, False)  # noqa: E731
     return {
         "creat": (PathArg(None, 0, "write", True, False),),
-        "mkdir": (create(None, 0, "mkdir"),), "mkdirat": (create(0, 1, "mkdir"),),
+        "mkdir": (make(None, 0, "mkdir"),), "mkdirat": (make(0, 1, "mkdir"),),
         "rmdir": (create(None, 0, "rmdir"),),
         "unlink": (create(None, 0, "unlink"),), "unlinkat": (create(0, 1, "unlink"),),
         "rename": (create(None, 0, "rename"), create(None, 1, "rename")),
         "renameat": (create(0, 1, "rename"), create(2, 3, "rename")),
         "renameat2": (create(0, 1, "rename"), create(2, 3, "rename")),
-        "link": (create(None, 1, "link"),), "linkat": (create(2, 3, "link"),),
-        "symlink": (create(None, 1, "symlink"),), "symlinkat": (create(1, 2, "symlink"),),
-        "mknod": (create(None, 0, "mknod"),), "mknodat": (create(0, 1, "mknod"),),
+        "link": (make(None, 1, "link"),), "linkat": (make(2, 3, "link"),),
+        "symlink": (make(None, 1, "symlink"),), "symlinkat": (make(1, 2, "symlink"),),
+        "mknod": (make(None, 0, "mknod"),), "mknodat": (make(0, 1, "mknod"),),
         "truncate": (inode(None, 0, "truncate"),),
         "chmod": (inode(None, 0, "chmod"),), "fchmodat": (inode(0, 1, "chmod"),),
         "fchmodat2": (inode(0, 1, "chmod"),),
@@ -168,6 +174,30 @@ class Target:
         """O_PATH fd of an inside path, resolved within the sandbox root."""
         return openat2(self.root, path, os.O_PATH | flags, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
 
+    def walker(self) -> Walker:
+        """Component-by-component resolution, for paths through magic links or missing names."""
+        return Walker(self.pid, self.root)
+
+    def absolute(self, path: str, dirfd: int | None) -> str | None:
+        """path made absolute in the process's view, its ".." kept (only a walk may take them:
+        /dev/fd/.. is /proc/self); None when its directory is no directory (EBADF, ENOTDIR)."""
+        if not path.startswith("/"):
+            base = self.base(dirfd)
+            if base is None:
+                return None
+            path = posixpath.join(base, path)
+        return "/" + path.lstrip("/")  # "//x" is "/x" to the kernel, not to normpath
+
+
+def _lexical(path: str) -> str:
+    """An absolute path with ".", ".." and repeated slashes folded away, as text."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _has_dotdot(path: str) -> bool:
+    """path climbs somewhere: only a walk tells where (a symlink before it changes the answer)."""
+    return ".." in path.split("/")
+
 
 def _fd_path(fd: int) -> str:
     """The inside path of an fd opened through the sandbox root."""
@@ -199,35 +229,74 @@ def _may_write(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IWOTH)
 
 
+def _open_dir(target: Target, path: str) -> tuple[int, str] | None:
+    """An O_PATH fd of a directory and its inside path; None when it is missing (the kernel
+    fails the call itself). Raises Unresolvable when it cannot be followed safely."""
+    try:
+        fd = target.open(path, os.O_DIRECTORY)
+        return fd, _fd_path(fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return None
+    node = target.walker().walk(path)  # magic links, /proc/self: followed by hand
+    if not node.exists:
+        return None
+    if not stat.S_ISDIR(os.fstat(node.fd).st_mode):
+        os.close(node.fd)
+        return None
+    return node.fd, node.path
+
+
+def _inode(fd: int, path: str, modifies_dir: bool, parent: int, owner: tuple[int, int]) -> Resolved:
+    """What the kernel will check for an existing name (fd) in parent."""
+    st = os.fstat(fd)
+    checked = parent if modifies_dir else fd
+    special = not modifies_dir and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
+    writable = _may_write(os.fstat(parent) if modifies_dir else st, *owner)
+    return Resolved(path, True, _read_only(checked), special, writable)
+
+
 def _resolve(
     target: Target, absolute: str, follow: bool, modifies_dir: bool, owner: tuple[int, int]
 ) -> Resolved | None:
-    """Resolve a path as the kernel will for this syscall; None when the lookup fails anyway."""
+    """Resolve a path as the kernel will for this syscall; None when the lookup fails anyway.
+    Raises Unresolvable when it cannot be followed safely."""
     for _ in range(40):
         parent, name = posixpath.split(absolute.rstrip("/") or "/")
-        try:
-            pfd = target.open(parent or "/", os.O_DIRECTORY)
-        except OSError:
+        if name in (".", ".."):  # the directory it names, resolved: then its entry in its parent
+            opened = _open_dir(target, absolute)
+            if opened is None:
+                return None
+            os.close(opened[0])
+            absolute = opened[1]
+            if absolute == "/":
+                parent, name = "/", ""
+            else:
+                parent, name = posixpath.split(absolute)
+        opened = _open_dir(target, parent or "/")
+        if opened is None:
             return None
+        pfd, parent_path = opened
         try:
-            parent_path = _fd_path(pfd)
             try:
-                ffd = openat2(pfd, name or ".", os.O_PATH | os.O_NOFOLLOW, 0)
+                ffd = os.open(name or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             except OSError:
                 writable = _may_write(os.fstat(pfd), *owner)
                 return Resolved(posixpath.join(parent_path, name), False, _read_only(pfd), False, writable)
             try:
-                st = os.fstat(ffd)
-                mode = st.st_mode
-                if follow and stat.S_ISLNK(mode):
-                    link = os.readlink(name, dir_fd=pfd)
-                    absolute = posixpath.join(parent_path, link)
-                    continue
-                checked = pfd if modifies_dir else ffd
-                special = not modifies_dir and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
-                writable = _may_write(os.fstat(pfd) if modifies_dir else st, *owner)
                 path = posixpath.join(parent_path, name)
-                return Resolved(path, True, _read_only(checked), special, writable)
+                if not (follow and stat.S_ISLNK(os.fstat(ffd).st_mode)):
+                    return _inode(ffd, path, modifies_dir, pfd, owner)
+                if not on_procfs(ffd):
+                    absolute = posixpath.join(parent_path, os.readlink("", dir_fd=ffd))
+                    continue
+                node = target.walker().walk(path)  # /proc/self/fd/N and friends
+                if not node.exists:
+                    return None
+                try:
+                    return _inode(node.fd, node.path, modifies_dir, pfd, owner)
+                finally:
+                    os.close(node.fd)
             finally:
                 os.close(ffd)
         finally:
@@ -254,6 +323,9 @@ class PathInspector:
         """Report writes the kernel will refuse; refuse writes to protected paths ourselves."""
         path = resolved.path
         touches = any(_under(path, p) for p in self.protected)
+        if arg.creates and resolved.exists:  # `mkdir -p` over what is there: no write at all
+            # protected names get the kernel's answer from us: no window to delete them first
+            return Verdict(None, errno.EEXIST) if touches and arg.creates == "excl" else ALLOW
         moves_ancestor = arg.operation in ("rename", "rmdir", "unlink") and any(
             _under(p, path) for p in self.protected
         )
@@ -324,8 +396,8 @@ class HiddenPaths:
     writable: tuple[str, ...] = ()
 
     def may_redirect(self, path: str) -> bool:
-        """path may pass through a symlink the agent made (worth resolving)."""
-        return any(_under(path, w) for w in self.writable)
+        """path may pass through a symlink the agent made or a magic link (worth resolving)."""
+        return magic_path(path) or any(_under(path, w) for w in self.writable)
 
     def reason(self, path: str) -> str | None:
         """Why reading path is refused, or None (checks each ancestor: O(depth))."""
@@ -336,46 +408,31 @@ class HiddenPaths:
             ancestor = ancestor[:ancestor.rfind("/")] or "/"  # dirname, for the normalized paths given
         base = self.base_dir
         if base and path != base and _under(path, base):
-            if not any(_under(path, v) for v in self.visible):
+            if not any(_under(path, v) for v in self.visible) and self._entry_exists(path):
                 return "another session's directory"
         return None
 
-
-def _resolve_read(target: Target, path: str) -> str | None:
-    """path with symlinks resolved in the sandbox view; a missing tail is kept as given,
-    and a dangling symlink is followed by its text."""
-    tail = ""
-    for _ in range(64):
-        try:
-            fd = target.open(path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT or path in ("/", ""):
-                return None
-            link = _dangling_link(target, path)
-            if link is not None:
-                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
-                continue
-            path, name = posixpath.split(path)
-            tail = posixpath.join(name, tail) if tail else name
-            continue
-        try:
-            resolved = _fd_path(fd)
-        finally:
-            os.close(fd)
-        return posixpath.join(resolved, tail) if tail else resolved
-    return None
+    def _entry_exists(self, path: str) -> bool:
+        """The base's entry path lies in exists on the host (made by the host, not an agent):
+        probing a name nobody uses (Claude Code looks for .claude/ in every parent) is no
+        violation; the base is an empty tmpfs inside anyway."""
+        assert self.base_dir is not None
+        first = path[len(self.base_dir):].lstrip("/").split("/", 1)[0]
+        return os.path.lexists(posixpath.join(self.base_dir, first))
 
 
-def _dangling_link(target: Target, path: str) -> str | None:
-    """The text of path when it is a symlink whose target is missing."""
+def _resolve_read(target: Target, path: str) -> str:
+    """path with symlinks (magic ones too) resolved in the sandbox view; a missing tail is
+    kept as given, and a dangling symlink is followed by its text. Raises Unresolvable."""
     try:
-        fd = target.open(path, os.O_NOFOLLOW)
+        fd = target.open(path)  # the kernel resolves inside the root: the common case
     except OSError:
-        return None
+        node = target.walker().walk(path)
+        if node.exists:
+            os.close(node.fd)
+        return node.path
     try:
-        return os.readlink("", dir_fd=fd) if stat.S_ISLNK(os.fstat(fd).st_mode) else None
-    except OSError:
-        return None
+        return _fd_path(fd)
     finally:
         os.close(fd)
 
@@ -478,11 +535,13 @@ class Supervisor:
         if self._is_launcher(pid):
             self._answer(ident, ALLOW)
             return
+        name = self.names.get(nr, "")
         try:
-            verdict = self._inspect(ident, pid, self.names.get(nr, ""), args)
-        except Exception:  # never leave a sandboxed syscall hanging
+            verdict = self._inspect(ident, pid, name, args)
+        except Exception:  # never leave a sandboxed syscall hanging, nor let it through unseen
             log.exception("seccomp supervisor failed on syscall %s", nr)
-            verdict = ALLOW
+            reason = "the sandbox supervisor could not inspect this call"
+            verdict = Verdict(Violation("filesystem", name or str(nr), name or "syscall", reason), errno.EACCES)
         self._answer(ident, verdict)
         if verdict.violation is not None:
             self.report(verdict.violation)
@@ -531,29 +590,32 @@ class Supervisor:
                 return self._inspect_connect(target, name, args)
             if name in _OPEN_FLAGS:
                 flags = _open_flags(target, name, args)
-                if not flags & O_WRITE_FLAGS:
-                    return self._inspect_read(ident, target, name, args)
+                if flags & os.O_ACCMODE != os.O_WRONLY or not flags & O_WRITE_FLAGS:
+                    verdict = self._inspect_read(ident, target, name, args)  # O_RDWR reads too
+                    if verdict is not ALLOW or not flags & O_WRITE_FLAGS:
+                        return verdict
             return self._inspect_paths(ident, target, name, args)
         finally:
             target.close()
 
     def _inspect_read(self, ident: int, target: Target, name: str, args: list[int]) -> Verdict:
-        """Refuse and report an open of a hidden path, as the agent sees it."""
-        path = target.string(args[0 if name == "open" else 1])
-        if not path:
+        """Refuse and report an open of a hidden path, as the agent sees it; fail closed."""
+        raw = target.string(args[0 if name == "open" else 1])
+        if not raw:
             return ALLOW
-        if not path.startswith("/"):
-            base = target.base(None if name == "open" else _signed32(args[0]))
-            if base is None:
-                return ALLOW
-            path = posixpath.join(base, path)
-        path = posixpath.normpath(path)
+        given = target.absolute(raw, None if name == "open" else _signed32(args[0]))
+        if given is None:
+            return ALLOW  # relative to no directory: the kernel fails it
+        path = _lexical(given)
         reason = self.hidden.reason(path)
-        if reason is None:  # a planted symlink may still lead there
-            if not self.hidden.may_redirect(path):
+        if reason is None:  # a planted symlink, a magic link or a ".." may still lead there
+            if not (self.hidden.may_redirect(path) or _has_dotdot(given)):
                 return ALLOW
-            resolved = _resolve_read(target, path)
-            if resolved is None or resolved == path:
+            try:
+                resolved = _resolve_read(target, given)
+            except Unresolvable as exc:
+                return self._refuse(ident, path, "read", exc)
+            if resolved == path or not resolved.startswith("/"):
                 return ALLOW
             path, reason = resolved, self.hidden.reason(resolved)
             if reason is None:
@@ -562,6 +624,13 @@ class Supervisor:
             return ALLOW
         return Verdict(Violation("filesystem", path, "read", reason), errno.EACCES)
 
+    def _refuse(self, ident: int, path: str, operation: str, exc: Unresolvable) -> Verdict:
+        """Fail closed: a path we cannot follow safely is refused and reported."""
+        if not self._valid(ident):
+            return ALLOW
+        reason = f"path cannot be resolved safely in the sandbox ({exc})"
+        return Verdict(Violation("filesystem", path, operation, reason), errno.EACCES)
+
     def _path_args(self, target: Target, name: str, args: list[int]) -> tuple[PathArg, ...]:
         """Path arguments of this call (opens are classified by their flags)."""
         if name in _OPEN_FLAGS:
@@ -569,25 +638,28 @@ class Supervisor:
             if not flags & O_WRITE_FLAGS:
                 return ()
             follow = not flags & (os.O_NOFOLLOW | os.O_EXCL)
+            writes = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+            creates = "excl" if flags & os.O_EXCL else "" if writes else "open"
             if name == "open":
-                return (PathArg(None, 0, "write", follow, False),)
-            return (PathArg(0, 1, "write", follow, False),)
+                return (PathArg(None, 0, "write", follow, False, creates),)
+            return (PathArg(0, 1, "write", follow, False, creates),)
         return PATH_OPS.get(name, ())
 
     def _inspect_paths(self, ident: int, target: Target, name: str, args: list[int]) -> Verdict:
         """The first path argument that is refused, if any."""
         for arg in self._path_args(target, name, args):
-            path = target.string(args[arg.path])
-            if not path:
+            raw = target.string(args[arg.path])
+            if not raw:
                 continue  # AT_EMPTY_PATH: acts on an fd
-            if not path.startswith("/"):
-                base = target.base(None if arg.dirfd is None else _signed32(args[arg.dirfd]))
-                if base is None:
-                    continue
-                path = posixpath.join(base, path)
+            path = target.absolute(raw, None if arg.dirfd is None else _signed32(args[arg.dirfd]))
+            if path is None:
+                continue
             if not self._valid(ident):
                 return ALLOW
-            resolved = _resolve(target, path, arg.follow, arg.modifies_dir, self.owner)
+            try:
+                resolved = _resolve(target, path, arg.follow, arg.modifies_dir, self.owner)
+            except Unresolvable as exc:
+                return self._refuse(ident, path, arg.operation, exc)
             verdict = self.paths.verdict(resolved, arg) if resolved else ALLOW
             if verdict.violation is not None:
                 return verdict

@@ -35,3 +35,35 @@ def test_find_prefers_the_data_dir_then_path(tmp_path: Path, monkeypatch: pytest
     (local / "gemini").write_text("#!/bin/sh\n")
     assert find_agent_binary("gemini", tmp_path / "data") == local / "gemini"
     assert find_agent_binary("command", tmp_path / "data") is None
+
+
+def cli_with_npm(tmp_path: Path, npm_script: str, *argv: str) -> "subprocess.CompletedProcess[str]":
+    """`sesame agents ...` as a process, with an `npm` of the test's making first on PATH."""
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "npm").write_text("#!/bin/sh\n" + npm_script)
+    (bin_dir / "npm").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "SESAME_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(Path(__file__).parents[2])}
+    return subprocess.run([sys.executable, "-m", "bot.cli", "agents", *argv], env=env, cwd=tmp_path,
+                          text=True, capture_output=True, timeout=60)
+
+
+def test_cli_install_streams_progress_and_names_the_bin_dir(tmp_path: Path) -> None:
+    # This npm does what the real one does to a prefix: a bin link under node_modules/.bin.
+    script = ('echo "npm http fetch GET 200 https://registry.npmjs.org/@google/gemini-cli"\n'
+              'mkdir -p "$3/node_modules/.bin" && printf "#!/bin/sh\\n" > "$3/node_modules/.bin/gemini"\n')
+    done = cli_with_npm(tmp_path, script, "install", "gemini")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "  npm http fetch GET 200" in done.stdout
+    assert f"installed: {agent_bin_dir('gemini', tmp_path / 'data')}" in done.stdout
+
+
+def test_cli_install_failure_is_a_sentence_not_a_traceback(tmp_path: Path) -> None:
+    done = cli_with_npm(tmp_path, 'echo "npm error code E404" >&2; exit 1\n', "install", "codex")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "npm error code E404" in done.stdout + done.stderr
+    assert "run `sesame agents install codex` again" in done.stderr

@@ -107,3 +107,36 @@ def test_env_without_proxy_drops_callers_proxy() -> None:
     """Unsandboxed runs get no proxy variables at all."""
     env = build_env({"http_proxy": "http://x:1"}, "/h", "/t", "tok/", None)
     assert not any("proxy" in k.lower() for k in env)
+
+
+def test_every_tmpfs_is_sized_and_dev_shm_is_one() -> None:
+    """With a size, each --tmpfs is preceded by --size; /dev/shm is its own tmpfs after --dev."""
+    argv = build_argv(replace(PLAN, tmpfs_size=1 << 20, hide_homes=("/home", "/root")), ["true"], "/", block_fd=7)
+    tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
+    assert sorted(argv[i + 1] for i in tmpfs) == ["/dev/shm", "/home", "/root", "/run", "/srv/sesame"]
+    assert all(argv[i - 2 : i] == ["--size", str(1 << 20)] for i in tmpfs)
+    assert argv.index("--dev") < tmpfs[0] and argv[tmpfs[0] - 4 : tmpfs[0] - 2] == ["--perms", "1777"]
+    assert _pairs(argv, "--block-fd", 1) == [("7",)]
+    assert "--size" not in ARGV and "--block-fd" not in ARGV  # no limits: nothing sized, nothing blocks
+
+
+def test_homes_are_empty_tmpfs_under_the_session_mounts_then_read_only() -> None:
+    """Homes hidden whole before anything inside them is mounted, sealed read-only after."""
+    plan = replace(PLAN, base_dir="/home/svc/sessions", project_dir="/home/svc/sessions/s1/project",
+                   home_dir="/home/svc/sessions/s1/home", hide_homes=("/home", "/root"))
+    argv = build_argv(plan, ["true"], "/")
+    tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] in ("/home", "/root")]
+    base = argv.index("/home/svc/sessions")
+    project = argv.index("/home/svc/sessions/s1/project")
+    sealed = [i for i, a in enumerate(argv) if a == "--remount-ro" and argv[i + 1] in ("/home", "/root")]
+    assert len(tmpfs) == 2 and len(sealed) == 2
+    assert max(tmpfs) < base < project < min(sealed) < argv.index("--")
+    assert argv[tmpfs[0] - 2 : tmpfs[0]] == ["--perms", "0755"]
+
+
+def test_git_dir_is_pinned_before_its_read_only_parts() -> None:
+    """.git bound onto itself first: the ro hooks and config then sit on top of it."""
+    git = "/srv/sesame/s1/project/.git"
+    argv = build_argv(replace(PLAN, pinned=(git,)), ["true"], "/")
+    pin = next(i for i, a in enumerate(argv) if a == "--bind" and argv[i + 1 : i + 3] == [git, git])
+    assert pin < argv.index(f"{git}/hooks") and pin < argv.index(f"{git}/config")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.sandbox.proxy import check_destination, domain_allowed, parse_request, public_address
+from runner.sandbox.proxy import check_destination, domain_allowed, ip_literal, parse_request, public_address
 
 ALLOW = (
     "api.anthropic.com",
@@ -56,6 +56,37 @@ def test_domain_allowed(host: str, port: int, allowed: bool, why: str) -> None:
     assert domain_allowed(host, port, ALLOW, DENY) is allowed, why
 
 
+# Every numeric form a resolver reads as 1.2.3.4 (inet_aton for IPv4, inet_pton for IPv6) is
+# the same address: a deny of 1.2.3.4 catches them all, even with "*" or the form itself allowed.
+NUMERIC_FORMS = ["1.2.3.4", "16909060", "0x01020304", "01.02.03.04", "1.2.772", "1.131844", "0x1.0x2.0x3.0x4",
+                 "001.002.003.004", "1.2.3.4.", "::ffff:1.2.3.4", "::ffff:102:304", "0:0:0:0:0:ffff:0102:0304",
+                 "[::FFFF:1.2.3.4]"]
+
+
+@pytest.mark.parametrize("form", NUMERIC_FORMS)
+def test_every_numeric_form_meets_the_deny_list(form: str) -> None:
+    allow = ("*", f"{form}:443", "1.2.3.4:443")
+    assert not domain_allowed(form, 443, allow, ["1.2.3.4"]), form
+    assert not domain_allowed("1.2.3.4", 443, ["1.2.3.4:443"], [form]), f"deny written as {form}"
+
+
+@pytest.mark.parametrize("form", NUMERIC_FORMS)
+def test_every_numeric_form_matches_its_allow_entry(form: str) -> None:
+    assert domain_allowed(form, 443, ["1.2.3.4:443"], []), form
+    assert not domain_allowed(form, 443, ["*"], []), "an IP literal still needs its explicit entry"
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("1.2.259", "1.2.1.3"), ("2130706433", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("0", "0.0.0.0"),
+    ("[fe80::1%eth0]", "fe80::1"), ("::ffff:127.0.0.1", "127.0.0.1"),
+    ("deadbeef", None), ("cafe.example", None), ("08.1.1.1", None), ("1.2.3.4.5", None), ("4294967296", None),
+    ("1.2.3.4 x", None), ("example.invalid", None),
+])
+def test_ip_literal_reads_what_a_resolver_reads(host: str, address: str | None) -> None:
+    ip = ip_literal(host)
+    assert (str(ip) if ip is not None else None) == address
+
+
 def test_explicit_entries_may_reach_private_addresses() -> None:
     """Only entries with a port (and no wildcard) count as explicit."""
     assert check_destination("localhost", 9000, ALLOW, DENY).explicit
@@ -73,7 +104,7 @@ def test_star_allows_names_but_not_ip_literals() -> None:
     ("127.0.0.1", False), ("10.0.0.1", False), ("192.168.1.1", False), ("172.16.0.1", False),
     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
     ("fe80::1", False), ("fc00::1", False), ("::ffff:127.0.0.1", False), ("224.0.0.1", False),
-    ("8.8.8.8", True), ("2606:4700::1111", True),
+    ("8.8.8.8", True), ("2606:4700::1111", True), ("2130706433", False), ("0x7f.1", False),
 ])
 def test_public_address(address: str, public: bool) -> None:
     """Names resolving to these are refused unless listed explicitly."""

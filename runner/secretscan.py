@@ -1,0 +1,145 @@
+"""Before a push: every object it would send is scanned for every secret the server knows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.credentials import CredentialStore
+from bot.secretscan import KnownSecret, SecretMatcher, credential_label, settings_secrets
+from bot.services import Services
+from runner import git as gitops
+from runner.workspace import START_REF
+
+TOKEN_LABEL = "a GitHub token minted for this session"
+THREAD_SCAN = 1 << 20  # blobs from this size are scanned off the event loop
+NAMES_SHOWN = 5
+TREE_ENTRY = b"\0"
+
+
+@dataclass(frozen=True)
+class Leak:
+    """Where a secret was found (a path, already masked) and what it is; never the value."""
+
+    path: str
+    label: str
+
+
+class SecretInPush(Exception):
+    """The push would publish a secret: it is refused; the message names files and kinds only."""
+
+    def __init__(self, leaks: list[Leak]) -> None:
+        self.leaks = leaks
+        shown = ", ".join(f"{leak.path} holds {leak.label}" for leak in leaks[:NAMES_SHOWN])
+        more = f" (and {len(leaks) - NAMES_SHOWN} more)" if len(leaks) > NAMES_SHOWN else ""
+        super().__init__(f"push refused, nothing was pushed: {shown}{more}")
+
+
+async def known_secrets(services: Services, tokens: Iterable[str]) -> list[KnownSecret]:
+    """Server settings, every stored credential, and the tokens minted for this session."""
+    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    stored = [KnownSecret(credential_label(c.agent, c.kind), c.value) for c in await store.all_values()]
+    return [*settings_secrets(services.settings), *stored, *(KnownSecret(TOKEN_LABEL, t) for t in tokens)]
+
+
+async def new_objects(git_dir: Path, sha: str) -> list[tuple[str, str]]:
+    """(object id, path) of every object reachable from sha that the remote's branches do not reach."""
+    known = ["--remotes"]
+    if await gitops.in_git_dir(git_dir, ["rev-parse", "--verify", "--quiet", START_REF], check=False):
+        known.append(START_REF)  # a fork PR's head: already in the base repository, not the agent's
+    out = await gitops.in_git_dir(git_dir, ["rev-list", "--objects", sha, "--not", *known])
+    # Lines end at \n only: str.splitlines would also cut a file name at \x1c or \u2028.
+    return [(oid, path) for oid, _, path in (line.partition(" ") for line in out.split("\n") if line)]
+
+
+def tree_names(data: bytes) -> list[bytes]:
+    """The entry names of a raw tree object (`mode name\\0` then a 20-byte id, repeated)."""
+    names, at = [], 0
+    while at < len(data):
+        end = data.find(TREE_ENTRY, at)
+        if end < 0:
+            break
+        names.append(data[at:end].partition(b" ")[2])
+        at = end + 21
+    return names
+
+
+def locate(matcher: SecretMatcher, kind: bytes, path: str, data: bytes) -> str:
+    """What to call the place of a hit: the file, the entry named after a secret, or the commit."""
+    if kind == b"commit":
+        return "the commit message"
+    if kind == b"tree":
+        named = [n for n in tree_names(data) if matcher.find(n)]
+        name = named[0].decode(errors="backslashreplace") if named else ""
+        return f"{path}/{name}" if path else name or "a file name"
+    return path or "a file"
+
+
+async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: SecretMatcher) -> list[Leak]:
+    """Stream the objects out of `git cat-file --batch` and search each; one leak per place and kind.
+
+    A large blob is searched in a thread (the matcher releases the GIL) while the next is read.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "git", *gitops.SAFE_OPTIONS, "--git-dir", str(git_dir), "cat-file", "--batch", cwd=git_dir,
+        env=gitops.git_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    feeder = asyncio.ensure_future(_feed(proc.stdin, "".join(f"{oid}\n" for oid, _ in objects).encode()))
+    leaks: dict[tuple[str, str], None] = {}
+    in_flight: tuple[asyncio.Future[list[str]], bytes, str, memoryview] | None = None
+    try:
+        for _oid, path in objects:
+            kind, body = await _read_object(proc.stdout)
+            if len(body) < THREAD_SCAN:
+                _record(leaks, matcher, matcher.find(body), kind, path, body)
+                continue
+            if in_flight is not None:
+                _record(leaks, matcher, await in_flight[0], *in_flight[1:])
+            in_flight = (asyncio.ensure_future(asyncio.to_thread(matcher.find, body)), kind, path, body)
+        if in_flight is not None:
+            _record(leaks, matcher, await in_flight[0], *in_flight[1:])
+        await feeder
+    except BaseException:
+        feeder.cancel()
+        if proc.returncode is None:
+            proc.kill()
+        raise
+    finally:
+        await proc.wait()
+    return [Leak(place, label) for place, label in leaks]
+
+
+async def _read_object(stdout: asyncio.StreamReader) -> tuple[bytes, memoryview]:
+    """The next object of `cat-file --batch`: its type and content."""
+    header = (await stdout.readline()).split()
+    if len(header) != 3:
+        raise RuntimeError("git cat-file ended early while scanning the push for secrets")
+    data = await stdout.readexactly(int(header[2]) + 1)
+    return header[1], memoryview(data)[:-1]
+
+
+def _record(leaks: dict[tuple[str, str], None], matcher: SecretMatcher, labels: list[str], kind: bytes,
+            path: str, body: memoryview) -> None:
+    if labels:
+        place = matcher.mask(locate(matcher, kind, path, bytes(body)))
+        leaks.update(((place, label), None) for label in labels)
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        stdin.write(data)
+        await stdin.drain()
+        stdin.close()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass
+
+
+async def check_push(services: Services, git_dir: Path, sha: str, tokens: Iterable[str]) -> list[Leak]:
+    """The leaks a push of sha would make, from the trusted git dir (nothing of the workspace is read)."""
+    matcher = SecretMatcher(await known_secrets(services, tokens))
+    if not matcher:
+        return []
+    return await scan_objects(git_dir, await new_objects(git_dir, sha), matcher)

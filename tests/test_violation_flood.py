@@ -1,0 +1,99 @@
+"""A session that floods the DNS sink and the egress proxy, through the real sandbox and pipeline:
+the flood is counted, stored as a few rows, and the session still ends normally."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.cli_run import run_from_terminal
+from runner.sandbox import check_sandbox_support
+from tests.support.gitrepo import make_repo, show_file
+from tests.test_pipeline import PYTHON, args, make_services
+
+QUERIES = 3000
+NAMES = 150  # distinct names asked for: under the aggregator's limit, so each keeps its own row
+CONNECTIONS = 40
+CAP = 16
+
+FLOOD = textwrap.dedent(f"""
+    import socket, struct
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.settimeout(5)
+    answered = 0
+    for i in range({QUERIES}):
+        labels = f"n{{i % {NAMES}}}.flood.invalid".split(".")
+        question = b"".join(bytes([len(p)]) + p.encode() for p in labels) + b"\\0" + struct.pack("!HH", 1, 1)
+        dns.sendto(struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + question, ("127.0.0.1", 53))
+        answered += dns.recv(512)[3] & 0x0F == 5
+    idle = [socket.create_connection(("127.0.0.1", 3128)) for _ in range({CONNECTIONS})]
+    statuses = []
+    for conn in idle:
+        conn.settimeout(10)
+        statuses.append(conn.recv(64).split(b" ")[1].decode())
+    open("flood.txt", "w").write(f"{{answered}} {{statuses.count('503')}} {{statuses.count('408')}}\\n")
+""")
+
+pytestmark = pytest.mark.skipif(not check_sandbox_support()[0], reason="needs bubblewrap and root")
+
+
+async def test_a_dns_and_connection_flood_is_a_few_counted_rows(tmp_path: Path, db_url: str) -> None:
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, db_url, SANDBOX_PROXY_MAX_CONNECTIONS=str(CAP),
+                                   SANDBOX_PROXY_HEAD_TIMEOUT="1")
+    try:
+        code = await run_from_terminal(services, args(origin, "flood", command=shlex.join([PYTHON, "-c", FLOOD])),
+                                       io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        rows = await services.sessions.violations(session.id)
+        events = [e for e in await services.sessions.events(session.id, limit=100_000) if e.kind == "violation"]
+    finally:
+        await services.close()
+    assert code == 0 and session.state == "completed", session.error
+    # every query answered REFUSED; connections over the cap got a 503, the idle ones a 408
+    assert show_file(origin, session.branch, "flood.txt") == f"{QUERIES} {CONNECTIONS - CAP} {CAP}"
+    counts = {(v.resource, v.operation): v.count for v in rows}
+    assert len(rows) == NAMES + 2
+    assert counts[("n0.flood.invalid:53", "dns")] == QUERIES // NAMES
+    assert counts[("egress proxy", "connect")] == CONNECTIONS - CAP
+    assert counts[("egress proxy", "request")] == CAP
+    assert session.violation_count == sum(counts.values()) == QUERIES + CONNECTIONS
+    assert all(v.first_at <= v.last_at for v in rows)
+    assert sum(e.data["count"] for e in events) == session.violation_count
+    # batched and rate-limited: about 20 rows (and events) a second, not one per datagram
+    assert len(events) < QUERIES / 3
+
+
+ENDLESS = textwrap.dedent("""
+    import socket
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    open("started.txt", "w").write("yes\\n")
+    while True:
+        dns.sendto(b"\\0\\1\\1\\0\\0\\1\\0\\0\\0\\0\\0\\0\\5flood\\7invalid\\0\\0\\1\\0\\1", ("127.0.0.1", 53))
+""")
+
+
+async def test_a_flood_until_the_timeout_is_stored_and_the_work_kept(tmp_path: Path, db_url: str) -> None:
+    """The session times out mid-flood: its violations are still stored (the drain runs at cleanup)."""
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, db_url, SESSION_TIMEOUT="4")
+    try:
+        code = await run_from_terminal(services, args(origin, "flood", command=shlex.join([PYTHON, "-c", ENDLESS])),
+                                       io.StringIO())
+        session = (await services.sessions.list(1))[0]
+        rows = await services.sessions.violations(session.id)
+        events = await services.sessions.events(session.id, limit=100_000)
+    finally:
+        await services.close()
+    assert code == 1 and session.state == "error" and "timed out" in session.error
+    assert show_file(origin, session.branch, "started.txt") == "yes"
+    counts = {(v.resource, v.operation): v.count for v in rows}
+    assert len(rows) <= 2, counts  # the sink's refusal (and the supervisor's, for sendto to port 53)
+    assert counts[("flood.invalid:53", "dns")] > 10
+    assert session.violation_count == sum(counts.values())
+    assert events[-1].kind == "cleanup"
+    assert sum(e.data["count"] for e in events if e.kind == "violation") == session.violation_count
