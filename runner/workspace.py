@@ -125,7 +125,11 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
         path.mkdir(parents=True, mode=0o700)
     os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
     if uids is not None:
-        ws = Workspace(ws.root, await asyncio.to_thread(uids.claim, ws.root, retried))
+        try:
+            ws = Workspace(ws.root, await asyncio.to_thread(uids.claim, ws.root, retried))
+        except BaseException:
+            shutil.rmtree(ws.root, ignore_errors=True)  # nothing runs in it yet; it holds no uid
+            raise
         os.chown(ws.root, 0, ws.claim.uid)  # type: ignore[union-attr]
         os.chmod(ws.root, 0o710)  # only the session's own uid (its group) may pass
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",

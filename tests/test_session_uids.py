@@ -226,3 +226,19 @@ async def test_a_retried_session_keeps_its_uid_and_nothing_of_the_last_attempt_r
     finally:
         leftover.wait()
     assert not again.root.exists() and pool is not None and pool.holder(again.claim.uid) is None
+
+
+async def test_a_full_uid_range_is_a_clear_error_and_leaves_no_directory(tmp_path: Path) -> None:
+    from runner.uids import UidError, UidPool
+    from runner.workspace import create_workspace, update_mirror
+    from tests.conftest import session_base
+
+    origin = make_repo(tmp_path / "origin")
+    mirror = await update_mirror(tmp_path / "data", str(origin), {})
+    pool = UidPool(tmp_path / "claims", 3_950_000, 3_950_000)
+    (tmp_path / "busy").mkdir()
+    pool.claim(tmp_path / "busy")
+    base = Path(session_base())
+    with pytest.raises(UidError, match="all 1 uids of SANDBOX_UID_RANGE 3950000-3950000 belong to existing"):
+        await create_workspace(base, "full", mirror, str(origin), "main", "sesame/f", False, uids=pool)
+    assert not (base / "full").exists()
