@@ -220,9 +220,9 @@ def uid_status(settings: Settings) -> tuple[str, str, str]:
     """(ok | warn | fail, detail, fix) about session uids, for `sesame doctor`."""
     pool = pool_from_settings(settings)
     if pool is None:
-        return ("warn", f"not running as root (uid {os.geteuid()}): uids cannot be switched, so every session "
-                "runs as this uid and sessions can read each other's files (SANDBOX_UID_RANGE is unused)",
-                "run the worker (`sesame worker` or `sesame serve`) as root")
+        detail = (f"not running as root (uid {os.geteuid()}): uids cannot be switched, so every session "
+                  "runs as this uid and sessions can read each other's files (SANDBOX_UID_RANGE is unused)")
+        return "warn", detail, "run the worker (`sesame worker` or `sesame serve`) as root"
     taken = _users_in(pool.first, pool.last)
     if taken:
         return ("warn", f"SANDBOX_UID_RANGE {pool.first}-{pool.last} holds uids of this host: {', '.join(taken[:5])}",
@@ -233,5 +233,6 @@ def uid_status(settings: Settings) -> tuple[str, str, str]:
     except UidError as exc:
         return "fail", str(exc), "fix SANDBOX_UID_DIR or its ownership and mode (root, 0700)"
     live = sum(1 for root in claims.values() if os.path.lexists(root))
-    return ("ok", f"each session runs as a uid of its own from {pool.first}-{pool.last}: {live} held by "
-            f"existing workspaces, {len(claims) - live} free again; claims in {pool.directory}", "")
+    detail = (f"each session runs as a uid of its own from {pool.first}-{pool.last}: {live} held by "
+              f"existing workspaces, {len(claims) - live} free again; claims in {pool.directory}")
+    return "ok", detail, ""

@@ -146,12 +146,8 @@ async def test_a_kept_workspace_keeps_its_uid_and_only_that_uid_may_enter(tmp_pa
 
 def _can_read_as(uid: int, path: Path) -> bool:
     """Whether uid (no supplementary groups) can read path: a child process tries."""
-    def become() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    return subprocess.run(["cat", str(path)], preexec_fn=become, capture_output=True, check=False).returncode == 0
+    done = subprocess.run(["cat", str(path)], user=uid, group=uid, extra_groups=[], capture_output=True, check=False)
+    return done.returncode == 0
 
 
 # A daemon that drops the session's environment marker and its process group, as an unsandboxed agent can.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -142,13 +143,8 @@ def test_a_bad_uid_range_is_a_clear_settings_error(tmp_path: Path, text: str) ->
 
 def _run_as(uid: int, marker: str) -> subprocess.Popen[bytes]:
     """A detached sleep as uid (a daemon the session left behind)."""
-    def become() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    return subprocess.Popen(["setsid", "sleep", marker], preexec_fn=become, env={"PATH": "/usr/bin:/bin"},
-                            start_new_session=True)
+    return subprocess.Popen(["setsid", "sleep", marker], user=uid, group=uid, extra_groups=[],
+                            env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run processes as other uids")
@@ -164,7 +160,7 @@ async def test_kill_uid_ends_every_process_of_that_uid_and_nothing_else(tmp_path
         for _ in range(100):
             if len(processes_of(target.uid)) == 2 and processes_of(bystander.uid):
                 break
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         assert len(processes_of(target.uid)) == 2
         await kill_uid(target.uid)
         assert processes_of(target.uid) == [] and len(processes_of(bystander.uid)) == 1
