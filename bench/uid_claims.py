@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.uids import UidPool  # noqa: E402
+from runner.uids import UidPool
 
 
 def main() -> None:
