@@ -8,14 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.catalog import CATALOG
-from runner.agents.base import (
-    Agent,
-    AgentEvent,
-    CredentialLike,
-    as_dict,
-    env_first,
-    shorten,
-)
+from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_first, shorten
 from runner.agents.tools import tool_event
 
 AUTH_FILE = ".local/share/opencode/auth.json"
