@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from aiohttp import web
 
 from bot.catalog import AGENT_ENV_KEYS, AGENT_NAMES, CATALOG, canonical_agent_name, display_name
-from bot.settings import KEYS
+from bot.models import Session
+from bot.services import Services
+from bot.settings import KEYS, Settings
 from runner.agents import AGENTS, get_agent
 from runner.agents.codex import GATEWAY_PROVIDER
+from runner.execution import agent_argv, agent_setting, configured_agent
 from tests.agents.test_install import cli_with_npm
 from webhooks.api import check_agent
 
@@ -85,3 +90,29 @@ def test_command_agent_is_configured_with_its_command_or_refuses_clearly() -> No
 def test_other_agents_are_configured_as_they_are(name: str) -> None:
     agent = get_agent(name)
     assert agent.configured(base_url="http://127.0.0.1:9", command="ignored") is agent
+
+
+def run_settings(**values: str) -> Services:
+    """Services carrying only settings, which is all the agent set-up in runner.execution reads."""
+    return cast(Services, SimpleNamespace(settings=Settings(values=dict(values), sources={})))
+
+
+def test_execution_reads_model_and_gateway_keys_from_the_catalogue() -> None:
+    services = run_settings(CLAUDE_MODEL="claude-default", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    claude, codex = get_agent("claude"), get_agent("codex")
+    assert agent_argv(services, claude, Session(model=None), "p", None)[-2:] == ["--model", "claude-default"]
+    assert agent_argv(services, claude, Session(model="m2"), "p", None)[-2:] == ["--model", "m2"]
+    base_url = agent_setting(services.settings, codex.spec.base_url_key)
+    argv = configured_agent(services, Session(context={}), codex, base_url).argv("p", None)
+    assert base_url == "http://127.0.0.1:9/v1" and 'model_provider="sesame"' in argv
+
+
+def test_execution_gives_the_command_agent_the_session_command_before_the_setting() -> None:
+    services = run_settings(AGENT_COMMAND="echo from-settings")
+    command = get_agent("command")
+    from_settings = configured_agent(services, Session(context={}), command, None)
+    assert from_settings.argv("p", None) == ["echo", "from-settings"]
+    from_session = configured_agent(services, Session(context={"command": "echo cli"}), command, None)
+    assert from_session.argv("p", None) == ["echo", "cli"]
+    with pytest.raises(ValueError, match="needs a command"):
+        configured_agent(run_settings(), Session(context={}), command, None)
