@@ -1,8 +1,47 @@
-"""Names shared by every part: the agents Sesame knows."""
+"""The one registry of the agents Sesame knows: names, packages, binaries and their settings keys."""
 
-AGENT_NAMES = ("claude", "codex", "gemini", "copilot", "amp", "opencode", "command")
-DISPLAY_NAMES = {"claude": "Claude Code", "codex": "Codex", "gemini": "Gemini CLI", "copilot": "Copilot CLI",
-                 "amp": "Amp", "opencode": "opencode", "command": "a custom command"}
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What every part needs to know about one agent, without running it (runner/agents runs it)."""
+
+    name: str
+    display_name: str  # how messages name the agent ("Sesame is working with Claude Code")
+    npm_package: str | None = None  # None: nothing to install
+    binary: str = ""  # the executable npm installs; empty for the operator's own command
+    model_key: str | None = None  # setting holding the default model
+    base_url_key: str | None = None  # setting holding a gateway base URL
+    server_env_keys: tuple[str, ...] = ()  # server settings the agent may take its key from, in order
+
+
+AGENT_SPECS = (
+    AgentSpec("claude", "Claude Code", "@anthropic-ai/claude-code", "claude", "CLAUDE_MODEL", "ANTHROPIC_BASE_URL",
+              ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY")),
+    AgentSpec("codex", "Codex", "@openai/codex", "codex", "CODEX_MODEL", "OPENAI_BASE_URL",
+              ("CODEX_API_KEY", "OPENAI_API_KEY")),
+    AgentSpec("gemini", "Gemini CLI", "@google/gemini-cli", "gemini", "GEMINI_MODEL", "GEMINI_BASE_URL",
+              ("GEMINI_API_KEY",)),
+    AgentSpec("copilot", "Copilot CLI", "@github/copilot", "copilot", "COPILOT_MODEL", None,
+              ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")),
+    AgentSpec("amp", "Amp", "@sourcegraph/amp", "amp", None, "AMP_URL", ("AMP_API_KEY",)),
+    AgentSpec("opencode", "opencode", "opencode-ai", "opencode", None, None, ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")),
+    AgentSpec("command", "a custom command"),
+)
+CATALOG: dict[str, AgentSpec] = {spec.name: spec for spec in AGENT_SPECS}
+AGENT_NAMES = tuple(CATALOG)
+DISPLAY_NAMES = {spec.name: spec.display_name for spec in AGENT_SPECS}
+# Settings an agent may take its own key from; every other secret stays out of the sandbox.
+AGENT_ENV_KEYS = tuple(dict.fromkeys(key for spec in AGENT_SPECS for key in spec.server_env_keys))
+
+
+def canonical_agent_name(name: str) -> str | None:
+    """The catalogue's spelling of an agent name (case and surrounding blanks ignored), or None."""
+    key = name.strip().lower()
+    return key if key in CATALOG else None
 
 
 def display_name(agent: str) -> str:

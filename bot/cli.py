@@ -11,6 +11,7 @@ import sys
 from typing import Any, Awaitable, Callable
 
 from bot import __version__
+from bot.catalog import CATALOG
 from bot.db import NotMigrated
 from bot.settings import Settings, SettingsError, describe_keys, load_settings
 from bot.untrusted import ControlFreeFormatter, install_clean_records
@@ -272,17 +273,17 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
-    from runner.agents import AGENTS
     from runner.agents.install import AgentInstallError, find_agent_binary, install_agent
 
     if args.agents_command == "list":
-        for name, agent in AGENTS.items():
-            found = find_agent_binary(name, settings.data_dir) if agent.npm_package else "built in"
-            print(f"{name:10} {agent.display_name:14} {found or 'not installed: sesame agents install ' + name}")
+        for spec in CATALOG.values():
+            found = find_agent_binary(spec.name, settings.data_dir) if spec.npm_package else "built in"
+            shown = found or f"not installed: sesame agents install {spec.name}"
+            print(f"{spec.name:10} {spec.display_name:16} {shown}")
         return 0
-    if args.name not in AGENTS:
-        return fail(f"unknown agent {args.name!r}; choose one of {', '.join(AGENTS)}")
-    if not AGENTS[args.name].npm_package:
+    if args.name not in CATALOG:
+        return fail(f"unknown agent {args.name!r}; choose one of {', '.join(CATALOG)}")
+    if not CATALOG[args.name].npm_package:
         print(f"{args.name} needs no installation")
         return 0
     print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from bot.catalog import CATALOG
 from bot.settings import Settings
 
 
@@ -89,12 +90,11 @@ async def check_limits(settings: Settings) -> Check:
 
 
 async def check_agents(settings: Settings) -> Check:
-    from runner.agents import AGENTS
     from runner.agents.install import find_agent_binary
 
-    found = [n for n, a in AGENTS.items() if a.npm_package and find_agent_binary(n, settings.data_dir)]
+    found = [n for n, a in CATALOG.items() if a.npm_package and find_agent_binary(n, settings.data_dir)]
     default = settings.SESAME_DEFAULT_AGENT
-    if default in AGENTS and (not AGENTS[default].npm_package or default in found):
+    if default in CATALOG and (not CATALOG[default].npm_package or default in found):
         return Check("agents", "ok", f"installed: {', '.join(found) or 'none'}; default {default}")
     return Check("agents", "warn", f"the default agent {default!r} is not installed "
                  f"(installed: {', '.join(found) or 'none'})", f"run `sesame agents install {default}`")

@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
+from bot.catalog import AGENT_ENV_KEYS
 from bot.models import Session
 from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
-from runner.agents.codex import CodexAgent
-from runner.agents.command import CommandAgent
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
-# Settings an agent may take its own key from; every other secret stays out.
-AGENT_ENV_KEYS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API_KEY", "GEMINI_API_KEY",
-                  "COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "AMP_API_KEY")
-BASE_URL_KEYS = {"claude": "ANTHROPIC_BASE_URL", "codex": "OPENAI_BASE_URL", "gemini": "GEMINI_BASE_URL",
-                 "amp": "AMP_URL"}
-MODEL_KEYS = {"claude": "CLAUDE_MODEL", "codex": "CODEX_MODEL", "gemini": "GEMINI_MODEL",
-              "copilot": "COPILOT_MODEL"}
 
 
 class AgentRun:
@@ -87,20 +79,21 @@ def sandbox_limits_from(settings: Settings) -> SandboxLimits:
     )
 
 
-def configured_agent(services: Services, session: Session, agent: Agent) -> Agent:
-    """The `command` agent with its argv from the session (CLI) or the settings."""
-    if not isinstance(agent, CommandAgent):
-        return agent
+def agent_setting(settings: Settings, key: str | None) -> str | None:
+    """The value of one of the agent's settings keys from the catalogue (model, base URL), if it has and sets it."""
+    value = settings.get(key) if key else None
+    return str(value) if value else None
+
+
+def configured_agent(services: Services, session: Session, agent: Agent, base_url: str | None) -> Agent:
+    """The agent set up for this session: its gateway, and a command line from the session (CLI) or settings."""
     command = (session.context or {}).get("command") or services.settings.get("AGENT_COMMAND")
-    if not command:
-        raise ValueError("the command agent needs a command: set AGENT_COMMAND "
-                         "(agents.command.command) or pass --command")
-    return agent.with_command(command)
+    return agent.configured(base_url=base_url, command=command)
 
 
 def agent_binary(services: Services, agent: Agent) -> Path | None:
-    """The installed CLI of a vendor agent (None for `command`)."""
-    if isinstance(agent, CommandAgent):
+    """The installed CLI of a vendor agent (None for one that runs the operator's command)."""
+    if not agent.binary:
         return None
     binary = find_agent_binary(agent.name, services.settings.data_dir)
     if binary is None:
@@ -110,17 +103,15 @@ def agent_binary(services: Services, agent: Agent) -> Path | None:
 
 def install_prefix(services: Services, agent: Agent, binary: Path | None) -> Path | None:
     """The agent's npm prefix in the data dir, when the binary comes from there."""
-    prefix = agent_prefix(agent.name, services.settings.data_dir) if binary else None
-    if prefix is not None and (binary == prefix or prefix in binary.parents):
-        return prefix
-    return None
+    if binary is None:
+        return None
+    prefix = agent_prefix(agent.name, services.settings.data_dir)
+    return prefix if binary == prefix or prefix in binary.parents else None
 
 
 def agent_argv(services: Services, agent: Agent, session: Session, prompt: str, bin_dir: Path | None) -> list[str]:
     """The agent's command line; vendor CLIs run from bin_dir as the sandbox sees it."""
-    if isinstance(agent, CommandAgent):
-        return agent.argv(prompt, session.model)
-    model = session.model or services.settings.get(MODEL_KEYS.get(agent.name, ""), None)
+    model = session.model or agent_setting(services.settings, agent.spec.model_key)
     return agent.argv(prompt, model, bin_dir=bin_dir)
 
 
@@ -155,13 +146,10 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
                       on_violation: ViolationCallback) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox."""
     settings = services.settings
-    agent = configured_agent(services, session, agent)
-    base_url = settings.get(BASE_URL_KEYS.get(agent.name, ""), None)
-    if isinstance(agent, CodexAgent) and base_url:  # codex takes its gateway as config, not from env
-        agent = agent.with_base_url(base_url)
-    env = {**agent.base_env(base_url), **agent.credential_env(credential, agent_server_env(services))}
-    if isinstance(agent, CommandAgent):
-        env.update(agent.prompt_env(prompt))
+    base_url = agent_setting(settings, agent.spec.base_url_key)
+    agent = configured_agent(services, session, agent, base_url)
+    env = {**agent.base_env(base_url), **agent.credential_env(credential, agent_server_env(services)),
+           **agent.prompt_env(prompt)}
     env["SESAME_SESSION_ID"] = session.id
     write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)})
     binary = agent_binary(services, agent)

@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-from bot.catalog import AGENT_NAMES
+from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.credentials import KINDS, CredentialStore
 from bot.models import Session, State, Violation
 from bot.services import Services
@@ -46,10 +46,11 @@ def session_json(row: Session) -> dict[str, Any]:
 
 
 def check_agent(name: str) -> str:
-    """A known agent name, or a clear 400."""
-    if name.lower() not in AGENT_NAMES:
+    """The catalogue's name of a known agent, or a clear 400."""
+    known = canonical_agent_name(name)
+    if known is None:
         raise bad_request(f"unknown agent {name!r}; valid agents: {', '.join(AGENT_NAMES)}")
-    return name.lower()
+    return known
 
 
 def bad_request(message: str) -> web.HTTPBadRequest:

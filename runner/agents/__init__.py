@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.catalog import canonical_agent_name
 from runner.agents.amp import AmpAgent
 from runner.agents.base import Agent, AgentEvent, Credential, pick_credential
 from runner.agents.claude import ClaudeAgent
@@ -21,13 +22,11 @@ AGENTS: dict[str, Agent] = {
 
 
 def get_agent(name: str, *, command: str | Sequence[str] | None = None) -> Agent:
-    """The agent called name; the `command` agent needs its command line."""
-    agent = AGENTS.get(name.strip().lower())
+    """The agent called name (case and blanks ignored); the `command` agent needs its command line."""
+    agent = AGENTS.get(canonical_agent_name(name) or "")
     if agent is None:
         raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(sorted(AGENTS))}")
-    if isinstance(agent, CommandAgent) and command is not None:
-        return agent.with_command(command)
-    return agent
+    return agent.configured(command=command) if command is not None else agent
 
 
 __all__ = ["AGENTS", "Agent", "AgentEvent", "Credential", "get_agent", "pick_credential"]

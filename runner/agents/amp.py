@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from runner.agents.base import Agent, AgentEvent, load_json_object, raw_event
+from bot.catalog import CATALOG
+from runner.agents.base import Agent, AgentEvent
 from runner.agents.claude import parse_stream_json
 
 SETTINGS_FILE = ".config/amp/settings.json"
@@ -16,15 +18,11 @@ SETTINGS_FILE = ".config/amp/settings.json"
 class AmpAgent(Agent):
     """Sourcegraph's Amp CLI."""
 
-    name: str = "amp"
-    display_name: str = "Amp"
-    npm_package: str | None = "@sourcegraph/amp"
-    binary: str = "amp"
+    spec = CATALOG["amp"]
     vendor_domains: tuple[str, ...] = ("ampcode.com", "*.ampcode.com")
     base_url_env: str | None = "AMP_URL"
     subscription_env: str | None = "AMP_API_KEY"
     api_key_env: str | None = "AMP_API_KEY"
-    server_env_keys: tuple[str, ...] = ("AMP_API_KEY",)
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Execute mode with stream JSON; Amp picks models by mode, so a model names the mode."""
@@ -41,9 +39,6 @@ class AmpAgent(Agent):
                     "amp.git.commit.coauthor.enabled": False}
         return {SETTINGS_FILE: json.dumps(settings, indent=2) + "\n"}
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse a stream-json line (same shape as Claude Code's)."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return parse_stream_json(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for a stream-json object (same shape as Claude Code's)."""
+        return parse_stream_json(obj, cwd=cwd)

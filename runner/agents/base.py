@@ -1,13 +1,15 @@
-"""The Agent base: argv, credentials, network domains and an output-line parser."""
+"""The Agent base: argv, credentials, network domains, per-run configuration and an output-line parser."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
+
+from bot.catalog import AgentSpec
 
 EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
@@ -100,17 +102,41 @@ def env_first(server_env: Mapping[str, str], names: Iterable[str]) -> dict[str, 
 
 @dataclass(frozen=True)
 class Agent:
-    """A coding-agent CLI: how to install, run, authenticate and understand it."""
+    """A coding-agent CLI: how to install, run, authenticate and understand it.
 
-    name: str = ""
-    display_name: str = ""
-    npm_package: str | None = None
-    binary: str = ""
+    Its name, package, binary and settings keys come from its entry in bot.catalog (`spec`);
+    subclasses override the hooks below where their CLI differs.
+    """
+
+    spec: ClassVar[AgentSpec]
     vendor_domains: tuple[str, ...] = ()
     base_url_env: str | None = None
     subscription_env: str | None = None
     api_key_env: str | None = None
-    server_env_keys: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def display_name(self) -> str:
+        return self.spec.display_name
+
+    @property
+    def npm_package(self) -> str | None:
+        return self.spec.npm_package
+
+    @property
+    def binary(self) -> str:
+        return self.spec.binary
+
+    @property
+    def server_env_keys(self) -> tuple[str, ...]:
+        return self.spec.server_env_keys
+
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> Agent:
+        """This agent set up for one run: a gateway base URL, the command line of an agent that runs one."""
+        return self
 
     def executable(self, bin_dir: Path | str | None) -> str:
         """Path of the binary inside bin_dir, or its bare name for a PATH lookup."""
@@ -156,12 +182,19 @@ class Agent:
         return list(self.vendor_domains) + ([extra] if extra else [])
 
     def parse_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Events for one line of output; never raises."""
+        """Events for one line of output (none for a blank line); never raises."""
+        if not line.strip():
+            return []
         try:
-            return self.parse_json_line(line, cwd=cwd)
-        except Exception:  # a parser bug must never break a session
+            return self.parse_output(line, cwd=cwd)
+        except Exception:  # noqa: BLE001 - a parser bug must never break a session
             return [raw_event(line)]
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Agent-specific parser; the default treats every non-empty line as raw output."""
-        return [raw_event(line)] if line.strip() else []
+    def parse_output(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """A non-blank line of JSON-lines output: an object goes to parse_event, anything else is raw."""
+        obj = load_json_object(line)
+        return [raw_event(line)] if obj is None else self.parse_event(obj, cwd=cwd)
+
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Agent-specific: events for one JSON object the CLI printed; the default shows it raw."""
+        return [AgentEvent("raw", shorten(str(obj.get("type") or obj)), obj)]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import Agent, AgentEvent, CredentialLike, load_json_object, raw_event, shorten
+from bot.catalog import CATALOG
+from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
 from runner.agents.tools import tool_event
 
 CREDENTIALS_FILE = ".claude/.credentials.json"
@@ -55,14 +56,10 @@ def result_events(obj: dict[str, Any]) -> list[AgentEvent]:
 class ClaudeAgent(Agent):
     """Anthropic's Claude Code CLI."""
 
-    name: str = "claude"
-    display_name: str = "Claude Code"
-    npm_package: str | None = "@anthropic-ai/claude-code"
-    binary: str = "claude"
+    spec = CATALOG["claude"]
     vendor_domains: tuple[str, ...] = ("api.anthropic.com",)
     base_url_env: str | None = "ANTHROPIC_BASE_URL"
     api_key_env: str | None = "ANTHROPIC_API_KEY"
-    server_env_keys: tuple[str, ...] = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY")
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """`claude -p` with streaming JSON; the prompt arrives on stdin."""
@@ -92,12 +89,9 @@ class ClaudeAgent(Agent):
                  "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"}
         return quiet | super().base_env(base_url)
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse a stream-json line."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return parse_stream_json(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for a stream-json object."""
+        return parse_stream_json(obj, cwd=cwd)
 
 
 def is_json_blob(value: str) -> bool:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import (Agent, AgentEvent, CredentialLike, as_dict, env_first, load_json_object, raw_event,
-                                relative_path, shorten)
+from bot.catalog import CATALOG
+from runner.agents.base import (
+    Agent,
+    AgentEvent,
+    CredentialLike,
+    as_dict,
+    env_first,
+    load_json_object,
+    relative_path,
+    shorten,
+)
 from runner.agents.tools import tool_event
 
 AUTH_FILE = ".codex/auth.json"
@@ -106,18 +115,18 @@ def codex_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
 class CodexAgent(Agent):
     """OpenAI's Codex CLI."""
 
-    name: str = "codex"
-    display_name: str = "Codex"
-    npm_package: str | None = "@openai/codex"
-    binary: str = "codex"
+    spec = CATALOG["codex"]
     vendor_domains: tuple[str, ...] = ("api.openai.com", "chatgpt.com", "auth.openai.com")
     api_key_env: str | None = "CODEX_API_KEY"
-    server_env_keys: tuple[str, ...] = ("CODEX_API_KEY", "OPENAI_API_KEY")
     gateway_url: str | None = None
 
     def with_base_url(self, base_url: str | None) -> CodexAgent:
         """This agent talking to a Responses API gateway (codex takes it as config, not from the environment)."""
         return replace(self, gateway_url=base_url or None)
+
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> CodexAgent:
+        """The gateway goes into codex's argv: it takes no base URL from the environment."""
+        return self.with_base_url(base_url) if base_url else self
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """`codex exec --json`, its own sandbox off (Sesame's sandbox wraps it), prompt from stdin."""
@@ -134,15 +143,13 @@ class CodexAgent(Agent):
         """`codex exec` reads only CODEX_API_KEY, so a server's OPENAI_API_KEY is passed under that name."""
         if cred is not None:
             return super().credential_env(cred, server_env)
-        return {"CODEX_API_KEY": v for v in env_first(server_env, self.server_env_keys).values()}
+        key = next(iter(env_first(server_env, self.server_env_keys).values()), None)
+        return {"CODEX_API_KEY": key} if key else {}
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """A ChatGPT subscription is the auth.json that `codex login` writes."""
         return {AUTH_FILE: cred.value} if cred is not None and cred.kind == "subscription" else {}
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse an `exec --json` line."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return codex_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for an `exec --json` object."""
+        return codex_events(obj, cwd=cwd)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
 
 
@@ -22,13 +23,19 @@ def command_argv(command: str | Sequence[str]) -> tuple[str, ...]:
 class CommandAgent(Agent):
     """A custom agent: the operator's own command line, for scripts and tests."""
 
-    name: str = "command"
-    display_name: str = "Command"
+    spec = CATALOG["command"]
     command: tuple[str, ...] = field(default=())
 
     def with_command(self, command: str | Sequence[str]) -> CommandAgent:
         """A copy of this agent that runs command."""
         return CommandAgent(command=command_argv(command))
+
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> CommandAgent:
+        """This agent running command (from the session or AGENT_COMMAND); without one, a clear error."""
+        if not command:
+            raise ValueError("the command agent needs a command: set AGENT_COMMAND "
+                             "(agents.command.command) or pass --command")
+        return self.with_command(command)
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """The configured argv, untouched; the prompt goes to stdin and SESAME_PROMPT."""
@@ -46,6 +53,6 @@ class CommandAgent(Agent):
         """SESAME_PROMPT carries the prompt too."""
         return {"SESAME_PROMPT": prompt}
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Every non-empty line is shown as a message."""
-        return [AgentEvent("message", shorten(line), {"line": line})] if line.strip() else []
+    def parse_output(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
+        """Every non-blank line is shown as a message."""
+        return [AgentEvent("message", shorten(line), {"line": line})]

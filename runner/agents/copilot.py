@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import Agent, AgentEvent, as_dict, load_json_object, raw_event, shorten
+from bot.catalog import CATALOG
+from runner.agents.base import Agent, AgentEvent, as_dict, shorten
 from runner.agents.tools import tool_event
 
 
@@ -31,15 +32,11 @@ def copilot_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
 class CopilotAgent(Agent):
     """GitHub's Copilot CLI."""
 
-    name: str = "copilot"
-    display_name: str = "Copilot CLI"
-    npm_package: str | None = "@github/copilot"
-    binary: str = "copilot"
+    spec = CATALOG["copilot"]
     vendor_domains: tuple[str, ...] = (
         "api.githubcopilot.com", "*.githubcopilot.com", "api.github.com", "github.com")
     subscription_env: str | None = "COPILOT_GITHUB_TOKEN"
     api_key_env: str | None = "COPILOT_GITHUB_TOKEN"
-    server_env_keys: tuple[str, ...] = ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Prompt mode with JSONL output; every tool allowed (Sesame's sandbox is the boundary)."""
@@ -52,9 +49,6 @@ class CopilotAgent(Agent):
         env = {"COPILOT_AUTO_UPDATE": "false"}
         return env | ({"COPILOT_PROVIDER_BASE_URL": base_url} if base_url else {})
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse a JSONL line."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return copilot_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for a JSONL object."""
+        return copilot_events(obj, cwd=cwd)

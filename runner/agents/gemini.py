@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, load_json_object, raw_event, shorten
+from bot.catalog import CATALOG
+from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, shorten
 from runner.agents.codex import error_text
 from runner.agents.tools import tool_event
 
@@ -49,15 +50,11 @@ def gemini_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
 class GeminiAgent(Agent):
     """Google's Gemini CLI."""
 
-    name: str = "gemini"
-    display_name: str = "Gemini CLI"
-    npm_package: str | None = "@google/gemini-cli"
-    binary: str = "gemini"
+    spec = CATALOG["gemini"]
     vendor_domains: tuple[str, ...] = (
         "generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com")
     base_url_env: str | None = "GOOGLE_GEMINI_BASE_URL"
     api_key_env: str | None = "GEMINI_API_KEY"
-    server_env_keys: tuple[str, ...] = ("GEMINI_API_KEY",)
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Headless mode; `--prompt=` keeps a prompt starting with '-' a value."""
@@ -78,9 +75,6 @@ class GeminiAgent(Agent):
         """No telemetry; optional gateway URL."""
         return {"GEMINI_TELEMETRY_ENABLED": "false"} | super().base_env(base_url)
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse a stream-json line."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return gemini_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for a stream-json object."""
+        return gemini_events(obj, cwd=cwd)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.agents.base import (Agent, AgentEvent, CredentialLike, as_dict, env_first, load_json_object, raw_event,
-                                shorten)
+from bot.catalog import CATALOG
+from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_first, shorten
 from runner.agents.tools import tool_event
 
 AUTH_FILE = ".local/share/opencode/auth.json"
@@ -38,12 +38,8 @@ def opencode_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]
 class OpencodeAgent(Agent):
     """The opencode CLI (any provider; Anthropic by default)."""
 
-    name: str = "opencode"
-    display_name: str = "opencode"
-    npm_package: str | None = "opencode-ai"
-    binary: str = "opencode"
+    spec = CATALOG["opencode"]
     vendor_domains: tuple[str, ...] = ("api.anthropic.com", "api.openai.com", "models.dev", "opencode.ai")
-    server_env_keys: tuple[str, ...] = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Raw JSON events; `--` keeps the prompt a positional even if it starts with '-'."""
@@ -67,9 +63,6 @@ class OpencodeAgent(Agent):
         """No self-update, no model-list fetch, no telemetry."""
         return {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1"}
 
-    def parse_json_line(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:
-        """Parse a JSON event line."""
-        if not line.strip():
-            return []
-        obj = load_json_object(line)
-        return opencode_events(obj, cwd=cwd) if obj is not None else [raw_event(line)]
+    def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
+        """Events for a JSON event object."""
+        return opencode_events(obj, cwd=cwd)

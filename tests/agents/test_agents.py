@@ -149,7 +149,7 @@ def test_codex_gateway_is_config_not_environment() -> None:
     """codex ignores OPENAI_BASE_URL; a gateway is a Responses provider over HTTPS given with `-c`."""
     codex = get_agent("codex")
     assert "-c" not in codex.argv("x", None)
-    argv = codex.with_base_url("http://127.0.0.1:9/v1").argv("x", "gpt-5.5")  # type: ignore[attr-defined]
+    argv = codex.configured(base_url="http://127.0.0.1:9/v1").argv("x", "gpt-5.5")
     assert argv[argv.index("-c") : argv.index("--model")] == [
         "-c", 'model_provider="sesame"', "-c", 'model_providers.sesame={name="Sesame gateway",'
         'base_url="http://127.0.0.1:9/v1",wire_api="responses",requires_openai_auth=true,supports_websockets=false}']
