@@ -484,21 +484,29 @@ async def _refuse_leaks(state: Run, sha: str) -> None:
 
 
 async def _finish(state: Run, final: State, error: str | None = None) -> None:
+    await _release_sandbox(state)  # its last violations are stored before the final status
     if final is State.ERROR and state.stop.is_set():
         final, error = State.STOPPED, None
     await state.services.sessions.finish(state.session.id, final, error)
     state.progress.finish(final.value, state.progress.outcome, error)
 
 
-async def _cleanup(state: Run) -> None:
-    """Kill every process of the session; remove its directory unless keep_alive."""
-    if state.agent_run is not None:
+async def _release_sandbox(state: Run) -> None:
+    """Destroy the sandbox (every process of it) and store its last violations; once only."""
+    agent_run, state.agent_run = state.agent_run, None
+    if agent_run is not None:
         try:
-            await state.agent_run.destroy()
+            await agent_run.destroy()
         except Exception:
             log.exception("destroying the sandbox of session %s failed", state.session.id)
-    if state.violations is not None:
-        await state.violations.close(max(state.deadline - time.monotonic(), DRAIN_GRACE))
+    violations, state.violations = state.violations, None
+    if violations is not None:
+        await violations.close(max(state.deadline - time.monotonic(), DRAIN_GRACE))
+
+
+async def _cleanup(state: Run) -> None:
+    """Kill every process of the session; remove its directory unless keep_alive."""
+    await _release_sandbox(state)
     if state.workspace is not None:
         try:
             await end_workspace(state.workspace, bool(state.session.keep_alive))
