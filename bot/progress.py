@@ -118,6 +118,14 @@ def slack_escaper(secrets: Iterable[str] = ()) -> Escaper:
     return Escaper(slack_text, slack_code, lambda url, label: f"<{url}|{label}>", tuple(secrets))
 
 
+def blocked_by(p: Progress) -> str:
+    """Who blocked what: the sandbox, and the pre-push check once a known secret was kept out."""
+    total = sum(p.violations.values())
+    if any(kind == "secret" for kind, _res in p.violations):
+        return f"{total} blocked by the sandbox or the pre-push secret check"
+    return f"{total} blocked by the sandbox"
+
+
 def violation_lines(p: Progress, esc: Escaper, limit: int = 8) -> list[str]:
     items = p.violations.most_common()
     lines = [f"{esc.text(kind, 40)} {esc.code(res, RESOURCE_LIMIT)}" + (f" (x{n})" if n > 1 else "")
@@ -162,8 +170,7 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
         lines.append(f"- [{mark}] {_step_text(p, name, esc)}{suffix}")
     vlines = violation_lines(p, esc)
     if vlines:
-        total = sum(p.violations.values())
-        lines += ["", f"> {total} blocked by the sandbox: " + ", ".join(vlines)]
+        lines += ["", f"> {blocked_by(p)}: " + ", ".join(vlines)]
     end = final_line(p, esc)
     if end:
         lines += ["", end]
@@ -198,7 +205,7 @@ def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[di
     vlines = violation_lines(p, esc)
     if vlines:
         blocks.append({"type": "context", "elements": [
-            _mrkdwn(f"{sum(p.violations.values())} blocked by the sandbox: " + ", ".join(vlines))]})
+            _mrkdwn(f"{blocked_by(p)}: " + ", ".join(vlines))]})
     end = final_line(p, esc)
     if end:
         blocks.append({"type": "section", "text": _mrkdwn(end)})

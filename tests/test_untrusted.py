@@ -309,3 +309,15 @@ def test_clean_records_are_installed_once() -> None:
         assert record.getMessage() == "x"
     finally:
         logging.setLogRecordFactory(before)
+
+
+def test_a_secret_kept_out_of_a_push_is_not_called_a_sandbox_block() -> None:
+    from bot.progress import Progress, render_markdown, render_slack
+
+    p = Progress("s1", "t", "Claude Code")
+    p.violation("network", "evil.invalid:443")
+    assert "> 1 blocked by the sandbox: network" in render_markdown(p)
+    p.violation("secret", "deploy/app.pem")
+    assert "> 2 blocked by the sandbox or the pre-push secret check: " in render_markdown(p)
+    _text, blocks = render_slack(p)
+    assert "2 blocked by the sandbox or the pre-push secret check: " in str(blocks)
