@@ -79,6 +79,14 @@ class _FileLock:
         os.close(self.fd)
 
 
+def private_dir(path: Path) -> None:
+    """A directory only its owner enters: mirrors hold every repository the server fetched, and a
+    session of another installation on this host (whose sandbox does not hide this data dir) could
+    otherwise read them. Workspaces get their objects as hard links, never through this path."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str],
                         extra_refs: Sequence[str] = ()) -> Path:
     """Create or fetch the bare mirror of a remote (one fetch at a time per mirror).
@@ -86,6 +94,7 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
     `extra_refs` (such as a fork PR's refs/pull/N/head) are fetched too, to the same names.
     """
     mirror = mirror_path(data_dir, remote)
+    private_dir(mirror.parent)
     async with _FileLock(mirror.with_suffix(".lock")):
         if not (mirror / "HEAD").exists():
             tmp = mirror.with_suffix(".tmp")

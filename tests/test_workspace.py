@@ -88,3 +88,35 @@ async def test_communicate_feeds_and_reads_at_once() -> None:
         "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(communicate(proc, big), 30)
     assert (out, err, proc.returncode) == (big, b"", 0)
+
+
+async def test_mirrors_are_root_only_so_no_session_of_any_installation_reads_them(tmp_path: Path) -> None:
+    """Each session hides its own installation's data dir; another installation's mirrors were 0755."""
+    from tests.support.gitrepo import make_repo
+
+    import shutil
+    import tempfile
+
+    origin = make_repo(tmp_path / "origin")
+    data = Path(tempfile.mkdtemp(prefix="sesame-mirrors-", dir="/var/tmp"))  # every parent 0755 or 1777
+    os.chmod(data, 0o755)
+    try:
+        await _mirrors_refused(data, origin)
+    finally:
+        shutil.rmtree(data)
+
+
+async def _mirrors_refused(data: Path, origin: Path) -> None:
+    from runner.snapshot import as_user
+
+    mirror = await update_mirror(data, str(origin), {})
+    if os.geteuid() == 0:  # a session uid (any other user) can neither list nor read them
+        def peek() -> str:
+            try:
+                return str(os.listdir(mirror.parent)) + (mirror / "HEAD").read_text()
+            except PermissionError:
+                return "refused"
+        assert await as_user(65534, 65534, peek) == "refused"
+    ws = await create_workspace(Path(session_base()), "s3", mirror, str(origin), "main", "sesame/y", False)
+    assert git("rev-parse", "HEAD", cwd=ws.project) == git("rev-parse", "HEAD", cwd=ws.git_dir)
+    remove_workspace(ws)
