@@ -17,6 +17,7 @@ from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
 from bot.reporting import Channel, RepoAccess, channel_for, session_url
+from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.triggers import is_safe_ref
 from bot.untrusted import md_code, md_fence
@@ -27,7 +28,7 @@ from runner.agents.base import Agent, Credential, shorten
 from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
 from runner.sandbox.base import LimitExceeded, Violation
-from runner.secretscan import SecretInPush, check_push
+from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.sandbox.violations import Aggregate, ViolationAggregator
 from runner.uids import kill_uid, pool_from_settings
 from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
@@ -331,6 +332,8 @@ async def _commit_step(state: Run, base: str) -> str | None:
         await state.step("commit", "skipped", "no changes", 85)
         return None
     stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
+    # file names are the agent's: a known secret among them never goes to the utility model
+    stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
     message = await _utility(state).commit_message(session.prompt, stat)
     author = await commit_author(state.services, session)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))

@@ -269,3 +269,24 @@ async def test_a_credential_no_key_opens_is_skipped_not_fatal(services: Services
         await store.delete("gemini", "api_key")
     assert ("amp", "api_key") in opened and ("gemini", "api_key") not in opened
     assert "the stored api_key of gemini cannot be opened" in caplog.text
+
+
+async def test_a_file_named_after_a_secret_never_reaches_the_utility_model(tmp_path: Path, db_url: str,
+                                                                          origin: Path) -> None:
+    """The diff stat (file names) goes to the utility model for the commit message, before the push scan."""
+    from tests.support.fake_openai import FakeOpenAI
+
+    value = stored_value().replace("/", "-")
+    async with FakeOpenAI(api_key="ai-key") as model:
+        model.push("Add a config file")
+        services = await make_services(tmp_path, db_url, AI_BASE_URL=model.base_url, AI_API_KEY="ai-key")
+        out = io.StringIO()
+        try:
+            await store_credential(services, value)
+            code = await run_from_terminal(services, args(origin, "name it", command=leak_command(value, "name")), out)
+        finally:
+            await services.close()
+        sent = [str(request.body) for request in model.chat_requests]
+    assert code == 1 and list(branches(origin)) == ["main"]
+    assert any("[secret]" in body for body in sent), sent  # the stat was asked about, with the name masked
+    assert_nowhere(value, *sent)
