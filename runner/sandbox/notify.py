@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # ioctls of a seccomp listener fd (linux/seccomp.h)
 NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
@@ -19,8 +19,7 @@ _RESP = struct.Struct("=QqiI")  # id, val, error, flags
 _ID = struct.Struct("=Q")
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(NamedTuple):
     """One pending syscall of a filtered process: its cookie, host tid, number and arguments."""
 
     ident: int
@@ -52,8 +51,10 @@ def answer(listener: int, ident: int, deny_errno: int) -> None:
         resp = _RESP.pack(ident, 0, -deny_errno, 0)
     else:
         resp = _RESP.pack(ident, 0, 0, FLAG_CONTINUE)
-    with contextlib.suppress(OSError):  # the target is gone
+    try:
         fcntl.ioctl(listener, NOTIF_SEND, resp)
+    except OSError:
+        pass  # the target is gone
 
 
 def pending(listener: int, ident: int) -> bool:

@@ -10,7 +10,6 @@ import posixpath
 import stat
 import struct
 from collections.abc import Sequence
-from typing import Self
 
 from runner.sandbox.pathwalk import MAX_LINKS, Walker, on_procfs
 from runner.sandbox.seccomp import NOTIFIED_OPENS
@@ -86,19 +85,13 @@ def _inode(fd: int, path: str, modifies_dir: bool, parent: int, owner: tuple[int
 
 
 class ProcessView:
-    """Reads memory, strings and paths in one sandboxed process's view (a context manager)."""
+    """Reads memory, strings and paths in one sandboxed process's view."""
 
     def __init__(self, pid: int) -> None:
         """Open the process's memory (its root only when a path must be resolved)."""
         self.pid = pid
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         self._root = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def root(self) -> int:

@@ -137,7 +137,7 @@ class Supervisor:
             view = ProcessView(call.pid)
         except OSError:
             return ALLOW
-        with view:
+        try:
             args = call.args
             if name == "socket":
                 return verdicts.unix_socket(notify.low32(args[1]))
@@ -151,6 +151,8 @@ class Supervisor:
                     if verdict is not ALLOW or not verdicts.writes(flags):
                         return verdict
             return self._inspect_paths(call.ident, view, verdicts.path_args(name, flags), args)
+        finally:
+            view.close()
 
     def _inspect_read(self, ident: int, view: ProcessView, name: str, args: Sequence[int]) -> Verdict:
         """Refuse and report an open of a hidden path, as the agent sees it; fail closed."""
