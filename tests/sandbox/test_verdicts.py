@@ -15,6 +15,7 @@ from runner.sandbox.base import Violation
 from runner.sandbox.procview import parse_sockaddr
 from runner.sandbox.verdicts import (
     ALLOW,
+    OPEN_CALLS,
     PATH_OPS,
     HiddenPaths,
     PathArg,
@@ -120,6 +121,13 @@ def test_open_write_flags_have_one_source() -> None:
     """The filter and the verdicts use the same write flags (seccomp's literals are this host's)."""
     assert seccomp.OPEN_WRITE_FLAGS == os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
     assert seccomp.O_PATH == os.O_PATH
+
+
+def test_every_notified_call_has_a_verdict() -> None:
+    """The filter notifies exactly the calls the verdicts know (plus socket and sendto, checked
+    by argument): a call added to one list and not the other would go unchecked or unseen."""
+    known = {*PATH_OPS, *OPEN_CALLS, "connect"}
+    assert known == {*seccomp.NOTIFIED_ALWAYS, *seccomp.NOTIFIED_OPENS}
 
 
 def _shape(verdict: Verdict) -> tuple[object, ...]:
