@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import os
 import posixpath
+import socket
 import stat
 import struct
 from collections.abc import Sequence
@@ -53,9 +54,9 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
     if len(raw) < 8:
         return None
     family, port = struct.unpack("=H", raw[:2])[0], struct.unpack("!H", raw[2:4])[0]
-    if family == 2:
+    if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(raw[4:8])), port
-    if family == 10 and len(raw) >= 24:
+    if family == socket.AF_INET6 and len(raw) >= 24:
         return str(ipaddress.IPv6Address(raw[8:24])), port
     return None
 
