@@ -21,6 +21,8 @@ _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
 _SYS_OPENAT2 = 437
 _PAGE = 4096
+_PATH_MAX = 4096
+_FIRST_READ = 256  # most paths are shorter: a whole page is copied only for a long one
 _SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -111,17 +113,19 @@ class ProcessView:
         """size bytes of the process's memory."""
         return os.pread(self.mem, size, address)
 
-    def string(self, address: int, limit: int = 4096) -> str:
-        """A NUL-terminated string from the process's memory, read page by page."""
-        out = b""
-        while len(out) < limit:
-            chunk = os.pread(self.mem, _PAGE - (address + len(out)) % _PAGE, address + len(out))
+    def string(self, address: int) -> str:
+        """A NUL-terminated string from the process's memory, read page by page (PATH_MAX at
+        most: then whole pages up to the one where it is reached)."""
+        out, want = b"", _FIRST_READ
+        while len(out) < _PATH_MAX:
+            at = address + len(out)
+            chunk = os.pread(self.mem, min(want, _PAGE - at % _PAGE), at)
             if not chunk:
                 break
             end = chunk.find(b"\0")
             if end >= 0:
                 return os.fsdecode(out + chunk[:end])
-            out += chunk
+            out, want = out + chunk, _PAGE
         return os.fsdecode(out)
 
     def open_flags(self, name: str, args: Sequence[int]) -> int:
