@@ -8,7 +8,7 @@ import os
 import posixpath
 import socket
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runner.sandbox.base import Violation
 from runner.sandbox.pathwalk import magic_path
@@ -97,6 +97,11 @@ def under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _as_dirs(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The prefixes that put a path inside one of roots (see under)."""
+    return tuple(root.rstrip("/") + "/" for root in roots)
+
+
 def permitted(st: os.stat_result, uid: int, gid: int, owner_bit: int) -> bool:
     """Whether uid:gid (no capabilities, no other groups) has a permission on an inode;
     owner_bit names it: stat.S_IWUSR for write, stat.S_IXUSR for search."""
@@ -165,10 +170,19 @@ class HiddenPaths:
     writable: tuple[str, ...] = ()
     # whether a host path exists (tests give a table): only entries of the base count
     exists: Callable[[str], bool] = os.path.lexists
+    # visible and writable as directory prefixes: under() for all of them is one startswith per
+    # read (a loop over the roots cost more than the rest of the decision)
+    _visible_dirs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _writable_dirs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Derive the prefixes (the dataclass is frozen)."""
+        object.__setattr__(self, "_visible_dirs", _as_dirs(self.visible))
+        object.__setattr__(self, "_writable_dirs", _as_dirs(self.writable))
 
     def may_redirect(self, path: str) -> bool:
         """path may pass through a symlink the agent made or a magic link (worth resolving)."""
-        return magic_path(path) or any(under(path, w) for w in self.writable)
+        return magic_path(path) or path in self.writable or path.startswith(self._writable_dirs)
 
     def reason(self, path: str) -> str | None:
         """Why reading path is refused, or None (checks each ancestor: O(depth))."""
@@ -178,9 +192,11 @@ class HiddenPaths:
                 return "credential path hidden from the sandbox"
             ancestor = ancestor[:ancestor.rfind("/")] or "/"  # dirname, for the normalized paths given
         base = self.base_dir
-        if base and path != base and under(path, base) and not any(under(path, v) for v in self.visible):
-            return "another session's directory" if self._entry_exists(base, path) else None
-        return None
+        if not base or path == base or not under(path, base):
+            return None
+        if path in self.visible or path.startswith(self._visible_dirs):
+            return None
+        return "another session's directory" if self._entry_exists(base, path) else None
 
     def _entry_exists(self, base: str, path: str) -> bool:
         """The base's entry path lies in exists on the host (made by the host, not an agent):

@@ -188,7 +188,7 @@ def test_write_verdict(resolved: Resolved, arg: PathArg, expected: Verdict) -> N
     assert _shape(write_verdict(resolved, arg, PROTECTED)) == _shape(expected)
 
 
-HOST = {"/s/other", "/s/s1"}  # entries of the session base that exist on the host
+HOST = {"/s/other", "/s/s1", "/s/s1x"}  # entries of the session base that exist on the host
 HIDDEN = HiddenPaths(
     secrets=frozenset({"/root/.ssh", "/home/ann/.aws", "/etc/shadow"}),
     base_dir="/s",
@@ -212,6 +212,8 @@ SESSION_REASON = "another session's directory"
     ("/s/nobody/.claude", None),  # probing a name no session uses
     ("/s", None),  # the base itself: an empty tmpfs
     ("/s/s1/project/a.py", None),
+    ("/s/s1", None),
+    ("/s/s1x/project", SESSION_REASON),  # a prefix of the own session's name is another session
     ("/s/.tools/bin/x", None),
     ("/", None),
 ])
@@ -224,6 +226,8 @@ def test_read_verdict(path: str, reason: str | None) -> None:
 @pytest.mark.parametrize(("given", "expected"), [
     ("/s/s1/project/link", True),  # the agent may have planted a symlink there
     ("/tmp/x", True),
+    ("/tmp", True),
+    ("/tmpfs/x", False),  # a prefix is not a parent
     ("/proc/self/root/root/.ssh", True),  # magic links
     ("/dev/fd/3", True),
     ("/dev/stdin", True),
