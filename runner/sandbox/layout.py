@@ -14,6 +14,7 @@ from runner.sandbox.base import (
     SandboxPolicy,
 )
 from runner.sandbox.bwrap import MountPlan
+from runner.sandbox.verdicts import permitted, under
 
 CONTROL = ".sandbox"
 # Already replaced by fresh mounts inside the sandbox: hiding there would fail.
@@ -93,23 +94,11 @@ def _reachable(path: str, uid: int, gid: int) -> bool:
     """Whether uid:gid can look up path (bwrap must reach a mount point to cover it)."""
     parent = os.path.dirname(path)
     while True:
-        st = os.stat(parent)
-        if st.st_uid == uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid == gid:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
+        if not permitted(os.stat(parent), uid, gid, stat.S_IXUSR):
             return False
         if parent == "/":
             return True
         parent = os.path.dirname(parent)
-
-
-def _under(path: str, root: str) -> bool:
-    """path is root or inside it."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def hidden_homes(policy: SandboxPolicy) -> list[str]:
@@ -119,13 +108,13 @@ def hidden_homes(policy: SandboxPolicy) -> list[str]:
     """
     homes = {os.path.realpath(h) for h in [*home_directories(), "/home"] if os.path.isdir(h)}
     homes = {h for h in homes if h != "/" and not _replaced(h, policy)}
-    return sorted(h for h in homes if not any(h != o and _under(h, o) for o in homes))
+    return sorted(h for h in homes if not any(h != o and under(h, o) for o in homes))
 
 
 def _replaced(path: str, policy: SandboxPolicy) -> bool:
     """True when path lies under a mount the sandbox replaces anyway."""
     roots = (*_REPLACED_ROOTS, str(policy.base_dir))
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+    return any(under(path, r) for r in roots)
 
 
 def secret_candidates(policy: SandboxPolicy) -> list[str]:
@@ -158,8 +147,8 @@ def plan_mounts(policy: SandboxPolicy, drop_privileges: bool) -> MountPlan:
     """Resolve the policy against this host into a MountPlan."""
     homes = hidden_homes(policy)
     files, dirs = hidden_mounts(policy, check_reach=drop_privileges)
-    files = [p for p in files if not any(_under(p, h) for h in homes)]
-    dirs = [p for p in dirs if not any(_under(p, h) for h in homes)]
+    files = [p for p in files if not any(under(p, h) for h in homes)]
+    dirs = [p for p in dirs if not any(under(p, h) for h in homes)]
     git_dir = policy.project_dir / ".git"
     return MountPlan(
         base_dir=str(policy.base_dir),

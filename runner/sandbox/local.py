@@ -32,7 +32,8 @@ from runner.sandbox.limits import Limiter, disk_exceeded, disk_usage, session_li
 from runner.sandbox.netns import NetNamespace, create_netns
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
-from runner.sandbox.supervisor import HiddenPaths, Supervisor
+from runner.sandbox.supervisor import Supervisor
+from runner.sandbox.verdicts import HiddenPaths
 
 log = logging.getLogger(__name__)
 
