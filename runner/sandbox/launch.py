@@ -11,12 +11,13 @@ from __future__ import annotations
 import array
 import asyncio
 import ctypes
+import fcntl
 import os
 import queue
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -66,8 +67,12 @@ class ChildSetup:
     listener: ListenerFilter | None = None
     channel: socket.socket | None = None  # the listener fd goes back over it (SCM_RIGHTS)
 
+    keep_fds: tuple[int, ...] = ()  # descriptors the command is given on purpose
+
     def __call__(self) -> None:
         """preexec_fn body (runs in the child, after fork, before exec)."""
+        # first, while /proc/self/fd is still ours to list: uvloop ignores close_fds
+        seal_fds({*self.keep_fds, *((self.channel.fileno(),) if self.channel is not None else ())})
         if self.netns_fd is not None:
             setns(self.netns_fd, CLONE_NEWNET)
         if self.uid is not None and self.gid is not None:
@@ -80,6 +85,20 @@ class ChildSetup:
             fd = self.listener.install()
             self.channel.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
             os.close(fd)
+
+
+def seal_fds(keep: Collection[int] = ()) -> None:
+    """Mark every descriptor above stderr close-on-exec but those kept: nothing of the worker (a
+    descriptor it inherited, or one a library opened without O_CLOEXEC) goes into a command."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+                if not flags & fcntl.FD_CLOEXEC:
+                    fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
 
 
 @dataclass
@@ -109,6 +128,7 @@ async def spawn(
 ) -> Spawned:
     """Start argv in a new session with a clean env; collect the seccomp listener fd."""
     parent_end = child_end = None
+    setup.keep_fds = tuple(pass_fds)
     if setup.listener is not None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         setup.channel = child_end
@@ -240,6 +260,9 @@ async def spawn_from(
             *((os.POSIX_SPAWN_DUP2, fd, fd) for fd in pass_fds),  # same fd: clears CLOEXEC
         ]
         path, args, environ = argv[0], list(argv), dict(env)
+        # posix_spawn closes nothing; the worker never execs itself, so marking its own descriptors
+        # close-on-exec costs it nothing (the passed ones are dup2'ed onto themselves above)
+        seal_fds()
         pid = await launcher.call(lambda: os.posix_spawn(
             path, args, environ, file_actions=actions, setsid=True, setsigmask=(),
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),

@@ -1,0 +1,60 @@
+"""No descriptor of the worker reaches an agent: only stdin, stdout and stderr.
+
+uvloop ignores close_fds and posix_spawn closes nothing, so an inheritable descriptor of the
+worker (one it inherited itself, or one a library left without O_CLOEXEC) went into every agent,
+sandboxed or not: a pipe or socket of the worker in the agent's hands.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from runner.sandbox import SandboxPolicy, Violation, create_sandbox
+from tests.sandbox.conftest import Env, requires_sandbox
+
+LIST_FDS = "ls /proc/self/fd"  # ls opens one descriptor of its own (3) to list the directory
+
+
+async def _ignore(v: Violation) -> None:
+    pass
+
+
+@pytest.fixture
+def worker_fds() -> tuple[int, int]:
+    """An inheritable pipe end and socket in the test process, as a leaky library would leave them."""
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    for fd in (w, a.fileno()):
+        os.set_inheritable(fd, True)
+    yield w, a.fileno()
+    os.close(r)
+    os.close(w)
+    a.close()
+    b.close()
+
+
+def _fds(lines: list[str]) -> set[int]:
+    return {int(name) for name in lines if name.isdigit()}
+
+
+async def test_a_plain_agent_gets_no_descriptor_of_the_worker(base_dir: Path, worker_fds: tuple[int, int]) -> None:
+    sandbox = create_sandbox(SandboxPolicy("fds", base_dir, security_enabled=False), _ignore)
+    await sandbox.start()
+    try:
+        handle = await sandbox.exec(["/bin/sh", "-c", LIST_FDS])
+        out = [line.text async for line in handle if line.stream == "stdout"]
+        assert await handle.wait() == 0
+    finally:
+        await sandbox.destroy()
+    assert _fds(out) <= {0, 1, 2, 3}, out
+
+
+@requires_sandbox
+async def test_a_sandboxed_agent_gets_no_descriptor_of_the_worker(env: Env, worker_fds: tuple[int, int]) -> None:
+    run = await env.run(LIST_FDS)
+    assert run.code == 0, run.err
+    assert _fds(run.out.split()) <= {0, 1, 2, 3}, run.out
