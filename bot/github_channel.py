@@ -27,12 +27,12 @@ COMMENT_POLL = 0.1
 
 def github_factory(services: Services) -> GitHubAppClientFactory:
     """The process's one client factory (its token cache is shared by every session)."""
-    factory = services.extras.get("github_factory")
+    factory = services.caches.github
     if factory is None:
         factory = GitHubAppClientFactory.from_settings(services.settings, services.http)
         if factory is None:
             raise RuntimeError("the GitHub App is not configured: set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH")
-        services.extras["github_factory"] = factory
+        services.caches.github = factory
     return factory
 
 

@@ -57,9 +57,8 @@ CHANNELS = {
 
 async def channel_for(services: Services, session: Session) -> Channel:
     """The channel of the session's source (a printer can be given for the terminal)."""
-    override = services.extras.get("channel_factory")
-    if override is not None:
-        return await override(services, session)
+    if services.channel_factory is not None:
+        return await services.channel_factory(services, session)
     module_name, _, function = CHANNELS.get(session.source, CHANNELS["api"]).partition(":")
     module = importlib.import_module(module_name)
     return await getattr(module, function)(services, session)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +18,9 @@ from bot.untrusted import one_line
 from runner import pipeline
 from runner.agents import get_agent
 from runner.worker import WORKER_NAME
+
+# The terminal line is cheap to redraw: refresh it more often than a comment.
+TERMINAL_INTERVAL = 0.3
 
 
 class TerminalPrinter:
@@ -76,8 +80,8 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
     async def terminal_channel(_services: Services, session: Session) -> Channel:
         return LocalChannel(session, printer)
 
-    services.extras.setdefault("channel_factory", terminal_channel)
-    services.extras.setdefault("progress_interval", 0.3)
+    services = replace(services, channel_factory=services.channel_factory or terminal_channel,
+                       progress_interval=TERMINAL_INTERVAL)
     print(f"session {row.id}: {agent.display_name} on {one_line(repo)}", file=out, flush=True)
     claimed = await services.sessions.claim(row.id, WORKER_NAME)
     assert claimed is not None

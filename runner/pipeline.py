@@ -89,8 +89,7 @@ async def run(services: Services, session: Session) -> None:
         return
     progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=State.PROCESSING.value)
-    publisher = ThrottledPublisher(channel.publish, progress, interval=float(
-        services.extras.get("progress_interval", 3.0)))
+    publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
                 deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT))
     publisher.start()
@@ -372,9 +371,9 @@ async def commit_author(services: Services, session: Session | None = None) -> g
     mapped = ((session.report or {}).get("author") if session is not None else None) or {}
     if mapped.get("email"):
         return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
-    cached = services.extras.get("commit_author")
+    cached = services.caches.commit_author
     if cached:
-        return cached
+        return gitops.Author(*cached)
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     store = CredentialStore(services.sessions.sessionmaker, services.keyring)
     stored = await store.get("github", "github_pat")
@@ -388,7 +387,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         except Exception as exc:
             log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
             return author
-    services.extras["commit_author"] = author
+    services.caches.commit_author = (author.name, author.email)
     return author
 
 

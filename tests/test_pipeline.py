@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,7 @@ async def test_an_unsandboxed_session_warns_on_the_session_and_in_its_progress(t
         return LocalChannel(session, published.append)
 
     services = await make_services(tmp_path, db_url)
-    services.extras["channel_factory"] = recording_channel
+    services = replace(services, channel_factory=recording_channel)
     try:
         code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO())
         session = (await services.sessions.list(1))[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
@@ -39,8 +40,7 @@ async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120",
                             **fake_slack.settings_env(), **fake_github.settings_env())
-    services = await open_services(settings, auto_migrate=True)
-    services.extras["progress_interval"] = 0.2
+    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
     queue = InlineQueue(lambda sid: run_session(services, sid))
     client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
     await client.start_server()

@@ -279,6 +279,6 @@ async def test_handler_failure_is_500_and_can_be_redelivered(hook: Hook) -> None
     delivery = str(uuid.uuid4())
     assert (await hook.send("issue_comment", broken, delivery_id=delivery)).status == 500
     hook.fake.set_permission(hook.repo, "alice", "write")
-    hook.services.extras.clear()  # drop the cached permission
+    hook.services.caches.permissions.clear()  # drop the cached permission
     assert (await hook.send("issue_comment", payload, delivery_id=delivery)).status == 202
     assert len(await hook.sessions()) == 1

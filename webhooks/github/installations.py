@@ -7,7 +7,7 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.installations import InstallationStore
-from webhooks.github.intake import INSTALLATION_CACHE, Intake
+from webhooks.github.intake import Intake
 
 router = routing.Router()
 # action -> (suspended, deleted); None leaves the flag as it is.
@@ -35,9 +35,10 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
     repos = _names(event.data.get("repositories")) if action == "created" else None
     await _store(intake).upsert(int(data["id"]), data.get("account", {}).get("login", ""),
                                 suspended=suspended, deleted=deleted, repos=repos)
-    intake.services.extras.get(INSTALLATION_CACHE, {}).pop(int(data["id"]), None)
-    if action in ("deleted", "suspend") and "github_factory" in intake.services.extras:
-        intake.services.extras["github_factory"].forget_installation(int(data["id"]))
+    caches = intake.services.caches
+    caches.installations.forget(int(data["id"]))
+    if action in ("deleted", "suspend") and caches.github is not None:
+        caches.github.forget_installation(int(data["id"]))
     intake.outcome["installation"] = action
 
 
