@@ -107,7 +107,7 @@ class GitHubChannel:
         comment = await post_progress_comment(gh, self.session.repo, self.report, body)
         self.report.pop(COMMENT_DUE, None)
         self.report["comment_id"] = comment["id"]
-        await self.services.sessions.update(self.session.id, report=self.report)
+        await self.services.sessions.set_report(self.session.id, self.report)
 
     async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
         """The PR the session worked on, an open one for its branch, or a new one."""

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import __version__
 from bot.background import Background
+from bot.credentials import CredentialStore
 from bot.crypto import Keyring
 from bot.db import check_migrated, make_engine, make_sessionmaker, migrate
 from bot.github import GitHubAppClientFactory
+from bot.installations import InstallationStore
 from bot.sessions import SessionService
 from bot.settings import Settings, ensure_encryption_key
 
@@ -71,6 +73,8 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: SessionService
+    credentials: CredentialStore
+    installations: InstallationStore
     keyring: Keyring
     http: aiohttp.ClientSession
     background: Background = field(default_factory=Background)
@@ -106,5 +110,7 @@ async def open_services(settings: Settings, *, auto_migrate: bool | None = None)
         await engine.dispose()
         raise
     http = aiohttp.ClientSession(headers={"User-Agent": f"sesame/{__version__}"})
-    return Services(settings=settings, engine=engine, sessions=SessionService(make_sessionmaker(engine)),
+    sessionmaker = make_sessionmaker(engine)
+    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker),
+                    credentials=CredentialStore(sessionmaker, keyring), installations=InstallationStore(sessionmaker),
                     keyring=keyring, http=http)

@@ -63,7 +63,7 @@ async def test_a_command_ends_in_a_pull_request(running: tuple[TestClient, Inlin
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [row] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [row] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
     assert row.state == "completed" and row.branch, row.error
     [pull] = [p for p in fake_github.pulls if p.repo == "acme/widget" and p.head == row.branch]
     assert row.pr_number == pull.number and pull.base == "main"
@@ -93,7 +93,7 @@ async def test_a_thread_follow_up_adds_commits_to_the_same_pull_request(
         **fake_slack.signed_headers(body), "Content-Type": "application/x-www-form-urlencoded"})
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
-    [parent] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [parent] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
 
     event = fake_slack.event_body(fake_slack.mention_event("also write it down", channel=CHANNEL,
                                                            thread_ts=parent.report["ts"]))
@@ -103,7 +103,7 @@ async def test_a_thread_follow_up_adds_commits_to_the_same_pull_request(
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [child] = [s for s in await services.sessions.list(limit=1000) if s.parent_id == parent.id]
+    [child] = [s for s in await services.sessions.recent(limit=1000) if s.parent_id == parent.id]
     assert child.state == "completed", child.error
     assert child.branch == parent.branch and child.pr_number == parent.pr_number
     assert len([p for p in fake_github.pulls if p.head == parent.branch]) == 1

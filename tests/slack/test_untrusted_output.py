@@ -64,7 +64,7 @@ async def test_agent_output_and_prompt_are_text_in_the_message_and_the_thread(
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [row] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [row] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
     assert row.state == "error" and "exited with status 3" in (row.error or "")
     assert "<!channel>" in row.title  # the prompt really holds the markup
     message = fake_slack.message(CHANNEL, row.report["ts"])

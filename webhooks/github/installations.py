@@ -6,7 +6,6 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.installations import InstallationStore
 from webhooks.github.intake import Intake
 
 router = routing.Router()
@@ -14,10 +13,6 @@ router = routing.Router()
 STATES: dict[str, tuple[bool | None, bool | None]] = {
     "created": (False, False), "new_permissions_accepted": (None, None), "deleted": (None, True),
     "suspend": (True, None), "unsuspend": (False, None)}
-
-
-def _store(intake: Intake) -> InstallationStore:
-    return InstallationStore(intake.services.sessions.sessionmaker)
 
 
 def _names(repos: list[dict[str, Any]] | None) -> list[str]:
@@ -33,7 +28,7 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
     data = event.data["installation"]
     suspended, deleted = STATES[action]
     repos = _names(event.data.get("repositories")) if action == "created" else None
-    await _store(intake).upsert(int(data["id"]), data.get("account", {}).get("login", ""),
+    await intake.services.installations.upsert(int(data["id"]), data.get("account", {}).get("login", ""),
                                 suspended=suspended, deleted=deleted, repos=repos)
     caches = intake.services.caches
     caches.installations.forget(int(data["id"]))
@@ -46,7 +41,7 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
 async def repositories(event: sansio.Event, intake: Intake) -> None:
     """Repositories added to or removed from an installation."""
     data = event.data["installation"]
-    store = _store(intake)
+    store = intake.services.installations
     await store.upsert(int(data["id"]), data.get("account", {}).get("login", ""))
     await store.change_repos(int(data["id"]), _names(event.data.get("repositories_added")),
                              _names(event.data.get("repositories_removed")))

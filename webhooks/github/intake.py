@@ -10,7 +10,6 @@ from gidgethub import sansio
 
 from bot.github import SesameGitHubAPI, collaborator_permission
 from bot.github_channel import WRITE_PERMISSIONS, github_factory, split_repo
-from bot.installations import InstallationStore
 from bot.queue import Queue
 from bot.services import Services
 
@@ -81,9 +80,8 @@ class Intake:
 
     async def active_installation(self) -> bool:
         """False (and noted) for a suspended or deleted installation (cached briefly)."""
-        store = InstallationStore(self.services.sessions.sessionmaker)
         active = await self.services.caches.installations.get(
-            self.installation_id, INSTALLATION_TTL, lambda: store.active(self.installation_id))
+            self.installation_id, INSTALLATION_TTL, lambda: self.services.installations.active(self.installation_id))
         if not active:
             self.outcome["ignored"] = "installation suspended or deleted"
         return active
