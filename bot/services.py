@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -79,8 +79,8 @@ class Services:
     http: aiohttp.ClientSession
     background: Background = field(default_factory=Background)
     caches: Caches = field(default_factory=Caches)
+    channels: Mapping[str, ChannelFactory] = field(default_factory=dict)  # session source -> its channel
     progress_interval: float = PROGRESS_INTERVAL
-    channel_factory: ChannelFactory | None = None  # overrides the session source's channel (the terminal)
 
     async def database_health(self) -> dict[str, Any]:
         try:
@@ -97,8 +97,12 @@ class Services:
         await self.engine.dispose()
 
 
-async def open_services(settings: Settings, *, auto_migrate: bool | None = None) -> Services:
-    """Connect to the database (migrating the embedded one) and build the services."""
+async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFactory] | None = None,
+                        auto_migrate: bool | None = None) -> Services:
+    """Connect to the database (migrating the embedded one) and build the services.
+
+    `channels` (from the composition root, bot.cli.wiring) says how each source's sessions report back.
+    """
     keyring = Keyring(ensure_encryption_key(settings, log.warning), settings.get("ENCRYPTION_KEY_PREVIOUS", []))
     engine = make_engine(settings.database_url)
     try:
@@ -113,4 +117,4 @@ async def open_services(settings: Settings, *, auto_migrate: bool | None = None)
     sessionmaker = make_sessionmaker(engine)
     return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker),
                     credentials=CredentialStore(sessionmaker, keyring), installations=InstallationStore(sessionmaker),
-                    keyring=keyring, http=http)
+                    keyring=keyring, http=http, channels=dict(channels or {}))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.services import open_services
+from bot.cli.wiring import open_services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from runner.sandbox import check_sandbox_support

@@ -9,12 +9,12 @@ import shlex
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bot.services import Services, open_services
+from bot.cli.wiring import open_services
+from bot.services import Services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from tests.conftest import session_base
@@ -201,17 +201,13 @@ async def test_stop_during_a_run_kills_the_agent_and_keeps_its_work(tmp_path: Pa
 async def test_an_unsandboxed_session_warns_on_the_session_and_in_its_progress(tmp_path: Path, db_url: str,
                                                                                origin: Path) -> None:
     from bot.progress import render_markdown, render_slack
-    from bot.reporting import LocalChannel
 
     published = []
 
-    async def recording_channel(_services, session):  # type: ignore[no-untyped-def]
-        return LocalChannel(session, published.append)
-
     services = await make_services(tmp_path, db_url)
-    services = replace(services, channel_factory=recording_channel)
     try:
-        code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO())
+        code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO(),
+                                       printer=published.append)
         session = (await services.sessions.recent(1))[0]
         events = await services.sessions.events(session.id)
     finally:

@@ -11,8 +11,9 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from bot.cli.wiring import open_services
 from bot.queue import InlineQueue
-from bot.services import Services, open_services
+from bot.services import Services
 from bot.untrusted import WORD_JOINER
 from runner.worker import run_session
 from tests.conftest import session_base
