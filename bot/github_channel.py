@@ -127,9 +127,11 @@ async def post_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str
     """Create the progress comment: a reply in the review thread, or an issue comment."""
     owner, name = split_repo(repo)
     if report.get("review_comment_id"):
-        return await gh.post(f"/repos/{owner}/{name}/pulls/{report['issue_number']}/comments/"
-                             f"{report['review_comment_id']}/replies", data={"body": body})
-    return await gh.post(f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments", data={"body": body})
+        url = f"/repos/{owner}/{name}/pulls/{report['issue_number']}/comments/{report['review_comment_id']}/replies"
+    else:
+        url = f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments"
+    comment: dict[str, Any] = await gh.post(url, data={"body": body})
+    return comment
 
 
 async def github_channel(services: Services, session: Session) -> GitHubChannel:
