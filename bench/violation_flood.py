@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
-from bot.services import Services, open_services  # noqa: E402
+from bot.cli.wiring import open_services  # noqa: E402
+from bot.services import Services  # noqa: E402
 from bot.sessions import NewSession  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from runner.sandbox.base import ProxyLimits, Violation  # noqa: E402

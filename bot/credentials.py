@@ -6,9 +6,10 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.crypto import Keyring, SealError
+from bot.db import rows_affected
 from bot.models import Credential as CredentialRow
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def aad(row_id: str, agent: str, kind: str) -> str:
 class CredentialStore:
     """Put, list and take agent credentials; values are never returned by listing."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, keyring: Keyring) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
         self.sessionmaker, self.keyring = sessionmaker, keyring
 
     async def put(self, agent: str, kind: str, value: str) -> None:
@@ -56,7 +57,7 @@ class CredentialStore:
         if kind:
             query = query.where(CredentialRow.kind == kind)
         async with self.sessionmaker() as db, db.begin():
-            return (await db.execute(query)).rowcount
+            return rows_affected(await db.execute(query))
 
     async def kinds(self, agent: str) -> list[str]:
         """Which kinds are stored for an agent (no values)."""

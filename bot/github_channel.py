@@ -27,12 +27,12 @@ COMMENT_POLL = 0.1
 
 def github_factory(services: Services) -> GitHubAppClientFactory:
     """The process's one client factory (its token cache is shared by every session)."""
-    factory = services.extras.get("github_factory")
+    factory = services.caches.github
     if factory is None:
         factory = GitHubAppClientFactory.from_settings(services.settings, services.http)
         if factory is None:
             raise RuntimeError("the GitHub App is not configured: set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH")
-        services.extras["github_factory"] = factory
+        services.caches.github = factory
     return factory
 
 
@@ -107,7 +107,7 @@ class GitHubChannel:
         comment = await post_progress_comment(gh, self.session.repo, self.report, body)
         self.report.pop(COMMENT_DUE, None)
         self.report["comment_id"] = comment["id"]
-        await self.services.sessions.update(self.session.id, report=self.report)
+        await self.services.sessions.set_report(self.session.id, self.report)
 
     async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
         """The PR the session worked on, an open one for its branch, or a new one."""
@@ -127,9 +127,11 @@ async def post_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str
     """Create the progress comment: a reply in the review thread, or an issue comment."""
     owner, name = split_repo(repo)
     if report.get("review_comment_id"):
-        return await gh.post(f"/repos/{owner}/{name}/pulls/{report['issue_number']}/comments/"
-                             f"{report['review_comment_id']}/replies", data={"body": body})
-    return await gh.post(f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments", data={"body": body})
+        url = f"/repos/{owner}/{name}/pulls/{report['issue_number']}/comments/{report['review_comment_id']}/replies"
+    else:
+        url = f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments"
+    comment: dict[str, Any] = await gh.post(url, data={"body": body})
+    return comment
 
 
 async def github_channel(services: Services, session: Session) -> GitHubChannel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.models import Installation, InstallationRepo
 
@@ -13,7 +13,7 @@ from bot.models import Installation, InstallationRepo
 class InstallationStore:
     """Keeps installations current from installation events; answers whether one may trigger."""
 
-    def __init__(self, sessionmaker: async_sessionmaker) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.sessionmaker = sessionmaker
 
     async def upsert(self, installation_id: int, account: str, *, suspended: bool | None = None,

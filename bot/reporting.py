@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 from bot.models import Session
 from bot.progress import Progress
@@ -46,23 +46,19 @@ class Channel(Protocol):
 
 
 ChannelFactory = Callable[[Services, Session], Awaitable[Channel]]
-# source -> "module:function" building its channel; imported only when a session of it runs.
-CHANNELS = {
-    "github": "bot.github_channel:github_channel",
-    "slack": "bot.slack:slack_channel",
-    "cli": "bot.reporting:local_channel",
-    "api": "bot.reporting:local_channel",
-}
+
+
+class UnknownSource(LookupError):
+    """A session whose source has no channel in this process: nowhere to report it."""
 
 
 async def channel_for(services: Services, session: Session) -> Channel:
-    """The channel of the session's source (a printer can be given for the terminal)."""
-    override = services.extras.get("channel_factory")
-    if override is not None:
-        return await override(services, session)
-    module_name, _, function = CHANNELS.get(session.source, CHANNELS["api"]).partition(":")
-    module = importlib.import_module(module_name)
-    return await getattr(module, function)(services, session)
+    """The channel of the session's source, from the mapping the composition root gave the services."""
+    factory = services.channels.get(session.source)
+    if factory is None:
+        known = ", ".join(sorted(services.channels)) or "none"
+        raise UnknownSource(f"no channel for sessions from {session.source!r} (this process knows: {known})")
+    return await factory(services, session)
 
 
 class LocalChannel:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 from sqlalchemy import text
@@ -12,25 +14,73 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import __version__
 from bot.background import Background
+from bot.credentials import CredentialStore
 from bot.crypto import Keyring
 from bot.db import check_migrated, make_engine, make_sessionmaker, migrate
+from bot.github import GitHubAppClientFactory
+from bot.installations import InstallationStore
 from bot.sessions import SessionService
 from bot.settings import Settings, ensure_encryption_key
 
+if TYPE_CHECKING:
+    from bot.reporting import ChannelFactory
+
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+# How often a session's progress message is edited at most (seconds).
+PROGRESS_INTERVAL = 3.0
+CACHE_LIMIT = 10_000
 
 
-@dataclass
+class TTLCache(Generic[K, V]):
+    """Values kept a few seconds in this process, loaded when missing or stale."""
+
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    async def get(self, key: K, ttl: float, load: Callable[[], Awaitable[V]]) -> V:
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is None or hit[0] < now:
+            if len(self._entries) > self.limit:
+                self._entries.clear()
+            hit = self._entries[key] = (now + ttl, await load())
+        return hit[1]
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@dataclass(kw_only=True, slots=True)
+class Caches:
+    """What a process remembers between sessions and requests (never shared between processes)."""
+
+    permissions: TTLCache[tuple[int, str, str], str] = field(default_factory=TTLCache)
+    installations: TTLCache[int, bool] = field(default_factory=TTLCache)
+    github: GitHubAppClientFactory | None = None  # built at first use; its token cache serves every session
+    commit_author: tuple[str, str] | None = None  # (name, email) of the connected PAT, looked up once
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
 class Services:
-    """Everything a web process or a worker shares; built once, closed once."""
+    """Everything a web process or a worker shares; built once by `open_services`, closed once."""
 
     settings: Settings
     engine: AsyncEngine
     sessions: SessionService
+    credentials: CredentialStore
+    installations: InstallationStore
     keyring: Keyring
     http: aiohttp.ClientSession
-    extras: dict[str, Any] = field(default_factory=dict)
     background: Background = field(default_factory=Background)
+    caches: Caches = field(default_factory=Caches)
+    channels: Mapping[str, ChannelFactory] = field(default_factory=dict)  # session source -> its channel
+    progress_interval: float = PROGRESS_INTERVAL
 
     async def database_health(self) -> dict[str, Any]:
         try:
@@ -47,8 +97,12 @@ class Services:
         await self.engine.dispose()
 
 
-async def open_services(settings: Settings, *, auto_migrate: bool | None = None) -> Services:
-    """Connect to the database (migrating the embedded one) and build the services."""
+async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFactory] | None = None,
+                        auto_migrate: bool | None = None) -> Services:
+    """Connect to the database (migrating the embedded one) and build the services.
+
+    `channels` (from the composition root, bot.cli.wiring) says how each source's sessions report back.
+    """
     keyring = Keyring(ensure_encryption_key(settings, log.warning), settings.get("ENCRYPTION_KEY_PREVIOUS", []))
     engine = make_engine(settings.database_url)
     try:
@@ -60,4 +114,7 @@ async def open_services(settings: Settings, *, auto_migrate: bool | None = None)
         await engine.dispose()
         raise
     http = aiohttp.ClientSession(headers={"User-Agent": f"sesame/{__version__}"})
-    return Services(settings, engine, SessionService(make_sessionmaker(engine)), keyring, http)
+    sessionmaker = make_sessionmaker(engine)
+    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker),
+                    credentials=CredentialStore(sessionmaker, keyring), installations=InstallationStore(sessionmaker),
+                    keyring=keyring, http=http, channels=dict(channels or {}))

@@ -5,31 +5,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, overload
 
-from sqlalchemy import bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.db import rows_affected
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 
 LEASE = timedelta(minutes=2)
-INSERT_SESSION = Session.__table__.insert()
-INSERT_EVENT = SessionEvent.__table__.insert()
-_S = Session.__table__.c
-_E = SessionEvent.__table__.c
+SESSIONS = cast(Table, Session.__table__)
+EVENTS = cast(Table, SessionEvent.__table__)
+INSERT_SESSION = SESSIONS.insert()
+INSERT_EVENT = EVENTS.insert()
+_S = SESSIONS.c
+_E = EVENTS.c
 # PostgreSQL: the session and its first event in one statement (a data-modifying CTE), one round trip
 # in autocommit instead of BEGIN, two INSERTs and COMMIT; a duplicate trigger key still fails as a whole.
-_NEW_ROW = (Session.__table__.insert()
+_NEW_ROW = (SESSIONS.insert()
             .values({column.name: bindparam(column.name, type_=column.type) for column in _S})
             .returning(_S.id).cte("new_session"))
-INSERT_SESSION_WITH_EVENT = SessionEvent.__table__.insert().from_select(
+INSERT_SESSION_WITH_EVENT = EVENTS.insert().from_select(
     ["session_id", "seq", "kind", "data", "created_at"],
     select(_NEW_ROW.c.id, literal(1), literal("status"), bindparam("event_data", type_=_E.data.type),
            bindparam("event_created_at", type_=_E.created_at.type)))
 LATEST_WITH_BRANCH = (
-    select(Session.__table__)
+    select(SESSIONS)
     .where(_S.repo == bindparam("repo"), _S.issue_number == bindparam("issue"), _S.branch.is_not(None))
     .order_by(_S.created_at.desc()).limit(1))
 
@@ -77,7 +80,7 @@ def clip_resource(resource: str) -> str:
 
 def _upsert_violations(dialect: str) -> Any:
     """INSERT ... ON CONFLICT that adds the count and keeps the latest last_at (PostgreSQL and SQLite)."""
-    table = Violation.__table__
+    table = cast(Table, Violation.__table__)
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     return stmt.on_conflict_do_update(
         index_elements=["session_id", "kind", "resource", "operation"],
@@ -126,10 +129,14 @@ class NewSession:
     id: str | None = None  # chosen by the caller when it must know it before the row exists
 
 
+class SessionInUse(Exception):
+    """A session other rows still refer to (its follow-ups) cannot be deleted."""
+
+
 class SessionService:
     """All reads and writes of sessions go through here; each method owns its transaction."""
 
-    def __init__(self, sessionmaker: async_sessionmaker) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.sessionmaker = sessionmaker
         # Reads and single-statement writes need no BEGIN/COMMIT round trips: autocommit.
         engine = self.engine = sessionmaker.kw["bind"]
@@ -201,7 +208,8 @@ class SessionService:
         async with self.autocommit() as db:
             return (await db.execute(select(Session).where(Session.trigger_key == trigger_key))).scalar_one_or_none()
 
-    async def list(self, limit: int = 50, state: str | None = None) -> list[Session]:
+    async def recent(self, limit: int = 50, state: str | None = None) -> list[Session]:
+        """The newest sessions first, of one state when given."""
         query = select(Session).order_by(Session.created_at.desc()).limit(limit)
         if state:
             query = query.where(Session.state == state)
@@ -220,7 +228,7 @@ class SessionService:
                 .values(state=State.PROCESSING.value, lease_expires_at=now + LEASE,
                         started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
             )
-            if result.rowcount != 1:
+            if rows_affected(result) != 1:
                 return None
             await self._event(db, session_id, "status", {"state": State.PROCESSING.value, "worker": worker})
             return await db.get(Session, session_id)
@@ -231,13 +239,45 @@ class SessionService:
             result = await db.execute(
                 update(Session).where(Session.id == session_id, Session.state == State.PROCESSING.value)
                 .values(lease_expires_at=utcnow() + LEASE))
-            return result.rowcount == 1
+            return rows_affected(result) == 1
 
-    async def update(self, session_id: str, **values: Any) -> None:
-        """Set fields of a session (branch, progress, commit_sha, pr...): one statement."""
-        table = Session.__table__
+    async def set_branch(self, session_id: str, branch: str, base_branch: str) -> None:
+        """The branch the session works on, and the branch it starts from."""
+        await self._set(session_id, {"branch": branch, "base_branch": base_branch})
+
+    async def set_progress(self, session_id: str, percent: int) -> None:
+        await self._set(session_id, {"progress": percent})
+
+    async def set_warning(self, session_id: str, warning: str) -> None:
+        """What the requester must know although the session went on (e.g. it ran unsandboxed)."""
+        await self._set(session_id, {"warning": warning})
+
+    async def set_report(self, session_id: str, report: dict[str, Any]) -> None:
+        """Where the session reports back (its progress comment, Slack message...)."""
+        await self._set(session_id, {"report": report})
+
+    async def record_slack_message(self, session_id: str, report: dict[str, Any], thread_key: str) -> None:
+        """The session's Slack message, and the thread ("channel:thread_ts") its replies arrive in."""
+        await self._set(session_id, {"report": report, "thread_key": thread_key})
+
+    async def record_commit(self, session_id: str, sha: str) -> None:
+        await self._set(session_id, {"commit_sha": sha})
+
+    async def record_pull_request(self, session_id: str, number: int, url: str) -> None:
+        await self._set(session_id, {"pr_number": number, "pr_url": url})
+
+    async def _set(self, session_id: str, values: dict[str, Any]) -> None:
+        """Set columns of one session in one autocommit statement (only the transitions above call this)."""
         async with self.autocommit_engine.connect() as conn:
-            await conn.execute(table.update().where(table.c.id == session_id).values(**values))
+            await conn.execute(update(Session).where(Session.id == session_id).values(values))
+
+    async def delete(self, session_id: str) -> None:
+        """Delete an ended session with its events and violations; SessionInUse while follow-ups refer to it."""
+        try:
+            async with self.sessionmaker() as db, db.begin():
+                await db.execute(delete(Session).where(Session.id == session_id))
+        except IntegrityError:
+            raise SessionInUse(session_id) from None
 
     async def finish(self, session_id: str, state: State, error: str | None = None) -> bool:
         """End a session once; False if it had already ended."""
@@ -247,7 +287,7 @@ class SessionService:
                 .where(Session.id == session_id, Session.state.in_([State.PENDING.value, State.PROCESSING.value]))
                 .values(state=state.value, error=error, finished_at=utcnow(), lease_expires_at=None,
                         progress=100 if state is State.COMPLETED else Session.progress))
-            if result.rowcount != 1:
+            if rows_affected(result) != 1:
                 return False
             await self._event(db, session_id, "status", {"state": state.value, "error": error})
             return True
@@ -349,6 +389,12 @@ def first_line(text: str, limit: int = 120) -> str:
     """The first non-empty line of a text, trimmed: a default title."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -90,8 +90,7 @@ async def post_session_message(client: AsyncWebClient, services: Services, sessi
                                           thread_ts=report.get("thread_ts"), unfurl_links=False)
     report["ts"] = reply["ts"]
     report["thread_ts"] = report.get("thread_ts") or reply["ts"]
-    await services.sessions.update(session.id, report=report,
-                                   thread_key=thread_key(report["channel"], report["thread_ts"]))
+    await services.sessions.record_slack_message(session.id, report, thread_key(report["channel"], report["thread_ts"]))
     session.report = report
     return str(reply["ts"])
 

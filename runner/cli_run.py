@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +19,9 @@ from bot.untrusted import one_line
 from runner import pipeline
 from runner.agents import get_agent
 from runner.worker import WORKER_NAME
+
+# The terminal line is cheap to redraw: refresh it more often than a comment.
+TERMINAL_INTERVAL = 0.3
 
 
 class TerminalPrinter:
@@ -54,8 +59,12 @@ def resolve_repo(repo: str) -> str:
     raise ValueError(f"{repo} is neither an existing path nor a clone URL")
 
 
-async def run_from_terminal(services: Services, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Record a cli session, run it here, print the branch and commit; 0 when it completed."""
+async def run_from_terminal(services: Services, args: argparse.Namespace, out: TextIO = sys.stdout, *,
+                            printer: Callable[[Progress], None] | None = None) -> int:
+    """Record a cli session, run it here, print the branch and commit; 0 when it completed.
+
+    Progress goes to the terminal line, or to `printer` when one is given.
+    """
     try:
         repo = resolve_repo(args.repo)
         agent = get_agent("command" if args.agent_command else (args.agent or services.settings.SESAME_DEFAULT_AGENT))
@@ -71,18 +80,18 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
         trigger_key=f"cli:{uuid.uuid4()}", prompt=prompt, agent=agent.name, repo=repo, source="cli",
         model=args.model, base_branch=args.base, context=context, requested_by="cli",
         sandbox_security=not args.no_sandbox, keep_alive=args.keep))
-    printer = TerminalPrinter(out)
+    terminal = TerminalPrinter(out)
 
     async def terminal_channel(_services: Services, session: Session) -> Channel:
-        return LocalChannel(session, printer)
+        return LocalChannel(session, printer or terminal)
 
-    services.extras.setdefault("channel_factory", terminal_channel)
-    services.extras.setdefault("progress_interval", 0.3)
+    services = replace(services, channels={**services.channels, "cli": terminal_channel},
+                       progress_interval=TERMINAL_INTERVAL)
     print(f"session {row.id}: {agent.display_name} on {one_line(repo)}", file=out, flush=True)
     claimed = await services.sessions.claim(row.id, WORKER_NAME)
     assert claimed is not None
     await pipeline.run(services, claimed)
-    printer.done()
+    terminal.done()
     return report(await services.sessions.get(row.id), out)
 
 

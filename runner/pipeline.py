@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bot.catalog import display_name
-from bot.credentials import CredentialStore
 from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
@@ -77,7 +76,7 @@ class Run:
         self.publisher.changed()
         await self.event("step", {"step": name, "status": status, "detail": detail})
         if percent is not None:
-            await self.services.sessions.update(self.session.id, progress=percent)
+            await self.services.sessions.set_progress(self.session.id, percent)
 
 
 async def run(services: Services, session: Session) -> None:
@@ -90,8 +89,7 @@ async def run(services: Services, session: Session) -> None:
         return
     progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=State.PROCESSING.value)
-    publisher = ThrottledPublisher(channel.publish, progress, interval=float(
-        services.extras.get("progress_interval", 3.0)))
+    publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
                 deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT))
     publisher.start()
@@ -186,7 +184,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
     if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
                                           mirror, check=False):
         existing = False  # the follow-up's branch never reached the remote: start it again from base
-    await state.services.sessions.update(session.id, branch=branch, base_branch=base)
+    await state.services.sessions.set_branch(session.id, branch, base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,
                                              access.remote, base, branch, existing, start_ref,
                                              pool_from_settings(settings))
@@ -204,8 +202,7 @@ async def _agent_step(state: Run) -> None:
     session, services = state.session, state.services
     assert state.workspace is not None
     agent = get_agent(session.agent)
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
-    stored = await store.best(agent.name)
+    stored = await services.credentials.best(agent.name)
     credential = Credential(stored.kind, stored.value) if stored else None  # type: ignore[arg-type]
     if credential:
         state.secrets.append(credential.value)
@@ -217,7 +214,7 @@ async def _agent_step(state: Run) -> None:
                                         on_violation=state.violations.add)
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
-        await services.sessions.update(session.id, warning=state.agent_run.warning)
+        await services.sessions.set_warning(session.id, state.agent_run.warning)
         await state.event("warning", {"message": state.agent_run.warning})
     await _follow_output(state, agent)
     code = await state.agent_run.wait()
@@ -337,7 +334,7 @@ async def _commit_step(state: Run, base: str) -> str | None:
     message = await _utility(state).commit_message(session.prompt, stat)
     author = await commit_author(state.services, session)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
-    await state.services.sessions.update(session.id, commit_sha=sha)
+    await state.services.sessions.record_commit(session.id, sha)
     await state.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
     await state.step("commit", "done", f"`{sha[:7]}`", 85)
     return sha
@@ -375,12 +372,11 @@ async def commit_author(services: Services, session: Session | None = None) -> g
     mapped = ((session.report or {}).get("author") if session is not None else None) or {}
     if mapped.get("email"):
         return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
-    cached = services.extras.get("commit_author")
+    cached = services.caches.commit_author
     if cached:
-        return cached
+        return gitops.Author(*cached)
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
-    stored = await store.get("github", "github_pat")
+    stored = await services.credentials.get("github", "github_pat")
     token = stored.value if stored else services.settings.get("GITHUB_PAT")
     if token:
         try:
@@ -391,7 +387,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         except Exception as exc:
             log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
             return author
-    services.extras["commit_author"] = author
+    services.caches.commit_author = (author.name, author.email)
     return author
 
 
@@ -401,7 +397,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     assert state.workspace is not None
     if sha is None:
         state.progress.step("pr", "skipped", "nothing to push")
-        await state.services.sessions.update(session.id, progress=95)
+        await state.services.sessions.set_progress(session.id, 95)
         state.progress.outcome = "no changes were needed"
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
@@ -417,7 +413,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         state.progress.step("pr", "skipped", f"branch `{branch}` pushed")
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
         return
-    await state.services.sessions.update(session.id, pr_number=pr.number, pr_url=pr.url)
+    await state.services.sessions.record_pull_request(session.id, pr.number, pr.url)
     await state.event("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created})
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
@@ -470,7 +466,7 @@ async def _salvage(state: Run) -> None:
     except SecretInPush as exc:  # the refusal is the news: it goes where the requester reads it
         warning = " ".join(filter(None, [state.progress.warning, f"Work not kept: {exc}"]))
         state.progress.warning = warning
-        await state.services.sessions.update(state.session.id, warning=warning)
+        await state.services.sessions.set_warning(state.session.id, warning)
         await state.event("warning", {"message": str(exc)})
     except Exception as exc:
         log.warning("could not keep the work of session %s: %s", state.session.id, exc)

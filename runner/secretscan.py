@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.credentials import CredentialStore
 from bot.secretscan import KnownSecret, SecretMatcher, credential_label, settings_secrets
 from bot.services import Services
 from runner import git as gitops
@@ -39,8 +38,8 @@ class SecretInPush(Exception):
 
 async def known_secrets(services: Services, tokens: Iterable[str]) -> list[KnownSecret]:
     """Server settings, every stored credential, and the tokens minted for this session."""
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
-    stored = [KnownSecret(credential_label(c.agent, c.kind), c.value) for c in await store.all_values()]
+    stored = [KnownSecret(credential_label(c.agent, c.kind), c.value)
+              for c in await services.credentials.all_values()]
     return [*settings_secrets(services.settings), *stored, *(KnownSecret(TOKEN_LABEL, t) for t in tokens)]
 
 

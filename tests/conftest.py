@@ -15,7 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvloop
 
-from bot.services import Services, open_services
+from bot.cli.wiring import open_services
+from bot.services import Services
 from bot.settings import Settings, load_settings
 
 pytest_plugins = ["tests.support.fake_github", "tests.support.fake_slack"]

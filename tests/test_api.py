@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from bot.services import Services, open_services
-from bot.sessions import ViolationCount
 from bot.cli import build_web_app
+from bot.cli.wiring import open_services
+from bot.services import Services
+from bot.sessions import ViolationCount
 
 
 class RecordingQueue:

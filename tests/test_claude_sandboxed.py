@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.services import open_services
+from bot.cli.wiring import open_services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from runner.sandbox import check_sandbox_support
@@ -56,7 +56,7 @@ async def test_claude_code_in_the_sandbox_edits_and_its_blocked_curl_is_a_violat
             code = await run_from_terminal(services, argparse.Namespace(
                 repo=str(origin), agent="claude", model=None, base=None, agent_command=None,
                 no_sandbox=False, keep=False, prompt=["add", "hello.py"]), out)
-            session = (await services.sessions.list(1))[0]
+            session = (await services.sessions.recent(1))[0]
             events = await services.sessions.events(session.id)
             violations = await services.sessions.violations(session.id)
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.services import open_services
+from bot.cli.wiring import open_services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from runner.sandbox import check_sandbox_support
@@ -54,7 +54,7 @@ async def test_claude_code_editing_one_file_records_zero_violations(
             code = await run_from_terminal(services, argparse.Namespace(
                 repo=str(origin), agent="claude", model=None, base=None, agent_command=None,
                 no_sandbox=False, keep=False, prompt=["make", "answer", "return", "42"]), out)
-            session = (await services.sessions.list(1))[0]
+            session = (await services.sessions.recent(1))[0]
             violations = await services.sessions.violations(session.id)
         finally:
             await services.close()

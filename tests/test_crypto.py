@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-from bot.credentials import CredentialStore
 from bot.crypto import Keyring, SealError
 from bot.models import Credential
 from bot.services import Services
@@ -52,7 +51,7 @@ def test_rotation_opens_old_values_and_reseals() -> None:
 
 
 async def test_credential_store_priority_and_sealing(services: Services) -> None:
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    store = services.credentials
     agent = f"claude-{id(services)}"
     assert await store.best(agent) is None
     await store.put(agent, "api_key", "sk-ant-api")

@@ -82,7 +82,7 @@ async def _run_attack(tmp_path: Path, db_url: str, name: str, **env: str):  # ty
     out = io.StringIO()
     try:
         await run_from_terminal(services, args(origin, f"attack {name}", command=command), out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         violations = await services.sessions.violations(session.id)
         events = await services.sessions.events(session.id)
     finally:
@@ -132,7 +132,7 @@ async def test_the_agents_own_commits_are_pushed_under_the_attributed_author(tmp
     command = "sh -c 'echo changed > victim.txt; sh attack.sh'"
     try:
         code = await run_from_terminal(services, args(origin, "impersonate", command=command), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 0, session.error
@@ -160,7 +160,7 @@ async def test_symlinks_are_committed_as_links_and_never_followed(tmp_path: Path
     services = await make_services(tmp_path, db_url)
     try:
         code = await run_from_terminal(services, args(origin, "links", command="sh attack.sh"), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 0, session.error
@@ -180,7 +180,7 @@ async def test_gitignored_files_stay_out_and_deletions_are_committed(tmp_path: P
     try:
         code = await run_from_terminal(services, args(origin, "ignore", command=f"sh -c '{script}'"),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 0, session.error
@@ -194,7 +194,7 @@ async def test_a_file_over_the_size_limit_is_left_out_and_named(tmp_path: Path, 
     services = await make_services(tmp_path, db_url, GIT_MAX_FILE_SIZE_MB="1")
     try:
         code = await run_from_terminal(services, args(origin, "big", command=f"sh -c '{script}'"), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error"
@@ -211,7 +211,7 @@ async def test_unreadable_and_special_files_are_not_read_with_the_hosts_rights(t
     services = await make_services(tmp_path, db_url)
     try:
         code = await run_from_terminal(services, args(origin, "odd", command=f"sh -c '{script}'"), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 0, session.error

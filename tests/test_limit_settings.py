@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.doctor import check_limits
+from bot.cli.doctor import check_limits
 from bot.settings import SettingsError, load_settings
 from runner.sandbox import limits as limits_module
 from runner.sandbox.base import SandboxLimits, format_size

@@ -29,7 +29,7 @@ async def test_a_memory_hog_ends_the_session_and_keeps_the_work(tmp_path: Path, 
     services = await make_services(tmp_path, db_url, SANDBOX_MEMORY_LIMIT="96m")
     try:
         code = await run_from_terminal(services, args(origin, "hog", command=command), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error"
@@ -44,7 +44,7 @@ async def test_a_disk_hog_is_stopped_and_the_work_before_it_kept(tmp_path: Path,
     services = await make_services(tmp_path, db_url, SANDBOX_DISK_LIMIT="16m")
     try:
         code = await run_from_terminal(services, args(origin, "disk", command=command), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error"
@@ -57,7 +57,7 @@ async def test_a_fork_bomb_ends_the_session_and_keeps_the_work(tmp_path: Path, d
     services = await make_services(tmp_path, db_url, SANDBOX_MAX_PROCESSES="64")
     try:
         code = await run_from_terminal(services, args(origin, "bomb", command=command), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error"

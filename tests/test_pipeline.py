@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.services import Services, open_services
+from bot.cli.wiring import open_services
+from bot.services import Services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from tests.conftest import session_base
@@ -66,7 +67,7 @@ async def test_command_agent_commits_with_author_trailer_and_pushes(tmp_path: Pa
         code = await run_from_terminal(services, args(origin, "make answer() return 42; rm -rf / $(reboot) `x`",
                                                       command=script), out)
         assert code == 0, out.getvalue()
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert session.state == "completed" and session.progress == 100
@@ -90,7 +91,7 @@ async def test_events_record_each_step(tmp_path: Path, db_url: str, origin: Path
     try:
         await run_from_terminal(services, args(origin, "fix it", command=script),
                                 io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         events = await services.sessions.events(session.id)
     finally:
         await services.close()
@@ -108,7 +109,7 @@ async def test_no_changes_means_no_commit(tmp_path: Path, db_url: str, origin: P
     try:
         out = io.StringIO()
         code = await run_from_terminal(services, args(origin, "look around", command="true"), out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 0 and session.state == "completed" and session.commit_sha is None
@@ -121,7 +122,7 @@ async def test_failing_agent_ends_in_error_with_its_output(tmp_path: Path, db_ur
     try:
         code = await run_from_terminal(services, args(origin, "x", command="sh -c 'echo broken >&2; exit 3'"),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error"
@@ -133,7 +134,7 @@ async def test_timeout_kills_the_tree_and_keeps_the_work(tmp_path: Path, db_url:
     services = await make_services(tmp_path, db_url, SESSION_TIMEOUT="4", SANDBOX_SECURITY_ENABLED="false")
     try:
         code = await run_from_terminal(services, args(origin, "slow", command=command), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and session.state == "error" and "timed out" in session.error
@@ -147,7 +148,7 @@ async def test_unsafe_base_branch_is_refused(tmp_path: Path, db_url: str, origin
     try:
         code = await run_from_terminal(services, args(origin, "x", command="true", base="--upload-pack=evil"),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and "not a safe git ref" in session.error
@@ -200,18 +201,14 @@ async def test_stop_during_a_run_kills_the_agent_and_keeps_its_work(tmp_path: Pa
 async def test_an_unsandboxed_session_warns_on_the_session_and_in_its_progress(tmp_path: Path, db_url: str,
                                                                                origin: Path) -> None:
     from bot.progress import render_markdown, render_slack
-    from bot.reporting import LocalChannel
 
     published = []
 
-    async def recording_channel(_services, session):  # type: ignore[no-untyped-def]
-        return LocalChannel(session, published.append)
-
     services = await make_services(tmp_path, db_url)
-    services.extras["channel_factory"] = recording_channel
     try:
-        code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        code = await run_from_terminal(services, args(origin, "x", command="true", no_sandbox=True), io.StringIO(),
+                                       printer=published.append)
+        session = (await services.sessions.recent(1))[0]
         events = await services.sessions.events(session.id)
     finally:
         await services.close()

@@ -16,7 +16,6 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import select
 
-from bot.credentials import CredentialStore
 from bot.models import Session, SessionEvent, Violation
 from bot.secretscan import forms
 from bot.services import Services
@@ -56,7 +55,7 @@ def stored_value() -> str:
 
 
 async def store_credential(services: Services, value: str) -> None:
-    await CredentialStore(services.sessions.sessionmaker, services.keyring).put("claude", "api_key", value)
+    await services.credentials.put("claude", "api_key", value)
 
 
 def assert_nowhere(value: str, *texts: str) -> None:
@@ -91,7 +90,7 @@ async def test_a_stored_credential_in_the_changes_refuses_the_push(tmp_path: Pat
     try:
         await store_credential(services, value)
         code = await run_from_terminal(services, args(origin, "configure it", command=leak_command(value, form)), out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         violations = await services.sessions.violations(session.id)
         stored = await stored_text(services, session.id)
     finally:
@@ -114,7 +113,7 @@ async def test_a_file_named_after_a_secret_is_refused_and_its_name_masked(tmp_pa
     try:
         await store_credential(services, value)
         code = await run_from_terminal(services, args(origin, "name it", command=leak_command(value, "name")), out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         violations = await services.sessions.violations(session.id)
         stored = await stored_text(services, session.id)
     finally:
@@ -132,7 +131,7 @@ async def test_a_clean_push_with_credentials_stored_still_works(tmp_path: Path, 
         await store_credential(services, value)
         code = await run_from_terminal(services, args(origin, "tidy", command=leak_command(value, "none")),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         violations = await services.sessions.violations(session.id)
     finally:
         await services.close()
@@ -147,7 +146,7 @@ async def test_a_server_setting_in_base64_refuses_the_push(tmp_path: Path, db_ur
     try:
         code = await run_from_terminal(services, args(origin, "x", command=leak_command(hook_secret, "base64")),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         await services.close()
     assert code == 1 and list(branches(origin)) == ["main"]
@@ -162,7 +161,7 @@ async def test_the_salvage_push_after_a_timeout_is_scanned_too(tmp_path: Path, d
         await store_credential(services, value)
         command = leak_command(value, "url", sleep=300)
         code = await run_from_terminal(services, args(origin, "slow", command=command), out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         violations = await services.sessions.violations(session.id)
         stored = await stored_text(services, session.id)
     finally:
@@ -242,7 +241,7 @@ async def test_known_secrets_gather_settings_stored_credentials_and_session_toke
     from runner.secretscan import TOKEN_LABEL, known_secrets
 
     value = stored_value()
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    store = services.credentials
     await store.put("claude", "api_key", value)
     await store.put("github", "github_pat", "ghp_" + "a" * 36)
     found = {(s.label, s.value) for s in await known_secrets(services, ["ghs_minted-for-this-session"])}
@@ -258,7 +257,7 @@ async def test_a_credential_no_key_opens_is_skipped_not_fatal(services: Services
 
     from bot.models import Credential as CredentialRow
 
-    store = CredentialStore(services.sessions.sessionmaker, services.keyring)
+    store = services.credentials
     await store.put("gemini", "api_key", "gemini-key-" + secrets.token_hex(8))
     await store.put("amp", "api_key", "amp-key-" + secrets.token_hex(8))
     async with services.sessions.sessionmaker() as db, db.begin():

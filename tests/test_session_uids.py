@@ -98,9 +98,9 @@ async def test_a_session_cannot_read_another_installations_workspace_or_home(tmp
         assert not victim_run.done(), "the victim must still be running during the attack"
         go.touch()
         assert await asyncio.wait_for(victim_run, 60) == 0
-        stolen_session = (await attacker.sessions.list(1))[0]
+        stolen_session = (await attacker.sessions.recent(1))[0]
         events = await attacker.sessions.events(stolen_session.id)
-        victim_session = (await victim.sessions.list(1))[0]
+        victim_session = (await victim.sessions.recent(1))[0]
     finally:
         go.touch()
         await victim.close()
@@ -124,7 +124,7 @@ async def test_a_kept_workspace_keeps_its_uid_and_only_that_uid_may_enter(tmp_pa
     try:
         code = await run_from_terminal(services, args(origin, "keep", command="sh -c 'echo kept > kept.txt'",
                                                       keep=True), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         pool = pool_from_settings(services.settings)
     finally:
         await services.close()
@@ -163,7 +163,7 @@ async def test_processes_the_session_uid_left_behind_are_killed(tmp_path: Path) 
     try:
         code = await run_from_terminal(services, args(origin, "daemon", command=f"sh -c {shlex.quote(DAEMON)}",
                                                       no_sandbox=True), io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
     finally:
         reaped = reaper.done() and reaper.result()
         reaper.cancel()

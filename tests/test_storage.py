@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import update
 
@@ -15,7 +16,7 @@ from sqlalchemy import text
 from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
 from bot.models import Session, State, utcnow
 from bot.services import Services
-from bot.sessions import NewSession, ViolationCount
+from bot.sessions import NewSession, SessionInUse, ViolationCount
 
 TABLES = {"installations", "installation_repos", "sessions", "session_events", "violations",
           "webhook_deliveries", "credentials", "alembic_version"}
@@ -200,3 +201,30 @@ async def test_stop_of_a_pending_session_ends_it(services: Services) -> None:
     stopped = await services.sessions.request_stop(row.id)
     assert stopped.state == "stopped" and stopped.stop_requested
     assert await services.sessions.claim(row.id, "w") is None
+
+
+async def test_named_transitions_set_their_columns_and_nothing_else(services: Services) -> None:
+    row, _ = await services.sessions.create(new())
+    await services.sessions.set_branch(row.id, "sesame/fix-it", "main")
+    await services.sessions.record_commit(row.id, "a" * 40)
+    await services.sessions.record_pull_request(row.id, 7, "https://github.test/acme/widget/pull/7")
+    await services.sessions.set_progress(row.id, 42)
+    await services.sessions.set_warning(row.id, "ran unsandboxed")
+    await services.sessions.record_slack_message(row.id, {"channel": "C1", "ts": "1.2"}, "C1:1.2")
+    got = await services.sessions.get(row.id)
+    assert got is not None
+    assert (got.branch, got.base_branch, got.commit_sha, got.pr_number, got.pr_url, got.progress, got.warning,
+            got.report, got.thread_key, got.state) == (
+        "sesame/fix-it", "main", "a" * 40, 7, "https://github.test/acme/widget/pull/7", 42, "ran unsandboxed",
+        {"channel": "C1", "ts": "1.2"}, "C1:1.2", "pending")
+    assert not hasattr(services.sessions, "update")  # no door for arbitrary columns
+
+
+async def test_delete_refuses_a_session_with_follow_ups(services: Services) -> None:
+    parent, _ = await services.sessions.create(new())
+    child, _ = await services.sessions.create(new(parent_id=parent.id))
+    with pytest.raises(SessionInUse):
+        await services.sessions.delete(parent.id)
+    await services.sessions.delete(child.id)
+    await services.sessions.delete(parent.id)
+    assert await services.sessions.get(parent.id) is None and await services.sessions.get(child.id) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.doctor import check_session_uids
+from bot.cli.doctor import check_session_uids
 from bot.settings import SettingsError, load_settings
 from runner.uids import UidError, UidPool, kill_uid, pool_from_settings, processes_of
 

@@ -52,7 +52,7 @@ async def test_a_dns_and_connection_flood_is_a_few_counted_rows(tmp_path: Path, 
         code = await run_from_terminal(services, args(origin, "flood", command=shlex.join([PYTHON, "-c", FLOOD])),
                                        io.StringIO())
         elapsed = time.monotonic() - started
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         rows = await services.sessions.violations(session.id)
         events = [e for e in await services.sessions.events(session.id, limit=100_000) if e.kind == "violation"]
     finally:
@@ -91,7 +91,7 @@ async def test_a_flood_until_the_timeout_is_stored_and_the_work_kept(tmp_path: P
     try:
         code = await run_from_terminal(services, args(origin, "flood", command=shlex.join([PYTHON, "-c", ENDLESS])),
                                        io.StringIO())
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         rows = await services.sessions.violations(session.id)
         events = await services.sessions.events(session.id, limit=100_000)
     finally:
@@ -124,7 +124,7 @@ async def test_the_final_status_comes_after_the_last_violation(tmp_path: Path, d
     try:
         code = await run_from_terminal(services, args(origin, "ask", command=shlex.join([PYTHON, "-c", ONE_QUERY])),
                                        out)
-        session = (await services.sessions.list(1))[0]
+        session = (await services.sessions.recent(1))[0]
         events = await services.sessions.events(session.id, limit=1000)
     finally:
         await services.close()

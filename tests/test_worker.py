@@ -6,8 +6,9 @@ import shlex
 import uuid
 from pathlib import Path
 
+from bot.cli.wiring import open_services
 from bot.queue import ArqQueue
-from bot.services import Services, open_services
+from bot.services import Services
 from bot.sessions import NewSession
 from bot.settings import load_settings
 from runner.worker import build_worker

@@ -11,14 +11,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 
 from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.credentials import KINDS, CredentialStore
 from bot.models import Session, State, Violation
 from bot.services import Services
-from bot.sessions import NewSession, as_utc
+from bot.sessions import NewSession, SessionInUse, as_utc
 from bot.settings import SettingsError, load_settings, write_config
 from bot.triggers import is_safe_ref
 from webhooks.app import QUEUE, SERVICES
@@ -91,7 +89,7 @@ async def list_sessions(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "50")), 500)
     except ValueError:
         raise bad_request("limit must be a number") from None
-    rows = await request.app[SERVICES].sessions.list(limit, request.query.get("state"))
+    rows = await request.app[SERVICES].sessions.recent(limit, request.query.get("state"))
     return web.json_response({"sessions": [session_json(r) for r in rows]})
 
 
@@ -162,9 +160,8 @@ async def delete_session(request: web.Request) -> web.Response:
         raise web.HTTPConflict(text=json.dumps({"error": "the session is running: stop it first"}),
                                content_type="application/json")
     try:
-        async with services.sessions.sessionmaker() as db, db.begin():
-            await db.execute(delete(Session).where(Session.id == row.id))
-    except IntegrityError:
+        await services.sessions.delete(row.id)
+    except SessionInUse:
         return web.json_response({"error": "follow-up sessions refer to this one: delete them first"}, status=409)
     return web.Response(status=204)
 
@@ -221,7 +218,7 @@ async def put_settings(request: web.Request) -> web.Response:
 
 def _store(request: web.Request) -> CredentialStore:
     services: Services = request.app[SERVICES]
-    return CredentialStore(services.sessions.sessionmaker, services.keyring)
+    return services.credentials
 
 
 async def get_credentials(request: web.Request) -> web.Response:

@@ -10,8 +10,9 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from bot.cli.wiring import open_services
 from bot.models import Session
-from bot.services import Services, open_services
+from bot.services import Services
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from webhooks import slack as slack_intake

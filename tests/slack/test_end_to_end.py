@@ -5,13 +5,15 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from bot.cli.wiring import open_services
 from bot.queue import InlineQueue
-from bot.services import Services, open_services
+from bot.services import Services
 from runner.worker import run_session
 from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
@@ -39,8 +41,7 @@ async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120", SLACK_USER_MAP="U1ALICE=alice-gh",
                             **fake_slack.settings_env(), **fake_github.settings_env())
-    services = await open_services(settings, auto_migrate=True)
-    services.extras["progress_interval"] = 0.2
+    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
     queue = InlineQueue(lambda sid: run_session(services, sid))
     client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
     await client.start_server()
@@ -63,7 +64,7 @@ async def test_a_command_ends_in_a_pull_request(running: tuple[TestClient, Inlin
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [row] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [row] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
     assert row.state == "completed" and row.branch, row.error
     [pull] = [p for p in fake_github.pulls if p.repo == "acme/widget" and p.head == row.branch]
     assert row.pr_number == pull.number and pull.base == "main"
@@ -93,7 +94,7 @@ async def test_a_thread_follow_up_adds_commits_to_the_same_pull_request(
         **fake_slack.signed_headers(body), "Content-Type": "application/x-www-form-urlencoded"})
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
-    [parent] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [parent] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
 
     event = fake_slack.event_body(fake_slack.mention_event("also write it down", channel=CHANNEL,
                                                            thread_ts=parent.report["ts"]))
@@ -103,7 +104,7 @@ async def test_a_thread_follow_up_adds_commits_to_the_same_pull_request(
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [child] = [s for s in await services.sessions.list(limit=1000) if s.parent_id == parent.id]
+    [child] = [s for s in await services.sessions.recent(limit=1000) if s.parent_id == parent.id]
     assert child.state == "completed", child.error
     assert child.branch == parent.branch and child.pr_number == parent.pr_number
     assert len([p for p in fake_github.pulls if p.head == parent.branch]) == 1

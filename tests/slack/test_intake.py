@@ -16,7 +16,7 @@ CHANNEL = "C1GENERAL"
 
 async def sessions(h: SlackHarness) -> list[Session]:
     """This test's sessions (the PostgreSQL database is shared by the whole run)."""
-    return [s for s in await h.services.sessions.list(limit=1000) if (s.report or {}).get("team") == h.slack.team_id]
+    return [s for s in await h.services.sessions.recent(limit=1000) if (s.report or {}).get("team") == h.slack.team_id]
 
 
 async def test_command_is_recorded_enqueued_acked_and_announced(harness: SlackHarness) -> None:
@@ -150,7 +150,7 @@ async def test_stop_button_on_a_queued_session_updates_the_message(harness: Slac
 async def test_thread_follow_up_makes_a_child_on_the_same_branch(harness: SlackHarness) -> None:
     await harness.command("acme/widget fix it", user="U1ALICE")
     [parent] = await sessions(harness)
-    await harness.services.sessions.update(parent.id, branch="sesame/fix-it", base_branch="main")
+    await harness.services.sessions.set_branch(parent.id, "sesame/fix-it", "main")
     event = harness.slack.mention_event("--agent command now add a test", channel=CHANNEL,
                                         thread_ts=parent.report["ts"])
     event_id = f"Ev{uuid.uuid4().hex[:10]}"

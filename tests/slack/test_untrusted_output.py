@@ -5,13 +5,15 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from bot.cli.wiring import open_services
 from bot.queue import InlineQueue
-from bot.services import Services, open_services
+from bot.services import Services
 from bot.untrusted import WORD_JOINER
 from runner.worker import run_session
 from tests.conftest import session_base
@@ -39,8 +41,7 @@ async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120",
                             **fake_slack.settings_env(), **fake_github.settings_env())
-    services = await open_services(settings, auto_migrate=True)
-    services.extras["progress_interval"] = 0.2
+    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
     queue = InlineQueue(lambda sid: run_session(services, sid))
     client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
     await client.start_server()
@@ -64,7 +65,7 @@ async def test_agent_output_and_prompt_are_text_in_the_message_and_the_thread(
     await client.app[slack_intake.SLACK_INTAKE].drain()
     await queue.join()
 
-    [row] = [s for s in await services.sessions.list(limit=1000) if s.report.get("team") == fake_slack.team_id]
+    [row] = [s for s in await services.sessions.recent(limit=1000) if s.report.get("team") == fake_slack.team_id]
     assert row.state == "error" and "exited with status 3" in (row.error or "")
     assert "<!channel>" in row.title  # the prompt really holds the markup
     message = fake_slack.message(CHANNEL, row.report["ts"])

@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from bot.cli import build_web_app
+from bot.cli.wiring import open_services
 from bot.models import Session
-from bot.services import Services, open_services
+from bot.services import Services
 from tests.support.fake_github import FakeComment, FakeGitHub
 from tests.test_api import RecordingQueue
 

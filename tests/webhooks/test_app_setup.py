@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from bot.cli import build_web_app
-from bot.services import open_services
+from bot.cli.wiring import open_services
 from bot.settings import load_settings
 from tests.support.fake_github import FakeGitHub
 from tests.test_api import RecordingQueue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -68,7 +68,7 @@ async def make_stack(pg_database: str, redis_url: str, settings_for: Any, fake_g
                "SESSION_TIMEOUT": "90", **env}
         web_services = await github_services(settings_for, pg_database, fake_github, **env)
         worker_services = await github_services(settings_for, pg_database, fake_github, **env)
-        worker_services.extras["progress_interval"] = interval
+        worker_services = replace(worker_services, progress_interval=interval)
         queue = ArqQueue(redis_url)
         opened.extend([web_services, worker_services, queue])
         client = await aiohttp_client(build_web_app(web_services, queue))

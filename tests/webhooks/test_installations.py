@@ -7,7 +7,7 @@ from tests.webhooks.conftest import Hook
 
 
 def store(hook: Hook) -> InstallationStore:
-    return InstallationStore(hook.services.sessions.sessionmaker)
+    return hook.services.installations
 
 
 async def installation_event(hook: Hook, action: str) -> None:

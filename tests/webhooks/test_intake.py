@@ -238,7 +238,8 @@ async def test_follow_up_on_issue_with_an_open_sesame_pr_uses_its_branch(hook: H
     await hook.comment(1, "@sesame fix it")
     [first] = await hook.sessions()
     pr = hook.fake.add_pull(hook.repo, "sesame/fix-it", user=hook.fake.bot_user.login)
-    await hook.services.sessions.update(first.id, branch="sesame/fix-it", base_branch="main", pr_number=pr.number)
+    await hook.services.sessions.set_branch(first.id, "sesame/fix-it", "main")
+    await hook.services.sessions.record_pull_request(first.id, pr.number, f"https://github.test/{hook.repo}/pull/{pr.number}")
     await hook.services.sessions.finish(first.id, State.COMPLETED)
     await hook.comment(1, "@sesame also update the docs")
     second = (await hook.sessions())[-1]
@@ -279,6 +280,6 @@ async def test_handler_failure_is_500_and_can_be_redelivered(hook: Hook) -> None
     delivery = str(uuid.uuid4())
     assert (await hook.send("issue_comment", broken, delivery_id=delivery)).status == 500
     hook.fake.set_permission(hook.repo, "alice", "write")
-    hook.services.extras.clear()  # drop the cached permission
+    hook.services.caches.permissions.clear()  # drop the cached permission
     assert (await hook.send("issue_comment", payload, delivery_id=delivery)).status == 202
     assert len(await hook.sessions()) == 1

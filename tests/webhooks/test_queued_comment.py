@@ -86,7 +86,7 @@ async def test_an_overdue_queued_comment_no_longer_holds_the_worker(hook: Hook) 
     [row] = await hook.sessions()
     [queued] = hook.bot_comments(issue.number)
     report = {k: v for k, v in row.report.items() if k != "comment_id"}
-    await hook.services.sessions.update(row.id, report={**report, COMMENT_DUE: time.time() - 1})
+    await hook.services.sessions.set_report(row.id, {**report, COMMENT_DUE: time.time() - 1})
     channel = await github_channel(hook.services, await reload(hook, row))
     await asyncio.wait_for(channel.publish(progress_of(row)), 5)
     comments = hook.bot_comments(issue.number)

@@ -6,18 +6,13 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.installations import InstallationStore
-from webhooks.github.intake import INSTALLATION_CACHE, Intake
+from webhooks.github.intake import Intake
 
 router = routing.Router()
 # action -> (suspended, deleted); None leaves the flag as it is.
 STATES: dict[str, tuple[bool | None, bool | None]] = {
     "created": (False, False), "new_permissions_accepted": (None, None), "deleted": (None, True),
     "suspend": (True, None), "unsuspend": (False, None)}
-
-
-def _store(intake: Intake) -> InstallationStore:
-    return InstallationStore(intake.services.sessions.sessionmaker)
 
 
 def _names(repos: list[dict[str, Any]] | None) -> list[str]:
@@ -33,11 +28,12 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
     data = event.data["installation"]
     suspended, deleted = STATES[action]
     repos = _names(event.data.get("repositories")) if action == "created" else None
-    await _store(intake).upsert(int(data["id"]), data.get("account", {}).get("login", ""),
+    await intake.services.installations.upsert(int(data["id"]), data.get("account", {}).get("login", ""),
                                 suspended=suspended, deleted=deleted, repos=repos)
-    intake.services.extras.get(INSTALLATION_CACHE, {}).pop(int(data["id"]), None)
-    if action in ("deleted", "suspend") and "github_factory" in intake.services.extras:
-        intake.services.extras["github_factory"].forget_installation(int(data["id"]))
+    caches = intake.services.caches
+    caches.installations.forget(int(data["id"]))
+    if action in ("deleted", "suspend") and caches.github is not None:
+        caches.github.forget_installation(int(data["id"]))
     intake.outcome["installation"] = action
 
 
@@ -45,7 +41,7 @@ async def installation(event: sansio.Event, intake: Intake) -> None:
 async def repositories(event: sansio.Event, intake: Intake) -> None:
     """Repositories added to or removed from an installation."""
     data = event.data["installation"]
-    store = _store(intake)
+    store = intake.services.installations
     await store.upsert(int(data["id"]), data.get("account", {}).get("login", ""))
     await store.change_repos(int(data["id"]), _names(event.data.get("repositories_added")),
                              _names(event.data.get("repositories_removed")))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable, TypeVar
+from typing import Any
 
 from gidgethub import sansio
 
 from bot.github import SesameGitHubAPI, collaborator_permission
 from bot.github_channel import WRITE_PERMISSIONS, github_factory, split_repo
-from bot.installations import InstallationStore
 from bot.queue import Queue
 from bot.services import Services
 
@@ -30,25 +28,8 @@ FORK_REFUSED = ("Sorry @{login}, I don't work on pull requests from forks here "
 NOTHING_TO_STOP = "There is no running Sesame session on this {kind}."
 # A sender's permission is cached this long at intake; the job checks it again, uncached, when it starts.
 PERMISSION_TTL = 60.0
-PERMISSION_CACHE = "github_permission_cache"
 # Whether an installation is active, cached as briefly; installation events clear it in this process.
 INSTALLATION_TTL = 10.0
-INSTALLATION_CACHE = "github_installation_cache"
-CACHE_LIMIT = 10_000
-T = TypeVar("T")
-
-
-async def remembered(services: Services, cache: str, key: Hashable, ttl: float,
-                     load: Callable[[], Awaitable[T]]) -> T:
-    """A value kept `ttl` seconds in this process (services.extras[cache]), loaded when missing or stale."""
-    entries: dict[Hashable, tuple[float, Any]] = services.extras.setdefault(cache, {})
-    now = time.monotonic()
-    hit = entries.get(key)
-    if hit is None or hit[0] < now:
-        if len(entries) > CACHE_LIMIT:
-            entries.clear()
-        hit = entries[key] = (now + ttl, await load())
-    return hit[1]  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -99,9 +80,8 @@ class Intake:
 
     async def active_installation(self) -> bool:
         """False (and noted) for a suspended or deleted installation (cached briefly)."""
-        store = InstallationStore(self.services.sessions.sessionmaker)
-        active = await remembered(self.services, INSTALLATION_CACHE, self.installation_id, INSTALLATION_TTL,
-                                  lambda: store.active(self.installation_id))
+        active = await self.services.caches.installations.get(
+            self.installation_id, INSTALLATION_TTL, lambda: self.services.installations.active(self.installation_id))
         if not active:
             self.outcome["ignored"] = "installation suspended or deleted"
         return active
@@ -114,8 +94,8 @@ class Intake:
     async def may_write(self, gh: SesameGitHubAPI) -> bool:
         """The sender has write or admin on the repository (cached briefly)."""
         key = (self.installation_id, self.repo, self.sender)
-        permission = await remembered(self.services, PERMISSION_CACHE, key, PERMISSION_TTL,
-                                      lambda: collaborator_permission(gh, *split_repo(self.repo), self.sender))
+        permission = await self.services.caches.permissions.get(
+            key, PERMISSION_TTL, lambda: collaborator_permission(gh, *split_repo(self.repo), self.sender))
         return permission in WRITE_PERMISSIONS
 
 

@@ -166,4 +166,4 @@ async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_i
         log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
     else:
         report["comment_id"] = comment["id"]
-    await services.sessions.update(session_id, report=report)
+    await services.sessions.set_report(session_id, report)

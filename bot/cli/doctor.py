@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from bot.catalog import CATALOG
 from bot.settings import Settings

@@ -1,4 +1,7 @@
-"""The `sesame` command, and the composition root wiring web, worker and queues."""
+"""The `sesame` command: the composition root wiring web, worker, queues, channels and doctor.
+
+The one place in `bot` allowed to import `webhooks` and `runner` (the contract in pyproject.toml).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import gc
 import logging
 import signal
 import sys
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from bot import __version__
 from bot.catalog import CATALOG
@@ -143,25 +147,11 @@ def sandbox_status(settings: Settings) -> dict[str, Any]:
 
 
 def build_web_app(services: Any, queue: Any) -> Any:
-    """The aiohttp app with every feature that is configured."""
+    """The aiohttp app with every web feature (each one checks whether it is configured)."""
+    from bot.cli.wiring import WEB_FEATURES
     from webhooks.app import create_app
 
-    return create_app(services, queue, sandbox_status(services.settings), web_features())
-
-
-def web_features() -> list[Callable[[Any], None]]:
-    """Setup functions of the optional web features present in this build."""
-    features = []
-    for module_name in ("webhooks.api", "webhooks.pages", "webhooks.github", "webhooks.github_setup",
-                        "webhooks.slack"):
-        try:
-            module = __import__(module_name, fromlist=["setup"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        features.append(module.setup)
-    return features
+    return create_app(services, queue, sandbox_status(services.settings), list(WEB_FEATURES))
 
 
 def freeze_heap() -> None:
@@ -178,9 +168,15 @@ async def serve_many(args: argparse.Namespace) -> int:
     # One sweeper is enough: the other processes only answer requests.
     children = [await asyncio.create_subprocess_exec(*argv, *([] if i == 0 else ["--no-sweeper"]))
                 for i in range(args.workers)]
+
+    def forward(sig: int) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(sig)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: [c.send_signal(s) for c in children if c.returncode is None])
+        loop.add_signal_handler(sig, forward, sig)
     codes = [await child.wait() for child in children]
     return exit_code(codes)
 
@@ -195,7 +191,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.workers > 1:
         return await serve_many(args)
-    from bot.services import open_services
+    from bot.cli.wiring import open_services
     from bot.sweeper import run_forever_sweeper
 
     host = args.host or settings.HOST
@@ -232,8 +228,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.cli.wiring import open_services
     from bot.queue import ArqQueue
-    from bot.services import open_services
     from runner.worker import build_worker
 
     if not settings.get("REDIS_URL"):
@@ -255,13 +251,13 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_doctor(settings: Settings, _args: argparse.Namespace) -> int:
-    from bot.doctor import run_doctor
+    from bot.cli.doctor import run_doctor
 
     return await run_doctor(settings)
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.services import open_services
+    from bot.cli.wiring import open_services
     from runner.cli_run import run_from_terminal
 
     logging.getLogger("runner.pipeline").setLevel(logging.ERROR)  # the outcome is printed below
@@ -299,6 +295,3 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "doctor": cmd_doctor,
     "run": cmd_run, "agents": cmd_agents,
 }
-
-if __name__ == "__main__":
-    sys.exit(main())
