@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner import git as gitops  # noqa: E402
-from runner.commit import commit_tree, snapshot_tree  # noqa: E402
-from runner.workspace import create_workspace, remove_workspace, update_mirror  # noqa: E402
+from runner import git as gitops
+from runner.commit import commit_tree, snapshot_tree
+from runner.workspace import create_workspace, remove_workspace, update_mirror
 
 AUTHOR = gitops.Author("Bench", "bench@example.test")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import runner.sandbox.seccomp as seccomp  # noqa: E402
-from runner.sandbox import SandboxPolicy, Violation, create_sandbox  # noqa: E402
+import runner.sandbox.seccomp as seccomp
+from runner.sandbox import SandboxPolicy, Violation, create_sandbox
 
 PROBE = ("import os, sys, time\nopen('probe.txt', 'w').write('x')\nn = int(sys.argv[2])\n"
          "started = time.perf_counter()\nfor _ in range(n):\n    os.close(os.open(sys.argv[1], os.O_RDONLY))\n"

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.sandbox import SandboxPolicy, Violation, create_sandbox  # noqa: E402
-from runner.sandbox.base import SandboxLimits  # noqa: E402
-from runner.sandbox.local import LocalSandbox  # noqa: E402
+from runner.sandbox import SandboxPolicy, Violation, create_sandbox
+from runner.sandbox.base import SandboxLimits
+from runner.sandbox.local import LocalSandbox
 
 BARE = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"]
 
@@ -39,7 +39,7 @@ BARE = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "t
 def stats(samples: list[float]) -> tuple[float, float]:
     """(median, p90) in milliseconds."""
     ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
     return statistics.median(ordered) * 1000, p90 * 1000
 
 

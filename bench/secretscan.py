@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.secretscan import KnownSecret, SecretMatcher  # noqa: E402
-from runner.secretscan import new_objects, scan_objects  # noqa: E402
+from bot.secretscan import KnownSecret, SecretMatcher
+from runner.secretscan import new_objects, scan_objects
 
 CODE = b"def answer(value: int) -> int:\n    return value * 42  # ordinary code, nothing secret\n"
 

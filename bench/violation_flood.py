@@ -32,16 +32,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from bot.cli.wiring import open_services  # noqa: E402
-from bot.services import Services  # noqa: E402
-from bot.sessions import NewSession  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
-from runner.sandbox.base import ProxyLimits, Violation  # noqa: E402
-from runner.sandbox.dns import start_dns_sink  # noqa: E402
-from runner.sandbox.proxy import EgressProxy  # noqa: E402
-from runner.sandbox.violations import ViolationAggregator  # noqa: E402
+from bot.cli.wiring import open_services
+from bot.services import Services
+from bot.sessions import NewSession
+from bot.settings import load_settings
+from runner.sandbox.base import ProxyLimits, Violation
+from runner.sandbox.dns import start_dns_sink
+from runner.sandbox.proxy import EgressProxy
+from runner.sandbox.violations import ViolationAggregator
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 WINDOW = 64

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.git import git  # noqa: E402
-from runner.workspace import create_workspace, remove_workspace, update_mirror  # noqa: E402
+from runner.git import git
+from runner.workspace import create_workspace, remove_workspace, update_mirror
 
 
 def fast_import_stream(commits: int, files: int) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class Background:
         try:
             yield
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._tasks.discard(task)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for the running tasks (those they start too); cancel what is left after `timeout`."""

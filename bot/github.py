@@ -8,7 +8,7 @@ import email.utils
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 import aiohttp
@@ -34,7 +34,7 @@ TokenKey = tuple[int, frozenset[str], frozenset[int], frozenset[tuple[str, str]]
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def parse_github_time(value: str) -> datetime:

@@ -9,7 +9,8 @@ SLACK_ALLOWED_USERS (with an empty list, by its requester only).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from bot.settings import Settings
 

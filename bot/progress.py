@@ -7,8 +7,9 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from bot.redact import redact
 from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text, within
@@ -49,7 +50,7 @@ class Progress:
     steps: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in STEPS} | {"queued": "done"})
     details: dict[str, str] = field(default_factory=dict)
     activity: str | None = None
-    violations: Counter = field(default_factory=Counter)
+    violations: Counter[tuple[str, str]] = field(default_factory=Counter)
     warning: str | None = None
     state: str = "pending"
     error: str | None = None
@@ -77,7 +78,7 @@ def format_duration(seconds: float) -> str:
     """3m 12s, 0.4 s, 1h 2m."""
     if seconds < 10:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
         return f"{hours}h {minutes}m"

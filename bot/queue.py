@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -22,7 +23,8 @@ def serialize(job: dict[str, Any]) -> bytes:
 
 
 def deserialize(data: bytes) -> dict[str, Any]:
-    return json.loads(data)
+    job: dict[str, Any] = json.loads(data)
+    return job
 
 
 class Queue(Protocol):
@@ -62,7 +64,7 @@ class ArqQueue:
             pool = await self.pool()
             await pool.enqueue_job(JOB_NAME, session_id, _job_id=session_id)
             return True
-        except (OSError, RedisError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, RedisError) as exc:
             log.warning("enqueue of session %s failed (%s); it stays pending for the sweeper", session_id, exc)
             self._pool = None
             return False

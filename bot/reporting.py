@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
-from collections.abc import Awaitable, Callable
 
 from bot.models import Session
 from bot.progress import Progress

@@ -82,7 +82,7 @@ def pem_body_lines(value: str) -> list[str]:
         return []
     lines = [line.strip() for line in value.replace("\\n", "\n").splitlines()]
     body = [line for line in lines if PEM_BODY_LINE.match(line)]
-    return body + ["".join(body)] if body else []
+    return [*body, "".join(body)] if body else []
 
 
 def hex_key_forms(value: str) -> set[bytes]:

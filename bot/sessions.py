@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast, overload
 
 from sqlalchemy import Table, bindparam, case, delete, func, literal, or_, select, update
@@ -325,7 +325,7 @@ class SessionService:
         conn = await db.connection()
         await conn.execute(INSERT_EVENT, [
             {"session_id": session_id, "seq": seq, "kind": kind, "data": data, "created_at": utcnow()}
-            for seq, (kind, data) in zip(seqs, items)])
+            for seq, (kind, data) in zip(seqs, items, strict=False)])
         return seqs
 
     async def add_violation(self, session_id: str, kind: str, resource: str, operation: str,
@@ -400,5 +400,5 @@ def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; treat them as UTC."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value

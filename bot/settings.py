@@ -7,9 +7,10 @@ import os
 import re
 import secrets
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import json5
 import tomlkit
@@ -54,7 +55,8 @@ KEYS: tuple[Key, ...] = (
     _k("ENCRYPTION_KEY", secret=True, help="64 hex characters (32 bytes) sealing stored credentials"),
     _k("ENCRYPTION_KEY_PREVIOUS", secret=True, kind="list",
        help="older keys (comma separated) still accepted for reading, for rotation"),
-    _k("DATABASE_URL", secret=True, help="postgresql://... (production) or sqlite:///path; default SQLite in the data dir"),
+    _k("DATABASE_URL", secret=True,
+       help="postgresql://... (production) or sqlite:///path; default SQLite in the data dir"),
     _k("REDIS_URL", secret=True, help="redis://... for the arq queue; without it sessions run in-process"),
     _k("INLINE_CONCURRENCY", default=2, kind="int", path="sessions.inlineConcurrency",
        help="sessions run at once by the in-process queue"),
@@ -280,7 +282,7 @@ class Settings:
     @property
     def secret_values(self) -> list[str]:
         """Every secret value, for redaction."""
-        found = []
+        found: list[str] = []
         for key in KEYS:
             value = self.values.get(key.name)
             if key.secret and value:
@@ -293,7 +295,7 @@ class Settings:
     def github_private_key(self) -> str | None:
         """The App's private key, inline or read from its path."""
         if self.values.get("GITHUB_PRIVATE_KEY"):
-            return self.values["GITHUB_PRIVATE_KEY"].replace("\\n", "\n")
+            return str(self.values["GITHUB_PRIVATE_KEY"]).replace("\\n", "\n")
         path = self.values.get("GITHUB_PRIVATE_KEY_PATH")
         return Path(path).read_text() if path else None
 
@@ -395,7 +397,7 @@ def validate_limits(settings: Settings) -> None:
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
     """The encryption key; in the embedded default, a generated key file (0600)."""
     if settings.get("ENCRYPTION_KEY"):
-        return settings.ENCRYPTION_KEY
+        return str(settings.ENCRYPTION_KEY)
     if not settings.embedded:
         raise SettingsError("ENCRYPTION_KEY", "is required", "Generate one with `openssl rand -hex 32`")
     path = settings.data_dir / "encryption.key"
@@ -452,6 +454,8 @@ def write_config(path: Path, updates: Mapping[str, Any], settings: Settings) -> 
         doc = json.loads(text) if text.strip() else {}
     for name, value in updates.items():
         key = KEYS_BY_NAME[name]
+        if key.path is None:  # the caller let only file keys through; this keeps it so
+            raise SettingsError(name, "cannot be set in the config file", "Set it in the environment")
         config_path_set(doc, key.path, coerce(key, value))
     if suffix == ".toml":
         out = tomlkit.dumps(doc)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import aiohttp
 import gidgethub
@@ -14,8 +15,16 @@ from bot.github import SESSION_PERMISSIONS, git_auth_env, noreply_email
 from bot.github_channel import GitHubChannel, github_factory, split_repo
 from bot.models import Session
 from bot.policy import slack_refusal
-from bot.progress import (DETAIL_LIMIT, ERROR_LIMIT, TITLE_LIMIT, Progress, RateLimited, format_duration,
-                          render_slack, slack_escaper)
+from bot.progress import (
+    DETAIL_LIMIT,
+    ERROR_LIMIT,
+    TITLE_LIMIT,
+    Progress,
+    RateLimited,
+    format_duration,
+    render_slack,
+    slack_escaper,
+)
 from bot.redact import redact
 from bot.reporting import PullRequest, RepoAccess, session_url
 from bot.services import Services

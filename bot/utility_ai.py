@@ -124,7 +124,7 @@ class UtilityAI:
             return None
         try:
             return await asyncio.wait_for(self._post(system, user), self.timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError) as exc:
             log.warning("utility model unavailable (%s); using the fallback", type(exc).__name__)
             return None
 

@@ -122,7 +122,8 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
                                                          "HEAD^{tree}"])).split()
     tracked = await base_entries(git_dir, base)
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
-    snap = await as_user(*(user or (None, None)), lambda: walk(str(project), gitlinks, max_size))
+    uid, gid = user if user else (None, None)
+    snap = await as_user(uid, gid, lambda: walk(str(project), gitlinks, max_size))
     listed = await counted_paths(project, scratch, user)
     files = included(snap, tracked, listed)
     await gitops.git_bytes(["--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done"],

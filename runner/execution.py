@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,12 +128,14 @@ def write_home_files(home: Path, files: dict[str, str]) -> None:
             handle.write(content)
 
 
-def session_owner(workspace: Workspace) -> dict[str, int | bool]:
+def owned_by(policy: SandboxPolicy, workspace: Workspace) -> SandboxPolicy:
     """The policy's host uid:gid: the workspace's own when it claimed one, else the shared default."""
     if workspace.user is None:
-        return {}
+        return policy
     uid, gid = workspace.user
-    return {"host_uid": uid, "host_gid": gid, "own_uid": True}
+    return dataclasses.replace(policy, host_uid=uid, host_gid=gid, own_uid=True)
+
+
 def proxy_limits(services: Services) -> ProxyLimits:
     """The egress proxy's bounds from the SANDBOX_PROXY_* settings."""
     settings = services.settings
@@ -154,15 +157,14 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)})
     binary = agent_binary(services, agent)
     prefix = install_prefix(services, agent, binary)
-    policy = SandboxPolicy(
+    policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
         allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         proxy_limits=proxy_limits(services),
-        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security,
-        **session_owner(workspace))
+        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security), workspace)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 CO_AUTHOR = "Co-authored-by: Sesame <agent@sesame.works>"
 DEFAULT_AUTHOR = ("Sesame Agent", "agent@sesame.works")
@@ -84,11 +84,11 @@ async def git_bytes(args: list[str], cwd: Path | None = None, env: Mapping[str, 
 
     `user` (uid, gid) runs git as that unprivileged user, without supplementary groups.
     """
-    drop = {"preexec_fn": functools.partial(_become, *user)} if user and os.geteuid() == 0 else {}
+    drop = functools.partial(_become, *user) if user and os.geteuid() == 0 else None
     proc = await asyncio.create_subprocess_exec(
         "git", *SAFE_OPTIONS, *args, cwd=cwd, env=git_env(env),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **drop)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=drop)
     out, err = await communicate(proc, stdin)
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode or -1, err.decode(errors="replace"))

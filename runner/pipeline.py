@@ -24,11 +24,11 @@ from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents import get_agent
 from runner.agents.base import Agent, Credential, shorten
-from runner.execution import AgentRun, start_agent
 from runner.commit import commit_tree, snapshot_tree
+from runner.execution import AgentRun, start_agent
 from runner.sandbox.base import LimitExceeded, Violation
-from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.sandbox.violations import Aggregate, ViolationAggregator
+from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.uids import kill_uid, pool_from_settings
 from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
 
@@ -103,7 +103,7 @@ async def run(services: Services, session: Session) -> None:
     except LimitExceeded as exc:  # the sandbox stopped the agent: keep what it wrote, name the limit
         await _salvage(state)
         await _finish(state, State.ERROR, str(exc))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await _salvage(state)
         await _finish(state, State.ERROR, f"timed out after {services.settings.SESSION_TIMEOUT} s")
     except Exception as exc:

@@ -86,7 +86,8 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
         env=gitops.git_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None
-    feeder = asyncio.ensure_future(_feed(proc.stdin, "".join(f"{oid}\n" for oid, _ in objects).encode()))
+    names = "".join(f"{oid}\n" for oid, _ in objects).encode()
+    feeder = asyncio.ensure_future(_feed(proc.stdin, names))
     leaks: dict[tuple[str, str], None] = {}
     in_flight: tuple[asyncio.Future[list[str]], bytes, str, memoryview] | None = None
     try:

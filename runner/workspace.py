@@ -7,13 +7,12 @@ import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from runner.git import git, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid
-
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
@@ -68,7 +67,7 @@ class _FileLock:
         self.path = path
         self.fd = -1
 
-    async def __aenter__(self) -> "_FileLock":
+    async def __aenter__(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
@@ -162,7 +161,7 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
 
 def copy_git_dir(source: Path, target: Path) -> None:
     """The agent's disposable .git: objects hard-linked, the rest copied; never read back."""
-    for dirpath, dirnames, filenames in os.walk(source):
+    for dirpath, _dirnames, filenames in os.walk(source):
         relative = Path(dirpath).relative_to(source)
         (target / relative).mkdir(mode=0o755, exist_ok=True)
         linked = relative.parts[:1] == ("objects",) and relative.parts[1:2] != ("info",)

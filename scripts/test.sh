@@ -33,5 +33,10 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { echo "Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
 fi
 
+echo "== ruff, mypy --strict, import-linter"
+python3 -m ruff check --quiet bot webhooks runner tests bench migrations
+python3 -m mypy
+lint-imports --no-cache >/dev/null || lint-imports --no-cache
+
 echo "== pytest"
 exec python3 -m pytest -q -p no:cacheprovider "$@"

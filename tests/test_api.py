@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ async def test_events_replay_from_last_event_id(api, services: Services) -> None
 
 async def test_violations_endpoint_shows_counts_and_times(api, services: Services) -> None:  # type: ignore[no-untyped-def]
     created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     await services.sessions.add_violations(created["id"], [
         ViolationCount("network", "flood.invalid:53", "dns", "no DNS", 20_000, t0, t0 + timedelta(seconds=9))])
     await services.sessions.add_violation(created["id"], "filesystem", "/etc/shadow", "read", "hidden")

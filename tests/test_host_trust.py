@@ -93,7 +93,7 @@ async def _run_attack(tmp_path: Path, db_url: str, name: str, **env: str):  # ty
 @pytest.mark.parametrize("name", ["commondir_filter", "nested_repo", "git_symlinks", "refs_symlink"])
 async def test_nothing_the_agent_wrote_in_git_runs_or_is_followed_on_the_host(
         tmp_path: Path, db_url: str, name: str) -> None:
-    origin, marker, session, violations, events, out = await _run_attack(tmp_path, db_url, name)
+    origin, marker, session, _violations, events, out = await _run_attack(tmp_path, db_url, name)
     assert sorted(os.listdir(marker)) == [], f"the host ran or wrote something for the agent: {out}"
     text = " ".join([str(session.error), out, *(str(e.data) for e in events)])
     assert "ROOT-ONLY-FIRST-LINE" not in text
@@ -106,7 +106,7 @@ async def test_nothing_the_agent_wrote_in_git_runs_or_is_followed_on_the_host(
 
 
 async def test_nested_git_directories_are_left_out_and_recorded(tmp_path: Path, db_url: str) -> None:
-    origin, marker, session, violations, _events, _out = await _run_attack(tmp_path, db_url, "nested_repo")
+    origin, _marker, session, violations, _events, _out = await _run_attack(tmp_path, db_url, "nested_repo")
     tree = git("ls-tree", "-r", session.branch, cwd=origin)
     assert "160000" not in tree  # no gitlink: the nested repository's files are content
     assert show_file(origin, session.branch, "sub/f") == "data\ndirty"

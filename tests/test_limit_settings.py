@@ -21,7 +21,7 @@ BAD = [("4x", "is not a size"), ("4.5g", "is not a size"), ("-1g", "is not a siz
 @pytest.mark.parametrize(("text", "size"), SIZES)
 def test_sizes_parse(tmp_path: Path, text: str, size: int) -> None:
     settings = load_settings(env={"SANDBOX_MEMORY_LIMIT": text, "SANDBOX_TMPFS_SIZE": text}, cwd=tmp_path)
-    assert settings.SANDBOX_MEMORY_LIMIT == size and settings.SANDBOX_TMPFS_SIZE == size
+    assert size == settings.SANDBOX_MEMORY_LIMIT and size == settings.SANDBOX_TMPFS_SIZE
 
 
 @pytest.mark.parametrize(("text", "problem"), BAD)
@@ -45,9 +45,9 @@ def test_bad_numbers_name_the_key(tmp_path: Path, key: str, value: str) -> None:
 def test_defaults_match_the_sandbox_defaults(tmp_path: Path) -> None:
     settings = load_settings(env={}, cwd=tmp_path)
     defaults = SandboxLimits()
-    assert (settings.SANDBOX_MAX_PROCESSES, settings.SANDBOX_MEMORY_LIMIT, settings.SANDBOX_CPU_SHARE,
-            settings.SANDBOX_TMPFS_SIZE, settings.SANDBOX_DISK_LIMIT) == (
-        defaults.max_processes, defaults.memory, defaults.cpu_share, defaults.tmpfs, defaults.disk)
+    assert (
+        defaults.max_processes, defaults.memory, defaults.cpu_share, defaults.tmpfs, defaults.disk) == (settings.SANDBOX_MAX_PROCESSES, settings.SANDBOX_MEMORY_LIMIT, settings.SANDBOX_CPU_SHARE,
+            settings.SANDBOX_TMPFS_SIZE, settings.SANDBOX_DISK_LIMIT)
     assert defaults.describe() == "1024 processes, 4g memory, 1 CPU, tmpfs 256m, disk 10g"
 
 

@@ -11,8 +11,14 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from bot.secretscan import (MIN_SECRET_LENGTH, KnownSecret, SecretMatcher, base64_forms, credential_label,
-                            settings_secrets)
+from bot.secretscan import (
+    MIN_SECRET_LENGTH,
+    KnownSecret,
+    SecretMatcher,
+    base64_forms,
+    credential_label,
+    settings_secrets,
+)
 from bot.settings import load_settings
 from tests.support.fake_github import app_key_pair
 

@@ -65,7 +65,7 @@ def test_claims_from_concurrent_processes_never_collide(tmp_path: Path) -> None:
     assert len(set(uids)) == 160  # the whole range handed out, each uid once
     pool = UidPool(tmp_path / "claims", FIRST, FIRST + 159)
     assert {str(u): str(r) for u, r in pool.claimed().items()} == dict(lines)
-    with pytest.raises(UidError, match="all 160 uids of SANDBOX_UID_RANGE .* belong to existing workspaces"):
+    with pytest.raises(UidError, match=r"all 160 uids of SANDBOX_UID_RANGE .* belong to existing workspaces"):
         extra = tmp_path / "extra"
         extra.mkdir()
         pool.claim(extra)
@@ -131,13 +131,13 @@ def test_a_claims_directory_others_could_change_is_refused(tmp_path: Path, kind:
         os.chmod(claims, 0o770)
     root = tmp_path / "ws"
     root.mkdir()
-    with pytest.raises(UidError, match="SANDBOX_UID_DIR .* no one else may write"):
+    with pytest.raises(UidError, match=r"SANDBOX_UID_DIR .* no one else may write"):
         UidPool(claims, FIRST, FIRST).claim(root)
 
 
 @pytest.mark.parametrize("text", ["200000", "5-1", "0-10", "a-b", "100-200", "1000-4294967295"])
 def test_a_bad_uid_range_is_a_clear_settings_error(tmp_path: Path, text: str) -> None:
-    with pytest.raises(SettingsError, match="SANDBOX_UID_RANGE: .* is not a range of uids. Write FIRST-LAST"):
+    with pytest.raises(SettingsError, match=r"SANDBOX_UID_RANGE: .* is not a range of uids\. Write FIRST-LAST"):
         load_settings(env={"SESAME_DATA_DIR": str(tmp_path), "SANDBOX_UID_RANGE": text}, cwd=tmp_path)
 
 
@@ -170,7 +170,7 @@ async def test_kill_uid_ends_every_process_of_that_uid_and_nothing_else(tmp_path
         for proc in procs:
             proc.kill()
             proc.wait()
-        for root, claim in zip(roots, (target, bystander)):
+        for root, claim in zip(roots, (target, bystander), strict=False):
             root.rmdir()
             assert claim.release()
     with pytest.raises(UidError, match="refusing"):

@@ -11,9 +11,22 @@ from collections.abc import Callable
 import pytest
 
 from bot.progress import Progress, github_escaper, render_markdown, render_slack, render_text
-from bot.untrusted import (SOFT_HYPHEN, WORD_JOINER, ControlFreeFormatter, clean_record, install_clean_records,
-                           markup, md_code, md_fence, md_text, one_line, slack_code, slack_text, strip_controls,
-                           within)
+from bot.untrusted import (
+    SOFT_HYPHEN,
+    WORD_JOINER,
+    ControlFreeFormatter,
+    clean_record,
+    install_clean_records,
+    markup,
+    md_code,
+    md_fence,
+    md_text,
+    one_line,
+    slack_code,
+    slack_text,
+    strip_controls,
+    within,
+)
 from tests.support.rendered import github_html, github_text, live_github_markup, live_slack_markup
 
 ESC = "\x1b"
@@ -106,7 +119,7 @@ def test_md_text_renders_as_its_text(raw: str, context: str) -> None:
     assert github_text(body).strip() == expected.strip()
 
 
-@pytest.mark.parametrize("raw", MARKDOWN + ["a`b", "``", "`start", "end`", " spaced ", "` `", "x" * 300])
+@pytest.mark.parametrize("raw", [*MARKDOWN, "a`b", "``", "`start", "end`", " spaced ", "` `", "x" * 300])
 def test_md_code_is_one_span_holding_the_text(raw: str) -> None:
     rendered = github_html(f"file {md_code(raw)} blocked")
     spans = re.findall(r"<code>(.*?)</code>", rendered, re.DOTALL)
@@ -118,7 +131,7 @@ def test_md_code_of_nothing_is_nothing() -> None:
     assert md_code("") == md_code("\x1b[2J") == ""
 
 
-@pytest.mark.parametrize("raw", MARKDOWN + ["````\nfour\n````", "```` ```` ```", "no newline"])
+@pytest.mark.parametrize("raw", [*MARKDOWN, "````\nfour\n````", "```` ```` ```", "no newline"])
 def test_md_fence_is_one_block_holding_every_line(raw: str) -> None:
     rendered = github_html(f"before\n\n{md_fence(raw)}\n\nFixes #1")
     [block] = re.findall(r"<pre[^>]*><code>(.*?)</code></pre>", rendered, re.DOTALL)
@@ -133,10 +146,7 @@ def slack_shown(text: str) -> str:
     return wj_free(html.unescape(text))
 
 
-SLACK = MARKDOWN + ["<!channel> <!here> <!everyone> <@U123> <#C123|general> <!subteam^S1>",
-                    "<https://evil.invalid|click here> <mailto:a@b.invalid|mail>",
-                    "&lt;!channel&gt; already escaped", "> quote", "&gt; entity quote", "snake_case_name _it_",
-                    "*bold* _it_ ~strike~ `code` ```block```", ":rotating_light: #general @channel"]
+SLACK = [*MARKDOWN, "<!channel> <!here> <!everyone> <@U123> <#C123|general> <!subteam^S1>", "<https://evil.invalid|click here> <mailto:a@b.invalid|mail>", "&lt;!channel&gt; already escaped", "> quote", "&gt; entity quote", "snake_case_name _it_", "*bold* _it_ ~strike~ `code` ```block```", ":rotating_light: #general @channel"]
 
 
 @pytest.mark.parametrize("raw", SLACK)
@@ -151,7 +161,7 @@ def test_slack_text_shows_its_text_and_formats_nothing(raw: str) -> None:
     assert slack_shown(out) == one_line(raw)
 
 
-@pytest.mark.parametrize("raw", SLACK + ["a`b`c", "x" * 300])
+@pytest.mark.parametrize("raw", [*SLACK, "a`b`c", "x" * 300])
 def test_slack_code_is_one_span(raw: str) -> None:
     out = slack_code(raw)
     assert out.startswith("`") and out.endswith("`") and "`" not in out[1:-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import os
 from pathlib import Path
 
@@ -92,10 +91,10 @@ async def test_communicate_feeds_and_reads_at_once() -> None:
 
 async def test_mirrors_are_root_only_so_no_session_of_any_installation_reads_them(tmp_path: Path) -> None:
     """Each session hides its own installation's data dir; another installation's mirrors were 0755."""
-    from tests.support.gitrepo import make_repo
-
     import shutil
     import tempfile
+
+    from tests.support.gitrepo import make_repo
 
     origin = make_repo(tmp_path / "origin")
     data = Path(tempfile.mkdtemp(prefix="sesame-mirrors-", dir="/var/tmp"))  # every parent 0755 or 1777

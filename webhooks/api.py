@@ -263,7 +263,7 @@ async def sesame_api(request: web.Request) -> web.Response:
                 return web.json_response({"error": "the Sesame API answered with something other than JSON"},
                                          status=502)
             return web.Response(body=body, status=upstream.status, content_type="application/json")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return web.json_response({"error": f"the Sesame API at {services.settings.SESAME_API_URL} is "
                                            f"unreachable ({type(exc).__name__})"}, status=502)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import hmac
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 

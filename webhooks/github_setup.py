@@ -45,7 +45,8 @@ GITHUB_WEBHOOK_SECRET={secret}</pre>
 def manifest(base_url: str) -> dict[str, Any]:
     """app.yml with BASE_URL filled in."""
     path = next(p for p in MANIFESTS if p.exists())
-    return yaml.safe_load(path.read_text().replace("${BASE_URL}", base_url.rstrip("/")))
+    filled: dict[str, Any] = yaml.safe_load(path.read_text().replace("${BASE_URL}", base_url.rstrip("/")))
+    return filled
 
 
 def github_web_url(api_url: str) -> str:

@@ -37,8 +37,10 @@ function show(kind, data) {
   const text = d.summary || d.line || d.message || JSON.stringify(d);
   log.textContent += "[" + kind + "] " + text + "\\n";
   log.scrollTop = log.scrollHeight;
-  if (kind === "status" && d.state) { const s = document.getElementById("state"); s.textContent = d.state; s.className = "state " + d.state; }
-  if (kind === "violation") { const c = document.getElementById("vcount"); c.textContent = +c.textContent + (d.count || 1);
+  if (kind === "status" && d.state) {
+    const s = document.getElementById("state"); s.textContent = d.state; s.className = "state " + d.state; }
+  if (kind === "violation") {
+    const c = document.getElementById("vcount"); c.textContent = +c.textContent + (d.count || 1);
     const row = document.getElementById("violations").insertRow(); row.insertCell().textContent = d.kind;
     row.insertCell().textContent = d.resource; row.insertCell().textContent = d.operation;
     row.insertCell().textContent = "x" + (d.count || 1); }

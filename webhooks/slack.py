@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -26,9 +27,19 @@ from bot.queue import Queue
 from bot.services import Services
 from bot.sessions import NewSession
 from bot.settings import SettingsError
-from bot.slack import (HELP_TEXT, NotInstalled, SlackChannel, first_progress, github_login,
-                       post_session_message, repository_installation, session_report, status_text,
-                       thread_sessions, web_client)
+from bot.slack import (
+    HELP_TEXT,
+    NotInstalled,
+    SlackChannel,
+    first_progress,
+    github_login,
+    post_session_message,
+    repository_installation,
+    session_report,
+    status_text,
+    thread_sessions,
+    web_client,
+)
 from bot.triggers import Command, SlackCommand, Trigger, parse_mention, parse_slack_command, slack_unescape
 from webhooks.app import QUEUE, SERVICES
 

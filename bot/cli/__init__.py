@@ -11,8 +11,8 @@ import gc
 import logging
 import signal
 import sys
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bot import __version__
 from bot.catalog import CATALOG
@@ -268,6 +268,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         await services.close()
 
 
+def print_indented(line: str) -> None:
+    print("  " + line, flush=True)
+
+
 async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
     from runner.agents.install import AgentInstallError, find_agent_binary, install_agent
 
@@ -284,9 +288,10 @@ async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)
     try:
-        bin_dir = await install_agent(args.name, settings.data_dir, progress=lambda line: print("  " + line, flush=True))
+        bin_dir = await install_agent(args.name, settings.data_dir, progress=print_indented)
     except AgentInstallError as exc:
-        return fail(f"{exc}. Check that npm can reach its registry, then run `sesame agents install {args.name}` again.")
+        return fail(f"{exc}. Check that npm can reach its registry, "
+                    f"then run `sesame agents install {args.name}` again.")
     print(f"installed: {bin_dir}")
     return 0
 

@@ -187,7 +187,7 @@ class Agent:
             return []
         try:
             return self.parse_output(line, cwd=cwd)
-        except Exception:  # noqa: BLE001 - a parser bug must never break a session
+        except Exception:
             return [raw_event(line)]
 
     def parse_output(self, line: str, *, cwd: str | None = None) -> list[AgentEvent]:

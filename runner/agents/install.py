@@ -73,7 +73,7 @@ async def run_streaming(argv: list[str], progress: Progress | None) -> tuple[int
     assert proc.stdout is not None
     async for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip()
-        tail = (tail + [line])[-5:]
+        tail = ([*tail, line])[-5:]
         await report(progress, line)
     return await proc.wait(), tail
 

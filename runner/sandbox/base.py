@@ -240,7 +240,7 @@ class Sandbox(abc.ABC):
     ) -> ProcessHandle:
         """Start argv with only env (plus PATH, HOME, locale, TMPDIR, proxy) in its environment."""
 
-    def check_limits(self) -> None:
+    def check_limits(self) -> None:  # noqa: B027 (a sandbox without limits has nothing to check)
         """Raise LimitExceeded when the session has reached one of its limits."""
 
     @abc.abstractmethod

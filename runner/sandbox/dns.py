@@ -59,4 +59,4 @@ async def start_dns_sink(
     """Serve the sink on a UDP socket bound inside the sandbox netns."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _SinkProtocol(report), sock=sock)
-    return transport  # type: ignore[return-value]
+    return transport

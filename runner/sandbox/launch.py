@@ -162,6 +162,9 @@ def _drop_thread_credentials(arch: Arch, uid: int, gid: int) -> None:
             raise OSError(ctypes.get_errno(), f"{name} failed")
 
 
+Request = tuple[Callable[[], object], Callable[[object, BaseException | None], None]]  # work, then its report
+
+
 class Launcher:
     """A thread that joined the session netns, dropped to the host uid and carries the
     listener filter; commands are posix_spawned from it and inherit all of that."""
@@ -169,7 +172,7 @@ class Launcher:
     def __init__(self, netns_fd: int, listener: ListenerFilter, arch: Arch,
                  uid: int | None, gid: int | None) -> None:
         """Start the thread and wait until it is set up; listener_fd is then the supervisor's."""
-        self._requests: queue.SimpleQueue[tuple[Callable[[], object], Callable[[object, BaseException | None], None]] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._setup = (netns_fd, listener, arch, uid, gid)
         self.listener_fd = -1
         self.native_id = 0

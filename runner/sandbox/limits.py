@@ -115,10 +115,10 @@ class Limiter(abc.ABC):
         """Bytes the session's processes use, where measurable."""
         return None
 
-    def kill_all(self) -> None:
+    def kill_all(self) -> None:  # noqa: B027 (rlimits hold no processes of their own)
         """SIGKILL every process under the limits."""
 
-    def remove(self) -> None:
+    def remove(self) -> None:  # noqa: B027 (rlimits leave nothing on the host)
         """Release what the limits hold on the host (cgroup directories)."""
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -120,7 +120,7 @@ class LocalSandbox(Sandbox):
             self._tool_fds = [os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                               for src, _name in self.policy.tools]
             tool_fds = tuple((fd, str(self.policy.tool_path(name)))
-                             for fd, (_src, name) in zip(self._tool_fds, self.policy.tools))
+                             for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
             limits = self.policy.limits
             self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
                                              tmpfs_size=limits.tmpfs if limits else None)

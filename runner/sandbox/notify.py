@@ -47,10 +47,7 @@ def receive(listener: int) -> Notification | None:
 
 def answer(listener: int, ident: int, deny_errno: int) -> None:
     """Let the syscall run (deny_errno 0), or fail it with that errno."""
-    if deny_errno:
-        resp = _RESP.pack(ident, 0, -deny_errno, 0)
-    else:
-        resp = _RESP.pack(ident, 0, 0, FLAG_CONTINUE)
+    resp = _RESP.pack(ident, 0, -deny_errno, 0) if deny_errno else _RESP.pack(ident, 0, 0, FLAG_CONTINUE)
     try:
         fcntl.ioctl(listener, NOTIF_SEND, resp)
     except OSError:

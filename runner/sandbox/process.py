@@ -226,7 +226,7 @@ class LocalProcess(ProcessHandle):
         finally:
             self._queue.put_nowait(None)
 
-    async def __aiter__(self) -> AsyncIterator[OutputLine]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[OutputLine]:
         """Lines of both streams, in arrival order."""
         open_streams = 2
         while open_streams:

@@ -226,7 +226,7 @@ class EgressProxy:
                               f"over the limit of {limit} open connections (SANDBOX_PROXY_MAX_CONNECTIONS)"))
         try:
             await asyncio.wait_for(_respond(writer, 503, f"too many open connections (limit {limit})"), 1.0)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             pass
         finally:
             writer.close()
@@ -236,7 +236,7 @@ class EgressProxy:
         timeout = self.limits.head_timeout
         try:
             return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.report(Violation("network", PROXY_RESOURCE, "request",
                                   f"no request head within {timeout:g} s (SANDBOX_PROXY_HEAD_TIMEOUT)"))
             await _respond(writer, 408, "no request received in time")
@@ -260,7 +260,7 @@ class EgressProxy:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(address, request.port), CONNECT_TIMEOUT
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             await _respond(writer, 502, f"upstream unreachable: {exc}")
             return
         if request.method == "CONNECT":

@@ -42,15 +42,15 @@ class Arch:
 
 
 # Syscalls refused outright with EPERM (clone/unshare/socket/ioctl are checked by argument).
-BLOCKED = (
-    "setns mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount "
-    "fspick mount_setattr ptrace process_vm_readv process_vm_writev pidfd_getfd kcmp "
-    "keyctl add_key request_key bpf perf_event_open userfaultfd fanotify_init "
-    "kexec_load kexec_file_load init_module finit_module delete_module reboot swapon swapoff "
-    "acct open_by_handle_at name_to_handle_at syslog quotactl lookup_dcookie vhangup "
-    "settimeofday clock_settime adjtimex clock_adjtime sethostname setdomainname "
-    "io_uring_setup io_uring_enter io_uring_register iopl ioperm uselib"
-).split()
+BLOCKED = [
+    "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig",
+    "fsmount", "fspick", "mount_setattr", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
+    "kcmp", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "fanotify_init",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon",
+    "swapoff", "acct", "open_by_handle_at", "name_to_handle_at", "syslog", "quotactl", "lookup_dcookie",
+    "vhangup", "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "iopl", "ioperm", "uselib",
+]
 
 _COMMON = {
     "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
@@ -98,11 +98,11 @@ ARCHES = {"x86_64": X86_64, "aarch64": AARCH64}
 # Write-like syscalls the supervisor inspects: name -> index of the flags argument for opens
 # (None: always notify).
 NOTIFIED_OPENS = {"open": 1, "openat": 2}
-NOTIFIED_ALWAYS = (
-    "openat2 creat mkdir mkdirat rmdir unlink unlinkat rename renameat renameat2 link linkat "
-    "symlink symlinkat truncate mknod mknodat chmod fchmodat fchmodat2 chown lchown fchownat "
-    "connect"
-).split()
+NOTIFIED_ALWAYS = [
+    "openat2", "creat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+    "link", "linkat", "symlink", "symlinkat", "truncate", "mknod", "mknodat", "chmod", "fchmodat",
+    "fchmodat2", "chown", "lchown", "fchownat", "connect",
+]
 
 
 def host_arch() -> Arch:

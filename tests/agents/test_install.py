@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,11 +39,8 @@ def test_find_prefers_the_data_dir_then_path(tmp_path: Path, monkeypatch: pytest
     assert find_agent_binary("command", tmp_path / "data") is None
 
 
-def cli_with_npm(tmp_path: Path, npm_script: str, *argv: str) -> "subprocess.CompletedProcess[str]":
+def cli_with_npm(tmp_path: Path, npm_script: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """`sesame agents ...` as a process, with an `npm` of the test's making first on PATH."""
-    import subprocess
-    import sys
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "npm").write_text("#!/bin/sh\n" + npm_script)

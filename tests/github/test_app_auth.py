@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -11,9 +11,9 @@ import jwt
 import pytest
 
 from bot.github import (
+    SESSION_PERMISSIONS,
     GitHubAppClientFactory,
     Identity,
-    SESSION_PERMISSIONS,
     collaborator_permission,
 )
 from tests.support.fake_github import FakeGitHub
@@ -23,7 +23,7 @@ class Clock:
     """A settable clock for the token cache."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -44,7 +44,7 @@ async def test_app_jwt_is_accepted(fake_github: FakeGitHub,
     claims = fake_github.jwts_seen[-1]
     assert claims["iss"] == str(fake_github.app_id)
     assert claims["exp"] - claims["iat"] <= 600
-    assert claims["iat"] <= datetime.now(timezone.utc).timestamp() - 59
+    assert claims["iat"] <= datetime.now(UTC).timestamp() - 59
 
 
 async def test_jwt_signed_by_another_key_is_refused(fake_github: FakeGitHub,
@@ -63,7 +63,7 @@ async def test_jwt_signed_by_another_key_is_refused(fake_github: FakeGitHub,
 
 async def test_jwt_with_long_expiry_is_refused(fake_github: FakeGitHub,
                                                http: aiohttp.ClientSession) -> None:
-    now = int(datetime.now(timezone.utc).timestamp())
+    now = int(datetime.now(UTC).timestamp())
     token = jwt.encode({"iat": now, "exp": now + 3600, "iss": str(fake_github.app_id)},
                        fake_github.private_key_pem, algorithm="RS256")
     async with http.get(f"{fake_github.url}/app",

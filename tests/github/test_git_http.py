@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from bot.github import GitHubAppClientFactory, SESSION_PERMISSIONS, git_auth_env
+from bot.github import SESSION_PERMISSIONS, GitHubAppClientFactory, git_auth_env
 from tests.support import gitrepo
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import git, git_async

@@ -15,13 +15,13 @@ PY = "/usr/bin/python3"
 
 def _network(v: object, resource: str) -> bool:
     """A network violation for resource."""
-    return getattr(v, "kind") == "network" and getattr(v, "resource") == resource
+    return v.kind == "network" and v.resource == resource
 
 
 def _fs(v: object, path: str, operation: str | None = None) -> bool:
     """A filesystem violation for path (and operation)."""
-    ok = getattr(v, "kind") == "filesystem" and getattr(v, "resource") == str(path)
-    return ok and (operation is None or getattr(v, "operation") == operation)
+    ok = v.kind == "filesystem" and v.resource == str(path)
+    return ok and (operation is None or v.operation == operation)
 
 
 # --- reads of credential paths and other sessions -------------------------------------------

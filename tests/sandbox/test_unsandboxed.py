@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.sandbox import SandboxPolicy, Violation, check_sandbox_support, create_sandbox
-from runner.sandbox import support
+from runner.sandbox import SandboxPolicy, Violation, check_sandbox_support, create_sandbox, support
 from tests.sandbox.conftest import SERVER_SECRETS
 from tests.sandbox.test_escape import _host_pids_with
 

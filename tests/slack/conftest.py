@@ -93,8 +93,8 @@ def slack_env() -> dict[str, str]:
 
 
 @pytest_asyncio.fixture
-async def harness(db_url: str, settings_for: SettingsFactory, fake_slack: FakeSlack,  # noqa: F811
-                  fake_github: FakeGitHub, slack_env: dict[str, str]) -> AsyncIterator[SlackHarness]:  # noqa: F811
+async def harness(db_url: str, settings_for: SettingsFactory, fake_slack: FakeSlack,
+                  fake_github: FakeGitHub, slack_env: dict[str, str]) -> AsyncIterator[SlackHarness]:
     """The app on each database, pointed at the fakes, with a recording queue."""
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", **fake_slack.settings_env(),
                             **fake_github.settings_env(), **slack_env)

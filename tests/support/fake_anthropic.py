@@ -146,7 +146,7 @@ def sse_events(turn: Turn, model: str) -> list[tuple[str, dict[str, Any]]]:
         events += block_events(index, block)
     delta = {"stop_reason": turn.stop_reason, "stop_sequence": None}
     events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": 5}}))
-    return events + [("message_stop", {"type": "message_stop"})]
+    return [*events, ("message_stop", {"type": "message_stop"})]
 
 
 def block_events(index: int, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -164,7 +164,7 @@ def block_events(index: int, block: dict[str, Any]) -> list[tuple[str, dict[str,
     events: list[tuple[str, dict[str, Any]]] = [("content_block_start", start)]
     events += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
                for d in deltas]
-    return events + [("content_block_stop", {"type": "content_block_stop", "index": index})]
+    return [*events, ("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
 def chunks(text: str, size: int = 16) -> list[str]:

@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,13 @@ import aiohttp
 import jwt
 import pytest_asyncio
 from aiohttp import web
-
-from tests.support.loopback import LoopbackServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.github import GitHubAppClientFactory
 from runner.git import communicate
 from tests.support import gitrepo
+from tests.support.loopback import LoopbackServer
 
 DOCS_URL = "https://docs.github.com/rest"
 APP_PERMISSIONS = {"contents": "write", "issues": "write", "pull_requests": "write",
@@ -74,7 +73,7 @@ def app_key_pair() -> tuple[str, str]:
 
 def iso(moment: datetime | None = None) -> str:
     """GitHub's timestamp format, `2024-01-02T03:04:05Z`."""
-    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -422,7 +421,7 @@ class FakeGitHub(LoopbackServer):
     def expire_tokens(self) -> None:
         """Make every installation token issued so far expired."""
         for token in self.tokens.values():
-            token.expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
+            token.expires_at = datetime.now(UTC) - timedelta(seconds=1)
 
     # ------------------------------------------------------------ queries for assertions
 
@@ -815,7 +814,7 @@ class FakeGitHub(LoopbackServer):
                                 options={"require": ["iat", "exp", "iss"]}, leeway=30)
         except jwt.PyJWTError as exc:
             raise GitHubError(401, f"A JSON web token could not be decoded ({exc})") from None
-        now = datetime.now(timezone.utc).timestamp()
+        now = datetime.now(UTC).timestamp()
         if claims["exp"] > now + 600 + 30:
             raise GitHubError(401, "'Expiration time' claim ('exp') is too far in the future")
         if str(claims["iss"]) != str(self.app_id):
@@ -826,7 +825,7 @@ class FakeGitHub(LoopbackServer):
         """A valid installation token in `Authorization: token|Bearer ghs_...`."""
         scheme, credential = _authorization(request)
         token = self.tokens.get(credential or "") if scheme in ("token", "bearer") else None
-        if token is None or token.expires_at <= datetime.now(timezone.utc):
+        if token is None or token.expires_at <= datetime.now(UTC):
             raise GitHubError(401, "Bad credentials")
         if self.installations[token.installation_id].suspended:
             raise GitHubError(403, "This installation has been suspended")
@@ -903,7 +902,7 @@ class FakeGitHub(LoopbackServer):
                 raise GitHubError(422, f"The permissions requested are not granted to this "
                                        f"installation: {name}={level}")
         token = FakeToken("ghs_" + secrets.token_urlsafe(27).replace("-", "a").replace("_", "b"),
-                          installation.id, datetime.now(timezone.utc) + self.token_ttl,
+                          installation.id, datetime.now(UTC) + self.token_ttl,
                           permissions, scope)
         self.tokens[token.token] = token
         data: dict[str, Any] = {"token": token.token, "expires_at": iso(token.expires_at),
@@ -1161,7 +1160,7 @@ class FakeGitHub(LoopbackServer):
         scheme, credential = _authorization(request)
         user, _, password = _basic(credential) if scheme == "basic" else ("", "", "")
         token = self.tokens.get(password) if user == "x-access-token" else None
-        if token is None or token.expires_at <= datetime.now(timezone.utc):
+        if token is None or token.expires_at <= datetime.now(UTC):
             raise GitHubError(401, "Invalid username or password.",
                               {"WWW-Authenticate": 'Basic realm="GitHub"'})
         if full_name not in self.repos or not self._token_reaches(token, full_name):
@@ -1234,7 +1233,7 @@ def _allows(granted: Mapping[str, str], permission: str, level: str) -> bool:
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """A JSON response with GitHub's rate-limit headers."""
-    reset = int(datetime.now(timezone.utc).timestamp()) + 3600
+    reset = int(datetime.now(UTC).timestamp()) + 3600
     base = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999",
             "x-ratelimit-reset": str(reset), "x-github-media-type": "github.v3; format=json"}
     return web.json_response(data, status=status, headers={**base, **(headers or {})})

@@ -174,7 +174,7 @@ def stream_chunks(reply: Reply, model: str) -> list[dict[str, Any]]:
     chunks = [base | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
     usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     last = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
-    return chunks + [base | {"choices": [last], "usage": usage}]
+    return [*chunks, base | {"choices": [last], "usage": usage}]
 
 
 async def stream_reply(request: web.Request, reply: Reply, model: str) -> web.StreamResponse:

@@ -53,7 +53,7 @@ def live_github_markup(body: str, own_links: tuple[str, ...] = ()) -> list[str]:
 def live_slack_markup(text: str, own_links: tuple[str, ...] = ()) -> list[str]:
     """Slack control sequences (<!channel>, <@U..>, <url|..>) other than `own_links`, URLs and
     @channel-like mentions in mrkdwn `text`; empty when all of it is text."""
-    own = re.compile(r"<(?:%s)[^>]*>" % "|".join(map(re.escape, own_links))) if own_links else None
+    own = re.compile(r"<(?:{})[^>]*>".format("|".join(map(re.escape, own_links)))) if own_links else None
     text = own.sub(" ", text) if own else text
     found = [f"control {m.group(0)!r}" for m in re.finditer(r"<[^>]*>", text)]
     found += [f"autolink {m.group(0)!r}" for m in _URL.finditer(text)]

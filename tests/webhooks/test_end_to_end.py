@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 

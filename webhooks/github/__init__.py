@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
@@ -69,4 +69,4 @@ def setup(app: web.Application) -> None:
         app.router.add_post("/webhooks/github", receive)
 
 
-__all__ = ["setup", "router", "parse_event", "dispatch"]
+__all__ = ["dispatch", "parse_event", "router", "setup"]
