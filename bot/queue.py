@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 JOB_NAME = "run_session"
+WORKER_KEY_PREFIX = "sesame:worker:"  # one key per live worker, refreshed while it polls
+WORKER_KEY_TTL = 30.0
 Job = Callable[[str], Awaitable[None]]
 
 
@@ -51,6 +54,7 @@ class ArqQueue:
     def __init__(self, url: str) -> None:
         self.url = url
         self._pool: ArqRedis | None = None
+        self._down_since: float | None = None  # when this process first saw Redis unreachable
 
     async def pool(self) -> ArqRedis:
         if self._pool is None:
@@ -70,13 +74,18 @@ class ArqQueue:
             return False
 
     async def health(self) -> dict[str, Any]:
+        """Redis reachable, jobs queued, and workers alive (each refreshes its key while it polls)."""
         try:
             pool = await self.pool()
             await asyncio.wait_for(pool.ping(), 2)
-            return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue")}
+            workers = [key async for key in pool.scan_iter(match=WORKER_KEY_PREFIX + "*", count=200)]
+            self._down_since = None
+            return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue"), "workers": len(workers)}
         except Exception as exc:
             self._pool = None
-            return {"kind": self.kind, "ok": False, "error": str(exc) or type(exc).__name__}
+            self._down_since = self._down_since or time.time()
+            return {"kind": self.kind, "ok": False, "error": str(exc) or type(exc).__name__,
+                    "down_for": round(time.time() - self._down_since, 1)}
 
     async def close(self) -> None:
         if self._pool is not None:

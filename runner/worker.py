@@ -8,12 +8,12 @@ import socket
 from typing import Any
 
 from arq.cron import cron
-from arq.worker import Worker
 
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
 from bot.sweeper import sweep
 from runner import pipeline
+from runner.reconnecting import ReconnectingWorker
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -37,9 +37,9 @@ async def _sweep_job(ctx: dict[str, Any]) -> None:
 
 
 def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: bool = False,
-                 max_jobs: int = 4, poll_delay: float = 0.5) -> Worker:
-    """An arq worker whose jobs share the given services."""
-    return Worker(
+                 max_jobs: int = 4, poll_delay: float = 0.5) -> ReconnectingWorker:
+    """An arq worker whose jobs share the given services; it waits out Redis outages."""
+    return ReconnectingWorker(
         functions=[_job_function()],
         cron_jobs=[] if burst else [cron(_sweep_job, second={0, 30}, run_at_startup=True)],
         redis_settings=redis_settings(redis_url),
