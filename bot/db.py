@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,9 +12,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+IDLE_SINCE = "sesame_idle_since"
+# A pooled connection idle this long is pinged before use: a half-open socket (a partition, a NAT that
+# forgot it) is not seen as closed, and a ping is cheap next to the idle time.
+PING_AFTER_IDLE = 30.0
 
 
 class NotMigrated(Exception):
@@ -51,8 +57,29 @@ def make_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    # No pre-ping: it costs a round trip per transaction; recycling keeps connections fresh.
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # No pre-ping on every checkout (it costs a round trip per transaction): a connection whose socket
+    # the server closed (restart, crash) is replaced for free; one idle a while is pinged first.
+    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    event.listen(engine.sync_engine, "checkout", _check_on_checkout)
+    event.listen(engine.sync_engine, "checkin", _note_checkin)
+    return engine
+
+
+def _note_checkin(_dbapi_conn: Any, record: Any) -> None:
+    record.info[IDLE_SINCE] = time.monotonic()
+
+
+def _check_on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Hand out live connections only: DisconnectionError makes the pool open a fresh one."""
+    driver = getattr(dbapi_conn, "_connection", None)
+    if driver is not None and driver.is_closed():  # the server hung up: known without a round trip
+        raise DisconnectionError("the server closed this pooled connection")
+    idle_since = record.info.get(IDLE_SINCE)
+    if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE:
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
