@@ -62,6 +62,9 @@ KEYS: tuple[Key, ...] = (
        help="sessions run at once by the in-process queue"),
     _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
        help="seconds an agent may run before it is stopped"),
+    _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds",
+       help="seconds a worker keeps retrying a session's writes (events, its final state) while the "
+            "database is unreachable"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
     _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1"),

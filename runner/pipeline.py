@@ -6,11 +6,13 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.catalog import display_name
+from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
@@ -41,6 +43,7 @@ DRAIN_GRACE = 5.0  # seconds the last violations may take to store when the sess
 EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stored and streamed
 EVENT_FLUSH_LIMIT = 200
 FORK_HEAD = re.compile(r"refs/pull/[0-9]{1,9}/head")
+T = TypeVar("T")
 
 
 class Stopped(Exception):
@@ -69,23 +72,31 @@ class Run:
         return redact(text, self.secrets)
 
     async def event(self, kind: str, data: dict[str, Any]) -> None:
-        await self.services.sessions.add_event(self.session.id, kind, data)
+        await self.stored(lambda: self.services.sessions.add_event(self.session.id, kind, data), f"a {kind} event")
+
+    async def stored(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        """A write that waits out a database outage (DB_OUTAGE_GRACE) instead of failing the session."""
+        return await until_stored(write, float(self.services.settings.DB_OUTAGE_GRACE),
+                                  f"{what} of session {self.session.id}")
 
     async def step(self, name: str, status: str, detail: str | None = None, percent: int | None = None) -> None:
         self.progress.step(name, status, detail)
         self.publisher.changed()
         await self.event("step", {"step": name, "status": status, "detail": detail})
         if percent is not None:
-            await self.services.sessions.set_progress(self.session.id, percent)
+            await self.stored(lambda: self.services.sessions.set_progress(self.session.id, percent), "the progress")
 
 
 async def run(services: Services, session: Session) -> None:
-    """Run a claimed session to its end; never raises, always reports."""
+    """Run a claimed session to its end and report it; raises only when the database stays down
+    past DB_OUTAGE_GRACE (the row stays `processing`, and the sweeper retries it)."""
     try:
         channel = await channel_for(services, session)
     except Exception as exc:  # nowhere to report: the session row says why
         log.warning("session %s has no channel: %s", session.id, exc)
-        await services.sessions.finish(session.id, State.ERROR, f"cannot report back: {exc}")
+        reason = f"cannot report back: {exc}"
+        await until_stored(lambda: services.sessions.finish(session.id, State.ERROR, reason),
+                           float(services.settings.DB_OUTAGE_GRACE), f"the end of session {session.id}")
         return
     progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=State.PROCESSING.value)
@@ -486,7 +497,7 @@ async def _finish(state: Run, final: State, error: str | None = None) -> None:
     await _release_sandbox(state)  # its last violations are stored before the final status
     if final is State.ERROR and state.stop.is_set():
         final, error = State.STOPPED, None
-    await state.services.sessions.finish(state.session.id, final, error)
+    await state.stored(lambda: state.services.sessions.finish(state.session.id, final, error), "the end")
     state.progress.finish(final.value, state.progress.outcome, error)
 
 
@@ -511,4 +522,7 @@ async def _cleanup(state: Run) -> None:
             await end_workspace(state.workspace, bool(state.session.keep_alive))
         except Exception:
             log.exception("removing the workspace of session %s failed", state.session.id)
-    await state.event("cleanup", {"kept": bool(state.session.keep_alive)})
+    try:  # a note only: not worth another wait when the database stayed down past the final state
+        await state.services.sessions.add_event(state.session.id, "cleanup", {"kept": bool(state.session.keep_alive)})
+    except DB_DOWN_ERRORS as exc:
+        log.warning("the cleanup event of session %s is not stored: %s", state.session.id, exc)

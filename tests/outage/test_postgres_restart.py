@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bot.dbretry import DB_DOWN_ERRORS
 from bot.services import Services
 from bot.sessions import NewSession
+from runner import pipeline
+from tests.support.gitrepo import git, make_repo
 from tests.support.servers import PostgresServer, postgres_server
-from tests.test_worker import make_services
+from tests.test_worker import make_services, new_session
 
 
 @pytest.fixture
@@ -53,3 +57,48 @@ async def test_no_query_fails_after_a_postgres_restart(tmp_path: Path, own_postg
         await services.close()
     assert failed == 0
     assert again is not None and again.prompt == "before"
+
+
+async def test_a_session_rides_out_postgres_down_when_its_steps_end(tmp_path: Path,
+                                                                    own_postgres: PostgresServer) -> None:
+    """PostgreSQL is down as the first step ends and until after the agent: the session still ends
+    once, completed, with one final status (it used to stay `processing` until the lease lapsed)."""
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, own_postgres.url)
+    try:
+        row, _ = await services.sessions.create(new_session(origin, "through the outage"))
+        claimed = await services.sessions.claim(row.id, "test-worker")
+        assert claimed is not None
+        await asyncio.to_thread(own_postgres.kill)
+        restart = asyncio.create_task(asyncio.to_thread(own_postgres.restart, 2.0))
+        await pipeline.run(services, claimed)
+        await restart
+        done = await services.sessions.get(row.id)
+        events = await services.sessions.events(row.id)
+    finally:
+        await services.close()
+    assert done is not None and done.state == "completed", (done.state, done.error) if done else None
+    assert done.attempts == 1
+    assert [e.data["state"] for e in events if e.kind == "status"].count("completed") == 1
+    assert git("show", f"{done.branch}:runs.txt", cwd=origin) == "run"
+
+
+async def test_the_final_write_gives_up_after_the_grace_period(tmp_path: Path, own_postgres: PostgresServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that never returns does not hold the worker forever: run() returns after the grace."""
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, own_postgres.url)
+    monkeypatch.setitem(services.settings.values, "DB_OUTAGE_GRACE", 1)
+    try:
+        row, _ = await services.sessions.create(new_session(origin, "never back"))
+        claimed = await services.sessions.claim(row.id, "test-worker")
+        assert claimed is not None
+        await asyncio.to_thread(own_postgres.kill)
+        started = time.monotonic()
+        with pytest.raises(DB_DOWN_ERRORS):
+            await pipeline.run(services, claimed)
+        took = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(own_postgres.start)
+        await services.close()
+    assert took < 10
