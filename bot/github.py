@@ -241,18 +241,20 @@ class GitHubAppClientFactory:
         *,
         repositories: Iterable[str] | None = None,
         permissions: Mapping[str, str] | None = None,
+        lazy: bool = False,
     ) -> SesameGitHubAPI:
-        """A client acting as the installation; its token is re-minted when near expiry."""
+        """A client acting as the installation; its token is re-minted when near expiry.
+        `lazy`: the token is first minted by the first request (intake must not wait on GitHub)."""
         repos = tuple(repositories or ())
-        first = await self.installation_token(installation_id, repositories=repos,
-                                              permissions=permissions)
+        first = None if lazy else await self.installation_token(installation_id, repositories=repos,
+                                                                permissions=permissions)
 
         async def token_source() -> str:
             token = await self.installation_token(installation_id, repositories=repos,
                                                   permissions=permissions)
             return token.token
 
-        return self._client(oauth_token=first.token, token_source=token_source)
+        return self._client(oauth_token=first.token if first else None, token_source=token_source)
 
     async def repository_installation(self, owner: str, repo: str) -> int:
         """The installation id of the App on `owner/repo` (GET /repos/{o}/{r}/installation)."""

@@ -49,6 +49,14 @@ class TTLCache(Generic[K, V]):
             hit = self._entries[key] = (now + ttl, await load())
         return hit[1]
 
+    def fresh(self, key: K) -> V | None:
+        """The value when cached and not stale, else None (nothing is loaded)."""
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] >= time.monotonic() else None
+
+    def put(self, key: K, ttl: float, value: V) -> None:
+        self._entries[key] = (time.monotonic() + ttl, value)
+
     def forget(self, key: K) -> None:
         self._entries.pop(key, None)
 

@@ -182,6 +182,11 @@ class SessionService:
             return False
         return True
 
+    async def delivery_seen(self, delivery_id: str) -> bool:
+        """The delivery id was recorded before (a redelivery), without recording it."""
+        async with self.autocommit() as db:
+            return await db.get(WebhookDelivery, delivery_id) is not None
+
     async def forget_delivery(self, delivery_id: str) -> None:
         """Drop a delivery record so a redelivery is processed again (its handler failed)."""
         async with self.sessionmaker() as db, db.begin():

@@ -62,6 +62,8 @@ KEYS: tuple[Key, ...] = (
        help="sessions run at once by the in-process queue"),
     _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
        help="seconds an agent may run before it is stopped"),
+    _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds",
+       help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
     _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds",
        help="seconds a worker keeps retrying a session's writes (events, its final state) while the "
             "database is unreachable"),

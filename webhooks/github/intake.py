@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,17 +87,52 @@ class Intake:
             self.outcome["ignored"] = "installation suspended or deleted"
         return active
 
+    @property
+    def trigger_key(self) -> str:
+        """The key of the session this delivery starts: a redelivery finds the session by it."""
+        return f"github:{self.event.delivery_id}"
+
+    async def seen_before(self) -> bool:
+        """A redelivery, told from the database alone (before any GitHub call): its session or its
+        recorded delivery exists."""
+        row = await self.services.sessions.by_trigger(self.trigger_key)
+        if row is not None:
+            self.outcome.update(duplicate=True, session=row.id)
+            return True
+        if await self.services.sessions.delivery_seen(self.event.delivery_id):
+            self.outcome["duplicate"] = True
+            return True
+        return False
+
     async def client(self) -> SesameGitHubAPI:
-        """An installation client scoped to the event's repository."""
+        """An installation client scoped to the event's repository; its token is minted on first use."""
         return await github_factory(self.services).installation_client(
-            self.installation_id, repositories=[self.repo])
+            self.installation_id, repositories=[self.repo], lazy=True)
 
     async def may_write(self, gh: SesameGitHubAPI) -> bool:
-        """The sender has write or admin on the repository (cached briefly)."""
+        """The sender has write or admin on the repository (cached briefly). When GitHub does not answer
+        within INTAKE_GITHUB_TIMEOUT, True and noted: the job checks again (`still_allowed`) when it starts."""
         key = (self.installation_id, self.repo, self.sender)
-        permission = await self.services.caches.permissions.get(
-            key, PERMISSION_TTL, lambda: collaborator_permission(gh, *split_repo(self.repo), self.sender))
+        cache = self.services.caches.permissions
+        permission = cache.fresh(key)
+        if permission is None:
+            lookup = self.services.background.spawn(self._remember_permission(gh, key),
+                                                    name=f"permission-{self.event.delivery_id}")
+            try:
+                permission = await asyncio.wait_for(asyncio.shield(lookup),
+                                                    float(self.services.settings.INTAKE_GITHUB_TIMEOUT))
+            except TimeoutError:
+                log.warning("GitHub is slow to tell %s's permission on %s; the job checks it when it starts",
+                            self.sender, self.repo)
+                self.outcome["permission"] = "deferred"
+                return True
         return permission in WRITE_PERMISSIONS
+
+    async def _remember_permission(self, gh: SesameGitHubAPI, key: tuple[int, str, str]) -> str:
+        """Ask GitHub and cache the answer, even when the delivery stopped waiting for it."""
+        permission = await collaborator_permission(gh, *split_repo(self.repo), self.sender)
+        self.services.caches.permissions.put(key, PERMISSION_TTL, permission)
+        return permission
 
 
 def from_self_or_bot(event: sansio.Event, slug: str) -> bool:
@@ -135,8 +171,9 @@ async def refuse(intake: Intake, gh: SesameGitHubAPI, source: Mention, reason: s
 
 
 async def admitted(intake: Intake, source: Mention) -> SesameGitHubAPI | None:
-    """A client when the installation is active and the sender a writer (else one reply, once)."""
-    if not await intake.active_installation():
+    """A client when the delivery is new, the installation active and the sender a writer (else one
+    reply, once)."""
+    if await intake.seen_before() or not await intake.active_installation():
         return None
     gh = await intake.client()
     if not await intake.may_write(gh):

@@ -74,7 +74,7 @@ def new_session(intake: Intake, source: Mention, trigger: Trigger) -> NewSession
     number = source.issue["number"]
     review_id = thread_root(source.review_comment) if source.review_comment else None
     return NewSession(
-        trigger_key=f"github:{intake.event.delivery_id}", prompt=trigger.prompt,
+        trigger_key=intake.trigger_key, prompt=trigger.prompt,
         agent=trigger.agent or intake.services.settings.SESAME_DEFAULT_AGENT, model=trigger.model,
         base_branch=trigger.base, repo=intake.repo, source="github", requested_by=intake.sender,
         context=build_context(intake, source), issue_number=number,
