@@ -195,7 +195,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
 
 def _utility(state: Run) -> UtilityAI:
     settings = state.services.settings
-    return UtilityAI(settings.AI_BASE_URL, settings.get("AI_API_KEY"), settings.AI_MODEL, state.services.http)
+    return UtilityAI(settings.AI_BASE_URL, settings.AI_API_KEY, settings.AI_MODEL, state.services.http)
 
 
 async def _agent_step(state: Run) -> None:
@@ -377,7 +377,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         return gitops.Author(*cached)
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     stored = await services.credentials.get("github", "github_pat")
-    token = stored.value if stored else services.settings.get("GITHUB_PAT")
+    token = stored.value if stored else services.settings.GITHUB_PAT
     if token:
         try:
             from bot.github import pat_identity
