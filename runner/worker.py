@@ -66,10 +66,20 @@ class SessionWorker(Worker):
         if not await self._tasks_done(self.grace):
             self.ctx["shutdown"].set()
             await self._tasks_done(HAND_BACK_TIMEOUT)
-        for session_id in self.ctx["handed_back"]:  # its job has ended: arq's keys of it are gone
-            if not await self.ctx["queue"].enqueue(session_id):
-                log.warning("session %s was handed back but not enqueued; the sweeper will", session_id)
+        for session_id in self.ctx["handed_back"]:
+            await self._enqueue_again(session_id)
         super().handle_sig(signum)
+
+    async def _enqueue_again(self, session_id: str) -> None:
+        """Its job has ended (arq's keys of it are gone): the same attempt, for another worker."""
+        try:
+            row = await self.ctx["services"].sessions.get(session_id)
+            pending = row is not None and row.state == State.PENDING.value
+            if pending and await self.ctx["queue"].enqueue(session_id, row.attempts + 1):
+                return
+        except Exception as exc:
+            log.warning("enqueue of handed-back session %s failed: %s", session_id, exc)
+        log.warning("session %s was handed back but not enqueued; the sweeper will", session_id)
 
     async def _tasks_done(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the running jobs; True when none is left."""

@@ -226,3 +226,56 @@ async def test_sigterm_hands_the_session_back_with_its_work_pushed(tmp_path: Pat
     assert final.state == "completed" and final.attempts == 1, (final.state, final.error)
     assert git("show", f"{final.branch}:partial.txt", cwd=origin) == "so far"  # continued on the same branch
     assert git("show", f"{final.branch}:runs.txt", cwd=origin) == "run"
+
+
+async def test_a_handed_back_session_says_so_in_its_progress_message(tmp_path: Path, pg_database: str) -> None:
+    from runner import pipeline
+
+    origin = make_repo(tmp_path / "origin")
+    services = await open_test_services(worker_env(tmp_path, pg_database, "redis://127.0.0.1:1", SLOW), tmp_path)
+    said: list[Any] = []
+    real = services.channels["api"]
+
+    async def recorder(services: Any, session: Any) -> Any:  # the API channel, its messages recorded
+        channel = await real(services, session)
+        publish = channel.publish
+
+        async def record(progress: Any) -> None:
+            said.append((progress.state, progress.warning))
+            await publish(progress)
+
+        channel.publish = record
+        return channel
+
+    services.channels["api"] = recorder
+    shutdown = asyncio.Event()
+    try:
+        row, _ = await services.sessions.create(NewSession(
+            trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command", repo=str(origin), source="api"))
+        claimed = await services.sessions.claim(row.id, "stopping-worker")
+        assert claimed is not None
+        run = asyncio.create_task(pipeline.run(services, claimed, shutdown))
+        await wait_for(lambda: agent_running(services, row.id), 60, "the agent to start")
+        await asyncio.sleep(1)
+        shutdown.set()
+        await asyncio.wait_for(run, 60)
+        handed = await services.sessions.get(row.id)
+    finally:
+        await services.close()
+    assert handed.state == "pending" and handed.attempts == 0
+    state, warning = said[-1]
+    assert state == "pending"
+    assert warning.startswith("the worker running this is shutting down; another worker continues")
+    assert f"work so far kept on `{handed.branch}`" in warning
+    assert not (sessions_dir(tmp_path) / row.id).exists()
+
+
+async def test_worker_concurrency_is_a_setting(tmp_path: Path, pg_database: str, own_redis: str) -> None:
+    env = worker_env(tmp_path, pg_database, own_redis, COUNTER, WORKER_CONCURRENCY="7")
+    services = await open_test_services(env, tmp_path)
+    queue = ArqQueue(own_redis)
+    try:
+        assert build_worker(services, queue, own_redis).max_jobs == 7
+    finally:
+        await queue.close()
+        await services.close()
