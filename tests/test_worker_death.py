@@ -61,6 +61,12 @@ def sessions_dir(tmp_path: Path) -> Path:
     return Path(link.read_text())
 
 
+def agents_left() -> list[str]:
+    """Pids of this file's slow agents still running on the host."""
+    found = subprocess.run(["pgrep", "-f", "partial.txt"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 async def open_test_services(env: dict[str, str], tmp_path: Path) -> Services:
     return await open_services(load_settings(env=env, cwd=tmp_path), auto_migrate=True)
 
@@ -112,6 +118,7 @@ async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path
         worker.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         worker.wait(10)
+        orphans = agents_left()
         async with services.sessions.sessionmaker() as db, db.begin():  # the lease runs out (3 s here)
             await db.execute(update(Session).where(Session.id == row.id)
                              .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -133,6 +140,8 @@ async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path
     assert len(lost) == 1 and lost[0]["attempts"] == 1
     assert git("show", f"{final.branch}:runs.txt", cwd=origin) == "run"
     assert not (sessions_dir(tmp_path) / row.id).exists()
+    print(f"agents left running by the killed worker: {orphans}; after the retry: {agents_left()}")
+    assert agents_left() == []
     print(f"SIGKILL to the retry's end: {took:.1f} s")
 
 
@@ -218,6 +227,7 @@ async def test_sigterm_hands_the_session_back_with_its_work_pushed(tmp_path: Pat
             worker.kill()
         await queue.close()
         await services.close()
+    print(f"SIGTERM to the worker's exit, the session handed back and enqueued: {stopped_in:.1f} s")
     assert code == 0 and stopped_in < 30
     assert handed.state == "pending" and handed.attempts == 0 and handed.lease_expires_at is None
     assert queued == [f"{row.id}:1"]
