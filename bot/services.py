@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
@@ -97,6 +98,11 @@ class Services:
         await self.engine.dispose()
 
 
+def lease_seconds(settings: Settings) -> timedelta:
+    """How long a worker holds a session without renewing (SESSION_LEASE_SECONDS, at least 3 s)."""
+    return timedelta(seconds=max(int(settings.SESSION_LEASE_SECONDS), 3))
+
+
 async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFactory] | None = None,
                         auto_migrate: bool | None = None) -> Services:
     """Connect to the database (migrating the embedded one) and build the services.
@@ -115,6 +121,6 @@ async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFac
         raise
     http = aiohttp.ClientSession(headers={"User-Agent": f"sesame/{__version__}"})
     sessionmaker = make_sessionmaker(engine)
-    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker),
+    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker, lease_seconds(settings)),
                     credentials=CredentialStore(sessionmaker, keyring), installations=InstallationStore(sessionmaker),
                     keyring=keyring, http=http, channels=dict(channels or {}))
