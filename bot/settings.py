@@ -269,6 +269,10 @@ class SettingValues:
     REDIS_URL: str | None
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
+    SESSION_LEASE_SECONDS: int
+    SESSION_MAX_ATTEMPTS: int
+    WORKER_CONCURRENCY: int
+    WORKER_SHUTDOWN_GRACE: int
     AI_API_KEY: str | None
     AI_BASE_URL: str
     AI_MODEL: str
