@@ -72,7 +72,7 @@ async def stored_text(services: Services, session_id: str) -> str:
         rows: list[object] = [await db.get(Session, session_id)]
         rows += list((await db.execute(select(SessionEvent).where(SessionEvent.session_id == session_id))).scalars())
         rows += list((await db.execute(select(Violation).where(Violation.session_id == session_id))).scalars())
-    return "\n".join(str({c: getattr(r, c) for c in r.__table__.columns}) for r in rows)  # type: ignore[attr-defined]
+    return "\n".join(str({c: getattr(r, c) for c in r.__table__.columns.keys()}) for r in rows)  # type: ignore[attr-defined]  # noqa: SIM118 (a ColumnCollection iterates Columns)
 
 
 @pytest.fixture

@@ -78,7 +78,9 @@ async def test_a_process_flood_is_capped_and_ends_the_session(sandboxes: Callabl
     sandbox = await sandboxes("flood")  # type: ignore[operator]
     result = await run(sandbox, "n=0; for i in $(seq 300); do sleep 30 & n=$((n+1)); done; "
                                 "echo started $n; sleep 30")
-    assert "Cannot fork" in result.err or "fork" in result.err.lower()
+    assert "started 300" not in result.out  # the flood never got all its processes
+    # the shell says it cannot fork, unless the watchdog's SIGKILL cut it off mid-sentence
+    assert "fork" in result.err.lower() or result.code == -9, result
     with pytest.raises(LimitExceeded, match=r"process limit of 64 \(SANDBOX_MAX_PROCESSES\)"):
         sandbox.check_limits()
 
