@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from webhooks.app import QUEUE, SERVICES
-from webhooks.github import comments, installations, issues
+from webhooks.github import comments, installations, issues, spool
 from webhooks.github.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,43 @@ async def receive(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="a delivery body is a JSON object\n")
     intake = Intake(services, request.app[QUEUE], event)
     if await dispatch(event, intake):
-        if intake.claimed:  # forget it, so that GitHub's "redeliver" button runs it again
+        if not (await services.database_health())["ok"]:  # kept, and recorded when the database returns
+            if spool.keep(services, event.delivery_id, dict(request.headers), body):
+                return web.json_response({"status": "accepted", "spooled": True}, status=202)
+        elif intake.claimed:  # forget it, so that GitHub's "redeliver" button runs it again
             await services.sessions.forget_delivery(event.delivery_id)
         return web.json_response({"status": "error"}, status=500)
     return web.json_response({"status": "accepted", **intake.outcome}, status=202)
+
+
+async def process_kept(app: web.Application, headers: dict[str, str], body: bytes) -> bool:
+    """One spooled delivery through intake again; True once it is handled (or can never be)."""
+    services = app[SERVICES]
+    try:
+        event = parse_event(headers, body, services.settings.GITHUB_WEBHOOK_SECRET or "")
+    except web.HTTPException:
+        log.warning("a spooled delivery no longer verifies; dropped")
+        return True
+    if not isinstance(event.data, dict):
+        return True
+    intake = Intake(services, app[QUEUE], event)
+    if await dispatch(event, intake):
+        if not (await services.database_health())["ok"]:
+            return False  # still down: kept for the next pass
+        log.error("spooled delivery %s failed for another reason than the database; dropped", event.delivery_id)
+    return True
 
 
 def setup(app: web.Application) -> None:
     """Mount the endpoint when the App's webhook secret is configured."""
     if app[SERVICES].settings.GITHUB_WEBHOOK_SECRET:
         app.router.add_post("/webhooks/github", receive)
+        app.cleanup_ctx.append(_replay_spool)
+
+
+async def _replay_spool(app: web.Application) -> AsyncIterator[None]:
+    async with spool.replaying(app, process_kept):
+        yield
 
 
 __all__ = ["dispatch", "parse_event", "router", "setup"]
