@@ -51,13 +51,17 @@ class GitHubChannel:
         self.installation_id = int(self.report["installation_id"])
         self.owner, self.repo = split_repo(session.repo)
         self.secrets: list[str] = []  # tokens handed out by access(), redacted from every comment
+        # Transient GitHub failures and rate limits are waited out until the session's own timeout.
+        self.deadline = time.monotonic() + float(services.settings.SESSION_TIMEOUT)
 
     async def client(self) -> SesameGitHubAPI:
-        return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo])
+        return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo],
+                                                      deadline=self.deadline)
 
     async def access(self) -> RepoAccess:
         """A token scoped to this one repository, carried in git's environment only."""
-        token = await self.factory.installation_token(self.installation_id, repositories=[self.session.repo])
+        token = await self.factory.installation_token(self.installation_id, repositories=[self.session.repo],
+                                                      deadline=self.deadline)
         remote = (self.session.context or {}).get("clone_url") or \
             f"{self.services.settings.GITHUB_API_URL.rstrip('/')}/{self.session.repo}.git"
         return RepoAccess(remote=remote, auth_env=git_auth_env(token.token), secrets=[token.token],

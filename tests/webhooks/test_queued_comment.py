@@ -68,7 +68,7 @@ async def test_the_worker_waits_for_the_queued_comment_instead_of_posting_anothe
 
 async def test_a_failed_queued_comment_is_created_by_the_worker_at_once(hook: Hook) -> None:
     issue = hook.fake.add_issue(hook.repo, "Flaky")
-    hook.fake.fail_next("POST", COMMENTS, status=502)
+    hook.fake.fail_next("POST", COMMENTS, status=422)  # not transient: a 502 is now retried by the client
     assert (await hook.comment(issue.number, "@sesame fix it")).status == 202
     [row] = await hook.sessions()
     assert hook.bot_comments(issue.number) == []
