@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+import runner.git
+from bot.github import Backoff
+from bot.github_channel import github_factory
 from tests.webhooks.test_end_to_end import EDIT, MakeStack, Stack, make_stack, progress_comment
 
 __all__ = ["make_stack"]  # the fixture, shared with the end-to-end tests
@@ -14,9 +20,15 @@ RECEIVE_PACK = r"/git-receive-pack$"
 EDITS = r"/issues/comments/\d+$"
 
 
-async def run_with_faults(make_stack: MakeStack, *faults: tuple[str, str, dict[str, object]]) -> Stack:
+FAST = Backoff(base=0.05, cap=0.2, attempts=4)
+
+
+async def run_with_faults(make_stack: MakeStack, *faults: tuple[str, str, dict[str, object]],
+                          fast: bool = False) -> Stack:
     """One issue comment through the real pipeline with `faults` injected after intake answered."""
     stack = await make_stack(EDIT, SANDBOX_SECURITY_ENABLED="false")
+    if fast:  # persistent faults: give up after FAST.attempts tries without waiting the real backoff
+        github_factory(stack.worker_services).backoff = FAST
     await stack.hook.comment(1, "@sesame make answer() return 42")
     for method, path, options in faults:
         stack.hook.fake.fail_next(method, path, **options)  # type: ignore[arg-type]
@@ -37,9 +49,39 @@ def assert_completed_with_one_pr(stack: Stack, row_state: str, error: str | None
     ("POST", PULLS, {"status": 502, "count": 2}),
     ("POST", PULLS, {"status": 503, "count": 1, "reset": True}),
     ("POST", PULLS, {"status": 429, "retry_after": 1}),
-], ids=["token-502x2", "token-reset", "pr-502x2", "pr-reset", "pr-429"])
-async def test_a_transient_github_fault_is_retried(make_stack: MakeStack,
+    ("POST", RECEIVE_PACK, {"status": 502, "count": 2}),
+    ("POST", RECEIVE_PACK, {"reset": True}),
+], ids=["token-502x2", "token-reset", "pr-502x2", "pr-reset", "pr-429", "push-502x2", "push-reset"])
+async def test_a_transient_github_fault_is_retried(make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch,
                                                    fault: tuple[str, str, dict[str, object]]) -> None:
+    monkeypatch.setattr(runner.git, "PUSH_BACKOFF", FAST)
     stack = await run_with_faults(make_stack, fault)
     row = await stack.only_session()
     assert_completed_with_one_pr(stack, row.state, row.error)
+
+
+async def test_a_pr_that_keeps_failing_leaves_the_branch_and_says_how_to_open_it(make_stack: MakeStack) -> None:
+    stack = await run_with_faults(make_stack, ("POST", PULLS, {"status": 502, "count": 50}), fast=True)
+    row = await stack.only_session()
+    assert row.state == "error" and row.branch
+    assert f"the branch `{row.branch}` is pushed" in (row.error or "") and "open it by hand" in (row.error or "")
+    assert row.branch in stack.hook.fake.branches(stack.hook.repo), "the pushed branch stays"
+    assert stack.hook.fake.pulls == []
+    assert "open it by hand" in progress_comment(stack, 1).body
+    assert len(stack.hook.fake.api_requests("POST", f"/repos/{stack.hook.repo}/pulls")) == FAST.attempts
+
+
+async def test_a_push_that_keeps_failing_keeps_the_commit_and_says_how_to_push_it(
+        make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.git, "PUSH_BACKOFF", FAST)
+    stack = await run_with_faults(make_stack, ("POST", RECEIVE_PACK, {"status": 502, "count": 50}), fast=True)
+    row = await stack.only_session()
+    assert row.state == "error" and row.branch
+    assert f"pushing `{row.branch}` failed" in (row.error or "") and "push it by hand" in (row.error or "")
+    assert row.branch not in stack.hook.fake.branches(stack.hook.repo)
+    git_dir = re.search(r"git --git-dir (\S+) push", row.error or "")
+    assert git_dir and Path(git_dir.group(1)).is_dir(), "the workspace holding the commit is kept"
+    assert row.commit_sha and row.commit_sha[:7] in (row.error or "")
+    assert "push it by hand" in progress_comment(stack, 1).body
+    pushes = [r for r in stack.hook.fake.requests if r.method == "POST" and r.path.endswith("git-receive-pack")]
+    assert len(pushes) == FAST.attempts
