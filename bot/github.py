@@ -112,7 +112,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """The wait after the `attempt`-th failed try (1-based)."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        ceiling = min(self.cap, self.base * 2 ** min(attempt - 1, 30))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 

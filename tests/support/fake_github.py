@@ -427,6 +427,10 @@ class FakeGitHub(LoopbackServer):
         (and `retry-after`), or, with `reset`, drop their connection without an answer."""
         self._failures.append(_Failure(method, re.compile(path), status, count, reset, retry_after))
 
+    def clear_failures(self) -> None:
+        """Stop injecting failures: GitHub answers again."""
+        self._failures.clear()
+
     def failures_left(self) -> int:
         """Injected failures not yet used."""
         return sum(f.count for f in self._failures)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,27 @@ async def test_a_push_that_keeps_failing_keeps_the_commit_and_says_how_to_push_i
     assert "push it by hand" in progress_comment(stack, 1).body
     pushes = [r for r in stack.hook.fake.requests if r.method == "POST" and r.path.endswith("git-receive-pack")]
     assert len(pushes) == FAST.attempts
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["502", "reset"])
+async def test_progress_edits_failing_for_the_rest_of_the_session_land_once_github_answers(
+        make_stack: MakeStack, reset: bool) -> None:
+    stack = await make_stack(EDIT, SANDBOX_SECURITY_ENABLED="false")
+    github_factory(stack.worker_services).backoff = FAST
+    hook = stack.hook
+    await hook.comment(1, "@sesame make answer() return 42")
+    hook.fake.fail_next("PATCH", EDITS, status=502, count=1_000_000, reset=reset)
+    draining = asyncio.create_task(stack.drain())
+    while (await stack.only_session()).state != "completed":
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert not draining.done(), "the worker keeps retrying the final edit"
+    assert "will work on this" in progress_comment(stack, 1).body, "every edit failed so far"
+    hook.fake.clear_failures()
+    resumed = time.monotonic()
+    await asyncio.wait_for(draining, 30)
+    took = time.monotonic() - resumed
+    body = progress_comment(stack, 1).body
+    assert "Done in" in body and "#" in body, body
+    assert took < 6.0, took  # PUBLISH_RETRY's 5 s cap, plus one request
+    print(f"final message {took:.2f} s after edits resumed")
