@@ -32,6 +32,9 @@ TITLE_LIMIT = 200
 # for this long after the session ended, so no message stays "is working on this".
 PUBLISH_RETRY = Backoff(base=0.5, cap=5.0)
 FINAL_GRACE = 300.0
+# Carried (hidden) by the GitHub progress comment, so a worker finds the comment intake posted even
+# when its id was never stored.
+_SESSION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 # Outcomes and step details start with Sesame's own `#N` when they name the pull request: kept as a link.
 _OWN_REFERENCE = re.compile(r"#[0-9]+(?= )")
 
@@ -162,6 +165,11 @@ def final_line(p: Progress, esc: Escaper) -> str | None:
     return f"{FINAL_WORDS[p.state]}{took}: {reason}{log_link}"
 
 
+def session_marker(session_id: str) -> str:
+    """The hidden HTML comment naming the session in its progress comment ("" for an odd id)."""
+    return f"<!-- sesame:session={session_id} -->" if _SESSION_ID.fullmatch(session_id) else ""
+
+
 def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     """The GitHub comment."""
     esc = github_escaper(secrets)
@@ -180,6 +188,9 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     end = final_line(p, esc)
     if end:
         lines += ["", end]
+    marker = session_marker(p.session_id)
+    if marker:
+        lines += ["", marker]
     return redact("\n".join(lines), secrets)
 
 
