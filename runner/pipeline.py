@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.catalog import display_name
 from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
-from bot.reporting import Channel, RepoAccess, channel_for, session_url
+from bot.reporting import Channel, RepoAccess, channel_for, session_progress
 from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.triggers import is_safe_ref
@@ -88,8 +87,7 @@ async def run(services: Services, session: Session) -> None:
         log.warning("session %s has no channel: %s", session.id, exc)
         await services.sessions.finish(session.id, State.ERROR, f"cannot report back: {exc}")
         return
-    progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
-                        session_url(services, session.id), state=State.PROCESSING.value)
+    progress = session_progress(services, session, State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
                 deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT))

@@ -14,6 +14,7 @@ from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
 from bot.sweeper import sweep
 from runner import pipeline
+from runner.workspace import remove_abandoned_workspace
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -33,7 +34,7 @@ async def _job(ctx: dict[str, Any], session_id: str) -> None:
 
 
 async def _sweep_job(ctx: dict[str, Any]) -> None:
-    await sweep(ctx["services"], ctx["queue"])
+    await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_workspace)
 
 
 def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: bool = False,
