@@ -14,10 +14,16 @@ from tests.webhooks.conftest import Hook
 
 
 class NoQueue:
+    """Records enqueues (the shared database may hold other tests' pending sessions)."""
+
     kind = "none"
 
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
     async def enqueue(self, session_id: str) -> bool:
-        raise AssertionError("a session out of attempts is not enqueued again")
+        self.ids.append(session_id)
+        return True
 
 
 async def abandoned_session(hook: Hook) -> Session:
@@ -38,8 +44,10 @@ async def test_the_sweepers_error_end_reaches_the_progress_comment_and_the_works
     workspace = Path(hook.services.settings.SESSION_DIR_BASE) / row.id
     (workspace / "project").mkdir(parents=True)
     (workspace / "project" / "half-done.txt").write_text("partial\n")
-    await sweep(hook.services, NoQueue(), on_end=remove_abandoned_workspace)  # type: ignore[arg-type]
+    queue = NoQueue()
+    await sweep(hook.services, queue, on_end=remove_abandoned_workspace)  # type: ignore[arg-type]
     await hook.services.background.drain()
+    assert row.id not in queue.ids, "a session out of attempts is not enqueued again"
     fresh = await hook.services.sessions.get(row.id)
     assert fresh is not None and fresh.state == "error"
     [comment] = hook.bot_comments(1)
