@@ -11,13 +11,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import aiohttp
 import gidgethub
 import gidgethub.abc
 import gidgethub.aiohttp
 from gidgethub import apps
+
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +196,6 @@ def _path(url: str) -> str:
     """The path of a request URL, for logs (never its query, which could carry a token)."""
     return url.split("?", 1)[0]
 
-
-class AppSettings(Protocol):
-    """The part of bot.settings.Settings the factory needs."""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """A setting's value."""
-
-    def github_private_key(self) -> str | None:
-        """The App's private key PEM."""
-
-
 class GitHubAppClientFactory:
     """Mints App JWTs, installation tokens (cached) and clients; shared by web and worker."""
 
@@ -233,13 +224,13 @@ class GitHubAppClientFactory:
 
     @classmethod
     def from_settings(
-        cls, settings: AppSettings, http: aiohttp.ClientSession, **kwargs: Any
+        cls, settings: Settings, http: aiohttp.ClientSession, **kwargs: Any
     ) -> GitHubAppClientFactory | None:
         """The factory for GITHUB_APP_ID / GITHUB_PRIVATE_KEY / GITHUB_API_URL; None without an App."""
-        app_id, key = settings.get("GITHUB_APP_ID"), settings.github_private_key()
+        app_id, key = settings.GITHUB_APP_ID, settings.github_private_key()
         if not app_id or not key:
             return None
-        api_url = settings.get("GITHUB_API_URL", "https://api.github.com")
+        api_url = settings.GITHUB_API_URL
         return cls(app_id, key, api_url, http, **kwargs)
 
     def app_jwt(self) -> str:

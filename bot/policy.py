@@ -25,12 +25,12 @@ def _listed(allowed: list[str] | None, value: str | None) -> bool:
 
 def slack_user_allowed(settings: Settings, user_id: str | None) -> bool:
     """May this Slack user trigger sessions?"""
-    return _listed(settings.get("SLACK_ALLOWED_USERS", []), user_id)
+    return _listed(settings.SLACK_ALLOWED_USERS, user_id)
 
 
 def slack_channel_allowed(settings: Settings, channel_id: str | None) -> bool:
     """May sessions be triggered from this channel?"""
-    return _listed(settings.get("SLACK_ALLOWED_CHANNELS", []), channel_id)
+    return _listed(settings.SLACK_ALLOWED_CHANNELS, channel_id)
 
 
 def slack_refusal(settings: Settings, user_id: str | None, channel_id: str | None) -> str | None:
@@ -46,7 +46,7 @@ def slack_may_stop(settings: Settings, user_id: str | None, report: Mapping[str,
     """The requester of a Slack session, or any explicitly allowed user, may stop it."""
     if user_id is not None and user_id == report.get("user"):
         return True
-    return bool(settings.get("SLACK_ALLOWED_USERS")) and slack_user_allowed(settings, user_id)
+    return bool(settings.SLACK_ALLOWED_USERS) and slack_user_allowed(settings, user_id)
 
 
 def slack_is_bot(event: Mapping[str, Any]) -> bool:

@@ -10,11 +10,12 @@ from typing import Any, Protocol
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 JOB_NAME = "run_session"
-Job = Callable[[str], Awaitable[None]]
+Job = Callable[[str], Awaitable[object]]
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -30,7 +31,9 @@ def deserialize(data: bytes) -> dict[str, Any]:
 class Queue(Protocol):
     kind: str
 
-    async def enqueue(self, session_id: str) -> bool: ...
+    async def enqueue(self, session_id: str, attempt: int = 1) -> bool: ...
+
+    async def forget(self, session_id: str, attempt: int) -> None: ...
 
     async def health(self) -> dict[str, Any]: ...
 
@@ -43,8 +46,14 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+def job_id(session_id: str, attempt: int) -> str:
+    """One arq job per attempt: arq dedupes a repeated enqueue of an attempt, never blocks the next one
+    (a dead worker's job keeps its keys in Redis until they expire)."""
+    return f"{session_id}:{attempt}"
+
+
 class ArqQueue:
-    """Enqueues `run_session(session_id)` with job id = session id (arq dedupes it)."""
+    """Enqueues `run_session(session_id)` with job id `{session_id}:{attempt}` (arq dedupes it)."""
 
     kind = "arq"
 
@@ -58,16 +67,42 @@ class ArqQueue:
                                            job_deserializer=deserialize)
         return self._pool
 
-    async def enqueue(self, session_id: str) -> bool:
-        """True when enqueued or already queued; False when Redis is unreachable (sweeper retries)."""
+    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
+        """True when enqueued or already waiting in the queue; False when Redis is unreachable or arq
+        still holds a job of this attempt that will not run (the sweeper tries again)."""
+        job = job_id(session_id, attempt)
         try:
             pool = await self.pool()
-            await pool.enqueue_job(JOB_NAME, session_id, _job_id=session_id)
-            return True
+            if await pool.enqueue_job(JOB_NAME, session_id, _job_id=job) is not None:
+                return True
+            if await self._waiting(pool, job):
+                return True
+            log.warning("enqueue of session %s (attempt %d) refused: arq still holds job %s", session_id,
+                        attempt, job)
+            return False
         except (TimeoutError, OSError, RedisError) as exc:
             log.warning("enqueue of session %s failed (%s); it stays pending for the sweeper", session_id, exc)
             self._pool = None
             return False
+
+    async def forget(self, session_id: str, attempt: int) -> None:
+        """Drop a dead worker's job of this attempt from Redis (best effort: its keys expire anyway)."""
+        job = job_id(session_id, attempt)
+        try:
+            pool = await self.pool()
+            async with pool.pipeline(transaction=True) as tr:
+                tr.zrem(default_queue_name, job)
+                tr.delete(in_progress_key_prefix + job, job_key_prefix + job, retry_key_prefix + job)
+                await tr.execute()
+        except (TimeoutError, OSError, RedisError) as exc:
+            log.warning("could not drop job %s of a dead worker (%s)", job, exc)
+            self._pool = None
+
+    @staticmethod
+    async def _waiting(pool: ArqRedis, job: str) -> bool:
+        """The job is in the queue and no worker has started it: a repeated enqueue is a success."""
+        queued = await pool.zscore(default_queue_name, job) is not None
+        return queued and not await pool.exists(in_progress_key_prefix + job)
 
     async def health(self) -> dict[str, Any]:
         try:
@@ -95,13 +130,16 @@ class InlineQueue:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def enqueue(self, session_id: str) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
         """Start the session unless it is already queued or running here."""
         if session_id not in self._tasks:
             task = asyncio.create_task(self._run(session_id), name=f"session-{session_id}")
             self._tasks[session_id] = task
             task.add_done_callback(lambda _t: self._tasks.pop(session_id, None))
         return True
+
+    async def forget(self, session_id: str, attempt: int) -> None:
+        """Nothing to drop: a session of this process dies with it."""
 
     async def _run(self, session_id: str) -> None:
         async with self._slots:

@@ -88,7 +88,7 @@ async def local_channel(_services: Services, session: Session) -> Channel:
 
 
 def session_url(services: Services, session_id: str) -> str | None:
-    base = services.settings.get("BASE_URL") or f"http://{services.settings.HOST}:{services.settings.PORT}"
+    base = services.settings.BASE_URL or f"http://{services.settings.HOST}:{services.settings.PORT}"
     return f"{base.rstrip('/')}/sessions/{session_id}"
 
 

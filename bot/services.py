@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
@@ -97,13 +98,18 @@ class Services:
         await self.engine.dispose()
 
 
+def lease_seconds(settings: Settings) -> timedelta:
+    """How long a worker holds a session without renewing (SESSION_LEASE_SECONDS, at least 3 s)."""
+    return timedelta(seconds=max(int(settings.SESSION_LEASE_SECONDS), 3))
+
+
 async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFactory] | None = None,
                         auto_migrate: bool | None = None) -> Services:
     """Connect to the database (migrating the embedded one) and build the services.
 
     `channels` (from the composition root, bot.cli.wiring) says how each source's sessions report back.
     """
-    keyring = Keyring(ensure_encryption_key(settings, log.warning), settings.get("ENCRYPTION_KEY_PREVIOUS", []))
+    keyring = Keyring(ensure_encryption_key(settings, log.warning), (settings.ENCRYPTION_KEY_PREVIOUS or []))
     engine = make_engine(settings.database_url)
     try:
         if settings.embedded if auto_migrate is None else auto_migrate:
@@ -115,6 +121,6 @@ async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFac
         raise
     http = aiohttp.ClientSession(headers={"User-Agent": f"sesame/{__version__}"})
     sessionmaker = make_sessionmaker(engine)
-    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker),
+    return Services(settings=settings, engine=engine, sessions=SessionService(sessionmaker, lease_seconds(settings)),
                     credentials=CredentialStore(sessionmaker, keyring), installations=InstallationStore(sessionmaker),
                     keyring=keyring, http=http, channels=dict(channels or {}))

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.db import rows_affected
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 
-LEASE = timedelta(minutes=2)
+LEASE = timedelta(seconds=90)  # the default of SESSION_LEASE_SECONDS
 SESSIONS = cast(Table, Session.__table__)
 EVENTS = cast(Table, SessionEvent.__table__)
 INSERT_SESSION = SESSIONS.insert()
@@ -136,8 +136,9 @@ class SessionInUse(Exception):
 class SessionService:
     """All reads and writes of sessions go through here; each method owns its transaction."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], lease: timedelta = LEASE) -> None:
         self.sessionmaker = sessionmaker
+        self.lease = lease
         # Reads and single-statement writes need no BEGIN/COMMIT round trips: autocommit.
         engine = self.engine = sessionmaker.kw["bind"]
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -225,7 +226,7 @@ class SessionService:
                 .where(Session.id == session_id,
                        or_(Session.state == State.PENDING.value,
                            (Session.state == State.PROCESSING.value) & (Session.lease_expires_at < now)))
-                .values(state=State.PROCESSING.value, lease_expires_at=now + LEASE,
+                .values(state=State.PROCESSING.value, lease_expires_at=now + self.lease,
                         started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
             )
             if rows_affected(result) != 1:
@@ -238,8 +239,42 @@ class SessionService:
         async with self.autocommit() as db:
             result = await db.execute(
                 update(Session).where(Session.id == session_id, Session.state == State.PROCESSING.value)
-                .values(lease_expires_at=utcnow() + LEASE))
+                .values(lease_expires_at=utcnow() + self.lease))
             return rows_affected(result) == 1
+
+    async def release_expired(self, session_id: str, max_attempts: int) -> Session | None:
+        """A processing session whose lease expired (its worker died) goes back to pending for its next
+        attempt, or ends: stopped when asked to, error after its last attempt. None when it is not such a
+        session (any more): of several sweepers at once, one acts."""
+        now = utcnow()
+        async with self.sessionmaker() as db, db.begin():
+            row = await db.get(Session, session_id, with_for_update=True, populate_existing=True)
+            if (row is None or row.state != State.PROCESSING.value or row.lease_expires_at is None
+                    or as_utc(row.lease_expires_at) >= now):
+                return None
+            if row.stop_requested or row.attempts >= max_attempts:
+                row.state, row.finished_at = (State.STOPPED.value if row.stop_requested else State.ERROR.value), now
+                row.error = None if row.stop_requested else (
+                    f"the worker running this session stopped {row.attempts} times; giving up")
+            else:
+                row.state = State.PENDING.value
+            row.lease_expires_at = None
+            await self._event(db, session_id, "status", {"state": row.state, "error": row.error,
+                                                         "reason": "worker lost", "attempts": row.attempts})
+            return row
+
+    async def hand_back(self, session_id: str, reason: str) -> bool:
+        """A worker shutting down gives a running session back: pending again, this run not counted as an
+        attempt; False when it is not processing (it ended, or was stopped meanwhile)."""
+        async with self.sessionmaker() as db, db.begin():
+            result = await db.execute(
+                update(Session).where(Session.id == session_id, Session.state == State.PROCESSING.value)
+                .values(state=State.PENDING.value, lease_expires_at=None,
+                        attempts=case((Session.attempts > 0, Session.attempts - 1), else_=0)))
+            if rows_affected(result) != 1:
+                return False
+            await self._event(db, session_id, "status", {"state": State.PENDING.value, "reason": reason})
+            return True
 
     async def set_branch(self, session_id: str, branch: str, base_branch: str) -> None:
         """The branch the session works on, and the branch it starts from."""
@@ -366,16 +401,16 @@ class SessionService:
             row = (await conn.execute(LATEST_WITH_BRANCH, {"repo": repo, "issue": issue_number})).first()
         return Session(**row._mapping) if row is not None else None
 
-    async def stale(self, pending_older_than: timedelta) -> tuple[list[str], list[str]]:
-        """Ids of sessions pending too long, and of processing ones whose lease expired."""
+    async def stale(self, pending_older_than: timedelta) -> tuple[list[tuple[str, int]], list[str]]:
+        """(id, attempts) of sessions pending too long, and ids of processing ones whose lease expired."""
         now = utcnow()
         async with self.autocommit() as db:
-            pending = (await db.execute(select(Session.id).where(
+            pending = (await db.execute(select(Session.id, Session.attempts).where(
                 Session.state == State.PENDING.value,
-                Session.created_at < now - pending_older_than))).scalars()
+                Session.created_at < now - pending_older_than))).all()
             expired = (await db.execute(select(Session.id).where(
                 Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
-            return list(pending), list(expired)
+            return [(row.id, row.attempts) for row in pending], list(expired)
 
 
 def violation_event(v: ViolationCount) -> dict[str, Any]:

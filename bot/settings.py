@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import json5
 import tomlkit
@@ -62,6 +62,14 @@ KEYS: tuple[Key, ...] = (
        help="sessions run at once by the in-process queue"),
     _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
        help="seconds an agent may run before it is stopped"),
+    _k("SESSION_LEASE_SECONDS", default=90, kind="int", path="sessions.leaseSeconds",
+       help="seconds a worker holds a session without renewing; a dead worker's session is retried after it"),
+    _k("SESSION_MAX_ATTEMPTS", default=3, kind="int", path="sessions.maxAttempts",
+       help="runs of a session whose worker died before it ends in error"),
+    _k("WORKER_CONCURRENCY", default=4, kind="int", path="worker.concurrency",
+       help="sessions one `sesame worker` runs at once"),
+    _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds",
+       help="seconds a stopping worker lets running sessions finish before it hands them back"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
     _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1"),
@@ -244,8 +252,84 @@ def config_get(data: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+class SettingValues:
+    """The type of every setting, as `Settings.NAME` returns it (sizes in bytes); unset is None.
+
+    tests/test_settings.py checks this against KEYS and against loaded values, so a key added to
+    KEYS needs its line here, and a misspelt `settings.NAME` fails mypy.
+    """
+
+    BASE_URL: str | None
+    HOST: str
+    PORT: int
+    SESAME_DATA_DIR: str
+    ENCRYPTION_KEY: str | None
+    ENCRYPTION_KEY_PREVIOUS: list[str] | None
+    DATABASE_URL: str | None
+    REDIS_URL: str | None
+    INLINE_CONCURRENCY: int
+    SESSION_TIMEOUT: int
+    SESSION_LEASE_SECONDS: int
+    SESSION_MAX_ATTEMPTS: int
+    WORKER_CONCURRENCY: int
+    WORKER_SHUTDOWN_GRACE: int
+    AI_API_KEY: str | None
+    AI_BASE_URL: str
+    AI_MODEL: str
+    SESSION_DIR_BASE: str
+    SANDBOX_PROVIDER: str
+    SANDBOX_SECURITY_ENABLED: bool
+    SANDBOX_ALLOWED_DOMAINS: list[str]
+    SANDBOX_DENIED_DOMAINS: list[str]
+    SANDBOX_UID_RANGE: str
+    SANDBOX_UID_DIR: str
+    SANDBOX_MAX_PROCESSES: int
+    SANDBOX_MEMORY_LIMIT: int
+    SANDBOX_CPU_SHARE: float
+    SANDBOX_TMPFS_SIZE: int
+    SANDBOX_DISK_LIMIT: int
+    SANDBOX_PROXY_HEAD_TIMEOUT: float
+    SANDBOX_PROXY_MAX_CONNECTIONS: int
+    SANDBOX_PROXY_IDLE_TIMEOUT: float
+    GIT_INCLUDE_CO_AUTHORED_BY: bool
+    GIT_MAX_FILE_SIZE_MB: int
+    AUTH_PASSWORD: str | None
+    SESAME_API_URL: str
+    GITHUB_APP_ID: str | None
+    GITHUB_PRIVATE_KEY: str | None
+    GITHUB_PRIVATE_KEY_PATH: str | None
+    GITHUB_WEBHOOK_SECRET: str | None
+    GITHUB_APP_SLUG: str
+    GITHUB_API_URL: str
+    GITHUB_ALLOW_FORK_PULL_REQUESTS: bool
+    GITHUB_PAT: str | None
+    SLACK_SIGNING_SECRET: str | None
+    SLACK_BOT_TOKEN: str | None
+    SLACK_API_URL: str
+    SLACK_ALLOWED_USERS: list[str]
+    SLACK_ALLOWED_CHANNELS: list[str]
+    SLACK_USER_MAP: dict[str, str]
+    SESAME_DEFAULT_AGENT: str
+    ANTHROPIC_API_KEY: str | None
+    CLAUDE_CODE_OAUTH_TOKEN: str | None
+    ANTHROPIC_BASE_URL: str | None
+    CLAUDE_MODEL: str | None
+    OPENAI_BASE_URL: str | None
+    CODEX_MODEL: str | None
+    GEMINI_API_KEY: str | None
+    GEMINI_BASE_URL: str | None
+    GEMINI_MODEL: str | None
+    COPILOT_GITHUB_TOKEN: str | None
+    GH_TOKEN: str | None
+    GITHUB_TOKEN: str | None
+    COPILOT_MODEL: str | None
+    AMP_API_KEY: str | None
+    AMP_URL: str | None
+    AGENT_COMMAND: str | None
+
+
 @dataclass
-class Settings:
+class Settings(SettingValues):
     """Resolved settings with where each value came from."""
 
     values: dict[str, Any]
@@ -253,11 +337,11 @@ class Settings:
     config_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    if not TYPE_CHECKING:  # mypy reads the SettingValues declarations instead
+        def __getattr__(self, name: str) -> Any:
+            if name not in KEYS_BY_NAME:
+                raise AttributeError(name)
+            return self.__dict__["values"].get(name)  # a hand-built Settings may hold only some keys
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.values.get(name)

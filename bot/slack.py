@@ -55,7 +55,7 @@ class NotInstalled(Exception):
 
 def api_url(settings: Settings) -> str:
     """SLACK_API_URL with the trailing slash slack_sdk needs."""
-    return str(settings.SLACK_API_URL).rstrip("/") + "/"
+    return settings.SLACK_API_URL.rstrip("/") + "/"
 
 
 # Slack's transient failures: 5xx and dropped connections, retried with exponential backoff and jitter
@@ -79,13 +79,13 @@ def slack_retry_handlers() -> list[AsyncRetryHandler]:
 
 def web_client(settings: Settings, http: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """A Web API client on SLACK_BOT_TOKEN and SLACK_API_URL; retries 5xx and dropped connections."""
-    return AsyncWebClient(token=settings.get("SLACK_BOT_TOKEN"), base_url=api_url(settings), session=http,
+    return AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=api_url(settings), session=http,
                           retry_handlers=slack_retry_handlers())
 
 
 def github_login(settings: Settings, slack_user: str | None) -> str | None:
     """The GitHub login a Slack user acts as (SLACK_USER_MAP), if any."""
-    mapping: Mapping[str, str] = settings.get("SLACK_USER_MAP", {}) or {}
+    mapping: Mapping[str, str] = settings.SLACK_USER_MAP
     return mapping.get(slack_user or "") or None
 
 

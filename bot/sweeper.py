@@ -1,4 +1,4 @@
-"""The sweeper: nothing stays pending or processing forever."""
+"""The sweeper: nothing stays pending or processing forever; a dead worker's session runs again."""
 
 from __future__ import annotations
 
@@ -7,21 +7,51 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from bot.models import State
+from bot.catalog import display_name
+from bot.models import Session, State
+from bot.progress import Progress
 from bot.queue import Queue
-from bot.reporting import report_end
+from bot.reporting import channel_for, report_end, session_url
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 PENDING_GRACE = timedelta(seconds=30)
-MAX_ATTEMPTS = 3
 # What else to do when the sweeper ends a session (the composition root wires the workspace's removal).
 EndHook = Callable[[Services, str], Awaitable[None]]
 
 
-async def _ended(services: Services, session_id: str, on_end: EndHook | None) -> None:
-    """Report the end like the pipeline does, then run the wired hook; in the background, so a slow
-    GitHub never holds up a sweep."""
+async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE,
+                on_end: EndHook | None = None) -> dict[str, int]:
+    """Retry or end sessions whose worker died (lease expired); re-enqueue pending sessions."""
+    pending, expired = await services.sessions.stale(pending_grace)
+    for session_id in expired:
+        await worker_lost(services, queue, session_id, on_end)
+    for session_id, attempts in pending:
+        await queue.enqueue(session_id, attempts + 1)
+    return {"pending": len(pending), "expired": len(expired)}
+
+
+async def worker_lost(services: Services, queue: Queue, session_id: str, on_end: EndHook | None = None) -> None:
+    """Its worker stopped renewing the lease: the next attempt is enqueued, or the session ends."""
+    limit = max(int(services.settings.SESSION_MAX_ATTEMPTS), 1)
+    session = await services.sessions.release_expired(session_id, limit)
+    if session is None:
+        return
+    await queue.forget(session_id, session.attempts)
+    if session.state == State.PENDING.value:
+        attempt = session.attempts + 1
+        log.warning("session %s: its worker stopped; retrying, attempt %d of %d", session_id, attempt, limit)
+        await tell(services, session, f"the worker running this stopped; retrying, attempt {attempt} of {limit}")
+        await queue.enqueue(session_id, attempt)
+    else:
+        log.warning("session %s: its worker stopped; ended %s", session_id, session.state)
+        _ended(services, session_id, on_end)
+
+
+def _ended(services: Services, session_id: str, on_end: EndHook | None) -> None:
+    """Run the wired hook (the workspace's removal), then report the end like the pipeline does (the
+    channel's publish of a final Progress, retried); in the background, so a slow GitHub never holds
+    up a sweep."""
     async def report() -> None:
         if on_end is not None:
             try:
@@ -33,27 +63,17 @@ async def _ended(services: Services, session_id: str, on_end: EndHook | None) ->
     services.background.spawn(report(), name=f"report-end-{session_id}")
 
 
-async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE,
-                on_end: EndHook | None = None) -> dict[str, int]:
-    """Re-enqueue pending sessions; retry or fail sessions whose worker died."""
-    pending, expired = await services.sessions.stale(pending_grace)
-    for session_id in pending:
-        await queue.enqueue(session_id)
-    for session_id in expired:
-        session = await services.sessions.get(session_id)
-        if session is None:
-            continue
-        if session.attempts >= MAX_ATTEMPTS or session.stop_requested:
-            state = State.STOPPED if session.stop_requested else State.ERROR
-            await services.sessions.finish(session_id, state, None if session.stop_requested else
-                                           f"the worker running this session stopped answering "
-                                           f"{session.attempts} times; giving up")
-            await _ended(services, session_id, on_end)
-        else:
-            await services.sessions.add_event(session_id, "status", {"retry": True,
-                                                                     "reason": "worker lease expired"})
-            await queue.enqueue(session_id)
-    return {"pending": len(pending), "expired": len(expired)}
+async def tell(services: Services, session: Session, note: str | None) -> None:
+    """Show the sweeper's news in the session's progress message (best effort: the row is the truth)."""
+    try:
+        channel = await channel_for(services, session)
+        progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
+                            session_url(services, session.id), state=session.state, warning=note)
+        if State(session.state).final:
+            progress.finish(session.state, None, session.error)
+        await channel.publish(progress)
+    except Exception as exc:
+        log.warning("could not update the progress message of session %s: %s", session.id, exc)
 
 
 async def run_forever_sweeper(services: Services, queue: Queue, every: float = 30.0,

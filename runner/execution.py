@@ -66,7 +66,7 @@ def hidden_server_paths(services: Services) -> tuple[str, ...]:
         paths.append(Path(settings.config_path).resolve())
     for cwd_name in ("config.json", "config.yaml", "config.jsonc", "config.toml", ".env"):
         paths.append(Path.cwd() / cwd_name)
-    if settings.get("GITHUB_PRIVATE_KEY_PATH"):
+    if settings.GITHUB_PRIVATE_KEY_PATH:
         paths.append(Path(settings.GITHUB_PRIVATE_KEY_PATH).resolve())
     return tuple(str(p) for p in paths if p.exists())
 
@@ -74,9 +74,9 @@ def hidden_server_paths(services: Services) -> tuple[str, ...]:
 def sandbox_limits_from(settings: Settings) -> SandboxLimits:
     """The per-session limits from the SANDBOX_* settings."""
     return SandboxLimits(
-        max_processes=int(settings.SANDBOX_MAX_PROCESSES), memory=int(settings.SANDBOX_MEMORY_LIMIT),
-        cpu_share=float(settings.SANDBOX_CPU_SHARE), tmpfs=int(settings.SANDBOX_TMPFS_SIZE),
-        disk=int(settings.SANDBOX_DISK_LIMIT),
+        max_processes=settings.SANDBOX_MAX_PROCESSES, memory=settings.SANDBOX_MEMORY_LIMIT,
+        cpu_share=settings.SANDBOX_CPU_SHARE, tmpfs=settings.SANDBOX_TMPFS_SIZE,
+        disk=settings.SANDBOX_DISK_LIMIT,
     )
 
 
@@ -88,7 +88,7 @@ def agent_setting(settings: Settings, key: str | None) -> str | None:
 
 def configured_agent(services: Services, session: Session, agent: Agent, base_url: str | None) -> Agent:
     """The agent set up for this session: its gateway, and a command line from the session (CLI) or settings."""
-    command = (session.context or {}).get("command") or services.settings.get("AGENT_COMMAND")
+    command = (session.context or {}).get("command") or services.settings.AGENT_COMMAND
     return agent.configured(base_url=base_url, command=command)
 
 
@@ -139,9 +139,9 @@ def owned_by(policy: SandboxPolicy, workspace: Workspace) -> SandboxPolicy:
 def proxy_limits(services: Services) -> ProxyLimits:
     """The egress proxy's bounds from the SANDBOX_PROXY_* settings."""
     settings = services.settings
-    return ProxyLimits(head_timeout=float(settings.SANDBOX_PROXY_HEAD_TIMEOUT),
-                       max_connections=int(settings.SANDBOX_PROXY_MAX_CONNECTIONS),
-                       idle_timeout=float(settings.SANDBOX_PROXY_IDLE_TIMEOUT))
+    return ProxyLimits(head_timeout=settings.SANDBOX_PROXY_HEAD_TIMEOUT,
+                       max_connections=settings.SANDBOX_PROXY_MAX_CONNECTIONS,
+                       idle_timeout=settings.SANDBOX_PROXY_IDLE_TIMEOUT)
 
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
@@ -164,7 +164,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         proxy_limits=proxy_limits(services),
-        security_enabled=bool(settings.SANDBOX_SECURITY_ENABLED) and session.sandbox_security), workspace)
+        security_enabled=settings.SANDBOX_SECURITY_ENABLED and session.sandbox_security), workspace)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()
     try:

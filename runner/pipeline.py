@@ -62,6 +62,8 @@ class Run:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     limit_error: str | None = None  # a limit was hit: the session ends in error once the work is pushed
     violations: ViolationAggregator | None = None
+    shutdown: asyncio.Event | None = None  # set when the worker shuts down: the session is handed back
+    handing_back: bool = False
     deadline: float = field(default_factory=lambda: time.monotonic() + 3600)  # session timeout, cleanup included
     keep_workspace: bool = False  # a commit that could not be pushed lives only there
 
@@ -79,8 +81,8 @@ class Run:
             await self.services.sessions.set_progress(self.session.id, percent)
 
 
-async def run(services: Services, session: Session) -> None:
-    """Run a claimed session to its end; never raises, always reports."""
+async def run(services: Services, session: Session, shutdown: asyncio.Event | None = None) -> None:
+    """Run a claimed session to its end (or, once `shutdown` is set, hand it back); never raises."""
     try:
         channel = await channel_for(services, session)
     except Exception as exc:  # nowhere to report: the session row says why
@@ -90,7 +92,7 @@ async def run(services: Services, session: Session) -> None:
     progress = session_progress(services, session, State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
-                deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT))
+                deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT), shutdown=shutdown)
     publisher.start()
     watcher = asyncio.create_task(_watch(state))
     try:
@@ -98,7 +100,10 @@ async def run(services: Services, session: Session) -> None:
         await _finish(state, State.COMPLETED)
     except Stopped:
         await _salvage(state)
-        await _finish(state, State.STOPPED)
+        if state.handing_back:
+            await _hand_back(state)
+        else:
+            await _finish(state, State.STOPPED)
     except LimitExceeded as exc:  # the sandbox stopped the agent: keep what it wrote, name the limit
         await _salvage(state)
         await _finish(state, State.ERROR, str(exc))
@@ -118,19 +123,44 @@ async def run(services: Services, session: Session) -> None:
 async def _watch(state: Run) -> None:
     """Renew the lease and turn a stop request into a killed agent."""
     last_renew = time.monotonic()
+    renew_every = min(LEASE_RENEW, state.services.sessions.lease.total_seconds() / 3)
     while True:
         await asyncio.sleep(STOP_POLL)
         try:  # a database hiccup must not end the watch: the lease would lapse and the session run twice
             row = await state.services.sessions.get(state.session.id)
-            if row is not None and row.stop_requested:
+            if _must_hand_back(state) or (row is not None and row.stop_requested):
                 state.stop.set()
                 if state.agent_run is not None:
                     await state.agent_run.kill()
-            if time.monotonic() - last_renew > LEASE_RENEW:
+            if time.monotonic() - last_renew > renew_every:
                 await state.services.sessions.renew_lease(state.session.id)
                 last_renew = time.monotonic()
         except Exception as exc:
             log.warning("watching session %s failed (%s); retrying", state.session.id, exc)
+
+
+def _must_hand_back(state: Run) -> bool:
+    """The worker shuts down while the agent has not finished: stop it, keep its work, hand the session
+    back. Once the agent is done, the few seconds of commit, push and PR run to the end instead."""
+    if state.shutdown is None or not state.shutdown.is_set() or state.progress.steps.get("agent") == "done":
+        return False
+    state.handing_back = True
+    return True
+
+
+async def _hand_back(state: Run) -> None:
+    """Give the session back to the queue (pending, the run not counted as an attempt), saying so."""
+    await _release_sandbox(state)
+    kept = state.progress.outcome or "nothing written yet"
+    note = f"the worker running this is shutting down; another worker continues ({kept})"
+    if not await state.services.sessions.hand_back(state.session.id, note):
+        await _finish(state, State.STOPPED)  # stopped meanwhile
+        return
+    state.progress.state, state.progress.activity = State.PENDING.value, None
+    state.progress.warning = " ".join(filter(None, [state.progress.warning, note]))
+    for name, status in state.progress.steps.items():
+        if status == "running":
+            state.progress.steps[name] = "pending"
 
 
 def _check_stop(state: Run) -> None:
@@ -194,7 +224,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
 
 def _utility(state: Run) -> UtilityAI:
     settings = state.services.settings
-    return UtilityAI(settings.AI_BASE_URL, settings.get("AI_API_KEY"), settings.AI_MODEL, state.services.http)
+    return UtilityAI(settings.AI_BASE_URL, settings.AI_API_KEY, settings.AI_MODEL, state.services.http)
 
 
 async def _agent_step(state: Run) -> None:
@@ -376,7 +406,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         return gitops.Author(*cached)
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     stored = await services.credentials.get("github", "github_pat")
-    token = stored.value if stored else services.settings.get("GITHUB_PAT")
+    token = stored.value if stored else services.settings.GITHUB_PAT
     if token:
         try:
             from bot.github import pat_identity
@@ -506,7 +536,7 @@ async def _refuse_leaks(state: Run, sha: str) -> None:
 
 async def _finish(state: Run, final: State, error: str | None = None) -> None:
     await _release_sandbox(state)  # its last violations are stored before the final status
-    if final is State.ERROR and state.stop.is_set():
+    if final is State.ERROR and state.stop.is_set() and not state.handing_back:
         final, error = State.STOPPED, None
     await state.services.sessions.finish(state.session.id, final, error)
     state.progress.finish(final.value, state.progress.outcome, error)

@@ -1,15 +1,18 @@
-"""arq worker: settings, the run_session job, and the sweeper."""
+"""arq worker: settings, the run_session job, the sweeper, and a shutdown that hands sessions back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
 from arq.cron import cron
 from arq.worker import Worker
 
+from bot.models import State
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
 from bot.sweeper import sweep
@@ -18,37 +21,89 @@ from runner.workspace import remove_abandoned_workspace
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+HAND_BACK_TIMEOUT = 3 * pipeline.SALVAGE_TIMEOUT  # commit, scan and push of what a handed-back session wrote
 
 
-async def run_session(services: Services, session_id: str) -> None:
-    """Claim the session (no one else may run it) and run the pipeline."""
+async def run_session(services: Services, session_id: str, shutdown: asyncio.Event | None = None) -> bool:
+    """Claim the session (no one else may run it) and run the pipeline; True when it was handed back."""
     session = await services.sessions.claim(session_id, WORKER_NAME)
     if session is None:
         log.info("session %s is not claimable (running elsewhere or ended)", session_id)
-        return
-    await pipeline.run(services, session)
+        return False
+    await pipeline.run(services, session, shutdown)
+    row = await services.sessions.get(session_id)
+    return row is not None and row.state == State.PENDING.value
 
 
 async def _job(ctx: dict[str, Any], session_id: str) -> None:
-    await run_session(ctx["services"], session_id)
+    if await run_session(ctx["services"], session_id, ctx["shutdown"]):
+        ctx["handed_back"].append(session_id)
 
 
 async def _sweep_job(ctx: dict[str, Any]) -> None:
     await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_workspace)
 
 
+class SessionWorker(Worker):
+    """On SIGTERM or SIGINT: claim nothing more, let running sessions finish within the grace period,
+    then hand the rest back (their work pushed, pending again) and enqueue them for another worker.
+    A second signal stops at once."""
+
+    def __init__(self, *args: Any, grace: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grace = grace
+        self.draining: asyncio.Task[None] | None = None
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        if not self._handle_signals or self.draining is not None:
+            super().handle_sig(signum)
+            return
+        self.allow_pick_jobs = False
+        log.info("shutting down: %d sessions may finish within %.0f s, then they are handed back",
+                 len(self.tasks), self.grace)
+        self.draining = self.loop.create_task(self._drain(signum))
+
+    async def _drain(self, signum: signal.Signals) -> None:
+        if not await self._tasks_done(self.grace):
+            self.ctx["shutdown"].set()
+            await self._tasks_done(HAND_BACK_TIMEOUT)
+        for session_id in self.ctx["handed_back"]:
+            await self._enqueue_again(session_id)
+        super().handle_sig(signum)
+
+    async def _enqueue_again(self, session_id: str) -> None:
+        """Its job has ended (arq's keys of it are gone): the same attempt, for another worker."""
+        try:
+            row = await self.ctx["services"].sessions.get(session_id)
+            pending = row is not None and row.state == State.PENDING.value
+            if pending and await self.ctx["queue"].enqueue(session_id, row.attempts + 1):
+                return
+        except Exception as exc:
+            log.warning("enqueue of handed-back session %s failed: %s", session_id, exc)
+        log.warning("session %s was handed back but not enqueued; the sweeper will", session_id)
+
+    async def _tasks_done(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the running jobs; True when none is left."""
+        running = [t for t in self.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        return all(t.done() for t in running)
+
+
 def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: bool = False,
-                 max_jobs: int = 4, poll_delay: float = 0.5) -> Worker:
+                 max_jobs: int | None = None, poll_delay: float = 0.5) -> SessionWorker:
     """An arq worker whose jobs share the given services."""
-    return Worker(
+    settings = services.settings
+    return SessionWorker(
         functions=[_job_function()],
         cron_jobs=[] if burst else [cron(_sweep_job, second={0, 30}, run_at_startup=True)],
         redis_settings=redis_settings(redis_url),
-        ctx={"services": services, "queue": queue},
-        burst=burst, poll_delay=poll_delay, max_jobs=max_jobs,
-        job_timeout=int(services.settings.SESSION_TIMEOUT) + 600,
+        ctx={"services": services, "queue": queue, "shutdown": asyncio.Event(), "handed_back": []},
+        burst=burst, poll_delay=poll_delay, max_jobs=max(max_jobs or int(settings.WORKER_CONCURRENCY), 1),
+        job_timeout=int(settings.SESSION_TIMEOUT) + 600,
         keep_result=0, max_tries=1, handle_signals=not burst,
         job_serializer=serialize, job_deserializer=deserialize,
+        grace=max(float(settings.WORKER_SHUTDOWN_GRACE), 0.0),
     )
 
 

@@ -50,7 +50,7 @@ async def test_inline_queue_survives_a_failing_job() -> None:
     assert ran == ["good"]
 
 
-async def test_arq_jobs_are_json_with_the_session_id_as_job_id(redis_url: str) -> None:
+async def test_arq_jobs_are_json_with_the_session_id_and_attempt_as_job_id(redis_url: str) -> None:
     queue = ArqQueue(redis_url)
     session_id = str(uuid.uuid4())
     assert await queue.enqueue(session_id)
@@ -58,7 +58,7 @@ async def test_arq_jobs_are_json_with_the_session_id_as_job_id(redis_url: str) -
     client = aioredis.from_url(redis_url)
     try:
         assert await client.zcard("arq:queue") == 1
-        raw = await client.get(f"arq:job:{session_id}")
+        raw = await client.get(f"arq:job:{session_id}:1")  # one job per attempt
         job = json.loads(raw)  # JSON, never a pickle
         assert job["f"] == "run_session" and job["a"] == [session_id] and job["k"] == {}
     finally:
@@ -86,9 +86,9 @@ async def test_sweeper_requeues_pending_sessions(services: Services) -> None:
     class Recorder:
         kind = "recorder"
 
-        async def enqueue(self, session_id: str) -> bool:
-            seen.append(session_id)
+        async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
+            seen.append(f"{session_id}:{attempt}")
             return True
 
     await sweep(services, Recorder(), pending_grace=timedelta(seconds=-1))  # type: ignore[arg-type]
-    assert row.id in seen
+    assert f"{row.id}:1" in seen  # its first attempt

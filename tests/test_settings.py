@@ -146,3 +146,35 @@ def test_embedded_default_generates_a_private_key_file(tmp_path: Path) -> None:
     assert warnings and "generated" in warnings[0]
     again = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "d")}, cwd=tmp_path)
     assert ensure_encryption_key(again, warnings.append) == key
+
+
+KIND_TYPES = {"str": str, "bool": bool, "int": int, "float": float, "size": int, "list": list, "map": dict}
+
+
+def test_every_key_has_a_declared_type_and_nothing_else_is_declared() -> None:
+    """`settings.NAME` is typed from SettingValues: a key added to KEYS needs its line there."""
+    from bot.settings import KEYS, SettingValues
+
+    declared = SettingValues.__annotations__
+    assert sorted(declared) == sorted(k.name for k in KEYS)
+    for key in KEYS:
+        expected = {"size": "int", "list": "list[str]", "map": "dict[str, str]"}.get(key.kind, key.kind)
+        assert declared[key.name] == expected + (" | None" if key.default is None else ""), key.name
+
+
+@pytest.mark.parametrize("env", [{}, {
+    "PORT": "8080", "SANDBOX_MEMORY_LIMIT": "512m", "SANDBOX_CPU_SHARE": "0.5", "SANDBOX_SECURITY_ENABLED": "no",
+    "SANDBOX_ALLOWED_DOMAINS": "a.invalid,b.invalid", "SLACK_USER_MAP": "U1=a@b.invalid", "REDIS_URL": "redis://x",
+    "ENCRYPTION_KEY_PREVIOUS": "ab" * 32}])
+def test_loaded_values_have_their_declared_types(tmp_path: Path, env: dict[str, str]) -> None:
+    from bot.settings import KEYS
+
+    settings = load_settings(env=env, cwd=tmp_path)
+    for key in KEYS:
+        value = getattr(settings, key.name)
+        assert (value is None and key.default is None) or isinstance(value, KIND_TYPES[key.kind]), (key.name, value)
+
+
+def test_a_misspelt_setting_is_an_attribute_error(tmp_path: Path) -> None:
+    with pytest.raises(AttributeError, match="SESSION_TIMEOUTS"):
+        load_settings(env={}, cwd=tmp_path).SESSION_TIMEOUTS  # noqa: B018

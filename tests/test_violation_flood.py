@@ -17,8 +17,8 @@ from runner.sandbox.violations import ROWS_PER_SECOND
 from tests.support.gitrepo import make_repo, show_file
 from tests.test_pipeline import PYTHON, args, make_services
 
-QUERIES = 3000
-NAMES = 150  # distinct names asked for: under the aggregator's limit, so each keeps its own row
+QUERIES = 1200
+NAMES = 60  # distinct names asked for: under the aggregator's limit, so each keeps its own row
 CONNECTIONS = 40
 CAP = 16
 

@@ -65,7 +65,7 @@ def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] 
                extra_setup: list[Callable[[web.Application], None]] | None = None) -> web.Application:
     """Build the web application; no work happens at import time."""
     middlewares = []
-    if services.settings.get("AUTH_PASSWORD"):
+    if services.settings.AUTH_PASSWORD:
         middlewares.append(basic_auth_middleware(services.settings.AUTH_PASSWORD))
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[SERVICES], app[QUEUE] = services, queue

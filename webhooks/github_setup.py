@@ -59,9 +59,9 @@ def github_web_url(api_url: str) -> str:
 async def new_app(request: web.Request) -> web.Response:
     """A form that posts the manifest to GitHub."""
     settings = request.app[SERVICES].settings
-    if settings.get("GITHUB_APP_ID"):
+    if settings.GITHUB_APP_ID:
         raise web.HTTPConflict(text="a GitHub App is already configured (GITHUB_APP_ID)\n")
-    base = settings.get("BASE_URL")
+    base = settings.BASE_URL
     if not base:
         raise web.HTTPBadRequest(text="set BASE_URL to this server's public URL first\n")
     state = request.app[STATE]["value"]

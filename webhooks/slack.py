@@ -264,7 +264,7 @@ SLACK_INTAKE = web.AppKey("slack_intake", SlackIntake)
 def build_bolt_app(services: Services, intake: SlackIntake) -> AsyncApp:
     """Bolt with its own signature/timestamp verification; Web API on SLACK_API_URL."""
     settings = services.settings
-    if not settings.get("SLACK_BOT_TOKEN"):
+    if not settings.SLACK_BOT_TOKEN:
         raise SettingsError("SLACK_BOT_TOKEN", "is required when SLACK_SIGNING_SECRET is set",
                             "Set it to the app's Bot User OAuth Token (xoxb-...)")
     bolt = AsyncApp(name="sesame", signing_secret=settings.SLACK_SIGNING_SECRET,
@@ -282,7 +282,7 @@ async def slack_events(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Mount /slack/events when SLACK_SIGNING_SECRET is set; otherwise do nothing."""
     services = app[SERVICES]
-    if not services.settings.get("SLACK_SIGNING_SECRET"):
+    if not services.settings.SLACK_SIGNING_SECRET:
         return
     intake = SlackIntake(services, app[QUEUE])
     app[SLACK_INTAKE] = intake

@@ -131,9 +131,9 @@ def make_queue(services: Any) -> Any:
     from bot.queue import ArqQueue, InlineQueue
     from runner.worker import run_session
 
-    if services.settings.get("REDIS_URL"):
+    if services.settings.REDIS_URL:
         return ArqQueue(services.settings.REDIS_URL)
-    return InlineQueue(lambda sid: run_session(services, sid), int(services.settings.INLINE_CONCURRENCY))
+    return InlineQueue(lambda sid: run_session(services, sid), services.settings.INLINE_CONCURRENCY)
 
 
 def sandbox_status(settings: Settings) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def sandbox_status(settings: Settings) -> dict[str, Any]:
     from runner.sandbox import check_sandbox_support
 
     ok, detail = check_sandbox_support()
-    enabled = bool(settings.SANDBOX_SECURITY_ENABLED)
+    enabled = settings.SANDBOX_SECURITY_ENABLED
     return {"ok": ok or not enabled, "enabled": enabled, "available": ok, "detail": detail,
             "provider": settings.SANDBOX_PROVIDER}
 
@@ -196,7 +196,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from runner.workspace import remove_abandoned_workspace
 
     host = args.host or settings.HOST
-    port = args.port or int(settings.PORT)
+    port = args.port or settings.PORT
     try:
         services = await open_services(settings)
     except OSError as exc:
@@ -234,12 +234,13 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from bot.queue import ArqQueue
     from runner.worker import build_worker
 
-    if not settings.get("REDIS_URL"):
+    redis_url = settings.REDIS_URL
+    if not redis_url:
         return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
                     "or run `sesame serve` alone to run sessions in-process.")
     services = await open_services(settings)
-    queue = ArqQueue(settings.REDIS_URL)
-    worker = build_worker(services, queue, settings.REDIS_URL, burst=args.burst)
+    queue = ArqQueue(redis_url)
+    worker = build_worker(services, queue, redis_url, burst=args.burst)
     freeze_heap()
     try:
         await worker.async_run()

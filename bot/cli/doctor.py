@@ -45,7 +45,7 @@ async def check_database(settings: Settings) -> Check:
 
 
 async def check_redis(settings: Settings) -> Check:
-    if not settings.get("REDIS_URL"):
+    if not settings.REDIS_URL:
         return Check("redis", "ok", "REDIS_URL not set: `sesame serve` runs sessions in-process")
     from bot.queue import ArqQueue
 
@@ -108,11 +108,11 @@ async def check_git(_settings: Settings) -> Check:
 
 async def check_integrations(settings: Settings) -> Check:
     parts = []
-    if settings.get("GITHUB_APP_ID"):
+    if settings.GITHUB_APP_ID:
         parts.append("GitHub App " + str(settings.GITHUB_APP_ID)
-                     + ("" if settings.get("GITHUB_WEBHOOK_SECRET") else " (no GITHUB_WEBHOOK_SECRET!)"))
-    if settings.get("SLACK_SIGNING_SECRET"):
-        parts.append("Slack" + ("" if settings.get("SLACK_BOT_TOKEN") else " (no SLACK_BOT_TOKEN!)"))
+                     + ("" if settings.GITHUB_WEBHOOK_SECRET else " (no GITHUB_WEBHOOK_SECRET!)"))
+    if settings.SLACK_SIGNING_SECRET:
+        parts.append("Slack" + ("" if settings.SLACK_BOT_TOKEN else " (no SLACK_BOT_TOKEN!)"))
     if not parts:
         return Check("integrations", "warn", "neither GitHub nor Slack is configured: only the API and "
                      "`sesame run` work", "set GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH, GITHUB_WEBHOOK_SECRET "

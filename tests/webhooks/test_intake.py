@@ -283,3 +283,13 @@ async def test_handler_failure_is_500_and_can_be_redelivered(hook: Hook) -> None
     hook.services.caches.permissions.clear()  # drop the cached permission
     assert (await hook.send("issue_comment", payload, delivery_id=delivery)).status == 202
     assert len(await hook.sessions()) == 1
+
+
+async def test_a_delivery_is_never_parsed_unverified_when_the_secret_goes_away(hook: Hook) -> None:
+    """gidgethub skips the signature check without a secret: with settings that can change while
+    the server runs, the endpoint refuses rather than parse a delivery it cannot verify."""
+    hook.services.settings.values["GITHUB_WEBHOOK_SECRET"] = None
+    headers, body = hook.fake.delivery("issue_comment", hook.fake.issue_comment_payload(hook.repo, 1, "@sesame x"))
+    response = await hook.client.post("/webhooks/github", data=body, headers=headers)
+    assert response.status == 503 and "GITHUB_WEBHOOK_SECRET" in await response.text()
+    assert await hook.sessions() == []

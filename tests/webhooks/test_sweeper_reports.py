@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from bot.models import Session
-from bot.sweeper import MAX_ATTEMPTS, sweep
+from bot.sweeper import sweep
 from runner.workspace import remove_abandoned_workspace
 from tests.webhooks.conftest import Hook
 
@@ -21,9 +21,12 @@ class NoQueue:
     def __init__(self) -> None:
         self.ids: list[str] = []
 
-    async def enqueue(self, session_id: str) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
         self.ids.append(session_id)
         return True
+
+    async def forget(self, session_id: str, attempts: int) -> None:
+        return None
 
 
 async def abandoned_session(hook: Hook) -> Session:
@@ -33,7 +36,7 @@ async def abandoned_session(hook: Hook) -> Session:
     assert await hook.services.sessions.claim(row.id, "dead-worker") is not None
     async with hook.services.sessions.sessionmaker() as db, db.begin():
         await db.execute(update(Session).where(Session.id == row.id).values(
-            attempts=MAX_ATTEMPTS, lease_expires_at=datetime.now(UTC) - timedelta(minutes=5)))
+            attempts=hook.services.settings.SESSION_MAX_ATTEMPTS, lease_expires_at=datetime.now(UTC) - timedelta(minutes=5)))
     return row
 
 
@@ -53,7 +56,7 @@ async def test_the_sweepers_error_end_reaches_the_progress_comment_and_the_works
     [comment] = hook.bot_comments(1)
     assert comment.id == queued.id
     assert "worked on this" in comment.body and "Failed in" in comment.body
-    assert "stopped answering" in comment.body
+    assert "times; giving up" in comment.body
     assert not workspace.exists(), "the dead worker's workspace is removed"
 
 
