@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from gidgethub import apps
 
 from bot.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Refresh installation tokens this long before GitHub says they expire.
 TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
 # What a session needs on its one repository: push, open PRs, comment.
@@ -29,6 +33,10 @@ SESSION_PERMISSIONS: Mapping[str, str] = {
     "metadata": "read",
 }
 NOREPLY_DOMAIN = "users.noreply.github.com"
+# Answers worth another try: GitHub's own transient failures (a 502 from its front end, a 503 in a deploy).
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+# Errors of the connection itself (reset, refused, dropped before the answer): also worth another try.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 Clock = Callable[[], datetime]
 TokenKey = tuple[int, frozenset[str], frozenset[int], frozenset[tuple[str, str]]]
@@ -96,8 +104,26 @@ def _parse_retry_after(value: str, now: float | None) -> float:
         return max(0.0, when - (now or time.time()))
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits between half and all of base * 2**(n-1), capped."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    attempts: int = 6  # tries in all, the first included
+
+    def delay(self, attempt: int) -> float:
+        """The wait after the `attempt`-th failed try (1-based)."""
+        ceiling = min(self.cap, self.base * 2 ** min(attempt - 1, 30))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
 class SesameGitHubAPI(gidgethub.aiohttp.GitHubAPI):
-    """gidgethub's aiohttp client that honours 403/429 `retry-after` and refreshes its token."""
+    """gidgethub's aiohttp client: retries 5xx, connection errors and rate limits (any `retry-after` that
+    ends before `deadline`, a monotonic time; without one, at most `max_retry_wait`), refreshes its token."""
 
     def __init__(
         self,
@@ -107,12 +133,22 @@ class SesameGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         token_source: Callable[[], Awaitable[str]] | None = None,
         max_retries: int = 3,
         max_retry_wait: float = 60.0,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(session, requester, **kwargs)
         self._token_source = token_source
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        self.backoff = backoff
+        self.deadline = deadline
+
+    def budget(self) -> float:
+        """Seconds this client may still spend waiting to retry."""
+        if self.deadline is None:
+            return self.max_retry_wait
+        return max(0.0, self.deadline - time.monotonic())
 
     async def _make_request(self, *args: Any, **kwargs: Any) -> tuple[bytes, str | None, int]:
         """Use a fresh installation token for every request, so long jobs keep working."""
@@ -120,16 +156,45 @@ class SesameGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             self.oauth_token = await self._token_source()
         return await super()._make_request(*args, **kwargs)
 
+    async def _request(self, method: str, url: str, headers: Mapping[str, str],
+                       body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
+        """One request, tried again with backoff when the connection fails (reset, refused, timed out)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await super()._request(method, url, headers, body)
+            except CONNECTION_ERRORS as exc:
+                delay = self.backoff.delay(attempt)
+                if attempt >= self.backoff.attempts or delay > self.budget():
+                    raise
+                log.warning("GitHub %s %s: %s; retrying in %.1f s", method, _path(url),
+                            type(exc).__name__, delay)
+                await self.sleep(delay)
+
     async def handle_rate_limit_error(
         self, *, method: str, url: str, exception: gidgethub.HTTPException, attempt: int
     ) -> bool:
-        """Sleep for `retry-after` (or until the reset) and retry, a few times at most."""
+        """Retry a 5xx with backoff, a rate limit after `retry-after` (or until the reset)."""
         delay = retry_delay(exception)
-        if delay is None or attempt > self.max_retries or delay > self.max_retry_wait:
+        if delay is not None:
+            retry = attempt <= self.max_retries and delay <= self.budget()
+        elif int(exception.status_code) in TRANSIENT_STATUSES:
+            delay = self.backoff.delay(attempt)
+            retry = attempt < self.backoff.attempts and delay <= self.budget()
+        else:
             return False
+        if not retry:
+            return False
+        log.warning("GitHub %s %s answered %s; retrying in %.1f s", method, _path(url),
+                    int(exception.status_code), delay)
         await self.sleep(delay)
         return True
 
+
+def _path(url: str) -> str:
+    """The path of a request URL, for logs (never its query, which could carry a token)."""
+    return url.split("?", 1)[0]
 
 class GitHubAppClientFactory:
     """Mints App JWTs, installation tokens (cached) and clients; shared by web and worker."""
@@ -144,6 +209,7 @@ class GitHubAppClientFactory:
         *,
         clock: Clock = utcnow,
         max_retry_wait: float = 60.0,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         self.app_id = str(app_id)
         self._private_key = private_key_pem
@@ -152,6 +218,7 @@ class GitHubAppClientFactory:
         self.user_agent = user_agent
         self._clock = clock
         self._max_retry_wait = max_retry_wait
+        self.backoff = backoff
         self._tokens: dict[TokenKey, Token] = {}
         self._locks: dict[TokenKey, asyncio.Lock] = {}
 
@@ -173,11 +240,11 @@ class GitHubAppClientFactory:
     def _client(self, **kwargs: Any) -> SesameGitHubAPI:
         """A client on this factory's session and API URL."""
         return SesameGitHubAPI(self._http, self.user_agent, base_url=self.api_url,
-                               max_retry_wait=self._max_retry_wait, **kwargs)
+                               max_retry_wait=self._max_retry_wait, backoff=self.backoff, **kwargs)
 
-    def app_client(self) -> SesameGitHubAPI:
+    def app_client(self, deadline: float | None = None) -> SesameGitHubAPI:
         """A client authenticated as the App (JWT, refreshed by gidgethub)."""
-        return self._client(app_id=self.app_id, private_key=self._private_key)
+        return self._client(app_id=self.app_id, private_key=self._private_key, deadline=deadline)
 
     def user_client(self, token: str) -> SesameGitHubAPI:
         """A client authenticated with a personal access token."""
@@ -190,6 +257,7 @@ class GitHubAppClientFactory:
         repositories: Iterable[str] | None = None,
         repository_ids: Iterable[int] | None = None,
         permissions: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Token:
         """An installation token, optionally scoped; cached until 5 minutes before expiry."""
         names = frozenset(r.rsplit("/", 1)[-1] for r in repositories or ())
@@ -199,11 +267,11 @@ class GitHubAppClientFactory:
             cached = self._tokens.get(key)
             if cached is not None and cached.fresh(self._clock()):
                 return cached
-            token = await self._mint_token(key)
+            token = await self._mint_token(key, deadline)
             self._tokens[key] = token
             return token
 
-    async def _mint_token(self, key: TokenKey) -> Token:
+    async def _mint_token(self, key: TokenKey, deadline: float | None = None) -> Token:
         """POST /app/installations/{id}/access_tokens."""
         installation_id, names, ids, permissions = key
         body: dict[str, Any] = {}
@@ -213,7 +281,7 @@ class GitHubAppClientFactory:
             body["repository_ids"] = sorted(ids)
         if permissions:
             body["permissions"] = dict(permissions)
-        data = await self.app_client().post(
+        data = await self.app_client(deadline).post(
             "/app/installations/{installation_id}/access_tokens",
             {"installation_id": installation_id},
             data=body or b"",
@@ -234,19 +302,21 @@ class GitHubAppClientFactory:
         repositories: Iterable[str] | None = None,
         permissions: Mapping[str, str] | None = None,
         lazy: bool = False,
+        deadline: float | None = None,
     ) -> SesameGitHubAPI:
         """A client acting as the installation; its token is re-minted when near expiry.
-        `lazy`: the token is first minted by the first request (intake must not wait on GitHub)."""
+        `lazy`: the token is first minted by the first request (intake must not wait on GitHub).
+        With a `deadline` (monotonic), transient failures and rate limits are waited out until then."""
         repos = tuple(repositories or ())
         first = None if lazy else await self.installation_token(installation_id, repositories=repos,
-                                                                permissions=permissions)
+                                                                permissions=permissions, deadline=deadline)
 
         async def token_source() -> str:
             token = await self.installation_token(installation_id, repositories=repos,
-                                                  permissions=permissions)
+                                                  permissions=permissions, deadline=deadline)
             return token.token
 
-        return self._client(oauth_token=first.token if first else None, token_source=token_source)
+        return self._client(oauth_token=first.token if first else None, token_source=token_source, deadline=deadline)
 
     async def repository_installation(self, owner: str, repo: str) -> int:
         """The installation id of the App on `owner/repo` (GET /repos/{o}/{r}/installation)."""

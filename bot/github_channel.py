@@ -11,7 +11,7 @@ import gidgethub
 
 from bot.github import GitHubAppClientFactory, SesameGitHubAPI, collaborator_permission, git_auth_env, retry_delay
 from bot.models import Session
-from bot.progress import Progress, RateLimited, render_markdown
+from bot.progress import Progress, RateLimited, render_markdown, session_marker
 from bot.reporting import PullRequest, RepoAccess
 from bot.services import Services
 from bot.untrusted import one_line
@@ -51,13 +51,17 @@ class GitHubChannel:
         self.installation_id = int(self.report["installation_id"])
         self.owner, self.repo = split_repo(session.repo)
         self.secrets: list[str] = []  # tokens handed out by access(), redacted from every comment
+        # Transient GitHub failures and rate limits are waited out until the session's own timeout.
+        self.deadline = time.monotonic() + float(services.settings.SESSION_TIMEOUT)
 
     async def client(self) -> SesameGitHubAPI:
-        return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo])
+        return await self.factory.installation_client(self.installation_id, repositories=[self.session.repo],
+                                                      deadline=self.deadline)
 
     async def access(self) -> RepoAccess:
         """A token scoped to this one repository, carried in git's environment only."""
-        token = await self.factory.installation_token(self.installation_id, repositories=[self.session.repo])
+        token = await self.factory.installation_token(self.installation_id, repositories=[self.session.repo],
+                                                      deadline=self.deadline)
         remote = (self.session.context or {}).get("clone_url") or \
             f"{self.services.settings.GITHUB_API_URL.rstrip('/')}/{self.session.repo}.git"
         return RepoAccess(remote=remote, auth_env=git_auth_env(token.token), secrets=[token.token],
@@ -104,9 +108,15 @@ class GitHubChannel:
         return f"/repos/{self.owner}/{self.repo}/issues/comments/{{comment_id}}"
 
     async def _create_comment(self, gh: SesameGitHubAPI, body: str) -> None:
-        comment = await post_progress_comment(gh, self.session.repo, self.report, body)
+        """Find the comment intake posted but could not record (by its marker), or post one."""
+        bot_login = f"{self.services.settings.GITHUB_APP_SLUG}[bot]"
+        comment_id = await find_progress_comment(gh, self.session.repo, self.report, self.session.id, bot_login)
+        if comment_id is not None:
+            await gh.patch(self._comment_url(), {"comment_id": comment_id}, data={"body": body})
+        else:
+            comment_id = (await post_progress_comment(gh, self.session.repo, self.report, body))["id"]
         self.report.pop(COMMENT_DUE, None)
-        self.report["comment_id"] = comment["id"]
+        self.report["comment_id"] = comment_id
         await self.services.sessions.set_report(self.session.id, self.report)
 
     async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
@@ -132,6 +142,20 @@ async def post_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str
         url = f"/repos/{owner}/{name}/issues/{report['issue_number']}/comments"
     comment: dict[str, Any] = await gh.post(url, data={"body": body})
     return comment
+
+
+async def find_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str, Any], session_id: str,
+                                bot_login: str) -> int | None:
+    """The id of the session's progress comment already on the issue or review thread, by the bot's marker."""
+    marker = session_marker(session_id)
+    if not marker:
+        return None
+    owner, name = split_repo(repo)
+    kind = "pulls" if report.get("review_comment_id") else "issues"
+    async for comment in gh.getiter(f"/repos/{owner}/{name}/{kind}/{report['issue_number']}/comments"):
+        if (comment.get("user") or {}).get("login") == bot_login and marker in (comment.get("body") or ""):
+            return int(comment["id"])
+    return None
 
 
 async def github_channel(services: Services, session: Session) -> GitHubChannel:

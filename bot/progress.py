@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.github import Backoff
 from bot.redact import redact
 from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text, within
 
@@ -27,6 +28,13 @@ DETAIL_LIMIT = 300
 RESOURCE_LIMIT = 250
 ERROR_LIMIT = 1500
 TITLE_LIMIT = 200
+# A progress edit that failed (a 5xx, a reset connection) is tried again this often, and the final one
+# for this long after the session ended, so no message stays "is working on this".
+PUBLISH_RETRY = Backoff(base=0.5, cap=5.0)
+FINAL_GRACE = 300.0
+# Carried (hidden) by the GitHub progress comment, so a worker finds the comment intake posted even
+# when its id was never stored.
+_SESSION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 # Outcomes and step details start with Sesame's own `#N` when they name the pull request: kept as a link.
 _OWN_REFERENCE = re.compile(r"#[0-9]+(?= )")
 
@@ -157,6 +165,11 @@ def final_line(p: Progress, esc: Escaper) -> str | None:
     return f"{FINAL_WORDS[p.state]}{took}: {reason}{log_link}"
 
 
+def session_marker(session_id: str) -> str:
+    """The hidden HTML comment naming the session in its progress comment ("" for an odd id)."""
+    return f"<!-- sesame:session={session_id} -->" if _SESSION_ID.fullmatch(session_id) else ""
+
+
 def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     """The GitHub comment."""
     esc = github_escaper(secrets)
@@ -175,6 +188,9 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     end = final_line(p, esc)
     if end:
         lines += ["", end]
+    marker = session_marker(p.session_id)
+    if marker:
+        lines += ["", marker]
     return redact("\n".join(lines), secrets)
 
 
@@ -225,10 +241,13 @@ Sink = Callable[[Progress], Awaitable[None]]
 
 
 class ThrottledPublisher:
-    """Publishes the latest Progress at most once per `interval`, whatever the agent prints."""
+    """Publishes the latest Progress at most once per `interval`, whatever the agent prints; a failed
+    publish is retried (the latest state) until it lands, the final one until `final_grace` after close."""
 
-    def __init__(self, sink: Sink, progress: Progress, interval: float = 3.0, max_wait: float = 300.0) -> None:
+    def __init__(self, sink: Sink, progress: Progress, interval: float = 3.0, max_wait: float = 300.0,
+                 final_grace: float = FINAL_GRACE, retry: Backoff = PUBLISH_RETRY) -> None:
         self.sink, self.progress, self.interval, self.max_wait = sink, progress, interval, max_wait
+        self.final_grace, self.retry = final_grace, retry
         self._dirty = asyncio.Event()
         self._last = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -250,27 +269,29 @@ class ThrottledPublisher:
             self._dirty.clear()
             await self._publish()
 
-    async def _publish(self) -> None:
-        deadline = time.monotonic() + self.max_wait
+    async def _publish(self, give_up_at: float | None = None) -> bool:
+        """Publish the latest state, retrying until it lands or `give_up_at` (monotonic); True if it landed."""
+        failures = 0
         while True:
             try:
                 await self.sink(self.progress)
                 self.published += 1
                 self._last = time.monotonic()
-                return
+                return True
             except RateLimited as exc:
-                if time.monotonic() + exc.retry_after > deadline:
-                    log.warning("progress update dropped: rate limited for too long")
-                    return
-                await asyncio.sleep(exc.retry_after)
-            except Exception:
-                log.exception("progress update failed")
-                self._last = time.monotonic()
-                return
+                wait = min(exc.retry_after, self.max_wait)
+            except Exception as exc:
+                failures += 1
+                wait = self.retry.delay(failures)
+                log.warning("progress update failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait)
+            if give_up_at is not None and time.monotonic() + wait > give_up_at:
+                log.warning("progress update dropped: still failing %.0f s after the session ended", self.final_grace)
+                return False
+            await asyncio.sleep(wait)
 
-    async def close(self) -> None:
-        """Stop the loop and publish the final state once."""
+    async def close(self) -> bool:
+        """Stop the loop and publish the final state, retried for at most `final_grace`; True if it landed."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._publish()
+        return await self._publish(time.monotonic() + self.final_grace)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
+from bot.catalog import display_name
 from bot.models import Session
-from bot.progress import Progress
+from bot.progress import Progress, ThrottledPublisher
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -88,3 +90,30 @@ async def local_channel(_services: Services, session: Session) -> Channel:
 def session_url(services: Services, session_id: str) -> str | None:
     base = services.settings.BASE_URL or f"http://{services.settings.HOST}:{services.settings.PORT}"
     return f"{base.rstrip('/')}/sessions/{session_id}"
+
+
+def session_progress(services: Services, session: Session, state: str) -> Progress:
+    """A session's Progress as its progress message starts out, timed from when the session started."""
+    progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
+                        session_url(services, session.id), state=state)
+    started = session.started_at
+    if started is not None:  # SQLite hands back naive UTC
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)
+        progress.started -= max(0.0, (datetime.now(UTC) - started).total_seconds())
+    return progress
+
+
+async def report_end(services: Services, session_id: str) -> bool:
+    """Bring the progress message of a session ended outside its pipeline (the sweeper) to its final
+    state, through the channel's publish like the pipeline's own end; True if it landed."""
+    session = await services.sessions.get(session_id)
+    if session is None:
+        return False
+    try:
+        channel = await channel_for(services, session)
+    except Exception as exc:
+        log.warning("session %s ended without a channel to report it: %s", session_id, exc)
+        return False
+    progress = session_progress(services, session, "processing")
+    progress.finish(session.state, None, session.error)
+    return await ThrottledPublisher(channel.publish, progress).close()

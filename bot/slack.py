@@ -9,6 +9,13 @@ from typing import Any
 import aiohttp
 import gidgethub
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.http_retry.jitter import RandomJitter
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.github import SESSION_PERMISSIONS, git_auth_env, noreply_email
@@ -51,9 +58,29 @@ def api_url(settings: Settings) -> str:
     return settings.SLACK_API_URL.rstrip("/") + "/"
 
 
+# Slack's transient failures: 5xx and dropped connections, retried with exponential backoff and jitter
+# (about 0.5, 1, 2, 4, 8 s). A 429 is left to the caller (the publisher waits out its Retry-After).
+SLACK_RETRIES = 5
+SLACK_BACKOFF = BackoffRetryIntervalCalculator(backoff_factor=0.5, jitter=RandomJitter())
+
+
+class ServerErrorRetryHandler(AsyncRetryHandler):
+    """Retries any 5xx answer (slack_sdk's own handler knows only 500 and 503)."""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        return response is not None and 500 <= response.status_code < 600
+
+
+def slack_retry_handlers() -> list[AsyncRetryHandler]:
+    return [AsyncConnectionErrorRetryHandler(max_retry_count=SLACK_RETRIES, interval_calculator=SLACK_BACKOFF),
+            ServerErrorRetryHandler(max_retry_count=SLACK_RETRIES, interval_calculator=SLACK_BACKOFF)]
+
+
 def web_client(settings: Settings, http: aiohttp.ClientSession | None = None) -> AsyncWebClient:
-    """A Web API client on SLACK_BOT_TOKEN and SLACK_API_URL."""
-    return AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=api_url(settings), session=http)
+    """A Web API client on SLACK_BOT_TOKEN and SLACK_API_URL; retries 5xx and dropped connections."""
+    return AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=api_url(settings), session=http,
+                          retry_handlers=slack_retry_handlers())
 
 
 def github_login(settings: Settings, slack_user: str | None) -> str | None:

@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.catalog import display_name
 from bot.models import Session, State
 from bot.progress import Progress
 from bot.queue import Queue
-from bot.reporting import channel_for, session_url
+from bot.reporting import channel_for, report_end, session_url
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 PENDING_GRACE = timedelta(seconds=30)
+# What else to do when the sweeper ends a session (the composition root wires the workspace's removal).
+EndHook = Callable[[Services, str], Awaitable[None]]
 
 
-async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE) -> dict[str, int]:
+async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE,
+                on_end: EndHook | None = None) -> dict[str, int]:
     """Retry or end sessions whose worker died (lease expired); re-enqueue pending sessions."""
     pending, expired = await services.sessions.stale(pending_grace)
     for session_id in expired:
-        await worker_lost(services, queue, session_id)
+        await worker_lost(services, queue, session_id, on_end)
     for session_id, attempts in pending:
         await queue.enqueue(session_id, attempts + 1)
     return {"pending": len(pending), "expired": len(expired)}
 
 
-async def worker_lost(services: Services, queue: Queue, session_id: str) -> None:
+async def worker_lost(services: Services, queue: Queue, session_id: str, on_end: EndHook | None = None) -> None:
     """Its worker stopped renewing the lease: the next attempt is enqueued, or the session ends."""
     limit = max(int(services.settings.SESSION_MAX_ATTEMPTS), 1)
     session = await services.sessions.release_expired(session_id, limit)
@@ -41,7 +45,22 @@ async def worker_lost(services: Services, queue: Queue, session_id: str) -> None
         await queue.enqueue(session_id, attempt)
     else:
         log.warning("session %s: its worker stopped; ended %s", session_id, session.state)
-        await tell(services, session, None)
+        _ended(services, session_id, on_end)
+
+
+def _ended(services: Services, session_id: str, on_end: EndHook | None) -> None:
+    """Run the wired hook (the workspace's removal), then report the end like the pipeline does (the
+    channel's publish of a final Progress, retried); in the background, so a slow GitHub never holds
+    up a sweep."""
+    async def report() -> None:
+        if on_end is not None:
+            try:
+                await on_end(services, session_id)
+            except Exception:
+                log.exception("cleaning up after session %s failed", session_id)
+        await report_end(services, session_id)
+
+    services.background.spawn(report(), name=f"report-end-{session_id}")
 
 
 async def tell(services: Services, session: Session, note: str | None) -> None:
@@ -57,11 +76,12 @@ async def tell(services: Services, session: Session, note: str | None) -> None:
         log.warning("could not update the progress message of session %s: %s", session.id, exc)
 
 
-async def run_forever_sweeper(services: Services, queue: Queue, every: float = 30.0) -> None:
+async def run_forever_sweeper(services: Services, queue: Queue, every: float = 30.0,
+                              on_end: EndHook | None = None) -> None:
     """The web process's own sweeper, so nothing pending is lost while Redis was down."""
     while True:
         try:
-            await sweep(services, queue)
+            await sweep(services, queue, on_end=on_end)
         except Exception:
             log.exception("sweeper pass failed")
         await asyncio.sleep(every)

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.github import Backoff
+
+log = logging.getLogger(__name__)
+
 CO_AUTHOR = "Co-authored-by: Sesame <agent@sesame.works>"
 DEFAULT_AUTHOR = ("Sesame Agent", "agent@sesame.works")
+# A push that failed on the way (a 5xx, a dropped or refused connection), not one the remote refused.
+TRANSIENT_PUSH = re.compile(
+    r"returned error: 5[0-9][0-9]|HTTP 5[0-9][0-9]|connection reset|connection refused|could not connect|"
+    r"failed to connect|timed out|rpc failed|early eof|unexpected disconnect|hung up unexpectedly|"
+    r"empty reply|could not resolve host|gnutls|ssl", re.IGNORECASE)
+PUSH_BACKOFF = Backoff(base=2.0, cap=60.0, attempts=6)
 # Options that keep a workspace's own config from running anything of ours.
 SAFE_OPTIONS = (
     "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "safe.directory=*",
@@ -125,3 +138,22 @@ async def push(git_dir: Path, remote: str, branch: str, auth_env: Mapping[str, s
     """Push HEAD of the trusted git dir to the branch; the token rides in the environment only."""
     refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch}"
     await in_git_dir(git_dir, ["push", "--no-verify", "--porcelain", remote, refspec], auth_env)
+
+
+async def push_retrying(git_dir: Path, remote: str, branch: str, auth_env: Mapping[str, str], *,
+                        deadline: float, backoff: Backoff | None = None) -> int:
+    """push(), tried again with backoff while it fails on the way and the deadline allows; the tries made."""
+    backoff = backoff or PUSH_BACKOFF
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await push(git_dir, remote, branch, auth_env)
+            return attempt
+        except GitError as exc:
+            delay = backoff.delay(attempt)
+            if (not TRANSIENT_PUSH.search(exc.stderr) or attempt >= backoff.attempts
+                    or time.monotonic() + delay > deadline):
+                raise
+            log.warning("push of %s failed on the way (try %d); retrying in %.1f s", branch, attempt, delay)
+            await asyncio.sleep(delay)

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.catalog import display_name
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
-from bot.reporting import Channel, RepoAccess, channel_for, session_url
+from bot.reporting import Channel, RepoAccess, channel_for, session_progress
 from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.triggers import is_safe_ref
@@ -69,6 +68,7 @@ class Run:
     shutdown: asyncio.Event | None = None  # set when the worker shuts down: the session is handed back
     handing_back: bool = False
     deadline: float = field(default_factory=lambda: time.monotonic() + 3600)  # session timeout, cleanup included
+    keep_workspace: bool = False  # a commit that could not be pushed lives only there
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -100,8 +100,7 @@ async def run(services: Services, session: Session, shutdown: asyncio.Event | No
         await until_stored(lambda: services.sessions.finish(session.id, State.ERROR, reason),
                            float(services.settings.DB_OUTAGE_GRACE), f"the end of session {session.id}")
         return
-    progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
-                        session_url(services, session.id), state=State.PROCESSING.value)
+    progress = session_progress(services, session, State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
                 deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT), shutdown=shutdown)
@@ -443,13 +442,17 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
     await _refuse_leaks(state, sha)
-    await gitops.push(state.workspace.git_dir, access.remote, branch, access.auth_env)
+    await _push_or_keep(state, access, branch, sha)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
     stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
     title = session.title or await _utility(state).title(session.prompt)
-    pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+    try:
+        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+    except Exception as exc:
+        raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
+                           f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
     if pr is None:
         state.progress.step("pr", "skipped", f"branch `{branch}` pushed")
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
@@ -459,6 +462,25 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+async def _push_or_keep(state: Run, access: RepoAccess, branch: str, sha: str) -> None:
+    """Push with retries; when it still fails, keep the workspace and say how to push by hand."""
+    assert state.workspace is not None
+    git_dir = state.workspace.git_dir
+    try:
+        await gitops.push_retrying(git_dir, access.remote, branch, access.auth_env, deadline=state.deadline)
+    except gitops.GitError as exc:
+        state.keep_workspace = True
+        raise RuntimeError(f"pushing `{branch}` failed ({exc}); the commit `{sha[:7]}` is kept: push it by hand "
+                           f"with `git --git-dir {git_dir} push <remote> {sha}:refs/heads/{branch}`") from exc
+
+
+def _compare_hint(remote: str, base: str, branch: str) -> str:
+    """`: <compare URL>` for an https remote, else the branches to open it from and into."""
+    if remote.startswith("https://"):
+        return f": {remote.removesuffix('.git')}/compare/{base}...{branch}"
+    return f" from `{branch}` into `{base}`"
 
 
 def _pr_body(state: Run, files: str) -> str:
@@ -549,7 +571,7 @@ async def _cleanup(state: Run) -> None:
     await _release_sandbox(state)
     if state.workspace is not None:
         try:
-            await end_workspace(state.workspace, bool(state.session.keep_alive))
+            await end_workspace(state.workspace, bool(state.session.keep_alive) or state.keep_workspace)
         except Exception:
             log.exception("removing the workspace of session %s failed", state.session.id)
     try:  # a note only: not worth another wait when the database stayed down past the final state

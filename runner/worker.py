@@ -17,6 +17,7 @@ from bot.services import Services
 from bot.sweeper import sweep
 from runner import pipeline
 from runner.reconnecting import ReconnectingWorker
+from runner.workspace import remove_abandoned_workspace
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -40,7 +41,7 @@ async def _job(ctx: dict[str, Any], session_id: str) -> None:
 
 
 async def _sweep_job(ctx: dict[str, Any]) -> None:
-    await sweep(ctx["services"], ctx["queue"])
+    await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_workspace)
 
 
 class SessionWorker(ReconnectingWorker):

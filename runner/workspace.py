@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.services import Services
 from runner.git import git, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid
 
@@ -189,6 +190,15 @@ async def end_workspace(ws: Workspace, keep: bool) -> None:
     await asyncio.to_thread(remove_workspace, ws)
     if ws.claim is not None:
         await asyncio.to_thread(ws.claim.release)
+
+
+async def remove_abandoned_workspace(services: Services, session_id: str) -> None:
+    """The sweeper's end hook: remove the directory of a session whose worker died, if on this host."""
+    if not session_id or "/" in session_id or session_id.strip(".") == "":
+        return
+    ws = Workspace(Path(services.settings.SESSION_DIR_BASE) / session_id)
+    if ws.root.is_dir() and not ws.root.is_symlink():
+        await asyncio.to_thread(remove_workspace, ws)
 
 
 def remove_workspace(ws: Workspace) -> None:

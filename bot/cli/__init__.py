@@ -193,6 +193,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return await serve_many(args)
     from bot.cli.wiring import open_services
     from bot.sweeper import run_forever_sweeper
+    from runner.workspace import remove_abandoned_workspace
 
     host = args.host or settings.HOST
     port = args.port or settings.PORT
@@ -215,7 +216,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stopping.set)
     mode = "SQLite" if services.settings.embedded else "PostgreSQL"
     print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
-    sweeper = None if args.no_sweeper else asyncio.create_task(run_forever_sweeper(services, queue))
+    sweeper = None if args.no_sweeper else asyncio.create_task(
+        run_forever_sweeper(services, queue, on_end=remove_abandoned_workspace))
     freeze_heap()
     await stopping.wait()
     print("sesame: shutting down", flush=True)

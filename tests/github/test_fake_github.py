@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import gidgethub
 import pytest
 from gidgethub import sansio
 
-from bot.github import GitHubAppClientFactory, SesameGitHubAPI, git_auth_env, retry_delay
+from bot.github import Backoff, GitHubAppClientFactory, SesameGitHubAPI, git_auth_env, retry_delay
 from tests.support import gitrepo
 from tests.support.fake_github import FakeGitHub
 
@@ -301,3 +302,40 @@ def test_manifest_matches_the_fake() -> None:
     assert manifest["default_events"] == APP_EVENTS
     assert manifest["hook_attributes"]["url"] == "${BASE_URL}/webhooks/github"
     assert manifest["public"] is False
+
+
+async def test_client_waits_out_a_long_retry_after_within_its_deadline(fake_github: FakeGitHub,
+                                                                       factory: GitHubAppClientFactory) -> None:
+    """A 429 asking for 10 minutes is honoured when the session has an hour left (sleep recorded, not slept)."""
+    fake_github.add_issue("acme/widget")
+    gh = await factory.installation_client(fake_github.installation_id, deadline=time.monotonic() + 3600)
+    slept: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    gh.sleep = recording_sleep  # type: ignore[method-assign]
+    fake_github.fail_next("POST", r"/issues/1/comments$", status=429, retry_after=600)
+    created = await gh.post("/repos/acme/widget/issues/1/comments", data={"body": "one"})
+    assert slept == [600.0] and fake_github.comment(created["id"]).body == "one"
+
+
+async def test_client_gives_up_a_retry_after_beyond_its_deadline(fake_github: FakeGitHub,
+                                                                 factory: GitHubAppClientFactory) -> None:
+    fake_github.add_issue("acme/widget")
+    gh = await factory.installation_client(fake_github.installation_id, deadline=time.monotonic() + 300)
+    fake_github.fail_next("POST", r"/issues/1/comments$", status=429, retry_after=600)
+    with pytest.raises(gidgethub.HTTPException) as info:
+        await gh.post("/repos/acme/widget/issues/1/comments", data={"body": "one"})
+    assert info.value.status_code == 429
+
+
+async def test_client_gives_up_after_its_backoff_attempts(fake_github: FakeGitHub,
+                                                          factory: GitHubAppClientFactory) -> None:
+    fake_github.add_issue("acme/widget")
+    gh = await factory.installation_client(fake_github.installation_id)
+    gh.backoff = Backoff(base=0.01, cap=0.02, attempts=3)
+    fake_github.fail_next("POST", r"/issues/1/comments$", status=502, count=5)
+    with pytest.raises(gidgethub.GitHubBroken):
+        await gh.post("/repos/acme/widget/issues/1/comments", data={"body": "one"})
+    assert [r.status for r in fake_github.api_requests("POST", "/repos/acme/widget/issues/1/comments")] == [502] * 3

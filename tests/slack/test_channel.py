@@ -121,3 +121,13 @@ async def test_still_allowed_checks_the_policy_and_the_installation(harness: Sla
     reason = await SlackChannel(harness.services, allowed, web_client(harness.services.settings)).still_allowed()
     assert reason and "not allowed" in reason
 
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["502", "reset"])
+async def test_a_transient_slack_failure_on_update_is_retried(harness: SlackHarness, reset: bool) -> None:
+    row = await slack_session(harness)
+    channel = await slack_channel(harness.services, row)
+    harness.slack.fail("chat.update", count=2, status=502, reset=reset)
+    await asyncio.wait_for(channel.publish(first_progress(harness.services, row)), 20)
+    assert [c.status for c in harness.slack.calls_of("chat.update")] == [502, 502, 200]
+    assert harness.slack.posted(CHANNEL)[0].edits == 1

@@ -215,6 +215,25 @@ class _RateLimitPlan:
     retry_after: int = 1
 
 
+@dataclass
+class _Failure:
+    """An injected fault: `count` more requests matching `method` and `path` fail."""
+
+    method: str
+    path: re.Pattern[str]
+    status: int
+    count: int
+    reset: bool
+    retry_after: int | None
+
+    def answer(self, request: web.Request) -> web.Response:
+        if self.reset and request.transport is not None:
+            request.transport.abort()  # the client sees its connection reset, no answer
+        headers = {"retry-after": str(self.retry_after)} if self.retry_after is not None else None
+        message = "API rate limit exceeded" if self.status == 429 else "Server Error"
+        return _json({"message": message}, status=self.status, headers=headers)
+
+
 class GitHubError(Exception):
     """A GitHub error response raised inside a handler."""
 
@@ -256,7 +275,7 @@ class FakeGitHub(LoopbackServer):
         self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
         self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
-        self._failures: list[tuple[str, re.Pattern[str], int]] = []
+        self._failures: list[_Failure] = []
         self.latency = 0.0  # seconds every API answer takes (benchmarks: real GitHub takes 100-500 ms)
         self.bot_user = FakeUser(f"{slug}[bot]", 9_000_000 + app_id, "Bot")
         self.installation_id = self.add_installation(account).id
@@ -402,9 +421,19 @@ class FakeGitHub(LoopbackServer):
         self._holds.append((method, re.compile(path), gate))
         return gate
 
-    def fail_next(self, method: str, path: str, status: int = 502) -> None:
-        """Answer the next `method` request whose path matches the regex `path` with `status`."""
-        self._failures.append((method, re.compile(path), status))
+    def fail_next(self, method: str, path: str, status: int = 502, *, count: int = 1, reset: bool = False,
+                  retry_after: int | None = None) -> None:
+        """Answer the next `count` `method` requests whose path matches the regex `path` with `status`
+        (and `retry-after`), or, with `reset`, drop their connection without an answer."""
+        self._failures.append(_Failure(method, re.compile(path), status, count, reset, retry_after))
+
+    def clear_failures(self) -> None:
+        """Stop injecting failures: GitHub answers again."""
+        self._failures.clear()
+
+    def failures_left(self) -> int:
+        """Injected failures not yet used."""
+        return sum(f.count for f in self._failures)
 
     async def _intercept(self, request: web.Request) -> web.Response | None:
         if self.latency and not request.path.startswith("/git/"):
@@ -413,9 +442,11 @@ class FakeGitHub(LoopbackServer):
             if request.method == method and pattern.search(request.path):
                 await gate.wait()
         for failure in self._failures:
-            if request.method == failure[0] and failure[1].search(request.path):
-                self._failures.remove(failure)
-                return _json({"message": "Server Error"}, status=failure[2])
+            if request.method == failure.method and failure.path.search(request.path):
+                failure.count -= 1
+                if failure.count <= 0:
+                    self._failures.remove(failure)
+                return failure.answer(request)
         return None
 
     def expire_tokens(self) -> None:

@@ -95,6 +95,7 @@ class FakeSlack(LoopbackServer):
         self.responses: list[dict[str, Any]] = []
         self.not_in: set[str] = set()  # channels the bot is not a member of
         self._rate_limits: dict[str, list[float]] = {}
+        self._faults: dict[str, list[tuple[int, bool]]] = {}
         self._ts = itertools.count(1)
 
     async def start(self) -> None:
@@ -119,6 +120,10 @@ class FakeSlack(LoopbackServer):
     def rate_limit(self, method: str, count: int = 1, retry_after: float = 1) -> None:
         """Answer the next `count` calls of `method` with 429 and `Retry-After`."""
         self._rate_limits.setdefault(method, []).extend([retry_after] * count)
+
+    def fail(self, method: str, count: int = 1, status: int = 502, *, reset: bool = False) -> None:
+        """Answer the next `count` calls of `method` with `status` (a 5xx), or drop their connection."""
+        self._faults.setdefault(method, []).extend([(status, reset)] * count)
 
     def calls_of(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -225,6 +230,13 @@ class FakeSlack(LoopbackServer):
         args = await self._args(request)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._answer(method, args, {"ok": False, "error": "invalid_auth"})
+        faults = self._faults.get(method)
+        if faults:
+            status, reset = faults.pop(0)
+            self.calls.append(Call(method, args, status))
+            if reset and request.transport is not None:
+                request.transport.abort()
+            return web.json_response({"ok": False, "error": "fatal_error"}, status=status)
         delays = self._rate_limits.get(method)
         if delays:
             retry_after = delays.pop(0)

@@ -114,7 +114,8 @@ async def issue_to_pull_request(stack: Stack) -> None:
     assert pushes and all(r.auth_scheme == "basic" and r.status == 200 for r in pushes)
     comment = progress_comment(stack, issue.number)
     assert "will work on this" in comment.history[0] and "- [ ] Workspace ready" in comment.history[0]
-    assert comment.history[-1].splitlines()[-1].startswith("Done in ") and f"#{pr.number} opened" in comment.body
+    assert comment.history[-1].splitlines()[-3].startswith("Done in ") and f"#{pr.number} opened" in comment.body
+    assert comment.history[-1].endswith(f"<!-- sesame:session={row.id} -->")
     assert_no_token_posted(hook.fake)
 
 

@@ -68,7 +68,7 @@ async def test_the_worker_waits_for_the_queued_comment_instead_of_posting_anothe
 
 async def test_a_failed_queued_comment_is_created_by_the_worker_at_once(hook: Hook) -> None:
     issue = hook.fake.add_issue(hook.repo, "Flaky")
-    hook.fake.fail_next("POST", COMMENTS, status=502)
+    hook.fake.fail_next("POST", COMMENTS, status=422)  # not transient: a 502 is now retried by the client
     assert (await hook.comment(issue.number, "@sesame fix it")).status == 202
     [row] = await hook.sessions()
     assert hook.bot_comments(issue.number) == []
@@ -80,19 +80,37 @@ async def test_a_failed_queued_comment_is_created_by_the_worker_at_once(hook: Ho
 
 
 async def test_an_overdue_queued_comment_no_longer_holds_the_worker(hook: Hook) -> None:
-    """Intake died between the 202 and its comment: after the due time the worker posts its own."""
+    """Intake died between the 202 and storing its comment's id: after the due time the worker finds
+    that comment by its marker and edits it, never posting a second one."""
     issue = hook.fake.add_issue(hook.repo, "Flaky")
     assert (await hook.comment(issue.number, "@sesame fix it")).status == 202
     [row] = await hook.sessions()
     [queued] = hook.bot_comments(issue.number)
+    assert f"<!-- sesame:session={row.id} -->" in queued.body
     report = {k: v for k, v in row.report.items() if k != "comment_id"}
     await hook.services.sessions.set_report(row.id, {**report, COMMENT_DUE: time.time() - 1})
     channel = await github_channel(hook.services, await reload(hook, row))
     await asyncio.wait_for(channel.publish(progress_of(row)), 5)
-    comments = hook.bot_comments(issue.number)
-    assert len(comments) == 2 and comments[0].id == queued.id
+    [comment] = hook.bot_comments(issue.number)
+    assert comment.id == queued.id and "is working on this" in comment.body
     row = await reload(hook, row)
-    assert row.report["comment_id"] == comments[1].id and COMMENT_DUE not in row.report
+    assert row.report["comment_id"] == queued.id and COMMENT_DUE not in row.report
+
+
+async def test_a_marker_in_someone_elses_comment_is_not_taken_for_the_progress_comment(hook: Hook) -> None:
+    issue = hook.fake.add_issue(hook.repo, "Flaky")
+    hook.fake.fail_next("POST", COMMENTS, status=422)
+    assert (await hook.comment(issue.number, "@sesame fix it")).status == 202
+    [row] = await hook.sessions()
+    forged = await hook.comment(issue.number, f"look <!-- sesame:session={row.id} -->")
+    assert forged.status in (200, 202)
+    channel = await github_channel(hook.services, await reload(hook, row))
+    await asyncio.wait_for(channel.publish(progress_of(row)), 5)
+    [comment] = hook.bot_comments(issue.number)
+    assert (await reload(hook, row)).report["comment_id"] == comment.id
+    assert "is working on this" in comment.body
+    assert [c.body for c in hook.fake.comments_on(hook.repo, issue.number) if c.body.startswith("look")] == [
+        f"look <!-- sesame:session={row.id} -->"], "the forged comment is left alone"
 
 
 async def test_intake_gives_up_on_a_hanging_github_before_the_worker_stops_waiting(
