@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,18 @@ async def agent_running(services: Services, session_id: str) -> bool:
     events = await services.sessions.events(session_id)
     return any(e.kind == "step" and e.data.get("step") == "agent" and e.data.get("status") == "running"
                for e in events)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own: the sweeps here would otherwise pick up the pending
+    sessions every other test left in the run's shared database, and run them."""
+    from tests.conftest import PG_ADMIN, _admin
+
+    name = f"sesame_death_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def drain(services: Services, queue: ArqQueue, redis: str) -> None:
@@ -171,6 +183,7 @@ async def test_the_retry_is_said_and_the_last_attempt_ends_in_error(services: Se
             await sweep(services, queue)
             await sweep(services, queue)  # a second pass changes nothing
             jobs.append([j.decode() for j in await client.zrange("arq:queue", 0, -1)])
+        await services.background.drain()  # the sweeper reports an end in the background
         final = await services.sessions.get(row.id)
     finally:
         await client.aclose()
