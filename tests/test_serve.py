@@ -11,11 +11,20 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_KEY, session_base
+from tests.conftest import TEST_KEY, own_database, session_base
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """This module's tests run sweepers or workers: a database of their own (see own_database)."""
+    with own_database() as url:
+        yield url
+
 
 
 def free_port() -> int:

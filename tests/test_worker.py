@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shlex
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from bot.cli.wiring import open_services
 from bot.queue import ArqQueue
@@ -12,8 +15,16 @@ from bot.services import Services
 from bot.sessions import NewSession
 from bot.settings import load_settings
 from runner.worker import build_worker
-from tests.conftest import session_base
+from tests.conftest import own_database, session_base
 from tests.support.gitrepo import branches, git, make_repo
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """This module's tests run sweepers or workers: a database of their own (see own_database)."""
+    with own_database() as url:
+        yield url
+
 
 COUNTER = "import pathlib; p = pathlib.Path('runs.txt'); p.write_text(p.read_text() + 'run\\n' if p.exists() else 'run\\n')"
 

@@ -6,16 +6,25 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import TEST_KEY, session_base
+from tests.conftest import TEST_KEY, own_database, session_base
 from tests.support.fake_github import FakeComment, FakeGitHub
 from tests.test_serve import free_port
 from tests.webhooks.conftest import own_repo
 from tests.webhooks.test_end_to_end import EDIT, agent
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """This module's tests run sweepers or workers: a database of their own (see own_database)."""
+    with own_database() as url:
+        yield url
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
