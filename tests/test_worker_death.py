@@ -27,7 +27,7 @@ from bot.sessions import NewSession
 from bot.settings import load_settings
 from bot.sweeper import sweep
 from runner.worker import build_worker
-from tests.conftest import REDIS_BASE, session_base
+from tests.conftest import REDIS_BASE, own_database, session_base
 from tests.support.gitrepo import git, make_repo
 
 COUNTER = "import pathlib; p = pathlib.Path('runs.txt'); p.write_text(p.read_text() + 'run\\n' if p.exists() else 'run\\n')"
@@ -92,14 +92,9 @@ async def agent_running(services: Services, session_id: str) -> bool:
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    """A PostgreSQL database of this test's own: the sweeps here would otherwise pick up the pending
-    sessions every other test left in the run's shared database, and run them."""
-    from tests.conftest import PG_ADMIN, _admin
-
-    name = f"sesame_death_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """A database of this file's own: its sweeps would otherwise run every session other tests left."""
+    with own_database("sesame_death") as url:
+        yield url
 
 
 async def drain(services: Services, queue: ArqQueue, redis: str) -> None:
