@@ -142,8 +142,10 @@ def test_a_bad_uid_range_is_a_clear_settings_error(tmp_path: Path, text: str) ->
 
 
 def _run_as(uid: int, marker: str) -> subprocess.Popen[bytes]:
-    """A detached sleep as uid (a daemon the session left behind)."""
-    return subprocess.Popen(["setsid", "sleep", marker], user=uid, group=uid, extra_groups=[],
+    """A sleep as uid in a session of its own (a daemon the session left behind). It runs as uid by the
+    time Popen returns (the uid is set before exec), and Popen's pid is the sleep itself: `setsid sleep`
+    forked once more, leaving a window in which the uid had no process to find."""
+    return subprocess.Popen(["sleep", marker], user=uid, group=uid, extra_groups=[],
                             env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
 
 
