@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import re
 import secrets
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import json5
 import tomlkit
 import yaml
 
-CONFIG_NAMES = ("config.json", "config.yaml", "config.jsonc", "config.toml")
+from bot.catalog import AGENT_NAMES
+
+log = logging.getLogger(__name__)
+CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "config.jsonc", "config.toml")
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
@@ -40,17 +48,27 @@ class Key:
     kind: str = "str"  # str | bool | int | float | size | list | map
     secret: bool = False
     help: str = ""
+    minimum: float | None = None  # int and float kinds: the smallest value allowed
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()  # the only values allowed (compared in lower case)
+    url: bool = False  # an http(s) URL with a host
+    live: bool = True  # a change in the config file applies without a restart
 
 
-def _k(name: str, *env: str, path: str | None = None, default: Any = None,
-       kind: str = "str", secret: bool = False, help: str = "") -> Key:
-    return Key(name, env or (name,), path, default, kind, secret, help)
+def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind: str = "str",
+       secret: bool = False, help: str = "", minimum: float | None = None, maximum: float | None = None,
+       choices: tuple[str, ...] = (), url: bool = False, live: bool = True) -> Key:
+    return Key(name, env or (name,), path, default, kind, secret, help, minimum, maximum, choices, url, live)
+
+
+# Providers that exist; the seed's docker, e2b, daytona and vercel join when they are built.
+SANDBOX_PROVIDERS = ("local",)
 
 
 KEYS: tuple[Key, ...] = (
-    _k("BASE_URL", help="public URL of this server; links in comments point here"),
+    _k("BASE_URL", url=True, help="public URL of this server; links in comments point here"),
     _k("HOST", default="127.0.0.1", help="address `sesame serve` listens on"),
-    _k("PORT", default=13531, kind="int", help="port `sesame serve` listens on"),
+    _k("PORT", default=13531, kind="int", minimum=1, maximum=65535, help="port `sesame serve` listens on"),
     _k("SESAME_DATA_DIR", default=".sesame", help="data dir: SQLite database, key file, mirrors, agents"),
     _k("ENCRYPTION_KEY", secret=True, help="64 hex characters (32 bytes) sealing stored credentials"),
     _k("ENCRYPTION_KEY_PREVIOUS", secret=True, kind="list",
@@ -58,91 +76,93 @@ KEYS: tuple[Key, ...] = (
     _k("DATABASE_URL", secret=True,
        help="postgresql://... (production) or sqlite:///path; default SQLite in the data dir"),
     _k("REDIS_URL", secret=True, help="redis://... for the arq queue; without it sessions run in-process"),
-    _k("INLINE_CONCURRENCY", default=2, kind="int", path="sessions.inlineConcurrency",
-       help="sessions run at once by the in-process queue"),
-    _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
+    _k("INLINE_CONCURRENCY", default=2, kind="int", path="sessions.inlineConcurrency", minimum=1, maximum=256,
+       live=False, help="sessions run at once by the in-process queue"),
+    _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds", minimum=1, maximum=7 * 86400,
        help="seconds an agent may run before it is stopped"),
-    _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds",
+    _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds", minimum=0.1, maximum=9,
        help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
-    _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds",
+    _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds", minimum=0,
        help="seconds a worker keeps retrying a session's writes (events, its final state) while the "
             "database is unreachable"),
-    _k("SESSION_LEASE_SECONDS", default=90, kind="int", path="sessions.leaseSeconds",
+    _k("SESSION_LEASE_SECONDS", default=90, kind="int", path="sessions.leaseSeconds", minimum=3, maximum=86400,
        help="seconds a worker holds a session without renewing; a dead worker's session is retried after it"),
-    _k("SESSION_MAX_ATTEMPTS", default=3, kind="int", path="sessions.maxAttempts",
+    _k("SESSION_MAX_ATTEMPTS", default=3, kind="int", path="sessions.maxAttempts", minimum=1, maximum=100,
        help="runs of a session whose worker died before it ends in error"),
-    _k("WORKER_CONCURRENCY", default=4, kind="int", path="worker.concurrency",
+    _k("WORKER_CONCURRENCY", default=4, kind="int", path="worker.concurrency", minimum=1, maximum=256, live=False,
        help="sessions one `sesame worker` runs at once"),
-    _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds",
+    _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds", minimum=0,
        help="seconds a stopping worker lets running sessions finish before it hands them back"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
-    _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1"),
+    _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1", url=True),
     _k("AI_MODEL", path="ai.model", default="gpt-5-nano"),
-    _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory",
+    _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory", live=False,
        default="/tmp/sesame", help="where session workspaces are created"),
-    _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local"),
+    _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local", choices=SANDBOX_PROVIDERS),
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
-    _k("SANDBOX_UID_RANGE", path="sandbox.uidRange", default="200000-299999",
+    _k("SANDBOX_UID_RANGE", path="sandbox.uidRange", default="200000-299999", live=False,
        help="host uids sessions run as, one per session (FIRST-LAST); used when the worker runs as root"),
-    _k("SANDBOX_UID_DIR", path="sandbox.uidDirectory", default="/var/lib/sesame/sandbox-uids",
+    _k("SANDBOX_UID_DIR", path="sandbox.uidDirectory", default="/var/lib/sesame/sandbox-uids", live=False,
        help="where a host's workers claim session uids (one symlink per uid to its workspace)"),
-    _k("SANDBOX_MAX_PROCESSES", path="sandbox.limits.maxProcesses", default=1024, kind="int",
+    _k("SANDBOX_MAX_PROCESSES", path="sandbox.limits.maxProcesses", default=1024, kind="int", minimum=1,
        help="processes (and threads) one session's sandbox may run at once"),
     _k("SANDBOX_MEMORY_LIMIT", path="sandbox.limits.memory", default="4g", kind="size",
        help="memory of one session's sandbox, tmpfs files included (e.g. 4g, 512m)"),
-    _k("SANDBOX_CPU_SHARE", path="sandbox.limits.cpuShare", default=1.0, kind="float",
+    _k("SANDBOX_CPU_SHARE", path="sandbox.limits.cpuShare", default=1.0, kind="float", minimum=0.01,
        help="CPU time of one session's sandbox, in cores (0.5: half a core)"),
     _k("SANDBOX_TMPFS_SIZE", path="sandbox.limits.tmpfsSize", default="256m", kind="size",
        help="size of every tmpfs the sandbox mounts, /dev/shm included"),
     _k("SANDBOX_DISK_LIMIT", path="sandbox.limits.disk", default="10g", kind="size",
        help="disk used by a session's project, HOME and tmp; a watchdog stops the session past it"),
     _k("SANDBOX_PROXY_HEAD_TIMEOUT", path="sandbox.proxy.headTimeoutSeconds", default=10.0, kind="float",
+       minimum=0.1,
        help="seconds a connection to the egress proxy has to send its request"),
-    _k("SANDBOX_PROXY_MAX_CONNECTIONS", path="sandbox.proxy.maxConnections", default=64, kind="int",
+    _k("SANDBOX_PROXY_MAX_CONNECTIONS", path="sandbox.proxy.maxConnections", default=64, kind="int", minimum=1,
        help="egress proxy connections one session may hold open; more are refused as violations"),
     _k("SANDBOX_PROXY_IDLE_TIMEOUT", path="sandbox.proxy.idleTimeoutSeconds", default=300.0, kind="float",
+       minimum=0.1,
        help="seconds a proxied connection may carry nothing before it is cut"),
     _k("GIT_INCLUDE_CO_AUTHORED_BY", path="git.includeCoAuthoredBy", default=True, kind="bool"),
-    _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int",
+    _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int", minimum=1,
        help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
     _k("AUTH_PASSWORD", secret=True, help="HTTP Basic password for the API and pages"),
-    _k("SESAME_API_URL", path="sesameApi.baseUrl", default="https://api.sesame.works"),
+    _k("SESAME_API_URL", path="sesameApi.baseUrl", default="https://api.sesame.works", url=True),
     _k("GITHUB_APP_ID"),
     _k("GITHUB_PRIVATE_KEY", secret=True),
     _k("GITHUB_PRIVATE_KEY_PATH"),
     _k("GITHUB_WEBHOOK_SECRET", secret=True),
-    _k("GITHUB_APP_SLUG", path="github.appSlug", default="sesame"),
-    _k("GITHUB_API_URL", path="github.apiUrl", default="https://api.github.com"),
+    _k("GITHUB_APP_SLUG", path="github.appSlug", default="sesame", live=False),
+    _k("GITHUB_API_URL", path="github.apiUrl", default="https://api.github.com", url=True, live=False),
     _k("GITHUB_ALLOW_FORK_PULL_REQUESTS", path="github.allowForkPullRequests", default=False, kind="bool"),
     _k("GITHUB_PAT", secret=True, help="personal access token whose identity authors commits"),
     _k("SLACK_SIGNING_SECRET", secret=True),
     _k("SLACK_BOT_TOKEN", secret=True),
-    _k("SLACK_API_URL", path="slack.apiUrl", default="https://slack.com/api/"),
+    _k("SLACK_API_URL", path="slack.apiUrl", default="https://slack.com/api/", url=True, live=False),
     _k("SLACK_ALLOWED_USERS", path="slack.allowedUsers", default=[], kind="list",
        help="Slack user ids allowed to trigger (empty: everyone); listed users may also stop others' sessions"),
     _k("SLACK_ALLOWED_CHANNELS", path="slack.allowedChannels", default=[], kind="list",
        help="Slack channel ids Sesame runs in (empty: every channel)"),
     _k("SLACK_USER_MAP", path="slack.githubIdentities", default={}, kind="map",
        help="Slack user id -> GitHub login the user acts as (U123=octocat,U456=hubot); commits follow it"),
-    _k("SESAME_DEFAULT_AGENT", path="agents.default", default="claude"),
+    _k("SESAME_DEFAULT_AGENT", path="agents.default", default="claude", choices=AGENT_NAMES),
     _k("ANTHROPIC_API_KEY", secret=True),
     _k("CLAUDE_CODE_OAUTH_TOKEN", secret=True),
-    _k("ANTHROPIC_BASE_URL", path="agents.claude.baseUrl"),
+    _k("ANTHROPIC_BASE_URL", path="agents.claude.baseUrl", url=True),
     _k("CLAUDE_MODEL", path="agents.claude.model"),
-    _k("OPENAI_BASE_URL", path="agents.codex.baseUrl"),
+    _k("OPENAI_BASE_URL", path="agents.codex.baseUrl", url=True),
     _k("CODEX_MODEL", path="agents.codex.model"),
     _k("GEMINI_API_KEY", secret=True),
-    _k("GEMINI_BASE_URL", path="agents.gemini.baseUrl"),
+    _k("GEMINI_BASE_URL", path="agents.gemini.baseUrl", url=True),
     _k("GEMINI_MODEL", path="agents.gemini.model"),
     _k("COPILOT_GITHUB_TOKEN", secret=True),
     _k("GH_TOKEN", secret=True),
     _k("GITHUB_TOKEN", secret=True),
     _k("COPILOT_MODEL", path="agents.copilot.model"),
     _k("AMP_API_KEY", secret=True),
-    _k("AMP_URL", path="agents.amp.baseUrl"),
+    _k("AMP_URL", path="agents.amp.baseUrl", url=True),
     _k("AGENT_COMMAND", path="agents.command.command", help="argv of the `command` agent"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
@@ -167,6 +187,36 @@ def parse_size(name: str, value: Any) -> int:
 
 
 def coerce(key: Key, value: Any) -> Any:
+    """Turn a raw env/config value into the key's type and check its range, choices or URL form;
+    SettingsError names the key and the values it takes."""
+    return check(key, convert(key, value))
+
+
+def check(key: Key, value: Any) -> Any:
+    """value (already of the key's type) if it is in range, one of the choices, a URL; else SettingsError."""
+    if value is None:
+        return None
+    if key.kind in ("int", "float"):
+        low, high = key.minimum, key.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (f"from {low:g} to {high:g}" if low is not None and high is not None
+                    else f"of at least {low:g}" if low is not None else f"of at most {high:g}")
+            raise SettingsError(key.name, f"{value:g} is out of range", f"Give a number {span}")
+    if key.choices:
+        word = str(value).strip().lower()
+        if word not in key.choices:
+            raise SettingsError(key.name, f"{value!r} is not one of its values",
+                                f"Use one of: {', '.join(key.choices)}")
+        return word
+    if key.url:
+        parts = urlsplit(str(value).strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(key.name, f"{value!r} is not an http(s) URL",
+                                "Give a URL with its scheme and host, e.g. https://api.example.com")
+    return value
+
+
+def convert(key: Key, value: Any) -> Any:
     """Turn a raw env/config value into the key's type or raise SettingsError."""
     if value is None:
         return None
@@ -180,10 +230,15 @@ def coerce(key: Key, value: Any) -> Any:
     if key.kind == "size":
         return parse_size(key.name, value)
     if key.kind in ("int", "float"):
+        number: int | float | None
         try:
-            return int(value) if key.kind == "int" else float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(key.name, f"{value!r} is not a number", "Give a whole number") from None
+            number = int(value) if key.kind == "int" else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or isinstance(value, bool) or (isinstance(number, float) and not math.isfinite(number)):
+            raise SettingsError(key.name, f"{value!r} is not a number",
+                                "Give a whole number" if key.kind == "int" else "Give a number, e.g. 1.5")
+        return number
     if key.kind == "map":
         if isinstance(value, str):
             pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
@@ -343,6 +398,61 @@ class Settings(SettingValues):
     sources: dict[str, str]  # name -> env:VAR | config | default
     config_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    env: Mapping[str, str] | None = field(default=None, repr=False)  # what load_settings read; None: os.environ
+    cwd: Path | None = None  # where a config file is looked for when SESAME_CONFIG is unset
+    restart_pending: dict[str, Any] = field(default_factory=dict)  # key -> value the file holds, not yet in force
+    _seen: tuple[int, int, int] | None = field(default=None, repr=False)  # the config file's stat at last read
+    _checked: float = field(default=0.0, repr=False)
+
+    def refresh(self, min_interval: float = 1.0) -> list[str]:
+        """Re-read the config file if it changed (at most every min_interval seconds) and apply what
+        may change without a restart; returns the names that changed. A file that does not load is
+        logged and ignored: the values in force stay."""
+        now = time.monotonic()
+        if now - self._checked < min_interval:
+            return []
+        self._checked = now
+        env = os.environ if self.env is None else self.env
+        path = self.config_path or find_config_file(self.cwd or Path.cwd(), env)
+        if path is None:
+            return []
+        try:
+            st = path.stat()
+        except OSError:
+            return []
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen == self._seen and path == self.config_path:
+            return []
+        try:
+            values, sources = resolve(env, read_config_file(path))
+            values["SESAME_DATA_DIR"] = self.values.get("SESAME_DATA_DIR", values["SESAME_DATA_DIR"])
+            fresh = Settings(values, sources, path)
+            validate(fresh)
+        except SettingsError as exc:
+            log.warning("the config file %s changed but does not load, so nothing of it applies: %s", path, exc)
+            self._seen = seen
+            return []
+        self._seen = seen
+        return self.apply(fresh)
+
+    def apply(self, fresh: Settings) -> list[str]:
+        """Take fresh's values for the keys that may change while running; the others wait for a
+        restart (listed in restart_pending). Returns the names that changed now."""
+        changed = []
+        for key in KEYS:
+            new, old = fresh.values.get(key.name), self.values.get(key.name)
+            if key.live:
+                if new != old:
+                    changed.append(key.name)
+                self.values[key.name], self.sources[key.name] = new, fresh.sources.get(key.name, "default")
+            elif new != old:
+                self.restart_pending[key.name] = new
+            else:
+                self.restart_pending.pop(key.name, None)
+        self.config_path = fresh.config_path
+        if changed:
+            log.info("settings changed in %s: %s", self.config_path, ", ".join(changed))
+        return changed
 
     if not TYPE_CHECKING:  # mypy reads the SettingValues declarations instead
         def __getattr__(self, name: str) -> Any:
@@ -399,7 +509,8 @@ class Settings(SettingValues):
                 value = "********" if value else None
             out[key.name] = {"value": value, "locked": self.locked(key.name),
                              "source": self.sources.get(key.name), "configPath": key.path,
-                             "env": list(key.env)}
+                             "env": list(key.env), "live": key.live,
+                             "restartPending": key.name in self.restart_pending}
         return out
 
 
@@ -426,7 +537,11 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     path = find_config_file(cwd, env)
     config = read_config_file(path) if path else {}
     values, sources = resolve(env, config)
-    settings = Settings(values, sources, path)
+    settings = Settings(values, sources, path, env=env, cwd=cwd)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            settings._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
     if not Path(values["SESAME_DATA_DIR"]).is_absolute():
         values["SESAME_DATA_DIR"] = str((cwd / values["SESAME_DATA_DIR"]).resolve())
     validate(settings)
@@ -452,17 +567,12 @@ def validate(settings: Settings) -> None:
                           ("ENCRYPTION_KEY", "Generate one with `openssl rand -hex 32`")):
             if not settings.get(name):
                 raise SettingsError(name, "is required when DATABASE_URL names PostgreSQL", fix)
-    for name in ("SANDBOX_PROXY_HEAD_TIMEOUT", "SANDBOX_PROXY_MAX_CONNECTIONS", "SANDBOX_PROXY_IDLE_TIMEOUT"):
-        if settings.get(name) is not None and settings.get(name) <= 0:
-            raise SettingsError(name, f"must be above zero, got {settings.get(name)}", "Give a positive number")
-    base = settings.get("BASE_URL")
-    if base and not base.startswith(("http://", "https://")):
-        raise SettingsError("BASE_URL", f"{base!r} is not an http(s) URL", "Use e.g. https://sesame.example.com")
+    for key in KEYS:  # a hand-built Settings or a default is checked as a file's value would be
+        check(key, settings.values.get(key.name))
     if settings.get("GITHUB_APP_ID") and not settings.github_private_key_configured():
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
-    validate_limits(settings)
     key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
     if key_path and not Path(key_path).is_file():
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
@@ -475,14 +585,7 @@ def parse_uid_range(text: str | None) -> tuple[int, int]:
         return int(first), int(last)
     raise SettingsError("SANDBOX_UID_RANGE", f"{text!r} is not a range of uids",
                         "Write FIRST-LAST, e.g. 200000-299999, with no uid of a real user in it")
-def validate_limits(settings: Settings) -> None:
-    """The sandbox limits that are numbers must be positive (sizes are checked when parsed)."""
-    if settings.SANDBOX_MAX_PROCESSES < 1:
-        raise SettingsError("SANDBOX_MAX_PROCESSES", f"{settings.SANDBOX_MAX_PROCESSES} is below 1",
-                            "Give the number of processes a session may run, e.g. 1024")
-    if not settings.SANDBOX_CPU_SHARE >= 0.01:  # the kernel's smallest quota: 1 ms in 100 ms
-        raise SettingsError("SANDBOX_CPU_SHARE", f"{settings.SANDBOX_CPU_SHARE} is below 0.01",
-                            "Give the CPU share in cores, e.g. 1.0 or 0.5")
+
 
 
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
@@ -524,39 +627,67 @@ def config_path_set(data: dict[str, Any], path: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
-def write_config(path: Path, updates: Mapping[str, Any], settings: Settings) -> None:
-    """Apply key updates to the config file, keeping its format; locked keys refused."""
+def write_config(path: Path, updates: Mapping[str, Any], settings: Settings,
+                 env: Mapping[str, str] | None = None) -> Settings:
+    """Apply key updates to the config file, keeping its format and comments, and return the settings
+    that result. Unknown, environment-only and locked keys are refused, and so is any value that would
+    not load: the whole result is validated before a byte is written."""
     for name in updates:
         key = KEYS_BY_NAME.get(name)
-        if key is None or not key.path:
-            raise SettingsError(name, "cannot be set in the config file", "Set it in the environment")
+        if key is None:
+            raise SettingsError(name, "is not a setting", "See `sesame settings --keys` for every name")
+        if not key.path:
+            raise SettingsError(name, "can only be set in the environment",
+                                f"Set {' or '.join(key.env)} where the server starts")
         if settings.locked(name):
             raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
                                 "Change the environment variable and restart")
     suffix = path.suffix.lower()
     text = path.read_text() if path.exists() else ""
-    if suffix == ".toml":
-        doc: Any = tomlkit.parse(text)
-    elif suffix in (".yaml", ".yml"):
-        doc = yaml.safe_load(text) or {}
-    elif suffix == ".jsonc":
-        doc = json5.loads(text) if text.strip() else {}
-    else:
-        doc = json.loads(text) if text.strip() else {}
+    doc = _parse_for_update(suffix, text)
     for name, value in updates.items():
         key = KEYS_BY_NAME[name]
-        if key.path is None:  # the caller let only file keys through; this keeps it so
-            raise SettingsError(name, "cannot be set in the config file", "Set it in the environment")
+        assert key.path is not None  # checked above
         config_path_set(doc, key.path, coerce(key, value))
-    if suffix == ".toml":
-        out = tomlkit.dumps(doc)
-    elif suffix in (".yaml", ".yml"):
-        out = yaml.safe_dump(doc, sort_keys=False)
-    else:  # JSONC comments are not kept; the values are
-        out = json.dumps(doc, indent=2) + "\n"
+    values, sources = resolve(os.environ if env is None else env, doc)
+    values["SESAME_DATA_DIR"] = settings.values.get("SESAME_DATA_DIR", values["SESAME_DATA_DIR"])
+    fresh = Settings(values, sources, path, list(settings.warnings))
+    validate(fresh)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(out)
+    tmp.write_text(_dump_for_update(suffix, doc))
     tmp.replace(path)
+    return fresh
+
+
+def _yaml() -> Any:
+    """A round-trip YAML reader and writer: comments, order and quoting survive a rewrite."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    return rt
+
+
+def _parse_for_update(suffix: str, text: str) -> Any:
+    if suffix == ".toml":
+        return tomlkit.parse(text)
+    if suffix in (".yaml", ".yml"):
+        return _yaml().load(text) or {}
+    if suffix == ".jsonc":
+        return json5.loads(text) if text.strip() else {}
+    return json.loads(text) if text.strip() else {}
+
+
+def _dump_for_update(suffix: str, doc: Any) -> str:
+    if suffix == ".toml":
+        return tomlkit.dumps(doc)
+    if suffix in (".yaml", ".yml"):
+        import io
+
+        out = io.StringIO()
+        _yaml().dump(doc, out)
+        return out.getvalue()
+    return json.dumps(doc, indent=2) + "\n"  # JSONC comments are not kept; the values are
 
 
 def describe_keys() -> Iterable[str]:

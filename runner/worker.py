@@ -26,6 +26,7 @@ HAND_BACK_TIMEOUT = 3 * pipeline.SALVAGE_TIMEOUT  # commit, scan and push of wha
 
 async def run_session(services: Services, session_id: str, shutdown: asyncio.Event | None = None) -> bool:
     """Claim the session (no one else may run it) and run the pipeline; True when it was handed back."""
+    services.settings.refresh()  # a setting changed in the config file applies to the next session
     session = await services.sessions.claim(session_id, WORKER_NAME)
     if session is None:
         log.info("session %s is not claimable (running elsewhere or ended)", session_id)

@@ -17,7 +17,7 @@ from bot.credentials import KINDS, CredentialStore
 from bot.models import Session, State, Violation
 from bot.services import Services
 from bot.sessions import NewSession, SessionInUse, as_utc
-from bot.settings import SettingsError, load_settings, write_config
+from bot.settings import Settings, SettingsError, write_config
 from bot.triggers import is_safe_ref
 from webhooks.app import QUEUE, SERVICES
 
@@ -195,25 +195,32 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
 
 async def get_settings(request: web.Request) -> web.Response:
+    """The settings in force (the config file re-read if it changed), secrets masked."""
     settings = request.app[SERVICES].settings
-    return web.json_response({"configFile": str(settings.config_path) if settings.config_path else None,
-                              "settings": settings.public()})
+    settings.refresh(min_interval=0)
+    return web.json_response(_settings_body(settings))
+
+
+def _settings_body(settings: Settings) -> dict[str, Any]:
+    return {"configFile": str(settings.config_path) if settings.config_path else None,
+            "settings": settings.public(), "restartRequired": sorted(settings.restart_pending)}
 
 
 async def put_settings(request: web.Request) -> web.Response:
-    """Write keys to the config file (keeping its format); locked keys are refused with 409."""
+    """Write keys to the config file (keeping its format and comments) and apply them at once where
+    that is safe; locked keys are refused with 409, invalid values with 400, and nothing is written."""
     services: Services = request.app[SERVICES]
     body = await read_json(request)
-    path = services.settings.config_path
-    if path is None:
-        path = Path.cwd() / "config.json"
+    if not isinstance(body, dict) or not body:
+        return web.json_response({"error": "send an object of setting names and values"}, status=400)
+    settings = services.settings
+    path = settings.config_path or Path.cwd() / "config.json"
     try:
-        write_config(path, body, services.settings)
-        fresh = load_settings()
+        fresh = write_config(path, body, settings, env=settings.env)
     except SettingsError as exc:
         return web.json_response({"error": str(exc), "key": exc.key}, status=409 if "locked" in str(exc) else 400)
-    return web.json_response({"configFile": str(path), "settings": fresh.public(),
-                              "restartRequired": True})
+    settings.apply(fresh)
+    return web.json_response(_settings_body(settings))
 
 
 def _store(request: web.Request) -> CredentialStore:

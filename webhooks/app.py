@@ -61,12 +61,21 @@ async def _drain_background(app: web.Application) -> None:
     await app[SERVICES].background.drain()
 
 
+@web.middleware
+async def live_settings_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The config file is re-read when it changed (a stat at most once a second), so a change made by
+    another process or by hand applies without a restart."""
+    request.app[SERVICES].settings.refresh()
+    return await handler(request)
+
+
 def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] | None = None,
                extra_setup: list[Callable[[web.Application], None]] | None = None) -> web.Application:
     """Build the web application; no work happens at import time."""
     middlewares = []
     if services.settings.AUTH_PASSWORD:
         middlewares.append(basic_auth_middleware(services.settings.AUTH_PASSWORD))
+    middlewares.append(live_settings_middleware)
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[SERVICES], app[QUEUE] = services, queue
     app[SANDBOX_STATUS] = sandbox_status or {"ok": False, "detail": "unknown"}

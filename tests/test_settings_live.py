@@ -1,0 +1,145 @@
+"""Settings you can trust: every value checked at start-up and on PUT, nothing invalid written, changes
+live in every process (or marked as needing a restart), config files keeping their comments."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cli import build_web_app
+from bot.cli.wiring import open_services
+from bot.settings import SettingsError, load_settings
+
+BROKEN = [
+    ("INLINE_CONCURRENCY", 0, "Give a number from 1 to 256"),
+    ("SESSION_TIMEOUT", -5, "Give a number from 1 to 604800"),
+    ("SESSION_TIMEOUT", "soon", "Give a whole number"),
+    ("SESAME_DEFAULT_AGENT", "gpt", "Use one of: claude, codex, gemini, copilot, amp, opencode, command"),
+    ("SANDBOX_PROVIDER", "docker", "Use one of: local"),
+    ("AI_BASE_URL", "not a url", "Give a URL with its scheme and host"),
+    ("AI_BASE_URL", "ftp://files.invalid/", "Give a URL with its scheme and host"),
+    ("SANDBOX_CPU_SHARE", "inf", "Give a number"),
+    ("GITHUB_API_URL", "api.github.com", "Give a URL with its scheme and host"),
+]
+
+
+class NoQueue:
+    async def enqueue(self, session_id: str) -> bool:
+        return True
+
+    async def health(self) -> dict[str, Any]:
+        return {"ok": True}
+
+    async def close(self) -> None:
+        return None
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"SESAME_DATA_DIR": str(tmp_path / "d"), "ENCRYPTION_KEY": "ab" * 32}
+
+
+@pytest.fixture
+async def api_in(tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A web app whose settings came from tmp_path (its config file, if any), and those settings."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env=_env(tmp_path), cwd=tmp_path)
+    services = await open_services(settings)
+    try:
+        yield await aiohttp_client(build_web_app(services, NoQueue())), settings
+    finally:
+        await services.close()
+
+
+@pytest.mark.parametrize(("name", "value", "fix"), BROKEN)
+def test_a_broken_value_stops_the_start_naming_the_key_and_the_valid_values(
+        tmp_path: Path, name: str, value: object, fix: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env=_env(tmp_path) | {name: str(value)}, cwd=tmp_path)
+    assert caught.value.key == name and fix in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "value", "fix"), BROKEN)
+async def test_put_refuses_a_broken_value_and_writes_nothing(api_in, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             name: str, value: object, fix: str) -> None:
+    client, settings = api_in
+    (tmp_path / "config.json").write_text('{"ai": {"model": "kept"}}\n')
+    before = (tmp_path / "config.json").read_bytes()
+    answer = await client.put("/api/settings", json={"AI_MODEL": "changed", name: value})
+    body = await answer.json()
+    assert answer.status == 400, body
+    assert body["key"] == name and fix in body["error"]
+    assert (tmp_path / "config.json").read_bytes() == before
+    assert settings.AI_MODEL != "changed"
+
+
+async def test_unknown_and_environment_only_keys_say_what_they_are(api_in) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api_in
+    unknown = await (await client.put("/api/settings", json={"SESSION_TIMOUT": 5})).json()
+    assert unknown["key"] == "SESSION_TIMOUT" and "is not a setting" in unknown["error"]
+    env_only = await (await client.put("/api/settings", json={"DATABASE_URL": "sqlite:///x.db"})).json()
+    assert "can only be set in the environment" in env_only["error"]
+    empty = await client.put("/api/settings", json={})
+    assert empty.status == 400
+
+
+async def test_a_put_applies_at_once_and_get_shows_what_is_in_force(api_in, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    client, settings = api_in
+    assert (await (await client.get("/api/settings")).json())["configFile"] is None
+    answer = await client.put("/api/settings", json={"SESSION_TIMEOUT": 120, "SESAME_DEFAULT_AGENT": "Codex"})
+    body = await answer.json()
+    assert answer.status == 200, body
+    assert body["configFile"] == str(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "sessions": {"timeoutSeconds": 120}, "agents": {"default": "codex"}}
+    assert settings.SESSION_TIMEOUT == 120 and settings.SESAME_DEFAULT_AGENT == "codex"  # the running process
+    got = await (await client.get("/api/settings")).json()
+    assert got["configFile"] == str(tmp_path / "config.json")
+    assert got["settings"]["SESSION_TIMEOUT"]["value"] == 120 and got["settings"]["SESSION_TIMEOUT"]["source"] == "config"
+
+
+async def test_a_key_that_needs_a_restart_is_said_so_and_keeps_its_value(api_in) -> None:  # type: ignore[no-untyped-def]
+    client, settings = api_in
+    body = await (await client.put("/api/settings", json={"WORKER_CONCURRENCY": 9, "AI_MODEL": "m2"})).json()
+    assert body["restartRequired"] == ["WORKER_CONCURRENCY"]
+    assert body["settings"]["WORKER_CONCURRENCY"] | {"value": 4, "live": False, "restartPending": True} \
+        == body["settings"]["WORKER_CONCURRENCY"]
+    assert settings.WORKER_CONCURRENCY == 4 and settings.AI_MODEL == "m2"
+
+
+def test_another_process_sees_a_change_to_the_file_without_a_restart(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "config.yaml").write_text("sessions:\n  timeoutSeconds: 60\n")
+    worker = load_settings(env=_env(tmp_path), cwd=tmp_path)  # a worker process, started before the change
+    assert worker.SESSION_TIMEOUT == 60
+    (tmp_path / "config.yaml").write_text("sessions:\n  timeoutSeconds: 90  # longer\n")
+    assert worker.refresh(min_interval=0) == ["SESSION_TIMEOUT"] and worker.SESSION_TIMEOUT == 90
+    assert worker.refresh(min_interval=0) == []  # unchanged file: nothing re-read
+    (tmp_path / "config.yaml").write_text("sessions:\n  timeoutSeconds: -1\n")  # a bad hand edit
+    with caplog.at_level(logging.WARNING, logger="bot.settings"):
+        assert worker.refresh(min_interval=0) == []
+    assert worker.SESSION_TIMEOUT == 90 and "SESSION_TIMEOUT" in caplog.text and "nothing of it applies" in caplog.text
+
+
+def test_a_process_started_without_a_file_finds_the_one_written_later(tmp_path: Path) -> None:
+    worker = load_settings(env=_env(tmp_path), cwd=tmp_path)
+    (tmp_path / "config.yml").write_text("ai:\n  model: later\n")
+    assert worker.refresh(min_interval=0) == ["AI_MODEL"]
+    assert worker.AI_MODEL == "later" and worker.config_path == tmp_path / "config.yml"
+
+
+async def test_yaml_keeps_its_comments_and_config_yml_is_read(api_in, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api_in
+    (tmp_path / "config.yml").write_text("# Sesame on the build box\nai:\n  model: old  # cheap one\n"
+                                         "sandbox:\n  allowedDomains:\n    - pypi.org  # packages\n")
+    got = await (await client.get("/api/settings")).json()
+    assert got["configFile"] == str(tmp_path / "config.yml") and got["settings"]["AI_MODEL"]["value"] == "old"
+    answer = await client.put("/api/settings", json={"AI_MODEL": "new", "SANDBOX_ALLOWED_DOMAINS": ["pypi.org", "x.test"]})
+    assert answer.status == 200, await answer.text()
+    text = (tmp_path / "config.yml").read_text()
+    assert text.startswith("# Sesame on the build box\n") and "model: new  # cheap one" in text
+    assert "x.test" in text and load_settings(env=_env(tmp_path), cwd=tmp_path).SANDBOX_ALLOWED_DOMAINS == [
+        "pypi.org", "x.test"]
