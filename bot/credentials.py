@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.crypto import Keyring, SealError
@@ -15,6 +15,22 @@ from bot.models import Credential as CredentialRow
 log = logging.getLogger(__name__)
 KINDS = ("subscription", "api_key", "github_pat")
 PRIORITY = ("subscription", "api_key")
+GITHUB = "github"  # the credentials of GitHub itself: the PAT whose identity authors commits
+
+
+def kinds_for(owner: str) -> tuple[str, ...]:
+    """The kinds a credential owner takes: an agent a subscription or an API key, GitHub a PAT."""
+    return ("github_pat",) if owner == GITHUB else PRIORITY
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    """What `sesame keys rotate` did: rows re-sealed, rows already under the current key, rows no
+    key held opens (sealed under a key that is no longer in ENCRYPTION_KEY_PREVIOUS)."""
+
+    resealed: int
+    current: int
+    unreadable: list[str]
 
 
 @dataclass(frozen=True)
@@ -66,13 +82,24 @@ class CredentialStore:
                 CredentialRow.agent == agent))).scalars())
 
     async def get(self, agent: str, kind: str) -> StoredCredential | None:
+        """The decrypted value; one sealed under a previous key is re-sealed under the current one on
+        the spot, so a rotation completes as credentials are used."""
         async with self.sessionmaker() as db:
             row = (await db.execute(select(CredentialRow).where(
                 CredentialRow.agent == agent, CredentialRow.kind == kind))).scalar_one_or_none()
         if row is None:
             return None
-        value = self.keyring.open(row.sealed, aad(row.id, agent, kind)).decode()
-        return StoredCredential(agent, kind, value)
+        plain = self.keyring.open(row.sealed, aad(row.id, agent, kind))
+        if self.keyring.needs_reseal(row.sealed):
+            await self._reseal(row.id, row.sealed, plain, aad(row.id, agent, kind))
+        return StoredCredential(agent, kind, plain.decode())
+
+    async def _reseal(self, row_id: str, old: bytes, plain: bytes, data: str) -> bool:
+        """Replace one row's sealed value, unless someone changed it meanwhile (compare and set)."""
+        async with self.sessionmaker() as db, db.begin():
+            done = await db.execute(update(CredentialRow).where(
+                CredentialRow.id == row_id, CredentialRow.sealed == old).values(sealed=self.keyring.seal(plain, data)))
+            return rows_affected(done) == 1
 
     async def all_values(self) -> list[StoredCredential]:
         """Every stored credential, decrypted: only for the scan that keeps them out of pushes.
@@ -98,13 +125,21 @@ class CredentialStore:
                 return found
         return None
 
-    async def reseal_all(self) -> int:
-        """Re-encrypt values sealed with a previous key under the current one."""
-        count = 0
-        async with self.sessionmaker() as db, db.begin():
-            for row in (await db.execute(select(CredentialRow))).scalars():
-                if self.keyring.needs_reseal(row.sealed):
-                    data = aad(row.id, row.agent, row.kind)
-                    row.sealed = self.keyring.seal(self.keyring.open(row.sealed, data), data)
-                    count += 1
-        return count
+    async def reseal_all(self) -> RotationReport:
+        """Re-encrypt every value sealed with a previous key under the current one; a value no held key
+        opens is left as it is and named."""
+        async with self.sessionmaker() as db:
+            rows = [(r.id, r.agent, r.kind, r.sealed) for r in (await db.execute(select(CredentialRow))).scalars()]
+        resealed, current, unreadable = 0, 0, []
+        for row_id, agent, kind, sealed in rows:
+            if not self.keyring.needs_reseal(sealed):
+                current += 1
+                continue
+            data = aad(row_id, agent, kind)
+            try:
+                plain = self.keyring.open(sealed, data)
+            except SealError:
+                unreadable.append(f"{agent} {kind}")
+                continue
+            resealed += await self._reseal(row_id, sealed, plain, data)
+        return RotationReport(resealed, current, unreadable)

@@ -338,11 +338,13 @@ async def _identity(gh: gidgethub.abc.GitHubAPI) -> Identity:
 
 
 async def pat_identity(
-    http: aiohttp.ClientSession, api_url: str, token: str, user_agent: str = "sesame"
+    http: aiohttp.ClientSession, api_url: str, token: str, user_agent: str = "sesame",
+    deadline: float | None = None,
 ) -> Identity:
-    """The git identity of a PAT's user, without an App (for the runner's commit author)."""
+    """The git identity of a PAT's user, without an App (for the runner's commit author); with a
+    deadline (a monotonic time) retries stop there."""
     return await _identity(SesameGitHubAPI(http, user_agent, oauth_token=token,
-                                           base_url=api_url.rstrip("/")))
+                                           base_url=api_url.rstrip("/"), deadline=deadline))
 
 
 async def collaborator_permission(

@@ -72,7 +72,8 @@ class Caches:
     permissions: TTLCache[tuple[int, str, str], str] = field(default_factory=TTLCache)
     installations: TTLCache[int, bool] = field(default_factory=TTLCache)
     github: GitHubAppClientFactory | None = None  # built at first use; its token cache serves every session
-    commit_author: tuple[str, str] | None = None  # (name, email) of the connected PAT, looked up once
+    # (fingerprint of the PAT, name, email): looked up once per PAT, so a replaced PAT is looked up again
+    commit_author: tuple[str, str, str] | None = None
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)

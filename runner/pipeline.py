@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -408,27 +409,29 @@ async def _report_left_out(state: Run, nested: list[str], too_large: list[tuple[
 
 
 async def commit_author(services: Services, session: Session | None = None) -> gitops.Author:
-    """The requester's mapped identity, else the connected PAT's (looked up once), else Sesame Agent."""
+    """The requester's mapped identity, else the connected PAT's (looked up once per PAT, so a replaced
+    or removed PAT changes the author at the next commit), else Sesame Agent."""
     mapped = ((session.report or {}).get("author") if session is not None else None) or {}
     if mapped.get("email"):
         return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
-    cached = services.caches.commit_author
-    if cached:
-        return gitops.Author(*cached)
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     stored = await services.credentials.get("github", "github_pat")
     token = stored.value if stored else services.settings.GITHUB_PAT
-    if token:
-        try:
-            from bot.github import pat_identity
+    if not token:
+        return author
+    fingerprint = hashlib.sha256(token.encode()).hexdigest()
+    cached = services.caches.commit_author
+    if cached and cached[0] == fingerprint:
+        return gitops.Author(cached[1], cached[2])
+    try:
+        from bot.github import pat_identity
 
-            identity = await pat_identity(services.http, services.settings.GITHUB_API_URL, token)
-            author = gitops.Author(identity.name, identity.email)
-        except Exception as exc:
-            log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
-            return author
-    services.caches.commit_author = (author.name, author.email)
-    return author
+        identity = await pat_identity(services.http, services.settings.GITHUB_API_URL, token)
+    except Exception as exc:
+        log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
+        return author
+    services.caches.commit_author = (fingerprint, identity.name, identity.email)
+    return gitops.Author(identity.name, identity.email)
 
 
 async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha: str | None,

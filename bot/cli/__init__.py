@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     install = agents_sub.add_parser("install", help="install an agent's CLI from its vendor's npm package")
     install.add_argument("name")
     agents_sub.add_parser("list", help="list agents and whether they are installed")
+    keys = sub.add_parser("keys", help="manage the key sealing stored credentials")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_sub.add_parser("rotate", help="re-seal every stored credential with ENCRYPTION_KEY (after moving the "
+                                       "old key to ENCRYPTION_KEY_PREVIOUS)")
     return parser
 
 
@@ -299,7 +303,27 @@ async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_keys(settings: Settings, _args: argparse.Namespace) -> int:
+    """`sesame keys rotate`: every stored credential re-sealed with the current key, with counts."""
+    from bot.cli.wiring import open_services
+
+    services = await open_services(settings)
+    try:
+        done = await services.credentials.reseal_all()
+    finally:
+        await services.close()
+    print(f"re-sealed {done.resealed} stored credential(s) with the current ENCRYPTION_KEY; "
+          f"{done.current} already were")
+    if done.unreadable:
+        return fail(f"{len(done.unreadable)} stored credential(s) open with no key held "
+                    f"({', '.join(done.unreadable)}). Add the key they were sealed with to "
+                    "ENCRYPTION_KEY_PREVIOUS and run `sesame keys rotate` again, or store them anew")
+    if settings.ENCRYPTION_KEY_PREVIOUS:
+        print("every stored credential is sealed with the current key: ENCRYPTION_KEY_PREVIOUS may be removed")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
     "serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "doctor": cmd_doctor,
-    "run": cmd_run, "agents": cmd_agents,
+    "run": cmd_run, "agents": cmd_agents, "keys": cmd_keys,
 }
