@@ -76,15 +76,16 @@ async def stored_credential_kinds(settings: Settings) -> StoredKinds:
     return StoredKinds(kinds)
 
 
-def credential_source(spec: AgentSpec, stored: StoredKinds, settings: Settings) -> str:
+def credential_source(spec: AgentSpec, stored: StoredKinds, settings: Settings, *, hint: bool = True) -> str:
     """Where a session of this agent takes its credential from, in the runner's order: stored
-    subscription, stored API key, then the first of its server environment variables; never a value."""
+    subscription, stored API key, then the first of its server environment variables; never a value.
+    With hint, "none" says how to give it one."""
     kinds = stored.kinds.get(spec.name, ())
     for kind, label in CREDENTIAL_KINDS:
         if kind in kinds:
             return label
     env = next((key for key in spec.server_env_keys if settings.get(key)), None)
     found = f"environment ({env})" if env else "none"
-    if not env and spec.server_env_keys:
-        found += f": store one under Credentials or set {' or '.join(spec.server_env_keys)}"
+    if not env and spec.server_env_keys and hint:
+        found += f": store one (PUT /api/credentials/{spec.name}) or set {' or '.join(spec.server_env_keys)}"
     return f"{found} ({stored.problem})" if stored.problem else found

@@ -14,7 +14,7 @@ import pytest
 from bot.catalog import AGENT_NAMES, CATALOG
 from bot.cli.agentinfo import VERIFIED
 from bot.cli.wiring import open_services
-from bot.settings import load_settings
+from bot.settings import Settings, load_settings
 from runner.agents.install import agent_bin_dir, agent_prefix
 
 WORKTREE = Path(__file__).parents[2]
@@ -145,8 +145,8 @@ async def test_list_names_each_credential_source_and_never_a_value(tmp_path: Pat
     assert credential["amp"] == "credential: stored API key"
     assert credential["gemini"] == "credential: environment (GEMINI_API_KEY)"
     assert credential["copilot"] == "credential: environment (GITHUB_TOKEN)"
-    assert credential["codex"] == ("credential: none: store one under Credentials or set CODEX_API_KEY "
-                                   "or OPENAI_API_KEY")
+    assert credential["codex"] == ("credential: none: store one (PUT /api/credentials/codex) or set "
+                                   "CODEX_API_KEY or OPENAI_API_KEY")
     assert not any(value in done.stdout + done.stderr for value in secrets.values())
     for name, lines in rows.items():
         assert f"verified: {VERIFIED[name]}" in lines and CATALOG[name].display_name in lines[0]
@@ -158,3 +158,60 @@ def test_list_on_a_fresh_data_dir_creates_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "data").exists()
     assert all(lines[1].startswith("credential: ") for lines in agent_rows(done.stdout).values())
+
+
+def npm_layout(prefix: Path, package: str, binary: str, version: str) -> Path:
+    """What `npm install --prefix` leaves for a package: its files and package.json, and a bin link."""
+    files = prefix / "node_modules" / package
+    files.mkdir(parents=True)
+    (files / "package.json").write_text(json.dumps({"name": package, "version": version}))
+    (files / "cli.js").write_text("#!/bin/sh\n")
+    (files / "cli.js").chmod(0o755)
+    (prefix / "node_modules" / ".bin").mkdir()
+    link = prefix / "node_modules" / ".bin" / binary
+    link.symlink_to(Path("..") / package / "cli.js")
+    return link
+
+
+async def test_doctor_shows_each_agents_install_and_credential_source(tmp_path: Path) -> None:
+    codex = npm_layout(agent_prefix("codex", tmp_path / "data"), "@openai/codex", "codex", "0.171.0")
+    gemini = npm_layout(tmp_path / "global", "@google/gemini-cli", "gemini", "0.61.0")  # on PATH
+    env = {"SESAME_DATA_DIR": str(tmp_path / "data"), "ENCRYPTION_KEY": "ab" * 32}
+    services = await open_services(load_settings(env=env, cwd=tmp_path), auto_migrate=True)
+    try:
+        await services.credentials.put("claude", "subscription", "sub-token-kept-in-the-database")
+    finally:
+        await services.close()
+    done = sesame(tmp_path, "doctor", ENCRYPTION_KEY="ab" * 32, OPENAI_API_KEY="sk-openai-env-0001",
+                  PATH=f"{gemini.parent}{os.pathsep}{os.environ['PATH']}")
+    lines = done.stdout.splitlines()
+    agent_lines = {line[7:].split()[0]: line for line in lines if line.startswith("[")}
+    assert agent_lines["agents"] == "[WARN] agents       the default agent 'claude' is not installed (installed: codex, gemini)"
+    assert agent_lines["claude"] == ("[ -- ] claude       not installed (`sesame agents install claude`); "
+                                     "credential: stored subscription")
+    assert agent_lines["codex"] == f"[ok  ] codex        0.171.0 at {codex} (data dir); credential: environment (OPENAI_API_KEY)"
+    assert agent_lines["gemini"] == f"[WARN] gemini       0.61.0 at {gemini} (PATH); credential: none"
+    fix = lines[lines.index(agent_lines["gemini"]) + 1]
+    assert fix.strip() == "fix: store one (PUT /api/credentials/gemini) or set GEMINI_API_KEY"
+    assert "opencode" in agent_lines and "amp" in agent_lines and "command" not in agent_lines
+    assert "sub-token-kept" not in done.stdout and "sk-openai-env" not in done.stdout
+
+
+async def test_doctor_adds_what_an_agent_probe_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hook the credential gateway fills: a probe's finding joins the agent's line, worst status wins.
+    from bot.cli import doctor
+
+    async def upstream(_settings: Settings, name: str) -> doctor.Check | None:
+        if name != "codex":
+            return None
+        return doctor.Check(name, "fail", "gateway cannot reach api.openai.com:443", "check the egress")
+
+    monkeypatch.setattr(doctor, "AGENT_PROBES", [upstream])
+    npm_layout(agent_prefix("codex", tmp_path / "data"), "@openai/codex", "codex", "0.171.0")
+    settings = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "data"), "CODEX_API_KEY": "k" * 20},
+                             cwd=tmp_path)
+    checks = {c.name: c for c in await doctor.check_agents(settings)}
+    assert checks["codex"].status == "fail" and checks["codex"].fix == "check the egress"
+    assert checks["codex"].detail.endswith("credential: environment (CODEX_API_KEY); "
+                                           "gateway cannot reach api.openai.com:443")
+    assert checks["gemini"].status == "info" and "gateway" not in checks["gemini"].detail
