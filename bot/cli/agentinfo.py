@@ -18,16 +18,17 @@ from bot.settings import Settings
 VERIFIED: dict[str, str] = {
     "claude": "the real CLI runs the whole pipeline in the sandbox against a loopback fake of the "
               "Messages API (tests/test_claude_sandboxed.py)",
-    "codex": "the real CLI edits files against a loopback fake of the Responses API "
-             "(tests/agents/test_codex_real.py); its parser reads recorded real output",
+    "codex": "the real CLI edits files against a loopback fake of the Responses API, with a stored key and "
+             "with the server's OPENAI_API_KEY (tests/agents/test_codex_*.py); its parser reads recorded real output",
     "gemini": "the real CLI edits files against a loopback fake of generateContent "
               "(tests/agents/test_gemini_real.py); its parser reads recorded real output",
     "copilot": "its parser reads output recorded from the real CLI in bring-your-own-key mode against a "
                "loopback fake of chat completions; not yet run by the tests",
     "opencode": "its parser reads output recorded from the real CLI with a provider pointed at a loopback "
                 "fake; not yet run by the tests",
-    "amp": "parser only, on lines shaped from Amp's documented stream JSON, never on real output: Amp talks "
-           "only to Amp's own service (ampcode.com), so a real run needs an Amp account and its network",
+    "amp": "its npm install (tests/agents/test_agents_cli.py), and its parser only, on lines shaped from "
+           "Amp's documented stream JSON, never on real output: Amp talks only to Amp's own service "
+           "(ampcode.com), so a real run needs an Amp account and its network",
     "command": "runs for real through the whole pipeline, sandboxed, in the tests",
 }
 CREDENTIAL_KINDS = (("subscription", "stored subscription"), ("api_key", "stored API key"))

@@ -151,6 +151,7 @@ async def test_list_names_each_credential_source_and_never_a_value(tmp_path: Pat
     for name, lines in rows.items():
         assert f"verified: {VERIFIED[name]}" in lines and CATALOG[name].display_name in lines[0]
     assert "Amp's own service" in VERIFIED["amp"] and "parser only" in VERIFIED["amp"]
+    assert set(VERIFIED) == set(AGENT_NAMES)
 
 
 def test_list_on_a_fresh_data_dir_creates_nothing(tmp_path: Path) -> None:
