@@ -68,7 +68,7 @@ async def stored_credential_kinds(settings: Settings) -> StoredKinds:
         return StoredKinds({})
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return StoredKinds({}, f"stored credentials not read: the database is unreachable ({first})")
+        return StoredKinds({}, f"the database is unreachable: {first}")
     finally:
         await engine.dispose()
     kinds: dict[str, set[str]] = {}
@@ -89,4 +89,4 @@ def credential_source(spec: AgentSpec, stored: StoredKinds, settings: Settings, 
     found = f"environment ({env})" if env else "none"
     if not env and spec.server_env_keys and hint:
         found += f": store one (PUT /api/credentials/{spec.name}) or set {' or '.join(spec.server_env_keys)}"
-    return f"{found} ({stored.problem})" if stored.problem else found
+    return f"{found}, unless one is stored ({stored.problem})" if stored.problem else found

@@ -216,3 +216,13 @@ async def test_doctor_adds_what_an_agent_probe_finds(tmp_path: Path, monkeypatch
     assert checks["codex"].detail.endswith("credential: environment (CODEX_API_KEY); "
                                            "gateway cannot reach api.openai.com:443")
     assert checks["gemini"].status == "info" and "gateway" not in checks["gemini"].detail
+
+
+def test_list_with_the_database_down_says_what_it_could_not_read(tmp_path: Path) -> None:
+    done = sesame(tmp_path, "agents", "list", DATABASE_URL="postgresql://sesame@127.0.0.1:1/sesame",
+                  BASE_URL="http://sesame.invalid", ENCRYPTION_KEY="ab" * 32, AMP_API_KEY="amp-env-key-0001")
+    assert done.returncode == 0, done.stderr
+    amp = agent_rows(done.stdout)["amp"][1]
+    assert amp.startswith("credential: environment (AMP_API_KEY), unless one is stored (the database is "
+                          "unreachable: ")
+    assert "amp-env-key" not in done.stdout and "Traceback" not in done.stderr
