@@ -152,6 +152,11 @@ KEYS: tuple[Key, ...] = (
     _k("CLAUDE_CODE_OAUTH_TOKEN", secret=True),
     _k("ANTHROPIC_BASE_URL", path="agents.claude.baseUrl", url=True),
     _k("CLAUDE_MODEL", path="agents.claude.model"),
+    # OPENAI_API_KEY is read twice, as the seed lists it: Codex's system key here, and above the
+    # utility model's key when AI_API_KEY is unset.
+    _k("CODEX_API_KEY", secret=True, help="Codex's key from the server, before OPENAI_API_KEY"),
+    _k("OPENAI_API_KEY", secret=True,
+       help="Codex's key from the server (it gets it as CODEX_API_KEY); also the utility model's without AI_API_KEY"),
     _k("OPENAI_BASE_URL", path="agents.codex.baseUrl", url=True),
     _k("CODEX_MODEL", path="agents.codex.model"),
     _k("GEMINI_API_KEY", secret=True),
@@ -376,6 +381,8 @@ class SettingValues:
     CLAUDE_CODE_OAUTH_TOKEN: str | None
     ANTHROPIC_BASE_URL: str | None
     CLAUDE_MODEL: str | None
+    CODEX_API_KEY: str | None
+    OPENAI_API_KEY: str | None
     OPENAI_BASE_URL: str | None
     CODEX_MODEL: str | None
     GEMINI_API_KEY: str | None

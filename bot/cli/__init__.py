@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot import __version__
-from bot.catalog import CATALOG
+from bot.catalog import CATALOG, canonical_agent_name
 from bot.db import NotMigrated
 from bot.settings import Settings, SettingsError, describe_keys, load_settings
 from bot.untrusted import ControlFreeFormatter, install_clean_records
@@ -60,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sandbox", action="store_true", help="run without sandbox security")
     run.add_argument("--keep", action="store_true", help="keep the workspace (keep_alive)")
     run.add_argument("prompt", nargs="+", help="what the agent should do")
-    agents = sub.add_parser("agents", help="install or list agent CLIs")
+    agents = sub.add_parser("agents", help="install, list or remove agent CLIs")
     agents_sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
     install = agents_sub.add_parser("install", help="install an agent's CLI from its vendor's npm package")
-    install.add_argument("name")
-    agents_sub.add_parser("list", help="list agents and whether they are installed")
+    install.add_argument("name", help=", ".join(CATALOG))
+    agents_sub.add_parser("list", help="each agent: installed version and path, credential source, what is verified")
+    remove = agents_sub.add_parser("remove", help="delete an agent's CLI from the data dir")
+    remove.add_argument("name", help=", ".join(CATALOG))
     keys = sub.add_parser("keys", help="manage the key sealing stored credentials")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     keys_sub.add_parser("rotate", help="re-seal every stored credential with ENCRYPTION_KEY (after moving the "
@@ -280,26 +282,62 @@ def print_indented(line: str) -> None:
 
 
 async def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
-    from runner.agents.install import AgentInstallError, find_agent_binary, install_agent
-
     if args.agents_command == "list":
-        for spec in CATALOG.values():
-            found = find_agent_binary(spec.name, settings.data_dir) if spec.npm_package else "built in"
-            shown = found or f"not installed: sesame agents install {spec.name}"
-            print(f"{spec.name:10} {spec.display_name:16} {shown}")
-        return 0
-    if args.name not in CATALOG:
+        return await list_agents(settings)
+    name = canonical_agent_name(args.name)
+    if name is None:
         return fail(f"unknown agent {args.name!r}; choose one of {', '.join(CATALOG)}")
-    if not CATALOG[args.name].npm_package:
-        print(f"{args.name} needs no installation")
+    if not CATALOG[name].npm_package:
+        print(f"{name} is built in: nothing to {args.agents_command}")
         return 0
-    print(f"installing {args.name} into {settings.data_dir / 'agents'} ...", flush=True)
+    if args.agents_command == "remove":
+        return remove_agent_cli(settings, name)
+    return await install_agent_cli(settings, name)
+
+
+async def install_agent_cli(settings: Settings, name: str) -> int:
+    from runner.agents.install import AgentInstallError, install_agent, package_version
+
+    print(f"installing {CATALOG[name].display_name} ({CATALOG[name].npm_package}) into "
+          f"{settings.data_dir / 'agents' / name} ...", flush=True)
     try:
-        bin_dir = await install_agent(args.name, settings.data_dir, progress=print_indented)
+        bin_dir = await install_agent(name, settings.data_dir, progress=print_indented)
     except AgentInstallError as exc:
         return fail(f"{exc}. Check that npm can reach its registry, "
-                    f"then run `sesame agents install {args.name}` again.")
-    print(f"installed: {bin_dir}")
+                    f"then run `sesame agents install {name}` again.")
+    print(f"installed: {bin_dir} (version {package_version(name, settings.data_dir) or 'unknown'})")
+    return 0
+
+
+def remove_agent_cli(settings: Settings, name: str) -> int:
+    from runner.agents.install import installed_agent, remove_agent
+
+    print(f"removing {CATALOG[name].display_name} from {settings.data_dir / 'agents' / name} ...", flush=True)
+    removed = remove_agent(name, settings.data_dir)
+    print(f"removed: {removed}" if removed else f"{name} was not installed in the data dir: nothing removed")
+    left = installed_agent(name, settings.data_dir)
+    if left is not None:
+        print(f"note: another {name} is on PATH at {left.binary}; Sesame did not install it and leaves it "
+              "alone (sessions will use it)")
+    return 0
+
+
+async def list_agents(settings: Settings) -> int:
+    """One line per agent (name, display name, install), then its credential source and what is verified."""
+    from bot.cli.agentinfo import VERIFIED, credential_source, stored_credential_kinds
+    from runner.agents.install import installed_agent
+
+    stored = await stored_credential_kinds(settings)
+    for spec in CATALOG.values():
+        if spec.npm_package:
+            found = installed_agent(spec.name, settings.data_dir)
+            shown = (f"{found.version or 'version unknown'} at {found.binary} ({found.source})" if found
+                     else f"not installed: run `sesame agents install {spec.name}`")
+        else:
+            shown = "built in: runs AGENT_COMMAND or the session's --command"
+        print(f"{spec.name:10} {spec.display_name:16} {shown}")
+        print(f"{'':11}credential: {credential_source(spec, stored, settings)}")
+        print(f"{'':11}verified: {VERIFIED.get(spec.name, 'nothing yet')}")
     return 0
 
 

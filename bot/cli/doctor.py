@@ -6,6 +6,7 @@ import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bot.catalog import CATALOG
 from bot.settings import Settings
@@ -14,7 +15,7 @@ from bot.settings import Settings
 @dataclass
 class Check:
     name: str
-    status: str  # ok | warn | fail
+    status: str  # ok | info | warn | fail
     detail: str
     fix: str = ""
 
@@ -89,15 +90,70 @@ async def check_limits(settings: Settings) -> Check:
     return Check("limits", "ok", detail)
 
 
-async def check_agents(settings: Settings) -> Check:
-    from runner.agents.install import find_agent_binary
+AgentProbe = Callable[[Settings, str], Awaitable["Check | None"]]
+# Further checks of one agent, each adding to its line (the worst status wins). The hook for the
+# credential gateway: whether it reaches the agent's upstream goes here, as a probe appended to this list.
+AGENT_PROBES: list[AgentProbe] = []
+SEVERITY = {"ok": 0, "info": 1, "warn": 2, "fail": 3}
 
-    found = [n for n, a in CATALOG.items() if a.npm_package and find_agent_binary(n, settings.data_dir)]
+
+async def check_agents(settings: Settings) -> list[Check]:
+    """A summary line, then one line per agent: version and path, where its credential comes from
+    (never the value), and what every probe in AGENT_PROBES adds."""
+    from bot.cli.agentinfo import stored_credential_kinds
+    from runner.agents.install import installed_agent
+
+    stored = await stored_credential_kinds(settings)
+    found = {n: installed_agent(n, settings.data_dir) for n, spec in CATALOG.items() if spec.npm_package}
+    installed = [n for n, agent in found.items() if agent is not None]
     default = settings.SESAME_DEFAULT_AGENT
-    if default in CATALOG and (not CATALOG[default].npm_package or default in found):
-        return Check("agents", "ok", f"installed: {', '.join(found) or 'none'}; default {default}")
-    return Check("agents", "warn", f"the default agent {default!r} is not installed "
-                 f"(installed: {', '.join(found) or 'none'})", f"run `sesame agents install {default}`")
+    summary = (Check("agents", "ok", f"installed: {', '.join(installed) or 'none'}; default {default}")
+               if default in CATALOG and (not CATALOG[default].npm_package or default in installed) else
+               Check("agents", "warn", f"the default agent {default!r} is not installed "
+                     f"(installed: {', '.join(installed) or 'none'})", f"run `sesame agents install {default}`"))
+    checks = [summary]
+    for name, spec in CATALOG.items():
+        check = agent_check(settings, name, found.get(name), stored)
+        for probe in AGENT_PROBES:
+            check = merge(check, await run_probe(probe, settings, name))
+        if spec.npm_package or name == default:
+            checks.append(check)
+    return checks
+
+
+def agent_check(settings: Settings, name: str, found: Any, stored: Any) -> Check:
+    """One agent's line: installed where and which version, and its credential source."""
+    from bot.cli.agentinfo import credential_source
+
+    spec = CATALOG[name]
+    credential = credential_source(spec, stored, settings, hint=False)
+    missing = credential.startswith("none") and bool(spec.server_env_keys)  # the command agent needs none
+    if not spec.npm_package:
+        return Check(name, "ok", f"built in; credential: {credential}")
+    if found is None:  # the summary line warns when this is the default agent
+        return Check(name, "info", f"not installed (`sesame agents install {name}`); credential: {credential}")
+    where = f"{found.version or 'version unknown'} at {found.binary} ({found.source})"
+    if missing:  # installed, so meant to run: without a key every session of it fails
+        keys = " or ".join(spec.server_env_keys)
+        return Check(name, "warn", f"{where}; credential: none",
+                     f"store one (PUT /api/credentials/{name}) or set {keys}")
+    return Check(name, "ok", f"{where}; credential: {credential}")
+
+
+async def run_probe(probe: AgentProbe, settings: Settings, name: str) -> Check | None:
+    try:
+        return await probe(settings, name)
+    except Exception as exc:
+        return Check(name, "warn", f"{getattr(probe, '__name__', 'probe')} crashed: {exc}")
+
+
+def merge(check: Check, extra: Check | None) -> Check:
+    """The agent's line with a probe's finding added: worst status, both details, the first fix."""
+    if extra is None:
+        return check
+    status = max(check.status, extra.status, key=SEVERITY.__getitem__)
+    fix = check.fix if check.status != "ok" and check.fix else extra.fix or check.fix
+    return Check(check.name, status, f"{check.detail}; {extra.detail}", fix)
 
 
 async def check_git(_settings: Settings) -> Check:
@@ -121,11 +177,11 @@ async def check_integrations(settings: Settings) -> Check:
     return Check("integrations", status, ", ".join(parts))
 
 
-CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
+CHECKS: list[Callable[[Settings], Awaitable[Check | list[Check]]]] = [
     check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_limits, check_agents,
     check_git, check_integrations,
 ]
-MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+MARKS = {"ok": "ok  ", "info": " -- ", "warn": "WARN", "fail": "FAIL"}
 
 
 async def run_doctor(settings: Settings) -> int:
@@ -133,14 +189,15 @@ async def run_doctor(settings: Settings) -> int:
     failed, warnings = False, 0
     for check_fn in CHECKS:
         try:
-            check = await check_fn(settings)
+            result = await check_fn(settings)
         except Exception as exc:
-            check = Check(check_fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc}")
-        failed |= check.status == "fail"
-        warnings += check.status == "warn"
-        print(f"[{MARKS[check.status]}] {check.name:12} {check.detail}")
-        if check.fix and check.status != "ok":
-            print(f"{'':20}fix: {check.fix}")
+            result = Check(check_fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc}")
+        for check in result if isinstance(result, list) else [result]:
+            failed |= check.status == "fail"
+            warnings += check.status == "warn"
+            print(f"[{MARKS[check.status]}] {check.name:12} {check.detail}")
+            if check.fix and check.status in ("warn", "fail"):
+                print(f"{'':20}fix: {check.fix}")
     tail = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
     print(("\nsome checks failed" if failed else "\nall checks passed") + tail)
     return 1 if failed else 0

@@ -90,23 +90,68 @@ def find_agent_binary(name: str, data_dir: Path | str) -> Path | None:
     return Path(found) if found else None
 
 
+def manifest_version(manifest: Path, package: str | None = None) -> str | None:
+    """The version in an npm package.json (of `package`, when named), or None."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (package is not None and data.get("name") != package):
+        return None
+    version = data.get("version")
+    return str(version) if isinstance(version, str) else None
+
+
 def package_version(name: str, data_dir: Path | str) -> str | None:
     """Version of the agent's npm package in its prefix, if installed there."""
     package = get_agent(name).npm_package
-    manifest = agent_prefix(name, data_dir) / "node_modules" / str(package) / "package.json"
+    return manifest_version(agent_prefix(name, data_dir) / "node_modules" / str(package) / "package.json")
+
+
+def version_beside(binary: Path, package: str) -> str | None:
+    """The version of `package` whose files the binary (an npm bin link, say on PATH) resolves into.
+
+    Read from the package.json on the way up from the link's target: nothing is run.
+    """
     try:
-        return str(json.loads(manifest.read_text())["version"])
-    except (OSError, ValueError, KeyError):
+        target = binary.resolve()
+    except OSError:
         return None
+    for parent in target.parents:
+        version = manifest_version(parent / "package.json", package)
+        if version is not None:
+            return version
+        if parent.name == "node_modules":
+            break
+    return None
+
+
+def installed_agent(name: str, data_dir: Path | str) -> InstalledAgent | None:
+    """Where the agent's CLI is found (data dir first, then PATH) and its version, or None."""
+    agent = get_agent(name)
+    binary = find_agent_binary(name, data_dir) if agent.npm_package else None
+    if binary is None or agent.npm_package is None:
+        return None
+    if binary.parent == agent_bin_dir(name, data_dir):
+        return InstalledAgent(name, binary, package_version(name, data_dir), "data dir")
+    return InstalledAgent(name, binary, version_beside(binary, agent.npm_package), "PATH")
+
+
+def remove_agent(name: str, data_dir: Path | str) -> Path | None:
+    """Delete the agent's install from the data dir; its prefix, or None when nothing was there.
+
+    A CLI found on PATH is not Sesame's to remove and is left alone.
+    """
+    prefix = agent_prefix(name, data_dir)
+    if get_agent(name).npm_package is None or not (prefix.exists() or prefix.is_symlink()):
+        return None
+    if prefix.is_symlink():  # an install shared from elsewhere: only the link is ours
+        prefix.unlink()
+    else:
+        shutil.rmtree(prefix)
+    return prefix
 
 
 def installed_agents(data_dir: Path | str) -> list[InstalledAgent]:
     """Every npm-packaged agent found in the data dir or on PATH, for `sesame doctor`."""
-    found = []
-    for name, agent in AGENTS.items():
-        binary = find_agent_binary(name, data_dir) if agent.npm_package else None
-        if binary is not None:
-            local = binary.parent == agent_bin_dir(name, data_dir)
-            version = package_version(name, data_dir) if local else None
-            found.append(InstalledAgent(name, binary, version, "data dir" if local else "PATH"))
-    return found
+    return [found for name in AGENTS if (found := installed_agent(name, data_dir)) is not None]

@@ -68,7 +68,7 @@ def test_api_and_runner_refuse_the_same_unknown_names(spelling: str) -> None:
 def test_cli_lists_every_catalogue_agent_by_its_display_name(tmp_path: Path) -> None:
     done = cli_with_npm(tmp_path, "exit 1\n", "list")
     assert done.returncode == 0, done.stderr
-    rows = [line.split(None, 1) for line in done.stdout.splitlines()]
+    rows = [line.split(None, 1) for line in done.stdout.splitlines() if not line[:1].isspace()]
     assert [row[0] for row in rows] == list(AGENT_NAMES)
     assert all(row[1].startswith(CATALOG[row[0]].display_name) for row in rows)
 
