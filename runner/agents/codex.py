@@ -124,7 +124,8 @@ class CodexAgent(Agent):
         """This agent talking to a Responses API gateway (codex takes it as config, not from the environment)."""
         return replace(self, gateway_url=base_url or None)
 
-    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> CodexAgent:
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
+                   model: str | None = None) -> CodexAgent:
         """The gateway goes into codex's argv: it takes no base URL from the environment."""
         return self.with_base_url(base_url) if base_url else self
 

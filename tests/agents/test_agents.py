@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.agents import AGENTS, Credential, get_agent, pick_credential
+from runner.agents.copilot import LINK_DIST
 
 SUB = Credential("subscription", "sub-token")
 KEY = Credential("api_key", "sk-ant-key")
@@ -34,7 +35,10 @@ PROMPT = "--help me; rm -rf / $(whoami) `id` 'quoted'\nsecond line"
 def test_prompt_survives_intact_as_one_argv_element_or_stdin(name: str) -> None:
     agent = get_agent(name)
     argv = agent.argv(PROMPT, "some-model", bin_dir="/data/agents/x/node_modules/.bin")
-    assert argv[0] == f"/data/agents/x/node_modules/.bin/{agent.binary}"
+    start = argv.index(f"/data/agents/x/node_modules/.bin/{agent.binary}")
+    # Copilot's runs behind a shell linking its shared unpacked package into HOME, passed as "$1"
+    assert argv[:start] == ([] if name != "copilot" else ["/bin/sh", "-c", LINK_DIST, "copilot",
+                                                          "/data/agents/x/sesame-dist"])
     stdin = agent.stdin(PROMPT)
     in_argv = [a for a in argv if PROMPT in a]
     assert (stdin == PROMPT.encode()) != bool(in_argv)
