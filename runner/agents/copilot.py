@@ -148,8 +148,13 @@ class CopilotAgent(Agent):
         return env_first(server_env, GITHUB_TOKEN_KEYS)
 
     def base_env(self, base_url: str | None = None) -> dict[str, str]:
-        """No self-update; a base URL selects the bring-your-own-key provider, offline from GitHub."""
-        env = {"COPILOT_AUTO_UPDATE": "false"}
+        """No self-update or GitHub telemetry; a base URL selects the bring-your-own-key provider, offline.
+
+        Offline, a provider session phones nowhere (tests/test_copilot_sandboxed.py); without it the CLI
+        still calls api.github.com. The telemetry switch (read by its native runtime) matters only when
+        logged in to GitHub, which no test here can be.
+        """
+        env = {"COPILOT_AUTO_UPDATE": "false", "COPILOT_GITHUB_TELEMETRY_DISABLED": "true"}
         return env | ({"COPILOT_PROVIDER_BASE_URL": base_url, "COPILOT_OFFLINE": "true"} if base_url else {})
 
     def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:

@@ -31,8 +31,9 @@ class PipelineRun:
 
 
 async def run_sandboxed(tmp_path: Path, install: Path, agent: str, origin: Path, prompt: str,
-                        settings: dict[str, str]) -> PipelineRun:
-    """`sesame run --agent AGENT` on origin with settings, the CLI linked from the shared install."""
+                        settings: dict[str, str], credential: tuple[str, str] | None = None) -> PipelineRun:
+    """`sesame run --agent AGENT` on origin with settings (and a stored (kind, value) credential), the CLI
+    linked from the shared install."""
     data_dir = tmp_path / "data"
     (data_dir / "agents").mkdir(parents=True)
     os.symlink(install / "agents" / agent, data_dir / "agents" / agent)
@@ -40,6 +41,8 @@ async def run_sandboxed(tmp_path: Path, install: Path, agent: str, origin: Path,
            "SESSION_TIMEOUT": "240", **settings}
     services = await open_services(load_settings(env=env, cwd=tmp_path))
     try:
+        if credential is not None:
+            await services.credentials.put(agent, *credential)
         out = io.StringIO()
         code = await run_from_terminal(services, argparse.Namespace(
             repo=str(origin), agent=agent, model=None, base=None, agent_command=None,

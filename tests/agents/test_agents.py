@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
+
 import pytest
 
 from runner.agents import AGENTS, Credential, get_agent, pick_credential
@@ -163,5 +166,19 @@ def test_codex_gateway_is_config_not_environment() -> None:
 def test_gemini_chooses_api_key_auth_unless_subscribed() -> None:
     gemini = get_agent("gemini")
     files = gemini.config_files() | gemini.credential_files(KEY)
-    assert files == {".gemini/settings.json": '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'}
+    settings = json.loads(files.pop(".gemini/settings.json"))
+    assert files == {} and settings["security"] == {"auth": {"selectedType": "gemini-api-key"}}
+    assert settings["privacy"] == {"usageStatisticsEnabled": False}  # else it reports to play.googleapis.com
     assert "oauth-personal" in (gemini.config_files() | gemini.credential_files(SUB))[".gemini/settings.json"]
+
+
+def test_gemini_login_settings_keep_usage_statistics_off() -> None:
+    settings = json.loads(get_agent("gemini").credential_files(SUB)[".gemini/settings.json"])
+    assert settings["privacy"] == {"usageStatisticsEnabled": False}
+    assert settings["general"]["enableAutoUpdate"] is False
+
+
+def test_codex_config_turns_off_update_check_analytics_and_plugin_sync() -> None:
+    config = tomllib.loads(get_agent("codex").config_files()[".codex/config.toml"])
+    assert config == {"check_for_update_on_startup": False, "analytics": {"enabled": False},
+                      "features": {"plugins": False, "apps": False}}

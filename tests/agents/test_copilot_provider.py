@@ -23,8 +23,8 @@ def copilot(base_url: str | None = None) -> CopilotAgent:
 
 def test_a_base_url_selects_the_offline_provider_and_its_key() -> None:
     agent = copilot(URL)
-    assert agent.base_env(URL) == {"COPILOT_AUTO_UPDATE": "false", "COPILOT_PROVIDER_BASE_URL": URL,
-                                   "COPILOT_OFFLINE": "true"}
+    assert agent.base_env(URL) == {"COPILOT_AUTO_UPDATE": "false", "COPILOT_GITHUB_TELEMETRY_DISABLED": "true",
+                                   "COPILOT_PROVIDER_BASE_URL": URL, "COPILOT_OFFLINE": "true"}
     server = {"COPILOT_GITHUB_TOKEN": "ghu_x", "COPILOT_PROVIDER_API_KEY": "sk-provider"}
     assert agent.credential_env(None, server) == {"COPILOT_PROVIDER_API_KEY": "sk-provider"}
     assert agent.credential_env(Credential("api_key", "sk-stored"), server) == {"COPILOT_PROVIDER_API_KEY": "sk-stored"}
@@ -33,7 +33,7 @@ def test_a_base_url_selects_the_offline_provider_and_its_key() -> None:
 
 def test_without_a_base_url_copilot_talks_to_github_with_a_token() -> None:
     agent = copilot(None)
-    assert agent.base_env(None) == {"COPILOT_AUTO_UPDATE": "false"}
+    assert agent.base_env(None) == {"COPILOT_AUTO_UPDATE": "false", "COPILOT_GITHUB_TELEMETRY_DISABLED": "true"}
     server = {"GH_TOKEN": "ghu_y", "COPILOT_PROVIDER_API_KEY": "sk-provider"}
     assert agent.credential_env(None, server) == {"GH_TOKEN": "ghu_y"}
     assert agent.credential_env(Credential("subscription", "ghu_z"), server) == {"COPILOT_GITHUB_TOKEN": "ghu_z"}
