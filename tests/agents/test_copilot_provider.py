@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.agents import Credential, get_agent
 from runner.agents.copilot import DIST_DIR, CopilotAgent, unpack_dist
-from runner.agents.install import agent_prefix
+from runner.agents.install import agent_prefix, install_agent
 from tests.agents import real_cli
 
 URL = "http://127.0.0.1:9/v1"
@@ -67,3 +67,17 @@ def test_a_session_links_the_shared_copy_and_copies_only_the_scripts(tmp_path: P
                                                                                     / "prebuilds").resolve()
     used = int(subprocess.run(["du", "-sk", str(home)], capture_output=True, text=True, check=True).stdout.split()[0])
     assert used < 20_000  # kB: the scripts, not the 235 MB package
+
+
+async def test_installing_copilot_unpacks_its_package_into_the_prefix(tmp_path: Path) -> None:
+    native = agent_prefix("copilot", real_cli.agents_data_dir("copilot")) / "node_modules/@github/copilot-linux-x64"
+    # This npm lays the prefix out as the real one does, its platform package linked from the shared install.
+    npm = tmp_path / "npm"
+    npm.write_text('#!/bin/sh\nmkdir -p "$3/node_modules/.bin" "$3/node_modules/@github/copilot-linux-x64"\n'
+                   f'ln -s {native}/copilot {native}/package.json "$3/node_modules/@github/copilot-linux-x64/"\n'
+                   'printf "#!/bin/sh\\n" > "$3/node_modules/.bin/copilot"\n')
+    npm.chmod(0o755)
+    await install_agent("copilot", tmp_path / "data", npm=str(npm))
+    dist = agent_prefix("copilot", tmp_path / "data") / DIST_DIR
+    assert (dist / "cli-main.js").is_file() and (dist / "prebuilds").is_dir()
+    assert not [p for p in dist.parent.iterdir() if p.name.startswith(".sesame-unpack-")]  # scratch removed
