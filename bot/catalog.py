@@ -25,10 +25,11 @@ AGENT_SPECS = (
               ("CODEX_API_KEY", "OPENAI_API_KEY")),
     AgentSpec("gemini", "Gemini CLI", "@google/gemini-cli", "gemini", "GEMINI_MODEL", "GEMINI_BASE_URL",
               ("GEMINI_API_KEY",)),
-    AgentSpec("copilot", "Copilot CLI", "@github/copilot", "copilot", "COPILOT_MODEL", None,
-              ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")),
+    AgentSpec("copilot", "Copilot CLI", "@github/copilot", "copilot", "COPILOT_MODEL", "COPILOT_PROVIDER_BASE_URL",
+              ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "COPILOT_PROVIDER_API_KEY")),
     AgentSpec("amp", "Amp", "@sourcegraph/amp", "amp", None, "AMP_URL", ("AMP_API_KEY",)),
-    AgentSpec("opencode", "opencode", "opencode-ai", "opencode", None, None, ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")),
+    AgentSpec("opencode", "opencode", "opencode-ai", "opencode", "OPENCODE_MODEL", "OPENCODE_PROVIDER_BASE_URL",
+              ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENCODE_PROVIDER_API_KEY")),
     AgentSpec("command", "a custom command"),
 )
 CATALOG: dict[str, AgentSpec] = {spec.name: spec for spec in AGENT_SPECS}

@@ -166,8 +166,15 @@ KEYS: tuple[Key, ...] = (
     _k("GH_TOKEN", secret=True),
     _k("GITHUB_TOKEN", secret=True),
     _k("COPILOT_MODEL", path="agents.copilot.model"),
+    _k("COPILOT_PROVIDER_BASE_URL", path="agents.copilot.baseUrl", url=True,
+       help="OpenAI chat-completions endpoint Copilot CLI uses instead of GitHub (bring your own key)"),
+    _k("COPILOT_PROVIDER_API_KEY", secret=True, help="key for COPILOT_PROVIDER_BASE_URL"),
     _k("AMP_API_KEY", secret=True),
     _k("AMP_URL", path="agents.amp.baseUrl", url=True),
+    _k("OPENCODE_PROVIDER_BASE_URL", path="agents.opencode.baseUrl", url=True,
+       help="OpenAI-compatible endpoint Sesame writes into opencode's config as its provider"),
+    _k("OPENCODE_MODEL", path="agents.opencode.model"),
+    _k("OPENCODE_PROVIDER_API_KEY", secret=True, help="key for OPENCODE_PROVIDER_BASE_URL"),
     _k("AGENT_COMMAND", path="agents.command.command", help="argv of the `command` agent"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
@@ -392,8 +399,13 @@ class SettingValues:
     GH_TOKEN: str | None
     GITHUB_TOKEN: str | None
     COPILOT_MODEL: str | None
+    COPILOT_PROVIDER_BASE_URL: str | None
+    COPILOT_PROVIDER_API_KEY: str | None
     AMP_API_KEY: str | None
     AMP_URL: str | None
+    OPENCODE_PROVIDER_BASE_URL: str | None
+    OPENCODE_MODEL: str | None
+    OPENCODE_PROVIDER_API_KEY: str | None
     AGENT_COMMAND: str | None
 
 

@@ -89,7 +89,8 @@ def agent_setting(settings: Settings, key: str | None) -> str | None:
 def configured_agent(services: Services, session: Session, agent: Agent, base_url: str | None) -> Agent:
     """The agent set up for this session: its gateway, and a command line from the session (CLI) or settings."""
     command = (session.context or {}).get("command") or services.settings.AGENT_COMMAND
-    return agent.configured(base_url=base_url, command=command)
+    model = session.model or agent_setting(services.settings, agent.spec.model_key)
+    return agent.configured(base_url=base_url, command=command, model=model)
 
 
 def agent_binary(services: Services, agent: Agent) -> Path | None:

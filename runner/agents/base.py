@@ -134,9 +134,14 @@ class Agent:
     def server_env_keys(self) -> tuple[str, ...]:
         return self.spec.server_env_keys
 
-    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> Agent:
-        """This agent set up for one run: a gateway base URL, the command line of an agent that runs one."""
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
+                   model: str | None = None) -> Agent:
+        """This agent set up for one run: a gateway base URL, the command line of an agent that runs one, the model."""
         return self
+
+    async def after_install(self, prefix: Path) -> None:
+        """Host-side work once the npm package is in prefix (idempotent; runs again on reinstall)."""
+        return None
 
     def executable(self, bin_dir: Path | str | None) -> str:
         """Path of the binary inside bin_dir, or its bare name for a PATH lookup."""

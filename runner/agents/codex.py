@@ -23,6 +23,18 @@ from runner.agents.base import (
 from runner.agents.tools import tool_event
 
 AUTH_FILE = ".codex/auth.json"
+CONFIG_FILE = ".codex/config.toml"
+# Each of these phones home from a plain `codex exec`: the release check (api.github.com), analytics
+# (ab.chatgpt.com), the curated plugin and app sync (github.com, chatgpt.com).
+QUIET_CONFIG = """check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+apps = false
+"""
 CHANGE_VERBS = {"add": "Creating", "delete": "Deleting", "update": "Editing"}
 SHELLS = {"bash", "sh", "zsh", "dash"}
 GATEWAY_PROVIDER = "sesame"
@@ -124,7 +136,8 @@ class CodexAgent(Agent):
         """This agent talking to a Responses API gateway (codex takes it as config, not from the environment)."""
         return replace(self, gateway_url=base_url or None)
 
-    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> CodexAgent:
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
+                   model: str | None = None) -> CodexAgent:
         """The gateway goes into codex's argv: it takes no base URL from the environment."""
         return self.with_base_url(base_url) if base_url else self
 
@@ -145,6 +158,10 @@ class CodexAgent(Agent):
             return super().credential_env(cred, server_env)
         key = next(iter(env_first(server_env, self.server_env_keys).values()), None)
         return {"CODEX_API_KEY": key} if key else {}
+
+    def config_files(self) -> dict[str, str]:
+        """No update check, analytics, plugin or app sync."""
+        return {CONFIG_FILE: QUIET_CONFIG}
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """A ChatGPT subscription is the auth.json that `codex login` writes."""

@@ -30,7 +30,8 @@ class CommandAgent(Agent):
         """A copy of this agent that runs command."""
         return CommandAgent(command=command_argv(command))
 
-    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None) -> CommandAgent:
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
+                   model: str | None = None) -> CommandAgent:
         """This agent running command (from the session or AGENT_COMMAND); without one, a clear error."""
         if not command:
             raise ValueError("the command agent needs a command: set AGENT_COMMAND "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,20 @@ from runner.agents.tools import tool_event
 
 OAUTH_FILE = ".gemini/oauth_creds.json"
 SETTINGS_FILE = ".gemini/settings.json"
+# Telemetry off is not enough: usage statistics go to play.googleapis.com unless privacy turns them off;
+# no self-update either.
+QUIET_SETTINGS = {"privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
+                  "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}
+
+
+def settings_json(auth: str) -> str:
+    """The CLI's settings.json: the auth method and the quiet settings."""
+    return json.dumps({"security": {"auth": {"selectedType": auth}}, **QUIET_SETTINGS}) + "\n"
+
+
 # With GOOGLE_GEMINI_BASE_URL set and no auth chosen, the CLI picks a "gateway" auth its own headless check
 # rejects ("Invalid auth method selected."), so the API-key auth is chosen explicitly.
-API_KEY_SETTINGS = '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'
+API_KEY_SETTINGS = settings_json("gemini-api-key")
 
 
 def api_error_text(message: object) -> str:
@@ -65,7 +77,7 @@ class GeminiAgent(Agent):
         """A Google-login subscription is the oauth_creds.json the CLI wrote, plus its auth setting."""
         if cred is None or cred.kind != "subscription":
             return {}
-        return {OAUTH_FILE: cred.value, SETTINGS_FILE: '{"security": {"auth": {"selectedType": "oauth-personal"}}}\n'}
+        return {OAUTH_FILE: cred.value, SETTINGS_FILE: settings_json("oauth-personal")}
 
     def config_files(self) -> dict[str, str]:
         """API-key auth, unless a subscription's credential_files replace it with the Google login."""

@@ -62,6 +62,7 @@ async def install_agent(name: str, data_dir: Path | str, *, progress: Progress |
     binary = agent_bin_dir(name, data_dir) / agent.binary
     if returncode != 0 or not binary.exists():
         raise AgentInstallError(f"npm install {spec} failed (exit {returncode}): {' | '.join(tail)}")
+    await agent.after_install(prefix)
     return binary.parent
 
 

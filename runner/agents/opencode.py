@@ -1,9 +1,15 @@
-"""opencode: `opencode run --format json -- PROMPT`."""
+"""opencode: `opencode run --format json -- PROMPT`.
+
+With a provider base URL (OPENCODE_PROVIDER_BASE_URL, agents.opencode.baseUrl) Sesame writes a provider
+block into the session's own ~/.config/opencode/opencode.json: an OpenAI-compatible endpoint, the model,
+and the key by reference to the environment (`{env:OPENCODE_PROVIDER_API_KEY}`), never in the file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +18,17 @@ from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_f
 from runner.agents.tools import tool_event
 
 AUTH_FILE = ".local/share/opencode/auth.json"
+CONFIG_DIR = ".config/opencode"
+PROVIDER = "sesame"
+PROVIDER_KEY_ENV = "OPENCODE_PROVIDER_API_KEY"
+PLUGIN_PACKAGE = {"@opencode-ai/plugin": "*"}
+# opencode npm-installs @opencode-ai/plugin into each config dir whose node_modules is missing or whose
+# package-lock lacks it, in the background from registry.npmjs.org; these make the global one complete.
+PLUGIN_FILES = {
+    f"{CONFIG_DIR}/package.json": json.dumps({"dependencies": PLUGIN_PACKAGE}) + "\n",
+    f"{CONFIG_DIR}/package-lock.json": json.dumps({"packages": {"": {"dependencies": PLUGIN_PACKAGE}}}) + "\n",
+    f"{CONFIG_DIR}/node_modules/.sesame": "",
+}
 
 
 def opencode_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
@@ -40,28 +57,59 @@ class OpencodeAgent(Agent):
 
     spec = CATALOG["opencode"]
     vendor_domains: tuple[str, ...] = ("api.anthropic.com", "api.openai.com", "models.dev", "opencode.ai")
+    provider_url: str | None = None
+    provider_model: str | None = None
+
+    def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
+                   model: str | None = None) -> OpencodeAgent:
+        """With a base URL, Sesame's provider block for that endpoint and model (a model is then required)."""
+        if base_url and not model:
+            raise ValueError("opencode needs a model for its provider at OPENCODE_PROVIDER_BASE_URL: "
+                             "set OPENCODE_MODEL (agents.opencode.model) or pass --model")
+        return replace(self, provider_url=base_url or None, provider_model=model if base_url else None)
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Raw JSON events; `--` keeps the prompt a positional even if it starts with '-'."""
         argv = [self.executable(bin_dir), "run", "--format", "json", "--auto"]
+        if self.provider_url and model:
+            model = f"{PROVIDER}/{model}"
         return argv + (["--model", model] if model else []) + ["--", prompt]
 
+    def config_files(self) -> dict[str, str]:
+        """The session's global opencode config (no self-update, no sharing, the provider) and plugin manifest."""
+        config: dict[str, Any] = {"autoupdate": False, "share": "disabled"}
+        if self.provider_url and self.provider_model:
+            options = {"baseURL": self.provider_url, "apiKey": f"{{env:{PROVIDER_KEY_ENV}}}"}
+            config["provider"] = {PROVIDER: {"npm": "@ai-sdk/openai-compatible", "name": "Sesame provider",
+                                             "options": options, "models": {self.provider_model: {}}}}
+            config["model"] = f"{PROVIDER}/{self.provider_model}"
+        return {f"{CONFIG_DIR}/opencode.json": json.dumps(config, indent=2) + "\n", **PLUGIN_FILES}
+
     def credential_env(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> dict[str, str]:
-        """A stored API key is Anthropic's unless it looks like OpenAI's; a subscription is auth.json."""
+        """The provider's key (stored API key or OPENCODE_PROVIDER_API_KEY) goes to the variable its block names.
+
+        Without a provider, a stored API key is Anthropic's unless it looks like OpenAI's; a subscription
+        is auth.json.
+        """
+        if self.provider_url:
+            if cred is not None and cred.kind == "api_key":
+                return {PROVIDER_KEY_ENV: cred.value}
+            return env_first(server_env, (PROVIDER_KEY_ENV,))
         if cred is not None and cred.kind == "api_key":
             openai = cred.value.startswith("sk-") and not cred.value.startswith("sk-ant-")
             return {"OPENAI_API_KEY" if openai else "ANTHROPIC_API_KEY": cred.value}
         if cred is not None and cred.kind == "subscription":
             return {}
-        return env_first(server_env, self.server_env_keys)
+        return env_first(server_env, ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"))
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """A subscription is the auth.json that `opencode auth login` writes."""
         return {AUTH_FILE: cred.value} if cred is not None and cred.kind == "subscription" else {}
 
     def base_env(self, base_url: str | None = None) -> dict[str, str]:
-        """No self-update, no model-list fetch, no telemetry."""
-        return {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1"}
+        """No self-update, no model-list fetch, no language-server downloads."""
+        return {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1",
+                "OPENCODE_DISABLE_LSP_DOWNLOAD": "1"}
 
     def parse_event(self, obj: dict[str, Any], *, cwd: str | None = None) -> list[AgentEvent]:
         """Events for a JSON event object."""

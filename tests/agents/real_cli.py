@@ -19,21 +19,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runner.agents import get_agent
-from runner.agents.install import agent_bin_dir, install_agent
+from runner.agents.install import agent_bin_dir, agent_prefix, install_agent
 
 AGENT_UID = 1000
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def agents_data_dir(name: str) -> Path:
-    """The shared data dir holding the agent's CLI, installed from npm on first use."""
+    """The shared data dir holding the agent's CLI, installed from npm on first use.
+
+    The agent's after-install step runs every time (it is idempotent), for installs made before it existed.
+    """
     data_dir = Path(os.environ.get("SESAME_TEST_AGENTS_DIR", "/var/tmp/sesame-test-agents"))
-    if not (agent_bin_dir(name, data_dir) / get_agent(name).binary).exists():
+    agent = get_agent(name)
+    installed = (agent_bin_dir(name, data_dir) / agent.binary).exists()
+    if not installed:
         data_dir.mkdir(parents=True, exist_ok=True)
         data_dir.chmod(0o755)
-        # Called from async tests too: install on a loop of its own, in a thread of its own.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, install_agent(name, data_dir, progress=print)).result()
+    # Called from async tests too: install on a loop of its own, in a thread of its own.
+    step = agent.after_install(agent_prefix(name, data_dir)) if installed else install_agent(
+        name, data_dir, progress=print)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, step).result()
     return data_dir
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
+
 import pytest
 
 from runner.agents import AGENTS, Credential, get_agent, pick_credential
+from runner.agents.copilot import LINK_DIST
 
 SUB = Credential("subscription", "sub-token")
 KEY = Credential("api_key", "sk-ant-key")
@@ -34,7 +38,10 @@ PROMPT = "--help me; rm -rf / $(whoami) `id` 'quoted'\nsecond line"
 def test_prompt_survives_intact_as_one_argv_element_or_stdin(name: str) -> None:
     agent = get_agent(name)
     argv = agent.argv(PROMPT, "some-model", bin_dir="/data/agents/x/node_modules/.bin")
-    assert argv[0] == f"/data/agents/x/node_modules/.bin/{agent.binary}"
+    start = argv.index(f"/data/agents/x/node_modules/.bin/{agent.binary}")
+    # Copilot's runs behind a shell linking its shared unpacked package into HOME, passed as "$1"
+    assert argv[:start] == ([] if name != "copilot" else ["/bin/sh", "-c", LINK_DIST, "copilot",
+                                                          "/data/agents/x/sesame-dist"])
     stdin = agent.stdin(PROMPT)
     in_argv = [a for a in argv if PROMPT in a]
     assert (stdin == PROMPT.encode()) != bool(in_argv)
@@ -159,5 +166,19 @@ def test_codex_gateway_is_config_not_environment() -> None:
 def test_gemini_chooses_api_key_auth_unless_subscribed() -> None:
     gemini = get_agent("gemini")
     files = gemini.config_files() | gemini.credential_files(KEY)
-    assert files == {".gemini/settings.json": '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'}
+    settings = json.loads(files.pop(".gemini/settings.json"))
+    assert files == {} and settings["security"] == {"auth": {"selectedType": "gemini-api-key"}}
+    assert settings["privacy"] == {"usageStatisticsEnabled": False}  # else it reports to play.googleapis.com
     assert "oauth-personal" in (gemini.config_files() | gemini.credential_files(SUB))[".gemini/settings.json"]
+
+
+def test_gemini_login_settings_keep_usage_statistics_off() -> None:
+    settings = json.loads(get_agent("gemini").credential_files(SUB)[".gemini/settings.json"])
+    assert settings["privacy"] == {"usageStatisticsEnabled": False}
+    assert settings["general"]["enableAutoUpdate"] is False
+
+
+def test_codex_config_turns_off_update_check_analytics_and_plugin_sync() -> None:
+    config = tomllib.loads(get_agent("codex").config_files()[".codex/config.toml"])
+    assert config == {"check_for_update_on_startup": False, "analytics": {"enabled": False},
+                      "features": {"plugins": False, "apps": False}}

@@ -46,7 +46,8 @@ def test_settings_keys_of_the_catalogue_exist_under_the_agents_config_path(name:
 
 def test_only_agent_keys_reach_an_agent_and_each_setting_among_them_is_a_secret() -> None:
     assert set(AGENT_ENV_KEYS) == {"CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "CODEX_API_KEY", "OPENAI_API_KEY",
-                                   "GEMINI_API_KEY", "COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "AMP_API_KEY"}
+                                   "GEMINI_API_KEY", "COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "AMP_API_KEY",
+                                   "COPILOT_PROVIDER_API_KEY", "OPENCODE_PROVIDER_API_KEY"}
     assert all(SETTINGS[key].secret for key in AGENT_ENV_KEYS if key in SETTINGS)
 
 
@@ -86,7 +87,7 @@ def test_command_agent_is_configured_with_its_command_or_refuses_clearly() -> No
         command.configured(command=None)
 
 
-@pytest.mark.parametrize("name", sorted(set(AGENT_NAMES) - {"codex", "command"}))
+@pytest.mark.parametrize("name", sorted(set(AGENT_NAMES) - {"codex", "command", "copilot", "opencode"}))
 def test_other_agents_are_configured_as_they_are(name: str) -> None:
     agent = get_agent(name)
     assert agent.configured(base_url="http://127.0.0.1:9", command="ignored") is agent
