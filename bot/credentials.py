@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 KINDS = ("subscription", "api_key", "github_pat")
 PRIORITY = ("subscription", "api_key")
 GITHUB = "github"  # the credentials of GitHub itself: the PAT whose identity authors commits
+# Secret settings the settings API takes: stored sealed under this owner (kind api_key), never in a file.
+SETTING_SECRETS = {"AI_API_KEY": "ai"}
 
 
 def kinds_for(owner: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -45,7 +46,7 @@ class Key:
     env: tuple[str, ...] = ()
     path: str | None = None
     default: Any = None
-    kind: str = "str"  # str | bool | int | float | size | list | map
+    kind: str = "str"  # str | bool | int | float | size | list | map | argv
     secret: bool = False
     help: str = ""
     minimum: float | None = None  # int and float kinds: the smallest value allowed
@@ -175,7 +176,8 @@ KEYS: tuple[Key, ...] = (
        help="OpenAI-compatible endpoint Sesame writes into opencode's config as its provider"),
     _k("OPENCODE_MODEL", path="agents.opencode.model"),
     _k("OPENCODE_PROVIDER_API_KEY", secret=True, help="key for OPENCODE_PROVIDER_BASE_URL"),
-    _k("AGENT_COMMAND", path="agents.command.command", help="argv of the `command` agent"),
+    _k("AGENT_COMMAND", path="agents.command.command", kind="argv",
+       help="the `command` agent's command line: a list of arguments, or text split as a shell would"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -267,9 +269,26 @@ def convert(key: Key, value: Any) -> Any:
         if isinstance(value, list):
             return [str(v) for v in value]
         raise SettingsError(key.name, f"{value!r} is not a list", "Give a list or comma-separated text")
+    if key.kind == "argv":
+        return _argv(key.name, value)
     if isinstance(value, (dict, list)):
         raise SettingsError(key.name, "expected text, got a structure", "Give a plain value")
     return str(value)
+
+
+def _argv(name: str, value: Any) -> str | list[str]:
+    """A command line: a list of text arguments as it is, or text a shell would split."""
+    if isinstance(value, list) and value and all(isinstance(arg, (str, int, float)) for arg in value):
+        return [str(arg) for arg in value]
+    if isinstance(value, str) and value.strip():
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise SettingsError(name, f"{value!r} does not split into arguments ({exc})",
+                                "Close the quote, or give a list such as [\"python3\", \"agent.py\"]") from None
+        return value
+    raise SettingsError(name, f"{value!r} is not a command line",
+                        "Give a list of arguments such as [\"python3\", \"agent.py\"] or their text")
 
 
 def find_config_file(cwd: Path, env: Mapping[str, str]) -> Path | None:
@@ -406,7 +425,7 @@ class SettingValues:
     OPENCODE_PROVIDER_BASE_URL: str | None
     OPENCODE_MODEL: str | None
     OPENCODE_PROVIDER_API_KEY: str | None
-    AGENT_COMMAND: str | None
+    AGENT_COMMAND: str | list[str] | None
 
 
 @dataclass
@@ -558,6 +577,8 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     values, sources = resolve(env, config)
     settings = Settings(values, sources, path, env=env, cwd=cwd)
     if path is not None:
+        _guard_secrets_in_file(settings, path)
+    if path is not None:
         with contextlib.suppress(OSError):
             st = path.stat()
             settings._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -565,6 +586,27 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         values["SESAME_DATA_DIR"] = str((cwd / values["SESAME_DATA_DIR"]).resolve())
     validate(settings)
     return settings
+
+
+def _guard_secrets_in_file(settings: Settings, path: Path) -> None:
+    """A secret already in the config file stays readable, but the file is made 0600 and a warning says
+    to move it (the settings API stores secrets sealed in the database)."""
+    held = [key.name for key in KEYS if key.secret and settings.sources.get(key.name) == "config"]
+    if not held:
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(0o600)
+            note = f"its mode was {mode:o} and is now 600"
+        else:
+            note = "its mode is already 600"
+    except OSError as exc:
+        note = f"its mode could not be tightened ({exc.strerror})"
+    message = (f"{path} holds the secret {', '.join(held)} in plain text ({note}): move it to the environment "
+               "or set it through the settings API, which stores it sealed, and delete it from the file")
+    settings.warnings.append(message)
+    log.warning("%s", message)
 
 
 def validate(settings: Settings) -> None:
@@ -658,6 +700,9 @@ def write_config(path: Path, updates: Mapping[str, Any], settings: Settings,
         if not key.path:
             raise SettingsError(name, "can only be set in the environment",
                                 f"Set {' or '.join(key.env)} where the server starts")
+        if key.secret:
+            raise SettingsError(name, "is a secret and never goes into the config file",
+                                "Set it through the settings API (stored sealed) or the environment")
         if settings.locked(name):
             raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
                                 "Change the environment variable and restart")
@@ -676,6 +721,16 @@ def write_config(path: Path, updates: Mapping[str, Any], settings: Settings,
     tmp.write_text(_dump_for_update(suffix, doc))
     tmp.replace(path)
     return fresh
+
+
+def check_secret_setting(settings: Settings, name: str, value: Any) -> None:
+    """A secret setting the API stores sealed: not locked by the environment, and text (empty removes it)."""
+    if settings.locked(name):
+        raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
+                            "Change the environment variable and restart")
+    if value is not None and (not isinstance(value, str) or any(ch.isspace() for ch in value.strip())
+                              or len(value) > 20_000):
+        raise SettingsError(name, "must be the key itself, as text without spaces", "Paste the key alone")
 
 
 def _yaml() -> Any:

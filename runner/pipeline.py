@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.credentials import SETTING_SECRETS
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State, utcnow
 from bot.progress import Progress, ThrottledPublisher
@@ -219,7 +220,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
     if not is_safe_ref(base):
         raise ValueError(f"the base branch {base!r} is not a safe git ref name")
     existing = bool(session.branch)
-    branch = session.branch or await _utility(state).branch_name(session.prompt, session.id)
+    branch = session.branch or await (await _utility(state)).branch_name(session.prompt, session.id)
     if not is_safe_ref(branch):
         raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
     if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
@@ -234,9 +235,14 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
     return base, branch, existing
 
 
-def _utility(state: Run) -> UtilityAI:
+async def _utility(state: Run) -> UtilityAI:
+    """The utility model: its key from the environment, else stored sealed (settings API), else the file."""
     settings = state.services.settings
-    return UtilityAI(settings.AI_BASE_URL, settings.AI_API_KEY, settings.AI_MODEL, state.services.http)
+    key = settings.AI_API_KEY
+    if not settings.locked("AI_API_KEY"):
+        stored = await state.services.credentials.get(SETTING_SECRETS["AI_API_KEY"], "api_key")
+        key = stored.value if stored is not None else key
+    return UtilityAI(settings.AI_BASE_URL, key, settings.AI_MODEL, state.services.http)
 
 
 async def _agent_step(state: Run) -> None:
@@ -372,7 +378,7 @@ async def _commit_step(state: Run, base: str) -> str | None:
     stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
     # file names are the agent's: a known secret among them never goes to the utility model
     stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
-    message = await _utility(state).commit_message(session.prompt, stat)
+    message = await (await _utility(state)).commit_message(session.prompt, stat)
     author = await commit_author(state.services, session)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
     await state.services.sessions.record_commit(session.id, sha)
@@ -450,7 +456,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     await state.step("pr", "running", percent=90)
     stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
-    title = session.title or await _utility(state).title(session.prompt)
+    title = session.title or await (await _utility(state)).title(session.prompt)
     try:
         pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
     except Exception as exc:

@@ -148,7 +148,8 @@ def test_embedded_default_generates_a_private_key_file(tmp_path: Path) -> None:
     assert ensure_encryption_key(again, warnings.append) == key
 
 
-KIND_TYPES = {"str": str, "bool": bool, "int": int, "float": float, "size": int, "list": list, "map": dict}
+KIND_TYPES = {"str": str, "bool": bool, "int": int, "float": float, "size": int, "list": list, "map": dict,
+              "argv": (str, list)}
 
 
 def test_every_key_has_a_declared_type_and_nothing_else_is_declared() -> None:
@@ -158,7 +159,8 @@ def test_every_key_has_a_declared_type_and_nothing_else_is_declared() -> None:
     declared = SettingValues.__annotations__
     assert sorted(declared) == sorted(k.name for k in KEYS)
     for key in KEYS:
-        expected = {"size": "int", "list": "list[str]", "map": "dict[str, str]"}.get(key.kind, key.kind)
+        expected = {"size": "int", "list": "list[str]", "map": "dict[str, str]",
+                    "argv": "str | list[str]"}.get(key.kind, key.kind)
         assert declared[key.name] == expected + (" | None" if key.default is None else ""), key.name
 
 

@@ -3,6 +3,7 @@ live in every process (or marked as needing a restart), config files keeping the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -143,3 +144,87 @@ async def test_yaml_keeps_its_comments_and_config_yml_is_read(api_in, tmp_path: 
     assert text.startswith("# Sesame on the build box\n") and "model: new  # cheap one" in text
     assert "x.test" in text and load_settings(env=_env(tmp_path), cwd=tmp_path).SANDBOX_ALLOWED_DOMAINS == [
         "pypi.org", "x.test"]
+
+
+def test_the_command_agent_takes_an_argv_list_from_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"agents": {"command": {"command": ["python3", "-c", "print(1)"]}}}')
+    assert load_settings(env=_env(tmp_path), cwd=tmp_path).AGENT_COMMAND == ["python3", "-c", "print(1)"]
+    (tmp_path / "config.json").write_text('{"agents": {"command": {"command": "python3 \'my agent.py\'"}}}')
+    assert load_settings(env=_env(tmp_path), cwd=tmp_path).AGENT_COMMAND == "python3 'my agent.py'"
+    for broken in ('[]', '"python3 \'unclosed"', '{"a": 1}', '[["nested"]]'):
+        (tmp_path / "config.json").write_text(f'{{"agents": {{"command": {{"command": {broken}}}}}}}')
+        with pytest.raises(SettingsError) as caught:
+            load_settings(env=_env(tmp_path), cwd=tmp_path)
+        message = str(caught.value)
+        assert caught.value.key == "AGENT_COMMAND" and ("Give a list of arguments" in message
+                                                        or "Close the quote" in message)
+
+
+async def test_put_accepts_an_argv_list(api_in, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    client, settings = api_in
+    answer = await client.put("/api/settings", json={"AGENT_COMMAND": ["sh", "-c", "echo hi > out.txt"]})
+    assert answer.status == 200, await answer.text()
+    assert settings.AGENT_COMMAND == ["sh", "-c", "echo hi > out.txt"]
+    assert json.loads((tmp_path / "config.json").read_text())["agents"]["command"]["command"][0] == "sh"
+
+
+async def test_a_secret_put_is_stored_sealed_never_in_the_file_and_used_by_the_utility_model(
+        api_in, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api_in
+    answer = await client.put("/api/settings", json={"AI_API_KEY": "sk-utility-sealed-0003", "AI_MODEL": "m3"})
+    body = await answer.json()
+    assert answer.status == 200, body
+    assert body["settings"]["AI_API_KEY"] | {"value": "********", "source": "database"} == body["settings"]["AI_API_KEY"]
+    text = (tmp_path / "config.json").read_text()
+    assert "sk-utility-sealed" not in text and json.loads(text) == {"ai": {"model": "m3"}}
+    assert "sk-utility-sealed" not in await (await client.get("/api/settings")).text()
+    assert not list((tmp_path / "d").rglob("*.db")) or all(
+        b"sk-utility-sealed" not in f.read_bytes() for f in (tmp_path / "d").rglob("*.db"))  # sealed at rest
+    removed = await client.put("/api/settings", json={"AI_API_KEY": ""})
+    assert (await removed.json())["settings"]["AI_API_KEY"]["value"] is None
+
+
+async def test_a_secret_from_the_settings_api_reaches_the_utility_model(tmp_path: Path, db_url: str) -> None:
+    from runner.cli_run import run_from_terminal
+    from tests.support.fake_openai import FakeOpenAI
+    from tests.support.gitrepo import make_repo
+    from tests.test_pipeline import args, make_services
+
+    origin = make_repo(tmp_path / "origin")
+    async with FakeOpenAI(api_key="sk-stored-by-the-api-0004") as model:
+        model.push("sesame/stored-key-branch")
+        services = await make_services(tmp_path, db_url, AI_BASE_URL=model.base_url)
+        try:
+            await services.credentials.put("ai", "api_key", "sk-stored-by-the-api-0004")  # what PUT stores
+            await run_from_terminal(services, args(origin, "touch it", command="touch made.txt"), io.StringIO())
+        finally:
+            await services.credentials.delete("ai")  # the run's tests share the PostgreSQL database
+            await services.close()
+        assert model.chat_requests and all(r.headers["Authorization"] == "Bearer sk-stored-by-the-api-0004"
+                                           for r in model.chat_requests)
+
+
+def test_a_secret_already_in_the_file_stays_readable_and_the_file_becomes_0600(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("ai:\n  apiKey: sk-in-the-file-0005\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="bot.settings"):
+        settings = load_settings(env=_env(tmp_path), cwd=tmp_path)
+    assert settings.AI_API_KEY == "sk-in-the-file-0005" and path.stat().st_mode & 0o777 == 0o600
+    assert "holds the secret AI_API_KEY in plain text (its mode was 644 and is now 600)" in caplog.text
+    assert "sk-in-the-file" not in caplog.text and settings.warnings
+
+
+async def test_a_secret_locked_by_the_environment_is_refused(tmp_path: Path, aiohttp_client,  # type: ignore[no-untyped-def]
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env=_env(tmp_path) | {"AI_API_KEY": "sk-env-0006"}, cwd=tmp_path)
+    services = await open_services(settings)
+    try:
+        client = await aiohttp_client(build_web_app(services, NoQueue()))
+        answer = await client.put("/api/settings", json={"AI_API_KEY": "sk-other-0007"})
+        assert answer.status == 409 and "locked by the environment" in (await answer.json())["error"]
+        assert await services.credentials.kinds("ai") == []
+    finally:
+        await services.close()
