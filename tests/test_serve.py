@@ -199,3 +199,47 @@ def test_serve_many_reports_a_child_killed_by_a_signal() -> None:
     assert exit_code([0, 0]) == 0
     assert exit_code([0, -signal.SIGTERM]) == 128 + signal.SIGTERM  # max() of these was 0: a hidden death
     assert exit_code([3, 0]) == 3
+
+
+def test_serve_workers_on_a_fresh_data_dir_migrate_once_and_all_listen(tmp_path: Path) -> None:
+    """Four processes on a fresh SQLite data dir: the parent migrates and makes the key file first, so
+    no child races on `alembic_version` or the key file (before: a child died in 2 of 4 starts)."""
+    port = free_port()
+    env = sesame_env(tmp_path, PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--workers", "4", "--no-sweeper"], env=env,
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        lines: list[str] = []
+        try:
+            while sum("serving on" in line for line in lines) < 4:
+                line = proc.stdout.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+        finally:
+            watchdog.cancel()
+        status, body = get_json(f"http://127.0.0.1:{port}/api/health")
+        assert status == 200 and body["database"]["ok"] is True
+        assert not any("Traceback" in line or "already exists" in line for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and out.count("shutting down") == 4, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_workers_stop_when_one_cannot_start(tmp_path: Path) -> None:
+    """A port someone else holds: the children cannot listen, and the command says so and exits
+    instead of carrying on with fewer processes."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = sesame("serve", "--workers", "2", "--no-sweeper", env=sesame_env(tmp_path, PORT=str(port)),
+                      cwd=tmp_path, timeout=90)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "exited before it listened" in done.stderr and "cannot listen on" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

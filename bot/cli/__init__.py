@@ -167,13 +167,32 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-async def serve_many(args: argparse.Namespace) -> int:
-    """Run `workers` web processes on one port; SIGTERM reaches each, and we wait for all."""
+START_TIMEOUT = 60.0  # seconds each web process of `serve --workers N` has to say it listens
+
+
+async def serve_many(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `workers` web processes on one port. What one process must do alone happens here first: the
+    embedded database is migrated and the key file made, so the children never race on them. A child
+    that exits before it listens stops the others and the whole command, saying which and why."""
+    from bot.db import make_engine, migrate
+    from bot.settings import ensure_encryption_key
+
+    ensure_encryption_key(settings, log.warning)
+    if settings.embedded:
+        engine = make_engine(settings.database_url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
     argv = [sys.executable, "-m", "bot.cli", "serve", "--workers", "1", "--reuse-port"]
     argv += (["--host", args.host] if args.host else []) + (["--port", str(args.port)] if args.port else [])
+    argv += ["--insecure-no-auth"] if getattr(args, "insecure_no_auth", False) else []
     # One sweeper is enough: the other processes only answer requests.
-    children = [await asyncio.create_subprocess_exec(*argv, *([] if i == 0 else ["--no-sweeper"]))
+    children = [await asyncio.create_subprocess_exec(*argv, *([] if i == 0 else ["--no-sweeper"]),
+                                                     stdout=asyncio.subprocess.PIPE)
                 for i in range(args.workers)]
+    ready = [asyncio.Event() for _ in children]
+    relays = [asyncio.create_task(_relay(child, event)) for child, event in zip(children, ready, strict=True)]
 
     def forward(sig: int) -> None:
         for child in children:
@@ -183,8 +202,44 @@ async def serve_many(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, forward, sig)
+    failed = await _first_start_failure(children, ready)
+    if failed is not None:
+        forward(signal.SIGTERM)
     codes = [await child.wait() for child in children]
+    await asyncio.gather(*relays)
+    if failed is not None:
+        return fail(f"web process {failed + 1} of {len(children)} exited before it listened "
+                    f"(exit code {codes[failed]}; its error is above), so every process was stopped")
     return exit_code(codes)
+
+
+async def _relay(child: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
+    """Pass a child's output through, noting when it says it listens."""
+    assert child.stdout is not None
+    async for line in child.stdout:
+        sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
+        if b" serving on " in line:
+            ready.set()
+
+
+async def _first_start_failure(children: list[asyncio.subprocess.Process],
+                               ready: list[asyncio.Event]) -> int | None:
+    """The index of a child that exited (or never listened within START_TIMEOUT) before every child
+    listened; None once all listen."""
+    deadline = loop_time() + START_TIMEOUT
+    while not all(event.is_set() for event in ready):
+        for i, child in enumerate(children):
+            if child.returncode is not None and not ready[i].is_set():
+                return i
+        if loop_time() > deadline:
+            return next(i for i, event in enumerate(ready) if not event.is_set())
+        await asyncio.sleep(0.05)
+    return None
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def exit_code(codes: list[int]) -> int:
@@ -196,7 +251,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     if args.workers > 1:
-        return await serve_many(args)
+        return await serve_many(settings, args)
     from bot.cli.wiring import open_services
     from bot.sweeper import run_forever_sweeper
     from runner.workspace import remove_abandoned_workspace
