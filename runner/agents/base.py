@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.catalog import AgentSpec
+from runner.sandbox.gateway import KeyPlace
 
 EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
@@ -113,6 +114,11 @@ class Agent:
     base_url_env: str | None = None
     subscription_env: str | None = None
     api_key_env: str | None = None
+    # The credential gateway (runner/sandbox/gateway.py): the vendor API's base URL (the upstream when no
+    # base URL setting is set) and where that API carries the key. Both set and the CLI takes its base
+    # URL from base_env/configured(): the key goes through the gateway (see gateway_credential).
+    gateway_upstream: str | None = None
+    gateway_key_places: tuple[KeyPlace, ...] = ()
 
     @property
     def name(self) -> str:
@@ -163,6 +169,23 @@ class Agent:
         if cred is not None and self.credential_files(cred):
             return {}
         return env_first(server_env, self.server_env_keys)
+
+    def gateway_credential(self, cred: CredentialLike | None,
+                           server_env: Mapping[str, str]) -> tuple[str, str] | None:
+        """(variable, real value) when this run's credential goes through the credential gateway, else None.
+
+        It does when the agent names its gateway upstream and key places and the credential travels in
+        one environment variable: the agent then gets a placeholder in that variable and the gateway
+        swaps it for the value. A credential the CLI reads from a file (a Claude credentials.json, a
+        Codex auth.json, a Gemini oauth_creds.json) carries refresh tokens the CLI itself renews against
+        the vendor, which no base URL redirects: that one keeps today's way, the file in HOME.
+        """
+        if self.gateway_upstream is None or not self.gateway_key_places:
+            return None
+        if cred is not None and self.credential_files(cred):
+            return None
+        env = self.credential_env(cred, server_env)
+        return next(iter(env.items())) if len(env) == 1 else None
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """Files the CLI reads its credential from, as {path relative to HOME: content}."""
