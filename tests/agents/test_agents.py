@@ -161,3 +161,31 @@ def test_gemini_chooses_api_key_auth_unless_subscribed() -> None:
     files = gemini.config_files() | gemini.credential_files(KEY)
     assert files == {".gemini/settings.json": '{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n'}
     assert "oauth-personal" in (gemini.config_files() | gemini.credential_files(SUB))[".gemini/settings.json"]
+
+
+CLAUDE_LOGIN = '{"claudeAiOauth": {"accessToken": "at", "refreshToken": "rt"}}'
+
+
+@pytest.mark.parametrize(("name", "cred", "server_env", "expected"), [
+    ("claude", Credential("api_key", "k"), {}, ("ANTHROPIC_API_KEY", "k")),
+    ("claude", Credential("subscription", "oauth-token"), {}, ("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")),
+    ("claude", None, {"ANTHROPIC_API_KEY": "env-k"}, ("ANTHROPIC_API_KEY", "env-k")),
+    ("claude", Credential("subscription", CLAUDE_LOGIN), {"ANTHROPIC_API_KEY": "env-k"}, None),  # a login file
+    ("claude", None, {}, None),  # no key at all: nothing to guard
+    ("codex", Credential("api_key", "k"), {}, ("CODEX_API_KEY", "k")),
+    ("codex", None, {"OPENAI_API_KEY": "env-k"}, ("CODEX_API_KEY", "env-k")),
+    ("codex", Credential("subscription", '{"tokens": {}}'), {}, None),  # auth.json
+    ("gemini", Credential("api_key", "k"), {}, ("GEMINI_API_KEY", "k")),
+    ("gemini", Credential("subscription", '{"refresh_token": "r"}'), {}, None),  # oauth_creds.json
+    ("amp", Credential("api_key", "k"), {}, None),  # names no gateway upstream (yet)
+    ("command", None, {"ANTHROPIC_API_KEY": "env-k"}, None),
+])
+def test_which_credentials_go_through_the_gateway(name: str, cred: Credential | None, server_env: dict[str, str],
+                                                  expected: tuple[str, str] | None) -> None:
+    assert get_agent(name).gateway_credential(cred, server_env) == expected
+
+
+@pytest.mark.parametrize("name", ["claude", "codex", "gemini"])
+def test_gateway_agents_name_an_https_upstream_and_a_key_place(name: str) -> None:
+    agent = get_agent(name)
+    assert (agent.gateway_upstream or "").startswith("https://") and agent.gateway_key_places
