@@ -16,7 +16,7 @@ from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
-from runner.sandbox.gateway import GATEWAY_PORT, BudgetHook, CredentialGateway, GatewayStats
+from runner.sandbox.gateway import GATEWAY_PORT, BudgetHook, CredentialGateway, GatewayRoute, GatewayStats
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
@@ -166,7 +166,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
                       on_violation: ViolationCallback, budget: BudgetHook | None = None) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox.
 
-    When the credential can go through the credential gateway (Agent.gateway_credential), the agent gets
+    When the credential can go through the credential gateway (Agent.gateway_route), the agent gets
     a placeholder and the gateway's URL, the gateway the real key and the upstream (the base URL setting,
     else the vendor's API), and the vendor's domains leave the allow list; budget, if given, is the
     gateway's BudgetHook.
@@ -174,8 +174,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     settings = services.settings
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
-    carried = agent.gateway_credential(credential, server_env)
-    domains = [] if carried else agent.domains(setting_url)
+    route = agent.gateway_route(credential, server_env)
+    domains = [] if route else agent.domains(setting_url)
     binary = agent_binary(services, agent)
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
@@ -191,9 +191,9 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     gateway: CredentialGateway | None = None
     try:
         base_url, key_env = setting_url, agent.credential_env(credential, server_env)
-        if carried:
-            gateway, base_url = await start_gateway(sandbox, agent, carried[1], setting_url, budget)
-            key_env = {carried[0]: gateway.placeholder} | GATEWAY_NO_PROXY
+        if route:
+            gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
+            key_env = {route.variable: gateway.placeholder} | GATEWAY_NO_PROXY
         agent = configured_agent(services, session, agent, base_url)
         env = {**agent.base_env(base_url), **key_env, **agent.prompt_env(prompt)}
         env["SESAME_SESSION_ID"] = session.id
@@ -212,12 +212,10 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     return AgentRun(sandbox, handle, gateway)
 
 
-async def start_gateway(sandbox: Sandbox, agent: Agent, secret: str, setting_url: str | None,
+async def start_gateway(sandbox: Sandbox, route: GatewayRoute, setting_url: str | None,
                         budget: BudgetHook | None) -> tuple[CredentialGateway, str]:
     """The session's credential gateway, listening where the sandbox reaches it; and its URL for the agent."""
-    upstream = setting_url or agent.gateway_upstream
-    assert upstream is not None
-    gateway = CredentialGateway(upstream, secret, agent.gateway_key_places, budget=budget)
+    gateway = CredentialGateway(setting_url or route.upstream, route.secret, route.places, budget=budget)
     sock, where = await sandbox.listen(GATEWAY_PORT)
     try:
         await gateway.start(sock)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.catalog import AgentSpec
-from runner.sandbox.gateway import KeyPlace
+from runner.sandbox.gateway import GatewayRoute, KeyPlace
 
 EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
@@ -115,8 +115,8 @@ class Agent:
     subscription_env: str | None = None
     api_key_env: str | None = None
     # The credential gateway (runner/sandbox/gateway.py): the vendor API's base URL (the upstream when no
-    # base URL setting is set) and where that API carries the key. Both set and the CLI takes its base
-    # URL from base_env/configured(): the key goes through the gateway (see gateway_credential).
+    # base URL setting is set) and where that API carries the key. Both set, the key goes through the
+    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or configured().
     gateway_upstream: str | None = None
     gateway_key_places: tuple[KeyPlace, ...] = ()
 
@@ -170,22 +170,25 @@ class Agent:
             return {}
         return env_first(server_env, self.server_env_keys)
 
-    def gateway_credential(self, cred: CredentialLike | None,
-                           server_env: Mapping[str, str]) -> tuple[str, str] | None:
-        """(variable, real value) when this run's credential goes through the credential gateway, else None.
+    def gateway_route(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> GatewayRoute | None:
+        """How this run's credential goes through the credential gateway, or None when it does not.
 
-        It does when the agent names its gateway upstream and key places and the credential travels in
-        one environment variable: the agent then gets a placeholder in that variable and the gateway
-        swaps it for the value. A credential the CLI reads from a file (a Claude credentials.json, a
-        Codex auth.json, a Gemini oauth_creds.json) carries refresh tokens the CLI itself renews against
-        the vendor, which no base URL redirects: that one keeps today's way, the file in HOME.
+        It does when the agent names gateway_upstream and gateway_key_places and the credential travels in
+        one environment variable: the agent then gets a placeholder in that variable and the gateway swaps
+        it for the value. A credential the CLI reads from a file (a Claude credentials.json, a Codex
+        auth.json, a Gemini oauth_creds.json) carries refresh tokens the CLI itself renews against the
+        vendor, which no base URL redirects: that one keeps today's way, the file in HOME. An agent whose
+        upstream depends on the credential (one of several providers) overrides this.
         """
         if self.gateway_upstream is None or not self.gateway_key_places:
             return None
         if cred is not None and self.credential_files(cred):
             return None
         env = self.credential_env(cred, server_env)
-        return next(iter(env.items())) if len(env) == 1 else None
+        if len(env) != 1:
+            return None
+        (variable, secret), = env.items()
+        return GatewayRoute(variable, secret, self.gateway_upstream, self.gateway_key_places)
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """Files the CLI reads its credential from, as {path relative to HOME: content}."""

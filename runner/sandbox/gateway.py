@@ -71,6 +71,20 @@ class GatewayStats:
             self.last_error_status = status
 
 
+@dataclass(frozen=True)
+class GatewayRoute:
+    """How one agent's credential goes through the gateway (Agent.gateway_route builds it).
+
+    variable: the environment variable that gets the placeholder instead of secret; upstream: the API's
+    base URL when no base URL setting replaces it; places: where that API carries its key.
+    """
+
+    variable: str
+    secret: str = field(repr=False)
+    upstream: str
+    places: tuple[KeyPlace, ...]
+
+
 # Asked before each request: True lets it through; False answers 429 with BUDGET_MESSAGE and nothing
 # goes upstream. It runs on the event loop, so it must not block.
 BudgetHook = Callable[[GatewayStats], bool]

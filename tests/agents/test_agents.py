@@ -182,7 +182,9 @@ CLAUDE_LOGIN = '{"claudeAiOauth": {"accessToken": "at", "refreshToken": "rt"}}'
 ])
 def test_which_credentials_go_through_the_gateway(name: str, cred: Credential | None, server_env: dict[str, str],
                                                   expected: tuple[str, str] | None) -> None:
-    assert get_agent(name).gateway_credential(cred, server_env) == expected
+    route = get_agent(name).gateway_route(cred, server_env)
+    assert (route and (route.variable, route.secret)) == expected
+    assert route is None or (route.upstream == get_agent(name).gateway_upstream and route.places)
 
 
 @pytest.mark.parametrize("name", ["claude", "codex", "gemini"])
