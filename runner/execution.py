@@ -168,14 +168,14 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
 
     When the credential can go through the credential gateway (Agent.gateway_route), the agent gets
     a placeholder and the gateway's URL, the gateway the real key and the upstream (the base URL setting,
-    else the vendor's API), and the vendor's domains leave the allow list; budget, if given, is the
+    else the vendor's API), and the API's domain leaves the allow list; budget, if given, is the
     gateway's BudgetHook.
     """
     settings = services.settings
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
     route = agent.gateway_route(credential, server_env)
-    domains = [] if route else agent.domains(setting_url)
+    domains = agent.domains(setting_url, route)
     binary = agent_binary(services, agent)
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(

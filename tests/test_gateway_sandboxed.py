@@ -159,8 +159,8 @@ async def test_the_real_key_reaches_the_fake_and_nowhere_inside_the_sandbox(tmp_
         assert len(placeholders) == 1 and next(iter(placeholders)).startswith(PLACEHOLDER_PREFIX), placeholders
         assert not any(REAL_KEY in value for e in envs for value in e.values())
         assert leaks == [] and tail_leaks == []
-        # the vendor's model API is not needed: the gateway is on loopback. (Codex's update checks and
-        # analytics, github.com and chatgpt.com, and Gemini's telemetry, play.googleapis.com, are refused.)
+        # the vendor's model API is not needed: the gateway is on loopback. (Codex's update checks on
+        # github.com and Gemini's telemetry on play.googleapis.com are refused: not allowed before either.)
         model_api = URL(get_agent(case.agent).gateway_upstream or "").host
         assert model_api and not any(v.startswith(f"{model_api}:") for v in violations), violations
         assert case.agent != "claude" or violations == [], violations

@@ -202,8 +202,15 @@ class Agent:
         """Agent-specific environment (quiet flags, gateway base URL)."""
         return {self.base_url_env: base_url} if base_url and self.base_url_env else {}
 
-    def domains(self, settings_base_url: str | None = None) -> list[str]:
-        """Network destinations the agent needs: vendor domains plus a configured gateway."""
+    def domains(self, settings_base_url: str | None = None, route: GatewayRoute | None = None) -> list[str]:
+        """Network destinations the agent needs: vendor domains plus a configured gateway.
+
+        With the credential gateway (route), neither the API it forwards to nor the base URL setting: the
+        agent talks to the gateway on loopback and only the gateway reaches them.
+        """
+        if route is not None:
+            api = urlsplit(route.upstream).hostname
+            return [domain for domain in self.vendor_domains if domain != api]
         extra = host_port(settings_base_url)
         return list(self.vendor_domains) + ([extra] if extra else [])
 

@@ -191,3 +191,14 @@ def test_which_credentials_go_through_the_gateway(name: str, cred: Credential | 
 def test_gateway_agents_name_an_https_upstream_and_a_key_place(name: str) -> None:
     agent = get_agent(name)
     assert (agent.gateway_upstream or "").startswith("https://") and agent.gateway_key_places
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("claude", []), ("codex", ["chatgpt.com", "auth.openai.com"]),
+    ("gemini", ["cloudcode-pa.googleapis.com", "oauth2.googleapis.com"])])
+def test_with_the_gateway_the_api_domain_and_base_url_leave_the_allow_list(name: str, expected: list[str]) -> None:
+    agent = get_agent(name)
+    route = agent.gateway_route(Credential("api_key", "k"), {})
+    assert route is not None
+    assert agent.domains("http://127.0.0.1:9/v1", route) == expected
+    assert agent.domains("http://127.0.0.1:9/v1")[-1] == "127.0.0.1:9"  # without it, both stay
