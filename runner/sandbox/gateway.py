@@ -51,6 +51,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
 class GatewayStats:
     """What the gateway saw of one session's upstream answers (read it any time; it only grows).
 
+    The pipeline reads it as `AgentRun.gateway_stats` (None when the key did not go through a gateway).
+
     requests: forwarded requests; statuses: answers per HTTP status; last_error_status: the last status
     >= 400 (the upstream's, or 502 when it could not be reached); refused: requests without the
     placeholder; budget_stops: requests the budget hook stopped; tokens as the answers reported them.
