@@ -16,16 +16,19 @@ from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
+from runner.sandbox.gateway import GATEWAY_PORT, BudgetHook, CredentialGateway, GatewayRoute, GatewayStats
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
+# The agent reaches its gateway on the sandbox's own loopback, never through the egress proxy.
+GATEWAY_NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
 class AgentRun:
     """A started agent: its output lines, exit code, kill, and the sandbox to destroy."""
 
-    def __init__(self, sandbox: Sandbox, handle: ProcessHandle) -> None:
-        self.sandbox, self.handle = sandbox, handle
+    def __init__(self, sandbox: Sandbox, handle: ProcessHandle, gateway: CredentialGateway | None = None) -> None:
+        self.sandbox, self.handle, self.gateway = sandbox, handle, gateway
         self.warning = sandbox.warning
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
@@ -48,8 +51,18 @@ class AgentRun:
     async def kill(self) -> None:
         await self.handle.kill()
 
+    @property
+    def gateway_stats(self) -> GatewayStats | None:
+        """What the credential gateway saw of the upstream's answers (None: the key did not go through one)."""
+        return self.gateway.stats if self.gateway else None
+
     async def destroy(self) -> None:
-        await self.sandbox.destroy()
+        """Destroy the sandbox, then close the gateway: its placeholder is refused from now on."""
+        try:
+            await self.sandbox.destroy()
+        finally:
+            if self.gateway is not None:
+                await self.gateway.close()
 
 
 def agent_server_env(services: Services) -> dict[str, str]:
@@ -117,16 +130,20 @@ def agent_argv(services: Services, agent: Agent, session: Session, prompt: str, 
     return agent.argv(prompt, model, bin_dir=bin_dir)
 
 
-def write_home_files(home: Path, files: dict[str, str]) -> None:
-    """Credential and config files the CLI reads, in the session's own HOME (0600)."""
+def write_home_files(home: Path, files: dict[str, str], owner: tuple[int, int] | None = None) -> None:
+    """Credential and config files the CLI reads, in the session's own HOME (0600, owned by owner uid:gid)."""
     for relative, content in files.items():
         path = (home / relative).resolve()
         if home.resolve() not in path.parents:
             raise ValueError(f"refusing to write {relative} outside HOME")
+        made = [p for p in reversed(path.parents) if home.resolve() in p.parents and not p.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(content)
+        if owner is not None:  # a root worker: the session's uid must read them (Gemini CLI fails on EACCES)
+            for created in [*made, path]:
+                os.chown(created, *owner, follow_symlinks=False)
 
 
 def owned_by(policy: SandboxPolicy, workspace: Workspace) -> SandboxPolicy:
@@ -147,20 +164,24 @@ def proxy_limits(services: Services) -> ProxyLimits:
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
-                      on_violation: ViolationCallback) -> AgentRun:
-    """Build the agent's environment from nothing and start it in the session's sandbox."""
+                      on_violation: ViolationCallback, budget: BudgetHook | None = None) -> AgentRun:
+    """Build the agent's environment from nothing and start it in the session's sandbox.
+
+    When the credential can go through the credential gateway (Agent.gateway_route), the agent gets
+    a placeholder and the gateway's URL, the gateway the real key and the upstream (the base URL setting,
+    else the vendor's API), and the API's domain leaves the allow list; budget, if given, is the
+    gateway's BudgetHook.
+    """
     settings = services.settings
-    base_url = agent_setting(settings, agent.spec.base_url_key)
-    agent = configured_agent(services, session, agent, base_url)
-    env = {**agent.base_env(base_url), **agent.credential_env(credential, agent_server_env(services)),
-           **agent.prompt_env(prompt)}
-    env["SESAME_SESSION_ID"] = session.id
-    write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)})
+    setting_url = agent_setting(settings, agent.spec.base_url_key)
+    server_env = agent_server_env(services)
+    route = agent.gateway_route(credential, server_env)
+    domains = agent.domains(setting_url, route)
     binary = agent_binary(services, agent)
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
-        allowed_domains=tuple(agent.domains(base_url)) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
+        allowed_domains=tuple(domains) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
@@ -168,7 +189,20 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         security_enabled=settings.SANDBOX_SECURITY_ENABLED and session.sandbox_security), workspace)
     sandbox = create_sandbox(policy, on_violation)
     await sandbox.start()
+    gateway: CredentialGateway | None = None
     try:
+        base_url = setting_url
+        if route:
+            gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
+        agent = configured_agent(services, session, agent, base_url)  # before credential_env: it may depend on it
+        if gateway is not None and route is not None:
+            key_env = {route.variable: gateway.placeholder} | GATEWAY_NO_PROXY
+        else:
+            key_env = agent.credential_env(credential, server_env)
+        env = {**agent.base_env(base_url), **key_env, **agent.prompt_env(prompt)}
+        env["SESAME_SESSION_ID"] = session.id
+        owner = (policy.host_uid, policy.host_gid) if os.geteuid() == 0 else None
+        write_home_files(workspace.home, {**agent.config_files(), **agent.credential_files(credential)}, owner)
         bin_dir = binary.parent if binary else None
         if binary and prefix and sandbox.secured:  # the sandbox sees the install at its tool path
             bin_dir = policy.tool_path(agent.name) / binary.parent.relative_to(prefix)
@@ -176,7 +210,21 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
     except BaseException:
         await sandbox.destroy()
+        if gateway is not None:
+            await gateway.close()
         raise
-    return AgentRun(sandbox, handle)
+    return AgentRun(sandbox, handle, gateway)
 
 
+async def start_gateway(sandbox: Sandbox, route: GatewayRoute, setting_url: str | None,
+                        budget: BudgetHook | None) -> tuple[CredentialGateway, str]:
+    """The session's credential gateway, listening where the sandbox reaches it; and its URL for the agent."""
+    gateway = CredentialGateway(setting_url or route.upstream, route.secret, route.places, budget=budget)
+    sock, where = await sandbox.listen(GATEWAY_PORT)
+    try:
+        await gateway.start(sock)
+    except BaseException:
+        sock.close()
+        await gateway.close()
+        raise
+    return gateway, f"http://{where}"

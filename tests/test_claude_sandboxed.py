@@ -1,7 +1,7 @@
 """The real Claude Code CLI through the whole pipeline, inside bubblewrap, against a scripted model.
 
-Claude Code reaches only its scripted Messages API (ANTHROPIC_BASE_URL on loopback, allowed by
-host:port through the session's proxy); its `curl` to another host is refused and recorded.
+Claude Code reaches only its scripted Messages API (ANTHROPIC_BASE_URL on loopback), through the
+session's credential gateway; its `curl` to another host is refused and recorded.
 """
 
 from __future__ import annotations

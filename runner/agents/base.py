@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.catalog import AgentSpec
+from runner.sandbox.gateway import GatewayRoute, KeyPlace
 
 EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
@@ -113,6 +114,11 @@ class Agent:
     base_url_env: str | None = None
     subscription_env: str | None = None
     api_key_env: str | None = None
+    # The credential gateway (runner/sandbox/gateway.py): the vendor API's base URL (the upstream when no
+    # base URL setting is set) and where that API carries the key. Both set, the key goes through the
+    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or configured().
+    gateway_upstream: str | None = None
+    gateway_key_places: tuple[KeyPlace, ...] = ()
 
     @property
     def name(self) -> str:
@@ -169,6 +175,26 @@ class Agent:
             return {}
         return env_first(server_env, self.server_env_keys)
 
+    def gateway_route(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> GatewayRoute | None:
+        """How this run's credential goes through the credential gateway, or None when it does not.
+
+        It does when the agent names gateway_upstream and gateway_key_places and the credential travels in
+        one environment variable: the agent then gets a placeholder in that variable and the gateway swaps
+        it for the value. A credential the CLI reads from a file (a Claude credentials.json, a Codex
+        auth.json, a Gemini oauth_creds.json) carries refresh tokens the CLI itself renews against the
+        vendor, which no base URL redirects: that one keeps today's way, the file in HOME. An agent whose
+        upstream depends on the credential (one of several providers) overrides this.
+        """
+        if self.gateway_upstream is None or not self.gateway_key_places:
+            return None
+        if cred is not None and self.credential_files(cred):
+            return None
+        env = self.credential_env(cred, server_env)
+        if len(env) != 1:
+            return None
+        (variable, secret), = env.items()
+        return GatewayRoute(variable, secret, self.gateway_upstream, self.gateway_key_places)
+
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """Files the CLI reads its credential from, as {path relative to HOME: content}."""
         return {}
@@ -181,8 +207,15 @@ class Agent:
         """Agent-specific environment (quiet flags, gateway base URL)."""
         return {self.base_url_env: base_url} if base_url and self.base_url_env else {}
 
-    def domains(self, settings_base_url: str | None = None) -> list[str]:
-        """Network destinations the agent needs: vendor domains plus a configured gateway."""
+    def domains(self, settings_base_url: str | None = None, route: GatewayRoute | None = None) -> list[str]:
+        """Network destinations the agent needs: vendor domains plus a configured gateway.
+
+        With the credential gateway (route), neither the API it forwards to nor the base URL setting: the
+        agent talks to the gateway on loopback and only the gateway reaches them.
+        """
+        if route is not None:
+            api = urlsplit(route.upstream).hostname
+            return [domain for domain in self.vendor_domains if domain != api]
         extra = host_port(settings_base_url)
         return list(self.vendor_domains) + ([extra] if extra else [])
 

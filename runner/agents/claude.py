@@ -10,6 +10,7 @@ from typing import Any
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
 from runner.agents.tools import tool_event
+from runner.sandbox.gateway import KeyPlace
 
 CREDENTIALS_FILE = ".claude/.credentials.json"
 
@@ -60,6 +61,9 @@ class ClaudeAgent(Agent):
     vendor_domains: tuple[str, ...] = ("api.anthropic.com",)
     base_url_env: str | None = "ANTHROPIC_BASE_URL"
     api_key_env: str | None = "ANTHROPIC_API_KEY"
+    gateway_upstream: str | None = "https://api.anthropic.com"
+    # an API key goes as x-api-key; an OAuth token (CLAUDE_CODE_OAUTH_TOKEN) as Authorization: Bearer
+    gateway_key_places: tuple[KeyPlace, ...] = ("x-api-key", "bearer")
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """`claude -p` with streaming JSON; the prompt arrives on stdin."""

@@ -21,6 +21,7 @@ from runner.agents.base import (
     shorten,
 )
 from runner.agents.tools import tool_event
+from runner.sandbox.gateway import KeyPlace
 
 AUTH_FILE = ".codex/auth.json"
 CONFIG_FILE = ".codex/config.toml"
@@ -130,6 +131,8 @@ class CodexAgent(Agent):
     spec = CATALOG["codex"]
     vendor_domains: tuple[str, ...] = ("api.openai.com", "chatgpt.com", "auth.openai.com")
     api_key_env: str | None = "CODEX_API_KEY"
+    gateway_upstream: str | None = "https://api.openai.com/v1"
+    gateway_key_places: tuple[KeyPlace, ...] = ("bearer",)
     gateway_url: str | None = None
 
     def with_base_url(self, base_url: str | None) -> CodexAgent:

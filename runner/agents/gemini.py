@@ -11,6 +11,7 @@ from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, shorten
 from runner.agents.codex import error_text
 from runner.agents.tools import tool_event
+from runner.sandbox.gateway import KeyPlace
 
 OAUTH_FILE = ".gemini/oauth_creds.json"
 SETTINGS_FILE = ".gemini/settings.json"
@@ -67,6 +68,8 @@ class GeminiAgent(Agent):
         "generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com")
     base_url_env: str | None = "GOOGLE_GEMINI_BASE_URL"
     api_key_env: str | None = "GEMINI_API_KEY"
+    gateway_upstream: str | None = "https://generativelanguage.googleapis.com"
+    gateway_key_places: tuple[KeyPlace, ...] = ("x-goog-api-key", "query-key")
 
     def argv(self, prompt: str, model: str | None, *, bin_dir: Path | str | None = None) -> list[str]:
         """Headless mode; `--prompt=` keeps a prompt starting with '-' a value."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -239,6 +240,14 @@ class Sandbox(abc.ABC):
         cwd: str | Path | None = None,
     ) -> ProcessHandle:
         """Start argv with only env (plus PATH, HOME, locale, TMPDIR, proxy) in its environment."""
+
+    @abc.abstractmethod
+    async def listen(self, port: int) -> tuple[socket.socket, str]:
+        """A listening TCP socket for a host-side service the sandbox reaches, and the host:port it uses.
+
+        Secured: 127.0.0.1:port inside the session's network namespace (like the egress proxy); with
+        security off, a free port on the host's loopback. The caller serves it and closes it.
+        """
 
     def check_limits(self) -> None:  # noqa: B027 (a sandbox without limits has nothing to check)
         """Raise LimitExceeded when the session has reached one of its limits."""

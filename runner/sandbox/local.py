@@ -29,7 +29,7 @@ from runner.sandbox.base import (
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
 from runner.sandbox.limits import Limiter, disk_exceeded, disk_usage, session_limiter
-from runner.sandbox.netns import NetNamespace, create_netns
+from runner.sandbox.netns import NetNamespace, create_netns, listen_in
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
 from runner.sandbox.supervisor import Supervisor
@@ -198,6 +198,20 @@ class LocalSandbox(Sandbox):
         await self._proxy.start(proxy_sock)
         self._dns = await start_dns_sink(dns_sock, self.report)
         self._netns.sockets = []  # now owned by the servers
+
+    async def listen(self, port: int) -> tuple[socket.socket, str]:
+        """A listening socket at 127.0.0.1:port in the session netns; unsecured, a free host loopback port."""
+        if not self._started:
+            raise RuntimeError("start() the sandbox first")
+        if not self.secured:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            sock.setblocking(False)
+        else:
+            assert self._netns is not None
+            sock = await asyncio.to_thread(listen_in, self._netns.fd, ("127.0.0.1", port))
+        return sock, f"127.0.0.1:{sock.getsockname()[1]}"
 
     def _host_owner(self) -> tuple[int, int]:
         """The host uid:gid the sandbox user maps to."""

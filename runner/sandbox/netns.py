@@ -81,3 +81,23 @@ def create_netns(binds: Sequence[tuple[int, tuple[str, int]]]) -> NetNamespace:
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
     return NetNamespace(fd=out["fd"], sockets=out["sockets"])  # type: ignore[arg-type]
+
+
+def _join_and_listen(fd: int, address: tuple[str, int], out: dict[str, object]) -> None:
+    """Thread body: join the netns behind fd and open a listening TCP socket there."""
+    try:
+        setns(fd, CLONE_NEWNET)
+        out["socket"] = _listen(socket.SOCK_STREAM, address)
+    except BaseException as exc:  # handed back to the caller's thread
+        out["error"] = exc
+
+
+def listen_in(fd: int, address: tuple[str, int]) -> socket.socket:
+    """A listening TCP socket at address inside the netns behind fd, opened from a throwaway thread."""
+    out: dict[str, object] = {}
+    worker = threading.Thread(target=_join_and_listen, args=(fd, address, out), name="sesame-netns-listen")
+    worker.start()
+    worker.join()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["socket"]  # type: ignore[return-value]

@@ -182,3 +182,44 @@ def test_codex_config_turns_off_update_check_analytics_and_plugin_sync() -> None
     config = tomllib.loads(get_agent("codex").config_files()[".codex/config.toml"])
     assert config == {"check_for_update_on_startup": False, "analytics": {"enabled": False},
                       "features": {"plugins": False, "apps": False}}
+
+
+CLAUDE_LOGIN = '{"claudeAiOauth": {"accessToken": "at", "refreshToken": "rt"}}'
+
+
+@pytest.mark.parametrize(("name", "cred", "server_env", "expected"), [
+    ("claude", Credential("api_key", "k"), {}, ("ANTHROPIC_API_KEY", "k")),
+    ("claude", Credential("subscription", "oauth-token"), {}, ("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")),
+    ("claude", None, {"ANTHROPIC_API_KEY": "env-k"}, ("ANTHROPIC_API_KEY", "env-k")),
+    ("claude", Credential("subscription", CLAUDE_LOGIN), {"ANTHROPIC_API_KEY": "env-k"}, None),  # a login file
+    ("claude", None, {}, None),  # no key at all: nothing to guard
+    ("codex", Credential("api_key", "k"), {}, ("CODEX_API_KEY", "k")),
+    ("codex", None, {"OPENAI_API_KEY": "env-k"}, ("CODEX_API_KEY", "env-k")),
+    ("codex", Credential("subscription", '{"tokens": {}}'), {}, None),  # auth.json
+    ("gemini", Credential("api_key", "k"), {}, ("GEMINI_API_KEY", "k")),
+    ("gemini", Credential("subscription", '{"refresh_token": "r"}'), {}, None),  # oauth_creds.json
+    ("amp", Credential("api_key", "k"), {}, None),  # names no gateway upstream (yet)
+    ("command", None, {"ANTHROPIC_API_KEY": "env-k"}, None),
+])
+def test_which_credentials_go_through_the_gateway(name: str, cred: Credential | None, server_env: dict[str, str],
+                                                  expected: tuple[str, str] | None) -> None:
+    route = get_agent(name).gateway_route(cred, server_env)
+    assert (route and (route.variable, route.secret)) == expected
+    assert route is None or (route.upstream == get_agent(name).gateway_upstream and route.places)
+
+
+@pytest.mark.parametrize("name", ["claude", "codex", "gemini"])
+def test_gateway_agents_name_an_https_upstream_and_a_key_place(name: str) -> None:
+    agent = get_agent(name)
+    assert (agent.gateway_upstream or "").startswith("https://") and agent.gateway_key_places
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("claude", []), ("codex", ["chatgpt.com", "auth.openai.com"]),
+    ("gemini", ["cloudcode-pa.googleapis.com", "oauth2.googleapis.com"])])
+def test_with_the_gateway_the_api_domain_and_base_url_leave_the_allow_list(name: str, expected: list[str]) -> None:
+    agent = get_agent(name)
+    route = agent.gateway_route(Credential("api_key", "k"), {})
+    assert route is not None
+    assert agent.domains("http://127.0.0.1:9/v1", route) == expected
+    assert agent.domains("http://127.0.0.1:9/v1")[-1] == "127.0.0.1:9"  # without it, both stay

@@ -1,0 +1,329 @@
+"""The per-session credential gateway: the agent holds a placeholder, the gateway sends the real key upstream.
+
+The agent's base URL points here (inside the session's netns at 127.0.0.1:GATEWAY_PORT, like the egress
+proxy, or on a free host loopback port with the sandbox off) and its key variable holds `placeholder`, a
+random value that exists only in this process. A request is forwarded only when it carries the
+placeholder in one of the places the agent's API puts its key (`KeyPlace`); the placeholder is replaced
+there by the real credential and the request goes to the real upstream, the answer streamed back as it
+arrives (SSE included). Once closed, nothing is forwarded again: a replayed placeholder is refused.
+
+What the gateway saw of the upstream's answers is kept in `stats` (`GatewayStats`: status codes, token
+usage where the JSON or SSE body carries it), for failure classification and usage accounting; a
+`BudgetHook`, when given, is asked before each request whether forwarding may continue.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiDict
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+# Where an API carries its key: Anthropic `x-api-key`, `Authorization: Bearer` (OpenAI, Claude OAuth
+# tokens), Google `x-goog-api-key` or its `?key=` query parameter.
+KeyPlace = Literal["x-api-key", "bearer", "x-goog-api-key", "query-key"]
+KEY_HEADERS: dict[KeyPlace, str] = {"x-api-key": "x-api-key", "bearer": "authorization",
+                                    "x-goog-api-key": "x-goog-api-key"}
+GATEWAY_PORT = 3129  # inside the session's netns, next to the egress proxy's 3128
+MAX_REQUEST_BYTES = 32 << 20  # the largest request body forwarded (Anthropic's own limit is 32 MB)
+USAGE_BODY_LIMIT = 4 << 20  # a non-streamed JSON answer larger than this is forwarded without reading its usage
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 600.0  # seconds without a byte from the upstream before the answer is cut
+CLOSE_GRACE = 1.0  # seconds in-flight requests get once the session ends
+PLACEHOLDER_PREFIX = "sesame-session-"
+# RFC 9110 7.6.1 connection-specific fields, plus what aiohttp recomputes for the next hop.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+@dataclass
+class GatewayStats:
+    """What the gateway saw of one session's upstream answers (read it any time; it only grows).
+
+    The pipeline reads it as `AgentRun.gateway_stats` (None when the key did not go through a gateway).
+
+    requests: forwarded requests; statuses: answers per HTTP status; last_error_status: the last status
+    >= 400 (the upstream's, or 502 when it could not be reached); refused: requests without the
+    placeholder; budget_stops: requests the budget hook stopped; tokens as the answers reported them.
+    """
+
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    last_error_status: int | None = None
+    refused: int = 0
+    budget_stops: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def record(self, status: int) -> None:
+        """One answer with status."""
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status >= 400:
+            self.last_error_status = status
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    """How one agent's credential goes through the gateway (Agent.gateway_route builds it).
+
+    variable: the environment variable that gets the placeholder instead of secret; upstream: the API's
+    base URL when no base URL setting replaces it; places: where that API carries its key.
+    """
+
+    variable: str
+    secret: str = field(repr=False)
+    upstream: str
+    places: tuple[KeyPlace, ...]
+
+
+# Asked before each request: True lets it through; False answers 429 with BUDGET_MESSAGE and nothing
+# goes upstream. It runs on the event loop, so it must not block.
+BudgetHook = Callable[[GatewayStats], bool]
+BUDGET_STATUS = 429
+BUDGET_MESSAGE = "the session's budget is spent: the Sesame gateway forwards no more requests"
+
+
+def new_placeholder() -> str:
+    """A per-session stand-in for the agent's key, worthless outside the session."""
+    return PLACEHOLDER_PREFIX + secrets.token_urlsafe(32)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """A short JSON answer of the gateway's own (never the upstream's)."""
+    return web.json_response({"error": {"type": "sesame_gateway", "message": message}}, status=status,
+                             headers={"X-Sesame-Gateway": "refused"})
+
+
+def _same(value: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented value with the expected one."""
+    return value is not None and hmac.compare_digest(value.encode(), expected.encode())
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The request's headers minus hop-by-hop ones (and those its Connection header names)."""
+    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
+    drop = HOP_BY_HOP | named | {"accept-encoding"}  # the client session asks for what it can decode
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def answer_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream answer's headers for the agent: no hop-by-hop, no encoding (the body arrives decoded)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers:
+        if name.lower() not in HOP_BY_HOP | {"content-encoding"}:
+            out.add(name, value)
+    return out
+
+
+class UsageMeter:
+    """Token usage read from an answer as it streams past: SSE `data:` lines, or a whole JSON body."""
+
+    def __init__(self, content_type: str) -> None:
+        self.sse = content_type.startswith("text/event-stream")
+        self.json = "json" in content_type
+        self._buffer = bytearray()
+        self._overflow = False
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """The next piece of the body."""
+        if self._overflow or not (self.sse or self.json):
+            return
+        self._buffer += chunk
+        if self.sse:
+            *lines, rest = bytes(self._buffer).split(b"\n")
+            self._buffer = bytearray(rest)
+            for line in lines:
+                if line.startswith(b"data:"):
+                    self._read(line[5:])
+        if len(self._buffer) > USAGE_BODY_LIMIT:
+            self._overflow, self._buffer = True, bytearray()
+
+    def finish(self) -> None:
+        """The body has ended: read a whole JSON body (or a last SSE line)."""
+        if not self._overflow and self._buffer:
+            self._read(bytes(self._buffer[5:] if self.sse else self._buffer))
+        self._buffer = bytearray()
+
+    def _read(self, data: bytes) -> None:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            return
+        for objects in (value if isinstance(value, list) else [value]):  # Gemini's non-SSE stream is an array
+            self._take(objects)
+
+    def _take(self, obj: Any) -> None:
+        """The last reported figures win: every API reports cumulative usage within one answer."""
+        found_in, found_out = token_usage(obj)
+        self.input_tokens = found_in if found_in is not None else self.input_tokens
+        self.output_tokens = found_out if found_out is not None else self.output_tokens
+
+
+INPUT_KEYS = ("input_tokens", "prompt_tokens", "promptTokenCount")
+OUTPUT_KEYS = ("output_tokens", "completion_tokens", "candidatesTokenCount")
+
+
+def token_usage(obj: Any) -> tuple[int | None, int | None]:
+    """(input, output) tokens in one answer object of the Anthropic, OpenAI or Gemini API, where present.
+
+    Anthropic: `usage` or `message.usage` (stream events); OpenAI: `usage` or `response.usage`
+    (Responses stream); Gemini: `usageMetadata`.
+    """
+    if not isinstance(obj, dict):
+        return None, None
+    for holder in (obj, obj.get("message"), obj.get("response")):
+        if not isinstance(holder, dict):
+            continue
+        usage = holder.get("usage") or holder.get("usageMetadata")
+        if isinstance(usage, dict):
+            return _first_int(usage, INPUT_KEYS), _first_int(usage, OUTPUT_KEYS)
+    return None, None
+
+
+def _first_int(usage: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+class CredentialGateway:
+    """One session's gateway to one upstream, for one credential carried in `places`."""
+
+    def __init__(self, upstream: str, credential: str, places: Iterable[KeyPlace], *,
+                 budget: BudgetHook | None = None, placeholder: str | None = None) -> None:
+        """upstream: the real API's base URL (the agent's paths are appended to it); credential: the real
+        key or token, sent where the agent put the placeholder; places: where the agent's API carries it."""
+        url = URL(upstream)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"the gateway's upstream must be an http(s) URL, not {upstream!r}")
+        if not credential:
+            raise ValueError("the gateway needs a credential to inject")
+        self.places = tuple(places)
+        if not self.places:
+            raise ValueError("the gateway needs at least one place the key is carried in")
+        self.upstream = str(url).rstrip("/")
+        self.placeholder = placeholder or new_placeholder()
+        self.stats = GatewayStats()
+        self.budget = budget
+        self._credential = credential
+        self._closed = False
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self.port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"CredentialGateway(upstream={self.upstream!r}, places={self.places!r}, port={self.port})"
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on an already bound, listening socket (opened inside the sandbox netns, or on host loopback)."""
+        self.port = sock.getsockname()[1]
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # no access log: a Gemini request carries the placeholder in its query string
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_GRACE)
+        self._client = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
+            trust_env=False, auto_decompress=True)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def close(self) -> None:
+        """Refuse everything from now on, stop listening, cut what is in flight."""
+        self._closed = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _swap(self, request: web.Request) -> tuple[CIMultiDict[str], MultiDict[str]] | None:
+        """Headers and query with the placeholder replaced by the credential; None when it is not there."""
+        headers, query = forwarded_headers(request.headers), MultiDict(request.rel_url.query)
+        found = False
+        for place in self.places:
+            if place == "query-key":
+                if _same(query.get("key"), self.placeholder):
+                    query["key"], found = self._credential, True
+                else:
+                    query.popall("key", None)
+                continue
+            name = KEY_HEADERS[place]
+            presented = headers.get(name)
+            if place == "bearer":
+                scheme, _, token = (presented or "").partition(" ")
+                presented = token.strip() if scheme.lower() == "bearer" else None
+            if _same(presented, self.placeholder):
+                headers[name] = f"Bearer {self._credential}" if place == "bearer" else self._credential
+                found = True
+            else:
+                headers.popall(name, None)
+        return (headers, query) if found else None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Check the placeholder and the budget, then forward and stream the answer back."""
+        swapped = None if self._closed else self._swap(request)
+        if swapped is None:
+            self.stats.refused += 1
+            return error_response(401, "this request does not carry the session's placeholder key "
+                                       "(or the session has ended)")
+        if self.budget is not None and not self.budget(self.stats):
+            self.stats.budget_stops += 1
+            return error_response(BUDGET_STATUS, BUDGET_MESSAGE)
+        body = await request.read()  # over MAX_REQUEST_BYTES: aiohttp answers 413
+        headers, query = swapped
+        target = URL(self.upstream + request.rel_url.raw_path, encoded=True).with_query(query)
+        self.stats.requests += 1
+        try:
+            return await self._forward(request, target, headers, body)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("gateway to %s: upstream failed: %s", self.upstream, type(exc).__name__)
+            self.stats.record(502)
+            return error_response(502, f"the upstream API could not be reached ({type(exc).__name__})")
+
+    async def _forward(self, request: web.Request, target: URL, headers: CIMultiDict[str],
+                       body: bytes) -> web.StreamResponse:
+        """Send the request upstream; stream its answer back while reading its token usage."""
+        assert self._client is not None
+        async with self._client.request(request.method, target, headers=headers, data=body or None,
+                                        allow_redirects=False) as upstream:
+            self.stats.record(upstream.status)
+            meter = UsageMeter(upstream.headers.get("content-type", ""))
+            answer = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                        headers=answer_headers(upstream.headers.items()))
+            await answer.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    meter.feed(chunk)
+                    await answer.write(chunk)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # the status is sent: just cut the body
+                log.info("gateway to %s: answer cut: %s", self.upstream, type(exc).__name__)
+                if request.transport is not None:  # the agent must not take a cut body for a whole one
+                    request.transport.close()
+                return answer
+            finally:
+                meter.finish()
+                self.stats.input_tokens += meter.input_tokens or 0
+                self.stats.output_tokens += meter.output_tokens or 0
+            await answer.write_eof()
+            return answer
+
