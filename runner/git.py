@@ -120,6 +120,13 @@ async def in_git_dir(git_dir: Path, args: list[str], env: Mapping[str, str] | No
     return await git(["--git-dir", str(git_dir), *args], git_dir, env, check, stdin)
 
 
+async def has_commit(git_dir: Path, ref: str) -> bool:
+    """Whether ref names a commit in the trusted git dir."""
+    proc = await git_bytes(["--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                            f"{ref}^{{commit}}"], git_dir, check=False)
+    return bool(proc.strip())
+
+
 def commit_message(message: str, include_co_author: bool) -> str:
     """The final message: the subject/body, then the trailer unless turned off."""
     message = message.strip() or "Update from Sesame"

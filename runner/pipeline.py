@@ -445,8 +445,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     session = state.session
     assert state.workspace is not None
     if sha is None:
-        state.progress.step("pr", "skipped", "nothing to push")
-        await state.services.sessions.set_progress(session.id, 95)
+        await state.step("pr", "skipped", "nothing to push", 95)
         state.progress.outcome = "no changes were needed"
         return
     access = await _fresh_access(state)  # a long session may have outlived the first token
@@ -463,7 +462,7 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
         raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
                            f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
     if pr is None:
-        state.progress.step("pr", "skipped", f"branch `{branch}` pushed")
+        await state.step("pr", "skipped", f"branch `{branch}` pushed", 95)
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
         return
     await state.services.sessions.record_pull_request(session.id, pr.number, pr.url)
@@ -558,8 +557,20 @@ async def _finish(state: Run, final: State, error: str | None = None) -> None:
     await _release_sandbox(state)  # its last violations are stored before the final status
     if final is State.ERROR and state.stop.is_set() and not state.handing_back:
         final, error = State.STOPPED, None
+    await _end_steps(state, "done" if final is State.COMPLETED else "failed")
     await state.stored(lambda: state.services.sessions.finish(state.session.id, final, error), "the end")
     state.progress.finish(final.value, state.progress.outcome, error)
+
+
+async def _end_steps(state: Run, status: str) -> None:
+    """A step still running when the session ends gets its final status in the event log too (the
+    progress message marks it in Progress.finish), so no reader of the events sees it run forever."""
+    for name, current in list(state.progress.steps.items()):
+        if current == "running":
+            try:
+                await state.step(name, status)
+            except DB_DOWN_ERRORS as exc:
+                log.warning("the end of step %s of session %s is not stored: %s", name, state.session.id, exc)
 
 
 async def _release_sandbox(state: Run) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.services import Services
-from runner.git import git, in_git_dir
+from runner.git import git, has_commit, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -141,6 +141,21 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
             raise
         os.chown(ws.root, 0, ws.claim.uid)  # type: ignore[union-attr]
         os.chmod(ws.root, 0o710)  # only the session's own uid (its group) may pass
+    try:
+        await _fill_workspace(ws, mirror, remote, base, branch, existing_branch, start_ref)
+    except BaseException:  # a missing base branch, a full disk: nothing of it may stay behind
+        await end_workspace(ws, keep=False)
+        raise
+    return ws
+
+
+class MissingBranch(Exception):
+    """The base branch (or the session's existing branch) is not in the repository."""
+
+
+async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, branch: str,
+                          existing_branch: bool, start_ref: str | None) -> None:
+    """Clone into the trusted git dir, check the branch out into project/, copy .git for the agent."""
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",
                str(mirror), str(ws.project)])
     (ws.project / ".git").unlink()  # the gitfile: the trusted dir is named on every command instead
@@ -151,13 +166,15 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
     if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
         await in_git_dir(ws.git_dir, ["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"])
         start = START_REF
+    elif not await has_commit(ws.git_dir, start):
+        which = f"the branch `{branch}`" if existing_branch else f"the base branch `{base}`"
+        raise MissingBranch(f"{which} does not exist in {remote}: name an existing branch")
     # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
     # project is still ours and empty: nothing of the agent's exists yet.
     await in_git_dir(ws.git_dir, ["--work-tree", str(ws.project), "-c", f"checkout.workers={CHECKOUT_WORKERS}",
                                   "checkout", "--quiet", "-B", branch, start])
     await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
     await git(["--git-dir", str(ws.project / ".git"), "config", "core.bare", "false"], ws.project)
-    return ws
 
 
 def copy_git_dir(source: Path, target: Path) -> None:
