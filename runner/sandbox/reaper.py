@@ -1,0 +1,142 @@
+"""The session's reaper: a small process that outlives a killed worker just long enough to kill
+what the worker started for the session.
+
+The worker holds the only write end of the reaper's stdin. While the worker lives it sends
+`pgid N` (a command's process group) and `forget N` (that group is gone), and `done` when it has
+destroyed the sandbox itself. End of file without `done` means the worker died (SIGKILL, a crash,
+the OOM killer): the reaper SIGKILLs the process groups it was told of, every process whose
+environment carries the session's token, every process of the session's own uid, and everything in
+the session's cgroups, removes those cgroups, and exits. Unsandboxed agents have no pid namespace
+to die with (bubblewrap's --die-with-parent covers the sandboxed ones); a parent-death signal only
+reaches the agent itself, not what it started, so this is what takes its children along.
+
+Standard library only: it runs as `python3 -I -S reaper.py ...`, importing nothing of Sesame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+
+MARKER = "SESAME_SANDBOX_TOKEN"  # runner.sandbox.process.MARKER (this file imports nothing of ours)
+KILL_ROUNDS = 200
+RMDIR_TIMEOUT = 2.0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sesame-reaper")
+    parser.add_argument("--token", required=True, help="the sandbox's token prefix")
+    parser.add_argument("--uid", type=int, help="the session's own host uid (never a shared one)")
+    parser.add_argument("--cgroup", action="append", default=[], help="a session cgroup directory")
+    return parser.parse_args(argv)
+
+
+def listen(groups: set[int]) -> bool:
+    """Read the worker's messages until end of file; True when it said `done`."""
+    buffered = b""
+    while chunk := os.read(0, 4096):
+        buffered += chunk
+        *lines, buffered = buffered.split(b"\n")
+        for line in lines:
+            word, _, value = line.decode(errors="replace").partition(" ")
+            if word == "done":
+                return True
+            if word in ("pgid", "forget") and value.strip().isdigit():
+                (groups.add if word == "pgid" else groups.discard)(int(value))
+    return False
+
+
+def _uid_of(pid: str) -> int | None:
+    """The real uid of a live process; None for a zombie (dead already; its parent, often init here,
+    reaps it when it will: counting it would keep the loop below killing the uid's next processes)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                    return None
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    return None
+
+
+def _marked(pid: str, needle: bytes) -> bool:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return any(v.startswith(needle) for v in fh.read().split(b"\0"))
+    return False
+
+
+def victims(token: str, uid: int | None, cgroups: list[str]) -> set[int]:
+    """The session's processes still alive: by token, by its own uid, in its cgroups."""
+    needle = f"{MARKER}={token}".encode()
+    me = os.getpid()
+    found: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if (uid is not None and _uid_of(entry.name) == uid) or _marked(entry.name, needle):
+            found.add(int(entry.name))
+    for path in cgroups:
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(path, "cgroup.procs")) as fh:
+                found.update(int(p) for p in fh.read().split())
+    found.discard(me)
+    return found
+
+
+def kill_all(groups: set[int], token: str, uid: int | None, cgroups: list[str]) -> int:
+    """SIGKILL everything of the session until nothing is left; how many processes were hit."""
+    for path in cgroups:  # cgroup v2 kills the whole cgroup at once where the kernel has it
+        with contextlib.suppress(OSError):
+            with open(os.path.join(path, "cgroup.kill"), "w") as fh:
+                fh.write("1")
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGKILL)
+    hit: set[int] = set()
+    for _ in range(KILL_ROUNDS):
+        left = victims(token, uid, cgroups)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        hit |= left
+        time.sleep(0.01)
+    return len(hit)
+
+
+def remove_cgroups(cgroups: list[str]) -> None:
+    """rmdir each session cgroup once its last process has exited."""
+    deadline = time.monotonic() + RMDIR_TIMEOUT
+    for path in cgroups:
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C to the worker is not our end
+    groups: set[int] = set()
+    if listen(groups):
+        return 0
+    hit = kill_all(groups, args.token, args.uid, args.cgroup)
+    remove_cgroups(args.cgroup)
+    print(f"sesame-reaper: the worker died; killed {hit} process(es) of its session", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
