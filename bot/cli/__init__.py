@@ -139,7 +139,8 @@ def make_queue(services: Any) -> Any:
 
     if services.settings.REDIS_URL:
         return ArqQueue(services.settings.REDIS_URL)
-    return InlineQueue(lambda sid: run_session(services, sid), services.settings.INLINE_CONCURRENCY)
+    queue = InlineQueue(lambda sid: run_session(services, sid, queue=queue), services.settings.INLINE_CONCURRENCY)
+    return queue
 
 
 def sandbox_status(settings: Settings) -> dict[str, Any]:
