@@ -98,7 +98,8 @@ KEYS: tuple[Key, ...] = (
        help="sessions of one GitHub account's repositories (one App installation) running at once across "
             "all workers (0: no limit); more wait"),
     _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds", minimum=0,
-       help="seconds a stopping worker lets running sessions finish before it hands them back"),
+       help="seconds a stopping worker (or `sesame serve`'s in-process queue) lets running sessions finish "
+            "before it hands them back"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
     _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1", url=True),
