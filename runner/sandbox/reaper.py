@@ -2,9 +2,9 @@
 what the worker started for the session.
 
 The worker holds the only write end of the reaper's stdin. While the worker lives it sends
-`pgid N` (a command's process group) and `forget N` (that group is gone), and `done` when it has
-destroyed the sandbox itself. End of file without `done` means the worker died (SIGKILL, a crash,
-the OOM killer): the reaper SIGKILLs the process groups it was told of, every process whose
+`pgid N` (a command's process group) and `forget N` (that group is gone); when it has destroyed the
+sandbox itself it SIGKILLs the reaper before closing its end. End of file means the worker died
+(SIGKILL, a crash, the OOM killer): the reaper SIGKILLs the process groups it was told of, every process whose
 environment carries the session's token, every process of the session's own uid, and everything in
 the session's cgroups, removes those cgroups, and exits. Unsandboxed agents have no pid namespace
 to die with (bubblewrap's --die-with-parent covers the sandboxed ones); a parent-death signal only
@@ -35,31 +35,35 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def listen(groups: set[int]) -> bool:
-    """Read the worker's messages until end of file; True when it said `done`."""
+def listen(groups: set[int]) -> None:
+    """Read the worker's messages until end of file: the worker is gone."""
     buffered = b""
     while chunk := os.read(0, 4096):
         buffered += chunk
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             word, _, value = line.decode(errors="replace").partition(" ")
-            if word == "done":
-                return True
             if word in ("pgid", "forget") and value.strip().isdigit():
                 (groups.add if word == "pgid" else groups.discard)(int(value))
-    return False
 
 
 def _uid_of(pid: str) -> int | None:
-    """The real uid of a live process; None for a zombie (dead already; its parent, often init here,
-    reaps it when it will: counting it would keep the loop below killing the uid's next processes)."""
+    """The real uid of a process, None when unreadable."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("State:") and line.split()[1] in ("Z", "X"):
-                    return None
                 if line.startswith("Uid:"):
                     return int(line.split()[1])
+    return None
+
+
+def _alive_since(pid: str) -> int | None:
+    """When a live process started (clock ticks since boot); None for a zombie (dead already: its
+    parent, often init here, reaps it when it will) or when unreadable."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()  # the command name may hold spaces and parens
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     return None
 
 
@@ -70,15 +74,25 @@ def _marked(pid: str, needle: bytes) -> bool:
     return False
 
 
-def victims(token: str, uid: int | None, cgroups: list[str]) -> set[int]:
-    """The session's processes still alive: by token, by its own uid, in its cgroups."""
+def now_ticks() -> int:
+    """This moment in /proc/PID/stat's unit: clock ticks since boot (rounded up)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")) + 1
+
+
+def victims(token: str, uid: int | None, cgroups: list[str], born_by: int) -> set[int]:
+    """The session's processes still alive: by token, in its cgroups, and of its own uid those started
+    by born_by (the worker's death): a later one of that uid is the next session's, once the sweeper
+    has cleaned up and released the uid."""
     needle = f"{MARKER}={token}".encode()
     me = os.getpid()
     found: set[int] = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        if (uid is not None and _uid_of(entry.name) == uid) or _marked(entry.name, needle):
+        since = _alive_since(entry.name)
+        if since is None:
+            continue
+        if (uid is not None and since <= born_by and _uid_of(entry.name) == uid) or _marked(entry.name, needle):
             found.add(int(entry.name))
     for path in cgroups:
         with contextlib.suppress(OSError, ValueError):
@@ -90,6 +104,7 @@ def victims(token: str, uid: int | None, cgroups: list[str]) -> set[int]:
 
 def kill_all(groups: set[int], token: str, uid: int | None, cgroups: list[str]) -> int:
     """SIGKILL everything of the session until nothing is left; how many processes were hit."""
+    born_by = now_ticks()
     for path in cgroups:  # cgroup v2 kills the whole cgroup at once where the kernel has it
         with contextlib.suppress(OSError):
             with open(os.path.join(path, "cgroup.kill"), "w") as fh:
@@ -99,7 +114,7 @@ def kill_all(groups: set[int], token: str, uid: int | None, cgroups: list[str]) 
             os.killpg(group, signal.SIGKILL)
     hit: set[int] = set()
     for _ in range(KILL_ROUNDS):
-        left = victims(token, uid, cgroups)
+        left = victims(token, uid, cgroups, born_by)
         if not left:
             break
         for pid in left:
@@ -130,8 +145,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C to the worker is not our end
     groups: set[int] = set()
-    if listen(groups):
-        return 0
+    listen(groups)
     hit = kill_all(groups, args.token, args.uid, args.cgroup)
     remove_cgroups(args.cgroup)
     print(f"sesame-reaper: the worker died; killed {hit} process(es) of its session", file=sys.stderr)
