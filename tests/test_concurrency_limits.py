@@ -34,6 +34,13 @@ async def new_session(services: Services, repo: str, **extra: Any) -> str:
     return row.id
 
 
+async def settle(services: Services, *ids: str) -> None:
+    """End this test's sessions: the run's PostgreSQL database is shared, and a later test's sweep must
+    not find them processing with a lapsed lease."""
+    async with services.sessions.sessionmaker() as db, db.begin():
+        await db.execute(update(Session).where(Session.id.in_(ids)).values(state="completed", lease_expires_at=None))
+
+
 async def reset(services: Services, *ids: str) -> None:
     async with services.sessions.sessionmaker() as db, db.begin():
         await db.execute(update(Session).where(Session.id.in_(ids))
@@ -65,6 +72,7 @@ async def test_racing_claims_of_one_repository_never_both_start(services: Servic
     await reset(services, first, second)
     assert all(isinstance(r, Session) for r in await asyncio.gather(  # 0: no limit
         services.sessions.claim_within(first, "w1"), services.sessions.claim_within(second, "w2")))
+    await settle(services, first, second)
 
 
 async def test_the_installation_limit_counts_the_accounts_repositories(services: Services) -> None:
@@ -85,6 +93,7 @@ async def test_the_installation_limit_counts_the_accounts_repositories(services:
         await db.execute(update(Session).where(Session.id == web)
                          .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert isinstance(await services.sessions.claim_within(third, "w2", installation_limit=2), Session)
+    await settle(services, api, web, other, local, third)
 
 
 def gated_agent(gate: Path) -> str:
