@@ -143,7 +143,10 @@ def remove_cgroups(cgroups: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C to the worker is not our end
+    # a terminal's ^C, or systemd's SIGTERM to the whole unit, is not our end: the worker's is, and
+    # a worker that stops cleanly dismisses its reapers itself
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     groups: set[int] = set()
     listen(groups)
     hit = kill_all(groups, args.token, args.uid, args.cgroup)
