@@ -129,18 +129,24 @@ class ArqQueue:
 
 
 class InlineQueue:
-    """Runs sessions as tasks of this process, a bounded number at a time."""
+    """Runs sessions as tasks of this process, a bounded number at a time; stop() hands them back."""
 
     kind = "inline"
 
     def __init__(self, job: Job, concurrency: int = 2) -> None:
         self.job = job
         self.concurrency = concurrency
+        self.shutdown = asyncio.Event()  # set: the running sessions hand themselves back (the job's to honour)
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running: set[str] = set()  # sessions whose job holds a slot
+        self._stopping = False
 
     async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
-        """Start the session unless it is already queued or running here."""
+        """Start the session unless it is already queued or running here; False once stopping (the
+        session stays pending for a sweeper)."""
+        if self._stopping:
+            return False
         if session_id not in self._tasks:
             task = asyncio.create_task(self._run(session_id), name=f"session-{session_id}")
             self._tasks[session_id] = task
@@ -152,12 +158,39 @@ class InlineQueue:
 
     async def _run(self, session_id: str) -> None:
         async with self._slots:
+            if self._stopping:  # never started: it stays pending
+                return
+            self._running.add(session_id)
             try:
                 await self.job(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("session %s failed in the inline queue", session_id)
+            finally:
+                self._running.discard(session_id)
+
+    async def stop(self, grace: float, hand_back_timeout: float) -> None:
+        """Shutting down (SIGTERM): take nothing more, drop what has not started (still pending), let the
+        running sessions finish within `grace` seconds, then set `shutdown` so the rest hand themselves
+        back (their work pushed, pending again for the next sweeper, here after a restart or in another
+        process); cancelled only when that takes longer than hand_back_timeout."""
+        self._stopping = True
+        for session_id, task in list(self._tasks.items()):
+            if session_id not in self._running:
+                task.cancel()
+        running = [t for t in self._tasks.values() if not t.done()]
+        if running:
+            log.info("shutting down: %d sessions may finish within %.0f s, then they are handed back",
+                     len(self._running), grace)
+            _done, left = await asyncio.wait(running, timeout=max(grace, 0.0))
+            if left:
+                self.hurry()
+                await asyncio.wait(left, timeout=hand_back_timeout)
+
+    def hurry(self) -> None:
+        """Hand the running sessions back now (a second signal), without the rest of the grace period."""
+        self.shutdown.set()
 
     async def join(self) -> None:
         """Wait until every queued session has run (tests, shutdown)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,50 @@ class NewSession:
     id: str | None = None  # chosen by the caller when it must know it before the row exists
 
 
+@dataclass(frozen=True)
+class AtLimit:
+    """A session that may not start yet: as many sessions of its repository (or of its repository's
+    GitHub account) run already as REPO_CONCURRENCY (INSTALLATION_CONCURRENCY) allows."""
+
+    setting: str  # REPO_CONCURRENCY | INSTALLATION_CONCURRENCY
+    scope: str  # "acme/api" | "acme's repositories"
+    running: int
+    limit: int
+
+    @property
+    def message(self) -> str:
+        """What the session's progress message says while it waits."""
+        many = self.running != 1
+        return (f"waiting: {self.running} session{'s' if many else ''} of {self.scope} "
+                f"{'are' if many else 'is'} already running ({self.setting} {self.limit})")
+
+
+class _AtLimitError(Exception):
+    """Rolls the claim's transaction back (no attempt counted) and carries why."""
+
+    def __init__(self, at: AtLimit) -> None:
+        super().__init__(at.message)
+        self.at = at
+
+
+def account_of(repo: str) -> str | None:
+    """The GitHub account of an owner/name repository, which is its App installation's; None for a local
+    path or a URL (sessions of `sesame run` and the API may name those)."""
+    owner, sep, name = repo.partition("/")
+    if not sep or not owner or not name or "/" in name or ":" in repo or owner.startswith((".", "~")):
+        return None
+    return owner
+
+
+def _lock_key(text: str) -> int:
+    """A PostgreSQL advisory lock key (bigint) for a text."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 class SessionInUse(Exception):
     """A session other rows still refer to (its follow-ups) cannot be deleted."""
 
@@ -224,20 +269,75 @@ class SessionService:
 
     async def claim(self, session_id: str, worker: str) -> Session | None:
         """Move pending -> processing under a lease; None if someone else has it or it ended."""
+        claimed = await self.claim_within(session_id, worker)
+        assert not isinstance(claimed, AtLimit)  # no limit given
+        return claimed
+
+    async def claim_within(self, session_id: str, worker: str, repo_limit: int = 0,
+                           installation_limit: int = 0) -> Session | AtLimit | None:
+        """claim, unless as many sessions of its repository (repo_limit) or of its repository's account
+        (installation_limit) are processing already (0: no limit): then AtLimit, the session stays
+        pending and no attempt is counted. Right across workers: the count is taken inside the claim's
+        transaction, after the claim's own write (SQLite: one writer at a time) or under advisory locks
+        of the account and the repository (PostgreSQL), so two claims of one repository never both
+        count the other out."""
         now = utcnow()
-        async with self.sessionmaker() as db, db.begin():
-            result = await db.execute(
-                update(Session)
-                .where(Session.id == session_id,
-                       or_(Session.state == State.PENDING.value,
-                           (Session.state == State.PROCESSING.value) & (Session.lease_expires_at < now)))
-                .values(state=State.PROCESSING.value, lease_expires_at=now + self.lease,
-                        started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
-            )
-            if rows_affected(result) != 1:
-                return None
-            await self._event(db, session_id, "status", {"state": State.PROCESSING.value, "worker": worker})
-            return await db.get(Session, session_id)
+        try:
+            async with self.sessionmaker() as db, db.begin():
+                repo = account = None
+                if repo_limit > 0 or installation_limit > 0:
+                    repo = (await db.execute(select(Session.repo).where(Session.id == session_id))).scalar()
+                    if repo is None:
+                        return None
+                    account = account_of(repo) if installation_limit > 0 else None
+                    if self.engine.dialect.name == "postgresql":  # always the account first, then the repo
+                        keys = ([f"sesame:account:{account}"] if account else []) + (
+                            [f"sesame:repo:{repo}"] if repo_limit > 0 else [])
+                        for key in keys:
+                            await db.execute(select(func.pg_advisory_xact_lock(_lock_key(key))))
+                result = await db.execute(
+                    update(Session)
+                    .where(Session.id == session_id,
+                           or_(Session.state == State.PENDING.value,
+                               (Session.state == State.PROCESSING.value) & (Session.lease_expires_at < now)))
+                    .values(state=State.PROCESSING.value, lease_expires_at=now + self.lease,
+                            started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
+                )
+                if rows_affected(result) != 1:
+                    return None
+                if repo is not None and repo_limit > 0:
+                    await self._within(db, session_id, now, Session.repo == repo,
+                                       "REPO_CONCURRENCY", repo, repo_limit)
+                if account is not None:
+                    await self._within(db, session_id, now, Session.repo.like(f"{_like_prefix(account)}/%",
+                                                                             escape="\\"),
+                                       "INSTALLATION_CONCURRENCY", f"{account}'s repositories", installation_limit)
+                await self._event(db, session_id, "status", {"state": State.PROCESSING.value, "worker": worker})
+                return await db.get(Session, session_id)
+        except _AtLimitError as refused:
+            return refused.at
+
+    @staticmethod
+    async def _within(db: AsyncSession, session_id: str, now: datetime, same: Any, setting: str, scope: str,
+                      limit: int) -> None:
+        """Raise _AtLimitError when `limit` other sessions matching `same` are processing (a lapsed lease
+        is a dead worker's, not counted: the sweeper gives that session back)."""
+        running = (await db.execute(select(func.count()).select_from(Session).where(
+            same, Session.id != session_id, Session.state == State.PROCESSING.value,
+            Session.lease_expires_at >= now))).scalar_one()
+        if running >= limit:
+            raise _AtLimitError(AtLimit(setting, scope, running, limit))
+
+    async def waiting_behind(self, repo: str, limit: int = 100) -> list[tuple[str, int]]:
+        """(id, attempts) of the pending sessions of a repository and of its account, oldest first: those a
+        session's end may let start."""
+        account = account_of(repo)
+        same = or_(Session.repo == repo, Session.repo.like(f"{_like_prefix(account)}/%", escape="\\")) \
+            if account else Session.repo == repo
+        async with self.autocommit() as db:
+            rows = (await db.execute(select(Session.id, Session.attempts).where(
+                same, Session.state == State.PENDING.value).order_by(Session.created_at).limit(limit))).all()
+            return [(row.id, row.attempts) for row in rows]
 
     async def renew_lease(self, session_id: str) -> bool:
         """Extend the lease; False when the session is no longer processing."""

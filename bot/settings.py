@@ -92,8 +92,14 @@ KEYS: tuple[Key, ...] = (
        help="runs of a session whose worker died before it ends in error"),
     _k("WORKER_CONCURRENCY", default=4, kind="int", path="worker.concurrency", minimum=1, maximum=256, live=False,
        help="sessions one `sesame worker` runs at once"),
+    _k("REPO_CONCURRENCY", default=0, kind="int", path="sessions.repoConcurrency", minimum=0,
+       help="sessions of one repository running at once across all workers (0: no limit); more wait"),
+    _k("INSTALLATION_CONCURRENCY", default=0, kind="int", path="sessions.installationConcurrency", minimum=0,
+       help="sessions of one GitHub account's repositories (one App installation) running at once across "
+            "all workers (0: no limit); more wait"),
     _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds", minimum=0,
-       help="seconds a stopping worker lets running sessions finish before it hands them back"),
+       help="seconds a stopping worker (or `sesame serve`'s in-process queue) lets running sessions finish "
+            "before it hands them back"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
     _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1", url=True),
@@ -365,6 +371,8 @@ class SettingValues:
     SESSION_LEASE_SECONDS: int
     SESSION_MAX_ATTEMPTS: int
     WORKER_CONCURRENCY: int
+    REPO_CONCURRENCY: int
+    INSTALLATION_CONCURRENCY: int
     WORKER_SHUTDOWN_GRACE: int
     AI_API_KEY: str | None
     AI_BASE_URL: str

@@ -14,7 +14,8 @@ from arq.cron import cron
 from bot.models import State
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
-from bot.sweeper import sweep
+from bot.sessions import AtLimit
+from bot.sweeper import sweep, tell
 from runner import pipeline
 from runner.reconnecting import ReconnectingWorker
 from runner.workspace import remove_abandoned_workspace
@@ -24,20 +25,60 @@ WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 HAND_BACK_TIMEOUT = 3 * pipeline.SALVAGE_TIMEOUT  # commit, scan and push of what a handed-back session wrote
 
 
-async def run_session(services: Services, session_id: str, shutdown: asyncio.Event | None = None) -> bool:
-    """Claim the session (no one else may run it) and run the pipeline; True when it was handed back."""
+async def run_session(services: Services, session_id: str, shutdown: asyncio.Event | None = None,
+                      queue: Queue | None = None) -> bool:
+    """Claim the session (no one else may run it) and run the pipeline; True when it was handed back.
+
+    A session whose repository or account is at its REPO_CONCURRENCY or INSTALLATION_CONCURRENCY stays
+    pending, no attempt counted, and says what it waits for; the end of a session of the same repository
+    or account enqueues the waiting ones again (queue), and the sweeper does too (every pending row)."""
     services.settings.refresh()  # a setting changed in the config file applies to the next session
-    session = await services.sessions.claim(session_id, WORKER_NAME)
+    settings = services.settings
+    repo_limit, account_limit = int(settings.REPO_CONCURRENCY), int(settings.INSTALLATION_CONCURRENCY)
+    session = await services.sessions.claim_within(session_id, WORKER_NAME, repo_limit, account_limit)
+    if isinstance(session, AtLimit):
+        await _waiting(services, session_id, session)
+        return False
     if session is None:
         log.info("session %s is not claimable (running elsewhere or ended)", session_id)
         return False
-    await pipeline.run(services, session, shutdown)
+    try:
+        await pipeline.run(services, session, shutdown)
+    finally:
+        if queue is not None and (repo_limit > 0 or account_limit > 0):
+            await _wake_waiting(services, queue, session.repo, session_id)
     row = await services.sessions.get(session_id)
     return row is not None and row.state == State.PENDING.value
 
 
+async def _waiting(services: Services, session_id: str, at: AtLimit) -> None:
+    """Say once (an event, the progress message) what the session waits for; said again only when it
+    changes (another count, another limit)."""
+    log.info("session %s: %s", session_id, at.message)
+    events = await services.sessions.events(session_id)
+    said = [e.data.get("waiting") for e in events if e.kind == "status" and "waiting" in e.data]
+    if said and said[-1] == at.message:
+        return
+    await services.sessions.add_event(session_id, "status", {"state": State.PENDING.value, "waiting": at.message})
+    row = await services.sessions.get(session_id)
+    if row is not None and row.state == State.PENDING.value:
+        await tell(services, row, at.message)
+
+
+async def _wake_waiting(services: Services, queue: Queue, repo: str, ended: str) -> None:
+    """A session ended: enqueue the pending ones of its repository and account, oldest first (a job of one
+    of them still deciding to wait refuses the enqueue: the sweeper's next pass takes it)."""
+    try:
+        waiting = await services.sessions.waiting_behind(repo)
+        for session_id, attempts in waiting:
+            if session_id != ended:
+                await queue.enqueue(session_id, attempts + 1)
+    except Exception as exc:
+        log.warning("could not enqueue the sessions waiting behind %s: %s", ended, exc)
+
+
 async def _job(ctx: dict[str, Any], session_id: str) -> None:
-    if await run_session(ctx["services"], session_id, ctx["shutdown"]):
+    if await run_session(ctx["services"], session_id, ctx["shutdown"], ctx["queue"]):
         ctx["handed_back"].append(session_id)
 
 

@@ -90,5 +90,8 @@ async def test_sweeper_requeues_pending_sessions(services: Services) -> None:
             seen.append(f"{session_id}:{attempt}")
             return True
 
+        async def forget(self, session_id: str, attempt: int) -> None:  # the run's other sessions may be retried
+            return None
+
     await sweep(services, Recorder(), pending_grace=timedelta(seconds=-1))  # type: ignore[arg-type]
     assert f"{row.id}:1" in seen  # its first attempt

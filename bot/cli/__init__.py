@@ -139,7 +139,9 @@ def make_queue(services: Any) -> Any:
 
     if services.settings.REDIS_URL:
         return ArqQueue(services.settings.REDIS_URL)
-    return InlineQueue(lambda sid: run_session(services, sid), services.settings.INLINE_CONCURRENCY)
+    queue = InlineQueue(lambda sid: run_session(services, sid, queue.shutdown, queue=queue),
+                        services.settings.INLINE_CONCURRENCY)
+    return queue
 
 
 def sandbox_status(settings: Settings) -> dict[str, Any]:
@@ -253,7 +255,9 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1:
         return await serve_many(settings, args)
     from bot.cli.wiring import open_services
+    from bot.queue import InlineQueue
     from bot.sweeper import run_forever_sweeper
+    from runner.worker import HAND_BACK_TIMEOUT
     from runner.workspace import remove_abandoned_workspace
 
     host = args.host or settings.HOST
@@ -273,8 +277,14 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return fail(f"PORT: cannot listen on {host}:{port} ({exc.strerror}). Pick another with --port.")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:  # a second signal: in-process sessions are handed back at once
+        if stopping.is_set() and isinstance(queue, InlineQueue):
+            queue.hurry()
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the announcement: whoever read it may stop us
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_signal)
     mode = "SQLite" if services.settings.embedded else "PostgreSQL"
     print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
     sweeper = None if args.no_sweeper else asyncio.create_task(
@@ -285,6 +295,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if sweeper is not None:
         sweeper.cancel()
     await runner.cleanup()
+    if isinstance(queue, InlineQueue):  # like `sesame worker`: finish within the grace, hand back the rest
+        await queue.stop(max(float(settings.WORKER_SHUTDOWN_GRACE), 0.0), HAND_BACK_TIMEOUT)
     await queue.close()
     await services.close()
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import ctypes
+import dataclasses
 import fcntl
 import os
 import queue
@@ -27,6 +28,7 @@ from runner.sandbox.seccomp import Arch
 
 T = TypeVar("T")
 
+_PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
@@ -68,6 +70,9 @@ class ChildSetup:
     channel: socket.socket | None = None  # the listener fd goes back over it (SCM_RIGHTS)
 
     keep_fds: tuple[int, ...] = ()  # descriptors the command is given on purpose
+    # SIGKILL when the thread that forked it ends (the event loop's, which lives as long as the worker)
+    die_with_parent: bool = False
+    parent_pid: int = dataclasses.field(default_factory=os.getpid)
 
     def __call__(self) -> None:
         """preexec_fn body (runs in the child, after fork, before exec)."""
@@ -79,6 +84,11 @@ class ChildSetup:
             os.setgroups([])
             os.setgid(self.gid)
             os.setuid(self.uid)
+        if self.die_with_parent:  # after the uid change, which clears it
+            if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "PR_SET_PDEATHSIG failed")
+            if os.getppid() != self.parent_pid:  # the parent died before the signal was armed
+                os.kill(os.getpid(), signal.SIGKILL)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
         if self.listener is not None and self.channel is not None:

@@ -28,10 +28,11 @@ from runner.sandbox.base import (
 )
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
-from runner.sandbox.limits import Limiter, disk_exceeded, disk_usage, session_limiter
+from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, session_limiter
 from runner.sandbox.netns import NetNamespace, create_netns, listen_in
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
+from runner.sandbox.reaping import Reaper
 from runner.sandbox.supervisor import Supervisor
 from runner.sandbox.verdicts import HiddenPaths
 
@@ -95,6 +96,7 @@ class LocalSandbox(Sandbox):
         self._limiter: Limiter | None = None
         self._exceeded: LimitExceeded | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._reaper: Reaper | None = None
         self._started = False
 
     def report(self, violation: Violation) -> None:
@@ -131,7 +133,14 @@ class LocalSandbox(Sandbox):
                 await self._start_limiter(limits)
         if self.policy.limits is not None:
             self._watchdog = asyncio.create_task(self._watch_limits())
+        self._reaper = await self._start_reaper()
         self._started = True
+
+    async def _start_reaper(self) -> Reaper:
+        """The process that kills the session's processes (and cgroups) if this worker dies."""
+        own_uid = self.policy.host_uid if self._drop and self.policy.own_uid else None
+        cgroups = list(dict.fromkeys(self._limiter.dirs.values())) if isinstance(self._limiter, Cgroups) else []
+        return await Reaper.start(self._token, own_uid, cgroups)
 
     async def _start_limiter(self, limits: SandboxLimits) -> None:
         """The session cgroup (or rlimits); under v1 the launcher thread moves in at once."""
@@ -240,6 +249,8 @@ class LocalSandbox(Sandbox):
         else:
             handle = await self._exec_direct(argv, env, stdin, cwd, token)
         self._handles.add(handle)
+        if self._reaper is not None:
+            self._reaper.watch(handle.pid)  # both start in a new session: pid is the group
         return handle
 
     async def _exec_bwrap(
@@ -278,6 +289,8 @@ class LocalSandbox(Sandbox):
 
         async def on_exit() -> None:
             self._sweep(missing)
+            if self._reaper is not None:
+                self._reaper.forget(proc.pid)
 
         return LocalProcess(proc, tree, on_exit, stdin)
 
@@ -305,11 +318,13 @@ class LocalSandbox(Sandbox):
         setup = ChildSetup(
             uid=self.policy.host_uid if self._drop else None,
             gid=self.policy.host_gid if self._drop else None,
+            die_with_parent=True,
         )
         spawned = await spawn([*argv], full_env, setup, (), stdin is not None, cwd=self._cwd(cwd))
 
         async def on_exit() -> None:
-            return None
+            if self._reaper is not None:  # the group was killed: its number may be reused
+                self._reaper.forget(spawned.proc.pid)
 
         own_uid = self.policy.host_uid if self._drop and self.policy.own_uid else None
         return LocalProcess(spawned.proc, Tree(spawned.proc.pid, None, token, own_uid), on_exit, stdin)
@@ -359,6 +374,9 @@ class LocalSandbox(Sandbox):
         self._tool_fds = []
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reaper is not None:  # everything is gone: the reaper leaves without a kill
+            await self._reaper.dismiss()
+            self._reaper = None
         self._started = False
 
 
