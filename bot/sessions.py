@@ -135,14 +135,19 @@ class AtLimit:
     """A session that may not start yet: as many sessions of its repository (or of its repository's
     GitHub account) run already as REPO_CONCURRENCY (INSTALLATION_CONCURRENCY) allows."""
 
-    setting: str  # REPO_CONCURRENCY | INSTALLATION_CONCURRENCY
-    scope: str  # "acme/api" | "acme's repositories"
+    setting: str  # REPO_CONCURRENCY | INSTALLATION_CONCURRENCY | "branch" (one per branch) | "parent" (follow-up)
+    scope: str  # "acme/api" | "acme's repositories" | the branch
     running: int
     limit: int
 
     @property
     def message(self) -> str:
         """What the session's progress message says while it waits."""
+        if self.setting == "parent":
+            return "waiting: the session this follows up is still running; this one starts when it ends"
+        if self.setting == "branch":
+            return (f"waiting: another session is still working on the branch `{self.scope}`; "
+                    "this one starts on it when that one ends")
         many = self.running != 1
         return (f"waiting: {self.running} session{'s' if many else ''} of {self.scope} "
                 f"{'are' if many else 'is'} already running ({self.setting} {self.limit})")
@@ -284,28 +289,37 @@ class SessionService:
         now = utcnow()
         try:
             async with self.sessionmaker() as db, db.begin():
-                repo = account = None
-                if repo_limit > 0 or installation_limit > 0:
-                    repo = (await db.execute(select(Session.repo).where(Session.id == session_id))).scalar()
-                    if repo is None:
-                        return None
-                    account = account_of(repo) if installation_limit > 0 else None
-                    if self.engine.dialect.name == "postgresql":  # always the account first, then the repo
-                        keys = ([f"sesame:account:{account}"] if account else []) + (
-                            [f"sesame:repo:{repo}"] if repo_limit > 0 else [])
-                        for key in keys:
-                            await db.execute(select(func.pg_advisory_xact_lock(_lock_key(key))))
+                found = (await db.execute(select(Session.repo, Session.branch, Session.parent_id)
+                                          .where(Session.id == session_id))).first()
+                if found is None:
+                    return None
+                repo, branch = found.repo, found.branch
+                parent = (await db.execute(select(Session.state, Session.branch).where(
+                    Session.id == found.parent_id))).first() if found.parent_id else None
+                if parent is not None and not State(parent.state).final:  # a follow-up waits for its parent
+                    raise _AtLimitError(AtLimit("parent", parent.branch or repo, 1, 1))
+                branch = branch or (parent.branch if parent is not None else None)  # and continues its branch
+                account = account_of(repo) if installation_limit > 0 else None
+                if self.engine.dialect.name == "postgresql":  # always the account, then the repo, then the branch
+                    keys = ([f"sesame:account:{account}"] if account else []) + (
+                        [f"sesame:repo:{repo}"] if repo_limit > 0 else []) + (
+                        [f"sesame:branch:{repo}:{branch}"] if branch else [])
+                    for key in keys:
+                        await db.execute(select(func.pg_advisory_xact_lock(_lock_key(key))))
                 result = await db.execute(
                     update(Session)
                     .where(Session.id == session_id,
                            or_(Session.state == State.PENDING.value,
                                (Session.state == State.PROCESSING.value) & (Session.lease_expires_at < now)))
-                    .values(state=State.PROCESSING.value, lease_expires_at=now + self.lease,
+                    .values(state=State.PROCESSING.value, lease_expires_at=now + self.lease, branch=branch,
                             started_at=func.coalesce(Session.started_at, now), attempts=Session.attempts + 1)
                 )
                 if rows_affected(result) != 1:
                     return None
-                if repo is not None and repo_limit > 0:
+                if branch:  # a follow-up waits for the session still on its branch (the push would collide)
+                    await self._within(db, session_id, now, (Session.repo == repo) & (Session.branch == branch),
+                                       "branch", branch, 1)
+                if repo_limit > 0:
                     await self._within(db, session_id, now, Session.repo == repo,
                                        "REPO_CONCURRENCY", repo, repo_limit)
                 if account is not None:

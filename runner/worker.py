@@ -29,8 +29,9 @@ async def run_session(services: Services, session_id: str, shutdown: asyncio.Eve
                       queue: Queue | None = None) -> bool:
     """Claim the session (no one else may run it) and run the pipeline; True when it was handed back.
 
-    A session whose repository or account is at its REPO_CONCURRENCY or INSTALLATION_CONCURRENCY stays
-    pending, no attempt counted, and says what it waits for; the end of a session of the same repository
+    A session whose repository or account is at its REPO_CONCURRENCY or INSTALLATION_CONCURRENCY, or
+    whose branch another session is still working on (a follow-up), stays pending, no attempt counted,
+    and says what it waits for; the end of a session of the same repository
     or account enqueues the waiting ones again (queue), and the sweeper does too (every pending row)."""
     services.settings.refresh()  # a setting changed in the config file applies to the next session
     settings = services.settings
@@ -45,7 +46,7 @@ async def run_session(services: Services, session_id: str, shutdown: asyncio.Eve
     try:
         await pipeline.run(services, session, shutdown)
     finally:
-        if queue is not None and (repo_limit > 0 or account_limit > 0):
+        if queue is not None:  # follow-ups on its branch, and sessions over a repository or account limit
             await _wake_waiting(services, queue, session.repo, session_id)
     row = await services.sessions.get(session_id)
     return row is not None and row.state == State.PENDING.value
