@@ -18,11 +18,13 @@ body{font:14px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:
 .state.completed{background:#dafbe1}.state.error{background:#ffebe9}.state.processing{background:#fff8c5}
 pre{background:#f6f8fa;padding:1em;overflow:auto;max-height:60vh;white-space:pre-wrap}
 .warning{background:#fff8c5;padding:.5em 1em;border-left:4px solid #d4a72c}
+.error{background:#ffebe9;padding:.5em 1em;border-left:4px solid #cf222e}
 table{border-collapse:collapse}td{padding:.2em .8em .2em 0}
 </style></head><body>
 <h1>$title</h1>
 <p><span class="state $state" id="state">$state</span> · $agent on <code>$repo</code>
 $branch $pr</p>
+$error
 $warning
 <h2>Violations (<span id="vcount">$violation_count</span>)</h2>
 <table id="violations">$violations</table>
@@ -46,7 +48,7 @@ function show(kind, data) {
     row.insertCell().textContent = "x" + (d.count || 1); }
 }
 for (const kind of ["status","step","message","tool_call","file_edit","error","result","raw","agent_stderr",
-                    "commit","push","pull_request","warning","cleanup"]) {
+                    "commit","push","pull_request","warning","agent_failure","cleanup"]) {
   source.addEventListener(kind, (e) => show(kind, JSON.parse(e.data)));
 }
 source.addEventListener("violation", (e) => show("violation", JSON.parse(e.data)));
@@ -65,9 +67,10 @@ async def session_page(request: web.Request) -> web.Response:
     pr = f'· <a href="{esc(row.pr_url)}">#{row.pr_number}</a>' if row.pr_url else ""
     branch = f"· branch <code>{esc(row.branch)}</code>" if row.branch else ""
     warning = f'<p class="warning">{esc(row.warning)}</p>' if row.warning else ""
+    error = f'<p class="error" id="error">{esc(row.error)}</p>' if row.error else ""
     body = PAGE.substitute(
         id=esc(row.id), title=esc(row.title or row.prompt[:80]), state=esc(row.state), agent=esc(row.agent),
-        repo=esc(row.repo), branch=branch, pr=pr, warning=warning, violation_count=0, violations="")
+        repo=esc(row.repo), branch=branch, pr=pr, error=error, warning=warning, violation_count=0, violations="")
     return web.Response(text=body, content_type="text/html",
                         headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' "
                                  "'self'; style-src 'unsafe-inline'"})
