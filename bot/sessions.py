@@ -292,6 +292,12 @@ class SessionService:
         """What the requester must know although the session went on (e.g. it ran unsandboxed)."""
         await self._set(session_id, {"warning": warning})
 
+    async def record_usage(self, session_id: str, input_tokens: int | None, output_tokens: int | None,
+                           cost_usd: float | None) -> None:
+        """The tokens and cost the agent reported so far (totals, not increments; None: not reported)."""
+        await self._set(session_id, {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                                     "cost_usd": cost_usd})
+
     async def set_report(self, session_id: str, report: dict[str, Any]) -> None:
         """Where the session reports back (its progress comment, Slack message...)."""
         await self._set(session_id, {"report": report})

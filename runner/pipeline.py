@@ -26,6 +26,7 @@ from runner import git as gitops
 from runner.agents import get_agent
 from runner.agents.base import Agent, AgentEvent, Credential, shorten
 from runner.agents.failures import AgentFailure, CredentialSource, FailureWatch
+from runner.agents.usage import Usage, usage_of
 from runner.commit import commit_tree, snapshot_tree
 from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
 from runner.sandbox.base import LimitExceeded, Violation
@@ -83,6 +84,7 @@ class Run:
     # HTTP statuses of the model API as a credential gateway saw them, in order (runner.agents.failures).
     upstream_statuses: list[int] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # network destinations the sandbox refused, first ones
+    usage: Usage = field(default_factory=Usage)  # tokens and cost the agent reported so far
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -357,6 +359,7 @@ async def _follow_output(state: Run, agent: Agent) -> None:
                 continue
             for event in agent.parse_line(line, cwd=cwd):
                 await _watch_event(state, event)
+                await _count_usage(state, event)
                 if event.kind == "message" and event.data.get("delta"):
                     pending.append(str(event.data.get("text", "")))  # streamed pieces: one event per message
                     continue
@@ -382,6 +385,19 @@ async def _watch_event(state: Run, event: AgentEvent) -> None:
         log.info("session %s: %s; stopping the agent", state.session.id, fatal.sentence)
         watch.stopped_for = fatal
         await state.agent_run.kill()
+
+
+async def _count_usage(state: Run, event: AgentEvent) -> None:
+    """Add what an event reports to the session's usage: stored, and shown in the progress message."""
+    used = usage_of(event)
+    if not used.reported:
+        return
+    state.usage += used
+    total = state.usage
+    state.progress.usage(total.input_tokens, total.output_tokens, total.cost_usd)
+    state.publisher.changed()
+    await state.stored(lambda: state.services.sessions.record_usage(
+        state.session.id, total.input_tokens, total.output_tokens, total.cost_usd), "the usage")
 
 
 async def _flush_message(buffer: EventBuffer, pending: list[str]) -> None:

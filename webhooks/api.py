@@ -38,7 +38,10 @@ def session_json(row: Session) -> dict[str, Any]:
         if row.pr_number else None, "progress": row.progress, "source": row.source,
         "requestedBy": row.requested_by, "parentId": row.parent_id, "sandboxSecurity": row.sandbox_security,
         "keepAlive": row.keep_alive, "error": row.error, "warning": row.warning,
-        "violationCount": row.violation_count, "createdAt": iso(row.created_at),
+        "violationCount": row.violation_count,
+        "usage": {"inputTokens": row.input_tokens, "outputTokens": row.output_tokens, "costUsd": row.cost_usd,
+                  "budgetUsd": row.budget_usd},
+        "createdAt": iso(row.created_at),
         "startedAt": iso(row.started_at), "finishedAt": iso(row.finished_at),
     }
 

@@ -7,6 +7,8 @@ from string import Template
 
 from aiohttp import web
 
+from bot.progress import usage_line
+from bot.reporting import session_progress
 from webhooks.app import SERVICES
 
 PAGE = Template("""<!doctype html>
@@ -26,6 +28,7 @@ table{border-collapse:collapse}td{padding:.2em .8em .2em 0}
 $branch $pr</p>
 $error
 $warning
+$usage
 <h2>Violations (<span id="vcount">$violation_count</span>)</h2>
 <table id="violations">$violations</table>
 <h2>Log</h2>
@@ -68,9 +71,12 @@ async def session_page(request: web.Request) -> web.Response:
     branch = f"· branch <code>{esc(row.branch)}</code>" if row.branch else ""
     warning = f'<p class="warning">{esc(row.warning)}</p>' if row.warning else ""
     error = f'<p class="error" id="error">{esc(row.error)}</p>' if row.error else ""
+    usage = usage_line(session_progress(services, row, row.state))
+    usage = f'<p class="usage" id="usage">{esc(usage)}</p>' if usage else ""
     body = PAGE.substitute(
         id=esc(row.id), title=esc(row.title or row.prompt[:80]), state=esc(row.state), agent=esc(row.agent),
-        repo=esc(row.repo), branch=branch, pr=pr, error=error, warning=warning, violation_count=0, violations="")
+        repo=esc(row.repo), branch=branch, pr=pr, error=error, warning=warning, usage=usage, violation_count=0,
+        violations="")
     return web.Response(text=body, content_type="text/html",
                         headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' "
                                  "'self'; style-src 'unsafe-inline'"})

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from bot.catalog import AgentSpec
 
-EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
+EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "usage", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
 SUMMARY_LIMIT = 120
 

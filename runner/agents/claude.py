@@ -10,6 +10,7 @@ from typing import Any
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
 from runner.agents.tools import tool_event
+from runner.agents.usage import claude_usage
 
 CREDENTIALS_FILE = ".claude/.credentials.json"
 
@@ -58,7 +59,7 @@ def result_events(obj: dict[str, Any]) -> list[AgentEvent]:
     failed = bool(obj.get("is_error")) or str(obj.get("subtype", "success")) != "success"
     text = str(obj.get("result") or obj.get("error") or obj.get("subtype") or "")
     keys = ("subtype", "result", "num_turns", "duration_ms", "total_cost_usd", "usage", "api_error_status")
-    data = {k: obj.get(k) for k in keys} | {"is_error": failed}
+    data = {k: obj.get(k) for k in keys} | {"is_error": failed} | claude_usage(obj)
     return [AgentEvent("result", shorten(text) or ("failed" if failed else "done"), data)]
 
 
