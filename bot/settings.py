@@ -62,6 +62,9 @@ KEYS: tuple[Key, ...] = (
        help="sessions run at once by the in-process queue"),
     _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds",
        help="seconds an agent may run before it is stopped"),
+    _k("SESSION_BUDGET_USD", kind="float", path="sessions.budgetUsd",
+       help="the most a session may spend on its model API, in USD, unless its trigger says `--budget N`; "
+            "none by default"),
     _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds",
        help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
     _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds",
@@ -274,6 +277,7 @@ class SettingValues:
     REDIS_URL: str | None
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
+    SESSION_BUDGET_USD: float | None
     INTAKE_GITHUB_TIMEOUT: float
     DB_OUTAGE_GRACE: int
     SESSION_LEASE_SECONDS: int
@@ -452,7 +456,8 @@ def validate(settings: Settings) -> None:
                           ("ENCRYPTION_KEY", "Generate one with `openssl rand -hex 32`")):
             if not settings.get(name):
                 raise SettingsError(name, "is required when DATABASE_URL names PostgreSQL", fix)
-    for name in ("SANDBOX_PROXY_HEAD_TIMEOUT", "SANDBOX_PROXY_MAX_CONNECTIONS", "SANDBOX_PROXY_IDLE_TIMEOUT"):
+    for name in ("SANDBOX_PROXY_HEAD_TIMEOUT", "SANDBOX_PROXY_MAX_CONNECTIONS", "SANDBOX_PROXY_IDLE_TIMEOUT",
+                 "SESSION_BUDGET_USD"):
         if settings.get(name) is not None and settings.get(name) <= 0:
             raise SettingsError(name, f"must be above zero, got {settings.get(name)}", "Give a positive number")
     base = settings.get("BASE_URL")

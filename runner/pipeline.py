@@ -116,6 +116,10 @@ async def run(services: Services, session: Session, shutdown: asyncio.Event | No
         await until_stored(lambda: services.sessions.finish(session.id, State.ERROR, reason),
                            float(services.settings.DB_OUTAGE_GRACE), f"the end of session {session.id}")
         return
+    if session.budget_usd is None and services.settings.SESSION_BUDGET_USD:
+        session.budget_usd = float(services.settings.SESSION_BUDGET_USD)  # the default, stored for all to see
+        await until_stored(lambda: services.sessions.set_budget(session.id, session.budget_usd),
+                           float(services.settings.DB_OUTAGE_GRACE), f"the budget of session {session.id}")
     progress = session_progress(services, session, State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),

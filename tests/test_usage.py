@@ -17,6 +17,7 @@ from bot.cli.wiring import open_services
 from bot.db import make_engine, migrate
 from bot.progress import Progress, render_markdown, render_slack, usage_line
 from bot.services import Services
+from bot.sessions import budget_left
 from bot.settings import load_settings
 from runner.agents.usage import Usage, usage_of
 from runner.cli_run import run_from_terminal
@@ -83,6 +84,21 @@ async def test_usage_is_stored_and_in_the_api_and_page(services: Services, aioht
     assert "Usage: 1,200 tokens in, 340 out · $0.03" in page
 
 
+async def test_a_budget_through_the_api_and_what_is_left(services: Services, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(build_web_app(services, RecordingQueue()))
+    created = await (await client.post("/api/session", json={
+        "repo": "/r", "prompt": "p", "agent": "command", "budget": 2.5})).json()
+    assert created["usage"]["budgetUsd"] == 2.5
+    row = await services.sessions.get(created["id"])
+    assert row is not None and budget_left(row) == 2.5
+    await services.sessions.record_usage(row.id, 10, 5, 1.0)
+    row = await services.sessions.get(row.id)
+    assert row is not None and budget_left(row) == 1.5
+    assert budget_left(row, spent_usd=3.0) == 0.0  # a gateway's own count; never below zero
+    plain, _ = await services.sessions.create(new())
+    assert budget_left(plain) is None
+
+
 async def test_the_usage_migration_goes_up_and_down(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
@@ -115,7 +131,8 @@ async def test_claude_code_usage_through_the_pipeline(tmp_path: Path, claude_ins
     async with FakeAnthropic(script, api_key="sk-ant-test-key") as fake:
         env = {"SESAME_DATA_DIR": str(data_dir), "SESSION_DIR_BASE": session_base(),
                "ENCRYPTION_KEY": "ab" * 32, "ANTHROPIC_BASE_URL": fake.base_url,
-               "ANTHROPIC_API_KEY": "sk-ant-test-key", "CLAUDE_MODEL": MODEL, "SESSION_TIMEOUT": "240"}
+               "ANTHROPIC_API_KEY": "sk-ant-test-key", "CLAUDE_MODEL": MODEL, "SESSION_TIMEOUT": "240",
+               "SESSION_BUDGET_USD": "2.50"}
         services = await open_services(load_settings(env=env, cwd=tmp_path))
         try:
             code = await run_from_terminal(services, argparse.Namespace(
@@ -132,3 +149,4 @@ async def test_claude_code_usage_through_the_pipeline(tmp_path: Path, claude_ins
     assert session.input_tokens <= 10 * requests and session.output_tokens <= 5 * requests
     assert session.cost_usd is not None and 0 < session.cost_usd < 0.01  # Claude Code's own price of the run
     assert f"Usage: {session.input_tokens:,} tokens in, {session.output_tokens:,} out" in shown[-1]
+    assert session.budget_usd == 2.5 and "of a $2.50 budget" in shown[-1]  # the default, stored on the session
