@@ -271,7 +271,8 @@ async def _agent_step(state: Run) -> None:
     state.violations = ViolationAggregator(lambda batch: _store_violations(state, batch))
     state.violations.start()
     model = session.model or agent_setting(services.settings, agent.spec.model_key)
-    state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model)
+    state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
+                               budget_usd=session.budget_usd)
     state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
                                         on_violation=lambda v: _on_violation(state, v))
     if state.agent_run.warning:
@@ -292,6 +293,18 @@ async def _agent_step(state: Run) -> None:
         raise RuntimeError(f"{agent.display_name} exited with status {code}" + (f": {tail}" if tail else ""))
     state.agent_failure = failure  # exit 0 after a passing failure: an error unless the work tree changed
     await state.step("agent", "done", percent=70)
+
+
+async def stop_for_budget(state: Run) -> None:
+    """For the credential gateway, once it stops forwarding because bot.sessions.budget_left is 0: stop
+    the agent; the session ends error saying the budget ran out, the work so far committed and pushed."""
+    watch = state.watch
+    if watch is None or watch.stopped_for is not None:
+        return
+    watch.budget_ran_out()
+    watch.stopped_for = watch.fatal
+    if state.agent_run is not None:
+        await state.agent_run.kill()
 
 
 def credential_source(services: Services, agent: Agent, credential: Credential | None) -> CredentialSource | None:

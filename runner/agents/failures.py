@@ -12,7 +12,10 @@ A pure classifier over what the run left behind; no I/O. Its inputs:
   what the agent may hide (a CLI that retries a 401 five times and then says "stream error");
   an empty sequence means "no gateway view";
 - `blocked`: the network destinations the sandbox refused during the run (violation resources);
-- what the sentence needs: the agent's display name, where its credential came from, the model.
+- what the sentence needs: the agent's display name, where its credential came from, the model;
+- `budget_ran_out()`: called by whoever stops forwarding when the session's budget is spent (the
+  gateway, through `runner.pipeline.Run.watch`); from then on the verdict is that, whatever the
+  agent made of the refusal.
 
 `FailureWatch` collects the evidence line by line; its `fatal` property says, as soon as it is
 seen, that retrying cannot help (a rejected key, an unknown model), so the caller may stop the
@@ -29,10 +32,10 @@ from typing import Any, Literal
 
 from runner.agents.base import AgentEvent
 
-Cause = Literal["expired", "billing", "credential", "model", "quota", "rate_limit", "network"]
+Cause = Literal["budget", "expired", "billing", "credential", "model", "quota", "rate_limit", "network"]
 CredentialSource = Literal["subscription", "api_key", "environment"]
 EVIDENCE_KINDS = ("error", "warning", "result")
-FATAL: tuple[Cause, ...] = ("expired", "billing", "credential", "model")
+FATAL: tuple[Cause, ...] = ("budget", "expired", "billing", "credential", "model")
 # When a run shows several causes, the one a user must act on first wins.
 PRIORITY: tuple[Cause, ...] = ("expired", "billing", "credential", "model", "quota", "network", "rate_limit")
 STDERR_LINES = 40
@@ -85,6 +88,7 @@ class AgentFailure:
     source: CredentialSource | None = None
     model: str | None = None
     blocked: tuple[str, ...] = ()
+    budget_usd: float | None = None
 
     @property
     def fatal(self) -> bool:
@@ -111,6 +115,10 @@ def describe(f: AgentFailure) -> str:
     why = f"({f.status})" if f.status else {"network": "(no connection)", "rate_limit": "(rate limit)",
                                            "quota": "(quota)", "model": "(unknown model)",
                                            "billing": "(billing)"}.get(f.cause, "(refused)")
+    if f.cause == "budget":
+        budget = f" of ${f.budget_usd:,.2f}" if f.budget_usd else ""
+        return (f"{f.agent} was stopped: the session's budget{budget} is spent; the work so far is kept, and a "
+                "follow-up with a larger `--budget` can go on from it")
     if f.cause == "credential":
         return _credential_sentence(f.agent, f.source, why)
     if f.cause == "expired":
@@ -217,6 +225,12 @@ class FailureWatch:
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
     errored: bool = False  # an error event or a failed result was seen
     stopped_for: AgentFailure | None = None  # the caller stopped the agent for this fatal failure
+    budget_usd: float | None = None
+    budget_spent: bool = False
+
+    def budget_ran_out(self) -> None:
+        """The session's budget is spent and its model API no longer answers: that is the failure now."""
+        self.budget_spent = True
 
     def see(self, event: AgentEvent) -> Clue | None:
         """Take one parsed event; returns its clue, if it has one."""
@@ -235,11 +249,18 @@ class FailureWatch:
     @property
     def fatal(self) -> AgentFailure | None:
         """A failure seen so far that no retry can mend, or None."""
+        if self.budget_spent:
+            return self._budget()
         failure = self._from(list(self.clues), (), ())
         return failure if failure is not None and failure.fatal else None
 
+    def _budget(self) -> AgentFailure:
+        return AgentFailure(self.agent, "budget", None, "", self.source, self.model, budget_usd=self.budget_usd)
+
     def verdict(self, exit_code: int, upstream: Sequence[int] = (), blocked: Sequence[str] = ()) -> AgentFailure | None:
         """The failure of a finished run, or None when it did not fail or for no reason recognised here."""
+        if self.budget_spent:
+            return self._budget()
         if exit_code == 0 and not self.errored and not _refused(upstream):
             return None
         clues = list(self.clues) + [c for c in (_stderr_clue(self.stderr),) if c is not None]

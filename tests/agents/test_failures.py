@@ -163,3 +163,18 @@ def test_an_agent_message_about_rate_limits_is_not_evidence() -> None:
     text = json.dumps({"type": "assistant", "message": {"content": [
         {"type": "text", "text": "I added a 429 rate limit handler and a 401 unauthorized check."}]}})
     assert verdict("claude", [text], code=1) is None
+
+
+def test_a_spent_budget_is_the_failure_whatever_the_agent_made_of_it() -> None:
+    watch = FailureWatch("Claude Code", "api_key", budget_usd=2.5)
+    refused = json.dumps({"type": "result", "subtype": "success", "is_error": True, "api_error_status": 402,
+                          "result": "API Error: 402 Payment Required"})
+    for event in get_agent("claude").parse_line(refused):
+        watch.see(event)
+    assert watch.fatal is not None and watch.fatal.cause == "billing"
+    watch.budget_ran_out()
+    sentence = ("Claude Code was stopped: the session's budget of $2.50 is spent; the work so far is kept, and a "
+                "follow-up with a larger `--budget` can go on from it")
+    assert watch.fatal is not None and watch.fatal.sentence == sentence
+    failure = watch.verdict(1)
+    assert failure is not None and failure.sentence == sentence
