@@ -327,6 +327,8 @@ def _on_violation(state: Run, violation: Violation) -> None:
     """Count a violation of the sandbox; the first refused destinations may explain a failed agent."""
     if violation.kind == "network" and len(state.blocked) < 10 and violation.resource not in state.blocked:
         state.blocked.append(violation.resource)
+        if state.watch is not None:
+            state.watch.see_blocked(violation.resource)
     if state.violations is not None:
         state.violations.add(violation)
 

@@ -141,3 +141,28 @@ async def test_an_agent_exiting_0_after_a_failure(tmp_path: Path, recorded: str,
     assert bool(session.commit_sha) == changed
     if changed:
         assert show_file(origin, session.branch, "partial.txt") == "partial"
+
+
+@pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
+async def test_a_model_api_the_sandbox_refuses_is_named(tmp_path: Path, claude_install: Path) -> None:
+    origin = make_repo(tmp_path / "origin")
+    data_dir = tmp_path / "data"
+    (data_dir / "agents").mkdir(parents=True)
+    os.symlink(claude_install / "agents" / "claude", data_dir / "agents" / "claude")
+    async with FakeAnthropic([], api_key="sk-ant-test-key") as fake:
+        host = fake.base_url.removeprefix("http://")
+        env = {"SESAME_DATA_DIR": str(data_dir), "SESSION_DIR_BASE": session_base(),
+               "ENCRYPTION_KEY": "ab" * 32, "ANTHROPIC_BASE_URL": fake.base_url, "SANDBOX_DENIED_DOMAINS": host,
+               "ANTHROPIC_API_KEY": "sk-ant-test-key", "CLAUDE_MODEL": MODEL, "SESSION_TIMEOUT": "240"}
+        services = await open_services(load_settings(env=env, cwd=tmp_path))
+        try:
+            await run_from_terminal(services, argparse.Namespace(
+                repo=str(origin), agent="claude", model=None, base=None, agent_command=None,
+                no_sandbox=False, keep=False, prompt=["add", "hello.py"]), io.StringIO())
+            session = (await services.sessions.recent(1))[0]
+        finally:
+            await services.close()
+    assert session.state == "error"
+    assert session.error == (f"Claude Code could not reach {host} (blocked by the sandbox): add it to the allowed "
+                             "domains under /admin/sandbox, or point the agent's base URL at an allowed host")
+    assert not fake.message_requests

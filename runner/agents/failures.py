@@ -32,17 +32,18 @@ from typing import Any, Literal
 
 from runner.agents.base import AgentEvent
 
-Cause = Literal["budget", "expired", "billing", "credential", "model", "quota", "rate_limit", "network"]
+Cause = Literal["budget", "blocked", "expired", "billing", "credential", "model", "quota", "rate_limit", "network"]
 CredentialSource = Literal["subscription", "api_key", "environment"]
 EVIDENCE_KINDS = ("error", "warning", "result")
-FATAL: tuple[Cause, ...] = ("budget", "expired", "billing", "credential", "model")
+FATAL: tuple[Cause, ...] = ("budget", "blocked", "expired", "billing", "credential", "model")
 # When a run shows several causes, the one a user must act on first wins.
-PRIORITY: tuple[Cause, ...] = ("expired", "billing", "credential", "model", "quota", "network", "rate_limit")
+PRIORITY: tuple[Cause, ...] = ("blocked", "expired", "billing", "credential", "model", "quota", "network", "rate_limit")
 STDERR_LINES = 40
 EVIDENCE_LIMIT = 200
 
 # Phrases (lower-cased) by cause, from the real CLIs' output against each vendor's error bodies.
 PHRASES: dict[Cause, tuple[str, ...]] = {
+    "blocked": ("blocked by the sesame sandbox",),  # the egress proxy's 403 body, passed on by the CLIs
     "expired": ("oauth token has expired", "token has expired", "token expired", "subscription has expired",
                 "subscription expired", "plan has expired", "refresh token", "re-authenticate", "reauthenticate"),
     "billing": ("credit balance is too low", "billing_error", "payment required", "insufficient credit",
@@ -137,8 +138,8 @@ def describe(f: AgentFailure) -> str:
     if f.cause == "rate_limit":
         return (f"{f.agent} was rate-limited by its model API {why}: try again in a few minutes, or raise the "
                 "limit with the provider")
-    if f.blocked:
-        hosts = ", ".join(f.blocked[:3])
+    if f.blocked or f.cause == "blocked":
+        hosts = ", ".join(f.blocked[:3]) or "its model API"
         return (f"{f.agent} could not reach {hosts} (blocked by the sandbox): add it to the allowed domains "
                 "under /admin/sandbox, or point the agent's base URL at an allowed host")
     return (f"{f.agent} could not reach its model API {why}: check the agent's base URL in Settings and that "
@@ -227,6 +228,12 @@ class FailureWatch:
     stopped_for: AgentFailure | None = None  # the caller stopped the agent for this fatal failure
     budget_usd: float | None = None
     budget_spent: bool = False
+    blocked_hosts: list[str] = field(default_factory=list)  # destinations the sandbox refused, as they happen
+
+    def see_blocked(self, resource: str) -> None:
+        """Take one network destination the sandbox refused (the first few are kept)."""
+        if resource not in self.blocked_hosts and len(self.blocked_hosts) < 10:
+            self.blocked_hosts.append(resource)
 
     def budget_ran_out(self) -> None:
         """The session's budget is spent and its model API no longer answers: that is the failure now."""
@@ -270,7 +277,7 @@ class FailureWatch:
         gateway = _upstream_clue(upstream)
         if gateway is not None:
             clues = [*clues, gateway]
-        if not clues and blocked:
+        if not clues and (blocked or self.blocked_hosts):
             clues = [Clue("network", None, "")]
         if not clues:
             return None
@@ -280,8 +287,9 @@ class FailureWatch:
         status = best.status or next((c.status for c in clues if c.cause == best.cause and c.status), None)
         status = status or (gateway.status if gateway is not None else None)
         model = self.model or _model_in(best.text)
+        blocked = [*self.blocked_hosts, *(b for b in blocked if b not in self.blocked_hosts)]
         return AgentFailure(self.agent, best.cause, status, best.text, self.source, model,
-                            tuple(blocked) if best.cause == "network" else ())
+                            tuple(blocked) if best.cause in ("network", "blocked") else ())
 
 
 def _refused(upstream: Sequence[int]) -> bool:
