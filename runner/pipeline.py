@@ -465,7 +465,8 @@ async def _commit_step(state: Run, base: str) -> str | None:
     await _report_left_out(state, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
         if state.agent_failure is not None:  # it exited 0, but what stopped it is the news
-            raise AgentFailed(state.agent_failure)
+            failure, state.agent_failure = state.agent_failure, None  # once: the salvage finds nothing either
+            raise AgentFailed(failure)
         await state.step("commit", "skipped", "no changes", 85)
         return None
     if state.agent_failure is not None:

@@ -44,6 +44,9 @@ function show(kind, data) {
   log.scrollTop = log.scrollHeight;
   if (kind === "status" && d.state) {
     const s = document.getElementById("state"); s.textContent = d.state; s.className = "state " + d.state; }
+  if (kind === "status" && d.error && !document.getElementById("error")) {
+    const p = document.createElement("p"); p.id = "error"; p.className = "error"; p.textContent = d.error;
+    document.getElementById("log").before(p); }
   if (kind === "violation") {
     const c = document.getElementById("vcount"); c.textContent = +c.textContent + (d.count || 1);
     const row = document.getElementById("violations").insertRow(); row.insertCell().textContent = d.kind;
