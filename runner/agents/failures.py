@@ -45,7 +45,8 @@ EVIDENCE_LIMIT = 200
 PHRASES: dict[Cause, tuple[str, ...]] = {
     "blocked": ("blocked by the sesame sandbox",),  # the egress proxy's 403 body, passed on by the CLIs
     "expired": ("oauth token has expired", "token has expired", "token expired", "subscription has expired",
-                "subscription expired", "plan has expired", "refresh token", "re-authenticate", "reauthenticate"),
+                "subscription expired", "plan has expired", "refresh token", "re-authenticate", "reauthenticate",
+                "invalid_grant", "sign in again", "log in again"),
     "billing": ("credit balance is too low", "billing_error", "payment required", "insufficient credit",
                 "out of credits", "no credits"),
     "credential": ("authentication_error", "authentication_failed", "invalid api key", "invalid x-api-key",
@@ -123,7 +124,8 @@ def describe(f: AgentFailure) -> str:
     if f.cause == "credential":
         return _credential_sentence(f.agent, f.source, why)
     if f.cause == "expired":
-        return (f"{f.agent}'s subscription has expired {why}: sign in again and store the new token under "
+        status = f" ({f.status})" if f.status else ""
+        return (f"{f.agent}'s subscription has expired{status}: sign in again and store the new token under "
                 "Credentials")
     if f.cause == "billing":
         return (f"{f.agent}'s account has no credit left {why}: add credit or renew the plan with the provider, "

@@ -130,6 +130,20 @@ def test_claude_expired_subscription() -> None:
         "Claude Code's subscription has expired (401): sign in again and store the new token under Credentials")
 
 
+@pytest.mark.parametrize("agent,line", [
+    ("codex", json.dumps({"type": "turn.failed", "error": {"message": "Your access token could not be refreshed "
+                          "because your refresh token has expired. Please log out and sign in again."}})),
+    ("gemini", json.dumps({"type": "result", "status": "error", "error": {"type": "unknown", "message":
+                           "[API Error: {\"error\":\"invalid_grant\",\"error_description\":\"Token has been "
+                           "expired or revoked.\"}]"}})),
+])
+def test_subscriptions_that_expired(agent: str, line: str) -> None:
+    failure = verdict(agent, [line], source="subscription")
+    assert failure is not None and failure.cause == "expired" and failure.fatal
+    assert failure.sentence.endswith("subscription has expired: sign in again and store the new token "
+                                     "under Credentials")
+
+
 def test_gateway_statuses_name_what_the_agent_hid() -> None:
     hidden = json.dumps({"type": "turn.failed", "error": {"message": "stream disconnected before completion"}})
     assert verdict("codex", [hidden]) is not None  # a network-looking failure by itself
