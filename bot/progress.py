@@ -65,6 +65,14 @@ class Progress:
     outcome: str | None = None
     started: float = field(default_factory=time.monotonic)
     duration: float | None = None
+    input_tokens: int | None = None  # as the agent reported them; None: nothing reported
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    budget_usd: float | None = None
+
+    def usage(self, input_tokens: int | None, output_tokens: int | None, cost_usd: float | None) -> None:
+        """The run's totals so far."""
+        self.input_tokens, self.output_tokens, self.cost_usd = input_tokens, output_tokens, cost_usd
 
     def step(self, name: str, status: str, detail: str | None = None) -> None:
         self.steps[name] = status
@@ -144,6 +152,18 @@ def violation_lines(p: Progress, esc: Escaper, limit: int = 8) -> list[str]:
     return lines
 
 
+def usage_line(p: Progress) -> str | None:
+    """"12,345 tokens in, 678 out · $0.42 of a $2.50 budget", or None when nothing was reported."""
+    parts = []
+    if p.input_tokens is not None or p.output_tokens is not None:
+        parts.append(f"{p.input_tokens or 0:,} tokens in, {p.output_tokens or 0:,} out")
+    if p.cost_usd is not None:
+        parts.append(f"${p.cost_usd:,.2f}" + (f" of a ${p.budget_usd:,.2f} budget" if p.budget_usd else ""))
+    elif p.budget_usd:
+        parts.append(f"budget ${p.budget_usd:,.2f}")
+    return "Usage: " + " · ".join(parts) if parts else None
+
+
 def _step_text(p: Progress, name: str, esc: Escaper) -> str:
     text = STEP_LABELS[name]
     activity = esc.text(p.activity, ACTIVITY_LIMIT).strip() if p.activity else ""
@@ -185,6 +205,9 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     vlines = violation_lines(p, esc)
     if vlines:
         lines += ["", f"> {blocked_by(p)}: " + ", ".join(vlines)]
+    usage = usage_line(p)
+    if usage:
+        lines += ["", usage]
     end = final_line(p, esc)
     if end:
         lines += ["", end]
@@ -223,6 +246,9 @@ def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[di
     if vlines:
         blocks.append({"type": "context", "elements": [
             _mrkdwn(f"{blocked_by(p)}: " + ", ".join(vlines))]})
+    usage = usage_line(p)
+    if usage:
+        blocks.append({"type": "context", "elements": [_mrkdwn(usage)]})
     end = final_line(p, esc)
     if end:
         blocks.append({"type": "section", "text": _mrkdwn(end)})

@@ -96,6 +96,8 @@ def session_progress(services: Services, session: Session, state: str) -> Progre
     """A session's Progress as its progress message starts out, timed from when the session started."""
     progress = Progress(session.id, session.title or session.prompt[:80], display_name(session.agent),
                         session_url(services, session.id), state=state)
+    progress.usage(session.input_tokens, session.output_tokens, session.cost_usd)
+    progress.budget_usd = session.budget_usd
     started = session.started_at
     if started is not None:  # SQLite hands back naive UTC
         started = started if started.tzinfo else started.replace(tzinfo=UTC)

@@ -125,6 +125,7 @@ class NewSession:
     parent_id: str | None = None
     sandbox_security: bool = True
     keep_alive: bool = False
+    budget_usd: float | None = None  # USD the session may spend; None: the SESSION_BUDGET_USD default, if any
     pr_number: int | None = None
     issue_number: int | None = None
     id: str | None = None  # chosen by the caller when it must know it before the row exists
@@ -204,7 +205,8 @@ class SessionService:
             repo=new.repo, base_branch=new.base_branch, branch=new.branch, issue_number=new.issue_number,
             pr_number=new.pr_number, progress=0, source=new.source, report=new.report or {},
             context=new.context or {}, requested_by=new.requested_by, parent_id=new.parent_id,
-            sandbox_security=new.sandbox_security, keep_alive=new.keep_alive, stop_requested=False,
+            sandbox_security=new.sandbox_security, keep_alive=new.keep_alive, budget_usd=new.budget_usd,
+            stop_requested=False,
             violation_count=0, event_seq=1, attempts=0, created_at=now)
         first_event = {"state": State.PENDING.value}
         try:  # prebuilt Core statements with bound parameters: this is every trigger's hot path
@@ -406,6 +408,16 @@ class SessionService:
         """What the requester must know although the session went on (e.g. it ran unsandboxed)."""
         await self._set(session_id, {"warning": warning})
 
+    async def set_budget(self, session_id: str, budget_usd: float | None) -> None:
+        """The most the session may spend, in USD (the SESSION_BUDGET_USD default when its trigger named none)."""
+        await self._set(session_id, {"budget_usd": budget_usd})
+
+    async def record_usage(self, session_id: str, input_tokens: int | None, output_tokens: int | None,
+                           cost_usd: float | None) -> None:
+        """The tokens and cost the agent reported so far (totals, not increments; None: not reported)."""
+        await self._set(session_id, {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                                     "cost_usd": cost_usd})
+
     async def set_report(self, session_id: str, report: dict[str, Any]) -> None:
         """Where the session reports back (its progress comment, Slack message...)."""
         await self._set(session_id, {"report": report})
@@ -537,6 +549,18 @@ def violation_event(v: ViolationCount) -> dict[str, Any]:
     return {"kind": v.kind, "resource": v.resource, "operation": v.operation, "reason": v.reason,
             "count": v.count, "firstAt": v.first_at.isoformat() if v.first_at else None,
             "lastAt": v.last_at.isoformat() if v.last_at else None}
+
+
+def budget_left(session: Session, spent_usd: float | None = None) -> float | None:
+    """USD the session may still spend, never below zero; None when it has no budget.
+
+    spent_usd is what it spent so far by the caller's count (a credential gateway pricing the
+    upstream's answers); without it, the cost the agent reported (sessions.cost_usd).
+    """
+    if session.budget_usd is None:
+        return None
+    spent = spent_usd if spent_usd is not None else (session.cost_usd or 0.0)
+    return max(0.0, session.budget_usd - spent)
 
 
 def first_line(text: str, limit: int = 120) -> str:

@@ -81,6 +81,9 @@ KEYS: tuple[Key, ...] = (
        live=False, help="sessions run at once by the in-process queue"),
     _k("SESSION_TIMEOUT", default=3600, kind="int", path="sessions.timeoutSeconds", minimum=1, maximum=7 * 86400,
        help="seconds an agent may run before it is stopped"),
+    _k("SESSION_BUDGET_USD", kind="float", path="sessions.budgetUsd", minimum=0.01,
+       help="the most a session may spend on its model API, in USD, unless its trigger says `--budget N`; "
+            "none by default"),
     _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds", minimum=0.1, maximum=9,
        help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
     _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds", minimum=0,
@@ -366,6 +369,7 @@ class SettingValues:
     REDIS_URL: str | None
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
+    SESSION_BUDGET_USD: float | None
     INTAKE_GITHUB_TIMEOUT: float
     DB_OUTAGE_GRACE: int
     SESSION_LEASE_SECONDS: int

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 HELP_TEXT = "\n".join([
     "*Sesame* runs a coding agent on a GitHub repository and opens a pull request.",
-    "• `/sesame owner/repo[@base] [--agent A] [--model M] PROMPT`: start a session "
-    "(`@base` is the branch to start from)",
+    "• `/sesame owner/repo[@base] [--agent A] [--model M] [--budget USD] PROMPT`: start a session "
+    "(`@base` is the branch to start from, `--budget 2.50` the most it may spend on its model API)",
     "• `/sesame status ID`: where a session is",
     "• `/sesame stop ID`: stop a session (or press its Stop button)",
     "• mention me in a session's thread to follow up on the same branch",

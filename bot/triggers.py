@@ -37,6 +37,7 @@ _QUOTE_LINE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
 _AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_BUDGET = re.compile(r"\$?([0-9]{1,6}(?:\.[0-9]{1,2})?)")
 _REPO = re.compile(
     r"(?P<owner>[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}))/(?P<name>[A-Za-z0-9._-]{1,100})"
     r"(?:@(?P<branch>\S+))?"
@@ -63,6 +64,7 @@ class Trigger:
     agent: str | None = None
     model: str | None = None
     base: str | None = None
+    budget: float | None = None  # USD the session may spend (`--budget 2.50`)
     error: str | None = None
 
 
@@ -75,6 +77,7 @@ class SlackCommand:
     branch: str | None = None
     agent: str | None = None
     model: str | None = None
+    budget: float | None = None
     prompt: str = ""
     session_id: str | None = None
     error: str | None = None
@@ -126,9 +129,23 @@ def _option_value(name: str, value: str) -> str:
         if not _MODEL_NAME.fullmatch(value):
             raise _OptionError(f"`--model {value}` is not a model name.")
         return value
+    if name == "budget":
+        return str(parse_budget(value))
     if not is_safe_ref(value):
         raise _OptionError(f"`--base {value}` is not a valid branch name.")
     return value
+
+
+def parse_budget(value: str) -> float:
+    """A budget in USD from `2.50` or `$2.50`: above zero, at most two decimals; else a clear error."""
+    match = _BUDGET.fullmatch(value.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise _OptionError(f"`--budget {value}` is not an amount in USD; write it like `--budget 2.50`.")
+    return float(match.group(1))
+
+
+def _budget(options: dict[str, str]) -> float | None:
+    return float(options["budget"]) if "budget" in options else None
 
 
 def _parse_options(rest: str, allowed: tuple[str, ...]) -> tuple[dict[str, str], str]:
@@ -171,7 +188,7 @@ def parse_mention(text: str, slug: str) -> Trigger | None:
     if _bare_word(rest) in ("stop", "help", "--help"):
         return Trigger(command=Command.HELP if "help" in _bare_word(rest) else Command.STOP)
     try:
-        options, prompt = _parse_options(rest, ("agent", "model", "base"))
+        options, prompt = _parse_options(rest, ("agent", "model", "base", "budget"))
     except _OptionError as exc:
         return Trigger(error=f"{exc} {HELP_HINT.format(slug=slug)}")
     prompt = prompt.strip()
@@ -180,7 +197,7 @@ def parse_mention(text: str, slug: str) -> Trigger | None:
         return Trigger(error=f"Tell me what to do after @{slug}, for example {example}. "
                              f"{HELP_HINT.format(slug=slug)}")
     return Trigger(prompt=prompt, agent=options.get("agent"), model=options.get("model"),
-                   base=options.get("base"))
+                   base=options.get("base"), budget=_budget(options))
 
 
 def slack_unescape(text: str) -> str:
@@ -215,7 +232,7 @@ def _slack_session_command(command: Command, args: str) -> SlackCommand:
 
 
 def _slack_run(text: str) -> SlackCommand:
-    """Parse `owner/repo[@branch] [--agent A] [--model M] PROMPT`."""
+    """Parse `owner/repo[@branch] [--agent A] [--model M] [--budget USD] PROMPT`."""
     first, rest = _split_word(text)
     repo = _slack_repo(first)
     if repo is None:
@@ -225,7 +242,7 @@ def _slack_run(text: str) -> SlackCommand:
     if branch is not None and not is_safe_ref(branch):
         return SlackCommand(Command.RUN, error=f"`{branch}` is not a valid branch name.")
     try:
-        options, prompt = _parse_options(rest, ("agent", "model"))
+        options, prompt = _parse_options(rest, ("agent", "model", "budget"))
     except _OptionError as exc:
         return SlackCommand(Command.RUN, error=f"{exc} {SLACK_HELP_HINT}")
     full_name = f"{repo.group('owner')}/{repo.group('name')}"
@@ -233,7 +250,7 @@ def _slack_run(text: str) -> SlackCommand:
         return SlackCommand(Command.RUN, repo=full_name, error="Tell me what to do after "
                             f"the repository, for example `/sesame {full_name} fix the flaky test`.")
     return SlackCommand(Command.RUN, repo=full_name, branch=branch, prompt=prompt.strip(),
-                        agent=options.get("agent"), model=options.get("model"))
+                        agent=options.get("agent"), model=options.get("model"), budget=_budget(options))
 
 
 def parse_slack_command(text: str) -> SlackCommand:

@@ -26,9 +26,11 @@ from bot.untrusted import md_code, md_fence
 from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents import get_agent
-from runner.agents.base import Agent, Credential, shorten
+from runner.agents.base import Agent, AgentEvent, Credential, shorten
+from runner.agents.failures import AgentFailure, CredentialSource, FailureWatch
+from runner.agents.usage import Usage, usage_of
 from runner.commit import commit_tree, snapshot_tree
-from runner.execution import AgentRun, start_agent
+from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
 from runner.sandbox.base import LimitExceeded, Violation
 from runner.sandbox.violations import Aggregate, ViolationAggregator
 from runner.secretscan import SecretInPush, check_push, known_secrets
@@ -51,6 +53,14 @@ class Stopped(Exception):
     """The session was asked to stop."""
 
 
+class AgentFailed(RuntimeError):
+    """The agent failed for a reason runner.agents.failures names; its text is the one sentence to show."""
+
+    def __init__(self, failure: AgentFailure) -> None:
+        super().__init__(failure.sentence)
+        self.failure = failure
+
+
 @dataclass
 class Run:
     """The state of one pipeline run, shared by its steps."""
@@ -71,6 +81,12 @@ class Run:
     handing_back: bool = False
     deadline: float = field(default_factory=lambda: time.monotonic() + 3600)  # session timeout, cleanup included
     keep_workspace: bool = False  # a commit that could not be pushed lives only there
+    watch: FailureWatch | None = None  # evidence of why the agent failed, gathered from its output
+    agent_failure: AgentFailure | None = None  # a failure the agent survived with exit 0: an error if nothing changed
+    # HTTP statuses of the model API as a credential gateway saw them, in order (runner.agents.failures).
+    upstream_statuses: list[int] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # network destinations the sandbox refused, first ones
+    usage: Usage = field(default_factory=Usage)  # tokens and cost the agent reported so far
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -102,6 +118,10 @@ async def run(services: Services, session: Session, shutdown: asyncio.Event | No
         await until_stored(lambda: services.sessions.finish(session.id, State.ERROR, reason),
                            float(services.settings.DB_OUTAGE_GRACE), f"the end of session {session.id}")
         return
+    if session.budget_usd is None and services.settings.SESSION_BUDGET_USD:
+        session.budget_usd = float(services.settings.SESSION_BUDGET_USD)  # the default, stored for all to see
+        await until_stored(lambda: services.sessions.set_budget(session.id, session.budget_usd),
+                           float(services.settings.DB_OUTAGE_GRACE), f"the budget of session {session.id}")
     progress = session_progress(services, session, State.PROCESSING.value)
     publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
@@ -117,7 +137,7 @@ async def run(services: Services, session: Session, shutdown: asyncio.Event | No
             await _hand_back(state)
         else:
             await _finish(state, State.STOPPED)
-    except LimitExceeded as exc:  # the sandbox stopped the agent: keep what it wrote, name the limit
+    except (LimitExceeded, AgentFailed) as exc:  # the sandbox or its API stopped the agent: keep what it wrote
         await _salvage(state)
         await _finish(state, State.ERROR, str(exc))
     except TimeoutError:
@@ -257,8 +277,11 @@ async def _agent_step(state: Run) -> None:
     prompt = compose_prompt(session.prompt, session.context or {})
     state.violations = ViolationAggregator(lambda batch: _store_violations(state, batch))
     state.violations.start()
+    model = session.model or agent_setting(services.settings, agent.spec.model_key)
+    state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
+                               budget_usd=session.budget_usd)
     state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                        on_violation=state.violations.add)
+                                        on_violation=lambda v: _on_violation(state, v))
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
         await services.sessions.set_warning(session.id, state.agent_run.warning)
@@ -266,10 +289,55 @@ async def _agent_step(state: Run) -> None:
     await _follow_output(state, agent)
     code = await state.agent_run.wait()
     _check_stop(state)
+    failure = _agent_failure(state, agent, code)
+    if failure is not None:
+        await state.event("agent_failure", {"cause": failure.cause, "status": failure.status,
+                                            "message": failure.sentence, "exit_code": code})
+    if failure is not None and (code != 0 or failure.fatal):  # a rejected key ends it, whatever the exit code
+        raise AgentFailed(failure)
     if code != 0:
         tail = state.redact(state.agent_run.tail())
         raise RuntimeError(f"{agent.display_name} exited with status {code}" + (f": {tail}" if tail else ""))
+    state.agent_failure = failure  # exit 0 after a passing failure: an error unless the work tree changed
     await state.step("agent", "done", percent=70)
+
+
+async def stop_for_budget(state: Run) -> None:
+    """For the credential gateway, once it stops forwarding because bot.sessions.budget_left is 0: stop
+    the agent; the session ends error saying the budget ran out, the work so far committed and pushed."""
+    watch = state.watch
+    if watch is None or watch.stopped_for is not None:
+        return
+    watch.budget_ran_out()
+    watch.stopped_for = watch.fatal
+    if state.agent_run is not None:
+        await state.agent_run.kill()
+
+
+def credential_source(services: Services, agent: Agent, credential: Credential | None) -> CredentialSource | None:
+    """Where the agent's credential comes from: a stored one, the server's environment, or nowhere."""
+    if credential is not None:
+        return credential.kind
+    return "environment" if agent.credential_env(None, agent_server_env(services)) else None
+
+
+def _agent_failure(state: Run, agent: Agent, code: int) -> AgentFailure | None:
+    """The failure already acted on (the agent was stopped for it), else the finished run's verdict."""
+    if state.watch is None or not agent.binary:  # the operator's own command: its output is its own business
+        return None
+    if state.watch.stopped_for is not None:
+        return state.watch.stopped_for
+    return state.watch.verdict(code, state.upstream_statuses, state.blocked)
+
+
+def _on_violation(state: Run, violation: Violation) -> None:
+    """Count a violation of the sandbox; the first refused destinations may explain a failed agent."""
+    if violation.kind == "network" and len(state.blocked) < 10 and violation.resource not in state.blocked:
+        state.blocked.append(violation.resource)
+        if state.watch is not None:
+            state.watch.see_blocked(violation.resource)
+    if state.violations is not None:
+        state.violations.add(violation)
 
 
 class EventBuffer:
@@ -312,8 +380,12 @@ async def _follow_output(state: Run, agent: Agent) -> None:
             line = state.redact(line)
             if stream == "stderr":
                 await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
+                if state.watch is not None:
+                    state.watch.see_stderr(line)
                 continue
             for event in agent.parse_line(line, cwd=cwd):
+                await _watch_event(state, event)
+                await _count_usage(state, event)
                 if event.kind == "message" and event.data.get("delta"):
                     pending.append(str(event.data.get("text", "")))  # streamed pieces: one event per message
                     continue
@@ -326,6 +398,32 @@ async def _follow_output(state: Run, agent: Agent) -> None:
         await _flush_message(buffer, pending)
     finally:
         await buffer.close()
+
+
+async def _watch_event(state: Run, event: AgentEvent) -> None:
+    """Gather failure evidence; a failure no retry can mend (a rejected key) stops the agent at once."""
+    watch = state.watch
+    if watch is None or watch.stopped_for is not None:
+        return
+    watch.see(event)
+    fatal = watch.fatal
+    if fatal is not None and state.agent_run is not None:
+        log.info("session %s: %s; stopping the agent", state.session.id, fatal.sentence)
+        watch.stopped_for = fatal
+        await state.agent_run.kill()
+
+
+async def _count_usage(state: Run, event: AgentEvent) -> None:
+    """Add what an event reports to the session's usage: stored, and shown in the progress message."""
+    used = usage_of(event)
+    if not used.reported:
+        return
+    state.usage += used
+    total = state.usage
+    state.progress.usage(total.input_tokens, total.output_tokens, total.cost_usd)
+    state.publisher.changed()
+    await state.stored(lambda: state.services.sessions.record_usage(
+        state.session.id, total.input_tokens, total.output_tokens, total.cost_usd), "the usage")
 
 
 async def _flush_message(buffer: EventBuffer, pending: list[str]) -> None:
@@ -373,8 +471,13 @@ async def _commit_step(state: Run, base: str) -> str | None:
     tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, await _session_user(state), max_size)
     await _report_left_out(state, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
+        if state.agent_failure is not None:  # it exited 0, but what stopped it is the news
+            failure, state.agent_failure = state.agent_failure, None  # once: the salvage finds nothing either
+            raise AgentFailed(failure)
         await state.step("commit", "skipped", "no changes", 85)
         return None
+    if state.agent_failure is not None:
+        await _warn(state, state.agent_failure.sentence)
     stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
     # file names are the agent's: a known secret among them never goes to the utility model
     stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
@@ -412,6 +515,15 @@ async def _report_left_out(state: Run, nested: list[str], too_large: list[tuple[
         state.limit_error = (f"left out of the commit, over the largest-file limit of {limit >> 20} MiB "
                              f"(GIT_MAX_FILE_SIZE_MB): {names}")
         await state.event("warning", {"message": state.limit_error})
+
+
+async def _warn(state: Run, message: str) -> None:
+    """A warning on the session, its progress message and its event stream."""
+    warning = " ".join(filter(None, [state.progress.warning, message]))
+    state.progress.warning = warning
+    state.publisher.changed()
+    await state.services.sessions.set_warning(state.session.id, warning)
+    await state.event("warning", {"message": message})
 
 
 async def commit_author(services: Services, session: Session | None = None) -> gitops.Author:

@@ -66,6 +66,9 @@ async def test_create_get_list_and_idempotency(api) -> None:  # type: ignore[no-
     (json.dumps({"repo": "r", "prompt": "p", "baseBranch": "--upload-pack=x"}).encode(), "safe git ref"),
     (json.dumps({"repo": "r", "prompt": "p", "baseBranch": "a..b"}).encode(), "safe git ref"),
     (json.dumps({"repo": "r", "prompt": 42}).encode(), "prompt must be text"),
+    (json.dumps({"repo": "r", "prompt": "p", "budget": -1}).encode(), "budget must be a number of USD"),
+    (json.dumps({"repo": "r", "prompt": "p", "budget": "2.50"}).encode(), "budget must be a number of USD"),
+    (json.dumps({"repo": "r", "prompt": "p", "budget": True}).encode(), "budget must be a number of USD"),
 ])
 async def test_bad_input_is_a_clear_400(api, payload: bytes, needle: str) -> None:  # type: ignore[no-untyped-def]
     response = await api.post("/api/session", data=payload, headers={"Content-Type": "application/json"})

@@ -39,7 +39,10 @@ def session_json(row: Session) -> dict[str, Any]:
         if row.pr_number else None, "progress": row.progress, "source": row.source,
         "requestedBy": row.requested_by, "parentId": row.parent_id, "sandboxSecurity": row.sandbox_security,
         "keepAlive": row.keep_alive, "error": row.error, "warning": row.warning,
-        "violationCount": row.violation_count, "createdAt": iso(row.created_at),
+        "violationCount": row.violation_count,
+        "usage": {"inputTokens": row.input_tokens, "outputTokens": row.output_tokens, "costUsd": row.cost_usd,
+                  "budgetUsd": row.budget_usd},
+        "createdAt": iso(row.created_at),
         "startedAt": iso(row.started_at), "finishedAt": iso(row.finished_at),
     }
 
@@ -107,11 +110,21 @@ async def create_session(request: web.Request) -> web.Response:
     agent = check_agent(_text(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{key}", prompt=prompt or "", agent=agent, repo=repo or "", source="api",
-        model=_text(body, "model"), base_branch=base, requested_by="api",
+        model=_text(body, "model"), base_branch=base, requested_by="api", budget_usd=_budget(body),
         sandbox_security=bool(body.get("sandboxSecurity", True)), keep_alive=bool(body.get("keepAlive", False))))
     if created:
         await request.app[QUEUE].enqueue(row.id)
     return web.json_response(session_json(row), status=201 if created else 200)
+
+
+def _budget(body: dict[str, Any]) -> float | None:
+    """The optional `budget` (USD, above zero, at most 1,000,000), or a clear 400."""
+    value = body.get("budget")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
+        raise bad_request("budget must be a number of USD above zero, e.g. 2.5")
+    return float(value)
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -7,6 +7,8 @@ from string import Template
 
 from aiohttp import web
 
+from bot.progress import usage_line
+from bot.reporting import session_progress
 from webhooks.app import SERVICES
 
 PAGE = Template("""<!doctype html>
@@ -18,12 +20,15 @@ body{font:14px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:
 .state.completed{background:#dafbe1}.state.error{background:#ffebe9}.state.processing{background:#fff8c5}
 pre{background:#f6f8fa;padding:1em;overflow:auto;max-height:60vh;white-space:pre-wrap}
 .warning{background:#fff8c5;padding:.5em 1em;border-left:4px solid #d4a72c}
+.error{background:#ffebe9;padding:.5em 1em;border-left:4px solid #cf222e}
 table{border-collapse:collapse}td{padding:.2em .8em .2em 0}
 </style></head><body>
 <h1>$title</h1>
 <p><span class="state $state" id="state">$state</span> · $agent on <code>$repo</code>
 $branch $pr</p>
+$error
 $warning
+$usage
 <h2>Violations (<span id="vcount">$violation_count</span>)</h2>
 <table id="violations">$violations</table>
 <h2>Log</h2>
@@ -39,6 +44,9 @@ function show(kind, data) {
   log.scrollTop = log.scrollHeight;
   if (kind === "status" && d.state) {
     const s = document.getElementById("state"); s.textContent = d.state; s.className = "state " + d.state; }
+  if (kind === "status" && d.error && !document.getElementById("error")) {
+    const p = document.createElement("p"); p.id = "error"; p.className = "error"; p.textContent = d.error;
+    document.getElementById("log").before(p); }
   if (kind === "violation") {
     const c = document.getElementById("vcount"); c.textContent = +c.textContent + (d.count || 1);
     const row = document.getElementById("violations").insertRow(); row.insertCell().textContent = d.kind;
@@ -46,7 +54,7 @@ function show(kind, data) {
     row.insertCell().textContent = "x" + (d.count || 1); }
 }
 for (const kind of ["status","step","message","tool_call","file_edit","error","result","raw","agent_stderr",
-                    "commit","push","pull_request","warning","cleanup"]) {
+                    "commit","push","pull_request","warning","agent_failure","cleanup"]) {
   source.addEventListener(kind, (e) => show(kind, JSON.parse(e.data)));
 }
 source.addEventListener("violation", (e) => show("violation", JSON.parse(e.data)));
@@ -65,9 +73,13 @@ async def session_page(request: web.Request) -> web.Response:
     pr = f'· <a href="{esc(row.pr_url)}">#{row.pr_number}</a>' if row.pr_url else ""
     branch = f"· branch <code>{esc(row.branch)}</code>" if row.branch else ""
     warning = f'<p class="warning">{esc(row.warning)}</p>' if row.warning else ""
+    error = f'<p class="error" id="error">{esc(row.error)}</p>' if row.error else ""
+    usage = usage_line(session_progress(services, row, row.state))
+    usage = f'<p class="usage" id="usage">{esc(usage)}</p>' if usage else ""
     body = PAGE.substitute(
         id=esc(row.id), title=esc(row.title or row.prompt[:80]), state=esc(row.state), agent=esc(row.agent),
-        repo=esc(row.repo), branch=branch, pr=pr, warning=warning, violation_count=0, violations="")
+        repo=esc(row.repo), branch=branch, pr=pr, error=error, warning=warning, usage=usage, violation_count=0,
+        violations="")
     return web.Response(text=body, content_type="text/html",
                         headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' "
                                  "'self'; style-src 'unsafe-inline'"})

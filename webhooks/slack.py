@@ -145,7 +145,8 @@ class SlackIntake:
             report["installation_id"] = installation
         return NewSession(trigger_key=command_trigger_key(command), prompt=parsed.prompt,
                           agent=parsed.agent or self.settings.SESAME_DEFAULT_AGENT, model=parsed.model,
-                          repo=parsed.repo or "", base_branch=parsed.branch, source="slack", report=report,
+                          repo=parsed.repo or "", base_branch=parsed.branch, budget_usd=parsed.budget,
+                          source="slack", report=report,
                           requested_by=github_login(self.settings, user) or f"slack:{user}")
 
     async def announce(self, client: AsyncWebClient, row: Session, notify: Notify) -> None:
@@ -251,6 +252,7 @@ class SlackIntake:
             trigger_key=f"slack:event:{body.get('event_id') or event['ts']}", prompt=trigger.prompt,
             agent=trigger.agent or parent.agent, model=trigger.model or (None if trigger.agent else parent.model),
             repo=parent.repo, base_branch=trigger.base or parent.base_branch, branch=parent.branch,
+            budget_usd=trigger.budget,
             pr_number=parent.pr_number, parent_id=parent.id, source="slack", report=report,
             requested_by=github_login(self.settings, user) or f"slack:{user}"))
         if created:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from bot.catalog import AgentSpec
 from runner.sandbox.gateway import GatewayRoute, KeyPlace
 
-EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "raw"]
+EventKind = Literal["message", "tool_call", "file_edit", "warning", "error", "result", "usage", "raw"]
 CredentialKind = Literal["subscription", "api_key"]
 SUMMARY_LIMIT = 120
 

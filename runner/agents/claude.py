@@ -10,6 +10,7 @@ from typing import Any
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
 from runner.agents.tools import tool_event
+from runner.agents.usage import claude_usage
 from runner.sandbox.gateway import KeyPlace
 
 CREDENTIALS_FILE = ".claude/.credentials.json"
@@ -27,6 +28,8 @@ def parse_stream_json(obj: dict[str, Any], *, cwd: str | None = None) -> list[Ag
         return result_events(obj)
     if kind == "system" and obj.get("subtype") == "init":
         return []
+    if kind == "system" and obj.get("subtype") == "api_retry":
+        return [retry_event(obj)]
     if kind in ("user", "system", "stream_event", "rate_limit_event", "keep_alive", "prompt_suggestion"):
         return []
     return [AgentEvent("raw", shorten(str(kind or obj)), obj)]
@@ -44,12 +47,20 @@ def assistant_events(message: dict[str, Any], *, cwd: str | None) -> list[AgentE
     return events
 
 
+def retry_event(obj: dict[str, Any]) -> AgentEvent:
+    """A warning for an API call the CLI retries; its status lets a failure be named before the retries end."""
+    status, error = obj.get("error_status"), obj.get("error")
+    summary = f"Retrying the model API ({status or error or 'no answer'}), attempt {obj.get('attempt')}"
+    data = {"status": status, "error": error, "attempt": obj.get("attempt"), "max_retries": obj.get("max_retries")}
+    return AgentEvent("warning", shorten(summary), data)
+
+
 def result_events(obj: dict[str, Any]) -> list[AgentEvent]:
     """The final result line: one result event whose data says whether the run failed."""
     failed = bool(obj.get("is_error")) or str(obj.get("subtype", "success")) != "success"
     text = str(obj.get("result") or obj.get("error") or obj.get("subtype") or "")
-    keys = ("subtype", "result", "num_turns", "duration_ms", "total_cost_usd", "usage")
-    data = {k: obj.get(k) for k in keys} | {"is_error": failed}
+    keys = ("subtype", "result", "num_turns", "duration_ms", "total_cost_usd", "usage", "api_error_status")
+    data = {k: obj.get(k) for k in keys} | {"is_error": failed} | claude_usage(obj)
     return [AgentEvent("result", shorten(text) or ("failed" if failed else "done"), data)]
 
 

@@ -21,6 +21,7 @@ from runner.agents.base import (
     shorten,
 )
 from runner.agents.tools import tool_event
+from runner.agents.usage import usage_data
 from runner.sandbox.gateway import KeyPlace
 
 AUTH_FILE = ".codex/auth.json"
@@ -111,7 +112,10 @@ def codex_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
     if kind.startswith("item.") and isinstance(obj.get("item"), dict):
         return item_events(kind, obj["item"], cwd=cwd)
     if kind == "turn.completed":
-        return [AgentEvent("result", "done", {"is_error": False, "usage": obj.get("usage")})]
+        usage = as_dict(obj.get("usage"))  # input_tokens counts the cached ones too
+        data = {"is_error": False, "usage": obj.get("usage")} | usage_data(usage.get("input_tokens"),
+                                                                           usage.get("output_tokens"))
+        return [AgentEvent("result", "done", data)]
     if kind == "turn.failed":
         message = error_text(as_dict(obj.get("error")).get("message", "turn failed"))
         return [AgentEvent("result", shorten(message), {"is_error": True, "error": obj.get("error")})]

@@ -11,6 +11,7 @@ from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, shorten
 from runner.agents.codex import error_text
 from runner.agents.tools import tool_event
+from runner.agents.usage import usage_data
 from runner.sandbox.gateway import KeyPlace
 
 OAUTH_FILE = ".gemini/oauth_creds.json"
@@ -53,7 +54,9 @@ def gemini_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
     if kind == "result":
         failed = obj.get("status") != "success"
         message = api_error_text(as_dict(obj.get("error")).get("message", "")) if failed else ""
-        return [AgentEvent("result", shorten(message) or ("failed" if failed else "done"), obj | {"is_error": failed})]
+        stats = as_dict(obj.get("stats"))
+        data = obj | {"is_error": failed} | usage_data(stats.get("input_tokens"), stats.get("output_tokens"))
+        return [AgentEvent("result", shorten(message) or ("failed" if failed else "done"), data)]
     if kind in ("init", "message", "tool_result"):
         return []
     return [AgentEvent("raw", shorten(str(kind or obj)), obj)]

@@ -16,6 +16,7 @@ from typing import Any
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_first, shorten
 from runner.agents.tools import tool_event
+from runner.agents.usage import sum_counts, usage_data
 
 AUTH_FILE = ".local/share/opencode/auth.json"
 CONFIG_DIR = ".config/opencode"
@@ -46,9 +47,19 @@ def opencode_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]
         message = as_dict(error.get("data")).get("message") or error.get("name") or "error"
         return [AgentEvent("error", shorten(str(message)), obj)]
     if kind == "step_finish" and part.get("reason") == "stop":
-        usage = {"is_error": False, "tokens": part.get("tokens"), "cost": part.get("cost")}
+        usage = {"is_error": False, "tokens": part.get("tokens"), "cost": part.get("cost")} | step_usage(part)
         return [AgentEvent("result", "done", usage)]
+    if kind == "step_finish":  # every step reports its tokens and cost: one usage event each
+        return [AgentEvent("usage", "usage", step_usage(part))] if step_usage(part) else []
     return []
+
+
+def step_usage(part: dict[str, Any]) -> dict[str, Any]:
+    """A step's tokens (input counting cache reads and writes) and cost, as runner.agents.usage wants them."""
+    tokens = as_dict(part.get("tokens"))
+    cache = as_dict(tokens.get("cache"))
+    read_write = {"input": tokens.get("input"), "read": cache.get("read"), "write": cache.get("write")}
+    return usage_data(sum_counts(read_write, "input", "read", "write"), tokens.get("output"), part.get("cost"))
 
 
 @dataclass(frozen=True)

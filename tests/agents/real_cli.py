@@ -74,6 +74,14 @@ def as_agent_user(argv: list[str]) -> list[str]:
 async def run_cli(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes | None,
                   timeout: float = 120) -> list[str]:
     """Run the CLI to a zero exit in its own process group; returns its stdout lines."""
+    code, out, err = await run_cli_status(argv, env, cwd, stdin, timeout)
+    assert code == 0, "\n".join(err)[-2000:]
+    return out
+
+
+async def run_cli_status(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes | None,
+                         timeout: float = 120) -> tuple[int, list[str], list[str]]:
+    """Run the CLI to its end in its own process group: exit code, stdout lines, stderr lines."""
     proc = await asyncio.create_subprocess_exec(
         *as_agent_user(argv), cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
@@ -83,5 +91,5 @@ async def run_cli(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes 
         os.killpg(proc.pid, signal.SIGKILL)  # the npm shim's native child keeps the pipes open
         await proc.communicate()
         raise
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return out.decode().splitlines()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode().splitlines(), err.decode().splitlines()

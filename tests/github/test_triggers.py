@@ -33,6 +33,8 @@ MENTIONS: list[tuple[str, Trigger | None]] = [
     ("@sesame --model openrouter/anthropic/claude:beta do it",
      Trigger(prompt="do it", model="openrouter/anthropic/claude:beta")),
     ("@sesame -- --json output is broken", Trigger(prompt="--json output is broken")),
+    ("@sesame --budget 2.50 fix it", Trigger(prompt="fix it", budget=2.5)),
+    ("@sesame --budget=$3 --agent codex go", Trigger(prompt="go", agent="codex", budget=3.0)),
     ("@sesame: fix it", Trigger(prompt="fix it")),
     ("(@sesame fix it)", Trigger(prompt="fix it)")),
     ("@sesame stop", Trigger(command=Command.STOP)),
@@ -68,6 +70,11 @@ MENTION_ERRORS: list[tuple[str, str]] = [
     ("@sesame --base main~1 fix", "not a valid branch name"),
     ("@sesame --agent bad$name fix", "not an agent name"),
     ("@sesame --model 'x;rm' fix", "not a model name"),
+    ("@sesame --budget 0 fix", "`--budget 0` is not an amount in USD"),
+    ("@sesame --budget -1 fix", "`--budget -1` is not an amount in USD"),
+    ("@sesame --budget 1.234 fix", "write it like `--budget 2.50`"),
+    ("@sesame --budget two fix", "not an amount in USD"),
+    ("@sesame --budget fix", "`--budget fix` is not an amount in USD"),
 ]
 
 
@@ -143,6 +150,7 @@ SLACK: list[tuple[str, SlackCommand]] = [
     ("acme/widget@release/1.2 --agent codex --model gpt-5 backport",
      SlackCommand(Command.RUN, repo="acme/widget", branch="release/1.2", agent="codex",
                   model="gpt-5", prompt="backport")),
+    ("acme/widget --budget 2.5 fix", SlackCommand(Command.RUN, repo="acme/widget", budget=2.5, prompt="fix")),
     ("acme/widget\nmulti\nline", SlackCommand(Command.RUN, repo="acme/widget",
                                               prompt="multi\nline")),
     ("<https://github.com/acme/widget|github.com/acme/widget> fix &lt;div&gt; &amp; more",
@@ -162,6 +170,7 @@ SLACK_ERRORS: list[tuple[str, str]] = [
     ("acme/widget@bad..ref fix", "not a valid branch name"),
     ("acme/widget --base main fix", "Unknown option `--base`"),
     ("acme/widget --model", "`--model` needs a value"),
+    ("acme/widget --budget 1e9 fix", "not an amount in USD"),
     ("status", "Usage: `/sesame status SESSION_ID`"),
     ("stop a b", "Usage: `/sesame stop SESSION_ID`"),
     ("../x fix", "Start with the repository"),

@@ -38,6 +38,14 @@ async def test_command_is_recorded_enqueued_acked_and_announced(harness: SlackHa
     assert [c.method for c in harness.slack.calls] == ["auth.test", "chat.postMessage"]
 
 
+async def test_a_budget_in_the_command_is_stored(harness: SlackHarness) -> None:
+    status, _body = await harness.command("acme/widget --agent command --budget 1.25 fix it", user="U1ALICE",
+                                          channel=CHANNEL)
+    assert status == 200
+    [row] = await sessions(harness)
+    assert (row.prompt, row.budget_usd) == ("fix it", 1.25)
+
+
 @pytest.mark.parametrize("slack_env", [{"SLACK_USER_MAP": "U1ALICE=alice-gh"}])
 async def test_mapped_user_becomes_the_commit_author(harness: SlackHarness) -> None:
     await harness.command("acme/widget fix it", user="U1ALICE")

@@ -50,11 +50,16 @@ def call(name: str, text: str | None = None, **tool_input: Any) -> Turn:
 class FakeAnthropic(LoopbackFake):
     """Serves POST /v1/messages from a script; side requests get harmless answers; base_url has no /v1."""
 
-    def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok") -> None:
-        """Script is consumed by requests that offer tools (the agent loop); others get side_reply."""
+    def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok",
+                 failure: str | None = None) -> None:
+        """Script is consumed by requests that offer tools (the agent loop); others get side_reply.
+
+        failure (one of FAILURES) makes every Messages request fail the way the real API does.
+        """
         super().__init__(api_key=api_key)
         self.script = list(script)
         self.side_reply = side_reply
+        self.failure = failure
 
     def routes(self, app: web.Application) -> None:
         """The Messages API, token counting and the model list; anything else is harmless."""
@@ -90,6 +95,8 @@ class FakeAnthropic(LoopbackFake):
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = self.requests[-1].body or {}
+        if self.failure is not None:
+            return failure_response(self.failure, str(body.get("model", "")))
         turn = self._next_turn(body)
         if turn.status != 200:
             return error_response(turn.status, "overloaded_error" if turn.status == 529 else "api_error", "scripted")
@@ -118,9 +125,34 @@ class FakeAnthropic(LoopbackFake):
         return error_response(404, "not_found_error", f"no route {request.method} {request.path}")
 
 
-def error_response(status: int, kind: str, message: str) -> web.Response:
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """An error in the Messages API's shape."""
-    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": f"req_{next(_ids):024d}"}
+    return web.json_response(body, status=status, headers=headers)
+
+
+FAILURES = ("auth", "forbidden", "rate_limit", "credit", "unknown_model")
+
+
+def failure_response(failure: str, model: str) -> web.Response:
+    """What api.anthropic.com answers for a bad key, a disabled org, a rate limit, no credit, an unknown model."""
+    if failure == "auth":
+        return error_response(401, "authentication_error", "invalid x-api-key")
+    if failure == "forbidden":
+        return error_response(403, "permission_error", "Your API key does not have permission to use the "
+                                                       "specified resource.")
+    if failure == "rate_limit":
+        return error_response(429, "rate_limit_error", "This request would exceed the rate limit for your "
+                              "organization of 50 requests per minute. For details, refer to: "
+                              "https://docs.claude.com/en/api/rate-limits.",
+                              {"retry-after": "0", "anthropic-ratelimit-requests-limit": "50",
+                               "anthropic-ratelimit-requests-remaining": "0"})
+    if failure == "credit":
+        return error_response(400, "invalid_request_error", "Your credit balance is too low to access the "
+                              "Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.")
+    if failure == "unknown_model":
+        return error_response(404, "not_found_error", f"model: {model}")
+    raise ValueError(f"unknown failure {failure!r}; one of {', '.join(FAILURES)}")
 
 
 def content_blocks(turn: Turn) -> list[dict[str, Any]]:

@@ -43,9 +43,14 @@ class FakeGemini(LoopbackFake):
 
     shutdown_timeout = 0.1
 
-    def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok") -> None:
-        """Script is consumed by requests that offer tools (the agent loop); others get side_reply."""
+    def __init__(self, script: list[Turn], *, api_key: str | None = None, side_reply: str = "ok",
+                 failure: str | None = None) -> None:
+        """Script is consumed by requests that offer tools (the agent loop); others get side_reply.
+
+        failure (one of FAILURES) makes every generation request fail the way the real API does.
+        """
         super().__init__(api_key=api_key)
+        self.failure = failure
         self.script = list(script)
         self.side_reply = side_reply
 
@@ -72,7 +77,7 @@ class FakeGemini(LoopbackFake):
     def auth_error(self, request: web.Request) -> web.Response | None:
         """Google's 400 when api_key is set and neither x-goog-api-key nor ?key= carries it."""
         if self.api_key and self.api_key not in (request.headers.get("x-goog-api-key"), request.query.get("key")):
-            return error_response(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
+            return failure_response("auth", "")
         return None
 
     def _next_turn(self) -> Turn:
@@ -82,6 +87,8 @@ class FakeGemini(LoopbackFake):
         return self.script.pop(0) if self.script else say("done")
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if self.failure is not None:
+            return failure_response(self.failure, request.match_info["model"])
         turn = self._next_turn()
         if turn.status != 200:
             return error_response(turn.status, "INTERNAL", "scripted failure")
@@ -93,6 +100,8 @@ class FakeGemini(LoopbackFake):
         return response
 
     async def _generate(self, request: web.Request) -> web.Response:
+        if self.failure is not None:
+            return failure_response(self.failure, request.match_info["model"])
         turn = self._next_turn()
         if turn.status != 200:
             return error_response(turn.status, "INTERNAL", "scripted failure")
@@ -105,9 +114,42 @@ class FakeGemini(LoopbackFake):
         return error_response(404, "NOT_FOUND", f"no route {request.method} {request.path}")
 
 
-def error_response(status: int, reason: str, message: str) -> web.Response:
+def error_response(status: int, reason: str, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
     """An error in Google's API shape."""
-    return web.json_response({"error": {"code": status, "message": message, "status": reason}}, status=status)
+    error: dict[str, Any] = {"code": status, "message": message, "status": reason}
+    if details:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status)
+
+
+FAILURES = ("auth", "forbidden", "quota", "unknown_model")
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def failure_response(failure: str, model: str) -> web.Response:
+    """What generativelanguage.googleapis.com answers for a bad key, a blocked key, a quota, an unknown model."""
+    if failure == "auth":
+        info = {"@type": ERROR_INFO, "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}}
+        return error_response(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [info])
+    if failure == "forbidden":
+        info = {"@type": ERROR_INFO, "reason": "API_KEY_SERVICE_BLOCKED", "domain": "googleapis.com"}
+        return error_response(403, "PERMISSION_DENIED", "Requests to this API generativelanguage.googleapis.com "
+                              "method google.ai.generativelanguage.v1beta.GenerativeService.StreamGenerateContent "
+                              "are blocked.", [info])
+    if failure == "quota":
+        quota = {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+             "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}
+        retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+        return error_response(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan "
+                              "and billing details. For more information on this error, head to: "
+                              "https://ai.google.dev/gemini-api/docs/rate-limits.", [quota, retry])
+    if failure == "unknown_model":
+        return error_response(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not "
+                              "supported for generateContent. Call ListModels to see the list of available models "
+                              "and their supported methods.")
+    raise ValueError(f"unknown failure {failure!r}; one of {', '.join(FAILURES)}")
 
 
 def parts(turn: Turn) -> list[dict[str, Any]]:

@@ -53,13 +53,16 @@ class FakeOpenAI(LoopbackFake):
     url_suffix = "/v1"
 
     def __init__(self, replies: Sequence[Reply | str] | None = None, *, api_key: str | None = None,
-                 default: Reply | str = "ok", side_reply: Reply | str | None = None) -> None:
+                 default: Reply | str = "ok", side_reply: Reply | str | None = None,
+                 failure: str | None = None) -> None:
         """Strings in replies are shorthand for Reply(content=...).
 
         With side_reply, only requests offering tools (an agent's loop) consume the script;
-        the others (titles, summaries) get side_reply.
+        the others (titles, summaries) get side_reply. failure (one of FAILURES) makes every chat
+        and Responses request fail the way api.openai.com does.
         """
         super().__init__(api_key=api_key)
+        self.failure = failure
         self.replies = [as_reply(r) for r in replies or []]
         self.default = as_reply(default)
         self.side_reply = as_reply(side_reply) if side_reply is not None else None
@@ -100,6 +103,8 @@ class FakeOpenAI(LoopbackFake):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = self.requests[-1].body if isinstance(self.requests[-1].body, dict) else {}
+        if self.failure is not None:
+            return failure_response(self.failure, str(body.get("model", "")))
         reply = self._next_reply(body)
         if reply.hang:
             await asyncio.sleep(reply.hang)
@@ -114,6 +119,8 @@ class FakeOpenAI(LoopbackFake):
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = self.requests[-1].body if isinstance(self.requests[-1].body, dict) else {}
+        if self.failure is not None:
+            return failure_response(self.failure, str(body.get("model", "")))
         reply = self._next_reply(body)
         if reply.hang:
             await asyncio.sleep(reply.hang)
@@ -136,10 +143,34 @@ def as_reply(reply: Reply | str) -> Reply:
     return reply if isinstance(reply, Reply) else Reply(content=reply)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """An error in OpenAI's shape."""
-    error = {"message": message, "type": code, "param": None, "code": code}
-    return web.json_response({"error": error}, status=status)
+def error_response(status: int, code: str, message: str, *, kind: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """An error in OpenAI's shape (type defaults to the code)."""
+    error = {"message": message, "type": kind or code, "param": param, "code": code}
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+FAILURES = ("auth", "rate_limit", "quota", "unknown_model")
+
+
+def failure_response(failure: str, model: str) -> web.Response:
+    """What api.openai.com answers for a bad key, a rate limit, an exhausted quota, an unknown model."""
+    if failure == "auth":
+        return error_response(401, "invalid_api_key", "Incorrect API key provided: sk-proj-****ABCD. You can find "
+                              "your API key at https://platform.openai.com/account/api-keys.",
+                              kind="invalid_request_error")
+    if failure == "rate_limit":
+        return error_response(429, "rate_limit_exceeded", f"Rate limit reached for {model} in organization "
+                              "org-fake on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try "
+                              "again in 20s.", kind="requests", headers={"retry-after": "0"})
+    if failure == "quota":
+        return error_response(429, "insufficient_quota", "You exceeded your current quota, please check your plan "
+                              "and billing details. For more information on this error, read the docs: "
+                              "https://platform.openai.com/docs/guides/error-codes/api-errors.")
+    if failure == "unknown_model":
+        return error_response(400, "model_not_found", f"The requested model '{model}' does not exist.",
+                              kind="invalid_request_error", param="model")
+    raise ValueError(f"unknown failure {failure!r}; one of {', '.join(FAILURES)}")
 
 
 def tool_calls_json(reply: Reply) -> list[dict[str, Any]]:

@@ -28,6 +28,14 @@ async def test_trigger_comment_becomes_one_session(hook: Hook) -> None:
     assert row.context["issue_body"] == "It fails  on CI" and row.context["clone_url"].endswith(".git")
 
 
+async def test_a_budget_in_the_trigger_is_stored(hook: Hook) -> None:
+    issue = hook.fake.add_issue(hook.repo, "Slow build", "")
+    response = await hook.comment(issue.number, "@sesame --agent command --budget 2.50 speed it up")
+    assert response.status == 202, await response.text()
+    [row] = await hook.sessions()
+    assert (row.prompt, row.budget_usd) == ("speed it up", 2.5)
+
+
 async def test_ping_is_answered(hook: Hook) -> None:
     response = await hook.send("ping", hook.fake.ping_payload())
     assert response.status == 200 and (await response.json()) == {"msg": "pong"}

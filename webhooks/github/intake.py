@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 HELP_TEXT = """**Sesame** runs a coding agent on this repository and opens a pull request.
 
 - `@{slug} fix the flaky retry test` starts a session (on a pull request, it pushes to the PR's branch)
-- `--agent NAME` picks the agent ({agents}), `--model NAME` its model, `--base BRANCH` the base branch
+- `--agent NAME` picks the agent ({agents}), `--model NAME` its model, `--base BRANCH` the base branch,
+  `--budget 2.50` the most the session may spend on its model API, in USD
 - `@{slug} stop` stops the running session; `@{slug} help` shows this
 
 Only people with write access can start a session."""
