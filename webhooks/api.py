@@ -16,9 +16,9 @@ from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.credentials import KINDS, CredentialStore
 from bot.models import Session, State, Violation
 from bot.services import Services
+from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
 from bot.sessions import NewSession, SessionInUse, as_utc
 from bot.settings import Settings, SettingsError, write_config
-from bot.triggers import is_safe_ref
 from webhooks.app import QUEUE, SERVICES
 
 SSE_POLL = 0.5
@@ -55,8 +55,18 @@ def bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def input_error(exc: InputError) -> web.HTTPBadRequest:
+    """A 400 carrying the checker's sentence (the one `sesame run` prints) and the field it is about."""
+    return web.HTTPBadRequest(text=json.dumps({"error": str(exc), "field": exc.field}),
+                              content_type="application/json")
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body, or a clear 400."""
+    """The JSON object body, or a clear 400. Only application/json is read: a page elsewhere cannot send
+    that to us without a CORS preflight, which this server never answers (no cross-site session starts)."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "send the body as application/json"}),
+                                           content_type="application/json")
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -94,23 +104,45 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    """Record and enqueue a session; Idempotency-Key makes retries safe."""
+    """Record and enqueue a session; Idempotency-Key makes retries safe. Everything is checked first."""
     services: Services = request.app[SERVICES]
     body = await read_json(request)
     prompt = _text(body, "prompt", True, MAX_PROMPT)
-    repo = _text(body, "repo", True, 1024)
-    base = _text(body, "baseBranch")
-    if base and not is_safe_ref(base):
-        raise bad_request("baseBranch is not a safe git ref name")
-    key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
+    repo_text = _text(body, "repo", True, 1024)
     agent = check_agent(_text(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    try:
+        prompt = check_prompt(prompt)
+        base = _text(body, "baseBranch")
+        branch = _text(body, "branch")
+        base, branch = base and check_ref(base, "base"), branch and check_ref(branch, "branch")
+        repo, report = await allowed_repo(services, repo_text or "")
+    except InputError as exc:
+        raise input_error(exc) from None
+    key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
     row, created = await services.sessions.create(NewSession(
-        trigger_key=f"api:{key}", prompt=prompt or "", agent=agent, repo=repo or "", source="api",
-        model=_text(body, "model"), base_branch=base, requested_by="api",
+        trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
+        model=_text(body, "model"), base_branch=base, branch=branch, requested_by="api",
         sandbox_security=bool(body.get("sandboxSecurity", True)), keep_alive=bool(body.get("keepAlive", False))))
     if created:
         await request.app[QUEUE].enqueue(row.id)
     return web.json_response(session_json(row), status=201 if created else 200)
+
+
+async def allowed_repo(services: Services, text: str) -> tuple[str, dict[str, Any] | None]:
+    """The repository as the session records it, and its report (the App's installation for owner/name),
+    if API_REPOS lets the API use it; InputError otherwise."""
+    target = parse_repo(text)
+    check_allowed(target, repo_policy(services.settings))
+    if target.kind != "github":
+        return target.value, None
+    if not services.settings.GITHUB_APP_ID:
+        raise InputError("repo", f"{target.value} names a GitHub repository, but this server has no GitHub App "
+                                 "(GITHUB_APP_ID): give an absolute path or a clone URL")
+    installation = await services.installations.installation_for(target.value)
+    if installation is None:
+        raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
+                                 "is suspended): install it on that repository first")
+    return target.value, {"installation_id": installation}
 
 
 async def get_session(request: web.Request) -> web.Response:

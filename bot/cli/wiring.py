@@ -12,7 +12,7 @@ import webhooks.github_setup
 import webhooks.pages
 import webhooks.slack
 from bot import services as service_factory
-from bot.github_channel import github_channel
+from bot.github_channel import api_channel, github_channel
 from bot.reporting import ChannelFactory, local_channel
 from bot.services import Services
 from bot.settings import Settings
@@ -23,7 +23,7 @@ CHANNELS: Mapping[str, ChannelFactory] = {
     "github": github_channel,
     "slack": slack_channel,
     "cli": local_channel,
-    "api": local_channel,
+    "api": api_channel,
 }
 # setup functions of the web features, in the order their routes are added
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
