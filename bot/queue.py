@@ -138,6 +138,7 @@ class InlineQueue:
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = 0  # tasks holding a slot; the others wait for one (queued)
 
     async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
         """Start the session unless it is already queued or running here."""
@@ -152,12 +153,15 @@ class InlineQueue:
 
     async def _run(self, session_id: str) -> None:
         async with self._slots:
+            self._running += 1
             try:
                 await self.job(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("session %s failed in the inline queue", session_id)
+            finally:
+                self._running -= 1
 
     async def join(self) -> None:
         """Wait until every queued session has run (tests, shutdown)."""
@@ -165,7 +169,8 @@ class InlineQueue:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def health(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ok": True, "running": len(self._tasks), "concurrency": self.concurrency}
+        return {"kind": self.kind, "ok": True, "running": self._running,
+                "queued": len(self._tasks) - self._running, "concurrency": self.concurrency}
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import json
 import re
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from bot.credentials import KINDS, CredentialStore
 from bot.models import Session, State, Violation
 from bot.services import Services
 from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
-from bot.sessions import NewSession, SessionInUse, as_utc
+from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from bot.settings import Settings, SettingsError, write_config
 from webhooks.app import QUEUE, SERVICES
 
@@ -94,13 +98,73 @@ def _text(body: dict[str, Any], name: str, required: bool = False, limit: int = 
     return value
 
 
-async def list_sessions(request: web.Request) -> web.Response:
+LIST_FILTERS = ("state", "agent", "source", "limit", "cursor")
+MAX_LIMIT = 200
+STATES = tuple(state.value for state in State)
+
+
+def _choice(request: web.Request, name: str, valid: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if name == "agent":
+        value = canonical_agent_name(value) or value
+    if value not in valid:
+        raise bad_request(f"{name} {value!r} is not one of its values; valid values: {', '.join(valid)}")
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", "50")
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_request(f"limit {text!r} is out of range; give a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def encode_cursor(row: Session) -> str:
+    """Where the next page starts: the last row's (created_at, id), opaque to clients."""
+    raw = json.dumps([as_utc(row.created_at).isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
-        limit = min(int(request.query.get("limit", "50")), 500)
-    except ValueError:
-        raise bad_request("limit must be a number") from None
-    rows = await request.app[SERVICES].sessions.recent(limit, request.query.get("state"))
-    return web.json_response({"sessions": [session_json(r) for r in rows]})
+        at, last_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return datetime.fromisoformat(at), str(last_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise bad_request("cursor is not one this server gave out: take it from the last page's `cursor`") from None
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Newest first, filtered by state, agent and source, a page of `limit` at a time; `cursor` (from
+    the previous page) continues where it ended, whatever was created meanwhile."""
+    unknown = sorted(set(request.query) - set(LIST_FILTERS))
+    if unknown:
+        raise bad_request(f"unknown filter {unknown[0]!r}; valid filters: {', '.join(LIST_FILTERS)}")
+    state, agent = _choice(request, "state", STATES), _choice(request, "agent", AGENT_NAMES)
+    source, limit = _choice(request, "source", SOURCES), _limit(request)
+    cursor = request.query.get("cursor")
+    before = decode_cursor(cursor) if cursor else None
+    rows = await request.app[SERVICES].sessions.page(limit + 1, state=state, agent=agent, source=source,
+                                                     before=before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return web.json_response({"sessions": [session_json(r) for r in rows],
+                              "cursor": encode_cursor(rows[-1]) if more else None})
+
+
+def request_digest(kind: str, fields: dict[str, Any]) -> str:
+    """What a request asked for, to tell a retry (same Idempotency-Key, same request) from a reuse."""
+    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
+
+
+def check_same_request(key: str, row: Session, digest: str) -> None:
+    """422 when the key was first used for another request (rows older than this check carry no digest)."""
+    first = (row.context or {}).get("api_request")
+    if first is not None and first != digest:
+        raise web.HTTPUnprocessableEntity(text=json.dumps({
+            "error": f"Idempotency-Key {key!r} was already used for session {row.id} with another request: "
+                     "send the same request again, or use a new key"}), content_type="application/json")
 
 
 async def create_session(request: web.Request) -> web.Response:
@@ -119,12 +183,18 @@ async def create_session(request: web.Request) -> web.Response:
     except InputError as exc:
         raise input_error(exc) from None
     key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
+    model = _text(body, "model")
+    sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
+    digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
+                                       "branch": branch, "sandbox": sandbox, "keep": keep})
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
-        model=_text(body, "model"), base_branch=base, branch=branch, requested_by="api",
-        sandbox_security=bool(body.get("sandboxSecurity", True)), keep_alive=bool(body.get("keepAlive", False))))
+        model=model, base_branch=base, branch=branch, requested_by="api", context={"api_request": digest},
+        sandbox_security=sandbox, keep_alive=keep))
     if created:
         await request.app[QUEUE].enqueue(row.id)
+    else:
+        check_same_request(key, row, digest)
     return web.json_response(session_json(row), status=201 if created else 200)
 
 
@@ -174,14 +244,19 @@ async def patch_session(request: web.Request) -> web.Response:
         return web.json_response(session_json(stopped or row))
     message = _text(body, "message", True, MAX_PROMPT)
     key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
+    agent, model = check_agent(_text(body, "agent") or row.agent), _text(body, "model") or row.model
+    digest = request_digest("follow-up", {"parent": row.id, "message": message, "agent": agent, "model": model})
     child, created = await services.sessions.create(NewSession(
-        trigger_key=f"api:{key}", prompt=message or "", agent=check_agent(_text(body, "agent") or row.agent),
-        repo=row.repo, source=row.source, model=_text(body, "model") or row.model,
-        base_branch=row.base_branch, branch=row.branch, report=row.report, context=row.context,
+        trigger_key=f"api:{key}", prompt=message or "", agent=agent,
+        repo=row.repo, source=row.source, model=model,
+        base_branch=row.base_branch, branch=row.branch, report=row.report,
+        context={**(row.context or {}), "api_request": digest},
         requested_by=row.requested_by, parent_id=row.id, sandbox_security=row.sandbox_security,
         keep_alive=row.keep_alive, pr_number=row.pr_number))
     if created:
         await request.app[QUEUE].enqueue(child.id)
+    else:
+        check_same_request(key, child, digest)
     return web.json_response(session_json(child), status=201 if created else 200)
 
 
