@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ from webhooks.app import QUEUE, SERVICES
 
 SSE_POLL = 0.5
 MAX_PROMPT = 50_000
+MAX_MODEL = 128  # Session.model's column
+MAX_KEY = 200  # an Idempotency-Key: the trigger key column holds 255 with the "api:" prefix
+MAX_AFTER = 2**31 - 1  # event seq is a 32-bit integer
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1," + str(MAX_KEY) + "}$")
 
 
 def session_json(row: Session) -> dict[str, Any]:
@@ -95,7 +99,19 @@ def _text(body: dict[str, Any], name: str, required: bool = False, limit: int = 
         return None
     if not isinstance(value, str) or len(value) > limit:
         raise bad_request(f"{name} must be text of at most {limit} characters")
+    if "\x00" in value:  # PostgreSQL stores no NUL in text
+        raise bad_request(f"{name} must not contain NUL characters")
     return value
+
+
+def idempotency_key(request: web.Request, body: dict[str, Any] | None = None) -> str:
+    """The client's Idempotency-Key (header, or idempotencyKey in the body), or a fresh one."""
+    key = request.headers.get("Idempotency-Key") or (_text(body, "idempotencyKey", limit=MAX_KEY) if body else None)
+    if key is None:
+        return str(uuid.uuid4())
+    if not IDEMPOTENCY_KEY.match(key):
+        raise bad_request(f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters without spaces")
+    return key
 
 
 LIST_FILTERS = ("state", "agent", "source", "limit", "cursor")
@@ -116,7 +132,7 @@ def _choice(request: web.Request, name: str, valid: tuple[str, ...]) -> str | No
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "50")
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= MAX_LIMIT:
         raise bad_request(f"limit {text!r} is out of range; give a whole number from 1 to {MAX_LIMIT}")
     return int(text)
 
@@ -130,7 +146,8 @@ def encode_cursor(row: Session) -> str:
 def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         at, last_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return datetime.fromisoformat(at), str(last_id)
+        moment = datetime.fromisoformat(at)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), str(last_id)
     except (ValueError, TypeError, binascii.Error):
         raise bad_request("cursor is not one this server gave out: take it from the last page's `cursor`") from None
 
@@ -182,8 +199,8 @@ async def create_session(request: web.Request) -> web.Response:
         repo, report = await allowed_repo(services, repo_text or "")
     except InputError as exc:
         raise input_error(exc) from None
-    key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
-    model = _text(body, "model")
+    key = idempotency_key(request, body)
+    model = _text(body, "model", limit=MAX_MODEL)
     sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
     digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
                                        "branch": branch, "sandbox": sandbox, "keep": keep})
@@ -243,8 +260,8 @@ async def patch_session(request: web.Request) -> web.Response:
         stopped = await services.sessions.request_stop(row.id)
         return web.json_response(session_json(stopped or row))
     message = _text(body, "message", True, MAX_PROMPT)
-    key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
-    agent, model = check_agent(_text(body, "agent") or row.agent), _text(body, "model") or row.model
+    key = idempotency_key(request)
+    agent, model = check_agent(_text(body, "agent") or row.agent), _text(body, "model", limit=MAX_MODEL) or row.model
     digest = request_digest("follow-up", {"parent": row.id, "message": message, "agent": agent, "model": model})
     child, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{key}", prompt=message or "", agent=agent,
@@ -277,10 +294,10 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     """SSE: replay after Last-Event-ID, then follow until the session has ended."""
     services: Services = request.app[SERVICES]
     row = await _session_or_404(request)
-    try:
-        after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)
-    except ValueError:
-        raise bad_request("Last-Event-ID must be a number") from None
+    text = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()) or int(text) > MAX_AFTER:
+        raise bad_request(f"Last-Event-ID must be a whole number from 0 to {MAX_AFTER}")
+    after = int(text)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
