@@ -122,3 +122,21 @@ async def test_the_inline_queue_reports_waiting_sessions_as_queued() -> None:
     release.set()
     await queue.join()
     assert (await queue.health())["running"] == 0
+
+
+@pytest.mark.parametrize("case", ["long-key", "long-model", "nul", "last-event-id", "superscript-limit"])
+async def test_input_beyond_the_columns_is_a_400_not_a_database_error(api: Any, case: str) -> None:
+    body = {"repo": api.repo, "prompt": "p", "agent": "command"}
+    if case == "long-key":
+        response = await api.post("/api/session", json=body, headers={"Idempotency-Key": "k" * 300})
+    elif case == "long-model":
+        response = await api.post("/api/session", json={**body, "model": "m" * 200})
+    elif case == "nul":
+        response = await api.post("/api/session", json={**body, "prompt": "fix\x00it"})
+    elif case == "last-event-id":
+        created = await start(api, "p")
+        response = await api.get(f"/api/session/{created['id']}/events", headers={"Last-Event-ID": "9" * 12})
+    else:
+        response = await api.get("/api/session?limit=\u00b2")
+    assert response.status == 400
+    assert (await response.json())["error"]
