@@ -168,3 +168,19 @@ def test_serve_on_a_public_address_needs_a_password_or_the_insecure_flag(tmp_pat
     assert "AUTH_PASSWORD" in refused.stderr and "--insecure-no-auth" in refused.stderr
     assert "anyone who can reach" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "data" / "sesame.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize("host,password,flag,refused", [
+    ("127.0.0.1", None, False, False), ("::1", None, False, False), ("localhost", None, False, False),
+    ("127.0.0.2", None, False, False), ("[::1]", None, False, False),
+    ("0.0.0.0", None, False, True), ("::", None, False, True), ("", None, False, True),
+    ("10.1.2.3", None, False, True), ("sesame.example.invalid", None, False, True),
+    ("0.0.0.0", "hunter2-long", False, False), ("0.0.0.0", None, True, False),
+])
+def test_which_addresses_need_a_password(settings_for: Any, host: str, password: str | None, flag: bool,
+                                         refused: bool) -> None:
+    from bot.cli import open_to_anyone
+
+    settings = settings_for(AUTH_PASSWORD=password)
+    reason = open_to_anyone(settings, host, 13531, argparse.Namespace(insecure_no_auth=flag))
+    assert (reason is not None) == refused
