@@ -29,7 +29,7 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-async def client_with(services: Services, aiohttp_client: Any, policy: str) -> Any:  # type: ignore[misc]
+async def client_with(services: Services, aiohttp_client: Any, policy: str) -> Any:
     services.settings.values["API_REPOS"] = policy
     queue = RecordingQueue()
     client = await aiohttp_client(build_web_app(services, queue))
