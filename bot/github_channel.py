@@ -9,10 +9,17 @@ from typing import Any
 
 import gidgethub
 
-from bot.github import GitHubAppClientFactory, SesameGitHubAPI, collaborator_permission, git_auth_env, retry_delay
+from bot.github import (
+    SESSION_PERMISSIONS,
+    GitHubAppClientFactory,
+    SesameGitHubAPI,
+    collaborator_permission,
+    git_auth_env,
+    retry_delay,
+)
 from bot.models import Session
 from bot.progress import Progress, RateLimited, render_markdown, session_marker
-from bot.reporting import PullRequest, RepoAccess
+from bot.reporting import Channel, LocalChannel, PullRequest, RepoAccess
 from bot.services import Services
 from bot.untrusted import one_line
 
@@ -160,3 +167,41 @@ async def find_progress_comment(gh: SesameGitHubAPI, repo: str, report: dict[str
 
 async def github_channel(services: Services, session: Session) -> GitHubChannel:
     return GitHubChannel(services, session)
+
+
+class InstalledRepoChannel:
+    """An API session on owner/name: the App's installation reaches the repository and opens the pull
+    request; progress is followed over the API (SSE), so nothing is posted on GitHub."""
+
+    def __init__(self, services: Services, session: Session) -> None:
+        self.services, self.session = services, session
+        self.github = GitHubChannel(services, session)
+
+    async def access(self) -> RepoAccess:
+        """A token scoped to the one repository; the clone URL from the repository itself."""
+        factory, installation = self.github.factory, self.github.installation_id
+        token = await factory.installation_token(installation, repositories=[self.session.repo],
+                                                 permissions=SESSION_PERMISSIONS, deadline=self.github.deadline)
+        gh = await self.github.client()
+        repo = await gh.getitem("/repos/{owner}/{repo}", {"owner": self.github.owner, "repo": self.github.repo})
+        return RepoAccess(remote=repo["clone_url"], auth_env=git_auth_env(token.token), secrets=[token.token],
+                          display=self.session.repo)
+
+    async def still_allowed(self) -> str | None:
+        """The App is still installed on the repository when the job starts."""
+        if await self.services.installations.installation_for(self.session.repo) is None:
+            return f"Sesame's GitHub App is no longer installed on {self.session.repo}"
+        return None
+
+    async def publish(self, progress: Progress) -> None:
+        return None
+
+    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+        return await self.github.pull_request(branch, base, title, body)
+
+
+async def api_channel(services: Services, session: Session) -> Channel:
+    """API sessions: through the App's installation on owner/name, else the local path or URL as it is."""
+    if (session.report or {}).get("installation_id"):
+        return InstalledRepoChannel(services, session)
+    return LocalChannel(session)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.models import Installation, InstallationRepo
@@ -57,3 +57,15 @@ class InstallationStore:
         async with self.sessionmaker() as db:
             return sorted((await db.execute(select(InstallationRepo.full_name).where(
                 InstallationRepo.installation_id == installation_id))).scalars())
+
+    async def installation_for(self, full_name: str) -> int | None:
+        """The active installation whose repositories include owner/name (GitHub compares names
+        without case), or None."""
+        async with self.sessionmaker() as db:
+            found = await db.execute(
+                select(Installation.id).join(InstallationRepo, InstallationRepo.installation_id == Installation.id)
+                .where(func.lower(InstallationRepo.full_name) == full_name.lower(),
+                       Installation.suspended.is_(False), Installation.deleted.is_(False))
+                .order_by(Installation.id).limit(1))
+            installation: int | None = found.scalar_one_or_none()
+            return installation

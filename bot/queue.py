@@ -198,7 +198,8 @@ class InlineQueue:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def health(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ok": True, "running": len(self._tasks), "concurrency": self.concurrency}
+        return {"kind": self.kind, "ok": True, "running": len(self._running),
+                "queued": len(self._tasks) - len(self._running), "concurrency": self.concurrency}
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast, overload
 
-from sqlalchemy import Table, bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,6 +38,7 @@ LATEST_WITH_BRANCH = (
     .order_by(_S.created_at.desc()).limit(1))
 
 
+SOURCES = ("github", "slack", "api", "cli")  # where sessions come from (Session.source)
 RESOURCE_LIMIT = 512  # characters of a violation's resource kept (the key must fit a btree entry)
 
 
@@ -273,6 +274,28 @@ class SessionService:
             query = query.where(Session.state == state)
         async with self.autocommit() as db:
             return list((await db.execute(query)).scalars())
+
+    async def page(self, limit: int, *, state: str | None = None, agent: str | None = None,
+                   source: str | None = None, before: tuple[datetime, str] | None = None) -> list[Session]:
+        """Newest first (created_at, then id), filtered; `before` is the (created_at, id) of the last row of
+        the previous page, so rows inserted meanwhile never shift a page (keyset pagination)."""
+        query = select(Session).order_by(Session.created_at.desc(), Session.id.desc()).limit(limit)
+        for column, value in ((Session.state, state), (Session.agent, agent), (Session.source, source)):
+            if value is not None:
+                query = query.where(column == value)
+        if before is not None:
+            at, last_id = before
+            query = query.where(or_(Session.created_at < at, and_(Session.created_at == at, Session.id < last_id)))
+        async with self.autocommit() as db:
+            return list((await db.execute(query)).scalars())
+
+    async def count_waiting_and_running(self) -> tuple[int, int]:
+        """How many sessions are queued (pending) and how many run (processing), across every process."""
+        query = (select(Session.state, func.count()).where(
+            Session.state.in_([State.PENDING.value, State.PROCESSING.value])).group_by(Session.state))
+        async with self.autocommit() as db:
+            counts = {state: int(n) for state, n in (await db.execute(query)).all()}
+        return counts.get(State.PENDING.value, 0), counts.get(State.PROCESSING.value, 0)
 
     async def claim(self, session_id: str, worker: str) -> Session | None:
         """Move pending -> processing under a lease; None if someone else has it or it ended."""

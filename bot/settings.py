@@ -64,6 +64,9 @@ def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind:
 
 # Providers that exist; the seed's docker, e2b, daytona and vercel join when they are built.
 SANDBOX_PROVIDERS = ("local",)
+# Which repositories POST /api/session may name (bot/session_input.py): auto is `any` in the embedded
+# single-machine mode and `installed` with PostgreSQL.
+API_REPO_POLICIES = ("auto", "installed", "local", "any")
 
 
 KEYS: tuple[Key, ...] = (
@@ -139,6 +142,10 @@ KEYS: tuple[Key, ...] = (
     _k("GIT_MAX_FILE_SIZE_MB", path="git.maxFileSizeMb", default=100, kind="int", minimum=1,
        help="largest file a session commits and pushes, in MiB (GitHub refuses files over 100 MiB)"),
     _k("AUTH_PASSWORD", secret=True, help="HTTP Basic password for the API and pages"),
+    _k("API_REPOS", path="api.repos", default="auto", choices=API_REPO_POLICIES,
+       help="repositories the API may start sessions on: installed (owner/name where the GitHub App is "
+            "installed), local (and absolute paths of git repositories here), any (and clone URLs); "
+            "auto: any with the embedded SQLite, installed with PostgreSQL"),
     _k("SESAME_API_URL", path="sesameApi.baseUrl", default="https://api.sesame.works", url=True),
     _k("GITHUB_APP_ID"),
     _k("GITHUB_PRIVATE_KEY", secret=True),
@@ -399,6 +406,7 @@ class SettingValues:
     GIT_INCLUDE_CO_AUTHORED_BY: bool
     GIT_MAX_FILE_SIZE_MB: int
     AUTH_PASSWORD: str | None
+    API_REPOS: str
     SESAME_API_URL: str
     GITHUB_APP_ID: str | None
     GITHUB_PRIVATE_KEY: str | None

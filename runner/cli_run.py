@@ -14,6 +14,7 @@ from bot.models import Session, State
 from bot.progress import Progress, render_text
 from bot.reporting import Channel, LocalChannel
 from bot.services import Services
+from bot.session_input import InputError, check_prompt, check_ref, parse_repo
 from bot.sessions import NewSession
 from bot.untrusted import one_line
 from runner import pipeline
@@ -47,16 +48,14 @@ class TerminalPrinter:
             self.out.write("\n")
 
 
-def resolve_repo(repo: str) -> str:
-    """An absolute path for a local repository, the URL otherwise."""
-    path = Path(repo).expanduser()
-    if path.exists():
-        if not (path / ".git").exists() and not (path / "HEAD").exists():
-            raise ValueError(f"{repo} is not a git repository")
-        return str(path.resolve())
-    if "://" in repo or repo.startswith("git@"):
-        return repo
-    raise ValueError(f"{repo} is neither an existing path nor a clone URL")
+def check_input(args: argparse.Namespace, cwd: Path) -> tuple[str, str, str | None, str | None]:
+    """The repository (absolute path or URL), prompt, base and branch, checked as the API checks them."""
+    target = parse_repo(args.repo, cwd)
+    if target.kind == "github":
+        raise InputError("repo", f"{args.repo} is neither an existing path nor a clone URL")
+    base, branch = args.base, getattr(args, "branch", None)
+    return (target.value, check_prompt(" ".join(args.prompt)), base and check_ref(base, "base"),
+            branch and check_ref(branch, "branch"))
 
 
 async def run_from_terminal(services: Services, args: argparse.Namespace, out: TextIO = sys.stdout, *,
@@ -66,19 +65,15 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
     Progress goes to the terminal line, or to `printer` when one is given.
     """
     try:
-        repo = resolve_repo(args.repo)
+        repo, prompt, base, branch = check_input(args, Path.cwd())
         agent = get_agent("command" if args.agent_command else (args.agent or services.settings.SESAME_DEFAULT_AGENT))
     except ValueError as exc:
         print(f"sesame: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    prompt = " ".join(args.prompt).strip()
-    if not prompt:
-        print("sesame: error: the prompt is empty", file=sys.stderr)
-        return 2
     context = {"command": args.agent_command} if args.agent_command else {}
     row, _ = await services.sessions.create(NewSession(
         trigger_key=f"cli:{uuid.uuid4()}", prompt=prompt, agent=agent.name, repo=repo, source="cli",
-        model=args.model, base_branch=args.base, context=context, requested_by="cli",
+        model=args.model, base_branch=base, branch=branch, context=context, requested_by="cli",
         sandbox_security=not args.no_sandbox, keep_alive=args.keep))
     terminal = TerminalPrinter(out)
 

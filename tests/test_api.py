@@ -36,15 +36,22 @@ class RecordingQueue:
 
 
 @pytest.fixture
-async def api(services: Services, aiohttp_client):  # type: ignore[no-untyped-def]
+async def api(services: Services, aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A client of the app on a recording queue; `api.repo` is a real git repository it may use."""
+    from tests.support.gitrepo import git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "--quiet", "--bare", cwd=repo)
+    services.settings.values["API_REPOS"] = "local"
     queue = RecordingQueue()
     client = await aiohttp_client(build_web_app(services, queue))
-    client.queue = queue
+    client.queue, client.repo = queue, str(repo)
     return client
 
 
 async def test_create_get_list_and_idempotency(api) -> None:  # type: ignore[no-untyped-def]
-    body = {"repo": "/srv/repo", "prompt": "fix the flaky retry test", "agent": "command"}
+    body = {"repo": api.repo, "prompt": "fix the flaky retry test", "agent": "command"}
     first = await api.post("/api/session", json=body, headers={"Idempotency-Key": "abc-1"})
     assert first.status == 201
     created = await first.json()
@@ -53,7 +60,7 @@ async def test_create_get_list_and_idempotency(api) -> None:  # type: ignore[no-
     assert api.queue.ids == [created["id"]]
     got = await (await api.get(f"/api/session/{created['id']}")).json()
     assert got["state"] == "pending" and got["title"] == "fix the flaky retry test"
-    listing = await (await api.get("/api/session?limit=500")).json()
+    listing = await (await api.get("/api/session?limit=200")).json()
     assert created["id"] in [s["id"] for s in listing["sessions"]]
 
 
@@ -78,7 +85,7 @@ async def test_bad_input_is_a_clear_400(api, payload: bytes, needle: str) -> Non
 
 
 async def test_stop_follow_up_and_delete(api) -> None:  # type: ignore[no-untyped-def]
-    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    created = await (await api.post("/api/session", json={"repo": api.repo, "prompt": "p", "agent": "command"})).json()
     busy = await api.delete(f"/api/session/{created['id']}")
     assert busy.status == 409
     follow = await api.patch(f"/api/session/{created['id']}", json={"message": "and the docs"})
@@ -93,7 +100,7 @@ async def test_stop_follow_up_and_delete(api) -> None:  # type: ignore[no-untype
 
 
 async def test_events_replay_from_last_event_id(api, services: Services) -> None:  # type: ignore[no-untyped-def]
-    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    created = await (await api.post("/api/session", json={"repo": api.repo, "prompt": "p", "agent": "command"})).json()
     for n in range(3):
         await services.sessions.add_event(created["id"], "message", {"summary": f"line {n}"})
     await services.sessions.add_violation(created["id"], "network", "evil.invalid:443", "connect")
@@ -108,7 +115,7 @@ async def test_events_replay_from_last_event_id(api, services: Services) -> None
 
 
 async def test_violations_endpoint_shows_counts_and_times(api, services: Services) -> None:  # type: ignore[no-untyped-def]
-    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    created = await (await api.post("/api/session", json={"repo": api.repo, "prompt": "p", "agent": "command"})).json()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     await services.sessions.add_violations(created["id"], [
         ViolationCount("network", "flood.invalid:53", "dns", "no DNS", 20_000, t0, t0 + timedelta(seconds=9))])
@@ -127,7 +134,7 @@ async def test_violations_endpoint_shows_counts_and_times(api, services: Service
 
 async def test_session_page_escapes_user_text(api) -> None:  # type: ignore[no-untyped-def]
     created = await (await api.post("/api/session", json={
-        "repo": "/r", "prompt": "<script>alert(1)</script>", "agent": "command"})).json()
+        "repo": api.repo, "prompt": "<script>alert(1)</script>", "agent": "command"})).json()
     page = await api.get(f"/sessions/{created['id']}")
     text = await page.text()
     assert page.status == 200 and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -194,7 +201,7 @@ async def test_events_follow_live_until_the_session_ends(api, services: Services
 
     from bot.models import State
 
-    created = await (await api.post("/api/session", json={"repo": "/r", "prompt": "p", "agent": "command"})).json()
+    created = await (await api.post("/api/session", json={"repo": api.repo, "prompt": "p", "agent": "command"})).json()
     response = await api.get(f"/api/session/{created['id']}/events")
     received: list[str] = []
 

@@ -143,15 +143,18 @@ async def test_timeout_kills_the_tree_and_keeps_the_work(tmp_path: Path, db_url:
     assert show_file(origin, session.branch, "partial.txt") == "partial"
 
 
-async def test_unsafe_base_branch_is_refused(tmp_path: Path, db_url: str, origin: Path) -> None:
+async def test_unsafe_base_branch_is_refused(tmp_path: Path, db_url: str, origin: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before any session is recorded (bot/session_input.py, shared with the API)."""
     services = await make_services(tmp_path, db_url)
     try:
+        before = len(await services.sessions.recent(1000))  # PostgreSQL's database is shared by the run
         code = await run_from_terminal(services, args(origin, "x", command="true", base="--upload-pack=evil"),
                                        io.StringIO())
-        session = (await services.sessions.recent(1))[0]
+        after = len(await services.sessions.recent(1000))
     finally:
         await services.close()
-    assert code == 1 and "not a safe git ref" in session.error
+    assert code == 2 and after == before and "not a safe git ref" in capsys.readouterr().err
 
 
 def test_sesame_run_in_a_subprocess(tmp_path: Path, origin: Path, script: str) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import json
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,17 @@ from bot.catalog import AGENT_NAMES, CATALOG, canonical_agent_name
 from bot.credentials import GITHUB, SETTING_SECRETS, kinds_for
 from bot.models import Session, State, Violation
 from bot.services import Services
-from bot.sessions import NewSession, SessionInUse, as_utc
+from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
+from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from bot.settings import SettingsError, check_secret_setting, write_config
-from bot.triggers import is_safe_ref
 from webhooks.app import QUEUE, SERVICES
 
 SSE_POLL = 0.5
 MAX_PROMPT = 50_000
+MAX_MODEL = 128  # Session.model's column
+MAX_KEY = 200  # an Idempotency-Key: the trigger key column holds 255 with the "api:" prefix
+MAX_AFTER = 2**31 - 1  # event seq is a 32-bit integer
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1," + str(MAX_KEY) + "}$")
 
 
 def session_json(row: Session) -> dict[str, Any]:
@@ -59,8 +67,18 @@ def bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def input_error(exc: InputError) -> web.HTTPBadRequest:
+    """A 400 carrying the checker's sentence (the one `sesame run` prints) and the field it is about."""
+    return web.HTTPBadRequest(text=json.dumps({"error": str(exc), "field": exc.field}),
+                              content_type="application/json")
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body, or a clear 400."""
+    """The JSON object body, or a clear 400. Only application/json is read: a page elsewhere cannot send
+    that to us without a CORS preflight, which this server never answers (no cross-site session starts)."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "send the body as application/json"}),
+                                           content_type="application/json")
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -85,35 +103,119 @@ def _text(body: dict[str, Any], name: str, required: bool = False, limit: int = 
         return None
     if not isinstance(value, str) or len(value) > limit:
         raise bad_request(f"{name} must be text of at most {limit} characters")
+    if "\x00" in value:  # PostgreSQL stores no NUL in text
+        raise bad_request(f"{name} must not contain NUL characters")
     return value
 
 
-async def list_sessions(request: web.Request) -> web.Response:
+def idempotency_key(request: web.Request, body: dict[str, Any] | None = None) -> str:
+    """The client's Idempotency-Key (header, or idempotencyKey in the body), or a fresh one."""
+    key = request.headers.get("Idempotency-Key") or (_text(body, "idempotencyKey", limit=MAX_KEY) if body else None)
+    if key is None:
+        return str(uuid.uuid4())
+    if not IDEMPOTENCY_KEY.match(key):
+        raise bad_request(f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters without spaces")
+    return key
+
+
+LIST_FILTERS = ("state", "agent", "source", "limit", "cursor")
+MAX_LIMIT = 200
+STATES = tuple(state.value for state in State)
+
+
+def _choice(request: web.Request, name: str, valid: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if name == "agent":
+        value = canonical_agent_name(value) or value
+    if value not in valid:
+        raise bad_request(f"{name} {value!r} is not one of its values; valid values: {', '.join(valid)}")
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", "50")
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_request(f"limit {text!r} is out of range; give a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def encode_cursor(row: Session) -> str:
+    """Where the next page starts: the last row's (created_at, id), opaque to clients."""
+    raw = json.dumps([as_utc(row.created_at).isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
-        limit = min(int(request.query.get("limit", "50")), 500)
-    except ValueError:
-        raise bad_request("limit must be a number") from None
-    rows = await request.app[SERVICES].sessions.recent(limit, request.query.get("state"))
-    return web.json_response({"sessions": [session_json(r) for r in rows]})
+        at, last_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        moment = datetime.fromisoformat(at)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), str(last_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise bad_request("cursor is not one this server gave out: take it from the last page's `cursor`") from None
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Newest first, filtered by state, agent and source, a page of `limit` at a time; `cursor` (from
+    the previous page) continues where it ended, whatever was created meanwhile."""
+    unknown = sorted(set(request.query) - set(LIST_FILTERS))
+    if unknown:
+        raise bad_request(f"unknown filter {unknown[0]!r}; valid filters: {', '.join(LIST_FILTERS)}")
+    state, agent = _choice(request, "state", STATES), _choice(request, "agent", AGENT_NAMES)
+    source, limit = _choice(request, "source", SOURCES), _limit(request)
+    cursor = request.query.get("cursor")
+    before = decode_cursor(cursor) if cursor else None
+    rows = await request.app[SERVICES].sessions.page(limit + 1, state=state, agent=agent, source=source,
+                                                     before=before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return web.json_response({"sessions": [session_json(r) for r in rows],
+                              "cursor": encode_cursor(rows[-1]) if more else None})
+
+
+def request_digest(kind: str, fields: dict[str, Any]) -> str:
+    """What a request asked for, to tell a retry (same Idempotency-Key, same request) from a reuse."""
+    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
+
+
+def check_same_request(key: str, row: Session, digest: str) -> None:
+    """422 when the key was first used for another request (rows older than this check carry no digest)."""
+    first = (row.context or {}).get("api_request")
+    if first is not None and first != digest:
+        raise web.HTTPUnprocessableEntity(text=json.dumps({
+            "error": f"Idempotency-Key {key!r} was already used for session {row.id} with another request: "
+                     "send the same request again, or use a new key"}), content_type="application/json")
 
 
 async def create_session(request: web.Request) -> web.Response:
-    """Record and enqueue a session; Idempotency-Key makes retries safe."""
+    """Record and enqueue a session; Idempotency-Key makes retries safe. Everything is checked first."""
     services: Services = request.app[SERVICES]
     body = await read_json(request)
     prompt = _text(body, "prompt", True, MAX_PROMPT)
-    repo = _text(body, "repo", True, 1024)
-    base = _text(body, "baseBranch")
-    if base and not is_safe_ref(base):
-        raise bad_request("baseBranch is not a safe git ref name")
-    key = request.headers.get("Idempotency-Key") or _text(body, "idempotencyKey") or str(uuid.uuid4())
+    repo_text = _text(body, "repo", True, 1024)
     agent = check_agent(_text(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    try:
+        prompt = check_prompt(prompt)
+        base = _text(body, "baseBranch")
+        branch = _text(body, "branch")
+        base, branch = base and check_ref(base, "base"), branch and check_ref(branch, "branch")
+        repo, report = await allowed_repo(services, repo_text or "")
+    except InputError as exc:
+        raise input_error(exc) from None
+    key = idempotency_key(request, body)
+    model = _text(body, "model", limit=MAX_MODEL)
+    sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
+    digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
+                                       "branch": branch, "sandbox": sandbox, "keep": keep})
     row, created = await services.sessions.create(NewSession(
-        trigger_key=f"api:{key}", prompt=prompt or "", agent=agent, repo=repo or "", source="api",
-        model=_text(body, "model"), base_branch=base, requested_by="api", budget_usd=_budget(body),
-        sandbox_security=bool(body.get("sandboxSecurity", True)), keep_alive=bool(body.get("keepAlive", False))))
+        trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
+        model=model, base_branch=base, branch=branch, requested_by="api", context={"api_request": digest},
+        budget_usd=_budget(body), sandbox_security=sandbox, keep_alive=keep))
     if created:
         await request.app[QUEUE].enqueue(row.id)
+    else:
+        check_same_request(key, row, digest)
     return web.json_response(session_json(row), status=201 if created else 200)
 
 
@@ -125,6 +227,23 @@ def _budget(body: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
         raise bad_request("budget must be a number of USD above zero, e.g. 2.5")
     return float(value)
+
+
+async def allowed_repo(services: Services, text: str) -> tuple[str, dict[str, Any] | None]:
+    """The repository as the session records it, and its report (the App's installation for owner/name),
+    if API_REPOS lets the API use it; InputError otherwise."""
+    target = parse_repo(text)
+    check_allowed(target, repo_policy(services.settings))
+    if target.kind != "github":
+        return target.value, None
+    if not services.settings.GITHUB_APP_ID:
+        raise InputError("repo", f"{target.value} names a GitHub repository, but this server has no GitHub App "
+                                 "(GITHUB_APP_ID): give an absolute path or a clone URL")
+    installation = await services.installations.installation_for(target.value)
+    if installation is None:
+        raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
+                                 "is suspended): install it on that repository first")
+    return target.value, {"installation_id": installation}
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -155,15 +274,20 @@ async def patch_session(request: web.Request) -> web.Response:
         stopped = await services.sessions.request_stop(row.id)
         return web.json_response(session_json(stopped or row))
     message = _text(body, "message", True, MAX_PROMPT)
-    key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
+    key = idempotency_key(request)
+    agent, model = check_agent(_text(body, "agent") or row.agent), _text(body, "model", limit=MAX_MODEL) or row.model
+    digest = request_digest("follow-up", {"parent": row.id, "message": message, "agent": agent, "model": model})
     child, created = await services.sessions.create(NewSession(
-        trigger_key=f"api:{key}", prompt=message or "", agent=check_agent(_text(body, "agent") or row.agent),
-        repo=row.repo, source=row.source, model=_text(body, "model") or row.model,
-        base_branch=row.base_branch, branch=row.branch, report=row.report, context=row.context,
+        trigger_key=f"api:{key}", prompt=message or "", agent=agent,
+        repo=row.repo, source=row.source, model=model,
+        base_branch=row.base_branch, branch=row.branch, report=row.report,
+        context={**(row.context or {}), "api_request": digest},
         requested_by=row.requested_by, parent_id=row.id, sandbox_security=row.sandbox_security,
         keep_alive=row.keep_alive, pr_number=row.pr_number))
     if created:
         await request.app[QUEUE].enqueue(child.id)
+    else:
+        check_same_request(key, child, digest)
     return web.json_response(session_json(child), status=201 if created else 200)
 
 
@@ -184,10 +308,10 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     """SSE: replay after Last-Event-ID, then follow until the session has ended."""
     services: Services = request.app[SERVICES]
     row = await _session_or_404(request)
-    try:
-        after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)
-    except ValueError:
-        raise bad_request("Last-Event-ID must be a number") from None
+    text = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()) or int(text) > MAX_AFTER:
+        raise bad_request(f"Last-Event-ID must be a whole number from 0 to {MAX_AFTER}")
+    after = int(text)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)

@@ -53,6 +53,9 @@ async def health(request: web.Request) -> web.Response:
     ok = database["ok"] and queue_status["ok"]
     body = {"status": "ok" if ok else "degraded", "version": __version__,
             "database": database, "queue": queue_status, "sandbox": sandbox}
+    if database["ok"]:  # from the database: every process's sessions, not only this one's
+        queued, running = await services.sessions.count_waiting_and_running()
+        body["sessions"] = {"queued": queued, "running": running}
     return web.json_response(body, status=200 if ok else 503)
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -26,11 +30,12 @@ from bot.policy import slack_is_bot, slack_may_stop, slack_refusal
 from bot.queue import Queue
 from bot.services import Services
 from bot.sessions import NewSession
-from bot.settings import SettingsError
+from bot.settings import Settings, SettingsError
 from bot.slack import (
     HELP_TEXT,
     NotInstalled,
     SlackChannel,
+    api_url,
     first_progress,
     github_login,
     post_session_message,
@@ -45,6 +50,7 @@ from webhooks.app import QUEUE, SERVICES
 
 log = logging.getLogger(__name__)
 INSTALL_CHECK_TIMEOUT = 2.0  # of Slack's 3 s; past it the worker checks again
+AUTH_TEST_TIMEOUT = 2.0  # of Slack's 3 s: the bot's identity, asked once per process
 Notify = Callable[[str], Awaitable[Any]]
 
 
@@ -263,14 +269,58 @@ SLACK_BOLT = web.AppKey("slack_bolt", AsyncApp)
 SLACK_INTAKE = web.AppKey("slack_intake", SlackIntake)
 
 
+class SlackUnreachable(Exception):
+    """Slack's Web API did not answer; the request is answered 502, and Slack sends it again."""
+
+
+class BotIdentity:
+    """Bolt's authorization: auth.test once per process (the bot's user id), asked within Slack's 3 s
+    and without retries, so an unreachable Slack is a prompt 502 rather than a 500 half a minute later."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+        self.url = api_url(settings)
+        self.client = AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=self.url, session=http,
+                                     timeout=int(AUTH_TEST_TIMEOUT), retry_handlers=[])
+        self.result: AuthorizeResult | None = None
+
+    async def authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+        if self.result is None:
+            try:
+                answer = await asyncio.wait_for(self.client.auth_test(), AUTH_TEST_TIMEOUT)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise SlackUnreachable(f"Slack's Web API at {self.url} is unreachable ({type(exc).__name__}); "
+                                       "nothing was recorded, so the request can simply be sent again") from None
+            self.result = AuthorizeResult.from_auth_test_response(auth_test_response=answer,
+                                                                 bot_token=self.client.token)
+        return self.result
+
+
+async def unhandled_error(error: Exception) -> BoltResponse | None:
+    """Slack unreachable: 502 with one sentence, logged on one line; anything else keeps bolt's 500."""
+    if isinstance(error, SlackUnreachable):
+        log.warning("%s", error)
+        return BoltResponse(status=502, body=json.dumps({"error": str(error)}),
+                            headers={"content-type": ["application/json"]})
+    log.error("a Slack request failed", exc_info=error)
+    return None
+
+
 def build_bolt_app(services: Services, intake: SlackIntake) -> AsyncApp:
     """Bolt with its own signature/timestamp verification; Web API on SLACK_API_URL."""
     settings = services.settings
     if not settings.SLACK_BOT_TOKEN:
         raise SettingsError("SLACK_BOT_TOKEN", "is required when SLACK_SIGNING_SECRET is set",
                             "Set it to the app's Bot User OAuth Token (xoxb-...)")
-    bolt = AsyncApp(name="sesame", signing_secret=settings.SLACK_SIGNING_SECRET,
-                    client=web_client(settings, services.http))
+    client = web_client(settings, services.http)
+    client.token = None  # each request's client gets the token from BotIdentity.authorize
+    identity = BotIdentity(settings, services.http)
+
+    async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+        return await identity.authorize(enterprise_id, team_id)  # bolt passes arguments by name, never self
+
+    bolt = AsyncApp(name="sesame", signing_secret=settings.SLACK_SIGNING_SECRET, client=client,
+                    authorize=authorize)
+    bolt.error(unhandled_error)
     intake.register(bolt)
     return bolt
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 import sys
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default PORT or 13531)")
     serve.add_argument("--workers", type=int, default=1,
                        help="web processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="listen on a non-loopback address without AUTH_PASSWORD (only behind something "
+                            "that authenticates)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--no-sweeper", action="store_true", help=argparse.SUPPRESS)
     worker = sub.add_parser("worker", help="run an arq worker (needs REDIS_URL)")
@@ -56,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent", help="agent to run (default SESAME_DEFAULT_AGENT)")
     run.add_argument("--model", help="model for the agent")
     run.add_argument("--base", help="base branch (default: the repository's default branch)")
+    run.add_argument("--branch", help="branch to work on (default: a new one named after the prompt)")
     run.add_argument("--command", dest="agent_command", help="argv of the `command` agent (implies --agent command)")
     run.add_argument("--no-sandbox", action="store_true", help="run without sandbox security")
     run.add_argument("--keep", action="store_true", help="keep the workspace (keep_alive)")
@@ -169,6 +174,26 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; an empty host or a wildcard listens everywhere."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: its addresses may be anywhere
+
+
+def open_to_anyone(settings: Settings, host: str, port: int, args: argparse.Namespace) -> str | None:
+    """Why serving on this address is refused (no password on a public address), or None."""
+    if is_loopback(host) or settings.AUTH_PASSWORD or args.insecure_no_auth:
+        return None
+    return (f"AUTH_PASSWORD: refusing to serve on {host}:{port} without it: {host} is not a loopback address, "
+            f"so anyone who can reach port {port} could start sessions that clone repositories and run agents "
+            "with this server's keys. Set AUTH_PASSWORD, listen on 127.0.0.1, or pass --insecure-no-auth "
+            "if something in front of Sesame already authenticates every request.")
+
+
 START_TIMEOUT = 60.0  # seconds each web process of `serve --workers N` has to say it listens
 
 
@@ -188,7 +213,7 @@ async def serve_many(settings: Settings, args: argparse.Namespace) -> int:
             await engine.dispose()
     argv = [sys.executable, "-m", "bot.cli", "serve", "--workers", "1", "--reuse-port"]
     argv += (["--host", args.host] if args.host else []) + (["--port", str(args.port)] if args.port else [])
-    argv += ["--insecure-no-auth"] if getattr(args, "insecure_no_auth", False) else []
+    argv += ["--insecure-no-auth"] if args.insecure_no_auth else []
     # One sweeper is enough: the other processes only answer requests.
     children = [await asyncio.create_subprocess_exec(*argv, *([] if i == 0 else ["--no-sweeper"]),
                                                      stdout=asyncio.subprocess.PIPE)
@@ -252,6 +277,11 @@ def exit_code(codes: list[int]) -> int:
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    host = args.host or settings.HOST
+    port = args.port or settings.PORT
+    refusal = open_to_anyone(settings, host, port, args)
+    if refusal:
+        return fail(refusal)
     if args.workers > 1:
         return await serve_many(settings, args)
     from bot.cli.wiring import open_services
@@ -260,8 +290,6 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from runner.worker import HAND_BACK_TIMEOUT
     from runner.workspace import remove_abandoned_workspace
 
-    host = args.host or settings.HOST
-    port = args.port or settings.PORT
     try:
         services = await open_services(settings)
     except OSError as exc:

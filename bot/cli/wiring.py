@@ -9,10 +9,11 @@ from aiohttp import web
 import webhooks.api
 import webhooks.github
 import webhooks.github_setup
+import webhooks.openapi
 import webhooks.pages
 import webhooks.slack
 from bot import services as service_factory
-from bot.github_channel import github_channel
+from bot.github_channel import api_channel, github_channel
 from bot.reporting import ChannelFactory, local_channel
 from bot.services import Services
 from bot.settings import Settings
@@ -23,12 +24,12 @@ CHANNELS: Mapping[str, ChannelFactory] = {
     "github": github_channel,
     "slack": slack_channel,
     "cli": local_channel,
-    "api": local_channel,
+    "api": api_channel,
 }
 # setup functions of the web features, in the order their routes are added
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
-    webhooks.api.setup, webhooks.pages.setup, webhooks.github.setup, webhooks.github_setup.setup,
-    webhooks.slack.setup,
+    webhooks.api.setup, webhooks.openapi.setup, webhooks.pages.setup, webhooks.github.setup,
+    webhooks.github_setup.setup, webhooks.slack.setup,
 )
 
 

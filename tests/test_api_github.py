@@ -1,0 +1,59 @@
+"""POST /api/session on owner/name where the App is installed: the session runs through the installation
+and ends in a pull request on the fake GitHub remote."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.cli import build_web_app
+from bot.cli.wiring import open_services
+from bot.queue import InlineQueue
+from bot.services import Services
+from runner.worker import run_session
+from tests.conftest import session_base
+from tests.slack.test_end_to_end import AGENT
+from tests.support.fake_github import FakeGitHub
+from tests.support.gitrepo import git
+
+
+@pytest_asyncio.fixture
+async def running(db_url: str, settings_for: Any,
+                  fake_github: FakeGitHub) -> AsyncIterator[tuple[TestClient, InlineQueue, Services]]:
+    settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
+                            AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120", API_REPOS="installed",
+                            **fake_github.settings_env())
+    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
+    queue = InlineQueue(lambda sid: run_session(services, sid))
+    client = TestClient(TestServer(build_web_app(services, queue)))
+    await client.start_server()
+    try:
+        yield client, queue, services
+    finally:
+        await client.close()
+        await queue.close()
+        await services.close()
+
+
+async def test_an_api_session_on_an_installed_repository_opens_a_pull_request(
+        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+    client, queue, services = running
+    installation = fake_github.installation_of("acme")
+    assert installation is not None
+    await services.installations.upsert(installation.id, "acme", repos=["acme/widget"])
+    response = await client.post("/api/session", json={"repo": "acme/widget", "agent": "command",
+                                                        "prompt": "make answer() return 42"})
+    assert response.status == 201, await response.text()
+    created = await response.json()
+    await queue.join()
+    row = await services.sessions.get(created["id"])
+    assert row is not None and row.state == "completed" and row.branch, row.error
+    [pull] = [p for p in fake_github.pulls if p.repo == "acme/widget" and p.head == row.branch]
+    assert row.pr_number == pull.number and pull.base == "main"
+    bare = fake_github.repos["acme/widget"].path
+    assert git("show", f"{row.branch}:src/widget.py", cwd=bare).endswith("return 42")
+    assert not fake_github.api_requests("POST", "/repos/acme/widget/issues")  # no comment: the API follows SSE
