@@ -290,7 +290,8 @@ def after(moment: float, times: list[float]) -> str:
 
 
 async def report(db: asyncpg.Pool, fakes: FakeThread, items: list[Delivery], faults: list[Fault],
-                 elapsed: float, settled: float, args: argparse.Namespace) -> None:
+                 start: float, elapsed: float, settled: float, args: argparse.Namespace) -> None:
+    """Print the figures; `start` is the run's first send (time.time())."""
     rows = await db.fetch("SELECT id, trigger_key, state, error, attempts, issue_number, repo, pr_number, "
                           "extract(epoch FROM created_at) AS created, extract(epoch FROM started_at) AS started, "
                           "extract(epoch FROM finished_at) AS finished FROM sessions")
@@ -345,6 +346,9 @@ async def report(db: asyncpg.Pool, fakes: FakeThread, items: list[Delivery], fau
           f"WORKER_SHUTDOWN_GRACE={args.grace}, sweeps every 30 s; settled {settled:.0f} s after the last send")
     print(f"answers: {dict(sorted(statuses.items()))}; time to the 202: all {times(items)}; "
           f"mentions ({len(answered) - len(warm)}) {times([d for d in items if d.mention])}")
+    slowest = sorted((d for d in items if not d.warm), key=lambda d: -d.latency)[:3]
+    print("slowest answers: " + ", ".join(f"{d.latency * 1000:.0f} ms ({'mention' if d.mention else 'comment'}, "
+                                          f"sent {d.sent - start:.1f} s into the run)" for d in slowest))
     print(f"sessions created: {len(rows)} (from the {len(ordinary)} ordinary comments: {from_ordinary}); by state: {dict(sorted(states.items()))}; "
           f"retried (attempts > 1): {sum(1 for r in rows if r['attempts'] > 1)}; pull requests: {len(pulls)}")
     print(f"lost (2xx, no completed session): {len(lost)} ({len(unfinished)} of them still pending or processing "
@@ -376,6 +380,14 @@ async def report(db: asyncpg.Pool, fakes: FakeThread, items: list[Delivery], fau
             ends = [sessions[s]["finished"] for s in fault.sessions if s in sessions]
             done = [float(e) for e in ends if e is not None]
             states_of = sorted({sessions[s]["state"] for s in fault.sessions if s in sessions})
+            claims = await db.fetch(
+                "SELECT session_id, min(extract(epoch FROM created_at)) AS at FROM session_events "
+                "WHERE session_id = ANY($1::text[]) AND kind = 'status' AND data::jsonb->>'state' = 'processing' "
+                "AND created_at > to_timestamp($2) GROUP BY session_id", fault.sessions, fault.at)
+            again = sorted(float(c["at"]) - fault.at for c in claims)
+            if again:
+                print(f"recovery, {fault.name}: its {len(fault.sessions)} sessions claimed again by another worker "
+                      f"{again[0]:.1f} s to {again[-1]:.1f} s after it ({len(again)} of {len(fault.sessions)})")
             print(f"recovery, {fault.name}: {len(fault.sessions)} sessions it held ended ({', '.join(states_of)}) "
                   f"{after(fault.at, done)} (first) to "
                   f"{(max(done) - fault.at):.1f} s (last) after it" + (
@@ -442,7 +454,7 @@ async def run(args: argparse.Namespace) -> None:
         faults = await inject(db, supervisor, redis, start, args.seconds, args.redis_down, not args.no_faults)
         elapsed = await sending
         settled = await settle(db, fakes, args.settle)
-        await report(db, fakes, warm + items, faults, elapsed, settled, args)
+        await report(db, fakes, warm + items, faults, items[0].sent, elapsed, settled, args)
     finally:
         if db is not None:
             await db.close()
@@ -466,9 +478,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default 60)")
     parser.add_argument("--rate", type=float, default=50.0, help="deliveries per second (default 50)")
-    parser.add_argument("--mentions", type=float, default=2.0,
-                        help="of those, deliveries per second that mention the app and start a session (default 2; "
-                             "this machine completes about 1.5 sessions a second)")
+    parser.add_argument("--mentions", type=float, default=1.0,
+                        help="of those, deliveries per second that mention the app and start a session (default 1; "
+                             "this machine completes about 1.5 sessions a second, fewer under the faults)")
     parser.add_argument("--repos", type=int, default=4, help="repositories the deliveries are spread over")
     parser.add_argument("--lease", type=int, default=10, help="SESSION_LEASE_SECONDS of the workers (default 10)")
     parser.add_argument("--grace", type=int, default=1, help="WORKER_SHUTDOWN_GRACE of the workers (default 1)")
