@@ -1,13 +1,18 @@
 """Soak: signed GitHub deliveries to two web processes and two workers while a worker is SIGKILLed, another
 SIGTERMed and Redis restarted; then what became of every delivery.
 
-    python3 bench/soak.py [--seconds 60] [--rate 50] [--lease 10] [--grace 1] [--settle 240]
+    python3 bench/soak.py [--seconds 60] [--rate 50] [--mentions 1] [--lease 10] [--grace 1] [--settle 240]
 
 Everything is of its own and on loopback: a PostgreSQL cluster and a Redis server (tests/support/servers.py),
 the fake GitHub (its own thread and event loop), `sesame serve --workers 2` (two web processes on one port),
 two `sesame worker` processes run by a small supervisor here (a dead worker is started again after
---restart-after s, as systemd would). Each delivery is an issue_comment mentioning the app on an issue of its
-own; the `command` agent writes one file, so every session commits, pushes and opens a pull request.
+--restart-after s, as systemd would). Deliveries are issue_comment events from a writer at --rate per second;
+--mentions per second of them mention the app, each on an issue of its own, the rest are ordinary comments
+(as most of an installed app's deliveries are), which must start nothing. The `command` agent writes one
+file, so every session commits, pushes and opens a pull request. A session costs the 2-core development
+machine about 0.7 s of CPU (workspace, agent, commit, scan, push, PR, progress edits): it completes about 1.5
+sessions a second, so `--mentions 50` for 60 s (3,000 sessions) takes over half an hour to drain; the
+default keeps below that rate so that recovery times measure the recovery, not a backlog.
 Faults, at a quarter, half and three quarters of the run: worker 0 SIGKILLed, worker 1 SIGTERMed (it hands
 its sessions back after WORKER_SHUTDOWN_GRACE=--grace), Redis SIGKILLed and started again after --redis-down s
 (without persistence: the queued jobs are gone, the sweeper re-enqueues their pending rows).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import re
 import shlex
@@ -35,6 +41,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +209,33 @@ async def load(url: str, items: list[Delivery], rate: float) -> float:
             tasks.append(asyncio.create_task(send(http, url, item)))
         await asyncio.gather(*tasks)
         return time.perf_counter() - start
+
+
+def load_process(url: str, items: list[Delivery], rate: float, start_at: float, conn: Connection) -> None:
+    """The load generator in a process of its own, so the fake GitHub (busy with pushes and comments of
+    the sessions) never delays a send nor its clock: sends from `start_at` (time.time()), then hands back
+    (status, latency, sent, answer) of each delivery and the seconds taken."""
+    async def run() -> float:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        return await load(url, items, rate)
+
+    elapsed = asyncio.run(run())
+    conn.send(([(d.status, d.latency, d.sent, d.answer) for d in items], elapsed))
+    conn.close()
+
+
+async def load_elsewhere(url: str, items: list[Delivery], rate: float, start_at: float) -> float:
+    """`load` in a child process; the answers are written into `items`."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=load_process, args=(url, items, rate, start_at, sender), daemon=True)
+    child.start()
+    sender.close()
+    answers, elapsed = await asyncio.to_thread(receiver.recv)
+    await asyncio.to_thread(child.join, 30)
+    for item, (status, latency, sent, answer) in zip(items, answers, strict=True):
+        item.status, item.latency, item.sent, item.answer = status, latency, sent, answer
+    return float(elapsed)
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -449,8 +483,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"soak: {count} deliveries at {args.rate:g}/s over {len(repos)} repositories; logs in {work}",
               flush=True)
         await load(f"http://127.0.0.1:{port}/webhooks/github", warm, 8)
-        start = time.monotonic()
-        sending = asyncio.create_task(load(f"http://127.0.0.1:{port}/webhooks/github", items, args.rate))
+        start_at = time.time() + 2.0  # the child's interpreter and imports are ready by then
+        start = time.monotonic() + 2.0
+        sending = asyncio.create_task(load_elsewhere(f"http://127.0.0.1:{port}/webhooks/github", items, args.rate,
+                                                     start_at))
         faults = await inject(db, supervisor, redis, start, args.seconds, args.redis_down, not args.no_faults)
         elapsed = await sending
         settled = await settle(db, fakes, args.settle)
