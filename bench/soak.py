@@ -375,7 +375,7 @@ async def report(db: asyncpg.Pool, fakes: FakeThread, items: list[Delivery], fau
         return (f"p50 {percentile(got, 0.5) * 1000:.1f} ms, p99 {percentile(got, 0.99) * 1000:.1f} ms, "
                 f"max {max(got, default=0) * 1000:.1f} ms")
 
-    print(f"\nsoak: {len(items) - len(warm)} deliveries (after {len(warm)} to warm up) in {elapsed:.1f} s ({(len(items) - len(warm)) / elapsed:.1f}/s, target {args.rate:g}/s) "
+    print(f"\nsoak: {len(items) - len(warm)} deliveries (after {len(warm)} to warm up) at {args.rate:g}/s (the last answered {elapsed:.1f} s after the first was sent) "
           f"to `sesame serve --workers 2`, 2 workers; SESSION_LEASE_SECONDS={args.lease}, "
           f"WORKER_SHUTDOWN_GRACE={args.grace}, sweeps every 30 s; settled {settled:.0f} s after the last send")
     print(f"answers: {dict(sorted(statuses.items()))}; time to the 202: all {times(items)}; "
