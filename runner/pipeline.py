@@ -557,6 +557,8 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     session = state.session
     assert state.workspace is not None
     if sha is None:
+        sha = await _pushed_before(state, existing)
+    if sha is None:
         await state.step("pr", "skipped", "nothing to push", 95)
         state.progress.outcome = "no changes were needed"
         return
@@ -582,6 +584,19 @@ async def _push_step(state: Run, access: RepoAccess, base: str, branch: str, sha
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+async def _pushed_before(state: Run, existing: bool) -> str | None:
+    """The branch's head when an earlier attempt of this session committed and pushed to it (a lost worker's
+    attempt killed before the pull request, or a session handed back on SIGTERM): this run wrote the same
+    change again, which is no change on that branch, and the work still needs its pull request."""
+    earlier = state.session.commit_sha
+    if not existing or not earlier or state.workspace is None:
+        return None
+    head = (await gitops.in_git_dir(state.workspace.git_dir, ["rev-parse", "--verify", "--quiet", "HEAD"],
+                                    check=False)).strip()
+    base = (await gitops.in_git_dir(state.workspace.git_dir, ["merge-base", earlier, "HEAD"], check=False)).strip()
+    return head if head and base == earlier else None
 
 
 async def _push_or_keep(state: Run, access: RepoAccess, branch: str, sha: str) -> None:

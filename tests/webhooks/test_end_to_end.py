@@ -227,3 +227,31 @@ async def test_rate_limited_comment_edits_are_retried_after_retry_after(make_sta
     edits = [r.status for r in hook.fake.api_requests("PATCH", f"/repos/{hook.repo}/issues/comments/")]
     assert edits[:2] == [status, status] and edits[-1] == 200
     assert "Done in" in progress_comment(stack, 1).body
+
+
+FIX = "import pathlib\npathlib.Path('src/widget.py').write_text('def answer():\\n    return 42\\n')\n"
+
+
+async def test_a_retry_of_a_pushed_attempt_still_opens_the_pull_request(make_stack: MakeStack, tmp_path: Any) -> None:
+    """A worker died (or handed the session back) after pushing its commit and before opening the PR: the next
+    attempt writes the same change, which is no change on the pushed branch, and must still open the PR."""
+    stack = await make_stack(FIX, SANDBOX_SECURITY_ENABLED="false")
+    hook = stack.hook
+    issue = hook.fake.add_issue(hook.repo, "answer() is wrong", "It returns 41.")
+    assert (await hook.comment(issue.number, "@sesame make answer() return 42")).status == 202
+    row = await stack.only_session()
+    # What the lost attempt left: its branch and commit recorded, the commit pushed, no pull request.
+    clone = tmp_path / "attempt-1"
+    gitrepo.git("clone", "-q", str(hook.fake.repos[hook.repo].path), str(clone), cwd=tmp_path)
+    sha = gitrepo.commit_files(clone, {"src/widget.py": "def answer():\n    return 42\n"}, "Return 42")
+    gitrepo.git("push", "-q", "origin", "HEAD:refs/heads/sesame/answer-42", cwd=clone)
+    await hook.services.sessions.set_branch(row.id, "sesame/answer-42", "main")
+    await hook.services.sessions.record_commit(row.id, sha)
+    await stack.drain()
+    row = await stack.only_session()
+    assert row.state == "completed", row.error
+    [pr] = hook.fake.pulls
+    assert pr.head == "sesame/answer-42" and f"Fixes #{issue.number}" in (pr.body or "")
+    assert row.pr_number == pr.number
+    comment = progress_comment(stack, issue.number)
+    assert f"#{pr.number} opened" in comment.body and "no changes were needed" not in comment.body
