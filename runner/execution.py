@@ -5,8 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bot.catalog import AGENT_ENV_KEYS
 from bot.models import Session
@@ -15,8 +16,17 @@ from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
 from runner.sandbox import create_sandbox
-from runner.sandbox.base import ProcessHandle, ProxyLimits, Sandbox, SandboxLimits, SandboxPolicy, ViolationCallback
+from runner.sandbox.base import (
+    ProcessHandle,
+    ProxyLimits,
+    Sandbox,
+    SandboxLimits,
+    SandboxPolicy,
+    Violation,
+    ViolationCallback,
+)
 from runner.sandbox.gateway import GATEWAY_PORT, BudgetHook, CredentialGateway, GatewayRoute, GatewayStats
+from runner.sandbox.proxy import denied_address
 from runner.workspace import Workspace
 
 TAIL_LINES = 20
@@ -176,6 +186,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
     route = agent.gateway_route(credential, server_env)
+    if route is not None:
+        refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
     domains = agent.domains(setting_url, route)
     binary = agent_binary(services, agent)
     prefix = install_prefix(services, agent, binary)
@@ -214,6 +226,21 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
             await gateway.close()
         raise
     return AgentRun(sandbox, handle, gateway)
+
+
+def refuse_denied_upstream(agent: Agent, upstream: str, denied: Sequence[str], on_violation: ViolationCallback) -> None:
+    """The deny list binds the credential gateway too: it never forwards to a denied model API. Said before
+    the agent starts (a violation and one sentence), since the agent could only fail against it."""
+    parts = urlsplit(upstream)
+    host = parts.hostname or ""
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    if not denied_address(host, port, denied):
+        return
+    on_violation(Violation("network", f"{host}:{port}", "connect",
+                           "the agent's model API is on the deny list (SANDBOX_DENIED_DOMAINS)"))
+    raise PermissionError(f"{agent.display_name}'s model API {host}:{port} is on SANDBOX_DENIED_DOMAINS, so "
+                          "Sesame will not forward its requests: remove it from the deny list, or point the "
+                          "agent's base URL at an allowed host")
 
 
 async def start_gateway(sandbox: Sandbox, route: GatewayRoute, setting_url: str | None,

@@ -327,7 +327,9 @@ def _agent_failure(state: Run, agent: Agent, code: int) -> AgentFailure | None:
         return None
     if state.watch.stopped_for is not None:
         return state.watch.stopped_for
-    return state.watch.verdict(code, state.upstream_statuses, state.blocked)
+    stats = state.agent_run.gateway_stats if state.agent_run is not None else None
+    upstream = [*state.upstream_statuses, *([stats.last_status] if stats and stats.last_status else [])]
+    return state.watch.verdict(code, upstream, state.blocked)
 
 
 def _on_violation(state: Run, violation: Violation) -> None:

@@ -163,6 +163,8 @@ async def test_a_model_api_the_sandbox_refuses_is_named(tmp_path: Path, claude_i
         finally:
             await services.close()
     assert session.state == "error"
-    assert session.error == (f"Claude Code could not reach {host} (blocked by the sandbox): add it to the allowed "
-                             "domains under /admin/sandbox, or point the agent's base URL at an allowed host")
+    # The key goes through the credential gateway, which the deny list binds too: refused before the agent runs.
+    assert session.error == (f"Claude Code's model API {host} is on SANDBOX_DENIED_DOMAINS, so Sesame will not "
+                             "forward its requests: remove it from the deny list, or point the agent's base URL "
+                             "at an allowed host")
     assert not fake.message_requests

@@ -84,10 +84,12 @@ async def test_usage_is_stored_and_in_the_api_and_page(services: Services, aioht
     assert "Usage: 1,200 tokens in, 340 out · $0.03" in page
 
 
-async def test_a_budget_through_the_api_and_what_is_left(services: Services, aiohttp_client: Any) -> None:
+async def test_a_budget_through_the_api_and_what_is_left(services: Services, aiohttp_client: Any,
+                                                         tmp_path: Path) -> None:
+    services.settings.values["API_REPOS"] = "local"  # the API takes a local path (PostgreSQL's default: no)
     client = await aiohttp_client(build_web_app(services, RecordingQueue()))
     created = await (await client.post("/api/session", json={
-        "repo": "/r", "prompt": "p", "agent": "command", "budget": 2.5})).json()
+        "repo": str(make_repo(tmp_path / "origin")), "prompt": "p", "agent": "command", "budget": 2.5})).json()
     assert created["usage"]["budgetUsd"] == 2.5
     row = await services.sessions.get(created["id"])
     assert row is not None and budget_left(row) == 2.5

@@ -195,6 +195,7 @@ async def create_session(request: web.Request) -> web.Response:
     prompt = _text(body, "prompt", True, MAX_PROMPT)
     repo_text = _text(body, "repo", True, 1024)
     agent = check_agent(_text(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    budget = _budget(body)
     try:
         prompt = check_prompt(prompt)
         base = _text(body, "baseBranch")
@@ -207,11 +208,11 @@ async def create_session(request: web.Request) -> web.Response:
     model = _text(body, "model", limit=MAX_MODEL)
     sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
     digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
-                                       "branch": branch, "sandbox": sandbox, "keep": keep})
+                                       "branch": branch, "sandbox": sandbox, "keep": keep, "budget": budget})
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
         model=model, base_branch=base, branch=branch, requested_by="api", context={"api_request": digest},
-        budget_usd=_budget(body), sandbox_security=sandbox, keep_alive=keep))
+        budget_usd=budget, sandbox_security=sandbox, keep_alive=keep))
     if created:
         await request.app[QUEUE].enqueue(row.id)
     else:

@@ -61,6 +61,7 @@ class GatewayStats:
     requests: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     last_error_status: int | None = None
+    last_status: int | None = None  # the upstream's last answer (the failure classifier reads it)
     refused: int = 0
     budget_stops: int = 0
     input_tokens: int = 0
@@ -69,6 +70,7 @@ class GatewayStats:
     def record(self, status: int) -> None:
         """One answer with status."""
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.last_status = status
         if status >= 400:
             self.last_error_status = status
 
