@@ -544,6 +544,13 @@ class SessionService:
                 select(SessionEvent).where(SessionEvent.session_id == session_id, SessionEvent.seq > after)
                 .order_by(SessionEvent.seq).limit(limit))).scalars())
 
+    async def last_event(self, session_id: str, kind: str) -> SessionEvent | None:
+        """The session's latest event of one kind (a chatty agent's log is never read for it)."""
+        async with self.autocommit() as db:
+            return (await db.execute(
+                select(SessionEvent).where(SessionEvent.session_id == session_id, SessionEvent.kind == kind)
+                .order_by(SessionEvent.seq.desc()).limit(1))).scalar_one_or_none()
+
     async def violations(self, session_id: str) -> list[Violation]:
         async with self.autocommit() as db:
             return list((await db.execute(

@@ -282,6 +282,7 @@ async def _agent_step(state: Run) -> None:
                                budget_usd=session.budget_usd)
     state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
                                         on_violation=lambda v: _on_violation(state, v))
+    await state.event("sandbox", {"secured": state.agent_run.warning is None})  # what applied, not what was asked
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
         await services.sessions.set_warning(session.id, state.agent_run.warning)
@@ -724,6 +725,8 @@ async def _cleanup(state: Run) -> None:
         except Exception:
             log.exception("removing the workspace of session %s failed", state.session.id)
     try:  # a note only: not worth another wait when the database stayed down past the final state
-        await state.services.sessions.add_event(state.session.id, "cleanup", {"kept": bool(state.session.keep_alive)})
+        kept = state.workspace is not None and state.workspace.root.is_dir()
+        await state.services.sessions.add_event(state.session.id, "cleanup", {
+            "kept": kept, "path": str(state.workspace.root) if kept and state.workspace is not None else None})
     except DB_DOWN_ERRORS as exc:
         log.warning("the cleanup event of session %s is not stored: %s", state.session.id, exc)

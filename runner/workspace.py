@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bot.services import Services
 from runner.git import git, has_commit, in_git_dir
-from runner.uids import Claim, UidPool, kill_uid
+from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
@@ -216,6 +216,38 @@ async def remove_abandoned_workspace(services: Services, session_id: str) -> Non
     ws = Workspace(Path(services.settings.SESSION_DIR_BASE) / session_id)
     if ws.root.is_dir() and not ws.root.is_symlink():
         await asyncio.to_thread(remove_workspace, ws)
+
+
+class HostWorkspaces:
+    """The session directories under SESSION_DIR_BASE on this host, for the API (webhooks.app.Workspaces)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def _root(self, session_id: str) -> Path | None:
+        if not session_id or "/" in session_id or session_id.strip(".") == "":
+            return None
+        root = Path(self.services.settings.SESSION_DIR_BASE) / session_id
+        return root if root.is_dir() and not root.is_symlink() else None
+
+    def kept(self, session_id: str) -> str | None:
+        root = self._root(session_id)
+        return str(root) if root is not None else None
+
+    async def remove(self, session_id: str) -> bool:
+        """Kill what still runs as its uid, delete it, free the uid."""
+        root = self._root(session_id)
+        if root is None:
+            return False
+        pool = pool_from_settings(self.services.settings)
+        if pool is not None:
+            await _kill_holder(pool, root)
+        await asyncio.to_thread(remove_workspace, Workspace(root))
+        if pool is not None:
+            for uid, held in pool.claimed().items():
+                if held == root:
+                    await asyncio.to_thread(pool.release, uid, root)
+        return True
 
 
 def remove_workspace(ws: Workspace) -> None:

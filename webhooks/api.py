@@ -24,7 +24,7 @@ from bot.services import Services
 from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from bot.settings import SettingsError, check_secret_setting, write_config
-from webhooks.app import QUEUE, SERVICES
+from webhooks.app import QUEUE, SERVICES, WORKSPACES
 
 SSE_POLL = 0.5
 MAX_PROMPT = 50_000
@@ -248,7 +248,16 @@ async def allowed_repo(services: Services, text: str) -> tuple[str, dict[str, An
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return web.json_response(session_json(await _session_or_404(request)))
+    """The session; once ended, the directory it left on this host (keep alive) and whether the OS
+    sandbox applied (the request's sandboxSecurity is only what was asked)."""
+    services: Services = request.app[SERVICES]
+    row = await _session_or_404(request)
+    body = session_json(row)
+    sandbox = await services.sessions.last_event(row.id, "sandbox")
+    body["sandboxApplied"] = bool(sandbox.data.get("secured")) if sandbox is not None else None
+    workspaces = request.app.get(WORKSPACES)
+    body["workspace"] = workspaces.kept(row.id) if workspaces is not None and State(row.state).final else None
+    return web.json_response(body)
 
 
 def violation_json(row: Violation) -> dict[str, Any]:
@@ -302,6 +311,9 @@ async def delete_session(request: web.Request) -> web.Response:
         await services.sessions.delete(row.id)
     except SessionInUse:
         return web.json_response({"error": "follow-up sessions refer to this one: delete them first"}, status=409)
+    workspaces = request.app.get(WORKSPACES)
+    if workspaces is not None:  # a kept workspace goes with its session
+        await workspaces.remove(row.id)
     return web.Response(status=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -16,6 +16,20 @@ from bot.services import Services
 SERVICES = web.AppKey("services", Services)
 QUEUE = web.AppKey("queue", Queue)
 SANDBOX_STATUS = web.AppKey("sandbox_status", dict)
+
+
+class Workspaces(Protocol):
+    """The session directories on this host, for the API (the runner owns them; the composition root
+    hands its implementation in)."""
+
+    def kept(self, session_id: str) -> str | None:
+        """The path of the session's directory if it is still on this host (keep alive, or work to push)."""
+
+    async def remove(self, session_id: str) -> bool:
+        """End what runs in it and delete it; False when there was none."""
+
+
+WORKSPACES = web.AppKey("workspaces", Workspaces)
 MAX_BODY = 25 * 1024 * 1024
 OPEN_PREFIXES = ("/webhooks/", "/slack/", "/api/health")
 

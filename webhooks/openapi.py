@@ -56,7 +56,16 @@ def _schemas() -> dict[str, Any]:
             "requestedBy": NULLABLE_TEXT, "parentId": NULLABLE_TEXT, "sandboxSecurity": {"type": "boolean"},
             "keepAlive": {"type": "boolean"}, "error": NULLABLE_TEXT, "warning": NULLABLE_TEXT,
             "violationCount": {"type": "integer"}, "createdAt": NULLABLE_TIME, "startedAt": NULLABLE_TIME,
-            "finishedAt": NULLABLE_TIME}},
+            "finishedAt": NULLABLE_TIME,
+            "usage": {"type": "object", "description": "null where the agent (or the gateway) reported nothing",
+                      "properties": {"inputTokens": {"type": ["integer", "null"]},
+                                     "outputTokens": {"type": ["integer", "null"]},
+                                     "costUsd": {"type": ["number", "null"]},
+                                     "budgetUsd": {"type": ["number", "null"]}}},
+            "sandboxApplied": {"type": ["boolean", "null"], "description": "GET of one session: whether the OS "
+                               "sandbox applied (sandboxSecurity is what was asked); null before the agent started"},
+            "workspace": {"type": ["string", "null"], "description": "GET of one ended session: the directory it "
+                          "left on this host (keep alive, or work to push by hand); DELETE removes it"}}},
         "SessionPage": {"type": "object", "required": ["sessions", "cursor"], "properties": {
             "sessions": {"type": "array", "items": _ref("Session")},
             "cursor": {"type": ["string", "null"], "description": "send it back as `cursor` for the next page"}}},
@@ -68,6 +77,8 @@ def _schemas() -> dict[str, Any]:
             "model": {"type": "string", "maxLength": MAX_MODEL},
             "baseBranch": {"type": "string", "maxLength": 255}, "branch": {"type": "string", "maxLength": 255},
             "sandboxSecurity": {"type": "boolean"}, "keepAlive": {"type": "boolean"},
+            "budget": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000,
+                       "description": "the most the session may spend on its model API, in USD"},
             "idempotencyKey": {"type": "string", "maxLength": MAX_KEY}}},
         "SessionChange": {"oneOf": [
             {"type": "object", "required": ["action"], "properties": {"action": {"const": "stop"}}},

@@ -162,9 +162,12 @@ def sandbox_status(settings: Settings) -> dict[str, Any]:
 def build_web_app(services: Any, queue: Any) -> Any:
     """The aiohttp app with every web feature (each one checks whether it is configured)."""
     from bot.cli.wiring import WEB_FEATURES
-    from webhooks.app import create_app
+    from runner.workspace import HostWorkspaces
+    from webhooks.app import WORKSPACES, create_app
 
-    return create_app(services, queue, sandbox_status(services.settings), list(WEB_FEATURES))
+    app = create_app(services, queue, sandbox_status(services.settings), list(WEB_FEATURES))
+    app[WORKSPACES] = HostWorkspaces(services)
+    return app
 
 
 def freeze_heap() -> None:
