@@ -357,14 +357,25 @@ class EventBuffer:
             await self.flush()
 
     async def flush(self) -> None:
+        """Store the batch, waiting out a database outage (DB_OUTAGE_GRACE); a batch that still cannot be
+        stored is kept, ahead of newer lines, for the next flush."""
         items, self.items = self.items, []
-        if items:
-            await self.state.services.sessions.add_events(self.state.session.id, items)
+        if not items:
+            return
+        session_id = self.state.session.id
+        try:
+            await self.state.stored(lambda: self.state.services.sessions.add_events(session_id, items), "agent output")
+        except BaseException:
+            self.items = items + self.items
+            raise
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except DB_DOWN_ERRORS as exc:  # kept for the next tick; the agent's run goes on
+                log.warning("the output of session %s waits to be stored: %s", self.state.session.id, exc)
 
     async def close(self) -> None:
         self._task.cancel()

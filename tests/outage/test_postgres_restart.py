@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,6 +84,35 @@ async def test_a_session_rides_out_postgres_down_when_its_steps_end(tmp_path: Pa
     assert done.attempts == 1
     assert [e.data["state"] for e in events if e.kind == "status"].count("completed") == 1
     assert git("show", f"{done.branch}:runs.txt", cwd=origin) == "run"
+
+
+TICKER = ("import time\nfor i in range(40):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n"
+          "open('runs.txt', 'w').write('run')")
+
+
+async def test_agent_output_during_an_outage_is_stored_once_it_returns(tmp_path: Path,
+                                                                       own_postgres: PostgresServer) -> None:
+    """Output lines are stored in batches; a batch whose write meets the outage is kept and stored after
+    it (it used to be dropped, and the flushing loop died with it)."""
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, own_postgres.url)
+    try:
+        row, _ = await services.sessions.create(NewSession(
+            trigger_key=f"test:{uuid.uuid4()}", prompt="tick", agent="command", repo=str(origin), source="api",
+            context={"command": shlex.join(["/usr/bin/python3", "-c", TICKER])}))
+        claimed = await services.sessions.claim(row.id, "test-worker")
+        assert claimed is not None
+        run = asyncio.create_task(pipeline.run(services, claimed))
+        await asyncio.sleep(1.5)  # the agent is printing
+        await asyncio.to_thread(own_postgres.restart, 2.0)
+        await run
+        done = await services.sessions.get(row.id)
+        events = await services.sessions.events(row.id, limit=10_000)
+    finally:
+        await services.close()
+    assert done is not None and done.state == "completed", (done.state, done.error) if done else None
+    ticks = sorted(int(m) for e in events for m in re.findall(r"tick (\d+)", json.dumps(e.data)))
+    assert ticks == list(range(40)), ticks
 
 
 async def test_the_final_write_gives_up_after_the_grace_period(tmp_path: Path, own_postgres: PostgresServer,
