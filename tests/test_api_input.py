@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import secrets
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +117,21 @@ async def test_the_api_repos_setting_decides_which_repositories(services: Servic
 
 async def test_github_repositories_only_where_the_app_is_installed(services: Services, aiohttp_client: Any) -> None:
     client = await client_with(services, aiohttp_client, "installed")
-    status, answer = await post(client, {"repo": "acme/widget", "prompt": "p", "agent": "command"})
+    account = f"acme-{uuid.uuid4().hex[:8]}"  # the run's PostgreSQL database is shared: other tests install "acme"
+    repo = f"{account}/widget"
+    installation = secrets.randbelow(10**9) + 10**6
+    status, answer = await post(client, {"repo": repo, "prompt": "p", "agent": "command"})
     assert status == 400 and "no GitHub App" in answer["error"]
     services.settings.values["GITHUB_APP_ID"] = "4242"
-    status, answer = await post(client, {"repo": "acme/widget", "prompt": "p", "agent": "command"})
-    assert status == 400 and "not installed on acme/widget" in answer["error"]
-    await services.installations.upsert(77, "acme", repos=["acme/widget"])
-    status, answer = await post(client, {"repo": "acme/widget", "prompt": "p", "agent": "command"})
+    status, answer = await post(client, {"repo": repo, "prompt": "p", "agent": "command"})
+    assert status == 400 and f"not installed on {repo}" in answer["error"]
+    await services.installations.upsert(installation, account, repos=[repo])
+    status, answer = await post(client, {"repo": repo, "prompt": "p", "agent": "command"})
     assert status == 201, answer
     row = await services.sessions.get(answer["id"])
-    assert row is not None and row.report["installation_id"] == 77
-    await services.installations.upsert(77, "acme", suspended=True)
-    status, answer = await post(client, {"repo": "acme/widget", "prompt": "p", "agent": "command"})
+    assert row is not None and row.report["installation_id"] == installation
+    await services.installations.upsert(installation, account, suspended=True)
+    status, answer = await post(client, {"repo": repo, "prompt": "p", "agent": "command"})
     assert status == 400 and "not installed" in answer["error"]
 
 
