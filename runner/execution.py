@@ -185,6 +185,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     settings = services.settings
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
+    agent = configured_agent(services, session, agent, setting_url)  # the route may depend on it (a provider)
     route = agent.gateway_route(credential, server_env)
     if route is not None:
         refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
@@ -206,7 +207,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         base_url = setting_url
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
-        agent = configured_agent(services, session, agent, base_url)  # before credential_env: it may depend on it
+            agent = agent.through_gateway(base_url, route)
         if gateway is not None and route is not None:
             key_env = {route.variable: gateway.placeholder} | GATEWAY_NO_PROXY
         else:

@@ -195,6 +195,12 @@ class Agent:
         (variable, secret), = env.items()
         return GatewayRoute(variable, secret, self.gateway_upstream, self.gateway_key_places)
 
+    def through_gateway(self, url: str, route: GatewayRoute) -> Agent:
+        """This agent (already configured for its run) talking to the credential gateway at url instead of
+        route.upstream; by default what a base URL setting does (Copilot's and opencode's own providers, Codex's
+        argv; Claude and Gemini take it from base_env)."""
+        return self.configured(base_url=url)
+
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """Files the CLI reads its credential from, as {path relative to HOME: content}."""
         return {}
