@@ -177,10 +177,11 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
                       on_violation: ViolationCallback, budget: BudgetHook | None = None) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox.
 
-    When the credential can go through the credential gateway (Agent.gateway_route), the agent gets
-    a placeholder and the gateway's URL, the gateway the real key and the upstream (the base URL setting,
-    else the vendor's API), and the API's domain leaves the allow list; budget, if given, is the
-    gateway's BudgetHook.
+    When the credential can go through the credential gateway (Agent.gateway_route, asked of the agent
+    configured for its base URL setting: a provider's key follows the provider), the agent gets a
+    placeholder and the gateway's URL (Agent.through_gateway), the gateway the real key and the upstream
+    (the base URL setting, else the vendor's API), and the API's domain leaves the allow list; budget, if
+    given, is the gateway's BudgetHook.
     """
     settings = services.settings
     setting_url = agent_setting(settings, agent.spec.base_url_key)

@@ -116,7 +116,7 @@ class Agent:
     api_key_env: str | None = None
     # The credential gateway (runner/sandbox/gateway.py): the vendor API's base URL (the upstream when no
     # base URL setting is set) and where that API carries the key. Both set, the key goes through the
-    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or configured().
+    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or through_gateway().
     gateway_upstream: str | None = None
     gateway_key_places: tuple[KeyPlace, ...] = ()
 
