@@ -177,14 +177,16 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
                       on_violation: ViolationCallback, budget: BudgetHook | None = None) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox.
 
-    When the credential can go through the credential gateway (Agent.gateway_route), the agent gets
-    a placeholder and the gateway's URL, the gateway the real key and the upstream (the base URL setting,
-    else the vendor's API), and the API's domain leaves the allow list; budget, if given, is the
-    gateway's BudgetHook.
+    When the credential can go through the credential gateway (Agent.gateway_route, asked of the agent
+    configured for its base URL setting: a provider's key follows the provider), the agent gets a
+    placeholder and the gateway's URL (Agent.through_gateway), the gateway the real key and the upstream
+    (the base URL setting, else the vendor's API), and the API's domain leaves the allow list; budget, if
+    given, is the gateway's BudgetHook.
     """
     settings = services.settings
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
+    agent = configured_agent(services, session, agent, setting_url)  # the route may depend on it (a provider)
     route = agent.gateway_route(credential, server_env)
     if route is not None:
         refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
@@ -206,7 +208,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         base_url = setting_url
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
-        agent = configured_agent(services, session, agent, base_url)  # before credential_env: it may depend on it
+            agent = agent.through_gateway(base_url, route)
         if gateway is not None and route is not None:
             key_env = {route.variable: gateway.placeholder} | GATEWAY_NO_PROXY
         else:

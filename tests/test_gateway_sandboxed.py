@@ -32,7 +32,7 @@ from tests.agents import real_cli
 from tests.conftest import session_base
 from tests.support import fake_anthropic, fake_gemini
 from tests.support.fake_openai import FakeOpenAI, Reply, ToolCall
-from tests.support.gitrepo import make_repo
+from tests.support.gitrepo import git, make_repo, show_file
 from tests.support.loopback import LoopbackFake, RecordedRequest
 
 SANDBOX_OK, SANDBOX_DETAIL = check_sandbox_support()
@@ -70,6 +70,16 @@ def gemini_fake() -> LoopbackFake:
     return fake_gemini.FakeGemini(script, api_key=REAL_KEY)
 
 
+def provider_fake() -> LoopbackFake:
+    """Copilot's and opencode's bring-your-own-key provider: OpenAI chat completions, a `bash` tool."""
+    return FakeOpenAI([Reply(tool_calls=[ToolCall("bash", {"command": PROBE, "description": "Probe"})]),
+                       Reply(content="Probed.")], api_key=REAL_KEY, side_reply="Probe")
+
+
+def bearer(request: RecordedRequest) -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
 CASES = {
     "claude": Case("claude", claude_fake,
                    lambda url: {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": REAL_KEY,
@@ -89,7 +99,17 @@ CASES = {
                    lambda url: {"GEMINI_BASE_URL": url, "GEMINI_API_KEY": REAL_KEY, "GEMINI_MODEL": "gemini-2.5-pro"},
                    "GEMINI_API_KEY", lambda f: f.agent_requests,  # type: ignore[attr-defined]
                    lambda r: r.headers.get("x-goog-api-key") or r.query.get("key")),
+    "copilot": Case("copilot", provider_fake,
+                    lambda url: {"COPILOT_PROVIDER_BASE_URL": url, "COPILOT_PROVIDER_API_KEY": REAL_KEY,
+                                 "COPILOT_MODEL": "gpt-4.1"},
+                    "COPILOT_PROVIDER_API_KEY", lambda f: f.chat_requests, bearer),  # type: ignore[attr-defined]
+    "opencode": Case("opencode", provider_fake,
+                     lambda url: {"OPENCODE_PROVIDER_BASE_URL": url, "OPENCODE_PROVIDER_API_KEY": REAL_KEY,
+                                  "OPENCODE_MODEL": "gpt-test"},
+                     "OPENCODE_PROVIDER_API_KEY", lambda f: f.chat_requests, bearer),  # type: ignore[attr-defined]
 }
+# These phone nowhere but their model API: a session of theirs records no violation at all.
+QUIET = ("claude", "copilot", "opencode")
 
 
 @asynccontextmanager
@@ -141,7 +161,7 @@ def files_holding(root: Path, needle: bytes) -> list[str]:
 
 
 @pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
-@pytest.mark.parametrize("name", ["claude", "claude-oauth", "codex", "gemini"])
+@pytest.mark.parametrize("name", ["claude", "claude-oauth", "codex", "gemini", "copilot", "opencode"])
 async def test_the_real_key_reaches_the_fake_and_nowhere_inside_the_sandbox(tmp_path: Path, name: str) -> None:
     case = CASES[name]
     async with case.fake() as fake:
@@ -153,6 +173,9 @@ async def test_the_real_key_reaches_the_fake_and_nowhere_inside_the_sandbox(tmp_
             placeholders = {e[case.key_var] for e in envs if case.key_var in e}
             leaks = files_holding(sessions / session.id, REAL_KEY.encode())
             tail_leaks = files_holding(sessions / session.id, REAL_KEY[-12:].encode())
+        origin = tmp_path / "origin"  # what the agent wrote is committed, and no key with it
+        assert f"SESAME_SESSION_ID={session.id}" in show_file(origin, session.branch, "probe.txt")
+        assert REAL_KEY[-12:] not in git("log", "-p", "-1", session.branch, cwd=origin)
         requests = case.requests(fake)
         assert requests and all(case.key_of(r) == REAL_KEY for r in requests)
         assert len(envs) >= 3 and any(e.get("SESAME_SESSION_ID") == session.id for e in envs)
@@ -161,9 +184,9 @@ async def test_the_real_key_reaches_the_fake_and_nowhere_inside_the_sandbox(tmp_
         assert leaks == [] and tail_leaks == []
         # the vendor's model API is not needed: the gateway is on loopback. (Codex's update checks on
         # github.com and Gemini's telemetry on play.googleapis.com are refused: not allowed before either.)
-        model_api = URL(get_agent(case.agent).gateway_upstream or "").host
+        model_api = URL(get_agent(case.agent).gateway_upstream or fake.base_url).host
         assert model_api and not any(v.startswith(f"{model_api}:") for v in violations), violations
-        assert case.agent != "claude" or violations == [], violations
+        assert case.agent not in QUIET or violations == [], violations
         placeholder = placeholders.pop()
         async with aiohttp.ClientSession() as http:  # the placeholder is worthless at the real API
             answer = await http.post(f"{fake.base_url.rstrip('/')}/v1/messages",

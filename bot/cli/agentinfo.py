@@ -22,10 +22,13 @@ VERIFIED: dict[str, str] = {
              "with the server's OPENAI_API_KEY (tests/agents/test_codex_*.py); its parser reads recorded real output",
     "gemini": "the real CLI edits files against a loopback fake of generateContent "
               "(tests/agents/test_gemini_real.py); its parser reads recorded real output",
-    "copilot": "its parser reads output recorded from the real CLI in bring-your-own-key mode against a "
-               "loopback fake of chat completions; not yet run by the tests",
-    "opencode": "its parser reads output recorded from the real CLI with a provider pointed at a loopback "
-                "fake; not yet run by the tests",
+    "copilot": "the real CLI runs the whole pipeline in the sandbox in bring-your-own-key mode against a "
+               "loopback fake of chat completions, its key through the gateway (tests/test_copilot_sandboxed.py, "
+               "tests/test_gateway_sandboxed.py); with a GitHub token, never run by the tests",
+    "opencode": "the real CLI runs the whole pipeline in the sandbox with Sesame's provider block against a "
+                "loopback fake of chat completions, its key through the gateway (tests/test_opencode_sandboxed.py, "
+                "tests/test_gateway_sandboxed.py); its own Anthropic and OpenAI providers reach loopback fakes "
+                "through the gateway (tests/agents/test_opencode_native_gateway.py)",
     "amp": "its npm install (tests/agents/test_agents_cli.py), and its parser only, on lines shaped from "
            "Amp's documented stream JSON, never on real output: Amp talks only to Amp's own service "
            "(ampcode.com), so a real run needs an Amp account and its network",

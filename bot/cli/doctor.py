@@ -91,10 +91,84 @@ async def check_limits(settings: Settings) -> Check:
 
 
 AgentProbe = Callable[[Settings, str], Awaitable["Check | None"]]
-# Further checks of one agent, each adding to its line (the worst status wins). The hook for the
-# credential gateway: whether it reaches the agent's upstream goes here, as a probe appended to this list.
-AGENT_PROBES: list[AgentProbe] = []
 SEVERITY = {"ok": 0, "info": 1, "warn": 2, "fail": 3}
+UPSTREAM_TIMEOUT = 5.0  # seconds for the whole probe request: connect, TLS, the answer's head
+DOCTOR_CREDENTIAL = "sesame-doctor"  # stands for a stored value, which the doctor never opens
+
+
+async def gateway_upstream(settings: Settings, name: str) -> str | None:
+    """The upstream a session's credential gateway would forward this agent's key to; None when its key would
+    not go through the gateway (no key, a login file, a Copilot GitHub token, an agent without a gateway).
+
+    Stored values are not opened: a stored subscription counts as a token, a stored opencode API key as
+    Anthropic's; the server's keys are its settings.
+    """
+    from bot.catalog import AGENT_ENV_KEYS
+    from bot.cli.agentinfo import stored_credential_kinds
+    from runner.agents import Credential, get_agent
+    from runner.execution import agent_setting
+
+    agent = get_agent(name)
+    setting_url = agent_setting(settings, agent.spec.base_url_key)
+    try:
+        agent = agent.configured(base_url=setting_url, command=settings.AGENT_COMMAND,
+                                 model=agent_setting(settings, agent.spec.model_key))
+    except ValueError:  # an agent that cannot run as configured: its own line says why it has no session
+        return None
+    stored = (await stored_credential_kinds(settings)).kinds.get(name, ())
+    cred = (Credential("subscription", DOCTOR_CREDENTIAL) if "subscription" in stored else
+            Credential("api_key", DOCTOR_CREDENTIAL) if "api_key" in stored else None)  # the runner's order
+    server_env = {k: str(settings.get(k)) for k in AGENT_ENV_KEYS if settings.get(k)}
+    route = agent.gateway_route(cred, server_env)
+    return (setting_url or route.upstream) if route else None
+
+
+async def upstream_answer(url: str, timeout: float = UPSTREAM_TIMEOUT) -> tuple[int | None, str]:
+    """(HTTP status, "") when url answers anything at all, else (None, why not): refused, no such name, timeout.
+
+    Like the gateway, straight from this host (no proxy from the environment), no credential sent.
+    """
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trust_env=False) as http:
+            async with http.get(url, allow_redirects=False) as answer:
+                return answer.status, ""
+    except TimeoutError:
+        return None, f"no answer within {timeout:g} s"
+    except aiohttp.ClientConnectorError as exc:
+        return None, connect_failure(exc.os_error)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def connect_failure(error: OSError) -> str:
+    """Why a connection failed, in words: refused, a name DNS does not know, or the system's reason."""
+    import socket
+
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror):
+        return f"the name does not resolve ({error.strerror or error})"
+    return error.strerror or str(error) or type(error).__name__
+
+
+async def check_gateway_upstream(settings: Settings, name: str) -> Check | None:
+    """Whether the credential gateway reaches the API it would forward this agent's key to."""
+    url = await gateway_upstream(settings, name)
+    if url is None:
+        return None
+    status, why = await upstream_answer(url)
+    if status is not None:
+        return Check(name, "ok", f"gateway upstream {url} answers (HTTP {status})")
+    setting = CATALOG[name].base_url_key
+    fix = f"let this host reach {url} (firewall, DNS, egress proxy)"
+    return Check(name, "warn", f"gateway upstream {url} unreachable: {why}",
+                 fix + (f", or correct {setting}" if setting else ""))
+
+
+# Further checks of one agent, each adding to its line (the worst status wins).
+AGENT_PROBES: list[AgentProbe] = [check_gateway_upstream]
 
 
 async def check_agents(settings: Settings) -> list[Check]:
@@ -111,14 +185,17 @@ async def check_agents(settings: Settings) -> list[Check]:
                if default in CATALOG and (not CATALOG[default].npm_package or default in installed) else
                Check("agents", "warn", f"the default agent {default!r} is not installed "
                      f"(installed: {', '.join(installed) or 'none'})", f"run `sesame agents install {default}`"))
-    checks = [summary]
-    for name, spec in CATALOG.items():
-        check = agent_check(settings, name, found.get(name), stored)
-        for probe in AGENT_PROBES:
-            check = merge(check, await run_probe(probe, settings, name))
-        if spec.npm_package or name == default:
-            checks.append(check)
-    return checks
+    shown = [name for name, spec in CATALOG.items() if spec.npm_package or name == default]
+    lines = await asyncio.gather(*(probed(settings, agent_check(settings, name, found.get(name), stored))
+                                   for name in shown))  # the probes wait on the network: all at once
+    return [summary, *lines]
+
+
+async def probed(settings: Settings, check: Check) -> Check:
+    """One agent's line with what every probe in AGENT_PROBES adds."""
+    for probe in AGENT_PROBES:
+        check = merge(check, await run_probe(probe, settings, check.name))
+    return check
 
 
 def agent_check(settings: Settings, name: str, found: Any, stored: Any) -> Check:

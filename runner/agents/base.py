@@ -116,7 +116,7 @@ class Agent:
     api_key_env: str | None = None
     # The credential gateway (runner/sandbox/gateway.py): the vendor API's base URL (the upstream when no
     # base URL setting is set) and where that API carries the key. Both set, the key goes through the
-    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or configured().
+    # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or through_gateway().
     gateway_upstream: str | None = None
     gateway_key_places: tuple[KeyPlace, ...] = ()
 
@@ -194,6 +194,12 @@ class Agent:
             return None
         (variable, secret), = env.items()
         return GatewayRoute(variable, secret, self.gateway_upstream, self.gateway_key_places)
+
+    def through_gateway(self, url: str, route: GatewayRoute) -> Agent:
+        """This agent (already configured for its run) talking to the credential gateway at url instead of
+        route.upstream; by default what a base URL setting does (Copilot's and opencode's own providers, Codex's
+        argv; Claude and Gemini take it from base_env)."""
+        return self.configured(base_url=url)
 
     def credential_files(self, cred: CredentialLike | None) -> dict[str, str]:
         """Files the CLI reads its credential from, as {path relative to HOME: content}."""

@@ -18,6 +18,7 @@ from typing import Any
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_first, shorten
 from runner.agents.tools import tool_event
+from runner.sandbox.gateway import GatewayRoute, KeyPlace
 
 # The npm package is a native executable carrying its JavaScript as a 235 MB archive it unpacks into
 # ~/.cache/copilot on first run: once per session with a fresh HOME. after_install unpacks it once into
@@ -33,6 +34,7 @@ LINK_DIST = (
 )
 GITHUB_TOKEN_KEYS = ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")
 PROVIDER_KEY_ENV = "COPILOT_PROVIDER_API_KEY"
+PROVIDER_KEY_PLACES: tuple[KeyPlace, ...] = ("bearer",)  # an OpenAI chat-completions endpoint
 
 
 def copilot_events(obj: dict[str, Any], *, cwd: str | None) -> list[AgentEvent]:
@@ -146,6 +148,19 @@ class CopilotAgent(Agent):
         if cred is not None:
             return super().credential_env(cred, server_env)
         return env_first(server_env, GITHUB_TOKEN_KEYS)
+
+    def gateway_route(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> GatewayRoute | None:
+        """A provider's key (bring-your-own-key mode) goes through the gateway to the provider URL, as a Bearer token.
+
+        A GitHub token does not: the CLI sends it both to GitHub's API (api.github.com) and to the Copilot API
+        at the endpoint GitHub's answer names (*.githubcopilot.com), and takes no base URL for either, so it
+        keeps travelling in COPILOT_GITHUB_TOKEN as before.
+        """
+        if not self.provider_url:
+            return None
+        env = self.credential_env(cred, server_env)
+        secret = env.get(PROVIDER_KEY_ENV)
+        return GatewayRoute(PROVIDER_KEY_ENV, secret, self.provider_url, PROVIDER_KEY_PLACES) if secret else None
 
     def base_env(self, base_url: str | None = None) -> dict[str, str]:
         """No self-update or GitHub telemetry; a base URL selects the bring-your-own-key provider, offline.

@@ -3,6 +3,11 @@
 With a provider base URL (OPENCODE_PROVIDER_BASE_URL, agents.opencode.baseUrl) Sesame writes a provider
 block into the session's own ~/.config/opencode/opencode.json: an OpenAI-compatible endpoint, the model,
 and the key by reference to the environment (`{env:OPENCODE_PROVIDER_API_KEY}`), never in the file.
+
+A key in the environment goes through the credential gateway (runner/sandbox/gateway.py): the provider's
+to OPENCODE_PROVIDER_BASE_URL, opencode's own Anthropic or OpenAI key to that vendor's API. The config
+then points the provider (or opencode's built-in `anthropic` / `openai` provider, by its
+`provider.<id>.options.baseURL`) at the gateway, and the variable holds the session's placeholder.
 """
 
 from __future__ import annotations
@@ -17,12 +22,20 @@ from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, as_dict, env_first, shorten
 from runner.agents.tools import tool_event
 from runner.agents.usage import sum_counts, usage_data
+from runner.sandbox.gateway import GatewayRoute, KeyPlace
 
 AUTH_FILE = ".local/share/opencode/auth.json"
 CONFIG_DIR = ".config/opencode"
 PROVIDER = "sesame"
 PROVIDER_KEY_ENV = "OPENCODE_PROVIDER_API_KEY"
 PLUGIN_PACKAGE = {"@opencode-ai/plugin": "*"}
+# opencode's built-in providers for a key of the vendor's own: provider id, the API the gateway forwards to,
+# where that API carries the key, and the path the provider's SDK puts after its base URL (@ai-sdk/anthropic
+# defaults to https://api.anthropic.com/v1, @ai-sdk/openai to https://api.openai.com/v1).
+NATIVE_ROUTES: dict[str, tuple[str, str, tuple[KeyPlace, ...], str]] = {
+    "ANTHROPIC_API_KEY": ("anthropic", "https://api.anthropic.com", ("x-api-key",), "/v1"),
+    "OPENAI_API_KEY": ("openai", "https://api.openai.com/v1", ("bearer",), ""),
+}
 # opencode npm-installs @opencode-ai/plugin into each config dir whose node_modules is missing or whose
 # package-lock lacks it, in the background from registry.npmjs.org; these make the global one complete.
 PLUGIN_FILES = {
@@ -70,6 +83,7 @@ class OpencodeAgent(Agent):
     vendor_domains: tuple[str, ...] = ("api.anthropic.com", "api.openai.com", "models.dev", "opencode.ai")
     provider_url: str | None = None
     provider_model: str | None = None
+    native_gateway: tuple[str, str] | None = None  # (built-in provider id, the gateway URL it talks to)
 
     def configured(self, *, base_url: str | None = None, command: str | Sequence[str] | None = None,
                    model: str | None = None) -> OpencodeAgent:
@@ -86,6 +100,30 @@ class OpencodeAgent(Agent):
             model = f"{PROVIDER}/{model}"
         return argv + (["--model", model] if model else []) + ["--", prompt]
 
+    def gateway_route(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> GatewayRoute | None:
+        """The provider's key to OPENCODE_PROVIDER_BASE_URL (Bearer); else an Anthropic or OpenAI key to its API.
+
+        A subscription (auth.json, refreshed by opencode itself) keeps today's way.
+        """
+        env = self.credential_env(cred, server_env)
+        if len(env) != 1:
+            return None
+        (variable, secret), = env.items()
+        if self.provider_url:
+            return GatewayRoute(variable, secret, self.provider_url, ("bearer",)) if variable == PROVIDER_KEY_ENV \
+                else None
+        if variable not in NATIVE_ROUTES:
+            return None
+        _provider, upstream, places, _path = NATIVE_ROUTES[variable]
+        return GatewayRoute(variable, secret, upstream, places)
+
+    def through_gateway(self, url: str, route: GatewayRoute) -> OpencodeAgent:
+        """The provider block's baseURL, or the built-in provider's, is the gateway."""
+        if self.provider_url:
+            return replace(self, provider_url=url)
+        provider, _upstream, _places, path = NATIVE_ROUTES[route.variable]
+        return replace(self, native_gateway=(provider, url.rstrip("/") + path))
+
     def config_files(self) -> dict[str, str]:
         """The session's global opencode config (no self-update, no sharing, the provider) and plugin manifest."""
         config: dict[str, Any] = {"autoupdate": False, "share": "disabled"}
@@ -94,6 +132,9 @@ class OpencodeAgent(Agent):
             config["provider"] = {PROVIDER: {"npm": "@ai-sdk/openai-compatible", "name": "Sesame provider",
                                              "options": options, "models": {self.provider_model: {}}}}
             config["model"] = f"{PROVIDER}/{self.provider_model}"
+        elif self.native_gateway:
+            provider, url = self.native_gateway
+            config["provider"] = {provider: {"options": {"baseURL": url}}}
         return {f"{CONFIG_DIR}/opencode.json": json.dumps(config, indent=2) + "\n", **PLUGIN_FILES}
 
     def credential_env(self, cred: CredentialLike | None, server_env: Mapping[str, str]) -> dict[str, str]:

@@ -7,6 +7,10 @@ placeholder in one of the places the agent's API puts its key (`KeyPlace`); the 
 there by the real credential and the request goes to the real upstream, the answer streamed back as it
 arrives (SSE included). Once closed, nothing is forwarded again: a replayed placeholder is refused.
 
+The real key never travels back: the gateway removes it from the upstream's answers (headers and body,
+across chunk boundaries), and from an error answer also the masked forms APIs echo (OpenAI's 401 says
+"Incorrect API key provided: sk-proj-****...abcd"), see `KeyRedactor`.
+
 What the gateway saw of the upstream's answers is kept in `stats` (`GatewayStats`: status codes, token
 usage where the JSON or SSE body carries it), for failure classification and usage accounting; a
 `BudgetHook`, when given, is asked before each request whether forwarding may continue.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +50,60 @@ PLACEHOLDER_PREFIX = "sesame-session-"
 # RFC 9110 7.6.1 connection-specific fields, plus what aiohttp recomputes for the next hop.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+REDACTED = b"[key removed by the Sesame gateway]"
+ERROR_BODY_LIMIT = 1 << 20  # an error answer up to this size is read whole, to remove masked keys from it
+# A word of an error message, and a run of the characters APIs mask a key with.
+WORD = re.compile(rb"[^\s\"'`<>()\[\]{},;=]+")
+MASK_RUN = re.compile(rb"(?:\*|\xe2\x80\xa2){3,}|\xe2\x80\xa6|\.{3,}")  # ***, bullets, an ellipsis, ...
+TAIL = 4  # what APIs show of a key's end (OpenAI: the last 4 characters)
+
+
+class KeyRedactor:
+    """Removes one secret from an answer streamed past in chunks; in a whole error body, masked forms too.
+
+    feed() holds back only the end of a chunk that could begin the secret, so a stream is not delayed
+    otherwise; finish() returns what is held at the end.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The chunk with the secret removed, less the end that could begin it (kept for the next chunk)."""
+        data = (self._held + chunk).replace(self.secret, REDACTED)
+        hold = next((n for n in range(min(len(self.secret) - 1, len(data)), 0, -1)
+                     if data.endswith(self.secret[:n])), 0)
+        self._held = data[len(data) - hold:] if hold else b""
+        return data[:len(data) - hold] if hold else data
+
+    def finish(self) -> bytes:
+        """What feed held back (the body has ended: it was not the secret)."""
+        held, self._held = self._held, b""
+        return held
+
+    def whole(self, body: bytes) -> bytes:
+        """A whole (error) body without the secret and without any word that shows part of it around a mask:
+        a prefix of the secret, or its last TAIL characters, next to a run of `*`, `•`, `…` or `...`; or the
+        secret's last 2*TAIL characters anywhere in a word."""
+        return WORD.sub(self._word, body.replace(self.secret, REDACTED))
+
+    def _word(self, match: re.Match[bytes]) -> bytes:
+        """The word, or REDACTED (and the punctuation that ended the word's sentence) when it shows the key."""
+        word = match.group()
+        core = word.rstrip(b".:!?")
+        end = word[len(core):]
+        if len(self.secret) >= 4 * TAIL and self.secret[-2 * TAIL:] in core:
+            return REDACTED + end
+        mask = MASK_RUN.search(core)
+        if mask is None:
+            return word
+        head, rest = core[:mask.start()], core[mask.end():]
+        shows_head = len(head) >= 3 and self.secret.startswith(head)
+        shows_tail = len(rest) >= 2 and self.secret.endswith(rest)
+        return REDACTED + end if shows_head or shows_tail else word
 
 
 @dataclass
@@ -310,13 +369,21 @@ class CredentialGateway:
                                         allow_redirects=False) as upstream:
             self.stats.record(upstream.status)
             meter = UsageMeter(upstream.headers.get("content-type", ""))
+            redactor = KeyRedactor(self._credential)
             answer = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                        headers=answer_headers(upstream.headers.items()))
+                                        headers=self._redacted_headers(upstream.headers.items()))
             await answer.prepare(request)
+            # an error answer is read whole (up to ERROR_BODY_LIMIT) to remove masked forms of the key too
+            error_body: bytearray | None = bytearray() if upstream.status >= 400 else None
             try:
                 async for chunk in upstream.content.iter_any():
                     meter.feed(chunk)
-                    await answer.write(chunk)
+                    if error_body is not None:
+                        error_body += chunk
+                        if len(error_body) <= ERROR_BODY_LIMIT:
+                            continue
+                        chunk, error_body = bytes(error_body), None
+                    await answer.write(redactor.feed(chunk))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # the status is sent: just cut the body
                 log.info("gateway to %s: answer cut: %s", self.upstream, type(exc).__name__)
                 if request.transport is not None:  # the agent must not take a cut body for a whole one
@@ -326,6 +393,15 @@ class CredentialGateway:
                 meter.finish()
                 self.stats.input_tokens += meter.input_tokens or 0
                 self.stats.output_tokens += meter.output_tokens or 0
+            await answer.write(redactor.whole(bytes(error_body)) if error_body is not None else redactor.finish())
             await answer.write_eof()
             return answer
+
+    def _redacted_headers(self, headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The answer's headers for the agent, the key removed from their values."""
+        redactor = KeyRedactor(self._credential)
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in answer_headers(headers).items():
+            out.add(name, redactor.whole(value.encode("latin-1", "replace")).decode("latin-1"))
+        return out
 

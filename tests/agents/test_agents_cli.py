@@ -183,14 +183,24 @@ async def test_doctor_shows_each_agents_install_and_credential_source(tmp_path: 
         await services.credentials.put("claude", "subscription", "sub-token-kept-in-the-database")
     finally:
         await services.close()
-    done = sesame(tmp_path, "doctor", ENCRYPTION_KEY="ab" * 32, OPENAI_API_KEY="sk-openai-env-0001",
+    refused = closed_port()
+    # both keys go through the gateway: its upstreams are the base URL settings, neither of which answers
+    done = sesame(tmp_path, "doctor", ENCRYPTION_KEY="ab" * 32, CODEX_API_KEY="sk-openai-env-0001",
+                  ANTHROPIC_BASE_URL=f"http://127.0.0.1:{refused}", OPENAI_BASE_URL="https://api.sesame.invalid/v1",
                   PATH=f"{gemini.parent}{os.pathsep}{os.environ['PATH']}")
     lines = done.stdout.splitlines()
     agent_lines = {line[7:].split()[0]: line for line in lines if line.startswith("[")}
     assert agent_lines["agents"] == "[WARN] agents       the default agent 'claude' is not installed (installed: codex, gemini)"
-    assert agent_lines["claude"] == ("[ -- ] claude       not installed (`sesame agents install claude`); "
-                                     "credential: stored subscription")
-    assert agent_lines["codex"] == f"[ok  ] codex        0.171.0 at {codex} (data dir); credential: environment (OPENAI_API_KEY)"
+    assert agent_lines["claude"].startswith(
+        "[WARN] claude       not installed (`sesame agents install claude`); credential: stored subscription; "
+        f"gateway upstream http://127.0.0.1:{refused} unreachable: ")
+    assert agent_lines["claude"].endswith("unreachable: connection refused"), agent_lines["claude"]
+    assert agent_lines["codex"].startswith(f"[WARN] codex        0.171.0 at {codex} (data dir); credential: "
+                                           "environment (CODEX_API_KEY); gateway upstream "
+                                           "https://api.sesame.invalid/v1 unreachable: ")
+    fix = lines[lines.index(agent_lines["codex"]) + 1].strip()
+    assert fix == ("fix: let this host reach https://api.sesame.invalid/v1 (firewall, DNS, egress proxy), "
+                   "or correct OPENAI_BASE_URL")
     assert agent_lines["gemini"] == f"[WARN] gemini       0.61.0 at {gemini} (PATH); credential: none"
     fix = lines[lines.index(agent_lines["gemini"]) + 1]
     assert fix.strip() == "fix: store one (PUT /api/credentials/gemini) or set GEMINI_API_KEY"
@@ -226,3 +236,12 @@ def test_list_with_the_database_down_says_what_it_could_not_read(tmp_path: Path)
     assert amp.startswith("credential: environment (AMP_API_KEY), unless one is stored (the database is "
                           "unreachable: ")
     assert "amp-env-key" not in done.stdout and "Traceback" not in done.stderr
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

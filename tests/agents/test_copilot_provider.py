@@ -10,6 +10,7 @@ from pathlib import Path
 from runner.agents import Credential, get_agent
 from runner.agents.copilot import DIST_DIR, CopilotAgent, unpack_dist
 from runner.agents.install import agent_prefix, install_agent
+from runner.sandbox.gateway import GatewayRoute
 from tests.agents import real_cli
 
 URL = "http://127.0.0.1:9/v1"
@@ -81,3 +82,18 @@ async def test_installing_copilot_unpacks_its_package_into_the_prefix(tmp_path: 
     dist = agent_prefix("copilot", tmp_path / "data") / DIST_DIR
     assert (dist / "cli-main.js").is_file() and (dist / "prebuilds").is_dir()
     assert not [p for p in dist.parent.iterdir() if p.name.startswith(".sesame-unpack-")]  # scratch removed
+
+
+def test_a_provider_key_goes_through_the_gateway_and_a_github_token_does_not() -> None:
+    agent = copilot(URL)
+    route = agent.gateway_route(Credential("api_key", "sk-stored"), {"COPILOT_PROVIDER_API_KEY": "sk-provider"})
+    assert route == GatewayRoute("COPILOT_PROVIDER_API_KEY", "sk-stored", URL, ("bearer",))
+    assert agent.gateway_route(None, {"COPILOT_PROVIDER_API_KEY": "sk-provider"}) == GatewayRoute(
+        "COPILOT_PROVIDER_API_KEY", "sk-provider", URL, ("bearer",))
+    assert agent.domains(URL, route) == list(agent.vendor_domains)  # the provider's host is not needed
+    assert "127.0.0.1:9" in agent.domains(URL)  # without the gateway it is
+    through = agent.through_gateway("http://127.0.0.1:3129", route)
+    assert through.base_env("http://127.0.0.1:3129")["COPILOT_PROVIDER_BASE_URL"] == "http://127.0.0.1:3129"
+    assert agent.gateway_route(None, {"COPILOT_GITHUB_TOKEN": "ghu_x"}) is None  # no provider key
+    assert copilot(None).gateway_route(Credential("subscription", "ghu_z"), {}) is None
+    assert copilot(None).gateway_route(None, {"GH_TOKEN": "ghu_y"}) is None

@@ -16,11 +16,14 @@ from runner.sandbox.gateway import (
     BUDGET_STATUS,
     MAX_REQUEST_BYTES,
     PLACEHOLDER_PREFIX,
+    REDACTED,
     CredentialGateway,
     GatewayStats,
     KeyPlace,
+    KeyRedactor,
     token_usage,
 )
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.loopback import serve_on_loopback
 
 SECRET = "sk-the-real-key"
@@ -71,6 +74,16 @@ class Upstream:
 async def gateway_to(upstream: str, places: tuple[KeyPlace, ...] = ("x-api-key", "bearer"),
                      **kwargs: object) -> AsyncIterator[tuple[CredentialGateway, str]]:
     gateway = CredentialGateway(upstream, SECRET, places, **kwargs)  # type: ignore[arg-type]
+    await gateway.start(loopback_socket())
+    try:
+        yield gateway, f"http://127.0.0.1:{gateway.port}"
+    finally:
+        await gateway.close()
+
+
+@asynccontextmanager
+async def gateway_to_secret(upstream: str, secret: str) -> AsyncIterator[tuple[CredentialGateway, str]]:
+    gateway = CredentialGateway(upstream, secret, ("bearer",))
     await gateway.start(loopback_socket())
     try:
         yield gateway, f"http://127.0.0.1:{gateway.port}"
@@ -236,3 +249,89 @@ def test_a_gateway_without_upstream_credential_or_place_is_refused(
 ])
 def test_token_usage_of_each_api(answer: object, usage: tuple[int | None, int | None]) -> None:
     assert token_usage(answer) == usage
+
+
+REAL = "sk-proj-Zq81realsecretkeyXYZ0123456789wxyz"
+
+
+def key_forms(text: str, secret: str = REAL) -> list[str]:
+    """The pieces of secret an answer must not show: the key, its masked head, its tails."""
+    return [form for form in (secret, secret[:8], secret[-4:], secret[-8:]) if form in text]
+
+
+async def test_a_rejected_key_echoed_masked_by_openai_does_not_reach_the_agent() -> None:
+    async with FakeOpenAI(api_key="sk-the-key-the-fake-wants") as fake:
+        direct = await post_chat(fake.base_url, REAL)  # what OpenAI (here its fake) says of the real key
+        gateway = CredentialGateway(fake.base_url, REAL, ("bearer",))
+        await gateway.start(loopback_socket())
+        try:
+            through = await post_chat(f"http://127.0.0.1:{gateway.port}", gateway.placeholder)
+        finally:
+            await gateway.close()
+    assert direct[0] == 401 and key_forms(direct[1]) == [REAL[:8], REAL[-4:]]  # the fake echoes it as OpenAI does
+    status, text = through
+    assert status == 401 and key_forms(text) == [], text
+    message = json.loads(text)["error"]["message"]
+    assert message == ("Incorrect API key provided: [key removed by the Sesame gateway]. You can find your API "
+                       "key at https://platform.openai.com/account/api-keys.")
+    assert gateway.stats.last_error_status == 401
+
+
+async def post_chat(base_url: str, key: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "gpt-4.1", "messages": []}) as answer:
+            return answer.status, await answer.text()
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_the_key_is_removed_from_headers_and_from_a_body_split_anywhere(status: int) -> None:
+    body = f'data: {{"echo": "{REAL}", "masked": "{REAL[:3]}…{REAL[-4:]}"}}\n\n'.encode()
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(status=status, headers={"Content-Type": "text/event-stream",
+                                                            "X-Echo": f"key={REAL}"})
+        await answer.prepare(request)
+        for at in range(0, len(body), 5):  # the key crosses chunk boundaries
+            await answer.write(body[at:at + 5])
+            await asyncio.sleep(0)
+        await answer.write_eof()
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/x", echo)
+    runner, url = await serve_on_loopback(app, shutdown_timeout=1)
+    try:
+        async with gateway_to_secret(url, REAL) as (gw, at):
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{at}/v1/x", headers={"Authorization": f"Bearer {gw.placeholder}"}) as r:
+                    text, headers = await r.text(), dict(r.headers)
+    finally:
+        await runner.cleanup()
+    assert REAL not in text and REAL not in headers["X-Echo"] and headers["X-Echo"].startswith("key=[key removed")
+    assert text.count("[key removed by the Sesame gateway]") == (2 if status == 401 else 1), text
+    if status == 401:  # an error body is read whole: the masked form goes too
+        assert key_forms(text) == [], text
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_the_redactor_holds_back_only_what_could_begin_the_key(size: int) -> None:
+    redactor = KeyRedactor(REAL)
+    text = f"say sk-pr and sk-proj-Z, then {REAL} and {REAL[:-1]}!".encode()
+    out = b""
+    for at in range(0, len(text), size):
+        out += redactor.feed(text[at:at + size])
+    out += redactor.finish()
+    assert out == text.replace(REAL.encode(), REDACTED)
+    assert redactor.feed(b"nothing like it") == b"nothing like it"  # plain text is not delayed
+    assert redactor.feed(b"ends in sk-pro") == b"ends in " and redactor.finish() == b"sk-pro"
+
+
+def test_a_whole_error_body_loses_masked_forms_but_keeps_other_text() -> None:
+    redactor = KeyRedactor(REAL)
+    for shown in (f"{REAL[:8]}{'*' * 20}{REAL[-4:]}", f"{REAL[:5]}...{REAL[-4:]}", f"****{REAL[-4:]}",
+                  f"{REAL[:8]}•••", f"…{REAL[-8:]}", f"{REAL[-8:]}"):
+        out = redactor.whole(f'{{"message": "key {shown}. Try again..."}}'.encode()).decode()
+        assert key_forms(out) == [] and out.endswith('. Try again..."}'), (shown, out)
+    plain = b'{"message": "Rate limit reached... wait 20s", "note": "gh-*** is not your key", "id": "req_6789"}'
+    assert redactor.whole(plain) == plain

@@ -96,9 +96,13 @@ class FakeOpenAI(LoopbackFake):
         return [i for i in items if isinstance(i, dict) and str(i.get("type", "")).endswith("call_output")]
 
     def auth_error(self, request: web.Request) -> web.Response | None:
-        """OpenAI's 401 when api_key is set and the Authorization header is not its bearer token."""
+        """OpenAI's 401 when api_key is set and the Authorization header is not its bearer token; like
+        OpenAI's, it shows the key it was given masked: its first 8 and last 4 characters."""
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return error_response(401, "invalid_api_key", "Incorrect API key provided")
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            shown = f": {given[:8]}{'*' * max(len(given) - 12, 3)}{given[-4:]}" if len(given) > 12 else ""
+            return error_response(401, "invalid_api_key", f"Incorrect API key provided{shown}. You can find "
+                                  "your API key at https://platform.openai.com/account/api-keys.")
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
