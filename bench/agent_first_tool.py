@@ -14,7 +14,9 @@ events it takes:
 and from the fake, the model requests it received (in brackets: those offering tools, the agent's loop).
 Stored timestamps are taken when an event is written: step events at once, the agent's output lines
 in batches every EVENT_FLUSH_INTERVAL (0.25 s), so "first tool" reads up to 0.25 s late.
-Each run checks that the session completed, sandboxed, with hello.py in its commit. Medians of --runs.
+Each run checks that the session completed, sandboxed, with hello.py in its commit; one that did not, or
+whose stored events lack a `tool_call` (seen: SQLite "database is locked" while the pipeline's event
+buffer flushes, which drops that batch of the agent's output), is reported and left out of the medians.
 """
 
 from __future__ import annotations
@@ -98,11 +100,15 @@ class Figures:
     loop_requests: int
 
 
+class RunFailed(Exception):
+    """A run that gives no figures: the session failed, or its stored events lack what is measured."""
+
+
 def step_at(events: list[SessionEvent], status: str) -> SessionEvent:
     """The `agent` step event with this status."""
     found = [e for e in events if e.kind == "step" and e.data.get("step") == "agent" and e.data.get("status") == status]
     if not found:
-        raise SystemExit(f"no `agent` step event with status {status!r} among {[e.kind for e in events]}")
+        raise RunFailed(f"no `agent` step event with status {status!r} among {[e.kind for e in events]}")
     return found[0]
 
 
@@ -132,20 +138,20 @@ async def one_run(agent: str, install: Path) -> Figures:
             run = await run_sandboxed(root, install, agent, origin, "add hello.py", case.settings(fake.base_url),
                                       credential=case.credential)
         if run.code != 0:
-            raise SystemExit(f"{agent}: the session failed ({run.code}): {run.session.error}\n{run.output}")
+            raise RunFailed(f"the session failed ({run.code}): {run.session.error}\n{run.output}")
         if run.session.warning is not None:
-            raise SystemExit(f"{agent}: not sandboxed: {run.session.warning}")
+            raise RunFailed(f"not sandboxed: {run.session.warning}")
         branch = run.session.branch
         if branch is None or show_file(origin, branch, "hello.py") != "print(42)":
-            raise SystemExit(f"{agent}: hello.py is not in the session's commit")
+            raise RunFailed("hello.py is not in the session's commit")
         events = sorted(run.events, key=lambda e: e.seq)
         running, done = step_at(events, "running"), step_at(events, "done")
         tools = [e for e in events if e.kind == "tool_call"]
         if not tools:
-            raise SystemExit(f"{agent}: no tool_call event among {[e.kind for e in events]}")
+            raise RunFailed(f"no tool_call event among {[e.kind for e in events]}")
         model = [r for r in fake.requests if model_request(r)]
         if not model:
-            raise SystemExit(f"{agent}: the fake received no model request")
+            raise RunFailed("the fake received no model request")
         return Figures((tools[0].created_at - running.created_at).total_seconds(),
                        (done.created_at - running.created_at).total_seconds(),
                        model[0].at - epoch(running.created_at),
@@ -175,18 +181,28 @@ async def main() -> None:
     try:
         for agent in agents:
             install = real_cli.agents_data_dir(agent)
-            results = []
+            results, failed = [], []
             for i in range(args.runs):
-                figures = await one_run(agent, install)
+                try:
+                    figures = await one_run(agent, install)
+                except RunFailed as exc:
+                    failed.append(str(exc))
+                    print(f"  {agent} run {i + 1}: no figures: {exc}", flush=True)
+                    continue
                 results.append(figures)
                 print(f"  {agent} run {i + 1}: first tool {figures.first_tool:.2f} s, agent run "
                       f"{figures.agent_run:.2f} s, first request {figures.first_request:.2f} s, "
                       f"{figures.requests} model requests ({figures.loop_requests} with tools)", flush=True)
+            lost = f"; {len(failed)} of {args.runs} runs gave no figures" if failed else ""
+            if not results:
+                print(f"{agent:9s} no figures{lost}", flush=True)
+                continue
             print(f"{agent:9s} first tool {spread([r.first_tool for r in results])}; "
                   f"first request {spread([r.first_request for r in results])}; "
                   f"agent run {spread([r.agent_run for r in results])}; "
                   f"model requests median {statistics.median(r.requests for r in results):g} "
-                  f"(with tools {statistics.median(r.loop_requests for r in results):g}); {args.runs} runs",
+                  f"(with tools {statistics.median(r.loop_requests for r in results):g}); "
+                  f"{len(results)} runs{lost}",
                   flush=True)
     finally:
         shutil.rmtree(SESSION_ROOT, ignore_errors=True)
