@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -22,13 +23,15 @@ async def serve_on_loopback(app: web.Application, shutdown_timeout: float = 60.0
 
 @dataclass
 class RecordedRequest:
-    """A request as a fake received it: JSON body parsed (else decoded text, None when empty)."""
+    """A request as a fake received it: JSON body parsed (else decoded text, None when empty), and when
+    (time.time(), once its body was read)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
     query: dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
 
 
 class LoopbackServer:
