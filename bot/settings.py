@@ -737,10 +737,30 @@ def write_config(path: Path, updates: Mapping[str, Any], settings: Settings,
     values["SESAME_DATA_DIR"] = settings.values.get("SESAME_DATA_DIR", values["SESAME_DATA_DIR"])
     fresh = Settings(values, sources, path, list(settings.warnings))
     validate(fresh)
+    out = _jsonc_edit(text, updates, doc) if suffix == ".jsonc" else None
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(_dump_for_update(suffix, doc))
+    tmp.write_text(out if out is not None else _dump_for_update(suffix, doc))
     tmp.replace(path)
     return fresh
+
+
+def _jsonc_edit(text: str, updates: Mapping[str, Any], doc: Any) -> str | None:
+    """The JSONC text with the updates spliced in, comments kept; None (write it plainly) in the unlikely
+    case the edit does not read back as the values the whole file must hold."""
+    from bot.jsonc import JsoncError, set_path
+
+    out = text
+    try:
+        for name, value in updates.items():
+            key = KEYS_BY_NAME[name]
+            assert key.path is not None
+            out = set_path(out, key.path, coerce(key, value))
+        if json5.loads(out) == json.loads(json.dumps(doc)):
+            return out
+    except (JsoncError, ValueError):
+        pass
+    log.warning("the JSONC edit did not read back; the config file is written without its comments")
+    return None
 
 
 def check_secret_setting(settings: Settings, name: str, value: Any) -> None:
@@ -781,7 +801,7 @@ def _dump_for_update(suffix: str, doc: Any) -> str:
         out = io.StringIO()
         _yaml().dump(doc, out)
         return out.getvalue()
-    return json.dumps(doc, indent=2) + "\n"  # JSONC comments are not kept; the values are
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def describe_keys() -> Iterable[str]:
