@@ -7,10 +7,12 @@ import argparse
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from bot.cli import build_web_app
 from bot.cli.wiring import open_services
 from bot.models import Session
 from bot.pricing import PRICES, Price, model_price, normalize, parse_prices
@@ -26,6 +28,7 @@ from tests.conftest import session_base
 from tests.sandbox.test_gateway import loopback_socket
 from tests.support.fake_anthropic import FakeAnthropic, Turn, call, say
 from tests.support.gitrepo import branches, make_repo, show_file
+from tests.test_api import RecordingQueue
 
 SANDBOX_OK, SANDBOX_DETAIL = check_sandbox_support()
 KEY = "sk-ant-budget-test-key"
@@ -123,9 +126,10 @@ def claude_install() -> Path:
     return real_cli.agents_data_dir("claude")
 
 
-async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, model: str,
-                     budget: str) -> tuple[int, Session, list[str], Path]:
-    """One sandboxed Claude Code session through the pipeline, against fake, with that budget."""
+async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, model: str, budget: str,
+                     aiohttp_client: Any) -> tuple[int, Session, list[str], Path, dict[str, Any]]:
+    """One sandboxed Claude Code session through the pipeline, against fake, with that budget: its exit
+    code, stored row, progress messages, origin repository and the API's view of it."""
     origin = make_repo(tmp_path / "origin")
     data_dir = tmp_path / "data"
     (data_dir / "agents").mkdir(parents=True)
@@ -141,19 +145,23 @@ async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, 
             no_sandbox=False, keep=False, prompt=["add", "hello.py"]), io.StringIO(),
             printer=lambda p: shown.append(render_markdown(p)))
         session = (await services.sessions.recent(1))[0]
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
+        api = await (await client.get(f"/api/session/{session.id}")).json()
     finally:
         await services.close()
-    return code, session, shown, origin
+    return code, session, shown, origin, api
 
 
 @pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
-async def test_claude_code_is_stopped_when_its_budget_runs_out(tmp_path: Path, claude_install: Path) -> None:
+async def test_claude_code_is_stopped_when_its_budget_runs_out(tmp_path: Path, claude_install: Path,
+                                                               aiohttp_client: Any) -> None:
     # The first agent turn writes hello.py and reports 20,000 tokens in and 1,000 out: $0.075 at Sonnet's
     # $3/$15, over the $0.05 budget, so the gateway refuses the request that would bring the file's result.
     script = [Turn(tool_uses=call("Write", file_path="hello.py", content="print(1)\n").tool_uses,
                    input_tokens=20_000, output_tokens=1_000), say("Added hello.py.")]
     async with FakeAnthropic(script, api_key=KEY) as fake:
-        code, session, shown, origin = await run_claude(tmp_path, claude_install, fake, MODEL, "0.05")
+        code, session, shown, origin, api = await run_claude(tmp_path, claude_install, fake, MODEL, "0.05",
+                                                             aiohttp_client)
     assert code != 0 and session.state == "error"
     agent_turns = [r for r in fake.message_requests if (r.body or {}).get("tools")]
     assert len(agent_turns) == 1  # the turn after the Write never reached the API
@@ -161,24 +169,27 @@ async def test_claude_code_is_stopped_when_its_budget_runs_out(tmp_path: Path, c
     assert spent is not None and spent >= 0.05
     sentence = (f"Claude Code was stopped: the budget of $0.05 ran out (${spent:,.2f} spent): raise it with "
                 "--budget or SESSION_BUDGET_USD")
-    assert session.error == sentence
+    assert session.error == sentence and api["error"] == sentence and api["state"] == "error"
     assert sentence in shown[-1].replace("\\", "")  # the progress message escapes its Markdown
     assert session.branch and session.commit_sha and branches(origin)[session.branch] == session.commit_sha
     assert show_file(origin, session.branch, "hello.py").strip() == "print(1)"  # the work so far, committed and pushed
     # Claude Code was killed before its result line: the usage stored is the gateway's count
     assert session.input_tokens is not None and session.input_tokens >= 20_000
     assert session.output_tokens is not None and session.output_tokens >= 1_000
+    assert api["usage"] == {"inputTokens": session.input_tokens, "outputTokens": session.output_tokens,
+                            "costUsd": spent, "budgetUsd": 0.05}
 
 
 @pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
-async def test_an_unpriced_model_is_said_and_not_enforced(tmp_path: Path, claude_install: Path) -> None:
+async def test_an_unpriced_model_is_said_and_not_enforced(tmp_path: Path, claude_install: Path,
+                                                         aiohttp_client: Any) -> None:
     script = [Turn(tool_uses=call("Write", file_path="hello.py", content="print(1)\n").tool_uses,
                    input_tokens=20_000, output_tokens=1_000), say("Added hello.py.")]
     async with FakeAnthropic(script, api_key=KEY) as fake:
-        code, session, shown, _origin = await run_claude(tmp_path, claude_install, fake, "claude-test-unpriced",
-                                                         "0.05")
+        code, session, shown, _origin, api = await run_claude(tmp_path, claude_install, fake,
+                                                              "claude-test-unpriced", "0.05", aiohttp_client)
     assert code == 0 and session.state == "completed", session.error
     warning = ("the budget of $0.05 cannot be enforced: the price of `claude-test-unpriced` is unknown: add it "
                "to MODEL_PRICES as model=IN/OUT (USD per million tokens)")
-    assert session.warning is not None and warning in session.warning
+    assert session.warning is not None and warning in session.warning and warning in api["warning"]
     assert warning in shown[-1].replace("\\", "")
