@@ -106,7 +106,12 @@ def parse_prices(value: Mapping[str, str] | None) -> dict[str, Price]:
 
 def model_price(model: str | None, overrides: Mapping[str, str] | None = None) -> Price | None:
     """The price of a model: MODEL_PRICES first, then the built-in table; None when it is in neither."""
+    return price_in(model, parse_prices(overrides))
+
+
+def price_in(model: str | None, overrides: Mapping[str, Price]) -> Price | None:
+    """model_price with MODEL_PRICES already parsed (parse_prices)."""
     if not model:
         return None
     name = normalize(model)
-    return parse_prices(overrides).get(name) or PRICES.get(name)
+    return overrides.get(name) or PRICES.get(name)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from bot.credentials import SETTING_SECRETS
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State, utcnow
-from bot.pricing import Price, model_price
+from bot.pricing import Price, parse_prices, price_in
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
@@ -50,6 +50,7 @@ EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stor
 EVENT_FLUSH_LIMIT = 200
 FORK_HEAD = re.compile(r"refs/pull/[0-9]{1,9}/head")
 T = TypeVar("T")
+PriceOf = Callable[[str], Price | None]  # the price of the tokens of a request that named this model ("": none)
 
 
 class Stopped(Exception):
@@ -90,8 +91,9 @@ class Run:
     upstream_statuses: list[int] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # network destinations the sandbox refused, first ones
     usage: Usage = field(default_factory=Usage)  # tokens and cost the agent reported so far
-    price: Price | None = None  # the session model's price, when it has a budget (bot.pricing)
+    price_of: PriceOf | None = None  # what a requested model's tokens cost, when the session has a budget
     budget_stop: asyncio.Task[None] | None = None  # stop_for_budget, once the gateway's budget hook said no
+    budget_warning: asyncio.Task[None] | None = None  # saying the budget is no longer enforced
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -312,34 +314,69 @@ async def _agent_step(state: Run) -> None:
 
 
 async def _budget_hook(state: Run, agent: Agent, model: str | None) -> BudgetHook | None:
-    """The gateway's BudgetHook for a session with a budget: its tokens so far at the model's price. A model
-    priced nowhere (bot.pricing, MODEL_PRICES) gets no hook, and the progress message says so."""
-    session = state.session
-    if session.budget_usd is None or not agent.binary:
+    """The gateway's BudgetHook for a session with a budget: its tokens so far at the session model's price,
+    or, with no model chosen, at the price of the model each request named. A model priced nowhere
+    (bot.pricing, MODEL_PRICES) is not guessed at: the progress message says the budget cannot be enforced."""
+    session, budget = state.session, state.session.budget_usd
+    if budget is None or not agent.binary:
         return None
-    state.price = model_price(model, state.services.settings.MODEL_PRICES)
-    if state.price is None:
-        which = f"the price of `{model}` is unknown: add it to MODEL_PRICES as model=IN/OUT (USD per million " \
-                "tokens)" if model else f"no model is set for {agent.display_name}, so its price is unknown: " \
-                                        "choose one with --model or in Settings"
-        await _warn(state, f"the budget of ${session.budget_usd:,.2f} cannot be enforced: {which}")
+    prices = parse_prices(state.services.settings.MODEL_PRICES)
+    price = price_in(model, prices)
+    if model and price is None:
+        await _warn(state, f"the budget of ${budget:,.2f} cannot be enforced: {unpriced_model(model)}")
         return None
+    if price is not None:
+        state.price_of = lambda requested: price  # every token at the session model's price
+    else:
+        state.price_of = lambda requested: price_in(requested, prices)  # no model chosen: each request's own
 
     def ran_out(spent: float) -> None:
         if state.budget_stop is None:
             log.info("session %s: the budget of $%.2f ran out ($%.2f spent); stopping the agent",
-                     session.id, session.budget_usd, spent)
+                     session.id, budget, spent)
             state.budget_stop = asyncio.get_running_loop().create_task(stop_for_budget(state, spent))
 
-    return budget_hook(session, state.price, ran_out)
+    def unpriced(requested: str) -> None:
+        what = unpriced_model(requested) if requested else f"a request of {agent.display_name} named no model"
+        state.budget_warning = asyncio.get_running_loop().create_task(
+            _warn(state, f"the budget of ${budget:,.2f} is no longer enforced: {what}"))
+
+    return budget_hook(session, state.price_of, ran_out, unpriced)
 
 
-def budget_hook(session: Session, price: Price, ran_out: Callable[[float], None]) -> BudgetHook:
-    """A BudgetHook: the gateway's tokens so far at price against bot.sessions.budget_left; once nothing is
-    left it says no, and calls ran_out(spent USD) at each refusal (on the event loop: it must not block)."""
+def unpriced_model(model: str) -> str:
+    """Why a budget cannot be priced for model."""
+    return f"the price of `{model}` is unknown: add it to MODEL_PRICES as model=IN/OUT (USD per million tokens)"
+
+
+def spent_on(by_model: dict[str, tuple[int, int]], price_of: PriceOf) -> tuple[float, str | None]:
+    """USD spent on the tokens per model at price_of's prices, and the first model it has no price for."""
+    spent = 0.0
+    for requested, (input_tokens, output_tokens) in by_model.items():
+        price = price_of(requested)
+        if price is None:
+            return spent, requested
+        spent += price.cost(input_tokens, output_tokens)
+    return spent, None
+
+
+def budget_hook(session: Session, price_of: PriceOf, ran_out: Callable[[float], None],
+                unpriced: Callable[[str], None]) -> BudgetHook:
+    """A BudgetHook: the gateway's tokens so far (per model its requests named) priced by price_of, against
+    bot.sessions.budget_left; once nothing is left it says no and calls ran_out(spent USD) at each refusal.
+    A model price_of has no price for is said once (unpriced(model)) and from then on nothing is enforced.
+    It runs on the event loop: the callbacks must not block."""
+    enforced = True
 
     def hook(stats: GatewayStats) -> bool:
-        spent = price.cost(stats.input_tokens, stats.output_tokens)
+        nonlocal enforced
+        if not enforced:
+            return True
+        spent, unknown = spent_on(stats.by_model, price_of)
+        if unknown is not None:
+            enforced = False
+            unpriced(unknown)
+            return True
         left = budget_left(session, spent)
         if left is None or left > 0:
             return True
@@ -350,12 +387,12 @@ def budget_hook(session: Session, price: Price, ran_out: Callable[[float], None]
 
 
 def gateway_usage(state: Run) -> Usage:
-    """What the credential gateway counted: its tokens, priced at the session's model when known."""
+    """What the credential gateway counted: its tokens, priced when every model they went to has a price."""
     stats = state.agent_run.gateway_stats if state.agent_run is not None else None
-    if stats is None or not stats.requests:
+    if stats is None or not stats.by_model:
         return Usage()
-    cost = state.price.cost(stats.input_tokens, stats.output_tokens) if state.price is not None else None
-    return Usage(stats.input_tokens, stats.output_tokens, cost)
+    spent, unknown = spent_on(stats.by_model, state.price_of) if state.price_of is not None else (0.0, "")
+    return Usage(stats.input_tokens, stats.output_tokens, spent if unknown is None else None)
 
 
 async def stop_for_budget(state: Run, spent_usd: float | None = None) -> None:

@@ -21,7 +21,7 @@ from bot.settings import SettingsError, load_settings
 from runner.cli_run import run_from_terminal
 from runner.pipeline import budget_hook
 from runner.sandbox import check_sandbox_support
-from runner.sandbox.gateway import BUDGET_MESSAGE, BUDGET_STATUS, CredentialGateway, GatewayStats
+from runner.sandbox.gateway import BUDGET_MESSAGE, BUDGET_STATUS, CredentialGateway, GatewayStats, requested_model
 from tests.agents import real_cli
 from tests.agents.test_claude_real import MODEL
 from tests.conftest import session_base
@@ -91,9 +91,11 @@ async def test_the_hook_lets_requests_through_until_the_tokens_cost_the_budget()
     script = [Turn(text="first", input_tokens=20_000, output_tokens=1_000), say("second")]
     session = Session(id="s-budget", budget_usd=0.05)
     spent: list[float] = []
+    unpriced: list[str] = []
     async with FakeAnthropic(script, api_key=KEY) as fake:
         gateway = CredentialGateway(fake.base_url, KEY, ("x-api-key",),
-                                    budget=budget_hook(session, Price(3.0, 15.0), spent.append))
+                                    budget=budget_hook(session, lambda model: Price(3.0, 15.0), spent.append,
+                                                       unpriced.append))
         await gateway.start(loopback_socket())
         try:
             async with aiohttp.ClientSession() as http:
@@ -110,14 +112,47 @@ async def test_the_hook_lets_requests_through_until_the_tokens_cost_the_budget()
     assert answers[1][1]["error"]["message"] == BUDGET_MESSAGE
     assert len(fake.message_requests) == 1  # nothing reached the upstream after the budget ran out
     assert (gateway.stats.input_tokens, gateway.stats.output_tokens) == (20_000, 1_000)
-    assert gateway.stats.budget_stops == 2 and spent == pytest.approx([0.075, 0.075])
+    assert gateway.stats.budget_stops == 2 and spent == pytest.approx([0.075, 0.075]) and not unpriced
+    assert gateway.stats.by_model == {MODEL: (20_000, 1_000)}
 
 
 def test_a_session_without_a_budget_is_never_refused() -> None:
-    hook = budget_hook(Session(id="s-free"), Price(3.0, 15.0), lambda spent: None)
-    assert hook(GatewayStats(input_tokens=10**9, output_tokens=10**9))
-    limited = budget_hook(Session(id="s-limited", budget_usd=1.0), Price(3.0, 15.0), lambda spent: None)
-    assert limited(GatewayStats(input_tokens=333_333)) and not limited(GatewayStats(input_tokens=333_334))
+    def stats(**by_model: tuple[int, int]) -> GatewayStats:
+        return GatewayStats(by_model={name.replace("_", "-"): tokens for name, tokens in by_model.items()})
+
+    def sonnet(model: str) -> Price:
+        return Price(3.0, 15.0)
+
+    hook = budget_hook(Session(id="s-free"), sonnet, print, print)
+    assert hook(stats(m=(10**9, 10**9)))
+    limited = budget_hook(Session(id="s-limited", budget_usd=1.0), sonnet, print, print)
+    assert limited(stats(m=(333_333, 0))) and not limited(stats(m=(333_334, 0)))
+
+
+def test_without_a_model_each_request_is_priced_at_its_own_and_an_unknown_one_ends_enforcement() -> None:
+    spent: list[float] = []
+    unpriced: list[str] = []
+    hook = budget_hook(Session(id="s-each", budget_usd=1.0), model_price, spent.append, unpriced.append)
+    # $0.80 of Opus 4.1 and $0.10 of Haiku 4.5: $0.90, within $1
+    assert hook(GatewayStats(by_model={"claude-opus-4-1": (40_000, 2_666), "claude-haiku-4-5-20251001": (0, 20_000)}))
+    # another $0.15 of Haiku: over
+    assert not hook(GatewayStats(by_model={"claude-opus-4-1": (40_000, 2_666),
+                                          "claude-haiku-4-5-20251001": (150_000, 20_000)}))
+    assert spent == pytest.approx([0.79995 + 0.25])
+    # a model priced nowhere: said once, and from then on nothing is refused rather than a guess
+    assert hook(GatewayStats(by_model={"claude-opus-4-1": (10**9, 0), "claude-next-unknown": (1, 1)}))
+    assert hook(GatewayStats(by_model={"claude-opus-4-1": (10**9, 10**9)}))
+    assert unpriced == ["claude-next-unknown"] and len(spent) == 1
+
+
+@pytest.mark.parametrize("path,body,model", [
+    ("/v1/messages", b'{"model": "claude-sonnet-4-5", "messages": [{"model": "x"}]}', "claude-sonnet-4-5"),
+    ("/v1/responses", b' {"input": "hi", "model": "gpt-5-codex"}', "gpt-5-codex"),
+    ("/v1beta/models/gemini-2.5-pro:streamGenerateContent", b'{"contents": []}', "gemini-2.5-pro"),
+    ("/v1/messages", b"not json", ""), ("/v1/models", b"", ""),
+])
+def test_the_gateway_reads_the_model_a_request_names(path: str, body: bytes, model: str) -> None:
+    assert requested_model(path, body) == model
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +161,7 @@ def claude_install() -> Path:
     return real_cli.agents_data_dir("claude")
 
 
-async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, model: str, budget: str,
+async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, model: str | None, budget: str,
                      aiohttp_client: Any) -> tuple[int, Session, list[str], Path, dict[str, Any]]:
     """One sandboxed Claude Code session through the pipeline, against fake, with that budget: its exit
     code, stored row, progress messages, origin repository and the API's view of it."""
@@ -136,8 +171,8 @@ async def run_claude(tmp_path: Path, claude_install: Path, fake: FakeAnthropic, 
     os.symlink(claude_install / "agents" / "claude", data_dir / "agents" / "claude")
     shown: list[str] = []
     env = {"SESAME_DATA_DIR": str(data_dir), "SESSION_DIR_BASE": session_base(), "ENCRYPTION_KEY": "ab" * 32,
-           "ANTHROPIC_BASE_URL": fake.base_url, "ANTHROPIC_API_KEY": KEY, "CLAUDE_MODEL": model,
-           "SESSION_TIMEOUT": "240", "SESSION_BUDGET_USD": budget}
+           "ANTHROPIC_BASE_URL": fake.base_url, "ANTHROPIC_API_KEY": KEY, "SESSION_TIMEOUT": "240",
+           "SESSION_BUDGET_USD": budget} | ({"CLAUDE_MODEL": model} if model else {})
     services = await open_services(load_settings(env=env, cwd=tmp_path))
     try:
         code = await run_from_terminal(services, argparse.Namespace(
@@ -193,3 +228,27 @@ async def test_an_unpriced_model_is_said_and_not_enforced(tmp_path: Path, claude
                "to MODEL_PRICES as model=IN/OUT (USD per million tokens)")
     assert session.warning is not None and warning in session.warning and warning in api["warning"]
     assert warning in shown[-1].replace("\\", "")
+
+
+@pytest.mark.skipif(not SANDBOX_OK, reason=f"bubblewrap sandbox unavailable here: {SANDBOX_DETAIL}")
+async def test_with_no_model_chosen_the_requested_models_are_priced(tmp_path: Path, claude_install: Path,
+                                                                    aiohttp_client: Any) -> None:
+    script = [Turn(tool_uses=call("Write", file_path="hello.py", content="print(1)\n").tool_uses,
+                   input_tokens=20_000, output_tokens=1_000), say("Added hello.py.")]
+    async with FakeAnthropic(script, api_key=KEY) as fake:
+        code, session, shown, origin, api = await run_claude(tmp_path, claude_install, fake, None, "0.05",
+                                                             aiohttp_client)
+    assert code == 0 and session.state == "completed", session.error
+    models = {(r.body or {}).get("model") for r in fake.message_requests}
+    requested = models.pop()
+    assert not models and isinstance(requested, str) and requested
+    if model_price(requested) is not None:  # a Claude Code whose default model the table knows: enforced
+        assert session.error is None and session.warning is None
+        return
+    # the CLI's own default model, priced nowhere: said once the gateway saw it, and the session goes on
+    warning = (f"the budget of $0.05 is no longer enforced: the price of `{requested}` is unknown: add it to "
+               "MODEL_PRICES as model=IN/OUT (USD per million tokens)")
+    assert session.warning == warning and api["warning"] == warning
+    shown_text = shown[-1].replace("\\", "").replace("\u2060", "")  # Markdown escapes, word joiners before digits
+    assert warning in shown_text
+    assert show_file(origin, str(session.branch), "hello.py").strip() == "print(1)"
