@@ -23,6 +23,7 @@ import tomlkit
 import yaml
 
 from bot.catalog import AGENT_NAMES
+from bot.pricing import FORMAT_HINT, parse_prices
 
 log = logging.getLogger(__name__)
 CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "config.jsonc", "config.toml")
@@ -87,6 +88,10 @@ KEYS: tuple[Key, ...] = (
     _k("SESSION_BUDGET_USD", kind="float", path="sessions.budgetUsd", minimum=0.01,
        help="the most a session may spend on its model API, in USD, unless its trigger says `--budget N`; "
             "none by default"),
+    _k("MODEL_PRICES", path="sessions.modelPrices", default={}, kind="map",
+       help="prices that price a session's budget, per model, added to or replacing the built-in table "
+            "(bot/pricing.py): model=IN/OUT in USD per million input and output tokens, comma separated "
+            "(my-model=1.5/6,gpt-5=1.25/10)"),
     _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds", minimum=0.1, maximum=9,
        help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
     _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds", minimum=0,
@@ -377,6 +382,7 @@ class SettingValues:
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
     SESSION_BUDGET_USD: float | None
+    MODEL_PRICES: dict[str, str]
     INTAKE_GITHUB_TIMEOUT: float
     DB_OUTAGE_GRACE: int
     SESSION_LEASE_SECONDS: int
@@ -654,6 +660,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
+    try:
+        parse_prices(settings.get("MODEL_PRICES"))
+    except ValueError as exc:
+        raise SettingsError("MODEL_PRICES", str(exc), FORMAT_HINT) from None
     key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
     if key_path and not Path(key_path).is_file():
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")

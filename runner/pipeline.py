@@ -15,12 +15,14 @@ from typing import Any, TypeVar
 from bot.credentials import SETTING_SECRETS
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State, utcnow
+from bot.pricing import Price, parse_prices, price_in
 from bot.progress import Progress, ThrottledPublisher
 from bot.prompting import compose_prompt
 from bot.redact import redact
 from bot.reporting import Channel, RepoAccess, channel_for, session_progress
 from bot.secretscan import SecretMatcher
 from bot.services import Services
+from bot.sessions import budget_left
 from bot.triggers import is_safe_ref
 from bot.untrusted import md_code, md_fence
 from bot.utility_ai import UtilityAI
@@ -32,6 +34,7 @@ from runner.agents.usage import Usage, usage_of
 from runner.commit import commit_tree, snapshot_tree
 from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
 from runner.sandbox.base import LimitExceeded, Violation
+from runner.sandbox.gateway import BudgetHook, GatewayStats
 from runner.sandbox.violations import Aggregate, ViolationAggregator
 from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.uids import kill_uid, pool_from_settings
@@ -47,6 +50,7 @@ EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stor
 EVENT_FLUSH_LIMIT = 200
 FORK_HEAD = re.compile(r"refs/pull/[0-9]{1,9}/head")
 T = TypeVar("T")
+PriceOf = Callable[[str], Price | None]  # the price of the tokens of a request that named this model ("": none)
 
 
 class Stopped(Exception):
@@ -87,6 +91,9 @@ class Run:
     upstream_statuses: list[int] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # network destinations the sandbox refused, first ones
     usage: Usage = field(default_factory=Usage)  # tokens and cost the agent reported so far
+    price_of: PriceOf | None = None  # what a requested model's tokens cost, when the session has a budget
+    budget_stop: asyncio.Task[None] | None = None  # stop_for_budget, once the gateway's budget hook said no
+    budget_warning: asyncio.Task[None] | None = None  # saying the budget is no longer enforced
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -280,13 +287,17 @@ async def _agent_step(state: Run) -> None:
     model = session.model or agent_setting(services.settings, agent.spec.model_key)
     state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
                                budget_usd=session.budget_usd)
+    budget = await _budget_hook(state, agent, model)
     state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                        on_violation=lambda v: _on_violation(state, v))
+                                        on_violation=lambda v: _on_violation(state, v), budget=budget)
     await state.event("sandbox", {"secured": state.agent_run.warning is None})  # what applied, not what was asked
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
         await services.sessions.set_warning(session.id, state.agent_run.warning)
         await state.event("warning", {"message": state.agent_run.warning})
+    if budget is not None and state.agent_run.gateway is None:
+        await _warn(state, f"the budget of ${session.budget_usd:,.2f} cannot be enforced: {agent.display_name}'s "
+                           "credential does not go through Sesame's credential gateway")
     await _follow_output(state, agent)
     code = await state.agent_run.wait()
     _check_stop(state)
@@ -303,13 +314,96 @@ async def _agent_step(state: Run) -> None:
     await state.step("agent", "done", percent=70)
 
 
-async def stop_for_budget(state: Run) -> None:
+async def _budget_hook(state: Run, agent: Agent, model: str | None) -> BudgetHook | None:
+    """The gateway's BudgetHook for a session with a budget: its tokens so far at the session model's price,
+    or, with no model chosen, at the price of the model each request named. A model priced nowhere
+    (bot.pricing, MODEL_PRICES) is not guessed at: the progress message says the budget cannot be enforced."""
+    session, budget = state.session, state.session.budget_usd
+    if budget is None or not agent.binary:
+        return None
+    prices = parse_prices(state.services.settings.MODEL_PRICES)
+    price = price_in(model, prices)
+    if model and price is None:
+        await _warn(state, f"the budget of ${budget:,.2f} cannot be enforced: {unpriced_model(model)}")
+        return None
+    if price is not None:
+        state.price_of = lambda requested: price  # every token at the session model's price
+    else:
+        state.price_of = lambda requested: price_in(requested, prices)  # no model chosen: each request's own
+
+    def ran_out(spent: float) -> None:
+        if state.budget_stop is None:
+            log.info("session %s: the budget of $%.2f ran out ($%.2f spent); stopping the agent",
+                     session.id, budget, spent)
+            state.budget_stop = asyncio.get_running_loop().create_task(stop_for_budget(state, spent))
+
+    def unpriced(requested: str) -> None:
+        what = unpriced_model(requested) if requested else f"a request of {agent.display_name} named no model"
+        state.budget_warning = asyncio.get_running_loop().create_task(
+            _warn(state, f"the budget of ${budget:,.2f} is no longer enforced: {what}"))
+
+    return budget_hook(session, state.price_of, ran_out, unpriced)
+
+
+def unpriced_model(model: str) -> str:
+    """Why a budget cannot be priced for model."""
+    return f"the price of `{model}` is unknown: add it to MODEL_PRICES as model=IN/OUT (USD per million tokens)"
+
+
+def spent_on(by_model: dict[str, tuple[int, int]], price_of: PriceOf) -> tuple[float, str | None]:
+    """USD spent on the tokens per model at price_of's prices, and the first model it has no price for."""
+    spent = 0.0
+    for requested, (input_tokens, output_tokens) in by_model.items():
+        price = price_of(requested)
+        if price is None:
+            return spent, requested
+        spent += price.cost(input_tokens, output_tokens)
+    return spent, None
+
+
+def budget_hook(session: Session, price_of: PriceOf, ran_out: Callable[[float], None],
+                unpriced: Callable[[str], None]) -> BudgetHook:
+    """A BudgetHook: the gateway's tokens so far (per model its requests named) priced by price_of, against
+    bot.sessions.budget_left; once nothing is left it says no and calls ran_out(spent USD) at each refusal.
+    A model price_of has no price for is said once (unpriced(model)) and from then on nothing is enforced.
+    It runs on the event loop: the callbacks must not block."""
+    enforced = True
+
+    def hook(stats: GatewayStats) -> bool:
+        nonlocal enforced
+        if not enforced:
+            return True
+        spent, unknown = spent_on(stats.by_model, price_of)
+        if unknown is not None:
+            enforced = False
+            unpriced(unknown)
+            return True
+        left = budget_left(session, spent)
+        if left is None or left > 0:
+            return True
+        ran_out(spent)
+        return False
+
+    return hook
+
+
+def gateway_usage(state: Run) -> Usage:
+    """What the credential gateway counted: its tokens, priced when every model they went to has a price."""
+    stats = state.agent_run.gateway_stats if state.agent_run is not None else None
+    if stats is None or not stats.by_model:
+        return Usage()
+    spent, unknown = spent_on(stats.by_model, state.price_of) if state.price_of is not None else (0.0, "")
+    return Usage(stats.input_tokens, stats.output_tokens, spent if unknown is None else None)
+
+
+async def stop_for_budget(state: Run, spent_usd: float | None = None) -> None:
     """For the credential gateway, once it stops forwarding because bot.sessions.budget_left is 0: stop
-    the agent; the session ends error saying the budget ran out, the work so far committed and pushed."""
+    the agent; the session ends error saying the budget ran out (spent_usd by the gateway's count), the
+    work so far committed and pushed."""
     watch = state.watch
     if watch is None or watch.stopped_for is not None:
         return
-    watch.budget_ran_out()
+    watch.budget_ran_out(spent_usd)
     watch.stopped_for = watch.fatal
     if state.agent_run is not None:
         await state.agent_run.kill()
@@ -438,6 +532,24 @@ async def _count_usage(state: Run, event: AgentEvent) -> None:
     state.publisher.changed()
     await state.stored(lambda: state.services.sessions.record_usage(
         state.session.id, total.input_tokens, total.output_tokens, total.cost_usd), "the usage")
+
+
+async def _store_gateway_usage(state: Run) -> None:
+    """When the agent reported no usage (killed before its result line, or a CLI that reports none), the
+    session's usage is the credential gateway's count."""
+    if state.usage.reported:
+        return
+    counted = gateway_usage(state)
+    if not counted.reported:
+        return
+    state.usage = counted
+    state.progress.usage(counted.input_tokens, counted.output_tokens, counted.cost_usd)
+    state.publisher.changed()
+    try:
+        await state.stored(lambda: state.services.sessions.record_usage(
+            state.session.id, counted.input_tokens, counted.output_tokens, counted.cost_usd), "the usage")
+    except DB_DOWN_ERRORS as exc:
+        log.warning("the gateway's usage count of session %s is not stored: %s", state.session.id, exc)
 
 
 async def _flush_message(buffer: EventBuffer, pending: list[str]) -> None:
@@ -716,6 +828,7 @@ async def _end_steps(state: Run, status: str) -> None:
 
 async def _release_sandbox(state: Run) -> None:
     """Destroy the sandbox (every process of it) and store its last violations; once only."""
+    await _store_gateway_usage(state)
     agent_run, state.agent_run = state.agent_run, None
     if agent_run is not None:
         try:

@@ -91,6 +91,7 @@ class AgentFailure:
     model: str | None = None
     blocked: tuple[str, ...] = ()
     budget_usd: float | None = None
+    spent_usd: float | None = None  # what the credential gateway counted when the budget ran out
 
     @property
     def fatal(self) -> bool:
@@ -119,8 +120,8 @@ def describe(f: AgentFailure) -> str:
                                            "billing": "(billing)"}.get(f.cause, "(refused)")
     if f.cause == "budget":
         budget = f" of ${f.budget_usd:,.2f}" if f.budget_usd else ""
-        return (f"{f.agent} was stopped: the session's budget{budget} is spent; the work so far is kept, and a "
-                "follow-up with a larger `--budget` can go on from it")
+        spent = f" (${f.spent_usd:,.2f} spent)" if f.spent_usd is not None else ""
+        return f"{f.agent} was stopped: the budget{budget} ran out{spent}: raise it with --budget or SESSION_BUDGET_USD"
     if f.cause == "credential":
         return _credential_sentence(f.agent, f.source, why)
     if f.cause == "expired":
@@ -230,6 +231,7 @@ class FailureWatch:
     stopped_for: AgentFailure | None = None  # the caller stopped the agent for this fatal failure
     budget_usd: float | None = None
     budget_spent: bool = False
+    spent_usd: float | None = None
     blocked_hosts: list[str] = field(default_factory=list)  # destinations the sandbox refused, as they happen
 
     def see_blocked(self, resource: str) -> None:
@@ -237,9 +239,10 @@ class FailureWatch:
         if resource not in self.blocked_hosts and len(self.blocked_hosts) < 10:
             self.blocked_hosts.append(resource)
 
-    def budget_ran_out(self) -> None:
-        """The session's budget is spent and its model API no longer answers: that is the failure now."""
-        self.budget_spent = True
+    def budget_ran_out(self, spent_usd: float | None = None) -> None:
+        """The session's budget is spent (spent_usd by the gateway's count) and its model API no longer
+        answers: that is the failure now."""
+        self.budget_spent, self.spent_usd = True, spent_usd
 
     def see(self, event: AgentEvent) -> Clue | None:
         """Take one parsed event; returns its clue, if it has one."""
@@ -264,7 +267,8 @@ class FailureWatch:
         return failure if failure is not None and failure.fatal else None
 
     def _budget(self) -> AgentFailure:
-        return AgentFailure(self.agent, "budget", None, "", self.source, self.model, budget_usd=self.budget_usd)
+        return AgentFailure(self.agent, "budget", None, "", self.source, self.model, budget_usd=self.budget_usd,
+                            spent_usd=self.spent_usd)
 
     def verdict(self, exit_code: int, upstream: Sequence[int] = (), blocked: Sequence[str] = ()) -> AgentFailure | None:
         """The failure of a finished run, or None when it did not fail or for no reason recognised here."""

@@ -114,7 +114,8 @@ class GatewayStats:
 
     requests: forwarded requests; statuses: answers per HTTP status; last_error_status: the last status
     >= 400 (the upstream's, or 502 when it could not be reached); refused: requests without the
-    placeholder; budget_stops: requests the budget hook stopped; tokens as the answers reported them.
+    placeholder; budget_stops: requests the budget hook stopped; tokens as the answers reported them, in
+    all and per model its request named.
     """
 
     requests: int = 0
@@ -125,6 +126,15 @@ class GatewayStats:
     budget_stops: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # (input, output) tokens per model the requests named ("" when a request named none the gateway could read)
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def add_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """One answer's usage, for the model its request named."""
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        before = self.by_model.get(model, (0, 0))
+        self.by_model[model] = (before[0] + input_tokens, before[1] + output_tokens)
 
     def record(self, status: int) -> None:
         """One answer with status."""
@@ -258,6 +268,24 @@ def token_usage(obj: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
+GEMINI_MODEL_PATH = re.compile(r"/models/([^/:]+)")
+
+
+def requested_model(path: str, body: bytes) -> str:
+    """The model a request names: the JSON body's `model` (Anthropic, OpenAI), else the path's
+    `/models/NAME:` (Gemini); "" when neither does (or the body is too large to read for it)."""
+    if body and len(body) <= USAGE_BODY_LIMIT:
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            value = None
+        model = value.get("model") if isinstance(value, dict) else None
+        if isinstance(model, str):
+            return model[:200]
+    found = GEMINI_MODEL_PATH.search(path)
+    return found.group(1)[:200] if found else ""
+
+
 def _first_int(usage: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     for key in keys:
         value = usage.get(key)
@@ -355,14 +383,14 @@ class CredentialGateway:
         target = URL(self.upstream + request.rel_url.raw_path, encoded=True).with_query(query)
         self.stats.requests += 1
         try:
-            return await self._forward(request, target, headers, body)
+            return await self._forward(request, target, headers, body, requested_model(request.path, body))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.info("gateway to %s: upstream failed: %s", self.upstream, type(exc).__name__)
             self.stats.record(502)
             return error_response(502, f"the upstream API could not be reached ({type(exc).__name__})")
 
     async def _forward(self, request: web.Request, target: URL, headers: CIMultiDict[str],
-                       body: bytes) -> web.StreamResponse:
+                       body: bytes, model: str) -> web.StreamResponse:
         """Send the request upstream; stream its answer back while reading its token usage."""
         assert self._client is not None
         async with self._client.request(request.method, target, headers=headers, data=body or None,
@@ -391,8 +419,8 @@ class CredentialGateway:
                 return answer
             finally:
                 meter.finish()
-                self.stats.input_tokens += meter.input_tokens or 0
-                self.stats.output_tokens += meter.output_tokens or 0
+                if meter.input_tokens is not None or meter.output_tokens is not None:
+                    self.stats.add_tokens(model, meter.input_tokens or 0, meter.output_tokens or 0)
             await answer.write(redactor.whole(bytes(error_body)) if error_body is not None else redactor.finish())
             await answer.write_eof()
             return answer

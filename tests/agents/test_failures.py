@@ -186,9 +186,9 @@ def test_a_spent_budget_is_the_failure_whatever_the_agent_made_of_it() -> None:
     for event in get_agent("claude").parse_line(refused):
         watch.see(event)
     assert watch.fatal is not None and watch.fatal.cause == "billing"
-    watch.budget_ran_out()
-    sentence = ("Claude Code was stopped: the session's budget of $2.50 is spent; the work so far is kept, and a "
-                "follow-up with a larger `--budget` can go on from it")
+    watch.budget_ran_out(2.5312)
+    sentence = ("Claude Code was stopped: the budget of $2.50 ran out ($2.53 spent): raise it with --budget or "
+                "SESSION_BUDGET_USD")
     assert watch.fatal is not None and watch.fatal.sentence == sentence
     failure = watch.verdict(1)
     assert failure is not None and failure.sentence == sentence

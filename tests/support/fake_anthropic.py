@@ -25,11 +25,13 @@ class ToolUse:
 
 @dataclass
 class Turn:
-    """One scripted assistant reply: optional text, then tool calls (or an HTTP error)."""
+    """One scripted assistant reply: optional text, then tool calls (or an HTTP error); the usage it reports."""
 
     text: str | None = None
     tool_uses: list[ToolUse] = field(default_factory=list)
     status: int = 200
+    input_tokens: int = 10
+    output_tokens: int = 5
 
     @property
     def stop_reason(self) -> str:
@@ -165,19 +167,19 @@ def message_json(turn: Turn, model: str) -> dict[str, Any]:
     """A non-streaming Messages API response."""
     return {"id": f"msg_{next(_ids):020d}", "type": "message", "role": "assistant", "model": model,
             "content": content_blocks(turn), "stop_reason": turn.stop_reason, "stop_sequence": None,
-            "usage": {"input_tokens": 10, "output_tokens": 5}}
+            "usage": {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens}}
 
 
 def sse_events(turn: Turn, model: str) -> list[tuple[str, dict[str, Any]]]:
     """The (event, data) pairs of a streamed turn, in wire order."""
-    usage = {"input_tokens": 10, "output_tokens": 1}
+    usage = {"input_tokens": turn.input_tokens, "output_tokens": 1}
     start = message_json(turn, model) | {"content": [], "stop_reason": None, "usage": usage}
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
     for index, block in enumerate(content_blocks(turn)):
         events += block_events(index, block)
     delta = {"stop_reason": turn.stop_reason, "stop_sequence": None}
-    events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": 5}}))
+    events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": turn.output_tokens}}))
     return [*events, ("message_stop", {"type": "message_stop"})]
 
 
