@@ -40,6 +40,7 @@ LIST_PARAMS = ("state", "repo", "agent", "source", "limit", "cursor")
 CSRF_COOKIE = "sesame_csrf"
 CSRF_FIELD = "csrf"
 LOG_LINE_LIMIT = 2000
+LOG_LINES = 5000  # a page shows the first ones; live.js streams the rest after them
 # No inline script or style anywhere: what a page runs is webhooks/static/live.js, served from here.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -278,12 +279,12 @@ async def session_page(request: web.Request) -> web.Response:
     """A session: prompt, steps, log, violations, links, usage, and its controls; the log follows live."""
     services = request.app[SERVICES]
     row = await _session(request)
-    events = await services.sessions.events(row.id, limit=5000)
+    events = await services.sessions.events(row.id, limit=LOG_LINES)
     lines = [log_line(e) for e in events]
     final = State(row.state).final
     return render(
         request, "session.html", title=one_line(row.title or row.prompt, 80), row=row, final=final,
-        steps=steps_of(row, events), lines=lines, after=events[-1].seq if events else 0,
+        steps=steps_of(row, events), lines=lines, cut=len(events) == LOG_LINES, after=events[-1].seq if events else 0,
         violations=await services.sessions.violations(row.id), links=web_links(row),
         usage=usage_line(session_progress(services, row, row.state)), ran=session_duration(row),
         waited=(as_utc(row.started_at) - as_utc(row.created_at)).total_seconds() if row.started_at else None,
