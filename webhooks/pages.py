@@ -202,6 +202,8 @@ def steps_of(row: Session, events: list[SessionEvent]) -> list[Step]:
             steps.append(Step(name, STEP_LABELS[name], "pending", "", None, None))
             continue
         status, detail, at = last[name]
+        if status == "running" and State(row.state).final:  # as its progress message ends it
+            status = "done" if row.state == State.COMPLETED.value else "failed"
         took = (at - first[name]).total_seconds() if status != "running" else None
         steps.append(Step(name, STEP_LABELS[name], status, one_line(detail, 300), first[name], took))
     return steps

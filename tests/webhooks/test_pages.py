@@ -152,6 +152,12 @@ async def test_a_session_page_shows_prompt_steps_log_links_usage_violations_and_
     assert re.search(r'data-step="workspace"><span class="mark">✓</span>\s*Workspace ready <span class="step-status">'
                      r'done</span>\s*<span class="took">\d+\.\ds</span>', html)
     assert re.search(r'data-step="pr"><span class="mark">○</span>\s*Pull request <span class="step-status">pending', html)
+    ended = await make(services, "ended while its agent ran")
+    await services.sessions.claim(ended, "test")
+    await services.sessions.add_event(ended, "step", {"step": "agent", "status": "running", "detail": None})
+    await services.sessions.finish(ended, State.ERROR, "it broke")
+    assert re.search(r'data-step="agent"><span class="mark">✗</span>\s*Agent running <span class="step-status">failed',
+                     await page(web, f"/sessions/{ended}"))
     log = html[html.index('id="log"'):]
     for line in ("I will add the greeting", "Bash: ls -la", "hello.py", "warning: colour",
                  f"Committed {'a' * 12}: Add a greeting", "Pull request #7 opened: https://github.com/octo/hello/pull/7",
