@@ -276,11 +276,13 @@ class SessionService:
             return list((await db.execute(query)).scalars())
 
     async def page(self, limit: int, *, state: str | None = None, agent: str | None = None,
-                   source: str | None = None, before: tuple[datetime, str] | None = None) -> list[Session]:
+                   source: str | None = None, before: tuple[datetime, str] | None = None,
+                   repo: str | None = None) -> list[Session]:
         """Newest first (created_at, then id), filtered; `before` is the (created_at, id) of the last row of
         the previous page, so rows inserted meanwhile never shift a page (keyset pagination)."""
         query = select(Session).order_by(Session.created_at.desc(), Session.id.desc()).limit(limit)
-        for column, value in ((Session.state, state), (Session.agent, agent), (Session.source, source)):
+        for column, value in ((Session.state, state), (Session.agent, agent), (Session.source, source),
+                              (Session.repo, repo)):
             if value is not None:
                 query = query.where(column == value)
         if before is not None:
@@ -288,6 +290,23 @@ class SessionService:
             query = query.where(or_(Session.created_at < at, and_(Session.created_at == at, Session.id < last_id)))
         async with self.autocommit() as db:
             return list((await db.execute(query)).scalars())
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many sessions there are in each state (states without any are left out)."""
+        query = select(Session.state, func.count()).group_by(Session.state)
+        async with self.autocommit() as db:
+            return {state: int(n) for state, n in (await db.execute(query)).all()}
+
+    async def repos(self, limit: int = 500) -> list[str]:
+        """The repositories sessions were started on, sorted (at most `limit`)."""
+        query = select(Session.repo).distinct().order_by(Session.repo).limit(limit)
+        async with self.autocommit() as db:
+            return list((await db.execute(query)).scalars())
+
+    async def has_repo(self, repo: str) -> bool:
+        """True if any session was started on `repo`."""
+        async with self.autocommit() as db:
+            return (await db.execute(select(Session.id).where(Session.repo == repo).limit(1))).first() is not None
 
     async def count_waiting_and_running(self) -> tuple[int, int]:
         """How many sessions are queued (pending) and how many run (processing), across every process."""

@@ -11,6 +11,7 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the browser tests of the pages (Playwright drives it)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   apt-get update -qq

@@ -286,19 +286,27 @@ async def patch_session(request: web.Request) -> web.Response:
     message = _text(body, "message", True, MAX_PROMPT)
     key = idempotency_key(request)
     agent, model = check_agent(_text(body, "agent") or row.agent), _text(body, "model", limit=MAX_MODEL) or row.model
+    child, created = await start_follow_up(request.app, row, message or "", key, agent, model)
+    return web.json_response(session_json(child), status=201 if created else 200)
+
+
+async def start_follow_up(app: web.Application, row: Session, message: str, key: str, agent: str,
+                          model: str | None) -> tuple[Session, bool]:
+    """Record and enqueue a follow-up of `row` on its branch (it waits for `row` to end); the API and the
+    session page's form both start them here. A key reused for another request is a 422."""
     digest = request_digest("follow-up", {"parent": row.id, "message": message, "agent": agent, "model": model})
-    child, created = await services.sessions.create(NewSession(
-        trigger_key=f"api:{key}", prompt=message or "", agent=agent,
+    child, created = await app[SERVICES].sessions.create(NewSession(
+        trigger_key=f"api:{key}", prompt=message, agent=agent,
         repo=row.repo, source=row.source, model=model,
         base_branch=row.base_branch, branch=row.branch, report=row.report,
         context={**(row.context or {}), "api_request": digest},
         requested_by=row.requested_by, parent_id=row.id, sandbox_security=row.sandbox_security,
         keep_alive=row.keep_alive, pr_number=row.pr_number))
     if created:
-        await request.app[QUEUE].enqueue(child.id)
+        await app[QUEUE].enqueue(child.id)
     else:
         check_same_request(key, child, digest)
-    return web.json_response(session_json(child), status=201 if created else 200)
+    return child, created
 
 
 async def delete_session(request: web.Request) -> web.Response:
