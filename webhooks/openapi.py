@@ -99,7 +99,15 @@ def _schemas() -> dict[str, Any]:
         "SettingsChange": {"type": "object", "minProperties": 1, "propertyNames": {"enum": settable},
                            "description": "setting names and their new values; every one is checked first"},
         "Credentials": {"type": "object", "required": ["agent"], "properties": {
-            "agent": {"type": "string"}, "stored": {"type": "array", "items": {"type": "string"}},
+            "agent": {"type": "string"},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": list(KINDS)},
+                      "description": "what this owner takes: subscription and api_key for an agent, "
+                                     "github_pat for github (the PAT whose user authors commits)"},
+            "stored": {"type": "array", "items": {"type": "string"}},
+            "environment": {"type": "array", "description": "keys the server environment gives it: locked, "
+                            "never shown", "items": {"type": "object", "properties": {
+                                "name": {"type": "string"}, "source": NULLABLE_TEXT, "locked": {"type": "boolean"}}}},
+            "login": {"type": "string", "description": "after storing a PAT: its GitHub login"},
             "removed": {"type": "integer"}}},
         "NewCredential": {"type": "object", "required": ["value"], "properties": {
             "kind": {"type": "string", "enum": list(KINDS)},
@@ -179,7 +187,8 @@ def _paths() -> dict[str, Any]:
                     "requestBody": {"required": True,
                                     "content": {"application/json": {"schema": _ref("NewCredential")}}},
                     "responses": {"200": _json(_ref("Credentials"), "sealed and stored"), **BAD_BODY,
-                                  "404": _error("unknown agent")}},
+                                  "404": _error("unknown agent"),
+                                  "502": _error("GitHub did not answer the PAT check; nothing was stored")}},
             "delete": {"operationId": "deleteCredentials",
                        "parameters": [{"name": "kind", "in": "query",
                                        "schema": {"type": "string", "enum": list(KINDS)}}],
