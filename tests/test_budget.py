@@ -18,8 +18,8 @@ from bot.models import Session
 from bot.pricing import PRICES, Price, model_price, normalize, parse_prices
 from bot.progress import render_markdown
 from bot.settings import SettingsError, load_settings
+from runner.budget import budget_hook
 from runner.cli_run import run_from_terminal
-from runner.pipeline import budget_hook
 from runner.sandbox import check_sandbox_support
 from runner.sandbox.gateway import BUDGET_MESSAGE, BUDGET_STATUS, CredentialGateway, GatewayStats, requested_model
 from tests.agents import real_cli

@@ -16,7 +16,7 @@ from bot.cli.wiring import open_services
 from bot.credentials import CredentialStore
 from bot.crypto import Keyring
 from bot.services import Services
-from runner.pipeline import commit_author
+from runner.push import commit_author
 from tests.support.fake_github import FakeGitHub
 
 KEY_A, KEY_B, KEY_C = "a1" * 32, "b2" * 32, "c3" * 32

@@ -367,7 +367,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from bot.cli.wiring import open_services
     from runner.cli_run import run_from_terminal
 
-    logging.getLogger("runner.pipeline").setLevel(logging.ERROR)  # the outcome is printed below
+    for name in ("runner.pipeline", "runner.output", "runner.budget", "runner.push"):  # the outcome is printed below
+        logging.getLogger(name).setLevel(logging.ERROR)
     services = await open_services(settings)
     try:
         return await run_from_terminal(services, args)

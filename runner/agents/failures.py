@@ -14,7 +14,7 @@ A pure classifier over what the run left behind; no I/O. Its inputs:
 - `blocked`: the network destinations the sandbox refused during the run (violation resources);
 - what the sentence needs: the agent's display name, where its credential came from, the model;
 - `budget_ran_out()`: called by whoever stops forwarding when the session's budget is spent (the
-  gateway, through `runner.pipeline.Run.watch`); from then on the verdict is that, whatever the
+  gateway, through `runner.run_state.Run.watch`); from then on the verdict is that, whatever the
   agent made of the refusal.
 
 `FailureWatch` collects the evidence line by line; its `fatal` property says, as soon as it is

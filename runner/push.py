@@ -1,0 +1,205 @@
+"""The commit, push and pull-request steps: what the agent wrote reaches the remote, scanned for secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from bot.models import Session
+from bot.reporting import RepoAccess
+from bot.secretscan import SecretMatcher
+from bot.services import Services
+from bot.untrusted import md_code, md_fence
+from runner import git as gitops
+from runner.commit import commit_tree, snapshot_tree
+from runner.output import host_violation
+from runner.run_state import AgentFailed, Run
+from runner.sandbox.base import Violation
+from runner.secretscan import SecretInPush, check_push, known_secrets
+from runner.uids import kill_uid
+
+log = logging.getLogger(__name__)
+
+
+async def commit_step(state: Run, base: str) -> str | None:
+    """Build the commit from the work tree's contents in the trusted git dir (see runner.commit)."""
+    session, settings = state.session, state.services.settings
+    assert state.workspace is not None
+    await state.step("commit", "running", percent=75)
+    ws = state.workspace
+    max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
+    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, await _session_user(state), max_size)
+    await _report_left_out(state, tree.left_out, tree.too_large, max_size)
+    if not tree.changed:
+        if state.agent_failure is not None:  # it exited 0, but what stopped it is the news
+            failure, state.agent_failure = state.agent_failure, None  # once: the salvage finds nothing either
+            raise AgentFailed(failure)
+        await state.step("commit", "skipped", "no changes", 85)
+        return None
+    if state.agent_failure is not None:
+        await state.warn(state.agent_failure.sentence)
+    stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
+    # file names are the agent's: a known secret among them never goes to the utility model
+    stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
+    message = await (await state.utility()).commit_message(session.prompt, stat)
+    author = await commit_author(state.services, session)
+    sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
+    await state.services.sessions.record_commit(session.id, sha)
+    await state.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
+    await state.step("commit", "done", f"`{sha[:7]}`", 85)
+    return sha
+
+
+async def _session_user(state: Run) -> tuple[int, int] | None:
+    """The host uid:gid the session's sandbox runs as: the host reads the agent's files as it.
+
+    A uid of the session's own is first emptied of processes: none may watch or race the read.
+    """
+    if state.workspace is not None and state.workspace.claim is not None:
+        await kill_uid(state.workspace.claim.uid)
+        return state.workspace.user
+    if state.agent_run is None:
+        return None
+    policy = state.agent_run.sandbox.policy
+    return policy.host_uid, policy.host_gid
+
+
+async def _report_left_out(state: Run, nested: list[str], too_large: list[tuple[str, int]], limit: int) -> None:
+    """Nested .git directories are violations; files over the size limit end the session after the push."""
+    assert state.workspace is not None
+    for path in nested:
+        await host_violation(state, Violation("filesystem", f"{state.workspace.project}/{path}", "commit",
+                                              "a nested .git directory is left out of the commit"))
+    if too_large:
+        names = ", ".join(f"{path} ({size >> 20} MiB)" for path, size in too_large[:5])
+        state.limit_error = (f"left out of the commit, over the largest-file limit of {limit >> 20} MiB "
+                             f"(GIT_MAX_FILE_SIZE_MB): {names}")
+        await state.event("warning", {"message": state.limit_error})
+
+
+async def commit_author(services: Services, session: Session | None = None) -> gitops.Author:
+    """The requester's mapped identity, else the connected PAT's (looked up once per PAT, so a replaced
+    or removed PAT changes the author at the next commit), else Sesame Agent."""
+    mapped = ((session.report or {}).get("author") if session is not None else None) or {}
+    if mapped.get("email"):
+        return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
+    author = gitops.Author(*gitops.DEFAULT_AUTHOR)
+    stored = await services.credentials.get("github", "github_pat")
+    token = stored.value if stored else services.settings.GITHUB_PAT
+    if not token:
+        return author
+    fingerprint = hashlib.sha256(token.encode()).hexdigest()
+    cached = services.caches.commit_author
+    if cached and cached[0] == fingerprint:
+        return gitops.Author(cached[1], cached[2])
+    try:
+        from bot.github import pat_identity
+
+        identity = await pat_identity(services.http, services.settings.GITHUB_API_URL, token)
+    except Exception as exc:
+        log.warning("could not look up the PAT's identity (%s); committing as Sesame Agent", exc)
+        return author
+    services.caches.commit_author = (fingerprint, identity.name, identity.email)
+    return gitops.Author(identity.name, identity.email)
+
+
+async def push_step(state: Run, access: RepoAccess, base: str, branch: str, sha: str | None,
+                     existing: bool) -> None:
+    session = state.session
+    assert state.workspace is not None
+    if sha is None:
+        sha = await _pushed_before(state, existing)
+    if sha is None:
+        await state.step("pr", "skipped", "nothing to push", 95)
+        state.progress.outcome = "no changes were needed"
+        return
+    access = await fresh_access(state)  # a long session may have outlived the first token
+    await refuse_leaks(state, sha)
+    await _push_or_keep(state, access, branch, sha)
+    await state.event("push", {"branch": branch, "sha": sha})
+    await state.step("pr", "running", percent=90)
+    stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
+    files = stat.splitlines()[-1].strip() if stat else ""
+    title = session.title or await (await state.utility()).title(session.prompt)
+    try:
+        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+    except Exception as exc:
+        raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
+                           f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
+    if pr is None:
+        await state.step("pr", "skipped", f"branch `{branch}` pushed", 95)
+        state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
+        return
+    await state.services.sessions.record_pull_request(session.id, pr.number, pr.url)
+    await state.event("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created})
+    verb = "opened" if pr.created else "updated"
+    await state.step("pr", "done", f"#{pr.number} {verb}", 98)
+    state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+async def _pushed_before(state: Run, existing: bool) -> str | None:
+    """The branch's head when an earlier attempt of this session committed and pushed to it (a lost worker's
+    attempt killed before the pull request, or a session handed back on SIGTERM): this run wrote the same
+    change again, which is no change on that branch, and the work still needs its pull request."""
+    earlier = state.session.commit_sha
+    if not existing or not earlier or state.workspace is None:
+        return None
+    head = (await gitops.in_git_dir(state.workspace.git_dir, ["rev-parse", "--verify", "--quiet", "HEAD"],
+                                    check=False)).strip()
+    base = (await gitops.in_git_dir(state.workspace.git_dir, ["merge-base", earlier, "HEAD"], check=False)).strip()
+    return head if head and base == earlier else None
+
+
+async def _push_or_keep(state: Run, access: RepoAccess, branch: str, sha: str) -> None:
+    """Push with retries; when it still fails, keep the workspace and say how to push by hand."""
+    assert state.workspace is not None
+    git_dir = state.workspace.git_dir
+    try:
+        await gitops.push_retrying(git_dir, access.remote, branch, access.auth_env, deadline=state.deadline)
+    except gitops.GitError as exc:
+        state.keep_workspace = True
+        raise RuntimeError(f"pushing `{branch}` failed ({exc}); the commit `{sha[:7]}` is kept: push it by hand "
+                           f"with `git --git-dir {git_dir} push <remote> {sha}:refs/heads/{branch}`") from exc
+
+
+def _compare_hint(remote: str, base: str, branch: str) -> str:
+    """`: <compare URL>` for an https remote, else the branches to open it from and into."""
+    if remote.startswith("https://"):
+        return f": {remote.removesuffix('.git')}/compare/{base}...{branch}"
+    return f" from `{branch}` into `{base}`"
+
+
+def _pr_body(state: Run, files: str) -> str:
+    session = state.session
+    issue = (session.report or {}).get("issue_number")
+    # The prompt as a code block: none of its markup renders, none of its `Fixes #N` closes an issue.
+    prompt = md_fence(state.redact(session.prompt.strip()[:2000]))
+    lines = [f"Sesame ran {state.progress.agent} on this request:", "", prompt, ""]
+    context = session.context or {}
+    if issue and not context.get("is_pull_request"):
+        lines.append(f"Fixes #{issue}")
+    if issue and context.get("fork"):
+        lines.append(f"Builds on #{issue} from {md_code(context['fork'])}, whose branch Sesame cannot push to.")
+    if files:
+        lines.append(f"\n{files}")
+    if state.progress.session_url:
+        lines.append(f"\n[View the session]({state.progress.session_url})")
+    return state.redact("\n".join(lines))
+
+
+async def fresh_access(state: Run) -> RepoAccess:
+    """Access again (the token cache hands back the same token while it is fresh)."""
+    access = await state.channel.access()
+    state.secrets += [s for s in access.secrets if s not in state.secrets]
+    state.access = access
+    return access
+
+
+async def refuse_leaks(state: Run, sha: str) -> None:
+    """Scan what the push would send for every known secret; a hit is a violation and no push."""
+    assert state.workspace is not None
+    leaks = await check_push(state.services, state.workspace.git_dir, sha, state.secrets)
+    for leak in leaks:
+        await host_violation(state, Violation("secret", leak.path, "push", leak.label))
+    if leaks:
+        raise SecretInPush(leaks)
