@@ -68,6 +68,7 @@ async def test_kinds_belong_to_their_owner(client) -> None:  # type: ignore[no-u
 
 
 async def test_an_environment_key_is_listed_as_locked_and_never_shown(client) -> None:  # type: ignore[no-untyped-def]
+    await client.delete("/api/credentials/claude")  # the run's PostgreSQL database is shared: others store one
     answer = await client.get("/api/credentials/claude")
     text = await answer.text()
     body = await answer.json()
