@@ -13,7 +13,7 @@ events it takes:
               CLI's start-up, sandbox and gateway included; the fake runs in this process, same clock);
 and from the fake, the model requests it received (in brackets: those offering tools, the agent's loop).
 Stored timestamps are taken when an event is written: step events at once, the agent's output lines
-in batches every EVENT_FLUSH_INTERVAL (0.25 s), so "first tool" reads up to 0.25 s late.
+in batches every runner.output.EVENT_FLUSH_INTERVAL (0.25 s), so "first tool" reads up to 0.25 s late.
 Each run checks that the session completed, sandboxed, with hello.py in its commit; one that did not, or
 whose stored events lack a `tool_call` (seen: SQLite "database is locked" while the pipeline's event
 buffer flushes, which drops that batch of the agent's output), is reported and left out of the medians.
