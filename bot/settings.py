@@ -94,6 +94,11 @@ KEYS: tuple[Key, ...] = (
             "(my-model=1.5/6,gpt-5=1.25/10)"),
     _k("INTAKE_GITHUB_TIMEOUT", default=2.0, kind="float", path="github.intakeTimeoutSeconds", minimum=0.1, maximum=9,
        help="seconds a webhook waits for GitHub's permission answer; slower, the job's own check decides"),
+    _k("SWEEP_INTERVAL", default=30, kind="int", path="sessions.sweepIntervalSeconds", minimum=5, maximum=60,
+       live=False, help="seconds between sweeps (a divisor of 60): pending sessions whose job was lost (a Redis "
+                        "restart without persistence) are enqueued again, dead workers' sessions retried"),
+    _k("SWEEP_PENDING_GRACE", default=30, kind="int", path="sessions.sweepPendingGraceSeconds", minimum=1,
+       maximum=3600, help="seconds a pending session may wait for its job before a sweep enqueues it again"),
     _k("DB_OUTAGE_GRACE", default=300, kind="int", path="sessions.databaseOutageGraceSeconds", minimum=0,
        help="seconds a worker keeps retrying a session's writes (events, its final state) while the "
             "database is unreachable"),
@@ -384,6 +389,8 @@ class SettingValues:
     SESSION_BUDGET_USD: float | None
     MODEL_PRICES: dict[str, str]
     INTAKE_GITHUB_TIMEOUT: float
+    SWEEP_INTERVAL: int
+    SWEEP_PENDING_GRACE: int
     DB_OUTAGE_GRACE: int
     SESSION_LEASE_SECONDS: int
     SESSION_MAX_ATTEMPTS: int
@@ -660,6 +667,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
+    interval = settings.values.get("SWEEP_INTERVAL")
+    if interval and 60 % int(interval):
+        raise SettingsError("SWEEP_INTERVAL", f"{interval} does not divide a minute",
+                            "Use one of: 5, 6, 10, 12, 15, 20, 30, 60")
     try:
         parse_prices(settings.get("MODEL_PRICES"))
     except ValueError as exc:

@@ -20,9 +20,12 @@ PENDING_GRACE = timedelta(seconds=30)
 EndHook = Callable[[Services, str], Awaitable[None]]
 
 
-async def sweep(services: Services, queue: Queue, pending_grace: timedelta = PENDING_GRACE,
+async def sweep(services: Services, queue: Queue, pending_grace: timedelta | None = None,
                 on_end: EndHook | None = None) -> dict[str, int]:
-    """Retry or end sessions whose worker died (lease expired); re-enqueue pending sessions."""
+    """Retry or end sessions whose worker died (lease expired); re-enqueue pending sessions older than
+    pending_grace (default SWEEP_PENDING_GRACE)."""
+    if pending_grace is None:
+        pending_grace = timedelta(seconds=int(services.settings.SWEEP_PENDING_GRACE or PENDING_GRACE.seconds))
     pending, expired = await services.sessions.stale(pending_grace)
     for session_id in expired:
         await worker_lost(services, queue, session_id, on_end)
@@ -76,9 +79,11 @@ async def tell(services: Services, session: Session, note: str | None) -> None:
         log.warning("could not update the progress message of session %s: %s", session.id, exc)
 
 
-async def run_forever_sweeper(services: Services, queue: Queue, every: float = 30.0,
+async def run_forever_sweeper(services: Services, queue: Queue, every: float | None = None,
                               on_end: EndHook | None = None) -> None:
-    """The web process's own sweeper, so nothing pending is lost while Redis was down."""
+    """The web process's own sweeper, so nothing pending is lost while Redis was down; every
+    SWEEP_INTERVAL seconds unless told otherwise."""
+    every = float(every or services.settings.SWEEP_INTERVAL or 30)
     while True:
         try:
             await sweep(services, queue, on_end=on_end)

@@ -15,6 +15,7 @@ from bot.models import State
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
 from bot.sessions import AtLimit
+from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline
 from runner.reconnecting import ReconnectingWorker
@@ -133,13 +134,19 @@ class SessionWorker(ReconnectingWorker):
         return all(t.done() for t in running)
 
 
+def sweep_seconds(settings: Settings) -> set[int]:
+    """The seconds of each minute a worker sweeps at: every SWEEP_INTERVAL seconds (a divisor of 60)."""
+    interval = int(settings.SWEEP_INTERVAL or 30)
+    return set(range(0, 60, interval if 60 % interval == 0 else 30))
+
+
 def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: bool = False,
                  max_jobs: int | None = None, poll_delay: float = 0.5) -> SessionWorker:
     """An arq worker whose jobs share the given services; it waits out Redis outages."""
     settings = services.settings
     return SessionWorker(
         functions=[_job_function()],
-        cron_jobs=[] if burst else [cron(_sweep_job, second={0, 30}, run_at_startup=True)],
+        cron_jobs=[] if burst else [cron(_sweep_job, second=sweep_seconds(settings), run_at_startup=True)],
         redis_settings=redis_settings(redis_url),
         ctx={"services": services, "queue": queue, "shutdown": asyncio.Event(), "handed_back": []},
         burst=burst, poll_delay=poll_delay, max_jobs=max(max_jobs or int(settings.WORKER_CONCURRENCY), 1),
