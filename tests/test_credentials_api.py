@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,19 +17,10 @@ from bot.crypto import Keyring
 from bot.services import Services
 from runner.push import commit_author
 from tests.support.fake_github import FakeGitHub
+from tests.test_api import RecordingQueue
 
 KEY_A, KEY_B, KEY_C = "a1" * 32, "b2" * 32, "c3" * 32
 
-
-class NoQueue:
-    async def enqueue(self, session_id: str) -> bool:
-        return True
-
-    async def health(self) -> dict[str, Any]:
-        return {"ok": True}
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ async def with_github(settings_for, fake_github: FakeGitHub, db_url: str):  # ty
 
 @pytest.fixture
 async def client(with_github: Services, aiohttp_client):  # type: ignore[no-untyped-def]
-    return await aiohttp_client(build_web_app(with_github, NoQueue()))
+    return await aiohttp_client(build_web_app(with_github, RecordingQueue()))
 
 
 @pytest.mark.parametrize("owner", ["bogus-agent", "command", "a.b", "CLAUDE"])
@@ -97,7 +87,7 @@ async def test_a_pat_check_that_github_does_not_answer_stores_nothing(settings_f
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://127.0.0.1:1", GITHUB_API_URL="http://127.0.0.1:9")
     services = await open_services(settings, auto_migrate=True)
     try:
-        client = await aiohttp_client(build_web_app(services, NoQueue()))
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
         answer = await client.put("/api/credentials/github", json={"value": "ghp_" + "1" * 36})
         assert answer.status == 502 and "did not answer" in (await answer.json())["error"]
         assert "ghp_" + "1" * 36 not in [c.value for c in await services.credentials.all_values()]

@@ -10,18 +10,8 @@ from typing import Any
 from bot.cli import build_web_app
 from runner.cli_run import run_from_terminal
 from tests.support.gitrepo import make_repo
+from tests.test_api import RecordingQueue
 from tests.test_pipeline import args, make_services
-
-
-class NoQueue:
-    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
-        return True
-
-    async def health(self) -> dict[str, Any]:
-        return {"ok": True}
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_a_kept_workspace_is_shown_and_deleted_with_its_session(tmp_path: Path, db_url: str,
@@ -32,7 +22,7 @@ async def test_a_kept_workspace_is_shown_and_deleted_with_its_session(tmp_path: 
         code = await run_from_terminal(services, args(origin, "touch it", command="touch made.txt", keep=True),
                                        io.StringIO())
         session = (await services.sessions.recent(1))[0]
-        client = await aiohttp_client(build_web_app(services, NoQueue()))
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
         body = await (await client.get(f"/api/session/{session.id}")).json()
         assert code == 0 and body["keepAlive"] is True
         assert body["workspace"] and Path(body["workspace"], "project", "made.txt").exists()
@@ -53,7 +43,7 @@ async def test_without_keep_alive_no_workspace_is_left_or_shown(tmp_path: Path, 
         await run_from_terminal(services, args(origin, "touch it", command="touch made.txt", no_sandbox=True),
                                 io.StringIO())
         session = (await services.sessions.recent(1))[0]
-        client = await aiohttp_client(build_web_app(services, NoQueue()))
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
         body = await (await client.get(f"/api/session/{session.id}")).json()
         assert body["workspace"] is None
         assert body["sandboxSecurity"] is False and body["sandboxApplied"] is False

@@ -7,13 +7,13 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
 from bot.settings import SettingsError, load_settings
+from tests.test_api import RecordingQueue
 
 BROKEN = [
     ("INLINE_CONCURRENCY", 0, "Give a number from 1 to 256"),
@@ -28,16 +28,6 @@ BROKEN = [
 ]
 
 
-class NoQueue:
-    async def enqueue(self, session_id: str) -> bool:
-        return True
-
-    async def health(self) -> dict[str, Any]:
-        return {"ok": True}
-
-    async def close(self) -> None:
-        return None
-
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {"SESAME_DATA_DIR": str(tmp_path / "d"), "ENCRYPTION_KEY": "ab" * 32}
@@ -50,7 +40,7 @@ async def api_in(tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch
     settings = load_settings(env=_env(tmp_path), cwd=tmp_path)
     services = await open_services(settings)
     try:
-        yield await aiohttp_client(build_web_app(services, NoQueue())), settings
+        yield await aiohttp_client(build_web_app(services, RecordingQueue())), settings
     finally:
         await services.close()
 
@@ -222,7 +212,7 @@ async def test_a_secret_locked_by_the_environment_is_refused(tmp_path: Path, aio
     settings = load_settings(env=_env(tmp_path) | {"AI_API_KEY": "sk-env-0006"}, cwd=tmp_path)
     services = await open_services(settings)
     try:
-        client = await aiohttp_client(build_web_app(services, NoQueue()))
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
         answer = await client.put("/api/settings", json={"AI_API_KEY": "sk-other-0007"})
         assert answer.status == 409 and "locked by the environment" in (await answer.json())["error"]
         assert await services.credentials.kinds("ai") == []
