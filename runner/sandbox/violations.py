@@ -136,14 +136,15 @@ class ViolationAggregator:
         wait = self.interval
         while True:
             await asyncio.sleep(wait)
-            try:
-                rows = await self.flush()
+            try:  # shielded: close() cancelling the timer must not drop a batch whose write is under way
+                rows = await asyncio.shield(self.flush())
             except Exception:
                 rows = 0  # logged by flush; kept for the next tick
             wait = min(max(self.interval, rows / self.rows_per_second), max(MAX_INTERVAL, self.interval))
 
     async def close(self, timeout: float) -> None:
-        """Stop the timer and write what is left, within timeout seconds (then what is left is lost, logged)."""
+        """Stop the timer and write what is left (after a write already under way), within timeout seconds
+        (then what is left is lost, logged)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

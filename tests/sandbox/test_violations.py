@@ -127,3 +127,27 @@ async def test_memory_stays_bounded_whatever_the_operations() -> None:
     assert len(agg._pending) <= 10 + 16 + 1
     await agg.flush()
     assert sum(store.totals().values()) == 5000
+
+
+async def test_closing_while_a_batch_is_being_written_loses_nothing() -> None:
+    """The timer's write in flight when the session ends finishes; cancelling it lost the batch (a
+    secret violation found at push time went missing that way)."""
+    written: list[Aggregate] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_write(batch: list[Aggregate]) -> None:
+        started.set()
+        await release.wait()
+        written.extend(batch)
+
+    agg = ViolationAggregator(slow_write, interval=0.01)
+    agg.start()
+    agg.add(Violation("secret", "config/leak.txt", "push", "the stored API key of claude"))
+    await started.wait()
+    agg.add(dns("late.invalid"))
+    closing = asyncio.create_task(agg.close(5.0))
+    await asyncio.sleep(0.05)
+    release.set()
+    await closing
+    assert sorted(a.resource for a in written) == ["config/leak.txt", "late.invalid:53"]
+    assert agg.written == agg.total == 2
