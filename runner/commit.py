@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import git as gitops
-from runner.snapshot import GITLINK, Entry, Snapshot, as_user, walk
+from runner.snapshot import GITLINK, Entry, as_user, walk
 
 SNAPSHOT_REF = "refs/sesame/snapshot"
 SNAPSHOT_IDENT = "Sesame <agent@sesame.works> 0 +0000"
@@ -88,12 +88,26 @@ def make_scratch(scratch: Path, user: User | None) -> None:
             os.chown(path, *user)
 
 
-def included(snap: Snapshot, tracked: dict[bytes, tuple[str, str]], listed: list[bytes]) -> dict[bytes, Entry]:
-    """The files to commit: tracked ones still present, and untracked ones the rules do not ignore."""
-    names = set(listed)
-    nested = tuple(p for p in names if p.endswith(b"/"))
-    return {path: entry for path, entry in snap.files.items()
-            if path in tracked or path in names or path.startswith(nested)}
+class Counted:
+    """The paths the commit can hold: tracked ones, and untracked ones the rules do not ignore (a nested
+    repository's whole directory, listed as `dir/`); and the directories leading to them."""
+
+    def __init__(self, tracked: dict[bytes, tuple[str, str]], listed: list[bytes]) -> None:
+        self.files = frozenset(tracked) | frozenset(p for p in listed if not p.endswith(b"/"))
+        self.nested = tuple(p for p in listed if p.endswith(b"/"))
+        self.dirs = frozenset(path[:cut] for path in self.files | frozenset(self.nested)
+                              for cut in _slashes(path))
+
+    def file(self, path: bytes) -> bool:
+        return path in self.files or path.startswith(self.nested)
+
+    def directory(self, path: bytes) -> bool:
+        return path in self.dirs or (path + b"/").startswith(self.nested)
+
+
+def _slashes(path: bytes) -> list[int]:
+    """Where each parent directory of path ends."""
+    return [i for i, byte in enumerate(path) if byte == 0x2F and i > 0]
 
 
 def import_stream(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tuple[str, str]]) -> bytes:
@@ -123,9 +137,9 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
     tracked = await base_entries(git_dir, base)
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     uid, gid = user if user else (None, None)
-    snap = await as_user(uid, gid, lambda: walk(str(project), gitlinks, max_size))
-    listed = await counted_paths(project, scratch, user)
-    files = included(snap, tracked, listed)
+    counted = Counted(tracked, await counted_paths(project, scratch, user))
+    snap = await as_user(uid, gid, lambda: walk(str(project), gitlinks, max_size, counted))
+    files = {path: entry for path, entry in snap.files.items() if counted.file(path)}
     await gitops.git_bytes(["--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done"],
                            git_dir, stdin=import_stream(base, files, tracked))
     tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{SNAPSHOT_REF}^{{tree}}"])).strip()

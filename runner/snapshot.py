@@ -14,7 +14,7 @@ import stat
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -30,6 +30,14 @@ class Entry:
 
     mode: str
     data: bytes
+
+
+class Selection(Protocol):
+    """Which paths the commit can hold: only those are read (an ignored build tree is never entered)."""
+
+    def file(self, path: bytes) -> bool: ...
+
+    def directory(self, path: bytes) -> bool: ...
 
 
 @dataclass
@@ -49,29 +57,51 @@ def is_git_name(name: bytes) -> bool:
     return lowered == b".git" or lowered == b"git~1"
 
 
-def walk(project: str, skip: Collection[bytes] = (), max_size: int | None = None) -> Snapshot:
+class Everything:
+    """Every path counts (no .gitignore applied)."""
+
+    def file(self, path: bytes) -> bool:
+        return True
+
+    def directory(self, path: bytes) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class _Walk:
+    snap: Snapshot
+    skip: frozenset[bytes]
+    max_size: int | None
+    selection: Selection
+
+
+def walk(project: str, skip: Collection[bytes] = (), max_size: int | None = None,
+         selection: Selection | None = None) -> Snapshot:
     """Every file under project (relative byte paths), by directory fds, following no symlink.
 
     The top-level `.git` (the agent's disposable copy) and paths in `skip` (submodule gitlinks of the
-    base) are not entered; a `.git` anywhere else is recorded in nested_git and left out.
+    base) are not entered; a `.git` anywhere else is recorded in nested_git and left out. With a
+    selection, only the files and directories it names are read or entered: the host never loads an
+    ignored build tree (gigabytes of it would be gigabytes of the worker's memory).
     """
-    snap = Snapshot()
+    state = _Walk(Snapshot(), frozenset(skip), max_size, selection or Everything())
     top = os.open(project, _DIR_FLAGS)
     try:
-        _walk_dir(top, b"", snap, frozenset(skip), max_size)
+        _walk_dir(top, b"", state)
     finally:
         os.close(top)
-    return snap
+    return state.snap
 
 
-def _walk_dir(dir_fd: int, prefix: bytes, snap: Snapshot, skip: frozenset[bytes], max_size: int | None) -> None:
+def _walk_dir(dir_fd: int, prefix: bytes, state: _Walk) -> None:
+    snap = state.snap
     for name in sorted(os.fsencode(n) for n in os.listdir(dir_fd)):
         path = prefix + name
         if is_git_name(name):
             if prefix:
                 snap.nested_git.append(path)
             continue
-        if path in skip:
+        if path in state.skip:
             continue
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -79,26 +109,28 @@ def _walk_dir(dir_fd: int, prefix: bytes, snap: Snapshot, skip: frozenset[bytes]
             snap.unreadable.append(path)
             continue
         if stat.S_ISDIR(st.st_mode):
-            _enter(dir_fd, name, path, snap, skip, max_size)
+            if state.selection.directory(path):
+                _enter(dir_fd, name, path, state)
+        elif not state.selection.file(path):
+            continue
         elif stat.S_ISLNK(st.st_mode):
             snap.files[path] = Entry(SYMLINK, os.fsencode(os.readlink(name, dir_fd=dir_fd)))
         elif stat.S_ISREG(st.st_mode):
-            _read_file(dir_fd, name, path, st, snap, max_size)
+            _read_file(dir_fd, name, path, st, snap, state.max_size)
         else:
             snap.special.append(path)
 
 
-def _enter(dir_fd: int, name: bytes, path: bytes, snap: Snapshot, skip: frozenset[bytes],
-           max_size: int | None) -> None:
+def _enter(dir_fd: int, name: bytes, path: bytes, state: _Walk) -> None:
     try:
         child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
-        snap.unreadable.append(path)
+        state.snap.unreadable.append(path)
         return
     try:
-        _walk_dir(child, path + b"/", snap, skip, max_size)
+        _walk_dir(child, path + b"/", state)
     except PermissionError:
-        snap.unreadable.append(path)
+        state.snap.unreadable.append(path)
     finally:
         os.close(child)
 
