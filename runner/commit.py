@@ -55,7 +55,7 @@ def quote_path(path: bytes) -> bytes:
 
 async def base_entries(git_dir: Path, rev: str) -> dict[bytes, tuple[str, str]]:
     """path -> (mode, object id) of every entry of rev's tree."""
-    out = await gitops.git_bytes(["--git-dir", str(git_dir), "ls-tree", "-r", "-z", "--full-tree", rev], git_dir)
+    out = await gitops.in_git_dir_bytes(git_dir, ["ls-tree", "-r", "-z", "--full-tree", rev])
     entries: dict[bytes, tuple[str, str]] = {}
     for record in out.split(b"\0"):
         if record:
@@ -140,8 +140,8 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
     counted = Counted(tracked, await counted_paths(project, scratch, user))
     snap = await as_user(uid, gid, lambda: walk(str(project), gitlinks, max_size, counted))
     files = {path: entry for path, entry in snap.files.items() if counted.file(path)}
-    await gitops.git_bytes(["--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done"],
-                           git_dir, stdin=import_stream(base, files, tracked))
+    await gitops.in_git_dir_bytes(git_dir, ["fast-import", "--quiet", "--force", "--done"],
+                                  stdin=import_stream(base, files, tracked))
     tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{SNAPSHOT_REF}^{{tree}}"])).strip()
     return Tree(base, tree, tree != base_tree, [_name(p) for p in snap.nested_git],
                 [(_name(p), size) for p, size in snap.too_large], [_name(p) for p in snap.unreadable])

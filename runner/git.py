@@ -91,13 +91,47 @@ def _become(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
+def dropping_to(user: tuple[int, int] | None) -> functools.partial[None] | None:
+    """A preexec_fn becoming user, when given and we are root."""
+    return functools.partial(_become, *user) if user and os.geteuid() == 0 else None
+
+
+def store_owner(git_dir: Path) -> tuple[int, int] | None:
+    """Who git on a trusted git dir runs as: the owner of its object store when that is not us (the
+    session's uid once its commit began, see hand_over), else None (ourselves)."""
+    st = os.stat(git_dir / "objects")
+    return (st.st_uid, st.st_gid) if st.st_uid != os.geteuid() else None
+
+
+def hand_over(git_dir: Path, user: tuple[int, int]) -> None:
+    """Let the session's uid write the trusted git dir's objects, refs and logs, and nothing else.
+
+    From then on git on it runs as that uid (store_owner), so git handling what the agent wrote never
+    holds root's rights. The directory becomes root:gid 1770: the uid may create lock files in it but
+    may not replace HEAD, config or packed-refs (sticky), which the push, run as root, reads. Object
+    files hard-linked from the mirror stay root's and read-only. Call only once nothing runs as the uid
+    but our own git (the sandbox cannot see this directory anyway).
+    """
+    uid, gid = user
+    os.chown(git_dir, 0, gid, follow_symlinks=False)
+    os.chmod(git_dir, 0o1770)
+    for name, files_too in (("objects", False), ("refs", True), ("logs", True)):
+        top = git_dir / name
+        if not top.is_dir() or top.is_symlink():
+            continue
+        os.chown(top, uid, gid, follow_symlinks=False)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for entry in [*dirnames, *(filenames if files_too else [])]:
+                os.chown(os.path.join(dirpath, entry), uid, gid, follow_symlinks=False)
+
+
 async def git_bytes(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
                     check: bool = True, stdin: bytes | None = None, user: tuple[int, int] | None = None) -> bytes:
     """Run `git SAFE_OPTIONS args` and return raw stdout; raise GitError when check fails.
 
     `user` (uid, gid) runs git as that unprivileged user, without supplementary groups.
     """
-    drop = functools.partial(_become, *user) if user and os.geteuid() == 0 else None
+    drop = dropping_to(user)
     proc = await asyncio.create_subprocess_exec(
         "git", *SAFE_OPTIONS, *args, cwd=cwd, env=git_env(env),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -109,21 +143,28 @@ async def git_bytes(args: list[str], cwd: Path | None = None, env: Mapping[str, 
 
 
 async def git(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
-              check: bool = True, stdin: bytes | None = None) -> str:
+              check: bool = True, stdin: bytes | None = None, user: tuple[int, int] | None = None) -> str:
     """Run `git SAFE_OPTIONS args` and return stdout; raise GitError when check fails."""
-    return (await git_bytes(args, cwd, env, check, stdin)).decode(errors="replace")
+    return (await git_bytes(args, cwd, env, check, stdin, user)).decode(errors="replace")
+
+
+async def in_git_dir_bytes(git_dir: Path, args: list[str], env: Mapping[str, str] | None = None,
+                           check: bool = True, stdin: bytes | None = None) -> bytes:
+    """git on a trusted git directory alone, as its store's owner (store_owner); raw stdout."""
+    return await git_bytes(["--git-dir", str(git_dir), *args], git_dir, env, check, stdin, store_owner(git_dir))
 
 
 async def in_git_dir(git_dir: Path, args: list[str], env: Mapping[str, str] | None = None,
                      check: bool = True, stdin: bytes | None = None) -> str:
-    """git on a trusted git directory alone: no work tree, so nothing of a workspace is read."""
-    return await git(["--git-dir", str(git_dir), *args], git_dir, env, check, stdin)
+    """git on a trusted git directory alone: no work tree, so nothing of a workspace is read; run as
+    the session's uid once the commit began (store_owner)."""
+    return (await in_git_dir_bytes(git_dir, args, env, check, stdin)).decode(errors="replace")
 
 
 async def has_commit(git_dir: Path, ref: str) -> bool:
     """Whether ref names a commit in the trusted git dir."""
-    proc = await git_bytes(["--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet", "--end-of-options",
-                            f"{ref}^{{commit}}"], git_dir, check=False)
+    proc = await in_git_dir_bytes(git_dir, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                                            f"{ref}^{{commit}}"], check=False)
     return bool(proc.strip())
 
 
@@ -142,9 +183,13 @@ async def diff_stat(git_dir: Path, base: str, head: str = "HEAD") -> str:
 
 
 async def push(git_dir: Path, remote: str, branch: str, auth_env: Mapping[str, str], force: bool = False) -> None:
-    """Push HEAD of the trusted git dir to the branch; the token rides in the environment only."""
+    """Push HEAD of the trusted git dir to the branch; the token rides in the environment only.
+
+    The one git command on the trusted git dir that runs with our rights after the agent (it must reach
+    the remote): HEAD, config and packed-refs stay root's (hand_over), and SAFE_OPTIONS apply.
+    """
     refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch}"
-    await in_git_dir(git_dir, ["push", "--no-verify", "--porcelain", remote, refspec], auth_env)
+    await git(["--git-dir", str(git_dir), "push", "--no-verify", "--porcelain", remote, refspec], git_dir, auth_env)
 
 
 async def push_retrying(git_dir: Path, remote: str, branch: str, auth_env: Mapping[str, str], *,

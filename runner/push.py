@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
 
 from bot.models import Session
 from bot.reporting import RepoAccess
@@ -28,7 +30,10 @@ async def commit_step(state: Run, base: str) -> str | None:
     await state.step("commit", "running", percent=75)
     ws = state.workspace
     max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
-    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, await _session_user(state), max_size)
+    user = await _session_user(state)
+    if ws.claim is not None and os.geteuid() == 0:  # git from here on runs as the session's own uid
+        await asyncio.to_thread(gitops.hand_over, ws.git_dir, ws.claim.user)
+    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size)
     await _report_left_out(state, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
         if state.agent_failure is not None:  # it exited 0, but what stopped it is the news

@@ -84,7 +84,7 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
     proc = await asyncio.create_subprocess_exec(
         "git", *gitops.SAFE_OPTIONS, "--git-dir", str(git_dir), "cat-file", "--batch", cwd=git_dir,
         env=gitops.git_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL)
+        stderr=asyncio.subprocess.DEVNULL, preexec_fn=gitops.dropping_to(gitops.store_owner(git_dir)))
     assert proc.stdin is not None and proc.stdout is not None
     names = "".join(f"{oid}\n" for oid, _ in objects).encode()
     feeder = asyncio.ensure_future(_feed(proc.stdin, names))

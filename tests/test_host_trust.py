@@ -217,3 +217,83 @@ async def test_unreadable_and_special_files_are_not_read_with_the_hosts_rights(t
     assert code == 0, session.error
     tree = set(git("ls-tree", "-r", "--name-only", session.branch, cwd=origin).splitlines())
     assert "fine.txt" in tree and not {"hard.txt", "pipe", "mine.txt"} & tree
+
+
+SHIM = """#!/bin/sh
+log=$(mktemp -p {logs} call.XXXXXXXX)
+{{ printf 'at %s\\nuid %s\\n' "$(date +%s%N)" "$(id -u)"; printf 'arg %s\\n' "$@"; env | sed 's/^/env /'; }} > "$log"
+exec {git} "$@"
+"""
+GIT_ENV = {"PATH", "HOME", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_TERMINAL_PROMPT", "GIT_ASKPASS",
+           "LC_ALL", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
+           "PWD", "OLDPWD", "SHLVL", "_"}  # the last four: what the shim's sh adds
+
+
+def _git_calls(logs: Path) -> list[tuple[int, list[str], dict[str, str]]]:
+    """(uid, argv, environment) of every git the host ran, in order."""
+    calls = []
+    for path in logs.iterdir():
+        at, uid, argv, env = 0, -1, [], {}
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "at":
+                at = int(value)
+            elif key == "uid":
+                uid = int(value)
+            elif key == "arg":
+                argv.append(value)
+            elif key == "env":
+                name, _, val = value.partition("=")
+                env[name] = val
+        calls.append((at, uid, argv, env))
+    return [(uid, argv, env) for _at, uid, argv, env in sorted(calls, key=lambda c: c[0])]
+
+
+def _subcommand(argv: list[str]) -> str:
+    """The git subcommand of an argv (after -c pairs and --git-dir/--work-tree)."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-c", "--git-dir", "--work-tree") else rest[1:]
+    return rest[0] if rest else ""
+
+
+async def test_host_git_after_the_agent_runs_as_the_session_uid_with_an_environment_from_nothing(
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from tests.conftest import session_base
+
+    shim_dir = Path(session_base())  # 0755: the session's uid runs the shim too
+    logs = shim_dir / "logs"
+    logs.mkdir(mode=0o777)
+    os.chmod(logs, 0o777)
+    real_git = shutil.which("git")
+    (shim_dir / "git").write_text(SHIM.format(logs=logs, git=real_git))
+    os.chmod(shim_dir / "git", 0o755)
+    origin = make_repo(tmp_path / "origin")
+    monkeypatch.setenv("PATH", f"{shim_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SESAME_CANARY_SECRET", "canary-9f8e7d6c")  # in the worker's environment only
+    services = await make_services(tmp_path, db_url)
+    try:
+        code = await run_from_terminal(services, args(origin, "edit", command="sh -c 'echo changed > README.md'"),
+                                       io.StringIO())
+        session = (await services.sessions.recent(1))[0]
+    finally:
+        await services.close()
+    assert code == 0, session.error
+    calls = _git_calls(logs)
+    for _uid, argv, env in calls:
+        assert set(env) <= GIT_ENV, (argv, set(env) - GIT_ENV)
+        assert not any("canary-9f8e7d6c" in v or "ab" * 32 in v for v in env.values())
+    names = [_subcommand(argv) for _uid, argv, _env in calls]
+    first = names.index("ls-files")  # the first git after the agent: it lists the work tree's files
+    session_uid = calls[first][0]
+    assert session_uid >= 1000
+    after = calls[first:]
+    assert {"ls-files", "fast-import", "commit-tree", "update-ref", "cat-file", "push"} <= set(names[first:])
+    for uid, argv, _env in after:
+        expected = 0 if _subcommand(argv) == "push" else session_uid
+        assert uid == expected, (uid, argv)
+    project = f"{services.settings.SESSION_DIR_BASE}/{session.id}/project"
+    assert not any(project in " ".join(argv) for uid, argv, _env in after if uid == 0)
+    assert show_file(origin, session.branch, "README.md") == "changed"
