@@ -4,8 +4,11 @@
 
 Creates and migrates a fresh PostgreSQL database, starts the fake GitHub (its own thread and loop) and
 `sesame serve` (a subprocess) on loopback, posts trigger comments from users with write permission at a
-fixed rate (open loop: a late answer never delays the next send), then the same load against a bare
-handler that answers 202 after reading the body. Prints deliveries/s, p50, p99 and the ratio.
+fixed rate (open loop: a late answer never delays the next send) from a load generator in a process of its
+own (so neither it nor the fake GitHub shares the server's interpreter, nor the load generator the fake's),
+then the same load against a bare handler that answers 202 after reading the body. Prints deliveries/s,
+p50, p99, the server's CPU per delivery (user + system, from /proc, background work such as the queued
+comment included) and the ratios.
 `--github-latency` makes every answer of the fake GitHub that slow, as the real one is (100-500 ms).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
 import os
 import shutil
 import socket
@@ -25,6 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp
@@ -198,23 +203,50 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: float,
-                  warmup: list[Delivery]) -> Result:
-    """Warm up (token, permission cache, connections), then the measured run."""
-    await load(f"{name}-warm", url, warmup, rate=min(rate, 50))
-    before = cpu_seconds(pid)
-    # This process (load generator and fake GitHub) must not pause: its full collections took
-    # 100-150 ms once the fake had recorded a few thousand requests, and showed up as server latency.
-    gc.collect()
+def load_process(name: str, url: str, items: list[Delivery], rate: float, conn: Connection) -> None:
+    """The load generator in a process of its own: sends, then hands back the Result."""
+    gc.collect()  # a full collection mid-run would show up as server latency
     gc.freeze()
     gc.disable()
-    try:
-        result = await load(name, url, items, rate)
-    finally:
-        gc.enable()
-        gc.unfreeze()
+    conn.send(asyncio.run(load(name, url, items, rate)))
+    conn.close()
+
+
+async def load_elsewhere(name: str, url: str, items: list[Delivery], rate: float) -> Result:
+    """`load` in a child process (spawned: nothing of this process's loop or threads comes along)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=load_process, args=(name, url, items, rate, sender), daemon=True)
+    child.start()
+    sender.close()
+    result: Result = await asyncio.to_thread(receiver.recv)
+    await asyncio.to_thread(child.join, 30)
+    return result
+
+
+async def measure(url: str, pid: int, name: str, items: list[Delivery], rate: float,
+                  warmup: list[Delivery]) -> Result:
+    """Warm up (token, permission cache, connections), then the measured run; the server's CPU is read
+    after its background work (the queued comments) has settled."""
+    await load_elsewhere(f"{name}-warm", url, warmup, rate=min(rate, 50))
+    await asyncio.sleep(0.5)
+    before = cpu_seconds(pid)
+    result = await load_elsewhere(name, url, items, rate)
+    await settle_cpu(pid)
     result.cpu = cpu_seconds(pid) - before
     return result
+
+
+async def settle_cpu(pid: int, quiet: float = 0.3) -> None:
+    """Wait until the server has spent (almost) no CPU for `quiet` seconds, at most 10 s."""
+    deadline = time.monotonic() + 10
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.02 * quiet:
+            return
+        last = now
 
 
 async def run(rate: float, seconds: float, workers: int = 1, github_latency: float = 0.0) -> tuple[Result, Result]:

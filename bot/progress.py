@@ -31,7 +31,7 @@ TITLE_LIMIT = 200
 # A progress edit that failed (a 5xx, a reset connection) is tried again this often, and the final one
 # for this long after the session ended, so no message stays "is working on this".
 PUBLISH_RETRY = Backoff(base=0.5, cap=5.0)
-FINAL_GRACE = 300.0
+FINAL_GRACE = 300.0  # the default; FINAL_GRACE (a setting) decides in the pipeline and the sweeper
 # Carried (hidden) by the GitHub progress comment, so a worker finds the comment intake posted even
 # when its id was never stored.
 _SESSION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")

@@ -11,7 +11,15 @@ from typing import Any, Protocol
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -19,6 +27,19 @@ JOB_NAME = "run_session"
 WORKER_KEY_PREFIX = "sesame:worker:"  # one key per live worker, refreshed while it polls
 WORKER_KEY_TTL = 30.0
 Job = Callable[[str], Awaitable[object]]
+# arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one script, one round
+# trip: the same keys and job encoding, so arq's workers run it unchanged. Returns 1 when enqueued, 2 when
+# the job already waits in the queue (a repeated enqueue), 0 when arq still holds a job of this id that
+# will not run (a dead worker's, until its keys expire).
+ENQUEUE_SCRIPT = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then
+  if redis.call('zscore', KEYS[3], ARGV[3]) and redis.call('exists', KEYS[4]) == 0 then return 2 end
+  return 0
+end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
+return 1
+"""
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -64,6 +85,8 @@ class ArqQueue:
         self.url = url
         self._pool: ArqRedis | None = None
         self._down_since: float | None = None  # when this process first saw Redis unreachable
+        self._enqueue: Any = None
+        self._enqueue_pool: ArqRedis | None = None
 
     async def pool(self) -> ArqRedis:
         if self._pool is None:
@@ -77,9 +100,10 @@ class ArqQueue:
         job = job_id(session_id, attempt)
         try:
             pool = await self.pool()
-            if await pool.enqueue_job(JOB_NAME, session_id, _job_id=job) is not None:
-                return True
-            if await self._waiting(pool, job):
+            now = timestamp_ms()
+            data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
+            keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
+            if await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now]):
                 return True
             log.warning("enqueue of session %s (attempt %d) refused: arq still holds job %s", session_id,
                         attempt, job)
@@ -102,11 +126,11 @@ class ArqQueue:
             log.warning("could not drop job %s of a dead worker (%s)", job, exc)
             self._pool = None
 
-    @staticmethod
-    async def _waiting(pool: ArqRedis, job: str) -> bool:
-        """The job is in the queue and no worker has started it: a repeated enqueue is a success."""
-        queued = await pool.zscore(default_queue_name, job) is not None
-        return queued and not await pool.exists(in_progress_key_prefix + job)
+    def _script(self, pool: ArqRedis) -> Any:
+        """The enqueue script registered on this pool (EVALSHA, loaded again after a Redis restart)."""
+        if self._enqueue is None or self._enqueue_pool is not pool:
+            self._enqueue, self._enqueue_pool = pool.register_script(ENQUEUE_SCRIPT), pool
+        return self._enqueue
 
     async def health(self) -> dict[str, Any]:
         """Redis reachable, jobs queued, and workers alive (each refreshes its key while it polls)."""

@@ -118,4 +118,5 @@ async def report_end(services: Services, session_id: str) -> bool:
         return False
     progress = session_progress(services, session, "processing")
     progress.finish(session.state, None, session.error)
-    return await ThrottledPublisher(channel.publish, progress).close()
+    return await ThrottledPublisher(channel.publish, progress,
+                                  final_grace=float(services.settings.FINAL_GRACE)).close()

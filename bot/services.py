@@ -104,6 +104,7 @@ class Services:
     async def close(self) -> None:
         await self.background.drain()
         await self.http.close()
+        await self.sessions.close()
         await self.engine.dispose()
 
 

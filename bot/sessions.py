@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import rows_affected
+from bot.intake_store import IntakeStore, Lookup, Parent
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 
 LEASE = timedelta(seconds=90)  # the default of SESSION_LEASE_SECONDS
@@ -195,6 +196,12 @@ class SessionService:
         engine = self.engine = sessionmaker.kw["bind"]
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.autocommit = async_sessionmaker(self.autocommit_engine, expire_on_commit=False)
+        # PostgreSQL: the webhook hot path on raw asyncpg (bot/intake_store.py); SQLite: Core below.
+        self.fast = IntakeStore(str(engine.url)) if engine.dialect.name == "postgresql" else None
+
+    async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()
 
     async def create(self, new: NewSession) -> tuple[Session, bool]:
         """Record a session; a repeated trigger key returns the existing one (created=False)."""
@@ -210,8 +217,11 @@ class SessionService:
             stop_requested=False,
             violation_count=0, event_seq=1, attempts=0, created_at=now)
         first_event = {"state": State.PENDING.value}
-        try:  # prebuilt Core statements with bound parameters: this is every trigger's hot path
-            if self.engine.dialect.name == "postgresql":
+        try:  # prebuilt statements with bound parameters: this is every trigger's hot path
+            if self.fast is not None:
+                if not await self.fast.insert(values, first_event):
+                    raise IntegrityError("INSERT INTO sessions", None, ValueError("duplicate trigger key"))
+            elif self.engine.dialect.name == "postgresql":
                 async with self.autocommit_engine.connect() as conn:
                     await conn.execute(INSERT_SESSION_WITH_EVENT,
                                        {**values, "event_data": first_event, "event_created_at": now})
@@ -235,6 +245,19 @@ class SessionService:
         except IntegrityError:
             return False
         return True
+
+    async def intake_lookup(self, trigger_key: str, delivery_id: str, repo: str,
+                            issue_number: int | None) -> Lookup:
+        """Before any GitHub call, what a delivery needs from the database: the session its trigger key
+        made (a redelivery), whether its delivery id was recorded, and the parent of a follow-up on the
+        same issue or PR. One statement on PostgreSQL."""
+        if self.fast is not None:
+            return await self.fast.lookup(trigger_key, delivery_id, repo, issue_number)
+        existing = await self.by_trigger(trigger_key)
+        seen = existing is None and await self.delivery_seen(delivery_id)
+        row = await self.latest_with_branch(repo, issue_number) if issue_number is not None else None
+        parent = Parent(row.id, row.branch, row.base_branch, row.pr_number) if row is not None else None
+        return Lookup(existing.id if existing is not None else None, seen, parent)
 
     async def delivery_seen(self, delivery_id: str) -> bool:
         """The delivery id was recorded before (a redelivery), without recording it."""
@@ -463,6 +486,13 @@ class SessionService:
     async def set_report(self, session_id: str, report: dict[str, Any]) -> None:
         """Where the session reports back (its progress comment, Slack message...)."""
         await self._set(session_id, {"report": report})
+
+    async def set_intake_report(self, session_id: str, report: dict[str, Any]) -> None:
+        """set_report for intake (the queued comment's id): one raw statement on PostgreSQL."""
+        if self.fast is not None:
+            await self.fast.set_report(session_id, report)
+        else:
+            await self.set_report(session_id, report)
 
     async def record_slack_message(self, session_id: str, report: dict[str, Any], thread_key: str) -> None:
         """The session's Slack message, and the thread ("channel:thread_ts") its replies arrive in."""

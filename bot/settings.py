@@ -116,6 +116,13 @@ KEYS: tuple[Key, ...] = (
     _k("WORKER_SHUTDOWN_GRACE", default=30, kind="int", path="worker.shutdownGraceSeconds", minimum=0,
        help="seconds a stopping worker (or `sesame serve`'s in-process queue) lets running sessions finish "
             "before it hands them back"),
+    # issue 12 (intake under load, the progress message's last edit): h-intake
+    _k("WORKER_NICE", default=19, kind="int", path="worker.nice", minimum=0, maximum=19, live=False,
+       help="how much `sesame worker` lowers its CPU priority (and its sessions': git, agents) below the web "
+            "processes, so that answering webhooks never queues behind running sessions (0: not at all)"),
+    _k("FINAL_GRACE", default=300, kind="int", path="sessions.finalGraceSeconds", minimum=0, maximum=86400,
+       help="seconds after a session ends that its progress message's last edit is retried while GitHub or "
+            "Slack refuses it"),
     _k("AI_API_KEY", "AI_API_KEY", "OPENAI_API_KEY", path="ai.apiKey", secret=True,
        help="API key of the utility model (titles, branch names, commit messages)"),
     _k("AI_BASE_URL", path="ai.baseUrl", default="https://api.openai.com/v1", url=True),
@@ -398,6 +405,8 @@ class SettingValues:
     REPO_CONCURRENCY: int
     INSTALLATION_CONCURRENCY: int
     WORKER_SHUTDOWN_GRACE: int
+    WORKER_NICE: int
+    FINAL_GRACE: int
     AI_API_KEY: str | None
     AI_BASE_URL: str
     AI_MODEL: str

@@ -57,7 +57,8 @@ async def run(services: Services, session: Session, shutdown: asyncio.Event | No
         await until_stored(lambda: services.sessions.set_budget(session.id, session.budget_usd),
                            float(services.settings.DB_OUTAGE_GRACE), f"the budget of session {session.id}")
     progress = session_progress(services, session, State.PROCESSING.value)
-    publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval)
+    publisher = ThrottledPublisher(channel.publish, progress, interval=services.progress_interval,
+                                   final_grace=float(services.settings.FINAL_GRACE))
     state = Run(services, session, channel, progress, publisher, secrets=list(services.settings.secret_values),
                 deadline=time.monotonic() + float(services.settings.SESSION_TIMEOUT), shutdown=shutdown)
     publisher.start()

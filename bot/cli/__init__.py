@@ -10,6 +10,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -177,6 +178,19 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def lower_priority(nice: int) -> int:
+    """Lower this process's CPU priority by `nice` (WORKER_NICE), every thread of it, so that what it starts
+    (git, agents) inherits it: a worker's sessions never delay the web processes' answers on a shared
+    machine. Returns the niceness now (unchanged when not permitted)."""
+    target = min(19, max(os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, 0) + int(nice)))
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        try:  # Linux keeps a niceness per thread; threads started later inherit the starting thread's
+            os.setpriority(os.PRIO_PROCESS, int(tid), target)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not lower the worker's CPU priority: %s", exc)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses; an empty host or a wildcard listens everywhere."""
     if host.lower() in ("localhost", "localhost."):
@@ -342,6 +356,8 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if not redis_url:
         return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
                     "or run `sesame serve` alone to run sessions in-process.")
+    if settings.WORKER_NICE:  # first: the threads and processes started below inherit it
+        lower_priority(int(settings.WORKER_NICE))
     services = await open_services(settings)
     queue = ArqQueue(redis_url)
     worker = build_worker(services, queue, redis_url, burst=args.burst)

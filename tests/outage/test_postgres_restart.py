@@ -134,3 +134,28 @@ async def test_the_final_write_gives_up_after_the_grace_period(tmp_path: Path, o
         await asyncio.to_thread(own_postgres.start)
         await services.close()
     assert took < 10
+
+
+async def test_intake_statements_survive_a_postgres_restart(tmp_path: Path, own_postgres: PostgresServer) -> None:
+    """The webhook hot path (bot/intake_store.py, its own asyncpg pool): its first statements after a
+    restart land on a fresh connection instead of failing on a dead pooled one."""
+    services = await make_services(tmp_path, own_postgres.url)
+    try:
+        assert services.sessions.fast is not None
+        key = f"github:{uuid.uuid4()}"
+        await asyncio.gather(*(services.sessions.intake_lookup(key, "d", "acme/x", 1) for _ in range(5)))
+        await asyncio.to_thread(own_postgres.restart)
+        failed = 0
+        for i in range(10):
+            try:
+                await services.sessions.intake_lookup(key, f"d{i}", "acme/x", 1)
+            except Exception:
+                failed += 1
+        row, created = await services.sessions.create(
+            NewSession(trigger_key=key, prompt="after", agent="command", repo="acme/x", source="github",
+                       issue_number=1, branch="sesame/after"))
+        found = await services.sessions.intake_lookup(key, "d", "acme/x", 1)
+    finally:
+        await services.close()
+    assert failed == 0
+    assert created and found.existing == row.id and found.parent is not None and found.parent.id == row.id

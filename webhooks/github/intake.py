@@ -11,6 +11,7 @@ from gidgethub import sansio
 
 from bot.github import SesameGitHubAPI, collaborator_permission
 from bot.github_channel import WRITE_PERMISSIONS, github_factory, split_repo
+from bot.intake_store import Lookup, Parent
 from bot.queue import Queue
 from bot.services import Services
 
@@ -54,6 +55,8 @@ class Intake:
     event: sansio.Event
     outcome: dict[str, Any] = field(default_factory=dict)
     claimed: bool | None = None
+    lookup: Lookup | None = None  # what seen_before read
+    lookup_issue: int | None = None
 
     @property
     def slug(self) -> str:
@@ -93,17 +96,28 @@ class Intake:
         """The key of the session this delivery starts: a redelivery finds the session by it."""
         return f"github:{self.event.delivery_id}"
 
-    async def seen_before(self) -> bool:
+    async def seen_before(self, issue_number: int | None = None) -> bool:
         """A redelivery, told from the database alone (before any GitHub call): its session or its
-        recorded delivery exists."""
-        row = await self.services.sessions.by_trigger(self.trigger_key)
-        if row is not None:
-            self.outcome.update(duplicate=True, session=row.id)
+        recorded delivery exists. The same statement finds the issue's last session with a branch
+        (`parent`), which a follow-up continues."""
+        self.lookup_issue = issue_number
+        found = await self.services.sessions.intake_lookup(self.trigger_key, self.event.delivery_id, self.repo,
+                                                           issue_number)
+        self.lookup = found
+        if found.existing is not None:
+            self.outcome.update(duplicate=True, session=found.existing)
             return True
-        if await self.services.sessions.delivery_seen(self.event.delivery_id):
+        if found.seen:
             self.outcome["duplicate"] = True
             return True
         return False
+
+    async def parent(self, issue_number: int) -> Parent | None:
+        """The last session of this issue or PR with a branch (from seen_before's statement when it asked)."""
+        if self.lookup is not None and self.lookup_issue == issue_number:
+            return self.lookup.parent
+        row = await self.services.sessions.latest_with_branch(self.repo, issue_number)
+        return Parent(row.id, row.branch, row.base_branch, row.pr_number) if row is not None else None
 
     async def client(self) -> SesameGitHubAPI:
         """An installation client scoped to the event's repository; its token is minted on first use."""
@@ -174,7 +188,7 @@ async def refuse(intake: Intake, gh: SesameGitHubAPI, source: Mention, reason: s
 async def admitted(intake: Intake, source: Mention) -> SesameGitHubAPI | None:
     """A client when the delivery is new, the installation active and the sender a writer (else one
     reply, once)."""
-    if await intake.seen_before() or not await intake.active_installation():
+    if await intake.seen_before(int(source.issue["number"])) or not await intake.active_installation():
         return None
     gh = await intake.client()
     if not await intake.may_write(gh):

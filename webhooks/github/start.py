@@ -111,7 +111,7 @@ def fork_name(head_repo: str | None, pr: dict[str, Any]) -> str:
 
 async def on_open_sesame_pull_request(intake: Intake, gh: SesameGitHubAPI, new: NewSession) -> None:
     """A follow-up on an issue whose last Sesame PR is still open continues that PR's branch."""
-    parent = await intake.services.sessions.latest_with_branch(intake.repo, int(new.issue_number or 0))
+    parent = await intake.parent(int(new.issue_number or 0))
     if parent is None or not parent.pr_number or new.base_branch:
         return
     owner, name = split_repo(intake.repo)
@@ -127,7 +127,7 @@ async def choose_branch(intake: Intake, gh: SesameGitHubAPI, source: Mention, ne
     if source.is_pull_request:
         if not await on_pull_request_branch(intake, gh, source, new):
             return False
-        parent = await intake.services.sessions.latest_with_branch(intake.repo, int(source.issue["number"]))
+        parent = await intake.parent(int(source.issue["number"]))
         if parent is not None and parent.branch == new.branch:
             new.parent_id = parent.id
         return True
@@ -167,4 +167,4 @@ async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_i
         log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
     else:
         report["comment_id"] = comment["id"]
-    await services.sessions.set_report(session_id, report)
+    await services.sessions.set_intake_report(session_id, report)
