@@ -11,6 +11,7 @@ import webhooks.github
 import webhooks.github_setup
 import webhooks.openapi
 import webhooks.pages
+import webhooks.pages_new
 import webhooks.slack
 from bot import services as service_factory
 from bot.github_channel import api_channel, github_channel
@@ -28,7 +29,7 @@ CHANNELS: Mapping[str, ChannelFactory] = {
 }
 # setup functions of the web features, in the order their routes are added
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
-    webhooks.api.setup, webhooks.openapi.setup, webhooks.pages.setup, webhooks.github.setup,
+    webhooks.api.setup, webhooks.openapi.setup, webhooks.pages_new.setup, webhooks.pages.setup, webhooks.github.setup,
     webhooks.github_setup.setup, webhooks.slack.setup,
 )
 
