@@ -20,15 +20,17 @@ class AgentSpec:
     server_env_keys: tuple[str, ...] = ()  # server settings the agent may take its key from, in order
     vendor_domains: tuple[str, ...] = ()  # network destinations its CLI needs (the sandbox allows them)
     models: tuple[str, ...] = ()  # the built-in model catalogue the session form offers (SESAME_API_URL's first)
+    # how a person authenticates it, in the credentials page's tab order (the seed's: Subscription first)
+    credential_kinds: tuple[str, ...] = ("api_key",)
 
 
 AGENT_SPECS = (
     AgentSpec("claude", "Claude Code", "@anthropic-ai/claude-code", "claude", "CLAUDE_MODEL", "ANTHROPIC_BASE_URL",
               ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"), ("api.anthropic.com",),
-              ("claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5")),
+              ("claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5"), ("subscription", "api_key")),
     AgentSpec("codex", "Codex", "@openai/codex", "codex", "CODEX_MODEL", "OPENAI_BASE_URL",
               ("CODEX_API_KEY", "OPENAI_API_KEY"), ("api.openai.com", "chatgpt.com", "auth.openai.com"),
-              ("gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5.1")),
+              ("gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5.1"), ("subscription", "api_key")),
     AgentSpec("gemini", "Gemini CLI", "@google/gemini-cli", "gemini", "GEMINI_MODEL", "GEMINI_BASE_URL",
               ("GEMINI_API_KEY",),
               ("generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com"),
@@ -36,7 +38,7 @@ AGENT_SPECS = (
     AgentSpec("copilot", "Copilot CLI", "@github/copilot", "copilot", "COPILOT_MODEL", "COPILOT_PROVIDER_BASE_URL",
               ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "COPILOT_PROVIDER_API_KEY"),
               ("api.githubcopilot.com", "*.githubcopilot.com", "api.github.com", "github.com"),
-              ("claude-sonnet-4.5", "gpt-5")),
+              ("claude-sonnet-4.5", "gpt-5"), ("subscription",)),
     AgentSpec("amp", "Amp", "@sourcegraph/amp", "amp", None, "AMP_URL", ("AMP_API_KEY",),
               ("ampcode.com", "*.ampcode.com")),
     AgentSpec("opencode", "opencode", "opencode-ai", "opencode", "OPENCODE_MODEL", "OPENCODE_PROVIDER_BASE_URL",

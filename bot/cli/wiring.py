@@ -12,6 +12,7 @@ import webhooks.github_setup
 import webhooks.openapi
 import webhooks.pages
 import webhooks.pages_new
+import webhooks.pages_settings
 import webhooks.slack
 from bot import services as service_factory
 from bot.github_channel import api_channel, github_channel
@@ -27,10 +28,11 @@ CHANNELS: Mapping[str, ChannelFactory] = {
     "cli": local_channel,
     "api": api_channel,
 }
-# setup functions of the web features, in the order their routes are added
+# setup functions of the web features, in the order their routes are added (/sessions/new before /sessions/{id})
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
-    webhooks.api.setup, webhooks.openapi.setup, webhooks.pages_new.setup, webhooks.pages.setup, webhooks.github.setup,
-    webhooks.github_setup.setup, webhooks.slack.setup,
+    webhooks.api.setup, webhooks.openapi.setup,
+    webhooks.pages_new.setup, webhooks.pages.setup, webhooks.pages_settings.setup,
+    webhooks.github.setup, webhooks.github_setup.setup, webhooks.slack.setup,
 )
 
 
