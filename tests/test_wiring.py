@@ -27,7 +27,7 @@ def test_the_import_contracts_in_pyproject_are_kept() -> None:
 def test_every_session_source_has_a_channel_and_every_web_feature_is_wired() -> None:
     assert set(CHANNELS) == {"github", "slack", "api", "cli"}
     assert [f.__module__ for f in WEB_FEATURES] == [
-        "webhooks.api", "webhooks.openapi", "webhooks.pages_new", "webhooks.pages", "webhooks.pages_settings",
+        "webhooks.api", "webhooks.openapi", "webhooks.pages_new", "webhooks.pages_live", "webhooks.pages", "webhooks.pages_settings",
         "webhooks.github", "webhooks.github_setup", "webhooks.slack"]
 
 

@@ -11,6 +11,7 @@ import webhooks.github
 import webhooks.github_setup
 import webhooks.openapi
 import webhooks.pages
+import webhooks.pages_live
 import webhooks.pages_new
 import webhooks.pages_settings
 import webhooks.slack
@@ -31,7 +32,7 @@ CHANNELS: Mapping[str, ChannelFactory] = {
 # setup functions of the web features, in the order their routes are added (/sessions/new before /sessions/{id})
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
     webhooks.api.setup, webhooks.openapi.setup,
-    webhooks.pages_new.setup, webhooks.pages.setup, webhooks.pages_settings.setup,
+    webhooks.pages_new.setup, webhooks.pages_live.setup, webhooks.pages.setup, webhooks.pages_settings.setup,
     webhooks.github.setup, webhooks.github_setup.setup, webhooks.slack.setup,
 )
 
