@@ -1,10 +1,12 @@
 """The session form, /sessions/new, on the real app and its own SQLite database: what it offers (installed agents,
 "Authenticate..." for one without a credential, models from SESAME_API_URL or the built-in catalogue, the sandbox
-default), the session it records (as POST /api/session does) and its refusals next to their fields."""
+default, the picker of installed repositories), the session it records (as POST /api/session does), its refusals
+next to their fields, and the list's event stream."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from aiohttp import web as aioweb
 from bot.catalog import CATALOG
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
+from bot.sessions import NewSession
+from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import make_repo
 from tests.support.loopback import serve_on_loopback
 from tests.test_api import RecordingQueue
@@ -125,3 +129,46 @@ async def test_refusals_are_shown_next_to_their_fields_with_the_values_kept(form
     assert await form_web.services.sessions.recent(5) == []
     no_token = await form_web.post("/sessions/new", data={**form, "csrf": ""})
     assert no_token.status == 403
+
+
+async def test_with_the_app_the_form_picks_among_installed_repositories(
+        settings_for: Any, aiohttp_client: Any, fake_github: FakeGitHub, tmp_path: Path) -> None:
+    settings = settings_for(BASE_URL="http://127.0.0.1:1", SESAME_API_URL=NOWHERE, API_REPOS="installed",
+                            AGENT_COMMAND="true", SESAME_DEFAULT_AGENT="command", **fake_github.settings_env())
+    services = await open_services(settings, auto_migrate=True)
+    try:
+        await services.installations.upsert(9101, "acme-pick", repos=["acme-pick/widget", "acme-pick/gadget"])
+        await services.installations.upsert(9102, "acme-gone", suspended=True, repos=["acme-gone/hidden"])
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
+        html = await page(client, "/sessions/new")
+        picker = html[html.index('<select name="repo"'): html.index("</select>", html.index('<select name="repo"'))]
+        assert "<option>acme-pick/gadget</option>" in picker and "<option>acme-pick/widget</option>" in picker
+        assert "acme-gone/hidden" not in picker
+        form = {"csrf": csrf_of(html), "repo": "acme-pick/widget", "prompt": "fix it", "agent": "command"}
+        started = await client.post("/sessions/new", data=form, allow_redirects=False)
+        assert started.status == 303
+        row = (await services.sessions.recent(1))[0]
+        assert row.repo == "acme-pick/widget" and row.report == {"installation_id": 9101}
+        local = await client.post("/sessions/new", data=form | {"repo": str(make_repo(tmp_path / "o"))})
+        assert local.status == 400 and "does not start sessions on a local path" in await local.text()
+        suspended = await client.post("/sessions/new", data=form | {"repo": "acme-gone/hidden"})
+        assert suspended.status == 400 and "not installed on acme-gone/hidden" in await suspended.text()
+    finally:
+        await services.close()
+
+
+async def test_the_list_stream_sends_changed_rows_and_counts(form_web: Any) -> None:
+    services = form_web.services
+    row, _ = await services.sessions.create(NewSession(trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command",
+                                                       repo="/srv/x", source="api"))
+    assert (await form_web.get("/sessions/live?ids=../etc")).status == 400
+    response = await form_web.get(f"/sessions/live?ids={row.id}")
+    assert response.headers["Content-Type"] == "text/event-stream"
+    seen = b""
+    while b"event: counts" not in seen:
+        seen += await response.content.readany()
+    assert f'"id": "{row.id}", "state": "pending"'.encode() in seen and b'"pending": 1' in seen
+    await services.sessions.claim(row.id, "test")
+    while b'"state": "processing"' not in seen:
+        seen += await response.content.readany()
+    response.close()
