@@ -58,6 +58,14 @@ class InstallationStore:
             return sorted((await db.execute(select(InstallationRepo.full_name).where(
                 InstallationRepo.installation_id == installation_id))).scalars())
 
+    async def all_repos(self) -> list[str]:
+        """Every repository of an active installation, for the session form's picker."""
+        async with self.sessionmaker() as db:
+            query = (select(InstallationRepo.full_name)
+                     .join(Installation, InstallationRepo.installation_id == Installation.id)
+                     .where(Installation.suspended.is_(False), Installation.deleted.is_(False)))
+            return sorted(set((await db.execute(query)).scalars()))
+
     async def installation_for(self, full_name: str) -> int | None:
         """The active installation whose repositories include owner/name (GitHub compares names
         without case), or None."""

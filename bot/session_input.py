@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.settings import API_REPO_POLICIES, Settings
@@ -106,3 +106,25 @@ def check_allowed(target: RepoTarget, policy: str) -> None:
     needed = "local" if target.kind == "local" else "any"
     raise InputError("repo", f"this server does not start sessions on {what} (API_REPOS is {policy}): give "
                              f"owner/name of a repository the GitHub App is installed on, or set API_REPOS={needed}")
+
+
+class InstallationLookup(Protocol):
+    async def installation_for(self, full_name: str) -> int | None: ...
+
+
+async def resolve_repo(settings: Settings, installations: InstallationLookup,
+                       text: str) -> tuple[str, dict[str, Any] | None]:
+    """The repository as a session records it, and its report (the App's installation for owner/name),
+    if API_REPOS lets the API and the session form use it; InputError otherwise."""
+    target = parse_repo(text)
+    check_allowed(target, repo_policy(settings))
+    if target.kind != "github":
+        return target.value, None
+    if not settings.GITHUB_APP_ID:
+        raise InputError("repo", f"{target.value} names a GitHub repository, but this server has no GitHub App "
+                                 "(GITHUB_APP_ID): give an absolute path or a clone URL")
+    installation = await installations.installation_for(target.value)
+    if installation is None:
+        raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
+                                 "is suspended): install it on that repository first")
+    return target.value, {"installation_id": installation}

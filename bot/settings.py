@@ -676,6 +676,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
+    check_domain_lists(settings)
     interval = settings.values.get("SWEEP_INTERVAL")
     if interval and 60 % int(interval):
         raise SettingsError("SWEEP_INTERVAL", f"{interval} does not divide a minute",
@@ -687,6 +688,45 @@ def validate(settings: Settings) -> None:
     key_path = settings.get("GITHUB_PRIVATE_KEY_PATH")
     if key_path and not Path(key_path).is_file():
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
+
+
+DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+IPV4 = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}$")
+
+
+def domain_rule_problem(rule: str) -> str | None:
+    """Why `rule` is not a domain pattern the egress proxy matches (host, *.domain, host:port, [v6]:port,
+    an IPv4 address, or * alone), or None when it is one."""
+    text = rule.strip().lower()
+    host: str | None = text
+    port: str | None = None
+    if text.startswith("["):
+        inner, _, rest = text[1:].partition("]")
+        if not inner or ":" not in inner or (rest and not rest.startswith(":")):
+            return "an IPv6 address goes in brackets, optionally followed by :port"
+        host, port = None, rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" in text:
+        return "an IPv6 address goes in brackets, e.g. [::1]:443"
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"{port!r} is not a port (1 to 65535)"
+    if host is None or host == "*" or (IPV4.match(host) and all(int(p) < 256 for p in host.split("."))):
+        return None
+    labels = host.removeprefix("*.").rstrip(".").split(".")
+    if len(host) > 253 or not all(DOMAIN_LABEL.match(label) for label in labels):
+        return "write a host name (letters, digits, dashes, dots), *.domain for its subdomains, or host:port"
+    return None
+
+
+def check_domain_lists(settings: Settings) -> None:
+    """Every entry of the global allowed and denied domains is a pattern the proxy can match."""
+    for name in ("SANDBOX_ALLOWED_DOMAINS", "SANDBOX_DENIED_DOMAINS"):
+        for rule in settings.get(name, []):
+            problem = domain_rule_problem(str(rule))
+            if problem:
+                raise SettingsError(name, f"{str(rule)[:100]!r} is not a domain pattern", problem[0].upper()
+                                    + problem[1:])
 
 
 def parse_uid_range(text: str | None) -> tuple[int, int]:

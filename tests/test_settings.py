@@ -180,3 +180,21 @@ def test_loaded_values_have_their_declared_types(tmp_path: Path, env: dict[str, 
 def test_a_misspelt_setting_is_an_attribute_error(tmp_path: Path) -> None:
     with pytest.raises(AttributeError, match="SESSION_TIMEOUTS"):
         load_settings(env={}, cwd=tmp_path).SESSION_TIMEOUTS  # noqa: B018
+
+
+@pytest.mark.parametrize("rule,ok", [
+    ("example.com", True), ("*.example.com", True), ("*", True), ("api.example.com:443", True),
+    ("[::1]:443", True), ("10.0.0.1", True), ("Example.COM.", True),
+    ("exa mple.com", False), ("-x.example.com", False), ("a..b", False), ("host:http", False),
+    ("host:70000", False), ("::1", False), ("https://example.com", False), ("*.*.com", False), ("", False),
+])
+def test_domain_patterns_are_validated(rule: str, ok: bool) -> None:
+    from bot.settings import domain_rule_problem
+
+    assert (domain_rule_problem(rule) is None) == ok
+
+
+def test_a_malformed_domain_in_the_lists_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"SANDBOX_DENIED_DOMAINS: 'bad host' is not a domain pattern"):
+        load_settings(env={"SESAME_DATA_DIR": str(tmp_path), "SANDBOX_DENIED_DOMAINS": "ok.example,bad host"},
+                      cwd=tmp_path)

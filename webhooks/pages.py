@@ -294,7 +294,8 @@ async def session_page(request: web.Request) -> web.Response:
         max_prompt=MAX_PROMPT)
 
 
-NOTICES = {"stopped": "Stop requested.", "follow-up": "Follow-up queued: it starts when this session has ended.",
+NOTICES = {"started": "Session started.", "stopped": "Stop requested.",
+           "follow-up": "Follow-up queued: it starts when this session has ended.",
            "deleted": "Session deleted."}
 
 

@@ -11,6 +11,9 @@ import webhooks.github
 import webhooks.github_setup
 import webhooks.openapi
 import webhooks.pages
+import webhooks.pages_live
+import webhooks.pages_new
+import webhooks.pages_settings
 import webhooks.slack
 from bot import services as service_factory
 from bot.github_channel import api_channel, github_channel
@@ -26,10 +29,11 @@ CHANNELS: Mapping[str, ChannelFactory] = {
     "cli": local_channel,
     "api": api_channel,
 }
-# setup functions of the web features, in the order their routes are added
+# setup functions of the web features, in the order their routes are added (/sessions/new before /sessions/{id})
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
-    webhooks.api.setup, webhooks.openapi.setup, webhooks.pages.setup, webhooks.github.setup,
-    webhooks.github_setup.setup, webhooks.slack.setup,
+    webhooks.api.setup, webhooks.openapi.setup,
+    webhooks.pages_new.setup, webhooks.pages_live.setup, webhooks.pages.setup, webhooks.pages_settings.setup,
+    webhooks.github.setup, webhooks.github_setup.setup, webhooks.slack.setup,
 )
 
 

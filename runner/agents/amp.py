@@ -19,7 +19,7 @@ class AmpAgent(Agent):
     """Sourcegraph's Amp CLI."""
 
     spec = CATALOG["amp"]
-    vendor_domains: tuple[str, ...] = ("ampcode.com", "*.ampcode.com")
+    vendor_domains: tuple[str, ...] = CATALOG["amp"].vendor_domains
     base_url_env: str | None = "AMP_URL"
     subscription_env: str | None = "AMP_API_KEY"
     api_key_env: str | None = "AMP_API_KEY"

@@ -69,7 +69,7 @@ class ClaudeAgent(Agent):
     """Anthropic's Claude Code CLI."""
 
     spec = CATALOG["claude"]
-    vendor_domains: tuple[str, ...] = ("api.anthropic.com",)
+    vendor_domains: tuple[str, ...] = CATALOG["claude"].vendor_domains
     base_url_env: str | None = "ANTHROPIC_BASE_URL"
     api_key_env: str | None = "ANTHROPIC_API_KEY"
     gateway_upstream: str | None = "https://api.anthropic.com"

@@ -133,7 +133,7 @@ class CodexAgent(Agent):
     """OpenAI's Codex CLI."""
 
     spec = CATALOG["codex"]
-    vendor_domains: tuple[str, ...] = ("api.openai.com", "chatgpt.com", "auth.openai.com")
+    vendor_domains: tuple[str, ...] = CATALOG["codex"].vendor_domains
     api_key_env: str | None = "CODEX_API_KEY"
     gateway_upstream: str | None = "https://api.openai.com/v1"
     gateway_key_places: tuple[KeyPlace, ...] = ("bearer",)

@@ -112,8 +112,7 @@ class CopilotAgent(Agent):
     """GitHub's Copilot CLI."""
 
     spec = CATALOG["copilot"]
-    vendor_domains: tuple[str, ...] = (
-        "api.githubcopilot.com", "*.githubcopilot.com", "api.github.com", "github.com")
+    vendor_domains: tuple[str, ...] = CATALOG["copilot"].vendor_domains
     subscription_env: str | None = "COPILOT_GITHUB_TOKEN"
     api_key_env: str | None = "COPILOT_GITHUB_TOKEN"
     provider_url: str | None = None

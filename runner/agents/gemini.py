@@ -67,8 +67,7 @@ class GeminiAgent(Agent):
     """Google's Gemini CLI."""
 
     spec = CATALOG["gemini"]
-    vendor_domains: tuple[str, ...] = (
-        "generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com", "oauth2.googleapis.com")
+    vendor_domains: tuple[str, ...] = CATALOG["gemini"].vendor_domains
     base_url_env: str | None = "GOOGLE_GEMINI_BASE_URL"
     api_key_env: str | None = "GEMINI_API_KEY"
     gateway_upstream: str | None = "https://generativelanguage.googleapis.com"

@@ -80,7 +80,7 @@ class OpencodeAgent(Agent):
     """The opencode CLI (any provider; Anthropic by default)."""
 
     spec = CATALOG["opencode"]
-    vendor_domains: tuple[str, ...] = ("api.anthropic.com", "api.openai.com", "models.dev", "opencode.ai")
+    vendor_domains: tuple[str, ...] = CATALOG["opencode"].vendor_domains
     provider_url: str | None = None
     provider_model: str | None = None
     native_gateway: tuple[str, str] | None = None  # (built-in provider id, the gateway URL it talks to)

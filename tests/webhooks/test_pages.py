@@ -73,7 +73,7 @@ async def test_the_list_shows_sessions_newest_first_with_their_facts(web: Any, s
     row = html[html.index(f'data-session="{new}"'):]
     row = row[: row.index("</tr>")]
     assert "processing" in row and "Claude Code" in row and "octo/hello" in row and "API" in row
-    assert "$1.25" in row and '<td class="num">1</td>' in row and re.search(r"\d+\.\ds</td>", row)
+    assert "$1.25" in row and '<td class="num" data-violations>1</td>' in row and re.search(r"\d+\.\ds</td>", row)
     older = html[html.index(f'data-session="{old}"'):]
     assert "CLI" in older[: older.index("</tr>")] and "alice" in older[: older.index("</tr>")]
     counts = html[html.index('id="counts"'): html.index("</ul>")]

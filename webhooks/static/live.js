@@ -1,5 +1,5 @@
 // Sesame's pages, live: a session's log and state follow its event stream (SSE); the sessions list
-// refreshes the states of the rows it shows. Without JavaScript the pages work the same, by reloading.
+// follows the rows it shows and the counts (SSE from /sessions/live). Without JavaScript the pages work the same, by reloading.
 "use strict";
 
 const FINAL = ["completed", "error", "stopped"];
@@ -67,25 +67,32 @@ function followSession(body) {
   });
 }
 
-function refreshList() {
-  const rows = document.querySelectorAll("tr[data-session]");
-  const live = Array.from(rows).filter((row) => !FINAL.includes(row.querySelector("[data-state]").textContent));
-  if (!live.length) return;
-  setTimeout(async () => {
-    for (const row of live) {
-      const answer = await fetch("/api/session/" + encodeURIComponent(row.dataset.session), {credentials: "same-origin"});
-      if (!answer.ok) continue;
-      const session = await answer.json();
-      const badge = row.querySelector("[data-state]");
-      badge.textContent = session.state;
-      badge.className = "state " + session.state;
+function followList() {
+  // one event stream for the rows shown: their state, violations, cost and duration, and the counts by state
+  const rows = new Map(Array.from(document.querySelectorAll("tr[data-session]")).map((r) => [r.dataset.session, r]));
+  const source = new EventSource("/sessions/live?ids=" + encodeURIComponent(Array.from(rows.keys()).join(",")));
+  source.addEventListener("session", (event) => {
+    const facts = JSON.parse(event.data);
+    const row = rows.get(facts.id);
+    if (!row) return;
+    const badge = row.querySelector("[data-state]");
+    badge.textContent = facts.state;
+    badge.className = "state " + facts.state;
+    row.querySelector("[data-violations]").textContent = String(facts.violations);
+    row.querySelector("[data-cost]").textContent = facts.cost;
+    row.querySelector("[data-duration]").textContent = facts.duration;
+  });
+  source.addEventListener("counts", (event) => {
+    const counts = JSON.parse(event.data);
+    for (const cell of document.querySelectorAll("[data-count]")) {
+      cell.textContent = String(counts[cell.dataset.count] || 0);
     }
-    refreshList();
-  }, 3000);
+  });
+  document.body.dataset.live = "on";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   const body = document.body;
   if (body.dataset.page === "session" && !FINAL.includes(body.dataset.state)) followSession(body);
-  if (body.dataset.page === "list") refreshList();
+  if (body.dataset.page === "list") followList();
 });
