@@ -11,9 +11,11 @@ from bot.models import utcnow
 from runner.agents.base import Agent, AgentEvent, shorten
 from runner.agents.usage import usage_of
 from runner.budget import gateway_usage
+from runner.execution import AgentRun
 from runner.run_state import Run
 from runner.sandbox.base import Violation
 from runner.sandbox.violations import Aggregate
+from runner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 EVENT_TEXT_LIMIT = 2000
@@ -61,14 +63,13 @@ class EventBuffer:
         await self.flush()
 
 
-async def follow_output(state: Run, agent: Agent) -> None:
+async def follow_output(state: Run, agent: Agent, agent_run: AgentRun, workspace: Workspace) -> None:
     """Parse every output line into events; the progress shows the latest activity."""
-    assert state.agent_run is not None and state.workspace is not None
-    cwd = str(state.workspace.project)
+    cwd = str(workspace.project)
     buffer = EventBuffer(state)
     pending: list[str] = []
     try:
-        async for stream, line in state.agent_run.lines():
+        async for stream, line in agent_run.lines():
             line = state.redact(line)
             if stream == "stderr":
                 await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})

@@ -23,15 +23,15 @@ from runner.agents import get_agent
 from runner.agents.base import Agent, Credential
 from runner.agents.failures import AgentFailure, CredentialSource, FailureWatch
 from runner.budget import session_budget_hook
-from runner.execution import agent_server_env, agent_setting, start_agent
+from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
 from runner.output import follow_output, on_violation, store_gateway_usage, store_violations
 from runner.push import commit_step, fresh_access, push_step, refuse_leaks
-from runner.run_state import AgentFailed, Run, Stopped
+from runner.run_state import AgentFailed, Checkout, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
 from runner.uids import pool_from_settings
-from runner.workspace import create_workspace, default_branch, end_workspace, update_mirror
+from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
 
 log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
@@ -141,15 +141,14 @@ async def _steps(state: Run) -> None:
     if reason:
         raise PermissionError(reason)
     access = await state.channel.access()
-    state.access = access
     state.secrets += access.secrets
-    base, branch, existing = await _workspace_step(state, access)
+    checkout = await _workspace_step(state, access)
     _check_stop(state)
-    await _agent_step(state)
+    survived = await _agent_step(state, checkout.workspace)
     _check_stop(state)
-    sha = await commit_step(state, base)
+    sha = await commit_step(state, checkout.workspace, survived)
     _check_stop(state)
-    await push_step(state, access, base, branch, sha, existing)
+    await push_step(state, checkout, sha)
     if state.limit_error:
         raise RuntimeError(state.limit_error)
 
@@ -164,7 +163,7 @@ def fork_start_ref(session: Session) -> str | None:
     return ref
 
 
-async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, bool]:
+async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
     session, settings = state.session, state.services.settings
     await state.step("workspace", "running", percent=5)
     started = time.monotonic()
@@ -187,12 +186,13 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
                                              pool_from_settings(settings))
     took = time.monotonic() - started
     await state.step("workspace", "done", f"`{access.display or session.repo}` at `{base}`, {took:.1f} s", 15)
-    return base, branch, existing
+    return Checkout(state.workspace, base, branch, existing)
 
 
-async def _agent_step(state: Run) -> None:
+async def _agent_step(state: Run, workspace: Workspace) -> AgentFailure | None:
+    """Run the agent in the workspace to its end; returns a failure it survived with exit 0 (the commit
+    step makes it the session's error when the work tree did not change)."""
     session, services = state.session, state.services
-    assert state.workspace is not None
     agent = get_agent(session.agent)
     stored = await services.credentials.best(agent.name)
     credential = Credential(stored.kind, stored.value) if stored else None  # type: ignore[arg-type]
@@ -203,33 +203,33 @@ async def _agent_step(state: Run) -> None:
     state.violations = ViolationAggregator(lambda batch: store_violations(state, batch))
     state.violations.start()
     model = session.model or agent_setting(services.settings, agent.spec.model_key)
-    state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
-                               budget_usd=session.budget_usd)
+    watch = state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
+                                       budget_usd=session.budget_usd)
     budget = await session_budget_hook(state, agent, model)
-    state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                        on_violation=lambda v: on_violation(state, v), budget=budget)
-    await state.event("sandbox", {"secured": state.agent_run.warning is None})  # what applied, not what was asked
-    if state.agent_run.warning:
-        state.progress.warning = state.agent_run.warning
-        await services.sessions.set_warning(session.id, state.agent_run.warning)
-        await state.event("warning", {"message": state.agent_run.warning})
-    if budget is not None and state.agent_run.gateway is None:
+    agent_run = state.agent_run = await start_agent(services, session, agent, credential, prompt, workspace,
+                                                    on_violation=lambda v: on_violation(state, v), budget=budget)
+    await state.event("sandbox", {"secured": agent_run.warning is None})  # what applied, not what was asked
+    if agent_run.warning:
+        state.progress.warning = agent_run.warning
+        await services.sessions.set_warning(session.id, agent_run.warning)
+        await state.event("warning", {"message": agent_run.warning})
+    if budget is not None and agent_run.gateway is None:
         await state.warn(f"the budget of ${session.budget_usd:,.2f} cannot be enforced: {agent.display_name}'s "
                          "credential does not go through Sesame's credential gateway")
-    await follow_output(state, agent)
-    code = await state.agent_run.wait()
+    await follow_output(state, agent, agent_run, workspace)
+    code = await agent_run.wait()
     _check_stop(state)
-    failure = _agent_failure(state, agent, code)
+    failure = _agent_failure(state, watch, agent_run, agent, code)
     if failure is not None:
         await state.event("agent_failure", {"cause": failure.cause, "status": failure.status,
                                             "message": failure.sentence, "exit_code": code})
     if failure is not None and (code != 0 or failure.fatal):  # a rejected key ends it, whatever the exit code
         raise AgentFailed(failure)
     if code != 0:
-        tail = state.redact(state.agent_run.tail())
+        tail = state.redact(agent_run.tail())
         raise RuntimeError(f"{agent.display_name} exited with status {code}" + (f": {tail}" if tail else ""))
-    state.agent_failure = failure  # exit 0 after a passing failure: an error unless the work tree changed
     await state.step("agent", "done", percent=70)
+    return failure  # exit 0 after a passing failure: an error unless the work tree changed
 
 
 def credential_source(services: Services, agent: Agent, credential: Credential | None) -> CredentialSource | None:
@@ -239,31 +239,33 @@ def credential_source(services: Services, agent: Agent, credential: Credential |
     return "environment" if agent.credential_env(None, agent_server_env(services)) else None
 
 
-def _agent_failure(state: Run, agent: Agent, code: int) -> AgentFailure | None:
+def _agent_failure(state: Run, watch: FailureWatch, agent_run: AgentRun, agent: Agent,
+                   code: int) -> AgentFailure | None:
     """The failure already acted on (the agent was stopped for it), else the finished run's verdict."""
-    if state.watch is None or not agent.binary:  # the operator's own command: its output is its own business
+    if not agent.binary:  # the operator's own command: its output is its own business
         return None
-    if state.watch.stopped_for is not None:
-        return state.watch.stopped_for
-    stats = state.agent_run.gateway_stats if state.agent_run is not None else None
+    if watch.stopped_for is not None:
+        return watch.stopped_for
+    stats = agent_run.gateway_stats
     upstream = [*state.upstream_statuses, *([stats.last_status] if stats and stats.last_status else [])]
-    return state.watch.verdict(code, upstream, state.blocked)
+    return watch.verdict(code, upstream, state.blocked)
 
 
 async def _salvage(state: Run) -> None:
     """After a stop or timeout: kill the agent, then commit and push what it wrote, so nothing is lost."""
-    if state.agent_run is None or state.workspace is None or state.access is None:
+    agent_run, workspace = state.agent_run, state.workspace
+    if agent_run is None or workspace is None:  # the agent never started: nothing was written
         return
     try:
-        await state.agent_run.kill()
+        await agent_run.kill()
         session = await state.services.sessions.get(state.session.id)
         if session is None or not session.branch:
             return
-        sha = await asyncio.wait_for(commit_step(state, session.base_branch or "HEAD"), SALVAGE_TIMEOUT)
+        sha = await asyncio.wait_for(commit_step(state, workspace), SALVAGE_TIMEOUT)
         if sha:
             access = await fresh_access(state)
-            await asyncio.wait_for(refuse_leaks(state, sha), SALVAGE_TIMEOUT)
-            await asyncio.wait_for(gitops.push(state.workspace.git_dir, access.remote, session.branch,
+            await asyncio.wait_for(refuse_leaks(state, workspace, sha), SALVAGE_TIMEOUT)
+            await asyncio.wait_for(gitops.push(workspace.git_dir, access.remote, session.branch,
                                                access.auth_env), SALVAGE_TIMEOUT)
             await state.event("push", {"branch": session.branch, "sha": sha, "partial": True})
             state.progress.outcome = f"work so far kept on `{session.branch}` at `{sha[:7]}`"

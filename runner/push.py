@@ -13,36 +13,37 @@ from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.untrusted import md_code, md_fence
 from runner import git as gitops
+from runner.agents.failures import AgentFailure
 from runner.commit import commit_tree, snapshot_tree
 from runner.output import host_violation
-from runner.run_state import AgentFailed, Run
+from runner.run_state import AgentFailed, Checkout, Run
 from runner.sandbox.base import Violation
 from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.uids import kill_uid
+from runner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-async def commit_step(state: Run, base: str) -> str | None:
-    """Build the commit from the work tree's contents in the trusted git dir (see runner.commit)."""
+async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None = None) -> str | None:
+    """Build the commit from the work tree's contents in the trusted git dir (see runner.commit); its sha,
+    or None when nothing changed. `survived` is a failure the agent exited 0 after: with no change it is
+    the session's error, with a change a warning (the salvage after a stop passes none)."""
     session, settings = state.session, state.services.settings
-    assert state.workspace is not None
     await state.step("commit", "running", percent=75)
-    ws = state.workspace
     max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
-    user = await _session_user(state)
+    user = await _session_user(state, ws)
     if ws.claim is not None and os.geteuid() == 0:  # git from here on runs as the session's own uid
         await asyncio.to_thread(gitops.hand_over, ws.git_dir, ws.claim.user)
     tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size)
-    await _report_left_out(state, tree.left_out, tree.too_large, max_size)
+    await _report_left_out(state, ws, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
-        if state.agent_failure is not None:  # it exited 0, but what stopped it is the news
-            failure, state.agent_failure = state.agent_failure, None  # once: the salvage finds nothing either
-            raise AgentFailed(failure)
+        if survived is not None:  # it exited 0, but what stopped it is the news
+            raise AgentFailed(survived)
         await state.step("commit", "skipped", "no changes", 85)
         return None
-    if state.agent_failure is not None:
-        await state.warn(state.agent_failure.sentence)
+    if survived is not None:
+        await state.warn(survived.sentence)
     stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
     # file names are the agent's: a known secret among them never goes to the utility model
     stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
@@ -55,25 +56,25 @@ async def commit_step(state: Run, base: str) -> str | None:
     return sha
 
 
-async def _session_user(state: Run) -> tuple[int, int] | None:
+async def _session_user(state: Run, ws: Workspace) -> tuple[int, int] | None:
     """The host uid:gid the session's sandbox runs as: the host reads the agent's files as it.
 
     A uid of the session's own is first emptied of processes: none may watch or race the read.
     """
-    if state.workspace is not None and state.workspace.claim is not None:
-        await kill_uid(state.workspace.claim.uid)
-        return state.workspace.user
+    if ws.claim is not None:
+        await kill_uid(ws.claim.uid)
+        return ws.user
     if state.agent_run is None:
         return None
     policy = state.agent_run.sandbox.policy
     return policy.host_uid, policy.host_gid
 
 
-async def _report_left_out(state: Run, nested: list[str], too_large: list[tuple[str, int]], limit: int) -> None:
+async def _report_left_out(state: Run, ws: Workspace, nested: list[str], too_large: list[tuple[str, int]],
+                           limit: int) -> None:
     """Nested .git directories are violations; files over the size limit end the session after the push."""
-    assert state.workspace is not None
     for path in nested:
-        await host_violation(state, Violation("filesystem", f"{state.workspace.project}/{path}", "commit",
+        await host_violation(state, Violation("filesystem", f"{ws.project}/{path}", "commit",
                                               "a nested .git directory is left out of the commit"))
     if too_large:
         names = ", ".join(f"{path} ({size >> 20} MiB)" for path, size in too_large[:5])
@@ -108,22 +109,22 @@ async def commit_author(services: Services, session: Session | None = None) -> g
     return gitops.Author(identity.name, identity.email)
 
 
-async def push_step(state: Run, access: RepoAccess, base: str, branch: str, sha: str | None,
-                     existing: bool) -> None:
-    session = state.session
-    assert state.workspace is not None
+async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
+    """Push the commit (or the one an earlier attempt pushed) to the checkout's branch and open or update
+    its pull request; the progress says what came of it."""
+    session, ws, base, branch = state.session, checkout.workspace, checkout.base, checkout.branch
     if sha is None:
-        sha = await _pushed_before(state, existing)
+        sha = await _pushed_before(state, ws, checkout.existing)
     if sha is None:
         await state.step("pr", "skipped", "nothing to push", 95)
         state.progress.outcome = "no changes were needed"
         return
     access = await fresh_access(state)  # a long session may have outlived the first token
-    await refuse_leaks(state, sha)
-    await _push_or_keep(state, access, branch, sha)
+    await refuse_leaks(state, ws, sha)
+    await _push_or_keep(state, access, ws, branch, sha)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
-    stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
+    stat = (await gitops.diff_stat(ws.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
     title = session.title or await (await state.utility()).title(session.prompt)
     try:
@@ -142,23 +143,21 @@ async def push_step(state: Run, access: RepoAccess, base: str, branch: str, sha:
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
 
 
-async def _pushed_before(state: Run, existing: bool) -> str | None:
+async def _pushed_before(state: Run, ws: Workspace, existing: bool) -> str | None:
     """The branch's head when an earlier attempt of this session committed and pushed to it (a lost worker's
     attempt killed before the pull request, or a session handed back on SIGTERM): this run wrote the same
     change again, which is no change on that branch, and the work still needs its pull request."""
     earlier = state.session.commit_sha
-    if not existing or not earlier or state.workspace is None:
+    if not existing or not earlier:
         return None
-    head = (await gitops.in_git_dir(state.workspace.git_dir, ["rev-parse", "--verify", "--quiet", "HEAD"],
-                                    check=False)).strip()
-    base = (await gitops.in_git_dir(state.workspace.git_dir, ["merge-base", earlier, "HEAD"], check=False)).strip()
+    head = (await gitops.in_git_dir(ws.git_dir, ["rev-parse", "--verify", "--quiet", "HEAD"], check=False)).strip()
+    base = (await gitops.in_git_dir(ws.git_dir, ["merge-base", earlier, "HEAD"], check=False)).strip()
     return head if head and base == earlier else None
 
 
-async def _push_or_keep(state: Run, access: RepoAccess, branch: str, sha: str) -> None:
+async def _push_or_keep(state: Run, access: RepoAccess, ws: Workspace, branch: str, sha: str) -> None:
     """Push with retries; when it still fails, keep the workspace and say how to push by hand."""
-    assert state.workspace is not None
-    git_dir = state.workspace.git_dir
+    git_dir = ws.git_dir
     try:
         await gitops.push_retrying(git_dir, access.remote, branch, access.auth_env, deadline=state.deadline)
     except gitops.GitError as exc:
@@ -196,14 +195,12 @@ async def fresh_access(state: Run) -> RepoAccess:
     """Access again (the token cache hands back the same token while it is fresh)."""
     access = await state.channel.access()
     state.secrets += [s for s in access.secrets if s not in state.secrets]
-    state.access = access
     return access
 
 
-async def refuse_leaks(state: Run, sha: str) -> None:
+async def refuse_leaks(state: Run, ws: Workspace, sha: str) -> None:
     """Scan what the push would send for every known secret; a hit is a violation and no push."""
-    assert state.workspace is not None
-    leaks = await check_push(state.services, state.workspace.git_dir, sha, state.secrets)
+    leaks = await check_push(state.services, ws.git_dir, sha, state.secrets)
     for leak in leaks:
         await host_violation(state, Violation("secret", leak.path, "push", leak.label))
     if leaks:

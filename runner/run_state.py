@@ -14,7 +14,7 @@ from bot.models import Session
 from bot.pricing import Price
 from bot.progress import Progress, ThrottledPublisher
 from bot.redact import redact
-from bot.reporting import Channel, RepoAccess
+from bot.reporting import Channel
 from bot.services import Services
 from bot.utility_ai import UtilityAI
 from runner.agents.failures import AgentFailure, FailureWatch
@@ -39,9 +39,23 @@ class AgentFailed(RuntimeError):
         self.failure = failure
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """What the workspace step made, for the agent, commit and push steps: the session's workspace on
+    `branch`, started from `base` (or from the branch itself when it was on the remote already)."""
+
+    workspace: Workspace
+    base: str
+    branch: str
+    existing: bool  # the branch was on the remote (a follow-up's): the work continues it
+
+
 @dataclass
 class Run:
-    """The state of one pipeline run, shared by its steps."""
+    """The state of one pipeline run shared by its steps, the watch and the cleanup. A step takes what
+    an earlier step made as parameters and returns what the next one needs (Checkout, the commit's sha);
+    the Optional fields here are the resources the watch and the cleanup release when they exist
+    (workspace, agent_run, violations) and what the output, budget and gateway callbacks share."""
 
     services: Services
     session: Session
@@ -50,7 +64,6 @@ class Run:
     publisher: ThrottledPublisher
     secrets: list[str] = field(default_factory=list)
     workspace: Workspace | None = None
-    access: RepoAccess | None = None
     agent_run: AgentRun | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     limit_error: str | None = None  # a limit was hit: the session ends in error once the work is pushed
@@ -60,7 +73,6 @@ class Run:
     deadline: float = field(default_factory=lambda: time.monotonic() + 3600)  # session timeout, cleanup included
     keep_workspace: bool = False  # a commit that could not be pushed lives only there
     watch: FailureWatch | None = None  # evidence of why the agent failed, gathered from its output
-    agent_failure: AgentFailure | None = None  # a failure the agent survived with exit 0: an error if nothing changed
     # HTTP statuses of the model API as a credential gateway saw them, in order (runner.agents.failures).
     upstream_statuses: list[int] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # network destinations the sandbox refused, first ones

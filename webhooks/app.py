@@ -4,36 +4,20 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from bot import __version__
 from bot.queue import Queue
 from bot.services import Services
+from webhooks.api.health import health
+from webhooks.keys import QUEUE, SANDBOX_STATUS, SERVICES, WORKSPACES, Handler, Workspaces
 
-SERVICES = web.AppKey("services", Services)
-QUEUE = web.AppKey("queue", Queue)
-SANDBOX_STATUS = web.AppKey("sandbox_status", dict)
+__all__ = ["QUEUE", "SANDBOX_STATUS", "SERVICES", "WORKSPACES", "Handler", "Workspaces", "create_app"]
 
-
-class Workspaces(Protocol):
-    """The session directories on this host, for the API (the runner owns them; the composition root
-    hands its implementation in)."""
-
-    def kept(self, session_id: str) -> str | None:
-        """The path of the session's directory if it is still on this host (keep alive, or work to push)."""
-
-    async def remove(self, session_id: str) -> bool:
-        """End what runs in it and delete it; False when there was none."""
-
-
-WORKSPACES = web.AppKey("workspaces", Workspaces)
 MAX_BODY = 25 * 1024 * 1024
 OPEN_PREFIXES = ("/webhooks/", "/slack/", "/api/health")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def basic_auth_middleware(password: str) -> Any:
@@ -56,21 +40,6 @@ def basic_auth_middleware(password: str) -> Any:
                                    text="authentication required\n")
 
     return middleware
-
-
-async def health(request: web.Request) -> web.Response:
-    """Database, queue and sandbox status, and the version."""
-    services, queue = request.app[SERVICES], request.app[QUEUE]
-    database = await services.database_health()
-    queue_status = await queue.health()
-    sandbox = request.app[SANDBOX_STATUS]
-    ok = database["ok"] and queue_status["ok"]
-    body = {"status": "ok" if ok else "degraded", "version": __version__,
-            "database": database, "queue": queue_status, "sandbox": sandbox}
-    if database["ok"]:  # from the database: every process's sessions, not only this one's
-        queued, running = await services.sessions.count_waiting_and_running()
-        body["sessions"] = {"queued": queued, "running": running}
-    return web.json_response(body, status=200 if ok else 503)
 
 
 async def _drain_background(app: web.Application) -> None:

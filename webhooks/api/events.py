@@ -1,0 +1,46 @@
+"""REST resource /api/session/{id}/events: a session's events over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from aiohttp import web
+
+from bot.models import State
+from bot.services import Services
+from bot.sessions import as_utc
+from webhooks.api.common import bad_request, session_or_404
+from webhooks.keys import SERVICES
+
+SSE_POLL = 0.5
+MAX_AFTER = 2**31 - 1  # event seq is a 32-bit integer
+
+
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """SSE: replay after Last-Event-ID, then follow until the session has ended."""
+    services: Services = request.app[SERVICES]
+    row = await session_or_404(request)
+    text = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()) or int(text) > MAX_AFTER:
+        raise bad_request(f"Last-Event-ID must be a whole number from 0 to {MAX_AFTER}")
+    after = int(text)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    while True:
+        events = await services.sessions.events(row.id, after)
+        for event in events:
+            payload = json.dumps({"kind": event.kind, "data": event.data,
+                                  "at": as_utc(event.created_at).isoformat()})
+            await response.write(f"id: {event.seq}\nevent: {event.kind}\ndata: {payload}\n\n".encode())
+            after = event.seq
+        if not events:
+            current = await services.sessions.get(row.id)
+            if current is None or State(current.state).final:
+                break
+            await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(SSE_POLL)
+    await response.write(b"event: end\ndata: {}\n\n")
+    return response
