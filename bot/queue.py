@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 JOB_NAME = "run_session"
 WORKER_KEY_PREFIX = "sesame:worker:"  # one key per live worker, refreshed while it polls
 WORKER_KEY_TTL = 30.0
+WAKE_CHANNEL = "sesame:wake"  # published after each enqueue: idle workers poll at once (issue 16)
 Job = Callable[[str], Awaitable[object]]
 
 
@@ -78,6 +79,7 @@ class ArqQueue:
         try:
             pool = await self.pool()
             if await pool.enqueue_job(JOB_NAME, session_id, _job_id=job) is not None:
+                await wake(pool)
                 return True
             if await self._waiting(pool, job):
                 return True
@@ -126,6 +128,15 @@ class ArqQueue:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+
+
+async def wake(pool: ArqRedis) -> None:
+    """Tell the idle workers a job waits (they subscribe to WAKE_CHANNEL); best effort: a worker that
+    missed it finds the job at its next fallback poll."""
+    try:
+        await pool.publish(WAKE_CHANNEL, b"1")
+    except (TimeoutError, OSError, RedisError) as exc:
+        log.debug("could not wake the workers: %s", exc)
 
 
 class InlineQueue:
