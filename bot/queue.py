@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 JOB_NAME = "run_session"
 WORKER_KEY_PREFIX = "sesame:worker:"  # one key per live worker, refreshed while it polls
 WORKER_KEY_TTL = 30.0
+WAKE_CHANNEL = "sesame:wake"  # published after each enqueue: idle workers poll at once (issue 16)
 Job = Callable[[str], Awaitable[object]]
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one script, one round
 # trip: the same keys and job encoding, so arq's workers run it unchanged. Returns 1 when enqueued, 2 when
 # the job already waits in the queue (a repeated enqueue), 0 when arq still holds a job of this id that
-# will not run (a dead worker's, until its keys expire).
+# will not run (a dead worker's, until its keys expire). A new job is published on WAKE_CHANNEL in the same
+# script, so idle workers poll at once (issue 16).
 ENQUEUE_SCRIPT = """
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then
   if redis.call('zscore', KEYS[3], ARGV[3]) and redis.call('exists', KEYS[4]) == 0 then return 2 end
@@ -38,6 +40,7 @@ if redis.call('exists', KEYS[1], KEYS[2]) > 0 then
 end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
+redis.call('publish', ARGV[5], '1')
 return 1
 """
 
@@ -103,7 +106,7 @@ class ArqQueue:
             now = timestamp_ms()
             data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
             keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
-            if await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now]):
+            if await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now, WAKE_CHANNEL]):
                 return True
             log.warning("enqueue of session %s (attempt %d) refused: arq still holds job %s", session_id,
                         attempt, job)
@@ -150,6 +153,15 @@ class ArqQueue:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+
+
+async def wake(pool: ArqRedis) -> None:
+    """Tell the idle workers a job waits (they subscribe to WAKE_CHANNEL); best effort: a worker that
+    missed it finds the job at its next fallback poll."""
+    try:
+        await pool.publish(WAKE_CHANNEL, b"1")
+    except (TimeoutError, OSError, RedisError) as exc:
+        log.debug("could not wake the workers: %s", exc)
 
 
 class InlineQueue:

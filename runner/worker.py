@@ -23,6 +23,7 @@ from runner.workspace import remove_abandoned_workspace
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+POLL_FALLBACK = 2.0  # seconds between polls when no wake-up came (each enqueue publishes one: issue 16)
 HAND_BACK_TIMEOUT = 3 * pipeline.SALVAGE_TIMEOUT  # commit, scan and push of what a handed-back session wrote
 
 
@@ -141,8 +142,9 @@ def sweep_seconds(settings: Settings) -> set[int]:
 
 
 def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: bool = False,
-                 max_jobs: int | None = None, poll_delay: float = 0.5) -> SessionWorker:
-    """An arq worker whose jobs share the given services; it waits out Redis outages."""
+                 max_jobs: int | None = None, poll_delay: float = POLL_FALLBACK) -> SessionWorker:
+    """An arq worker whose jobs share the given services; it waits out Redis outages. It polls the queue
+    when an enqueue wakes it (or a job of its ends), at the latest every poll_delay seconds."""
     settings = services.settings
     return SessionWorker(
         functions=[_job_function()],
