@@ -63,8 +63,9 @@ def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind:
     return Key(name, env or (name,), path, default, kind, secret, help, minimum, maximum, choices, url, live)
 
 
-# Providers that exist; the seed's docker, e2b, daytona and vercel join when they are built.
+# Providers that exist (runner/providers/); each but local needs the settings PROVIDER_NEEDS names.
 SANDBOX_PROVIDERS = ("local",)
+PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {}
 # Which repositories POST /api/session may name (bot/session_input.py): auto is `any` in the embedded
 # single-machine mode and `installed` with PostgreSQL.
 API_REPO_POLICIES = ("auto", "installed", "local", "any")
@@ -123,6 +124,12 @@ KEYS: tuple[Key, ...] = (
     _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory", live=False,
        default="/tmp/sesame", help="where session workspaces are created"),
     _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local", choices=SANDBOX_PROVIDERS),
+    # issue 17: sandbox providers beside local (runner/providers/)
+    _k("DOCKER_SANDBOX_IMAGE", path="sandboxProvider.docker.image",
+       help="image of the docker provider's containers (Dockerfile.sandbox builds one: Debian, node, git, "
+            "the agent CLIs)"),
+    _k("DOCKER_HOST", path="sandboxProvider.docker.host", default="unix:///var/run/docker.sock", live=False,
+       help="the Docker Engine API the docker provider talks to (unix:///run/podman/podman.sock for podman)"),
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
@@ -403,6 +410,8 @@ class SettingValues:
     AI_MODEL: str
     SESSION_DIR_BASE: str
     SANDBOX_PROVIDER: str
+    DOCKER_SANDBOX_IMAGE: str | None
+    DOCKER_HOST: str
     SANDBOX_SECURITY_ENABLED: bool
     SANDBOX_ALLOWED_DOMAINS: list[str]
     SANDBOX_DENIED_DOMAINS: list[str]
@@ -667,6 +676,11 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY", "is required when GITHUB_APP_ID is set",
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
+    provider = str(settings.get("SANDBOX_PROVIDER") or "local").lower()
+    for name in PROVIDER_NEEDS.get(provider, ()):
+        if not settings.get(name):
+            raise SettingsError("SANDBOX_PROVIDER", f"the {provider} provider needs {name}, which is not set",
+                                f"Set {name}, or SANDBOX_PROVIDER back to local")
     interval = settings.values.get("SWEEP_INTERVAL")
     if interval and 60 % int(interval):
         raise SettingsError("SWEEP_INTERVAL", f"{interval} does not divide a minute",

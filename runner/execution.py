@@ -15,7 +15,8 @@ from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
-from runner.sandbox import create_sandbox
+from runner.providers import provider_for, remote
+from runner.providers.sync import read_back, upload_workspace
 from runner.sandbox.base import (
     ProcessHandle,
     ProxyLimits,
@@ -37,8 +38,10 @@ GATEWAY_NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,lo
 class AgentRun:
     """A started agent: its output lines, exit code, kill, and the sandbox to destroy."""
 
-    def __init__(self, sandbox: Sandbox, handle: ProcessHandle, gateway: CredentialGateway | None = None) -> None:
-        self.sandbox, self.handle, self.gateway = sandbox, handle, gateway
+    def __init__(self, sandbox: Sandbox, handle: ProcessHandle, gateway: CredentialGateway | None = None,
+                 workspace: Workspace | None = None) -> None:
+        self.sandbox, self.handle, self.gateway, self.workspace = sandbox, handle, gateway, workspace
+        self._read_back = False
         self.warning = sandbox.warning
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
@@ -55,11 +58,19 @@ class AgentRun:
     async def wait(self) -> int:
         """The exit code; LimitExceeded when the sandbox stopped the agent at one of its limits."""
         code = await self.handle.wait()
+        await self.read_back()
         self.sandbox.check_limits()
         return code
 
     async def kill(self) -> None:
         await self.handle.kill()
+        await self.read_back()
+
+    async def read_back(self) -> None:
+        """A remote sandbox's work, into the host's project directory (once; untrusted data)."""
+        if self.workspace is not None and not self._read_back:
+            self._read_back = True
+            await read_back(self.sandbox, self.workspace)
 
     @property
     def gateway_stats(self) -> GatewayStats | None:
@@ -201,11 +212,14 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         proxy_limits=proxy_limits(services),
         security_enabled=settings.SANDBOX_SECURITY_ENABLED and session.sandbox_security), workspace)
-    sandbox = create_sandbox(policy, on_violation)
+    sandbox = provider_for(settings).create(policy, on_violation)
     await sandbox.start()
     gateway: CredentialGateway | None = None
     try:
         base_url = setting_url
+        moved = remote(sandbox)
+        if moved is not None and not moved.reaches_host:
+            route = None  # no gateway it could reach: the credential goes in as the provider allows
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
             agent = agent.through_gateway(base_url, route)
@@ -221,13 +235,14 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         if binary and prefix and sandbox.secured:  # the sandbox sees the install at its tool path
             bin_dir = policy.tool_path(agent.name) / binary.parent.relative_to(prefix)
         argv = agent_argv(services, agent, session, prompt, bin_dir)
+        await upload_workspace(sandbox, workspace)
         handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
     except BaseException:
         await sandbox.destroy()
         if gateway is not None:
             await gateway.close()
         raise
-    return AgentRun(sandbox, handle, gateway)
+    return AgentRun(sandbox, handle, gateway, workspace)
 
 
 def refuse_denied_upstream(agent: Agent, upstream: str, denied: Sequence[str], on_violation: ViolationCallback) -> None:
