@@ -64,8 +64,8 @@ def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind:
 
 
 # Providers that exist (runner/providers/); each but local needs the settings PROVIDER_NEEDS names.
-SANDBOX_PROVIDERS = ("local",)
-PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {}
+SANDBOX_PROVIDERS = ("local", "docker")
+PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {"docker": ("DOCKER_SANDBOX_IMAGE",)}
 # Which repositories POST /api/session may name (bot/session_input.py): auto is `any` in the embedded
 # single-machine mode and `installed` with PostgreSQL.
 API_REPO_POLICIES = ("auto", "installed", "local", "any")
@@ -130,6 +130,8 @@ KEYS: tuple[Key, ...] = (
             "the agent CLIs)"),
     _k("DOCKER_HOST", path="sandboxProvider.docker.host", default="unix:///var/run/docker.sock", live=False,
        help="the Docker Engine API the docker provider talks to (unix:///run/podman/podman.sock for podman)"),
+    _k("DOCKER_SANDBOX_MOUNTS", path="sandboxProvider.docker.readOnlyMounts", default=[], kind="list",
+       help="host directories shown read-only at the same path in every container (e.g. a shared toolchain)"),
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
@@ -412,6 +414,7 @@ class SettingValues:
     SANDBOX_PROVIDER: str
     DOCKER_SANDBOX_IMAGE: str | None
     DOCKER_HOST: str
+    DOCKER_SANDBOX_MOUNTS: list[str]
     SANDBOX_SECURITY_ENABLED: bool
     SANDBOX_ALLOWED_DOMAINS: list[str]
     SANDBOX_DENIED_DOMAINS: list[str]

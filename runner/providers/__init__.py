@@ -8,7 +8,14 @@ from bot.settings import PROVIDER_NEEDS, Settings
 from runner.providers.base import Provider, ProviderUnavailable, RemoteSandbox, missing_settings, remote
 from runner.providers.local import LocalProvider
 
-FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider}
+
+def _docker(settings: Settings) -> Provider:
+    from runner.providers.docker import DockerProvider  # the docker SDK is imported only when used
+
+    return DockerProvider(settings)
+
+
+FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker}
 
 
 def provider_for(settings: Settings) -> Provider:
