@@ -15,7 +15,7 @@ from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
-from runner.providers import provider_for, remote
+from runner.providers import provider_for
 from runner.providers.sync import read_back, upload_workspace
 from runner.sandbox.base import (
     ProcessHandle,
@@ -198,11 +198,13 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
     agent = configured_agent(services, session, agent, setting_url)  # the route may depend on it (a provider)
-    route = agent.gateway_route(credential, server_env)
+    provider = provider_for(settings)
+    # a sandbox that cannot reach a gateway here gets the credential as the provider allows (its env)
+    route = agent.gateway_route(credential, server_env) if provider.reaches_host else None
     if route is not None:
         refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
     domains = agent.domains(setting_url, route)
-    binary = agent_binary(services, agent)
+    binary = None if provider.remote else agent_binary(services, agent)  # remote: the template's, on PATH
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
@@ -212,14 +214,11 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         proxy_limits=proxy_limits(services),
         security_enabled=settings.SANDBOX_SECURITY_ENABLED and session.sandbox_security), workspace)
-    sandbox = provider_for(settings).create(policy, on_violation)
+    sandbox = provider.create(policy, on_violation)
     await sandbox.start()
     gateway: CredentialGateway | None = None
     try:
         base_url = setting_url
-        moved = remote(sandbox)
-        if moved is not None and not moved.reaches_host:
-            route = None  # no gateway it could reach: the credential goes in as the provider allows
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
             agent = agent.through_gateway(base_url, route)

@@ -15,7 +15,13 @@ def _docker(settings: Settings) -> Provider:
     return DockerProvider(settings)
 
 
-FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker}
+def _e2b(settings: Settings) -> Provider:
+    from runner.providers.e2b import E2BProvider  # the e2b SDK is imported only when used
+
+    return E2BProvider(settings)
+
+
+FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b}
 
 
 def provider_for(settings: Settings) -> Provider:

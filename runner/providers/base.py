@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from pathlib import Path
 
 from bot.settings import Settings
 from runner.sandbox.base import Sandbox, SandboxPolicy, ViolationCallback
@@ -32,8 +31,11 @@ class Provider(abc.ABC):
     """One kind of sandbox. `create` gives a Sandbox (start, exec, listen, destroy)."""
 
     name: str
-    #: What the README's table and the progress message say of its network policy.
-    network_note: str | None = None
+    #: Its sandboxes hold their own copy of the files (RemoteSandbox), and the agent CLI comes from the
+    #: provider's image or template (on its PATH), not from this host's install.
+    remote: bool = False
+    #: Its sandboxes can reach a port this host listens on inside them (the credential gateway).
+    reaches_host: bool = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -45,9 +47,6 @@ class Provider(abc.ABC):
 
 class RemoteSandbox(Sandbox):
     """A sandbox whose files live elsewhere: the working tree goes up, the changes come back."""
-
-    #: False when the provider's machines cannot reach a port this host listens on (no credential gateway).
-    reaches_host = False
 
     @abc.abstractmethod
     async def upload(self, archive: bytes, remote_dir: str) -> None:
@@ -68,6 +67,3 @@ def missing_settings(settings: Settings, names: Sequence[str]) -> list[str]:
     return [name for name in names if not settings.get(name)]
 
 
-def project_root(policy: SandboxPolicy) -> Path:
-    """Where the project lives, on the host and (same path) in every provider's sandbox."""
-    return policy.project_dir

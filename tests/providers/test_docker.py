@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import shlex
-import textwrap
 from pathlib import Path
 
 from runner.cli_run import run_from_terminal
@@ -14,23 +13,10 @@ from runner.providers.cleanup import remove_abandoned_session
 from runner.providers.docker import DockerSandbox
 from runner.sandbox.base import SandboxLimits, SandboxPolicy, Violation
 from tests.conftest import session_base
+from tests.providers.agent import AGENT
 from tests.support.gitrepo import branches, git, make_repo, show_file
 from tests.support.podman import Podman, podman  # noqa: F401 (the fixture)
 from tests.test_pipeline import PYTHON, args, make_services
-
-# Writes a file, reads its prompt from stdin, and asks the egress proxy for a host not on the allow list.
-AGENT = textwrap.dedent("""\
-    import os, pathlib, sys, urllib.request
-    prompt = sys.stdin.read()
-    pathlib.Path("src").mkdir(exist_ok=True)
-    pathlib.Path("src/widget.py").write_text("def answer():\\n    return 42\\n")
-    pathlib.Path("WHO.txt").write_text(f"{os.getuid()} {prompt.splitlines()[0]}\\n")
-    try:
-        urllib.request.urlopen("http://blocked.invalid/", timeout=5)
-    except Exception as exc:
-        print("refused:", exc, flush=True)
-    print("edited src/widget.py", flush=True)
-""")
 
 
 def _env(podman: Podman) -> dict[str, str]:
