@@ -63,8 +63,9 @@ def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind:
     return Key(name, env or (name,), path, default, kind, secret, help, minimum, maximum, choices, url, live)
 
 
-# Providers that exist; the seed's docker, e2b, daytona and vercel join when they are built.
-SANDBOX_PROVIDERS = ("local",)
+# Providers that exist (runner/providers/); each but local needs the settings PROVIDER_NEEDS names.
+SANDBOX_PROVIDERS = ("local", "docker", "e2b")
+PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {"docker": ("DOCKER_SANDBOX_IMAGE",), "e2b": ("E2B_API_KEY",)}
 # Which repositories POST /api/session may name (bot/session_input.py): auto is `any` in the embedded
 # single-machine mode and `installed` with PostgreSQL.
 API_REPO_POLICIES = ("auto", "installed", "local", "any")
@@ -130,6 +131,23 @@ KEYS: tuple[Key, ...] = (
     _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory", live=False,
        default="/tmp/sesame", help="where session workspaces are created"),
     _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local", choices=SANDBOX_PROVIDERS),
+    # issue 17: sandbox providers beside local (runner/providers/)
+    _k("DOCKER_SANDBOX_IMAGE", path="sandboxProvider.docker.image",
+       help="image of the docker provider's containers (Dockerfile.sandbox builds one: Debian, node, git, "
+            "the agent CLIs)"),
+    _k("DOCKER_HOST", path="sandboxProvider.docker.host", default="unix:///var/run/docker.sock", live=False,
+       help="the Docker Engine API the docker provider talks to (unix:///run/podman/podman.sock for podman)"),
+    _k("DOCKER_SANDBOX_MOUNTS", path="sandboxProvider.docker.readOnlyMounts", default=[], kind="list",
+       help="host directories shown read-only at the same path in every container (e.g. a shared toolchain)"),
+    _k("E2B_API_KEY", path="sandboxProvider.e2b.apiKey", secret=True, help="E2B's API key (SANDBOX_PROVIDER=e2b)"),
+    _k("E2B_API_URL", path="sandboxProvider.e2b.apiUrl", url=True,
+       help="E2B's API (the SDK's default: https://api.e2b.app)"),
+    _k("E2B_SANDBOX_URL", path="sandboxProvider.e2b.sandboxUrl", url=True,
+       help="where the SDK reaches every sandbox's envd (the SDK's default: per sandbox, from E2B's domain)"),
+    _k("E2B_TEMPLATE", path="sandboxProvider.e2b.template",
+       help="the E2B template sessions start from (it must hold the agent CLIs); E2B's base template if unset"),
+    _k("E2B_TIMEOUT", path="sandboxProvider.e2b.timeoutSeconds", default=3600, kind="int", minimum=60,
+       maximum=86400, help="seconds an E2B sandbox lives: E2B ends it then, even if its worker died"),
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
@@ -412,6 +430,14 @@ class SettingValues:
     AI_MODEL: str
     SESSION_DIR_BASE: str
     SANDBOX_PROVIDER: str
+    DOCKER_SANDBOX_IMAGE: str | None
+    DOCKER_HOST: str
+    DOCKER_SANDBOX_MOUNTS: list[str]
+    E2B_API_KEY: str | None
+    E2B_API_URL: str | None
+    E2B_SANDBOX_URL: str | None
+    E2B_TEMPLATE: str | None
+    E2B_TIMEOUT: int
     SANDBOX_SECURITY_ENABLED: bool
     SANDBOX_ALLOWED_DOMAINS: list[str]
     SANDBOX_DENIED_DOMAINS: list[str]
@@ -677,6 +703,11 @@ def validate(settings: Settings) -> None:
                             "Set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH to the App's .pem")
     parse_uid_range(settings.get("SANDBOX_UID_RANGE"))
     check_domain_lists(settings)
+    provider = str(settings.get("SANDBOX_PROVIDER") or "local").lower()
+    for name in PROVIDER_NEEDS.get(provider, ()):
+        if not settings.get(name):
+            raise SettingsError("SANDBOX_PROVIDER", f"the {provider} provider needs {name}, which is not set",
+                                f"Set {name}, or SANDBOX_PROVIDER back to local")
     interval = settings.values.get("SWEEP_INTERVAL")
     if interval and 60 % int(interval):
         raise SettingsError("SWEEP_INTERVAL", f"{interval} does not divide a minute",

@@ -15,7 +15,8 @@ from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
-from runner.sandbox import create_sandbox
+from runner.providers import provider_for
+from runner.providers.sync import read_back, upload_workspace
 from runner.sandbox.base import (
     ProcessHandle,
     ProxyLimits,
@@ -37,8 +38,10 @@ GATEWAY_NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,lo
 class AgentRun:
     """A started agent: its output lines, exit code, kill, and the sandbox to destroy."""
 
-    def __init__(self, sandbox: Sandbox, handle: ProcessHandle, gateway: CredentialGateway | None = None) -> None:
-        self.sandbox, self.handle, self.gateway = sandbox, handle, gateway
+    def __init__(self, sandbox: Sandbox, handle: ProcessHandle, gateway: CredentialGateway | None = None,
+                 workspace: Workspace | None = None) -> None:
+        self.sandbox, self.handle, self.gateway, self.workspace = sandbox, handle, gateway, workspace
+        self._read_back = False
         self.warning = sandbox.warning
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
@@ -55,11 +58,19 @@ class AgentRun:
     async def wait(self) -> int:
         """The exit code; LimitExceeded when the sandbox stopped the agent at one of its limits."""
         code = await self.handle.wait()
+        await self.read_back()
         self.sandbox.check_limits()
         return code
 
     async def kill(self) -> None:
         await self.handle.kill()
+        await self.read_back()
+
+    async def read_back(self) -> None:
+        """A remote sandbox's work, into the host's project directory (once; untrusted data)."""
+        if self.workspace is not None and not self._read_back:
+            self._read_back = True
+            await read_back(self.sandbox, self.workspace)
 
     @property
     def gateway_stats(self) -> GatewayStats | None:
@@ -187,11 +198,13 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     setting_url = agent_setting(settings, agent.spec.base_url_key)
     server_env = agent_server_env(services)
     agent = configured_agent(services, session, agent, setting_url)  # the route may depend on it (a provider)
-    route = agent.gateway_route(credential, server_env)
+    provider = provider_for(settings)
+    # a sandbox that cannot reach a gateway here gets the credential as the provider allows (its env)
+    route = agent.gateway_route(credential, server_env) if provider.reaches_host else None
     if route is not None:
         refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
     domains = agent.domains(setting_url, route)
-    binary = agent_binary(services, agent)
+    binary = None if provider.remote else agent_binary(services, agent)  # remote: the template's, on PATH
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
@@ -201,7 +214,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),
         proxy_limits=proxy_limits(services),
         security_enabled=settings.SANDBOX_SECURITY_ENABLED and session.sandbox_security), workspace)
-    sandbox = create_sandbox(policy, on_violation)
+    sandbox = provider.create(policy, on_violation)
     await sandbox.start()
     gateway: CredentialGateway | None = None
     try:
@@ -221,13 +234,14 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         if binary and prefix and sandbox.secured:  # the sandbox sees the install at its tool path
             bin_dir = policy.tool_path(agent.name) / binary.parent.relative_to(prefix)
         argv = agent_argv(services, agent, session, prompt, bin_dir)
+        await upload_workspace(sandbox, workspace)
         handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
     except BaseException:
         await sandbox.destroy()
         if gateway is not None:
             await gateway.close()
         raise
-    return AgentRun(sandbox, handle, gateway)
+    return AgentRun(sandbox, handle, gateway, workspace)
 
 
 def refuse_denied_upstream(agent: Agent, upstream: str, denied: Sequence[str], on_violation: ViolationCallback) -> None:

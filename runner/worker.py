@@ -18,8 +18,8 @@ from bot.sessions import AtLimit
 from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline
+from runner.providers.cleanup import remove_abandoned_session
 from runner.reconnecting import ReconnectingWorker
-from runner.workspace import remove_abandoned_workspace
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -86,7 +86,7 @@ async def _job(ctx: dict[str, Any], session_id: str) -> None:
 
 
 async def _sweep_job(ctx: dict[str, Any]) -> None:
-    await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_workspace)
+    await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_session)
 
 
 class SessionWorker(ReconnectingWorker):

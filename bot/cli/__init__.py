@@ -304,8 +304,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from bot.cli.wiring import open_services
     from bot.queue import InlineQueue
     from bot.sweeper import run_forever_sweeper
+    from runner.providers.cleanup import remove_abandoned_session
     from runner.worker import HAND_BACK_TIMEOUT
-    from runner.workspace import remove_abandoned_workspace
 
     try:
         services = await open_services(settings)
@@ -333,7 +333,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     mode = "SQLite" if services.settings.embedded else "PostgreSQL"
     print(f"sesame {__version__} serving on http://{host}:{port} ({mode}, queue: {queue.kind})", flush=True)
     sweeper = None if args.no_sweeper else asyncio.create_task(
-        run_forever_sweeper(services, queue, on_end=remove_abandoned_workspace))
+        run_forever_sweeper(services, queue, on_end=remove_abandoned_session))
     freeze_heap()
     await stopping.wait()
     print("sesame: shutting down", flush=True)

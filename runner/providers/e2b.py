@@ -1,0 +1,118 @@
+"""The e2b provider: one E2B sandbox (a Firecracker microVM) per session, through the `e2b` SDK.
+
+Settings: E2B_API_KEY (sealed like every secret setting), E2B_API_URL and E2B_SANDBOX_URL (the SDK's
+own base-URL settings; plain http is spoken as HTTP/1.1), E2B_TEMPLATE (holding the agent CLIs),
+E2B_TIMEOUT (the sandbox's lifetime: E2B ends it then even if this worker died). The network allow
+list becomes the sandbox's egress policy (deny all, allow the session's domains); E2B enforces it and
+reports nothing back, so no violation is recorded. E2B's machines cannot reach this host: the agent's
+credential goes in as an environment variable of its command (no credential gateway).
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.providers.base import Provider, RemoteSandbox
+from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
+from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
+
+
+class E2BProvider(Provider):
+    name = "e2b"
+    remote = True
+    reaches_host = False
+
+    def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
+        return E2BSandbox(policy, dict(
+            api_key=self.settings.E2B_API_KEY, api_url=self.settings.E2B_API_URL,
+            sandbox_url=self.settings.E2B_SANDBOX_URL, template=self.settings.E2B_TEMPLATE,
+            timeout=int(self.settings.E2B_TIMEOUT)))
+
+
+def network_policy(policy: SandboxPolicy) -> dict[str, list[str]]:
+    """E2B's egress rules for the session: nothing but the allowed domains (less the denied ones)."""
+    allowed = [d for d in policy.allowed_domains if d not in policy.denied_domains]
+    return {"deny_out": ["0.0.0.0/0"], "allow_out": allowed}
+
+
+class E2BSandbox(RemoteSandbox):
+    def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
+        self.policy, self.options = policy, dict(options)
+        self.warning = None
+        self.sandbox: Any = None
+
+    def _connection(self) -> dict[str, Any]:
+        url = self.options.get("api_url") or ""
+        opts: dict[str, Any] = {"api_key": self.options["api_key"]}
+        if url:
+            opts["api_url"] = url
+        if self.options.get("sandbox_url"):
+            opts["sandbox_url"] = self.options["sandbox_url"]
+        if str(self.options.get("sandbox_url") or url).startswith("http://"):
+            opts["http_version"] = "1.1"  # no HTTP/2 without TLS
+        return opts
+
+    async def start(self) -> None:
+        from e2b import AsyncSandbox
+
+        self.sandbox = await AsyncSandbox.create(
+            template=self.options.get("template") or None, timeout=self.options["timeout"],
+            metadata={"sesame_session": self.policy.session_id}, network=network_policy(self.policy),  # type: ignore[arg-type]
+            **self._connection())
+
+    async def _run(self, argv: Sequence[str]) -> None:
+        """A short command, to its end; an error names it when it fails."""
+        from e2b.sandbox.commands.command_handle import CommandExitException
+
+        try:
+            await self.sandbox.commands.run(shlex.join(argv), timeout=0)
+        except CommandExitException as exc:
+            raise RuntimeError(f"{argv[:3]} failed in the e2b sandbox: {exc.stderr[-300:]}") from exc
+
+    async def upload(self, archive: bytes, remote_dir: str) -> None:
+        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
+        await self.sandbox.files.write(path, archive)
+        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+
+    async def download(self, remote_dir: str) -> bytes:
+        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
+        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+        return bytes(await self.sandbox.files.read(path, format="bytes"))
+
+    async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
+                   cwd: str | Path | None = None) -> ProcessHandle:
+        from e2b.sandbox.commands.command_handle import CommandExitException
+
+        source = None
+        if stdin is not None:
+            source = stdin_path(self.policy)
+            await self.sandbox.files.write(source, stdin)
+        process = RemoteProcess()
+        handle = await self.sandbox.commands.run(
+            shell_command(list(argv), source), background=True, envs=remote_env(self.policy, env),
+            cwd=str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir), timeout=0,
+            on_stdout=lambda chunk: process.feed("stdout", chunk),
+            on_stderr=lambda chunk: process.feed("stderr", chunk))
+
+        async def finished() -> int:
+            try:
+                return int((await handle.wait()).exit_code)
+            except CommandExitException as exc:
+                return int(exc.exit_code)
+
+        process.attach(finished(), handle.kill, int(handle.pid))
+        return process
+
+    async def listen(self, port: int) -> Any:
+        raise RuntimeError("an E2B sandbox cannot reach a port on this host")
+
+    async def destroy(self) -> None:
+        if self.sandbox is not None:
+            try:
+                await self.sandbox.kill()
+            finally:
+                self.sandbox = None

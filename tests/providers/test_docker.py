@@ -1,0 +1,113 @@
+"""The docker provider for real, on podman's Docker API: the same pipeline test as every provider (a
+`command` agent writes a file, the commit lands with its author and trailer, a blocked request is
+recorded, nothing is left running), and the container's confinement."""
+
+from __future__ import annotations
+
+import io
+import shlex
+from pathlib import Path
+
+from runner.cli_run import run_from_terminal
+from runner.providers.cleanup import remove_abandoned_session
+from runner.providers.docker import DockerSandbox
+from runner.sandbox.base import SandboxLimits, SandboxPolicy, Violation
+from tests.conftest import session_base
+from tests.providers.agent import AGENT
+from tests.support.gitrepo import branches, git, make_repo, show_file
+from tests.support.podman import Podman, podman  # noqa: F401 (the fixture)
+from tests.test_pipeline import PYTHON, args, make_services
+
+
+def _env(podman: Podman) -> dict[str, str]:
+    return {"SANDBOX_PROVIDER": "docker", "DOCKER_HOST": podman.url, "DOCKER_SANDBOX_IMAGE": podman.image,
+            "DOCKER_SANDBOX_MOUNTS": "/usr"}
+
+
+async def test_docker_session_commits_records_the_blocked_request_and_leaves_nothing(
+        tmp_path: Path, db_url: str, podman: Podman) -> None:
+    origin = make_repo(tmp_path / "origin")
+    services = await make_services(tmp_path, db_url, **_env(podman))
+    out = io.StringIO()
+    try:
+        code = await run_from_terminal(services, args(origin, "make answer() return 42",
+                                                      command=shlex.join([PYTHON, "-c", AGENT])), out)
+        session = (await services.sessions.recent(1))[0]
+        violations = await services.sessions.violations(session.id)
+        events = await services.sessions.events(session.id)
+    finally:
+        await services.close()
+    assert code == 0, out.getvalue()
+    assert session.state == "completed" and branches(origin)[session.branch] == session.commit_sha
+    assert show_file(origin, session.branch, "src/widget.py").endswith("return 42")
+    assert show_file(origin, session.branch, "WHO.txt").split()[1:] == ["make", "answer()", "return", "42"]
+    assert git("log", "-1", "--format=%an <%ae>", session.branch, cwd=origin) == "Sesame Agent <agent@sesame.works>"
+    assert git("log", "-1", "--format=%B", session.branch, cwd=origin).rstrip().endswith(
+        "Co-authored-by: Sesame <agent@sesame.works>")
+    assert any(v.kind == "network" and "blocked.invalid" in v.resource for v in violations), violations
+    assert any(e.kind == "message" and "edited src/widget.py" in e.data["summary"] for e in events)
+    assert podman.containers(f"sesame.session={session.id}") == []  # removed at the end
+    assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()
+
+
+async def test_the_container_is_confined_and_limited(tmp_path: Path, podman: Podman) -> None:
+    seen: list[Violation] = []
+    policy = SandboxPolicy("confined", Path(session_base()), limits=SandboxLimits(max_processes=64, memory=256 << 20,
+                                                                                   cpu_share=0.5))
+    sandbox = DockerSandbox(policy, seen.append, podman.url, podman.image, ["/usr"])
+    await sandbox.start()
+    try:
+        probe = ("touch /usr/x 2>&1 || echo ro-usr; touch /etc/x 2>&1 || echo ro-root; id -u; "
+                 "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; "
+                 "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; "
+                 "grep -c . /proc/net/dev; echo done > written")
+        handle = await sandbox.exec(["/bin/sh", "-c", probe])
+        lines = [line.text async for line in handle]
+        assert await handle.wait() == 0, lines
+        info = sandbox.container.attrs
+    finally:
+        await sandbox.destroy()
+    assert "ro-usr" in lines and "ro-root" in lines
+    assert str(policy.host_uid) in lines  # the session's uid, never root
+    assert "64" in lines and str(256 << 20) in lines
+    assert "3" in lines  # /proc/net/dev: two header lines and lo, no other interface
+    assert (policy.project_dir / "written").read_text() == "done\n"
+    assert info["HostConfig"]["ReadonlyRootfs"] is True and info["HostConfig"]["NanoCpus"] == 500_000_000
+    assert podman.containers("sesame.session=confined") == []
+
+
+async def test_a_dead_workers_container_is_swept(tmp_path: Path, db_url: str, podman: Podman) -> None:
+    policy = SandboxPolicy("orphan", Path(session_base()))
+    first = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    await first.start()
+    await first.exec(["sleep", "300"])  # the worker "dies": nothing destroys it
+    left = podman.containers("sesame.session=orphan")
+    second = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    await second.start()  # the session's next attempt
+    retried = podman.containers("sesame.session=orphan")
+    assert len(left) == 1 and len(retried) == 1 and retried != left  # the dead worker's went first
+    services = await make_services(tmp_path, db_url, **_env(podman))
+    try:
+        await remove_abandoned_session(services, "orphan")  # the sweeper ends the session: its container goes
+    finally:
+        await services.close()
+    assert podman.containers("sesame.session=orphan") == []
+    for sandbox in (first, second):
+        sandbox.container = None  # already gone
+        await sandbox.destroy()
+
+
+async def test_kill_ends_the_agent_and_its_children(tmp_path: Path, podman: Podman) -> None:
+    policy = SandboxPolicy("killed", Path(session_base()))
+    sandbox = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    await sandbox.start()
+    try:
+        handle = await sandbox.exec(["/bin/sh", "-c", "sleep 300 & sleep 300; echo never"])
+        await handle.kill()
+        assert await handle.wait() != 0
+        check = await sandbox.exec(["/bin/sh", "-c", "ps -e -o pid=,stat=,args= | grep 'sleep 300' | grep -v grep"])
+        left = [line.text async for line in check]
+        await check.wait()
+    finally:
+        await sandbox.destroy()
+    assert left == []  # neither the agent's sleeps nor zombies of them (pid 1 reaps)
