@@ -1,6 +1,7 @@
 """The web pages' cost: GET /sessions (a page of 50 of --sessions rows, counts by state, the repositories for the
 filter) and GET /sessions/{id} (a session with --events log lines and violations), each beside the API call that
-reads the same rows (GET /api/session?limit=50, /api/session/{id}), same app, same database, loopback.
+reads the same rows (GET /api/session?limit=50, /api/session/{id}), same app, same database, loopback; and the
+session form, settings, credentials and sandbox pages beside the API calls reading the same settings or credentials.
 
     python3 bench/pages.py [--sessions 2000] [--events 1000] [-n 50] [--db URL]
 
@@ -48,7 +49,8 @@ def figures(took: list[float]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"SESAME_DATA_DIR": tmp, "ENCRYPTION_KEY": "ab" * 32, "BASE_URL": "http://127.0.0.1:1"}
+        env = {"SESAME_DATA_DIR": tmp, "ENCRYPTION_KEY": "ab" * 32, "BASE_URL": "http://127.0.0.1:1",
+               "SESAME_API_URL": "http://127.0.0.1:9"}  # the form's model listing: refused, the catalogue instead
         if args.db:
             env["DATABASE_URL"] = args.db
         services = await open_services(load_settings(env=env, cwd=Path(tmp)), auto_migrate=True)
@@ -73,7 +75,11 @@ async def main(args: argparse.Namespace) -> None:
                 await timed(http, f"{base}/sessions", 3)  # templates compiled, connections warm
                 for name, page, api in (
                         ("list of 50", "/sessions", "/api/session?limit=50"),
-                        (f"session with {args.events} log lines", f"/sessions/{last}", f"/api/session/{last}")):
+                        (f"session with {args.events} log lines", f"/sessions/{last}", f"/api/session/{last}"),
+                        ("session form", "/sessions/new", "/api/credentials/claude"),
+                        ("settings", "/settings", "/api/settings"),
+                        ("credentials", "/settings/credentials", "/api/credentials/claude"),
+                        ("sandbox", "/admin/sandbox", "/api/settings")):
                     html, json_ = await timed(http, base + page, args.n), await timed(http, base + api, args.n)
                     print(f"{name}: page {figures(html)}; API {figures(json_)}; "
                           f"ratio of medians {statistics.median(html) / statistics.median(json_):.1f}")

@@ -284,6 +284,7 @@ async def session_page(request: web.Request) -> web.Response:
     events = await services.sessions.events(row.id, limit=LOG_LINES)
     lines = [log_line(e) for e in events]
     final = State(row.state).final
+    sandbox = await services.sessions.last_event(row.id, "sandbox")
     return render(
         request, "session.html", title=one_line(row.title or row.prompt, 80), row=row, final=final,
         steps=steps_of(row, events), lines=lines, cut=len(events) == LOG_LINES, after=events[-1].seq if events else 0,
@@ -291,7 +292,7 @@ async def session_page(request: web.Request) -> web.Response:
         usage=usage_line(session_progress(services, row, row.state)), ran=session_duration(row),
         waited=(as_utc(row.started_at) - as_utc(row.created_at)).total_seconds() if row.started_at else None,
         follow_key=str(uuid.uuid4()), notice=NOTICES.get(request.query.get("done", ""), ""),
-        max_prompt=MAX_PROMPT)
+        max_prompt=MAX_PROMPT, sandbox_applied=bool(sandbox.data.get("secured")) if sandbox is not None else None)
 
 
 NOTICES = {"started": "Session started.", "stopped": "Stop requested.",

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from bot.models import Session
+from bot.models import Session, State
+from bot.services import Services
 from webhooks.app import SERVICES
 from webhooks.pages import PAGE_SIZE, PageError, cost, duration, session_duration
 
@@ -27,7 +28,8 @@ def row_facts(row: Session, now: datetime) -> dict[str, object]:
 
 
 async def list_events(request: web.Request) -> web.StreamResponse:
-    """SSE: `session` events for rows of `ids` (comma separated, at most a page) whose facts changed, and `counts`."""
+    """SSE: `session` events for rows of `ids` (comma separated, at most a page) whose facts changed, and `counts`;
+    `end` once every one of them has ended."""
     ids = [i for i in request.query.get("ids", "").split(",") if i]
     if len(ids) > PAGE_SIZE * 4 or not all(SESSION_ID.match(i) for i in ids):
         raise PageError(400, f"ids must be at most {PAGE_SIZE * 4} session ids, comma separated")
@@ -35,12 +37,21 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    ends = time.monotonic() + LIFETIME
+    try:
+        await _follow(services, ids, response, ends)
+    except ConnectionResetError:  # the page went away: nothing to tell anyone
+        pass
+    return response
+
+
+async def _follow(services: Services, ids: list[str], response: web.StreamResponse, ends: float) -> None:
     sent: dict[str, dict[str, object]] = {}
     counts_sent: dict[str, int] | None = None
-    ends = time.monotonic() + LIFETIME
     while time.monotonic() < ends:
         now = datetime.now(UTC)
-        for row in await services.sessions.many(ids):
+        rows = await services.sessions.many(ids)
+        for row in rows:
             facts = row_facts(row, now)
             if sent.get(row.id) != facts:
                 await response.write(f"event: session\ndata: {json.dumps(facts)}\n\n".encode())
@@ -49,9 +60,11 @@ async def list_events(request: web.Request) -> web.StreamResponse:
         if counts != counts_sent:
             await response.write(f"event: counts\ndata: {json.dumps(counts)}\n\n".encode())
             counts_sent = counts
+        if all(State(row.state).final for row in rows):  # nothing shown changes any more
+            await response.write(b"event: end\ndata: {}\n\n")
+            return
         await response.write(b": keep-alive\n\n")
         await asyncio.sleep(POLL)
-    return response
 
 
 def setup(app: web.Application) -> None:

@@ -109,7 +109,8 @@ async def new_page(request: web.Request, status: int = 200, errors: dict[str, st
     policy = repo_policy(settings)
     repos = await services.installations.all_repos() if settings.GITHUB_APP_ID else []
     agents, models_from = await agent_choices(request)
-    default_agent = settings.SESAME_DEFAULT_AGENT
+    usable = [a.name for a in agents if a.installed and a.credential]
+    default_agent = settings.SESAME_DEFAULT_AGENT if settings.SESAME_DEFAULT_AGENT in usable else next(iter(usable), "")
     shown = {"repo": "", "prompt": "", "agent": default_agent, "model": "", "base": "",
              "sandbox": settings.SANDBOX_SECURITY_ENABLED, "keep": False, "key": str(uuid.uuid4())} | (values or {})
     return render(request, "new.html", status=status, title="New session", agents=agents, repos=repos,

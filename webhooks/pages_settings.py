@@ -29,9 +29,10 @@ MASK = "********"
 PAT_CHECK_SECONDS = 10.0
 IDENTITIES = web.AppKey("pat_identities", dict)  # sha256 of a PAT -> its login, looked up once
 KIND_LABELS = {"subscription": "Subscription", "api_key": "API key", "github_pat": "Personal access token"}
-KIND_HINTS = {"subscription": "a subscription token (for Claude Code: `claude setup-token`; Codex: its auth token; "
-                              "Copilot: a GitHub token with Copilot access)",
-              "api_key": "the provider's API key", "github_pat": "a GitHub personal access token"}
+KIND_HINTS = {"api_key": "the provider's API key", "github_pat": "a GitHub personal access token",
+              "subscription": "a subscription token"}
+SUBSCRIPTION_HINTS = {"claude": "the token `claude setup-token` prints", "codex": "the token from Codex's sign-in",
+                      "copilot": "a GitHub token of an account with Copilot"}
 SANDBOX_KEYS = ("SANDBOX_SECURITY_ENABLED", "SANDBOX_ALLOWED_DOMAINS", "SANDBOX_DENIED_DOMAINS")
 
 
@@ -81,12 +82,12 @@ async def settings_rows(services: Services, submitted: dict[str, str] | None = N
             value, source = MASK, "database"
         why = ""
         if source == "environment":
-            why = f"set by the environment variable {variable}: change it there and restart"
+            why = f"Locked: set by the environment variable {variable}; change it there and restart"
         elif key.secret and key.name not in SETTING_SECRETS:
-            why = f"a secret: set {' or '.join(key.env)} in the server's environment"
+            why = f"Read-only: a secret, set {' or '.join(key.env)} in the server's environment"
         elif not key.path and key.name not in SETTING_SECRETS:
-            why = f"environment only: set {' or '.join(key.env)} where the server starts"
-        applies = "at once" if key.live else "after a restart"
+            why = f"Read-only: environment only, set {' or '.join(key.env)} where the server starts"
+        applies = "at once" if key.live and (key.path or key.name in SETTING_SECRETS) else "after a restart"
         if key.name in settings.restart_pending:
             applies = f"after a restart (the file holds {shown_value(key, settings.restart_pending[key.name])})"
         if submitted and key.name in submitted and not key.secret:
@@ -216,7 +217,7 @@ NOTICES = {"stored": "Credential stored.", "removed": "Credential removed."}
 
 async def credentials_page(request: web.Request) -> web.Response:
     return render(request, "credentials.html", title="Agent credentials", owners=await owners(request),
-                  kind_labels=KIND_LABELS, kind_hints=KIND_HINTS, mask=MASK,
+                  kind_labels=KIND_LABELS, kind_hints=KIND_HINTS, subscription_hints=SUBSCRIPTION_HINTS, mask=MASK,
                   notice=NOTICES.get(request.query.get("done", ""), ""))
 
 

@@ -279,3 +279,15 @@ def test_templates_and_static_files_ship_as_package_data() -> None:
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert {"templates/*", "static/*"} <= set(data["webhooks"])
     assert {p.name for p in (root / "webhooks" / "static").iterdir()} >= {"live.js", "sesame.css", "favicon.svg"}
+
+
+async def test_the_session_page_says_which_sandbox_applied(web: Any, services: Services) -> None:
+    asked = await make(services, "sandboxed")
+    assert "on, as asked (not applied yet)" in await page(web, f"/sessions/{asked}")
+    await services.sessions.claim(asked, "test")
+    await services.sessions.add_event(asked, "sandbox", {"secured": False})
+    assert "asked for, but not applied on this host" in await page(web, f"/sessions/{asked}")
+    await services.sessions.add_event(asked, "sandbox", {"secured": True})
+    assert "on, applied" in await page(web, f"/sessions/{asked}")
+    off = await make(services, "unsandboxed", sandbox_security=False)
+    assert "off (turned off for this session)" in await page(web, f"/sessions/{off}")

@@ -17,6 +17,7 @@ from aiohttp import web as aioweb
 from bot.catalog import CATALOG
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
+from bot.models import State
 from bot.sessions import NewSession
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import make_repo
@@ -39,12 +40,13 @@ def install_stub(data_dir: Path, agent: str) -> None:
 @pytest.fixture
 async def form_web(settings_for: Any, aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
     settings = settings_for(BASE_URL="http://127.0.0.1:1", SESAME_API_URL=NOWHERE, API_REPOS="any",
-                            AGENT_COMMAND="true", SESAME_DEFAULT_AGENT="command")
+                            AGENT_COMMAND="true", SESAME_DEFAULT_AGENT="claude")
     install_stub(settings.data_dir, "claude")
     services = await open_services(settings, auto_migrate=True)
     client = await aiohttp_client(build_web_app(services, RecordingQueue()))
     client.services, client.repo = services, make_repo(tmp_path / "origin")
     yield client
+    await client.close()  # the server's handlers (an event stream) end before the database closes
     await services.close()
 
 
@@ -86,6 +88,8 @@ async def test_models_come_from_the_sesame_api_when_it_answers(settings_for: Any
         client = await aiohttp_client(build_web_app(services, RecordingQueue()))
         html = await page(client, "/sessions/new")
         await page(client, "/sessions/new")
+        claude = html[html.index('data-agent="claude"'):]
+        assert "checked" in claude[: claude.index("</div>")]  # the default agent, usable
         assert 'value="claude-from-api-1"' in html and "claude-sonnet-4-5" not in html and "<script>" not in html
         assert "Models from the Sesame API." in html and "credential: environment" in html
         assert asked == ["/models"]  # cached: the second page did not ask again
@@ -171,4 +175,6 @@ async def test_the_list_stream_sends_changed_rows_and_counts(form_web: Any) -> N
     await services.sessions.claim(row.id, "test")
     while b'"state": "processing"' not in seen:
         seen += await response.content.readany()
-    response.close()
+    await services.sessions.finish(row.id, State.COMPLETED)
+    seen += await response.content.read()  # the stream ends once every row shown has ended
+    assert seen.endswith(b"event: end\ndata: {}\n\n") and b'"state": "completed"' in seen

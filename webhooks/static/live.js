@@ -88,6 +88,7 @@ function followList() {
       cell.textContent = String(counts[cell.dataset.count] || 0);
     }
   });
+  source.addEventListener("end", () => source.close());  // every row shown has ended
   document.body.dataset.live = "on";
 }
 
