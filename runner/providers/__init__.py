@@ -21,7 +21,14 @@ def _e2b(settings: Settings) -> Provider:
     return E2BProvider(settings)
 
 
-FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b}
+def _daytona(settings: Settings) -> Provider:
+    from runner.providers.daytona import DaytonaProvider  # the daytona SDK is imported only when used
+
+    return DaytonaProvider(settings)
+
+
+FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b,
+                                                        "daytona": _daytona}
 
 
 def provider_for(settings: Settings) -> Provider:
