@@ -27,8 +27,14 @@ def _daytona(settings: Settings) -> Provider:
     return DaytonaProvider(settings)
 
 
+def _vercel(settings: Settings) -> Provider:
+    from runner.providers.vercel import VercelProvider  # the vercel SDK is imported only when used
+
+    return VercelProvider(settings)
+
+
 FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b,
-                                                        "daytona": _daytona}
+                                                        "daytona": _daytona, "vercel": _vercel}
 
 
 def provider_for(settings: Settings) -> Provider:
