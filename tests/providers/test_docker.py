@@ -4,9 +4,13 @@ recorded, nothing is left running), and the container's confinement."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shlex
+import socket
 from pathlib import Path
+
+import pytest
 
 from runner.cli_run import run_from_terminal
 from runner.providers.cleanup import remove_abandoned_session
@@ -111,3 +115,31 @@ async def test_kill_ends_the_agent_and_its_children(tmp_path: Path, podman: Podm
     finally:
         await sandbox.destroy()
     assert left == []  # neither the agent's sleeps nor zombies of them (pid 1 reaps)
+
+
+async def test_the_credential_gateway_port_is_reachable_inside_the_container_only(tmp_path: Path,
+                                                                                  podman: Podman) -> None:
+    """listen() opens the gateway's socket in the container's namespace: the agent reaches the key there."""
+    sandbox = DockerSandbox(SandboxPolicy("gateway", Path(session_base())), lambda v: None, podman.url, podman.image,
+                            ["/usr"])
+    await sandbox.start()
+    try:
+        sock, where = await sandbox.listen(3129)
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\ngateway")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, sock=sock)
+        fetch = f"import urllib.request; print(urllib.request.urlopen('http://{where}/', timeout=5).read().decode())"
+        handle = await sandbox.exec([PYTHON, "-c", fetch], env={"NO_PROXY": "127.0.0.1"})
+        lines = [line.text async for line in handle]
+        assert await handle.wait() == 0, lines
+        with pytest.raises(OSError):  # the host's own loopback has no such port: it lives in the container's
+            socket.create_connection(("127.0.0.1", 3129), timeout=1).close()
+        server.close()
+    finally:
+        await sandbox.destroy()
+    assert where == "127.0.0.1:3129" and lines == ["gateway"]
