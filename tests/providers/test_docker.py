@@ -15,7 +15,7 @@ import pytest
 from runner.cli_run import run_from_terminal
 from runner.providers.cleanup import remove_abandoned_session
 from runner.providers.docker import DockerSandbox
-from runner.sandbox.base import SandboxLimits, SandboxPolicy, Violation
+from runner.sandbox.base import LimitExceeded, SandboxLimits, SandboxPolicy, Violation
 from tests.conftest import session_base
 from tests.providers.agent import AGENT
 from tests.support.gitrepo import branches, git, make_repo, show_file
@@ -143,3 +143,20 @@ async def test_the_credential_gateway_port_is_reachable_inside_the_container_onl
     finally:
         await sandbox.destroy()
     assert where == "127.0.0.1:3129" and lines == ["gateway"]
+
+
+async def test_an_oom_kill_in_the_container_is_the_memory_limit(tmp_path: Path, podman: Podman) -> None:
+    policy = SandboxPolicy("oom", Path(session_base()), limits=SandboxLimits(memory=64 << 20))
+    sandbox = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    await sandbox.start()
+    try:
+        sandbox.check_limits()  # nothing reached yet
+        handle = await sandbox.exec([PYTHON, "-c", "x = bytearray(256 << 20); print('survived')"])
+        lines = [line.text async for line in handle]
+        code = await handle.wait()
+        with pytest.raises(LimitExceeded) as reached:
+            sandbox.check_limits()
+    finally:
+        await sandbox.destroy()
+    assert code != 0 and "survived" not in lines
+    assert reached.value.setting == "SANDBOX_MEMORY_LIMIT" and reached.value.value == "64m"
