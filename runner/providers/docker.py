@@ -241,7 +241,15 @@ class DockerSandbox(Sandbox):
             task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
-        """Session directories, the container (a dead worker's removed first), then its network side."""
+        """Session directories, the container (a dead worker's removed first), then its network side;
+        what was made is removed again when a step fails."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.destroy()
+            raise
+
+    async def _start(self) -> None:
         await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
         self._client = await asyncio.to_thread(docker_client, self.host)
         await asyncio.to_thread(remove_containers, self._client, self.policy.session_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli_run import run_from_terminal
+from runner.providers import docker as docker_provider
 from runner.providers.cleanup import remove_abandoned_session
 from runner.providers.docker import DockerSandbox
 from runner.sandbox.base import LimitExceeded, SandboxLimits, SandboxPolicy, Violation
@@ -160,3 +161,16 @@ async def test_an_oom_kill_in_the_container_is_the_memory_limit(tmp_path: Path, 
         await sandbox.destroy()
     assert code != 0 and "survived" not in lines
     assert reached.value.setting == "SANDBOX_MEMORY_LIMIT" and reached.value.value == "64m"
+
+
+async def test_a_start_that_fails_after_the_container_started_removes_it(
+        tmp_path: Path, podman: Podman, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fd: int, address: tuple[str, int]) -> socket.socket:
+        raise OSError("no socket in the container's namespace")
+
+    monkeypatch.setattr(docker_provider, "listen_in", refuse)  # the step after the container's start
+    sandbox = DockerSandbox(SandboxPolicy("nostart", Path(session_base())), lambda v: None, podman.url,
+                            podman.image, ["/usr"])
+    with pytest.raises(OSError, match="no socket"):
+        await sandbox.start()
+    assert podman.containers("sesame.session=nostart") == [] and sandbox.container is None
