@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -74,6 +75,7 @@ class FakeE2B(LoopbackFake):
         super().__init__(api_key=api_key)
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.created: list[dict[str, object]] = []
+        self.started: list[dict[str, Any]] = []  # every process.Process/Start request
         self.base = Path(tempfile.mkdtemp(prefix="sesame-fake-e2b-"))
 
     def routes(self, app: web.Application) -> None:
@@ -123,6 +125,7 @@ class FakeE2B(LoopbackFake):
         sandbox = self._sandbox(request)
         raw = await request.read()
         start = json.loads(raw[5:5 + struct.unpack(">I", raw[1:5])[0]])
+        self.started.append(start)
         process = start["process"]
         argv = sandboxed_argv(sandbox, process.get("cwd") or "/home/user", [process["cmd"], *process.get("args", [])])
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **process.get("envs", {})}
