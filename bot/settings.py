@@ -64,8 +64,10 @@ def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind:
 
 
 # Providers that exist (runner/providers/); each but local needs the settings PROVIDER_NEEDS names.
-SANDBOX_PROVIDERS = ("local", "docker", "e2b")
-PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {"docker": ("DOCKER_SANDBOX_IMAGE",), "e2b": ("E2B_API_KEY",)}
+SANDBOX_PROVIDERS = ("local", "docker", "e2b", "daytona", "vercel")
+PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {"docker": ("DOCKER_SANDBOX_IMAGE",), "e2b": ("E2B_API_KEY",),
+                                              "daytona": ("DAYTONA_API_KEY",),
+                                              "vercel": ("VERCEL_TOKEN", "VERCEL_TEAM_ID", "VERCEL_PROJECT_ID")}
 # Which repositories POST /api/session may name (bot/session_input.py): auto is `any` in the embedded
 # single-machine mode and `installed` with PostgreSQL.
 API_REPO_POLICIES = ("auto", "installed", "local", "any")
@@ -148,6 +150,29 @@ KEYS: tuple[Key, ...] = (
        help="the E2B template sessions start from (it must hold the agent CLIs); E2B's base template if unset"),
     _k("E2B_TIMEOUT", path="sandboxProvider.e2b.timeoutSeconds", default=3600, kind="int", minimum=60,
        maximum=86400, help="seconds an E2B sandbox lives: E2B ends it then, even if its worker died"),
+    _k("DAYTONA_API_KEY", path="sandboxProvider.daytona.apiKey", secret=True,
+       help="Daytona's API key (SANDBOX_PROVIDER=daytona)"),
+    _k("DAYTONA_API_URL", path="sandboxProvider.daytona.apiUrl", default="https://app.daytona.io/api", url=True,
+       help="Daytona's API; each sandbox's toolbox URL comes back in its answers"),
+    _k("DAYTONA_TARGET", path="sandboxProvider.daytona.target", help="Daytona's region (us, eu); the organization's "
+       "default if unset"),
+    _k("DAYTONA_SNAPSHOT", path="sandboxProvider.daytona.snapshot",
+       help="the Daytona snapshot sessions start from (it must hold the agent CLIs); Daytona's default if unset"),
+    _k("DAYTONA_TIMEOUT", path="sandboxProvider.daytona.timeoutSeconds", default=120, kind="int", minimum=1,
+       maximum=3600, help="seconds to wait for a Daytona sandbox to start"),
+    _k("DAYTONA_TTL_MINUTES", path="sandboxProvider.daytona.ttlMinutes", default=120, kind="int", minimum=1,
+       maximum=10080, help="minutes a Daytona sandbox lives at most: Daytona ends it then, even if its worker died"),
+    _k("VERCEL_TOKEN", path="sandboxProvider.vercel.token", secret=True,
+       help="a Vercel access token for Vercel Sandbox (SANDBOX_PROVIDER=vercel)"),
+    _k("VERCEL_TEAM_ID", path="sandboxProvider.vercel.teamId", help="the Vercel team the sandboxes belong to"),
+    _k("VERCEL_PROJECT_ID", path="sandboxProvider.vercel.projectId", help="the Vercel project they belong to"),
+    _k("VERCEL_SANDBOX_URL", path="sandboxProvider.vercel.baseUrl", default="https://vercel.com/api", url=True,
+       help="the Vercel Sandbox API"),
+    _k("VERCEL_REGION", path="sandboxProvider.vercel.region", help="Vercel's region (iad1); Vercel's default if unset"),
+    _k("VERCEL_SANDBOX_IMAGE", path="sandboxProvider.vercel.image",
+       help="the image sessions start from (it must hold the agent CLIs); Vercel's default if unset"),
+    _k("VERCEL_TIMEOUT", path="sandboxProvider.vercel.timeoutSeconds", default=3600, kind="int", minimum=60,
+       maximum=86400, help="seconds a Vercel sandbox may run: Vercel stops it then, even if its worker died"),
     _k("SANDBOX_SECURITY_ENABLED", path="sandbox.security.enabled", default=True, kind="bool"),
     _k("SANDBOX_ALLOWED_DOMAINS", path="sandbox.allowedDomains", default=[], kind="list"),
     _k("SANDBOX_DENIED_DOMAINS", path="sandbox.deniedDomains", default=[], kind="list"),
@@ -438,6 +463,19 @@ class SettingValues:
     E2B_SANDBOX_URL: str | None
     E2B_TEMPLATE: str | None
     E2B_TIMEOUT: int
+    DAYTONA_API_KEY: str | None
+    DAYTONA_API_URL: str
+    DAYTONA_TARGET: str | None
+    DAYTONA_SNAPSHOT: str | None
+    DAYTONA_TIMEOUT: int
+    DAYTONA_TTL_MINUTES: int
+    VERCEL_TOKEN: str | None
+    VERCEL_TEAM_ID: str | None
+    VERCEL_PROJECT_ID: str | None
+    VERCEL_SANDBOX_URL: str
+    VERCEL_REGION: str | None
+    VERCEL_SANDBOX_IMAGE: str | None
+    VERCEL_TIMEOUT: int
     SANDBOX_SECURITY_ENABLED: bool
     SANDBOX_ALLOWED_DOMAINS: list[str]
     SANDBOX_DENIED_DOMAINS: list[str]

@@ -20,7 +20,9 @@ BROKEN = [
     ("SESSION_TIMEOUT", -5, "Give a number from 1 to 604800"),
     ("SESSION_TIMEOUT", "soon", "Give a whole number"),
     ("SESAME_DEFAULT_AGENT", "gpt", "Use one of: claude, codex, gemini, copilot, amp, opencode, command"),
-    ("SANDBOX_PROVIDER", "podman", "Use one of: local, docker, e2b"),
+    ("SANDBOX_PROVIDER", "podman", "Use one of: local, docker, e2b, daytona, vercel"),
+    ("SANDBOX_PROVIDER", "vercel", "Set VERCEL_TOKEN"),
+    ("SANDBOX_PROVIDER", "daytona", "Set DAYTONA_API_KEY"),
     ("SANDBOX_PROVIDER", "e2b", "Set E2B_API_KEY"),
     ("SANDBOX_PROVIDER", "docker", "Set DOCKER_SANDBOX_IMAGE"),  # chosen, it must be usable
     ("AI_BASE_URL", "not a url", "Give a URL with its scheme and host"),

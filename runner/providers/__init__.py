@@ -21,7 +21,20 @@ def _e2b(settings: Settings) -> Provider:
     return E2BProvider(settings)
 
 
-FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b}
+def _daytona(settings: Settings) -> Provider:
+    from runner.providers.daytona import DaytonaProvider  # the daytona SDK is imported only when used
+
+    return DaytonaProvider(settings)
+
+
+def _vercel(settings: Settings) -> Provider:
+    from runner.providers.vercel import VercelProvider  # the vercel SDK is imported only when used
+
+    return VercelProvider(settings)
+
+
+FACTORIES: dict[str, Callable[[Settings], Provider]] = {"local": LocalProvider, "docker": _docker, "e2b": _e2b,
+                                                        "daytona": _daytona, "vercel": _vercel}
 
 
 def provider_for(settings: Settings) -> Provider:

@@ -4,14 +4,19 @@ recorded, nothing is left running), and the container's confinement."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shlex
+import socket
 from pathlib import Path
 
+import pytest
+
 from runner.cli_run import run_from_terminal
+from runner.providers import docker as docker_provider
 from runner.providers.cleanup import remove_abandoned_session
 from runner.providers.docker import DockerSandbox
-from runner.sandbox.base import SandboxLimits, SandboxPolicy, Violation
+from runner.sandbox.base import LimitExceeded, SandboxLimits, SandboxPolicy, Violation
 from tests.conftest import session_base
 from tests.providers.agent import AGENT
 from tests.support.gitrepo import branches, git, make_repo, show_file
@@ -111,3 +116,61 @@ async def test_kill_ends_the_agent_and_its_children(tmp_path: Path, podman: Podm
     finally:
         await sandbox.destroy()
     assert left == []  # neither the agent's sleeps nor zombies of them (pid 1 reaps)
+
+
+async def test_the_credential_gateway_port_is_reachable_inside_the_container_only(tmp_path: Path,
+                                                                                  podman: Podman) -> None:
+    """listen() opens the gateway's socket in the container's namespace: the agent reaches the key there."""
+    sandbox = DockerSandbox(SandboxPolicy("gateway", Path(session_base())), lambda v: None, podman.url, podman.image,
+                            ["/usr"])
+    await sandbox.start()
+    try:
+        sock, where = await sandbox.listen(3129)
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\ngateway")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, sock=sock)
+        fetch = f"import urllib.request; print(urllib.request.urlopen('http://{where}/', timeout=5).read().decode())"
+        handle = await sandbox.exec([PYTHON, "-c", fetch], env={"NO_PROXY": "127.0.0.1"})
+        lines = [line.text async for line in handle]
+        assert await handle.wait() == 0, lines
+        with pytest.raises(OSError):  # the host's own loopback has no such port: it lives in the container's
+            socket.create_connection(("127.0.0.1", 3129), timeout=1).close()
+        server.close()
+    finally:
+        await sandbox.destroy()
+    assert where == "127.0.0.1:3129" and lines == ["gateway"]
+
+
+async def test_an_oom_kill_in_the_container_is_the_memory_limit(tmp_path: Path, podman: Podman) -> None:
+    policy = SandboxPolicy("oom", Path(session_base()), limits=SandboxLimits(memory=64 << 20))
+    sandbox = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    await sandbox.start()
+    try:
+        sandbox.check_limits()  # nothing reached yet
+        handle = await sandbox.exec([PYTHON, "-c", "x = bytearray(256 << 20); print('survived')"])
+        lines = [line.text async for line in handle]
+        code = await handle.wait()
+        with pytest.raises(LimitExceeded) as reached:
+            sandbox.check_limits()
+    finally:
+        await sandbox.destroy()
+    assert code != 0 and "survived" not in lines
+    assert reached.value.setting == "SANDBOX_MEMORY_LIMIT" and reached.value.value == "64m"
+
+
+async def test_a_start_that_fails_after_the_container_started_removes_it(
+        tmp_path: Path, podman: Podman, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fd: int, address: tuple[str, int]) -> socket.socket:
+        raise OSError("no socket in the container's namespace")
+
+    monkeypatch.setattr(docker_provider, "listen_in", refuse)  # the step after the container's start
+    sandbox = DockerSandbox(SandboxPolicy("nostart", Path(session_base())), lambda v: None, podman.url,
+                            podman.image, ["/usr"])
+    with pytest.raises(OSError, match="no socket"):
+        await sandbox.start()
+    assert podman.containers("sesame.session=nostart") == [] and sandbox.container is None

@@ -5,6 +5,7 @@ policy is asked for instead."""
 from __future__ import annotations
 
 import io
+import json
 import shlex
 from pathlib import Path
 
@@ -29,7 +30,7 @@ async def test_e2b_session_commits_what_the_agent_wrote_there_and_leaves_nothing
             events = await services.sessions.events(session.id)
         finally:
             await services.close()
-        created, left = fake.created, dict(fake.sandboxes)
+        created, left, started = fake.created, dict(fake.sandboxes), json.dumps(fake.started)
     assert code == 0, out.getvalue()
     assert session.state == "completed" and branches(origin)[session.branch] == session.commit_sha
     assert show_file(origin, session.branch, "src/widget.py").endswith("return 42")
@@ -42,4 +43,6 @@ async def test_e2b_session_commits_what_the_agent_wrote_there_and_leaves_nothing
     assert created[0]["metadata"] == {"sesame_session": session.id}
     assert created[0]["network"]["denyOut"] == ["0.0.0.0/0"] and "pypi.org" in created[0]["network"]["allowOut"]
     assert left == {}  # killed at the end
+    for secret in (fake.api_key, "ab" * 32):  # E2B's key and the encryption key never enter the sandbox
+        assert secret and secret not in started
     assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()

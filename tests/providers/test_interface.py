@@ -36,6 +36,18 @@ def test_an_unknown_provider_is_refused_at_session_time(tmp_path: Path) -> None:
         provider_for(settings)
 
 
+@pytest.mark.parametrize(("provider", "needs"), [("docker", "DOCKER_SANDBOX_IMAGE"), ("e2b", "E2B_API_KEY"),
+                                                 ("daytona", "DAYTONA_API_KEY"), ("vercel", "VERCEL_TOKEN")])
+def test_each_provider_is_selected_by_the_setting_and_refused_without_what_it_needs(
+        tmp_path: Path, provider: str, needs: str) -> None:
+    settings = _settings(tmp_path, SANDBOX_PROVIDER=provider, DOCKER_SANDBOX_IMAGE="img", E2B_API_KEY="k",
+                         DAYTONA_API_KEY="k", VERCEL_TOKEN="t", VERCEL_TEAM_ID="team", VERCEL_PROJECT_ID="prj")
+    assert provider_for(settings).name == provider
+    settings.values[needs] = None  # unset after the start-up check (a live settings change)
+    with pytest.raises(ProviderUnavailable, match=f"the {provider} sandbox provider needs {needs}"):
+        provider_for(settings)
+
+
 def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -43,6 +44,23 @@ class FakeSandbox:
         """The host path of an absolute path inside the sandbox."""
         return self.root / inside.lstrip("/")
 
+    def stop(self) -> None:
+        """Kill what still runs, and remove the sandbox's files."""
+        for proc in self.processes.values():
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sandboxed_argv(sandbox: FakeSandbox, cwd: str, command: list[str]) -> list[str]:
+    """bubblewrap running command with the host's /usr and /etc, the sandbox's own /tmp and /home."""
+    argv = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc",
+            "--dev", "/dev", "--bind", str(sandbox.root / "tmp"), "/tmp",
+            "--bind", str(sandbox.root / "home"), "/home", "--unshare-pid", "--die-with-parent"]
+    for link in ("bin", "sbin", "lib", "lib64"):
+        argv += ["--symlink", f"usr/{link}", f"/{link}"]
+    return [*argv, "--chdir", cwd, "--", *command]
+
 
 def frame(message: dict[str, object], end: bool = False) -> bytes:
     """One Connect streaming envelope: flags, big-endian length, JSON."""
@@ -57,6 +75,7 @@ class FakeE2B(LoopbackFake):
         super().__init__(api_key=api_key)
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.created: list[dict[str, object]] = []
+        self.started: list[dict[str, Any]] = []  # every process.Process/Start request
         self.base = Path(tempfile.mkdtemp(prefix="sesame-fake-e2b-"))
 
     def routes(self, app: web.Application) -> None:
@@ -93,10 +112,7 @@ class FakeE2B(LoopbackFake):
         sandbox = self.sandboxes.pop(request.match_info["id"], None)
         if sandbox is None:
             return web.json_response({"code": 404, "message": "not found"}, status=404)
-        for proc in sandbox.processes.values():
-            if proc.returncode is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(sandbox.root, ignore_errors=True)
+        sandbox.stop()
         return web.Response(status=204)
 
     def _sandbox(self, request: web.Request) -> FakeSandbox:
@@ -109,13 +125,9 @@ class FakeE2B(LoopbackFake):
         sandbox = self._sandbox(request)
         raw = await request.read()
         start = json.loads(raw[5:5 + struct.unpack(">I", raw[1:5])[0]])
+        self.started.append(start)
         process = start["process"]
-        argv = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc",
-                "--dev", "/dev", "--bind", str(sandbox.root / "tmp"), "/tmp",
-                "--bind", str(sandbox.root / "home"), "/home", "--unshare-pid", "--die-with-parent"]
-        for link in ("bin", "sbin", "lib", "lib64"):
-            argv += ["--symlink", f"usr/{link}", f"/{link}"]
-        argv += ["--chdir", process.get("cwd") or "/home/user", "--", process["cmd"], *process.get("args", [])]
+        argv = sandboxed_argv(sandbox, process.get("cwd") or "/home/user", [process["cmd"], *process.get("args", [])])
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **process.get("envs", {})}
         proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,
@@ -177,9 +189,6 @@ class FakeE2B(LoopbackFake):
 
     async def close(self) -> None:
         for sandbox_id in list(self.sandboxes):
-            sandbox = self.sandboxes.pop(sandbox_id)
-            for proc in sandbox.processes.values():
-                if proc.returncode is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            self.sandboxes.pop(sandbox_id).stop()
         await super().close()
         shutil.rmtree(self.base, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""The vercel provider: one Vercel Sandbox per session, through the `vercel` SDK's `vercel.sandbox`.
+
+Settings: VERCEL_TOKEN (sealed like every secret setting), VERCEL_TEAM_ID and VERCEL_PROJECT_ID (the
+SDK's credentials), VERCEL_SANDBOX_URL (SandboxServiceOptions(base_url=...), the SDK's documented
+base URL), VERCEL_REGION, VERCEL_SANDBOX_IMAGE (holding the agent CLIs), VERCEL_TIMEOUT (the sandbox's
+execution time limit: Vercel stops it then, even if its worker died). The session's allowed domains
+become Vercel's network policy (custom: those domains only); Vercel reports no refusal, so none is
+recorded. Vercel's machines cannot reach this host: the agent's credential goes in as its command's
+environment (no credential gateway).
+
+The SDK scopes its configuration to a `vercel.api.session(...)` context; the sandbox's handle keeps
+using that session's transport, so one task holds the context open from start() to destroy().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.providers.base import Provider, RemoteSandbox
+from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
+from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
+
+
+class VercelProvider(Provider):
+    name = "vercel"
+    remote = True
+    reaches_host = False
+
+    def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
+        settings = self.settings
+        return VercelSandbox(policy, dict(
+            token=settings.VERCEL_TOKEN, team_id=settings.VERCEL_TEAM_ID, project_id=settings.VERCEL_PROJECT_ID,
+            base_url=settings.VERCEL_SANDBOX_URL, region=settings.VERCEL_REGION, image=settings.VERCEL_SANDBOX_IMAGE,
+            timeout=int(settings.VERCEL_TIMEOUT)))
+
+
+class VercelSandbox(RemoteSandbox):
+    def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
+        self.policy, self.options = policy, dict(options)
+        self.warning = None
+        self.sandbox: Any = None
+        self._holder: asyncio.Task[None] | None = None
+        self._release = asyncio.Event()
+
+    async def start(self) -> None:
+        created: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._holder = asyncio.create_task(self._hold(created))
+        self.sandbox = await created
+
+    async def _hold(self, created: asyncio.Future[Any]) -> None:
+        """Create the sandbox inside the SDK session, and keep that session open until destroy()."""
+        from vercel.api import session
+        from vercel.sandbox import NetworkPolicy, SandboxServiceOptions, create_sandbox
+        from vercel.sandbox._internal.options import SandboxCredentials
+
+        options = self.options
+
+        async def credentials() -> SandboxCredentials:
+            return SandboxCredentials(token=options["token"], team_id=options["team_id"] or "",
+                                      project_id=options["project_id"] or "")
+
+        service = SandboxServiceOptions(base_url=options["base_url"], credentials_factory=credentials,
+                                        region=options["region"])
+        allowed = {d: () for d in self.policy.allowed_domains if d not in self.policy.denied_domains}
+        try:
+            async with session(service_options=[service]):
+                sandbox = await create_sandbox(
+                    image=options["image"] or None, execution_time_limit=options["timeout"],
+                    network_policy=NetworkPolicy.custom(allowed), tags={"sesame_session": self.policy.session_id})
+                created.set_result(sandbox)
+                await self._release.wait()
+        except BaseException as exc:
+            if not created.done():
+                created.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _run(self, argv: Sequence[str]) -> None:
+        process = await self.sandbox.create_process(argv[0], list(argv[1:]))
+        code = await process.wait()
+        if code:
+            raise RuntimeError(f"{list(argv[:3])} failed in the Vercel sandbox (exit {code})")
+
+    async def upload(self, archive: bytes, remote_dir: str) -> None:
+        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
+        await self.sandbox.fs.write_bytes(path, archive)
+        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+
+    async def download(self, remote_dir: str) -> bytes:
+        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
+        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+        return bytes(await self.sandbox.fs.read_bytes(path))
+
+    async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
+                   cwd: str | Path | None = None) -> ProcessHandle:
+        source = None
+        if stdin is not None:
+            source = stdin_path(self.policy)
+            await self.sandbox.fs.write_bytes(source, stdin)
+        process = await self.sandbox.create_process(
+            "sh", ["-c", shell_command(list(argv), source)], env=remote_env(self.policy, env),
+            cwd=str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir))
+        handle = RemoteProcess()
+
+        async def pump(reader: Any, stream: str) -> None:
+            async for chunk in reader:
+                handle.feed(stream, chunk)  # type: ignore[arg-type]
+
+        async def finished() -> int:
+            await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+            return int(await process.wait())
+
+        handle.attach(finished(), process.kill)
+        return handle
+
+    async def listen(self, port: int) -> Any:
+        raise RuntimeError("a Vercel sandbox cannot reach a port on this host")
+
+    async def destroy(self) -> None:
+        try:
+            if self.sandbox is not None:
+                try:
+                    await self.sandbox.stop()
+                finally:
+                    await self.sandbox.destroy()
+        finally:
+            self.sandbox = None
+            self._release.set()
+            if self._holder is not None:
+                await asyncio.gather(self._holder, return_exceptions=True)
+                self._holder = None
