@@ -1,6 +1,6 @@
 """The commit step: Sesame's content-built commit against `git add -A && git commit`, in one run.
 
-    python bench/commit_step.py [--files 5000] [--changed 20] [--runs 7]
+    python bench/commit_step.py [--files 5000] [--changed 20] [--runs 7] [--ignored-mib 0]
 
 Builds a repository of F files (about 2 KiB each), creates a workspace as the pipeline does, has
 "the agent" change C files and add C more, then times:
@@ -8,13 +8,17 @@ Builds a repository of F files (about 2 KiB each), creates a workspace as the pi
             in the trusted git dir, as the pipeline runs it;
   baseline: `git add --all && git commit` in a plain clone with the work tree attached
             (what the pipeline did before, trusting the agent's .git).
-Prints the median and p90 of each and the trusted/baseline ratio.
+Prints the median and p90 of each and the trusted/baseline ratio. With --ignored-mib N the agent also
+leaves N MiB of gitignored build output (1 MiB files in build/); the peak RSS of this process (the
+trusted commit runs in it, the baseline in git subprocesses) is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,16 +48,22 @@ def make_origin(root: Path, files: int) -> Path:
     return origin
 
 
-def agent_edits(project: Path, changed: int, files: int) -> None:
-    """Change `changed` files and add as many new ones, as an agent would."""
+def agent_edits(project: Path, changed: int, files: int, ignored_mib: int = 0) -> None:
+    """Change `changed` files and add as many new ones, as an agent would; and build output it ignores."""
     for n in range(changed):
         (project / f"d{n % 50}" / f"f{n}.txt").write_text(f"changed {n}\n")
         (project / f"new{n}.txt").write_text(f"new {n}\n")
+    if ignored_mib:
+        (project / ".gitignore").write_text("build/\n")
+        (project / "build").mkdir()
+        chunk = os.urandom(1 << 20)
+        for n in range(ignored_mib):
+            (project / "build" / f"out{n}.o").write_bytes(chunk)
 
 
 async def trusted(root: Path, mirror: Path, origin: Path, args: argparse.Namespace, n: int) -> float:
     ws = await create_workspace(root / "sessions", f"t{n}", mirror, str(origin), "main", f"b{n}", False)
-    agent_edits(ws.project, args.changed, args.files)
+    agent_edits(ws.project, args.changed, args.files, args.ignored_mib)
     started = time.perf_counter()
     tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, None, 100 << 20)
     await commit_tree(ws.git_dir, tree, "bench", AUTHOR, True)
@@ -65,7 +75,7 @@ async def trusted(root: Path, mirror: Path, origin: Path, args: argparse.Namespa
 async def baseline(root: Path, mirror: Path, args: argparse.Namespace, n: int) -> float:
     clone = root / f"plain{n}"
     await gitops.git(["clone", "--local", "--quiet", "--", str(mirror), str(clone)])
-    agent_edits(clone, args.changed, args.files)
+    agent_edits(clone, args.changed, args.files, args.ignored_mib)
     identity = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "b@example.test",
                 "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@example.test"}
     started = time.perf_counter()
@@ -89,6 +99,7 @@ async def main() -> None:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--changed", type=int, default=20)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--ignored-mib", type=int, default=0)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sesame-bench-commit-"))
     try:
@@ -102,6 +113,9 @@ async def main() -> None:
         print(summary("trusted", ours))
         print(summary("baseline", theirs))
         print(f"ratio (median trusted / baseline): {statistics.median(ours) / statistics.median(theirs):.2f}")
+        if args.ignored_mib:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+            print(f"{args.ignored_mib} MiB ignored; peak RSS of the process running the trusted commit: {peak} MiB")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -220,7 +220,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     try:
         base_url = setting_url
         if route:
-            gateway, base_url = await start_gateway(sandbox, route, setting_url, budget)
+            gateway, base_url = await start_gateway(sandbox, route, setting_url, budget, policy.proxy_limits)
             agent = agent.through_gateway(base_url, route)
         if gateway is not None and route is not None:
             key_env = {route.variable: gateway.placeholder} | GATEWAY_NO_PROXY
@@ -260,9 +260,11 @@ def refuse_denied_upstream(agent: Agent, upstream: str, denied: Sequence[str], o
 
 
 async def start_gateway(sandbox: Sandbox, route: GatewayRoute, setting_url: str | None,
-                        budget: BudgetHook | None) -> tuple[CredentialGateway, str]:
-    """The session's credential gateway, listening where the sandbox reaches it; and its URL for the agent."""
-    gateway = CredentialGateway(setting_url or route.upstream, route.secret, route.places, budget=budget)
+                        budget: BudgetHook | None, limits: ProxyLimits | None = None) -> tuple[CredentialGateway, str]:
+    """The session's credential gateway, listening where the sandbox reaches it; and its URL for the agent.
+    It takes the egress proxy's connection cap and head timeout (SANDBOX_PROXY_*)."""
+    gateway = CredentialGateway(setting_url or route.upstream, route.secret, route.places, budget=budget,
+                                limits=limits)
     sock, where = await sandbox.listen(GATEWAY_PORT)
     try:
         await gateway.start(sock)

@@ -51,6 +51,29 @@ ATTACKS = {
         rm -rf .git/refs/heads && ln -s "$1" .git/refs/heads
         echo 'changed' > victim.txt
     """,
+    # $3 holds a file of another directory: what restore_git_state deleted through .git/objects/info
+    "objects_info": """
+        rm -rf .git/objects/info && ln -s "$3" .git/objects/info
+        rm -rf .git/objects/pack && ln -s "$3" .git/objects/pack
+        echo 'changed' > victim.txt
+    """,
+    # a root-only file behind every name the host could parse; a name that is a terminal escape
+    # a name that is a terminal escape, named in the session's error (the largest-file limit)
+    "escape_name": """
+        head -c 2097152 /dev/zero > "$(printf 'big\\033]0;pwned\\007\\033[2J\\033[31mred')"
+        echo 'changed' > victim.txt
+    """,
+    "error_text": """
+        ln -s "$2" .gitignore
+        mkdir -p sub && ln -s "$2" sub/.gitignore
+        ln -s "$2" .gitattributes
+        ln -s "$2" .gitmodules
+        rm -f .git/packed-refs .git/HEAD .git/config .git/index
+        ln -s "$2" .git/packed-refs; ln -s "$2" .git/HEAD; ln -s "$2" .git/config; ln -s "$2" .git/index
+        name="$(printf 'esc\\033]0;pwned\\007\\033[31mred')"
+        mkdir "$name" && echo 'x' > "$name/f" && mkdir "$name/.git"  # named in a violation, so shown
+        echo 'changed' > victim.txt
+    """,
 }
 
 
@@ -74,10 +97,19 @@ def _root_only_file(tmp_path: Path) -> Path:
     return secret
 
 
+def _victim_dir(tmp_path: Path) -> Path:
+    """Another directory of the host with files in it: they must all survive the session."""
+    victim = tmp_path / "victim-dir"
+    victim.mkdir()
+    for name in ("packs", "alternates", "pack-x.pack", "keep"):
+        (victim / name).write_text("another directory's file\n")
+    return victim
+
+
 async def _run_attack(tmp_path: Path, db_url: str, name: str, **env: str):  # type: ignore[no-untyped-def]
     origin = _attack_repo(tmp_path, name)
-    marker, secret = _marker_dir(tmp_path), _root_only_file(tmp_path)
-    command = shlex.join(["sh", "attack.sh", str(marker), str(secret)])
+    marker, secret, victim = _marker_dir(tmp_path), _root_only_file(tmp_path), _victim_dir(tmp_path)
+    command = shlex.join(["sh", "attack.sh", str(marker), str(secret), str(victim)])
     services = await make_services(tmp_path, db_url, **env)
     out = io.StringIO()
     try:
@@ -90,11 +122,13 @@ async def _run_attack(tmp_path: Path, db_url: str, name: str, **env: str):  # ty
     return origin, marker, session, violations, events, out.getvalue()
 
 
-@pytest.mark.parametrize("name", ["commondir_filter", "nested_repo", "git_symlinks", "refs_symlink"])
+@pytest.mark.parametrize("name", ["commondir_filter", "nested_repo", "git_symlinks", "refs_symlink",
+                                  "objects_info", "error_text"])
 async def test_nothing_the_agent_wrote_in_git_runs_or_is_followed_on_the_host(
         tmp_path: Path, db_url: str, name: str) -> None:
     origin, marker, session, _violations, events, out = await _run_attack(tmp_path, db_url, name)
     assert sorted(os.listdir(marker)) == [], f"the host ran or wrote something for the agent: {out}"
+    assert sorted(os.listdir(tmp_path / "victim-dir")) == ["alternates", "keep", "pack-x.pack", "packs"]
     text = " ".join([str(session.error), out, *(str(e.data) for e in events)])
     assert "ROOT-ONLY-FIRST-LINE" not in text
     assert session.state == "completed", session.error
@@ -297,3 +331,10 @@ async def test_host_git_after_the_agent_runs_as_the_session_uid_with_an_environm
     project = f"{services.settings.SESSION_DIR_BASE}/{session.id}/project"
     assert not any(project in " ".join(argv) for uid, argv, _env in after if uid == 0)
     assert show_file(origin, session.branch, "README.md") == "changed"
+
+
+async def test_a_file_name_in_an_error_reaches_the_terminal_without_its_escapes(tmp_path: Path, db_url: str) -> None:
+    _origin, _marker, session, _violations, _events, out = await _run_attack(
+        tmp_path, db_url, "escape_name", GIT_MAX_FILE_SIZE_MB="1")
+    assert session.state == "error" and "pwned" in str(session.error)  # the name is in the error ...
+    assert "bigred (2 MiB)" in out and not {"\x1b", "\x07", "\x9b"} & set(out)  # ... shown, driving nothing

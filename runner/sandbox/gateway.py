@@ -18,6 +18,7 @@ usage where the JSON or SSE body carries it), for failure classification and usa
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -32,6 +33,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
+
+from runner.sandbox.base import ProxyLimits
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ class GatewayStats:
     last_status: int | None = None  # the upstream's last answer (the failure classifier reads it)
     refused: int = 0
     budget_stops: int = 0
+    refused_connections: int = 0  # over the connection cap (ProxyLimits.max_connections), closed at once
     input_tokens: int = 0
     output_tokens: int = 0
     # (input, output) tokens per model the requests named ("" when a request named none the gateway could read)
@@ -298,7 +302,8 @@ class CredentialGateway:
     """One session's gateway to one upstream, for one credential carried in `places`."""
 
     def __init__(self, upstream: str, credential: str, places: Iterable[KeyPlace], *,
-                 budget: BudgetHook | None = None, placeholder: str | None = None) -> None:
+                 budget: BudgetHook | None = None, placeholder: str | None = None,
+                 limits: ProxyLimits | None = None) -> None:
         """upstream: the real API's base URL (the agent's paths are appended to it); credential: the real
         key or token, sent where the agent put the placeholder; places: where the agent's API carries it."""
         url = URL(upstream)
@@ -315,6 +320,9 @@ class CredentialGateway:
         self.budget = budget
         self._credential = credential
         self._closed = False
+        self.limits = limits or ProxyLimits()
+        self._silent: set[web.RequestHandler] = set()  # connections yet to send a whole request head
+        self._listener: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.port: int | None = None
@@ -333,11 +341,36 @@ class CredentialGateway:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
             trust_env=False, auto_decompress=True)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        server = self._runner.server
+        assert server is not None
+        self._listener = await asyncio.get_running_loop().create_server(lambda: self._connection(server), sock=sock)
+
+    def _connection(self, server: web.Server) -> asyncio.BaseProtocol:
+        """A new client connection, bounded as the egress proxy's are (the gateway lives in the worker:
+        connections the agent holds open are the worker's descriptors): over the cap it is closed at once,
+        and one that has not sent a whole request head within the head timeout is cut."""
+        if len(server.connections) >= self.limits.max_connections:
+            self.stats.refused_connections += 1
+            if self.stats.refused_connections == 1:
+                log.warning("gateway %s: over %d connections at once, refusing more", self.port,
+                            self.limits.max_connections)
+            return _Refused()
+        handler = server()
+        self._silent.add(handler)
+        asyncio.get_running_loop().call_later(self.limits.head_timeout, self._cut_if_silent, handler)
+        return handler
+
+    def _cut_if_silent(self, handler: web.RequestHandler) -> None:
+        if handler in self._silent:
+            self._silent.discard(handler)
+            handler.force_close()
 
     async def close(self) -> None:
         """Refuse everything from now on, stop listening, cut what is in flight."""
         self._closed = True
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -370,6 +403,7 @@ class CredentialGateway:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Check the placeholder and the budget, then forward and stream the answer back."""
+        self._silent.discard(request.protocol)
         swapped = None if self._closed else self._swap(request)
         if swapped is None:
             self.stats.refused += 1
@@ -433,3 +467,10 @@ class CredentialGateway:
             out.add(name, redactor.whole(value.encode("latin-1", "replace")).decode("latin-1"))
         return out
 
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

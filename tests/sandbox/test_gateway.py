@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from runner.sandbox.base import ProxyLimits
 from runner.sandbox.gateway import (
     BUDGET_STATUS,
     MAX_REQUEST_BYTES,
@@ -335,3 +336,32 @@ def test_a_whole_error_body_loses_masked_forms_but_keeps_other_text() -> None:
         assert key_forms(out) == [] and out.endswith('. Try again..."}'), (shown, out)
     plain = b'{"message": "Rate limit reached... wait 20s", "note": "gh-*** is not your key", "id": "req_6789"}'
     assert redactor.whole(plain) == plain
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the gateway closed this connection (EOF or reset) within a generous wait."""
+    try:
+        return await asyncio.wait_for(reader.read(1), 10) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_idle_connections_are_capped_and_cut_after_the_head_timeout(upstream: tuple[Upstream, str]) -> None:
+    """The gateway is the worker's too: 300 idle connections from one agent kept 300 of its descriptors
+    for good (the worker has 20,000), as the egress proxy's did before its limits."""
+    fake, url = upstream
+    limits = ProxyLimits(head_timeout=0.5, max_connections=4)
+    async with gateway_to(url, limits=limits) as (gw, at):
+        port = gw.port
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+        closed = await asyncio.gather(*(_closed_by_server(r) for r, _w in idle))
+        assert all(closed)  # two at once (over the cap), four at the head timeout
+        assert gw.stats.refused_connections == 2
+        for _r, writer in idle:
+            writer.close()
+        async with aiohttp.ClientSession() as http:  # a real request still goes through
+            async with http.get(f"{at}/v1/ok", headers={"x-api-key": gw.placeholder}) as answer:
+                assert answer.status == 200
+        assert fake.seen and fake.seen[-1][1]["x-api-key"] == SECRET
