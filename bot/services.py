@@ -118,7 +118,8 @@ async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFac
 
     `channels` (from the composition root, bot.cli.wiring) says how each source's sessions report back.
     """
-    keyring = Keyring(ensure_encryption_key(settings, log.warning), (settings.ENCRYPTION_KEY_PREVIOUS or []))
+    previous = [old.reveal() for old in settings.ENCRYPTION_KEY_PREVIOUS or []]
+    keyring = Keyring(ensure_encryption_key(settings, log.warning), previous)
     engine = make_engine(settings.database_url)
     try:
         if settings.embedded if auto_migrate is None else auto_migrate:

@@ -24,6 +24,7 @@ import yaml
 
 from bot.catalog import AGENT_NAMES
 from bot.pricing import FORMAT_HINT, parse_prices
+from bot.secret import Secret
 
 log = logging.getLogger(__name__)
 CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "config.jsonc", "config.toml")
@@ -369,21 +370,31 @@ def config_get(data: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+def as_secret(value: Any) -> Any:
+    """A secret key's value as SettingValues types it: Secret, a list of them, or None."""
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, list):
+        return [v if isinstance(v, Secret) else Secret(str(v)) for v in value]
+    return Secret(str(value))
+
+
 class SettingValues:
     """The type of every setting, as `Settings.NAME` returns it (sizes in bytes); unset is None.
 
     tests/test_settings.py checks this against KEYS and against loaded values, so a key added to
-    KEYS needs its line here, and a misspelt `settings.NAME` fails mypy.
+    KEYS needs its line here, and a misspelt `settings.NAME` fails mypy. A secret key's value is a
+    `Secret` (a list of them for a list), masked when printed: its user says `.reveal()`.
     """
 
     BASE_URL: str | None
     HOST: str
     PORT: int
     SESAME_DATA_DIR: str
-    ENCRYPTION_KEY: str | None
-    ENCRYPTION_KEY_PREVIOUS: list[str] | None
-    DATABASE_URL: str | None
-    REDIS_URL: str | None
+    ENCRYPTION_KEY: Secret | None
+    ENCRYPTION_KEY_PREVIOUS: list[Secret] | None
+    DATABASE_URL: Secret | None
+    REDIS_URL: Secret | None
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
     SESSION_BUDGET_USD: float | None
@@ -398,7 +409,7 @@ class SettingValues:
     REPO_CONCURRENCY: int
     INSTALLATION_CONCURRENCY: int
     WORKER_SHUTDOWN_GRACE: int
-    AI_API_KEY: str | None
+    AI_API_KEY: Secret | None
     AI_BASE_URL: str
     AI_MODEL: str
     SESSION_DIR_BASE: str
@@ -418,46 +429,46 @@ class SettingValues:
     SANDBOX_PROXY_IDLE_TIMEOUT: float
     GIT_INCLUDE_CO_AUTHORED_BY: bool
     GIT_MAX_FILE_SIZE_MB: int
-    AUTH_PASSWORD: str | None
+    AUTH_PASSWORD: Secret | None
     API_REPOS: str
     SESAME_API_URL: str
     GITHUB_APP_ID: str | None
-    GITHUB_PRIVATE_KEY: str | None
+    GITHUB_PRIVATE_KEY: Secret | None
     GITHUB_PRIVATE_KEY_PATH: str | None
-    GITHUB_WEBHOOK_SECRET: str | None
+    GITHUB_WEBHOOK_SECRET: Secret | None
     GITHUB_APP_SLUG: str
     GITHUB_API_URL: str
     GITHUB_ALLOW_FORK_PULL_REQUESTS: bool
-    GITHUB_PAT: str | None
-    SLACK_SIGNING_SECRET: str | None
-    SLACK_BOT_TOKEN: str | None
+    GITHUB_PAT: Secret | None
+    SLACK_SIGNING_SECRET: Secret | None
+    SLACK_BOT_TOKEN: Secret | None
     SLACK_API_URL: str
     SLACK_ALLOWED_USERS: list[str]
     SLACK_ALLOWED_CHANNELS: list[str]
     SLACK_USER_MAP: dict[str, str]
     SESAME_DEFAULT_AGENT: str
-    ANTHROPIC_API_KEY: str | None
-    CLAUDE_CODE_OAUTH_TOKEN: str | None
+    ANTHROPIC_API_KEY: Secret | None
+    CLAUDE_CODE_OAUTH_TOKEN: Secret | None
     ANTHROPIC_BASE_URL: str | None
     CLAUDE_MODEL: str | None
-    CODEX_API_KEY: str | None
-    OPENAI_API_KEY: str | None
+    CODEX_API_KEY: Secret | None
+    OPENAI_API_KEY: Secret | None
     OPENAI_BASE_URL: str | None
     CODEX_MODEL: str | None
-    GEMINI_API_KEY: str | None
+    GEMINI_API_KEY: Secret | None
     GEMINI_BASE_URL: str | None
     GEMINI_MODEL: str | None
-    COPILOT_GITHUB_TOKEN: str | None
-    GH_TOKEN: str | None
-    GITHUB_TOKEN: str | None
+    COPILOT_GITHUB_TOKEN: Secret | None
+    GH_TOKEN: Secret | None
+    GITHUB_TOKEN: Secret | None
     COPILOT_MODEL: str | None
     COPILOT_PROVIDER_BASE_URL: str | None
-    COPILOT_PROVIDER_API_KEY: str | None
-    AMP_API_KEY: str | None
+    COPILOT_PROVIDER_API_KEY: Secret | None
+    AMP_API_KEY: Secret | None
     AMP_URL: str | None
     OPENCODE_PROVIDER_BASE_URL: str | None
     OPENCODE_MODEL: str | None
-    OPENCODE_PROVIDER_API_KEY: str | None
+    OPENCODE_PROVIDER_API_KEY: Secret | None
     AGENT_COMMAND: str | list[str] | None
 
 
@@ -465,13 +476,13 @@ class SettingValues:
 class Settings(SettingValues):
     """Resolved settings with where each value came from."""
 
-    values: dict[str, Any]
+    values: dict[str, Any] = field(repr=False)  # raw, secrets too: a repr never shows them
     sources: dict[str, str]  # name -> env:VAR | config | default
     config_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
     env: Mapping[str, str] | None = field(default=None, repr=False)  # what load_settings read; None: os.environ
     cwd: Path | None = None  # where a config file is looked for when SESAME_CONFIG is unset
-    restart_pending: dict[str, Any] = field(default_factory=dict)  # key -> value the file holds, not yet in force
+    restart_pending: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> the file's value, not in force
     _seen: tuple[int, int, int] | None = field(default=None, repr=False)  # the config file's stat at last read
     _checked: float = field(default=0.0, repr=False)
 
@@ -527,9 +538,11 @@ class Settings(SettingValues):
 
     if not TYPE_CHECKING:  # mypy reads the SettingValues declarations instead
         def __getattr__(self, name: str) -> Any:
-            if name not in KEYS_BY_NAME:
+            key = KEYS_BY_NAME.get(name)
+            if key is None:
                 raise AttributeError(name)
-            return self.__dict__["values"].get(name)  # a hand-built Settings may hold only some keys
+            value = self.__dict__["values"].get(name)  # a hand-built Settings may hold only some keys
+            return as_secret(value) if key.secret else value
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.values.get(name)
@@ -693,7 +706,7 @@ def parse_uid_range(text: str | None) -> tuple[int, int]:
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
     """The encryption key; in the embedded default, a generated key file (0600)."""
     if settings.get("ENCRYPTION_KEY"):
-        return str(settings.ENCRYPTION_KEY)
+        return str(settings.values["ENCRYPTION_KEY"])
     if not settings.embedded:
         raise SettingsError("ENCRYPTION_KEY", "is required", "Generate one with `openssl rand -hex 32`")
     path = settings.data_dir / "encryption.key"

@@ -7,6 +7,7 @@ import logging
 
 from bot.models import Session
 from bot.reporting import RepoAccess
+from bot.secret import reveal
 from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.untrusted import md_code, md_fence
@@ -86,7 +87,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     stored = await services.credentials.get("github", "github_pat")
-    token = stored.value if stored else services.settings.GITHUB_PAT
+    token = stored.value if stored else reveal(services.settings.GITHUB_PAT)
     if not token:
         return author
     fingerprint = hashlib.sha256(token.encode()).hexdigest()

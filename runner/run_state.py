@@ -15,6 +15,7 @@ from bot.pricing import Price
 from bot.progress import Progress, ThrottledPublisher
 from bot.redact import redact
 from bot.reporting import Channel
+from bot.secret import reveal
 from bot.services import Services
 from bot.utility_ai import UtilityAI
 from runner.agents.failures import AgentFailure, FailureWatch
@@ -110,7 +111,7 @@ class Run:
     async def utility(self) -> UtilityAI:
         """The utility model: its key from the environment, else stored sealed (settings API), else the file."""
         settings = self.services.settings
-        key = settings.AI_API_KEY
+        key = reveal(settings.AI_API_KEY)
         if not settings.locked("AI_API_KEY"):
             stored = await self.services.credentials.get(SETTING_SECRETS["AI_API_KEY"], "api_key")
             key = stored.value if stored is not None else key

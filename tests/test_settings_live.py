@@ -12,6 +12,7 @@ import pytest
 
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
+from bot.secret import reveal
 from bot.settings import SettingsError, load_settings
 from tests.test_api import RecordingQueue
 
@@ -201,7 +202,7 @@ def test_a_secret_already_in_the_file_stays_readable_and_the_file_becomes_0600(
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING, logger="bot.settings"):
         settings = load_settings(env=_env(tmp_path), cwd=tmp_path)
-    assert settings.AI_API_KEY == "sk-in-the-file-0005" and path.stat().st_mode & 0o777 == 0o600
+    assert reveal(settings.AI_API_KEY) == "sk-in-the-file-0005" and path.stat().st_mode & 0o777 == 0o600
     assert "holds the secret AI_API_KEY in plain text (its mode was 644 and is now 600)" in caplog.text
     assert "sk-in-the-file" not in caplog.text and settings.warnings
 

@@ -50,7 +50,7 @@ async def check_redis(settings: Settings) -> Check:
         return Check("redis", "ok", "REDIS_URL not set: `sesame serve` runs sessions in-process")
     from bot.queue import ArqQueue
 
-    queue = ArqQueue(settings.REDIS_URL)
+    queue = ArqQueue(settings.REDIS_URL.reveal())
     health = await queue.health()
     await queue.close()
     if health["ok"]:
