@@ -21,7 +21,8 @@ from bot.db import check_migrated, make_engine, make_sessionmaker, migrate
 from bot.github import GitHubAppClientFactory
 from bot.installations import InstallationStore
 from bot.sessions import SessionService
-from bot.settings import Settings, ensure_encryption_key
+from bot.settings import Settings
+from bot.settings_write import ensure_encryption_key
 
 if TYPE_CHECKING:
     from bot.reporting import ChannelFactory

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bot.secret import Secret, reveal
-from bot.settings import KEYS, SettingsError, ensure_encryption_key, load_settings, resolve, write_config
+from bot.settings import KEYS, SettingsError, load_settings, resolve
+from bot.settings_write import ensure_encryption_key, write_config
 
 CONFIG_TEXT = {
     "config.json": '{"ai": {"model": "from-file", "baseUrl": "http://file.invalid/v1"},'

@@ -219,3 +219,19 @@ async def test_a_secret_locked_by_the_environment_is_refused(tmp_path: Path, aio
         assert await services.credentials.kinds("ai") == []
     finally:
         await services.close()
+
+
+@pytest.mark.parametrize("live,old,new,changed,pending,settled", [
+    (True, 1, 2, ["K"], {}, []),  # a live key takes its new value now
+    (True, 1, 1, [], {}, []),
+    (False, 1, 2, [], {"K": 2}, []),  # a restart-only key waits
+    (False, 1, 1, [], {}, ["K"]),  # the file holds the value in force again: nothing waits
+    (False, 1, None, [], {"K": None}, []),  # removed from the file: the default waits for a restart
+])
+def test_split_live_table(live: bool, old: object, new: object, changed: list[str], pending: dict[str, object],
+                          settled: list[str]) -> None:
+    from bot.setting_types import Key
+    from bot.settings_live import split_live
+
+    split = split_live([Key("K", live=live)], {"K": old}, {"K": new})
+    assert (split.changed, split.pending, split.settled) == (changed, pending, settled)

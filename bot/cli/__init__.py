@@ -206,7 +206,7 @@ async def serve_many(settings: Settings, args: argparse.Namespace) -> int:
     embedded database is migrated and the key file made, so the children never race on them. A child
     that exits before it listens stops the others and the whole command, saying which and why."""
     from bot.db import make_engine, migrate
-    from bot.settings import ensure_encryption_key
+    from bot.settings_write import ensure_encryption_key
 
     ensure_encryption_key(settings, log.warning)
     if settings.embedded:
