@@ -14,7 +14,8 @@ from sqlalchemy import text, update
 from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
 from bot.models import Session, State, utcnow
 from bot.services import Services
-from bot.sessions import NewSession, SessionInUse, ViolationCount
+from bot.sessions import NewSession, SessionInUse
+from bot.violation_counts import ViolationCount
 
 TABLES = {"installations", "installation_repos", "sessions", "session_events", "violations",
           "webhook_deliveries", "credentials", "alembic_version"}
