@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast, overload
@@ -70,6 +71,29 @@ class NewSession:
 
 class SessionInUse(Exception):
     """A session other rows still refer to (its follow-ups) cannot be deleted."""
+
+
+class SessionWrites:
+    """The writes of one session inside one transaction its caller owns (SessionService.transaction): a
+    change of the row and the event that tells of it land together or not at all."""
+
+    def __init__(self, service: SessionService, db: AsyncSession, session_id: str) -> None:
+        self._service, self._db, self.session_id = service, db, session_id
+
+    async def _set(self, values: dict[str, Any]) -> None:
+        await self._db.execute(update(Session).where(Session.id == self.session_id).values(values))
+
+    async def set_warning(self, warning: str) -> None:
+        await self._set({"warning": warning})
+
+    async def record_commit(self, sha: str) -> None:
+        await self._set({"commit_sha": sha})
+
+    async def record_pull_request(self, number: int, url: str) -> None:
+        await self._set({"pr_number": number, "pr_url": url})
+
+    async def event(self, kind: str, data: dict[str, Any]) -> int:
+        return await self._service._event(self._db, self.session_id, kind, data)
 
 
 class SessionService:
@@ -360,6 +384,13 @@ class SessionService:
 
     async def record_pull_request(self, session_id: str, number: int, url: str) -> None:
         await self._set(session_id, {"pr_number": number, "pr_url": url})
+
+    @asynccontextmanager
+    async def transaction(self, session_id: str) -> AsyncIterator[SessionWrites]:
+        """One transaction for several writes of a session, owned by the caller: committed when the block
+        ends, rolled back (nothing written) when it raises."""
+        async with self.sessionmaker() as db, db.begin():
+            yield SessionWrites(self, db, session_id)
 
     async def _set(self, session_id: str, values: dict[str, Any]) -> None:
         """Set columns of one session in one autocommit statement (only the transitions above call this)."""

@@ -105,8 +105,15 @@ class Run:
         warning = " ".join(filter(None, [self.progress.warning, message]))
         self.progress.warning = warning
         self.publisher.changed()
-        await self.services.sessions.set_warning(self.session.id, warning)
-        await self.event("warning", {"message": message})
+        await self.warning_stored(warning, message)
+
+    async def warning_stored(self, warning: str, message: str) -> None:
+        """The session's warning and the event saying `message`, in one transaction."""
+        async def write() -> None:
+            async with self.services.sessions.transaction(self.session.id) as tx:
+                await tx.set_warning(warning)
+                await tx.event("warning", {"message": message})
+        await self.stored(write, "a warning")
 
     async def utility(self) -> UtilityAI:
         """The utility model: its key from the environment, else stored sealed (settings API), else the file."""
