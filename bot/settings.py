@@ -338,6 +338,14 @@ class Settings(SettingValues):
         value = self.values.get(name)
         return default if value is None else value
 
+    def is_set(self, name: str) -> bool:
+        """The key (named in a table, such as an agent's keys in bot/catalog.py) has a value."""
+        return bool(self.values.get(name))
+
+    def texts(self, names: Iterable[str]) -> dict[str, str]:
+        """The keys of `names` that have a value, as text (secrets revealed): an agent's server keys."""
+        return {name: str(self.values[name]) for name in names if self.values.get(name)}
+
     def locked(self, name: str) -> bool:
         return self.sources.get(name, "").startswith("env:")
 
