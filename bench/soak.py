@@ -37,7 +37,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import FakeThread, open_loop, post, wait_ready  # noqa: E402
 from tests.support.fake_github import FakeComment, FakeGitHub  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
@@ -88,31 +88,6 @@ class Fault:
     at: float  # time.time()
     back: float | None = None  # when the service accepted again (Redis)
     sessions: list[str] = field(default_factory=list)
-
-
-class FakeThread:
-    """The fake GitHub on its own event loop and thread, so the load generator never waits for it."""
-
-    def __init__(self, root: Path) -> None:
-        self.fake = FakeGitHub(root=root)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> FakeGitHub:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(30)
-        return self.fake
-
-    def call(self, fn: Any) -> Any:
-        """Run `fn()` on the fake's loop (its state is only touched there once it serves)."""
-        async def run() -> Any:
-            return fn()
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(60)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 class Supervisor:
@@ -178,37 +153,20 @@ def build_deliveries(fakes: FakeThread, repos: list[str], count: int, rate: floa
             out.append(Delivery(delivery_id, repo, issue, mention, headers, body, warm=first != 1))
         return out
 
-    return fakes.call(make)  # type: ignore[no-any-return]
+    return fakes.call(make)
 
 
 async def send(http: aiohttp.ClientSession, url: str, item: Delivery) -> None:
     item.sent = time.time()
-    started = time.perf_counter()
-    try:
-        async with http.post(url, data=item.body, headers=item.headers) as response:
-            item.status = response.status
-            try:
-                item.answer = await response.json(content_type=None)
-            except ValueError:
-                item.answer = {}
-    except aiohttp.ClientError:
-        item.status = 0
-    item.latency = time.perf_counter() - started
+    answer = await post(http, url, item.headers, item.body, read_json=True)
+    item.status, item.latency, item.answer = answer.status, answer.latency, answer.body
 
 
 async def load(url: str, items: list[Delivery], rate: float) -> float:
     """Send at `rate` per second, open loop (a late answer never delays the next send); the seconds taken."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-        start = time.perf_counter()
-        tasks = []
-        for i, item in enumerate(items):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(http, url, item)))
-        await asyncio.gather(*tasks)
-        return time.perf_counter() - start
+        return await open_loop(items, rate, lambda item: send(http, url, item))
 
 
 def load_process(url: str, items: list[Delivery], rate: float, start_at: float, conn: Connection) -> None:
@@ -236,22 +194,6 @@ async def load_elsewhere(url: str, items: list[Delivery], rate: float, start_at:
     for item, (status, latency, sent, answer) in zip(items, answers, strict=True):
         item.status, item.latency, item.sent, item.answer = status, latency, sent, answer
     return float(elapsed)
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode}")
-            try:
-                async with http.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 async def held_by(db: asyncpg.Pool, worker: str) -> list[str]:
@@ -477,7 +419,7 @@ async def run(args: argparse.Namespace) -> None:
         serve_log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives with the process
         serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], env=env, cwd=work,
                                  stdout=serve_log, stderr=subprocess.STDOUT)
-        await wait_ready(f"http://127.0.0.1:{port}/api/health", serve)
+        await wait_ready(f"http://127.0.0.1:{port}/api/health", serve, timeout=60)
         supervisor = Supervisor(env, work, 2, args.restart_after)
         db = await asyncpg.create_pool(pg.url, min_size=1, max_size=2)
         print(f"soak: {count} deliveries at {args.rate:g}/s over {len(repos)} repositories; logs in {work}",

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import FakeThread, open_loop, post, wait_ready  # noqa: E402
 from tests.support.fake_github import FakeGitHub  # noqa: E402
 
 PG_ADMIN = os.environ.get("SESAME_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -86,25 +86,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeThread:
-    """The fake GitHub on its own event loop, so it does not share the load generator's."""
-
-    def __init__(self, root: Path) -> None:
-        self.fake = FakeGitHub(root=root)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> FakeGitHub:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(30)
-        return self.fake
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 def deliveries(fake: FakeGitHub, repo: str, count: int) -> list[Delivery]:
     """Signed trigger comments from writers, each with its own delivery id."""
     out = []
@@ -123,34 +104,10 @@ async def admin(sql: str) -> None:
         await conn.close()
 
 
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Poll until the server answers (or fail with its output)."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                async with http.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 async def send(http: aiohttp.ClientSession, url: str, delivery: Delivery, result: Result) -> None:
-    headers, body = delivery
-    started = time.perf_counter()
-    try:
-        async with http.post(url, data=body, headers=headers) as response:
-            await response.read()
-            status = response.status
-    except aiohttp.ClientError:
-        status = 0
-    result.latencies.append(time.perf_counter() - started)
-    result.statuses[status] = result.statuses.get(status, 0) + 1
+    answer = await post(http, url, *delivery)
+    result.latencies.append(answer.latency)
+    result.statuses[answer.status] = result.statuses.get(answer.status, 0) + 1
 
 
 async def load(name: str, url: str, items: list[Delivery], rate: float) -> Result:
@@ -158,15 +115,8 @@ async def load(name: str, url: str, items: list[Delivery], rate: float) -> Resul
     result = Result(name)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        start = time.perf_counter()
-        tasks = []
-        for i, item in enumerate(items):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(http, url, item, result)))
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        result.elapsed = time.perf_counter() - start
+        sending = open_loop(items, rate, lambda item: send(http, url, item, result))
+        result.elapsed = await asyncio.wait_for(sending, 60 + len(items) / rate)
     return result
 
 

@@ -21,7 +21,8 @@ from bot.db import check_migrated, make_engine, make_sessionmaker, migrate
 from bot.github import GitHubAppClientFactory
 from bot.installations import InstallationStore
 from bot.sessions import SessionService
-from bot.settings import Settings, ensure_encryption_key
+from bot.settings import Settings
+from bot.settings_write import ensure_encryption_key
 
 if TYPE_CHECKING:
     from bot.reporting import ChannelFactory
@@ -119,7 +120,8 @@ async def open_services(settings: Settings, *, channels: Mapping[str, ChannelFac
 
     `channels` (from the composition root, bot.cli.wiring) says how each source's sessions report back.
     """
-    keyring = Keyring(ensure_encryption_key(settings, log.warning), (settings.ENCRYPTION_KEY_PREVIOUS or []))
+    previous = [old.reveal() for old in settings.ENCRYPTION_KEY_PREVIOUS or []]
+    keyring = Keyring(ensure_encryption_key(settings, log.warning), previous)
     engine = make_engine(settings.database_url)
     try:
         if settings.embedded if auto_migrate is None else auto_migrate:

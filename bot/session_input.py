@@ -92,7 +92,7 @@ def parse_repo(text: str, cwd: Path | None = None) -> RepoTarget:
 def repo_policy(settings: Settings) -> str:
     """API_REPOS in force: `auto` is `any` in the embedded single-machine mode (SQLite; whoever can reach
     it could run `sesame run` there) and `installed` with PostgreSQL (a shared server)."""
-    policy = str(settings.get("API_REPOS", "auto"))
+    policy = settings.API_REPOS or "auto"
     if policy == "auto":
         return "any" if settings.embedded else "installed"
     return policy

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast, overload
+from typing import Any, cast, overload
 
 from sqlalchemy import Table, and_, bindparam, case, delete, func, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.admission import AtLimit as AtLimit
+from bot.admission import AtLimitError, account_of, like_prefix, lock_key
 from bot.db import rows_affected
 from bot.intake_store import IntakeStore, Lookup, Parent
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
+from bot.violation_counts import CountedViolation, merge_counts, upsert_violations, violation_event
+from bot.violation_counts import ViolationCount as ViolationCount
 
 LEASE = timedelta(seconds=90)  # the default of SESSION_LEASE_SECONDS
 SESSIONS = cast(Table, Session.__table__)
@@ -40,72 +43,6 @@ LATEST_WITH_BRANCH = (
 
 
 SOURCES = ("github", "slack", "api", "cli")  # where sessions come from (Session.source)
-RESOURCE_LIMIT = 512  # characters of a violation's resource kept (the key must fit a btree entry)
-
-
-@dataclass(frozen=True)
-class ViolationCount:
-    """Violations of one (kind, resource, operation): how many, first and last time."""
-
-    kind: str
-    resource: str
-    operation: str
-    reason: str | None = None
-    count: int = 1
-    first_at: datetime | None = None
-    last_at: datetime | None = None
-
-
-
-class CountedViolation(Protocol):
-    """What add_violations stores: a ViolationCount, or the runner's in-memory aggregate (read-only)."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def resource(self) -> str: ...
-    @property
-    def operation(self) -> str: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def first_at(self) -> datetime | None: ...
-    @property
-    def last_at(self) -> datetime | None: ...
-
-
-def clip_resource(resource: str) -> str:
-    """A resource short enough to be part of the violations key."""
-    return resource if len(resource) <= RESOURCE_LIMIT else resource[: RESOURCE_LIMIT - 1] + "…"
-
-
-def _upsert_violations(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT that adds the count and keeps the latest last_at (PostgreSQL and SQLite)."""
-    table = cast(Table, Violation.__table__)
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    return stmt.on_conflict_do_update(
-        index_elements=["session_id", "kind", "resource", "operation"],
-        set_={"count": table.c.count + stmt.excluded.count,
-              "last_at": case((stmt.excluded.last_at > table.c.last_at, stmt.excluded.last_at),
-                              else_=table.c.last_at),
-              "reason": func.coalesce(stmt.excluded.reason, table.c.reason)})
-
-
-def merge_counts(items: Sequence[CountedViolation]) -> list[ViolationCount]:
-    """One ViolationCount per key (clipped resources may collide), counts added, in first-seen order."""
-    merged: dict[tuple[str, str, str], ViolationCount] = {}
-    now = utcnow()
-    for item in items:
-        key = (item.kind[:16], clip_resource(item.resource), item.operation[:32])  # the columns' widths
-        first, last = item.first_at or now, item.last_at or now
-        old = merged.get(key)
-        if old is not None:
-            first, last = min(first, old.first_at or first), max(last, old.last_at or last)
-        merged[key] = ViolationCount(*key, item.reason or (old.reason if old else None),
-                                     item.count + (old.count if old else 0), first, last)
-    return list(merged.values())
 
 
 @dataclass
@@ -133,57 +70,31 @@ class NewSession:
     id: str | None = None  # chosen by the caller when it must know it before the row exists
 
 
-@dataclass(frozen=True)
-class AtLimit:
-    """A session that may not start yet: as many sessions of its repository (or of its repository's
-    GitHub account) run already as REPO_CONCURRENCY (INSTALLATION_CONCURRENCY) allows."""
-
-    setting: str  # REPO_CONCURRENCY | INSTALLATION_CONCURRENCY | "branch" (one per branch) | "parent" (follow-up)
-    scope: str  # "acme/api" | "acme's repositories" | the branch
-    running: int
-    limit: int
-
-    @property
-    def message(self) -> str:
-        """What the session's progress message says while it waits."""
-        if self.setting == "parent":
-            return "waiting: the session this follows up is still running; this one starts when it ends"
-        if self.setting == "branch":
-            return (f"waiting: another session is still working on the branch `{self.scope}`; "
-                    "this one starts on it when that one ends")
-        many = self.running != 1
-        return (f"waiting: {self.running} session{'s' if many else ''} of {self.scope} "
-                f"{'are' if many else 'is'} already running ({self.setting} {self.limit})")
-
-
-class _AtLimitError(Exception):
-    """Rolls the claim's transaction back (no attempt counted) and carries why."""
-
-    def __init__(self, at: AtLimit) -> None:
-        super().__init__(at.message)
-        self.at = at
-
-
-def account_of(repo: str) -> str | None:
-    """The GitHub account of an owner/name repository, which is its App installation's; None for a local
-    path or a URL (sessions of `sesame run` and the API may name those)."""
-    owner, sep, name = repo.partition("/")
-    if not sep or not owner or not name or "/" in name or ":" in repo or owner.startswith((".", "~")):
-        return None
-    return owner
-
-
-def _lock_key(text: str) -> int:
-    """A PostgreSQL advisory lock key (bigint) for a text."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
-
-
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class SessionInUse(Exception):
     """A session other rows still refer to (its follow-ups) cannot be deleted."""
+
+
+class SessionWrites:
+    """The writes of one session inside one transaction its caller owns (SessionService.transaction): a
+    change of the row and the event that tells of it land together or not at all."""
+
+    def __init__(self, service: SessionService, db: AsyncSession, session_id: str) -> None:
+        self._service, self._db, self.session_id = service, db, session_id
+
+    async def _set(self, values: dict[str, Any]) -> None:
+        await self._db.execute(update(Session).where(Session.id == self.session_id).values(values))
+
+    async def set_warning(self, warning: str) -> None:
+        await self._set({"warning": warning})
+
+    async def record_commit(self, sha: str) -> None:
+        await self._set({"commit_sha": sha})
+
+    async def record_pull_request(self, number: int, url: str) -> None:
+        await self._set({"pr_number": number, "pr_url": url})
+
+    async def event(self, kind: str, data: dict[str, Any]) -> int:
+        return await self._service._event(self._db, self.session_id, kind, data)
 
 
 class SessionService:
@@ -371,7 +282,7 @@ class SessionService:
                 parent = (await db.execute(select(Session.state, Session.branch).where(
                     Session.id == found.parent_id))).first() if found.parent_id else None
                 if parent is not None and not State(parent.state).final:  # a follow-up waits for its parent
-                    raise _AtLimitError(AtLimit("parent", parent.branch or repo, 1, 1))
+                    raise AtLimitError(AtLimit("parent", parent.branch or repo, 1, 1))
                 branch = branch or (parent.branch if parent is not None else None)  # and continues its branch
                 account = account_of(repo) if installation_limit > 0 else None
                 if self.engine.dialect.name == "postgresql":  # always the account, then the repo, then the branch
@@ -379,7 +290,7 @@ class SessionService:
                         [f"sesame:repo:{repo}"] if repo_limit > 0 else []) + (
                         [f"sesame:branch:{repo}:{branch}"] if branch else [])
                     for key in keys:
-                        await db.execute(select(func.pg_advisory_xact_lock(_lock_key(key))))
+                        await db.execute(select(func.pg_advisory_xact_lock(lock_key(key))))
                 result = await db.execute(
                     update(Session)
                     .where(Session.id == session_id,
@@ -397,30 +308,30 @@ class SessionService:
                     await self._within(db, session_id, now, Session.repo == repo,
                                        "REPO_CONCURRENCY", repo, repo_limit)
                 if account is not None:
-                    await self._within(db, session_id, now, Session.repo.like(f"{_like_prefix(account)}/%",
+                    await self._within(db, session_id, now, Session.repo.like(f"{like_prefix(account)}/%",
                                                                              escape="\\"),
                                        "INSTALLATION_CONCURRENCY", f"{account}'s repositories", installation_limit)
                 await self._event(db, session_id, "status", {"state": State.PROCESSING.value, "worker": worker})
                 return await db.get(Session, session_id)
-        except _AtLimitError as refused:
+        except AtLimitError as refused:
             return refused.at
 
     @staticmethod
     async def _within(db: AsyncSession, session_id: str, now: datetime, same: Any, setting: str, scope: str,
                       limit: int) -> None:
-        """Raise _AtLimitError when `limit` other sessions matching `same` are processing (a lapsed lease
+        """Raise AtLimitError when `limit` other sessions matching `same` are processing (a lapsed lease
         is a dead worker's, not counted: the sweeper gives that session back)."""
         running = (await db.execute(select(func.count()).select_from(Session).where(
             same, Session.id != session_id, Session.state == State.PROCESSING.value,
             Session.lease_expires_at >= now))).scalar_one()
         if running >= limit:
-            raise _AtLimitError(AtLimit(setting, scope, running, limit))
+            raise AtLimitError(AtLimit(setting, scope, running, limit))
 
     async def waiting_behind(self, repo: str, limit: int = 100) -> list[tuple[str, int]]:
         """(id, attempts) of the pending sessions of a repository and of its account, oldest first: those a
         session's end may let start."""
         account = account_of(repo)
-        same = or_(Session.repo == repo, Session.repo.like(f"{_like_prefix(account)}/%", escape="\\")) \
+        same = or_(Session.repo == repo, Session.repo.like(f"{like_prefix(account)}/%", escape="\\")) \
             if account else Session.repo == repo
         async with self.autocommit() as db:
             rows = (await db.execute(select(Session.id, Session.attempts).where(
@@ -511,6 +422,13 @@ class SessionService:
     async def record_pull_request(self, session_id: str, number: int, url: str) -> None:
         await self._set(session_id, {"pr_number": number, "pr_url": url})
 
+    @asynccontextmanager
+    async def transaction(self, session_id: str) -> AsyncIterator[SessionWrites]:
+        """One transaction for several writes of a session, owned by the caller: committed when the block
+        ends, rolled back (nothing written) when it raises."""
+        async with self.sessionmaker() as db, db.begin():
+            yield SessionWrites(self, db, session_id)
+
     async def _set(self, session_id: str, values: dict[str, Any]) -> None:
         """Set columns of one session in one autocommit statement (only the transitions above call this)."""
         async with self.autocommit_engine.connect() as conn:
@@ -589,7 +507,7 @@ class SessionService:
                  "created_at": v.first_at} for v in counts]
         async with self.sessionmaker() as db, db.begin():
             conn = await db.connection()
-            await conn.execute(_upsert_violations(conn.dialect.name), rows)
+            await conn.execute(upsert_violations(conn.dialect.name), rows)
             await db.execute(update(Session).where(Session.id == session_id)
                              .values(violation_count=Session.violation_count + sum(v.count for v in counts)))
             return await self._events(db, session_id, [("violation", violation_event(v)) for v in counts])
@@ -628,13 +546,6 @@ class SessionService:
             expired = (await db.execute(select(Session.id).where(
                 Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
             return [(row.id, row.attempts) for row in pending], list(expired)
-
-
-def violation_event(v: ViolationCount) -> dict[str, Any]:
-    """The event (and SSE) payload of a batch's violations of one kind, resource and operation."""
-    return {"kind": v.kind, "resource": v.resource, "operation": v.operation, "reason": v.reason,
-            "count": v.count, "firstAt": v.first_at.isoformat() if v.first_at else None,
-            "lastAt": v.last_at.isoformat() if v.last_at else None}
 
 
 def budget_left(session: Session, spent_usd: float | None = None) -> float | None:

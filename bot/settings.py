@@ -1,60 +1,27 @@
-"""Layered settings: environment > config file > built-in default, with locks."""
+"""Layered settings: environment > config file > built-in default, with locks.
+
+This module is the key table (KEYS), the type of every value (SettingValues) and Settings, resolved from
+them; a value's conversion and checks are bot.setting_types, the config file's formats bot.config_file,
+what changes while running bot.settings_live, and what writes settings bot.settings_write."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
 import os
-import re
-import secrets
-import shlex
-import time
-import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-import json5
-import tomlkit
-import yaml
 
 from bot.catalog import AGENT_NAMES
+from bot.config_file import config_get, find_config_file, read_config_file, tighten_secret_file
 from bot.pricing import FORMAT_HINT, parse_prices
+from bot.secret import Secret
+from bot.setting_types import HEX64, Key, check, coerce, domain_rule_problem, parse_uid_range
+from bot.setting_types import SettingsError as SettingsError
+from bot.settings_live import ConfigWatch, split_live
 
 log = logging.getLogger(__name__)
-CONFIG_NAMES = ("config.json", "config.yaml", "config.yml", "config.jsonc", "config.toml")
-FALSE_WORDS = {"0", "false", "no", "off", ""}
-TRUE_WORDS = {"1", "true", "yes", "on"}
-
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the key and the fix."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"{key}: {problem}. {fix}")
-        self.key, self.problem, self.fix = key, problem, fix
-
-
-@dataclass(frozen=True)
-class Key:
-    """One setting: its name, environment names, config path, default and type."""
-
-    name: str
-    env: tuple[str, ...] = ()
-    path: str | None = None
-    default: Any = None
-    kind: str = "str"  # str | bool | int | float | size | list | map | argv
-    secret: bool = False
-    help: str = ""
-    minimum: float | None = None  # int and float kinds: the smallest value allowed
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()  # the only values allowed (compared in lower case)
-    url: bool = False  # an http(s) URL with a host
-    live: bool = True  # a change in the config file applies without a restart
 
 
 def _k(name: str, *env: str, path: str | None = None, default: Any = None, kind: str = "str",
@@ -256,184 +223,33 @@ KEYS: tuple[Key, ...] = (
        help="the `command` agent's command line: a list of arguments, or text split as a shell would"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
-HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-SIZE = re.compile(r"^([0-9]+)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(name: str, value: Any) -> int:
-    """A positive size in bytes from 4g, 512m, 1024k or a plain number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = SIZE.match(str(value).strip())
-        if match is None:
-            raise SettingsError(name, f"{value!r} is not a size",
-                                "Write a whole number with an optional unit k, m, g or t, e.g. 4g or 512m")
-        size = int(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
-    if size <= 0:
-        raise SettingsError(name, f"{value!r} is not a positive size", "Give a size above zero, e.g. 4g")
-    return size
-
-
-def coerce(key: Key, value: Any) -> Any:
-    """Turn a raw env/config value into the key's type and check its range, choices or URL form;
-    SettingsError names the key and the values it takes."""
-    return check(key, convert(key, value))
-
-
-def check(key: Key, value: Any) -> Any:
-    """value (already of the key's type) if it is in range, one of the choices, a URL; else SettingsError."""
-    if value is None:
-        return None
-    if key.kind in ("int", "float"):
-        low, high = key.minimum, key.maximum
-        if (low is not None and value < low) or (high is not None and value > high):
-            span = (f"from {low:g} to {high:g}" if low is not None and high is not None
-                    else f"of at least {low:g}" if low is not None else f"of at most {high:g}")
-            raise SettingsError(key.name, f"{value:g} is out of range", f"Give a number {span}")
-    if key.choices:
-        word = str(value).strip().lower()
-        if word not in key.choices:
-            raise SettingsError(key.name, f"{value!r} is not one of its values",
-                                f"Use one of: {', '.join(key.choices)}")
-        return word
-    if key.url:
-        parts = urlsplit(str(value).strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SettingsError(key.name, f"{value!r} is not an http(s) URL",
-                                "Give a URL with its scheme and host, e.g. https://api.example.com")
-    return value
-
-
-def convert(key: Key, value: Any) -> Any:
-    """Turn a raw env/config value into the key's type or raise SettingsError."""
-    if value is None:
-        return None
-    if key.kind == "bool":
-        if isinstance(value, bool):
-            return value
-        word = str(value).strip().lower()
-        if word in TRUE_WORDS | FALSE_WORDS:
-            return word in TRUE_WORDS
-        raise SettingsError(key.name, f"{value!r} is not a boolean", "Use true or false")
-    if key.kind == "size":
-        return parse_size(key.name, value)
-    if key.kind in ("int", "float"):
-        number: int | float | None
-        try:
-            number = int(value) if key.kind == "int" else float(value)
-        except (TypeError, ValueError, OverflowError):
-            number = None
-        if number is None or isinstance(value, bool) or (isinstance(number, float) and not math.isfinite(number)):
-            raise SettingsError(key.name, f"{value!r} is not a number",
-                                "Give a whole number" if key.kind == "int" else "Give a number, e.g. 1.5")
-        return number
-    if key.kind == "map":
-        if isinstance(value, str):
-            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
-            if any(len(p) != 2 for p in pairs):
-                raise SettingsError(key.name, f"{value!r} is not a list of KEY=VALUE pairs",
-                                    "Write it as U123=octocat,U456=hubot")
-            return {k.strip(): v.strip() for k, v in pairs}
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
-        raise SettingsError(key.name, f"{value!r} is not a mapping", "Give an object or KEY=VALUE pairs")
-    if key.kind == "list":
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            return [str(v) for v in value]
-        raise SettingsError(key.name, f"{value!r} is not a list", "Give a list or comma-separated text")
-    if key.kind == "argv":
-        return _argv(key.name, value)
-    if isinstance(value, (dict, list)):
-        raise SettingsError(key.name, "expected text, got a structure", "Give a plain value")
-    return str(value)
-
-
-def _argv(name: str, value: Any) -> str | list[str]:
-    """A command line: a list of text arguments as it is, or text a shell would split."""
-    if isinstance(value, list) and value and all(isinstance(arg, (str, int, float)) for arg in value):
-        return [str(arg) for arg in value]
-    if isinstance(value, str) and value.strip():
-        try:
-            shlex.split(value)
-        except ValueError as exc:
-            raise SettingsError(name, f"{value!r} does not split into arguments ({exc})",
-                                "Close the quote, or give a list such as [\"python3\", \"agent.py\"]") from None
+def as_secret(value: Any) -> Any:
+    """A secret key's value as SettingValues types it: Secret, a list of them, or None."""
+    if value is None or isinstance(value, Secret):
         return value
-    raise SettingsError(name, f"{value!r} is not a command line",
-                        "Give a list of arguments such as [\"python3\", \"agent.py\"] or their text")
-
-
-def find_config_file(cwd: Path, env: Mapping[str, str]) -> Path | None:
-    """The config file in use: SESAME_CONFIG, else the first known name in cwd."""
-    if env.get("SESAME_CONFIG"):
-        return Path(env["SESAME_CONFIG"])
-    for name in CONFIG_NAMES:
-        if (cwd / name).is_file():
-            return cwd / name
-    return None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a config file by its extension; a malformed file raises SettingsError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError("SESAME_CONFIG", f"cannot read {path} ({exc.strerror})",
-                            "Fix the path or the file's permissions") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data = json.loads(text) if text.strip() else {}
-        elif suffix == ".jsonc":
-            data = json5.loads(text) if text.strip() else {}
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise SettingsError("SESAME_CONFIG", f"{path.name} has an unknown format",
-                                "Use .json, .yaml, .jsonc or .toml")
-    except SettingsError:
-        raise
-    except Exception as exc:  # each parser has its own error type
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SettingsError(str(path), f"malformed config file ({first})",
-                            "Fix the syntax or remove the file") from None
-    if not isinstance(data, dict):
-        raise SettingsError(str(path), "the config file must hold an object at the top level",
-                            "Wrap the keys in {...}")
-    return data
-
-
-def config_get(data: Mapping[str, Any], path: str) -> Any:
-    """Look up a dotted path such as ai.apiKey in nested config data."""
-    node: Any = data
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+    if isinstance(value, list):
+        return [v if isinstance(v, Secret) else Secret(str(v)) for v in value]
+    return Secret(str(value))
 
 
 class SettingValues:
     """The type of every setting, as `Settings.NAME` returns it (sizes in bytes); unset is None.
 
     tests/test_settings.py checks this against KEYS and against loaded values, so a key added to
-    KEYS needs its line here, and a misspelt `settings.NAME` fails mypy.
+    KEYS needs its line here, and a misspelt `settings.NAME` fails mypy. A secret key's value is a
+    `Secret` (a list of them for a list), masked when printed: its user says `.reveal()`.
     """
 
     BASE_URL: str | None
     HOST: str
     PORT: int
     SESAME_DATA_DIR: str
-    ENCRYPTION_KEY: str | None
-    ENCRYPTION_KEY_PREVIOUS: list[str] | None
-    DATABASE_URL: str | None
-    REDIS_URL: str | None
+    ENCRYPTION_KEY: Secret | None
+    ENCRYPTION_KEY_PREVIOUS: list[Secret] | None
+    DATABASE_URL: Secret | None
+    REDIS_URL: Secret | None
     INLINE_CONCURRENCY: int
     SESSION_TIMEOUT: int
     SESSION_BUDGET_USD: float | None
@@ -450,7 +266,7 @@ class SettingValues:
     WORKER_SHUTDOWN_GRACE: int
     WORKER_NICE: int
     FINAL_GRACE: int
-    AI_API_KEY: str | None
+    AI_API_KEY: Secret | None
     AI_BASE_URL: str
     AI_MODEL: str
     SESSION_DIR_BASE: str
@@ -458,18 +274,18 @@ class SettingValues:
     DOCKER_SANDBOX_IMAGE: str | None
     DOCKER_HOST: str
     DOCKER_SANDBOX_MOUNTS: list[str]
-    E2B_API_KEY: str | None
+    E2B_API_KEY: Secret | None
     E2B_API_URL: str | None
     E2B_SANDBOX_URL: str | None
     E2B_TEMPLATE: str | None
     E2B_TIMEOUT: int
-    DAYTONA_API_KEY: str | None
+    DAYTONA_API_KEY: Secret | None
     DAYTONA_API_URL: str
     DAYTONA_TARGET: str | None
     DAYTONA_SNAPSHOT: str | None
     DAYTONA_TIMEOUT: int
     DAYTONA_TTL_MINUTES: int
-    VERCEL_TOKEN: str | None
+    VERCEL_TOKEN: Secret | None
     VERCEL_TEAM_ID: str | None
     VERCEL_PROJECT_ID: str | None
     VERCEL_SANDBOX_URL: str
@@ -491,46 +307,46 @@ class SettingValues:
     SANDBOX_PROXY_IDLE_TIMEOUT: float
     GIT_INCLUDE_CO_AUTHORED_BY: bool
     GIT_MAX_FILE_SIZE_MB: int
-    AUTH_PASSWORD: str | None
+    AUTH_PASSWORD: Secret | None
     API_REPOS: str
     SESAME_API_URL: str
     GITHUB_APP_ID: str | None
-    GITHUB_PRIVATE_KEY: str | None
+    GITHUB_PRIVATE_KEY: Secret | None
     GITHUB_PRIVATE_KEY_PATH: str | None
-    GITHUB_WEBHOOK_SECRET: str | None
+    GITHUB_WEBHOOK_SECRET: Secret | None
     GITHUB_APP_SLUG: str
     GITHUB_API_URL: str
     GITHUB_ALLOW_FORK_PULL_REQUESTS: bool
-    GITHUB_PAT: str | None
-    SLACK_SIGNING_SECRET: str | None
-    SLACK_BOT_TOKEN: str | None
+    GITHUB_PAT: Secret | None
+    SLACK_SIGNING_SECRET: Secret | None
+    SLACK_BOT_TOKEN: Secret | None
     SLACK_API_URL: str
     SLACK_ALLOWED_USERS: list[str]
     SLACK_ALLOWED_CHANNELS: list[str]
     SLACK_USER_MAP: dict[str, str]
     SESAME_DEFAULT_AGENT: str
-    ANTHROPIC_API_KEY: str | None
-    CLAUDE_CODE_OAUTH_TOKEN: str | None
+    ANTHROPIC_API_KEY: Secret | None
+    CLAUDE_CODE_OAUTH_TOKEN: Secret | None
     ANTHROPIC_BASE_URL: str | None
     CLAUDE_MODEL: str | None
-    CODEX_API_KEY: str | None
-    OPENAI_API_KEY: str | None
+    CODEX_API_KEY: Secret | None
+    OPENAI_API_KEY: Secret | None
     OPENAI_BASE_URL: str | None
     CODEX_MODEL: str | None
-    GEMINI_API_KEY: str | None
+    GEMINI_API_KEY: Secret | None
     GEMINI_BASE_URL: str | None
     GEMINI_MODEL: str | None
-    COPILOT_GITHUB_TOKEN: str | None
-    GH_TOKEN: str | None
-    GITHUB_TOKEN: str | None
+    COPILOT_GITHUB_TOKEN: Secret | None
+    GH_TOKEN: Secret | None
+    GITHUB_TOKEN: Secret | None
     COPILOT_MODEL: str | None
     COPILOT_PROVIDER_BASE_URL: str | None
-    COPILOT_PROVIDER_API_KEY: str | None
-    AMP_API_KEY: str | None
+    COPILOT_PROVIDER_API_KEY: Secret | None
+    AMP_API_KEY: Secret | None
     AMP_URL: str | None
     OPENCODE_PROVIDER_BASE_URL: str | None
     OPENCODE_MODEL: str | None
-    OPENCODE_PROVIDER_API_KEY: str | None
+    OPENCODE_PROVIDER_API_KEY: Secret | None
     AGENT_COMMAND: str | list[str] | None
 
 
@@ -538,34 +354,24 @@ class SettingValues:
 class Settings(SettingValues):
     """Resolved settings with where each value came from."""
 
-    values: dict[str, Any]
+    values: dict[str, Any] = field(repr=False)  # raw, secrets too: a repr never shows them
     sources: dict[str, str]  # name -> env:VAR | config | default
     config_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
     env: Mapping[str, str] | None = field(default=None, repr=False)  # what load_settings read; None: os.environ
     cwd: Path | None = None  # where a config file is looked for when SESAME_CONFIG is unset
-    restart_pending: dict[str, Any] = field(default_factory=dict)  # key -> value the file holds, not yet in force
-    _seen: tuple[int, int, int] | None = field(default=None, repr=False)  # the config file's stat at last read
-    _checked: float = field(default=0.0, repr=False)
+    restart_pending: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> the file's value, not in force
+    _watch: ConfigWatch = field(default_factory=ConfigWatch, repr=False)  # the config file as last read
 
     def refresh(self, min_interval: float = 1.0) -> list[str]:
         """Re-read the config file if it changed (at most every min_interval seconds) and apply what
         may change without a restart; returns the names that changed. A file that does not load is
         logged and ignored: the values in force stay."""
-        now = time.monotonic()
-        if now - self._checked < min_interval:
+        if not self._watch.due(min_interval):
             return []
-        self._checked = now
         env = os.environ if self.env is None else self.env
         path = self.config_path or find_config_file(self.cwd or Path.cwd(), env)
-        if path is None:
-            return []
-        try:
-            st = path.stat()
-        except OSError:
-            return []
-        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if seen == self._seen and path == self.config_path:
+        if path is None or not self._watch.changed(path, same_file=path == self.config_path):
             return []
         try:
             values, sources = resolve(env, read_config_file(path))
@@ -574,39 +380,44 @@ class Settings(SettingValues):
             validate(fresh)
         except SettingsError as exc:
             log.warning("the config file %s changed but does not load, so nothing of it applies: %s", path, exc)
-            self._seen = seen
             return []
-        self._seen = seen
         return self.apply(fresh)
 
     def apply(self, fresh: Settings) -> list[str]:
         """Take fresh's values for the keys that may change while running; the others wait for a
         restart (listed in restart_pending). Returns the names that changed now."""
-        changed = []
+        split = split_live(KEYS, self.values, fresh.values)
         for key in KEYS:
-            new, old = fresh.values.get(key.name), self.values.get(key.name)
             if key.live:
-                if new != old:
-                    changed.append(key.name)
-                self.values[key.name], self.sources[key.name] = new, fresh.sources.get(key.name, "default")
-            elif new != old:
-                self.restart_pending[key.name] = new
-            else:
-                self.restart_pending.pop(key.name, None)
+                self.values[key.name], self.sources[key.name] = fresh.values.get(key.name), fresh.sources.get(
+                    key.name, "default")
+        self.restart_pending.update(split.pending)
+        for name in split.settled:
+            self.restart_pending.pop(name, None)
         self.config_path = fresh.config_path
-        if changed:
-            log.info("settings changed in %s: %s", self.config_path, ", ".join(changed))
-        return changed
+        if split.changed:
+            log.info("settings changed in %s: %s", self.config_path, ", ".join(split.changed))
+        return split.changed
 
     if not TYPE_CHECKING:  # mypy reads the SettingValues declarations instead
         def __getattr__(self, name: str) -> Any:
-            if name not in KEYS_BY_NAME:
+            key = KEYS_BY_NAME.get(name)
+            if key is None:
                 raise AttributeError(name)
-            return self.__dict__["values"].get(name)  # a hand-built Settings may hold only some keys
+            value = self.__dict__["values"].get(name)  # a hand-built Settings may hold only some keys
+            return as_secret(value) if key.secret else value
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.values.get(name)
         return default if value is None else value
+
+    def is_set(self, name: str) -> bool:
+        """The key (named in a table, such as an agent's keys in bot/catalog.py) has a value."""
+        return bool(self.values.get(name))
+
+    def texts(self, names: Iterable[str]) -> dict[str, str]:
+        """The keys of `names` that have a value, as text (secrets revealed): an agent's server keys."""
+        return {name: str(self.values[name]) for name in names if self.values.get(name)}
 
     def locked(self, name: str) -> bool:
         return self.sources.get(name, "").startswith("env:")
@@ -685,9 +496,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     if path is not None:
         _guard_secrets_in_file(settings, path)
     if path is not None:
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            settings._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        settings._watch.changed(path, same_file=True)
     if not Path(values["SESAME_DATA_DIR"]).is_absolute():
         values["SESAME_DATA_DIR"] = str((cwd / values["SESAME_DATA_DIR"]).resolve())
     validate(settings)
@@ -700,15 +509,7 @@ def _guard_secrets_in_file(settings: Settings, path: Path) -> None:
     held = [key.name for key in KEYS if key.secret and settings.sources.get(key.name) == "config"]
     if not held:
         return
-    try:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            path.chmod(0o600)
-            note = f"its mode was {mode:o} and is now 600"
-        else:
-            note = "its mode is already 600"
-    except OSError as exc:
-        note = f"its mode could not be tightened ({exc.strerror})"
+    note = tighten_secret_file(path)
     message = (f"{path} holds the secret {', '.join(held)} in plain text ({note}): move it to the environment "
                "or set it through the settings API, which stores it sealed, and delete it from the file")
     settings.warnings.append(message)
@@ -759,35 +560,6 @@ def validate(settings: Settings) -> None:
         raise SettingsError("GITHUB_PRIVATE_KEY_PATH", f"{key_path} does not exist", "Point it at the App's .pem file")
 
 
-DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-IPV4 = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}$")
-
-
-def domain_rule_problem(rule: str) -> str | None:
-    """Why `rule` is not a domain pattern the egress proxy matches (host, *.domain, host:port, [v6]:port,
-    an IPv4 address, or * alone), or None when it is one."""
-    text = rule.strip().lower()
-    host: str | None = text
-    port: str | None = None
-    if text.startswith("["):
-        inner, _, rest = text[1:].partition("]")
-        if not inner or ":" not in inner or (rest and not rest.startswith(":")):
-            return "an IPv6 address goes in brackets, optionally followed by :port"
-        host, port = None, rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    elif ":" in text:
-        return "an IPv6 address goes in brackets, e.g. [::1]:443"
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        return f"{port!r} is not a port (1 to 65535)"
-    if host is None or host == "*" or (IPV4.match(host) and all(int(p) < 256 for p in host.split("."))):
-        return None
-    labels = host.removeprefix("*.").rstrip(".").split(".")
-    if len(host) > 253 or not all(DOMAIN_LABEL.match(label) for label in labels):
-        return "write a host name (letters, digits, dashes, dots), *.domain for its subdomains, or host:port"
-    return None
-
-
 def check_domain_lists(settings: Settings) -> None:
     """Every entry of the global allowed and denied domains is a pattern the proxy can match."""
     for name in ("SANDBOX_ALLOWED_DOMAINS", "SANDBOX_DENIED_DOMAINS"):
@@ -796,151 +568,6 @@ def check_domain_lists(settings: Settings) -> None:
             if problem:
                 raise SettingsError(name, f"{str(rule)[:100]!r} is not a domain pattern", problem[0].upper()
                                     + problem[1:])
-
-
-def parse_uid_range(text: str | None) -> tuple[int, int]:
-    """SANDBOX_UID_RANGE as (first, last): FIRST-LAST, upwards, from 1000 on, within 32 bits."""
-    first, sep, last = str(text or "").strip().partition("-")
-    if sep and first.strip().isdigit() and last.strip().isdigit() and 1000 <= int(first) <= int(last) < 2**32 - 1:
-        return int(first), int(last)
-    raise SettingsError("SANDBOX_UID_RANGE", f"{text!r} is not a range of uids",
-                        "Write FIRST-LAST, e.g. 200000-299999, with no uid of a real user in it")
-
-
-
-def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
-    """The encryption key; in the embedded default, a generated key file (0600)."""
-    if settings.get("ENCRYPTION_KEY"):
-        return str(settings.ENCRYPTION_KEY)
-    if not settings.embedded:
-        raise SettingsError("ENCRYPTION_KEY", "is required", "Generate one with `openssl rand -hex 32`")
-    path = settings.data_dir / "encryption.key"
-    if path.exists():
-        key = path.read_text().strip()
-        if not HEX64.match(key):
-            raise SettingsError("ENCRYPTION_KEY", f"the key file {path} is malformed",
-                                "Restore it from a backup or set ENCRYPTION_KEY")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
-        warn(f"ENCRYPTION_KEY is not set: generated {path} (mode 0600). Back it up, "
-             "or set ENCRYPTION_KEY for production.")
-    settings.values["ENCRYPTION_KEY"] = key
-    settings.sources["ENCRYPTION_KEY"] = f"file:{path}"
-    return key
-
-
-def config_path_set(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path in nested config data, creating tables as needed."""
-    parts = path.split(".")
-    node = data
-    for part in parts[:-1]:
-        if part not in node or not isinstance(node[part], dict):
-            node[part] = tomlkit.table() if isinstance(node, tomlkit.TOMLDocument | tomlkit.items.Table) else {}
-        node = node[part]
-    if value is None:
-        node.pop(parts[-1], None)
-    else:
-        node[parts[-1]] = value
-
-
-def write_config(path: Path, updates: Mapping[str, Any], settings: Settings,
-                 env: Mapping[str, str] | None = None) -> Settings:
-    """Apply key updates to the config file, keeping its format and comments, and return the settings
-    that result. Unknown, environment-only and locked keys are refused, and so is any value that would
-    not load: the whole result is validated before a byte is written."""
-    for name in updates:
-        key = KEYS_BY_NAME.get(name)
-        if key is None:
-            raise SettingsError(name, "is not a setting", "See `sesame settings --keys` for every name")
-        if not key.path:
-            raise SettingsError(name, "can only be set in the environment",
-                                f"Set {' or '.join(key.env)} where the server starts")
-        if key.secret:
-            raise SettingsError(name, "is a secret and never goes into the config file",
-                                "Set it through the settings API (stored sealed) or the environment")
-        if settings.locked(name):
-            raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
-                                "Change the environment variable and restart")
-    suffix = path.suffix.lower()
-    text = path.read_text() if path.exists() else ""
-    doc = _parse_for_update(suffix, text)
-    for name, value in updates.items():
-        key = KEYS_BY_NAME[name]
-        assert key.path is not None  # checked above
-        config_path_set(doc, key.path, coerce(key, value))
-    values, sources = resolve(os.environ if env is None else env, doc)
-    values["SESAME_DATA_DIR"] = settings.values.get("SESAME_DATA_DIR", values["SESAME_DATA_DIR"])
-    fresh = Settings(values, sources, path, list(settings.warnings))
-    validate(fresh)
-    out = _jsonc_edit(text, updates, doc) if suffix == ".jsonc" else None
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(out if out is not None else _dump_for_update(suffix, doc))
-    tmp.replace(path)
-    return fresh
-
-
-def _jsonc_edit(text: str, updates: Mapping[str, Any], doc: Any) -> str | None:
-    """The JSONC text with the updates spliced in, comments kept; None (write it plainly) in the unlikely
-    case the edit does not read back as the values the whole file must hold."""
-    from bot.jsonc import JsoncError, set_path
-
-    out = text
-    try:
-        for name, value in updates.items():
-            key = KEYS_BY_NAME[name]
-            assert key.path is not None
-            out = set_path(out, key.path, coerce(key, value))
-        if json5.loads(out) == json.loads(json.dumps(doc)):
-            return out
-    except (JsoncError, ValueError):
-        pass
-    log.warning("the JSONC edit did not read back; the config file is written without its comments")
-    return None
-
-
-def check_secret_setting(settings: Settings, name: str, value: Any) -> None:
-    """A secret setting the API stores sealed: not locked by the environment, and text (empty removes it)."""
-    if settings.locked(name):
-        raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
-                            "Change the environment variable and restart")
-    if value is not None and (not isinstance(value, str) or any(ch.isspace() for ch in value.strip())
-                              or len(value) > 20_000):
-        raise SettingsError(name, "must be the key itself, as text without spaces", "Paste the key alone")
-
-
-def _yaml() -> Any:
-    """A round-trip YAML reader and writer: comments, order and quoting survive a rewrite."""
-    from ruamel.yaml import YAML
-
-    rt = YAML(typ="rt")
-    rt.preserve_quotes = True
-    return rt
-
-
-def _parse_for_update(suffix: str, text: str) -> Any:
-    if suffix == ".toml":
-        return tomlkit.parse(text)
-    if suffix in (".yaml", ".yml"):
-        return _yaml().load(text) or {}
-    if suffix == ".jsonc":
-        return json5.loads(text) if text.strip() else {}
-    return json.loads(text) if text.strip() else {}
-
-
-def _dump_for_update(suffix: str, doc: Any) -> str:
-    if suffix == ".toml":
-        return tomlkit.dumps(doc)
-    if suffix in (".yaml", ".yml"):
-        import io
-
-        out = io.StringIO()
-        _yaml().dump(doc, out)
-        return out.getvalue()
-    return json.dumps(doc, indent=2) + "\n"
 
 
 def describe_keys() -> Iterable[str]:

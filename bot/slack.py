@@ -34,6 +34,7 @@ from bot.progress import (
 )
 from bot.redact import redact
 from bot.reporting import PullRequest, RepoAccess, session_url
+from bot.secret import reveal
 from bot.services import Services
 from bot.settings import Settings
 
@@ -79,7 +80,7 @@ def slack_retry_handlers() -> list[AsyncRetryHandler]:
 
 def web_client(settings: Settings, http: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """A Web API client on SLACK_BOT_TOKEN and SLACK_API_URL; retries 5xx and dropped connections."""
-    return AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=api_url(settings), session=http,
+    return AsyncWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=api_url(settings), session=http,
                           retry_handlers=slack_retry_handlers())
 
 

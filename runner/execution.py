@@ -88,7 +88,7 @@ class AgentRun:
 
 def agent_server_env(services: Services) -> dict[str, str]:
     """Only the agent keys of the server's settings, never any other secret."""
-    return {k: str(services.settings.get(k)) for k in AGENT_ENV_KEYS if services.settings.get(k)}
+    return services.settings.texts(AGENT_ENV_KEYS)
 
 
 def hidden_server_paths(services: Services) -> tuple[str, ...]:

@@ -211,8 +211,7 @@ async def _agent_step(state: Run, workspace: Workspace) -> AgentFailure | None:
     await state.event("sandbox", {"secured": agent_run.warning is None})  # what applied, not what was asked
     if agent_run.warning:
         state.progress.warning = agent_run.warning
-        await services.sessions.set_warning(session.id, agent_run.warning)
-        await state.event("warning", {"message": agent_run.warning})
+        await state.warning_stored(agent_run.warning, agent_run.warning)
     if budget is not None and agent_run.gateway is None:
         await state.warn(f"the budget of ${session.budget_usd:,.2f} cannot be enforced: {agent.display_name}'s "
                          "credential does not go through Sesame's credential gateway")
@@ -272,8 +271,7 @@ async def _salvage(state: Run) -> None:
     except SecretInPush as exc:  # the refusal is the news: it goes where the requester reads it
         warning = " ".join(filter(None, [state.progress.warning, f"Work not kept: {exc}"]))
         state.progress.warning = warning
-        await state.services.sessions.set_warning(state.session.id, warning)
-        await state.event("warning", {"message": str(exc)})
+        await state.warning_stored(warning, str(exc))
     except Exception as exc:
         log.warning("could not keep the work of session %s: %s", state.session.id, exc)
 

@@ -9,6 +9,7 @@ import os
 
 from bot.models import Session
 from bot.reporting import RepoAccess
+from bot.secret import reveal
 from bot.secretscan import SecretMatcher
 from bot.services import Services
 from bot.untrusted import md_code, md_fence
@@ -50,8 +51,11 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
     message = await (await state.utility()).commit_message(session.prompt, stat)
     author = await commit_author(state.services, session)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
-    await state.services.sessions.record_commit(session.id, sha)
-    await state.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
+    async def record() -> None:  # the row's sha and the event that tells of it land together
+        async with state.services.sessions.transaction(session.id) as tx:
+            await tx.record_commit(sha)
+            await tx.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
+    await state.stored(record, "the commit")
     await state.step("commit", "done", f"`{sha[:7]}`", 85)
     return sha
 
@@ -91,7 +95,7 @@ async def commit_author(services: Services, session: Session | None = None) -> g
         return gitops.Author(mapped.get("name") or mapped["email"], mapped["email"])
     author = gitops.Author(*gitops.DEFAULT_AUTHOR)
     stored = await services.credentials.get("github", "github_pat")
-    token = stored.value if stored else services.settings.GITHUB_PAT
+    token = stored.value if stored else reveal(services.settings.GITHUB_PAT)
     if not token:
         return author
     fingerprint = hashlib.sha256(token.encode()).hexdigest()
@@ -136,8 +140,11 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
         await state.step("pr", "skipped", f"branch `{branch}` pushed", 95)
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
         return
-    await state.services.sessions.record_pull_request(session.id, pr.number, pr.url)
-    await state.event("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created})
+    async def record() -> None:
+        async with state.services.sessions.transaction(session.id) as tx:
+            await tx.record_pull_request(pr.number, pr.url)
+            await tx.event("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created})
+    await state.stored(record, "the pull request")
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")

@@ -15,6 +15,7 @@ from bot.pricing import Price
 from bot.progress import Progress, ThrottledPublisher
 from bot.redact import redact
 from bot.reporting import Channel
+from bot.secret import reveal
 from bot.services import Services
 from bot.utility_ai import UtilityAI
 from runner.agents.failures import AgentFailure, FailureWatch
@@ -104,13 +105,20 @@ class Run:
         warning = " ".join(filter(None, [self.progress.warning, message]))
         self.progress.warning = warning
         self.publisher.changed()
-        await self.services.sessions.set_warning(self.session.id, warning)
-        await self.event("warning", {"message": message})
+        await self.warning_stored(warning, message)
+
+    async def warning_stored(self, warning: str, message: str) -> None:
+        """The session's warning and the event saying `message`, in one transaction."""
+        async def write() -> None:
+            async with self.services.sessions.transaction(self.session.id) as tx:
+                await tx.set_warning(warning)
+                await tx.event("warning", {"message": message})
+        await self.stored(write, "a warning")
 
     async def utility(self) -> UtilityAI:
         """The utility model: its key from the environment, else stored sealed (settings API), else the file."""
         settings = self.services.settings
-        key = settings.AI_API_KEY
+        key = reveal(settings.AI_API_KEY)
         if not settings.locked("AI_API_KEY"):
             stored = await self.services.credentials.get(SETTING_SECRETS["AI_API_KEY"], "api_key")
             key = stored.value if stored is not None else key

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.settings import Settings, parse_uid_range
+from bot.setting_types import parse_uid_range
+from bot.settings import Settings
 from runner.snapshot import as_user
 
 LOCK_NAME = ".lock"

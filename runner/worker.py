@@ -11,10 +11,10 @@ from typing import Any
 
 from arq.cron import cron
 
+from bot.admission import AtLimit
 from bot.models import State
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
-from bot.sessions import AtLimit
 from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline

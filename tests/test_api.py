@@ -13,7 +13,7 @@ import pytest
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
 from bot.services import Services
-from bot.sessions import ViolationCount
+from bot.violation_counts import ViolationCount
 
 
 class RecordingQueue:

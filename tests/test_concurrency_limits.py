@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from bot.admission import AtLimit
 from bot.cli import make_queue
 from bot.cli.wiring import open_services
 from bot.models import Session, utcnow
 from bot.queue import ArqQueue
 from bot.services import Services
-from bot.sessions import AtLimit, NewSession
+from bot.sessions import NewSession
 from tests.conftest import own_database, session_base
 from tests.support.gitrepo import git, make_repo
 from tests.test_worker_death import agent_running, open_test_services, own_redis, start_worker, wait_for, worker_env

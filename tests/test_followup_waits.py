@@ -9,9 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bot.admission import AtLimit
 from bot.cli import make_queue
 from bot.cli.wiring import open_services
-from bot.sessions import AtLimit, NewSession
+from bot.sessions import NewSession
 from tests.conftest import session_base
 from tests.support.gitrepo import git, make_repo
 from tests.test_concurrency_limits import gated_agent, settle

@@ -8,7 +8,8 @@ import json5
 import pytest
 
 from bot.jsonc import JsoncError, set_path
-from bot.settings import load_settings, write_config
+from bot.settings import load_settings
+from bot.settings_write import write_config
 
 DOC = """// Sesame on the build box
 {

@@ -11,25 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.agents import real_cli
-from tests.agents.sandboxed import SANDBOX_OK, SANDBOX_REASON, PipelineRun, run_sandboxed
+from tests.agents.sandboxed import HELLO_COMMAND, SANDBOX_OK, SANDBOX_REASON, assert_hello_committed, run_sandboxed
 from tests.agents.test_codex_real import MODEL as CODEX_MODEL
 from tests.agents.test_gemini_real import MODEL as GEMINI_MODEL
 from tests.support.fake_gemini import FakeGemini, call, say
 from tests.support.fake_openai import FakeOpenAI, Reply, ToolCall
-from tests.support.gitrepo import make_repo, show_file
+from tests.support.gitrepo import make_repo
 
 pytestmark = pytest.mark.skipif(not SANDBOX_OK, reason=SANDBOX_REASON)
-WRITE = "echo 'print(42)' > hello.py && cat hello.py"
-
-
-def assert_quiet_and_committed(run: PipelineRun, origin: Path) -> None:
-    """The session completed sandboxed, its file is in the commit, and nothing was blocked."""
-    assert run.code == 0, f"{run.output}\n{run.session.error}"
-    assert run.session.warning is None  # really sandboxed
-    assert show_file(origin, run.session.branch, "hello.py") == "print(42)"
-    recorded = [(v.kind, v.operation, v.resource, v.reason) for v in run.violations]
-    assert recorded == [], "\n".join(map(str, recorded))
-    assert run.session.violation_count == 0
+WRITE = HELLO_COMMAND
 
 
 async def test_gemini_cli_session_records_no_violation(tmp_path: Path) -> None:
@@ -40,7 +30,7 @@ async def test_gemini_cli_session_records_no_violation(tmp_path: Path) -> None:
     async with FakeGemini(script, api_key="gemini-test-key") as fake:
         run = await run_sandboxed(tmp_path, install, "gemini", origin, "add hello.py", {
             "GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "gemini-test-key", "GEMINI_MODEL": GEMINI_MODEL})
-    assert_quiet_and_committed(run, origin)
+    assert_hello_committed(run, origin)
     assert len(fake.agent_requests) == 2
 
 
@@ -52,5 +42,5 @@ async def test_codex_session_records_no_violation(tmp_path: Path) -> None:
     async with FakeOpenAI(script, api_key="sk-codex-test") as fake:
         run = await run_sandboxed(tmp_path, install, "codex", origin, "add hello.py", {
             "OPENAI_BASE_URL": fake.base_url, "CODEX_MODEL": CODEX_MODEL}, credential=("api_key", "sk-codex-test"))
-    assert_quiet_and_committed(run, origin)
+    assert_hello_committed(run, origin)
     assert len(fake.responses_requests) == 2

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.models import Session, SessionEvent, Violation
+from bot.secret import reveal
 from bot.secretscan import forms
 from bot.services import Services
 from runner.cli_run import run_from_terminal
@@ -247,7 +248,7 @@ async def test_known_secrets_gather_settings_stored_credentials_and_session_toke
     found = {(s.label, s.value) for s in await known_secrets(services, ["ghs_minted-for-this-session"])}
     assert ("the stored API key of claude", value) in found
     assert ("the stored personal access token of github", "ghp_" + "a" * 36) in found
-    assert ("the encryption key (ENCRYPTION_KEY)", services.settings.ENCRYPTION_KEY) in found
+    assert ("the encryption key (ENCRYPTION_KEY)", reveal(services.settings.ENCRYPTION_KEY)) in found
     assert (TOKEN_LABEL, "ghs_minted-for-this-session") in found
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import KEYS, SettingsError, ensure_encryption_key, load_settings, resolve, write_config
+from bot.secret import Secret, reveal
+from bot.settings import KEYS, SettingsError, load_settings, resolve
+from bot.settings_write import ensure_encryption_key, write_config
 
 CONFIG_TEXT = {
     "config.json": '{"ai": {"model": "from-file", "baseUrl": "http://file.invalid/v1"},'
@@ -161,6 +163,8 @@ def test_every_key_has_a_declared_type_and_nothing_else_is_declared() -> None:
     for key in KEYS:
         expected = {"size": "int", "list": "list[str]", "map": "dict[str, str]",
                     "argv": "str | list[str]"}.get(key.kind, key.kind)
+        if key.secret:  # a secret is a Secret (masked when printed), a list of them for a list
+            expected = expected.replace("str", "Secret")
         assert declared[key.name] == expected + (" | None" if key.default is None else ""), key.name
 
 
@@ -174,7 +178,22 @@ def test_loaded_values_have_their_declared_types(tmp_path: Path, env: dict[str, 
     settings = load_settings(env=env, cwd=tmp_path)
     for key in KEYS:
         value = getattr(settings, key.name)
-        assert (value is None and key.default is None) or isinstance(value, KIND_TYPES[key.kind]), (key.name, value)
+        kind = (list if key.kind == "list" else Secret) if key.secret else KIND_TYPES[key.kind]
+        assert (value is None and key.default is None) or isinstance(value, kind), (key.name, value)
+        if key.secret and isinstance(value, list):
+            assert all(isinstance(item, Secret) for item in value), key.name
+
+
+def test_a_secret_setting_is_masked_wherever_it_is_printed_and_revealed_on_request(tmp_path: Path) -> None:
+    settings = load(tmp_path, {"AI_API_KEY": "sk-very-secret", "ENCRYPTION_KEY_PREVIOUS": "ab" * 32})
+    key = settings.AI_API_KEY
+    assert isinstance(key, Secret) and key.reveal() == "sk-very-secret"
+    logged = "%s %r" % (key, key)  # noqa: UP031 (as logging formats it)
+    printed = [str(key), repr(key), f"{key}", f"{key!r}", f"{key:>20}", logged, str([key]), repr(settings),
+               str(settings.ENCRYPTION_KEY_PREVIOUS), str({"key": key})]
+    assert not [text for text in printed if "sk-very-secret" in text or "ab" * 32 in text], printed
+    assert key == Secret("sk-very-secret") and key != "sk-very-secret" and key != Secret("sk-other")
+    assert not Secret("") and reveal(None) is None and settings.AUTH_PASSWORD is None
 
 
 def test_a_misspelt_setting_is_an_attribute_error(tmp_path: Path) -> None:
@@ -189,7 +208,7 @@ def test_a_misspelt_setting_is_an_attribute_error(tmp_path: Path) -> None:
     ("host:70000", False), ("::1", False), ("https://example.com", False), ("*.*.com", False), ("", False),
 ])
 def test_domain_patterns_are_validated(rule: str, ok: bool) -> None:
-    from bot.settings import domain_rule_problem
+    from bot.setting_types import domain_rule_problem
 
     assert (domain_rule_problem(rule) is None) == ok
 

@@ -12,6 +12,7 @@ import pytest
 
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
+from bot.secret import reveal
 from bot.settings import SettingsError, load_settings
 from tests.test_api import RecordingQueue
 
@@ -205,7 +206,7 @@ def test_a_secret_already_in_the_file_stays_readable_and_the_file_becomes_0600(
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING, logger="bot.settings"):
         settings = load_settings(env=_env(tmp_path), cwd=tmp_path)
-    assert settings.AI_API_KEY == "sk-in-the-file-0005" and path.stat().st_mode & 0o777 == 0o600
+    assert reveal(settings.AI_API_KEY) == "sk-in-the-file-0005" and path.stat().st_mode & 0o777 == 0o600
     assert "holds the secret AI_API_KEY in plain text (its mode was 644 and is now 600)" in caplog.text
     assert "sk-in-the-file" not in caplog.text and settings.warnings
 
@@ -222,3 +223,19 @@ async def test_a_secret_locked_by_the_environment_is_refused(tmp_path: Path, aio
         assert await services.credentials.kinds("ai") == []
     finally:
         await services.close()
+
+
+@pytest.mark.parametrize("live,old,new,changed,pending,settled", [
+    (True, 1, 2, ["K"], {}, []),  # a live key takes its new value now
+    (True, 1, 1, [], {}, []),
+    (False, 1, 2, [], {"K": 2}, []),  # a restart-only key waits
+    (False, 1, 1, [], {}, ["K"]),  # the file holds the value in force again: nothing waits
+    (False, 1, None, [], {"K": None}, []),  # removed from the file: the default waits for a restart
+])
+def test_split_live_table(live: bool, old: object, new: object, changed: list[str], pending: dict[str, object],
+                          settled: list[str]) -> None:
+    from bot.setting_types import Key
+    from bot.settings_live import split_live
+
+    split = split_live([Key("K", live=live)], {"K": old}, {"K": new})
+    assert (split.changed, split.pending, split.settled) == (changed, pending, settled)

@@ -14,7 +14,8 @@ from sqlalchemy import text, update
 from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
 from bot.models import Session, State, utcnow
 from bot.services import Services
-from bot.sessions import NewSession, SessionInUse, ViolationCount
+from bot.sessions import NewSession, SessionInUse
+from bot.violation_counts import ViolationCount
 
 TABLES = {"installations", "installation_repos", "sessions", "session_events", "violations",
           "webhook_deliveries", "credentials", "alembic_version"}
@@ -226,3 +227,26 @@ async def test_delete_refuses_a_session_with_follow_ups(services: Services) -> N
     await services.sessions.delete(child.id)
     await services.sessions.delete(parent.id)
     assert await services.sessions.get(parent.id) is None and await services.sessions.get(child.id) is None
+
+
+async def test_a_transaction_the_caller_owns_writes_the_row_and_its_event_together_or_not_at_all(
+        services: Services) -> None:
+    row, _ = await services.sessions.create(new())
+    with pytest.raises(RuntimeError, match="before the end"):
+        async with services.sessions.transaction(row.id) as tx:
+            await tx.set_warning("half done")
+            await tx.event("warning", {"message": "half done"})
+            raise RuntimeError("the caller fails before the end")
+    after_failure = await services.sessions.get(row.id)
+    assert after_failure is not None and after_failure.warning is None
+    assert [e.kind for e in await services.sessions.events(row.id)] == ["status"]
+    async with services.sessions.transaction(row.id) as tx:
+        await tx.record_commit("a" * 40)
+        seq = await tx.event("commit", {"sha": "a" * 40})
+        await tx.record_pull_request(7, "https://github.invalid/acme/api/pull/7")
+    done = await services.sessions.get(row.id)
+    assert done is not None and done.commit_sha == "a" * 40 and (done.pr_number, done.pr_url) == (
+        7, "https://github.invalid/acme/api/pull/7")
+    events = await services.sessions.events(row.id)
+    assert [(e.seq, e.kind) for e in events] == [(1, "status"), (seq, "commit")] and seq == 2
+    await services.sessions.delete(row.id)

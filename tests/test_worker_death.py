@@ -11,6 +11,8 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,24 @@ async def drain(services: Services, queue: ArqQueue, redis: str) -> None:
     await worker.close()
 
 
-async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path, pg_database: str,
-                                                                   own_redis: str) -> None:
+@dataclass
+class WorkerRun:
+    """A `sesame worker` subprocess (running the slow agent) in the middle of a session."""
+
+    origin: Path
+    services: Services  # the test's own, whose sessions run the counting agent
+    queue: ArqQueue
+    worker: subprocess.Popen[bytes]
+    row: Session
+
+
+@asynccontextmanager
+async def worker_in_a_session(tmp_path: Path, pg_database: str, own_redis: str,
+                              **slow_settings: str) -> AsyncIterator[WorkerRun]:
+    """Start a worker, enqueue a session of a fresh repository and wait for its agent to run; at the end
+    the worker is killed if it still runs, and the queue and services are closed."""
     origin = make_repo(tmp_path / "origin")
-    slow_env = worker_env(tmp_path, pg_database, own_redis, SLOW, SESSION_LEASE_SECONDS="3")
+    slow_env = worker_env(tmp_path, pg_database, own_redis, SLOW, **slow_settings)
     services = await open_test_services(worker_env(tmp_path, pg_database, own_redis, COUNTER), tmp_path)
     queue = ArqQueue(own_redis)
     worker = start_worker(slow_env, tmp_path)
@@ -121,10 +137,22 @@ async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path
         row, _ = await services.sessions.create(NewSession(
             trigger_key=f"t:{uuid.uuid4()}", prompt="count runs", agent="command", repo=str(origin), source="api"))
         assert await queue.enqueue(row.id)
-        await wait_for(lambda: agent_running(services, row.id), 90, "the agent to start on the first worker")
-        worker.send_signal(signal.SIGKILL)
+        await wait_for(lambda: agent_running(services, row.id), 90, "the agent to start on the worker")
+        yield WorkerRun(origin, services, queue, worker, row)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        await queue.close()
+        await services.close()
+
+
+async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path, pg_database: str,
+                                                                   own_redis: str) -> None:
+    async with worker_in_a_session(tmp_path, pg_database, own_redis, SESSION_LEASE_SECONDS="3") as run:
+        services, queue, row = run.services, run.queue, run.row
+        run.worker.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        worker.wait(10)
+        run.worker.wait(10)
         orphans = agents_left()
         async with services.sessions.sessionmaker() as db, db.begin():  # the lease runs out (3 s here)
             await db.execute(update(Session).where(Session.id == row.id)
@@ -135,11 +163,7 @@ async def test_a_session_of_a_killed_worker_runs_again_on_another(tmp_path: Path
         took = time.monotonic() - killed
         final = await services.sessions.get(row.id)
         events = await services.sessions.events(row.id)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        await queue.close()
-        await services.close()
+    origin = run.origin
     assert retried.state == "pending", "the sweeper gives the dead worker's session back to the queue"
     assert final.state == "completed", (final.state, final.error)
     assert final.attempts == 2
@@ -208,16 +232,8 @@ async def test_enqueue_says_when_arq_still_holds_the_job(own_redis: str) -> None
 
 async def test_sigterm_hands_the_session_back_with_its_work_pushed(tmp_path: Path, pg_database: str,
                                                                     own_redis: str) -> None:
-    origin = make_repo(tmp_path / "origin")
-    slow_env = worker_env(tmp_path, pg_database, own_redis, SLOW, WORKER_SHUTDOWN_GRACE="1")
-    services = await open_test_services(worker_env(tmp_path, pg_database, own_redis, COUNTER), tmp_path)
-    queue = ArqQueue(own_redis)
-    worker = start_worker(slow_env, tmp_path)
-    try:
-        row, _ = await services.sessions.create(NewSession(
-            trigger_key=f"t:{uuid.uuid4()}", prompt="count runs", agent="command", repo=str(origin), source="api"))
-        assert await queue.enqueue(row.id)
-        await wait_for(lambda: agent_running(services, row.id), 90, "the agent to start")
+    async with worker_in_a_session(tmp_path, pg_database, own_redis, WORKER_SHUTDOWN_GRACE="1") as run:
+        services, queue, row, worker = run.services, run.queue, run.row, run.worker
         await asyncio.sleep(1)  # it wrote partial.txt
         worker.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -231,11 +247,7 @@ async def test_sigterm_hands_the_session_back_with_its_work_pushed(tmp_path: Pat
         await drain(services, queue, own_redis)
         final = await services.sessions.get(row.id)
         events = await services.sessions.events(row.id)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        await queue.close()
-        await services.close()
+    origin = run.origin
     print(f"SIGTERM to the worker's exit, the session handed back and enqueued: {stopped_in:.1f} s")
     assert code == 0 and stopped_in < 30
     assert handed.state == "pending" and handed.attempts == 0 and handed.lease_expires_at is None

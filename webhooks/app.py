@@ -60,7 +60,7 @@ def create_app(services: Services, queue: Queue, sandbox_status: dict[str, Any] 
     """Build the web application; no work happens at import time."""
     middlewares = []
     if services.settings.AUTH_PASSWORD:
-        middlewares.append(basic_auth_middleware(services.settings.AUTH_PASSWORD))
+        middlewares.append(basic_auth_middleware(services.settings.AUTH_PASSWORD.reveal()))
     middlewares.append(live_settings_middleware)
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[SERVICES], app[QUEUE] = services, queue

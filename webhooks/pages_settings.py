@@ -21,7 +21,9 @@ from bot.catalog import AGENT_SPECS, CATALOG
 from bot.credentials import GITHUB, SETTING_SECRETS
 from bot.github import pat_identity
 from bot.services import Services
-from bot.settings import KEYS, KEYS_BY_NAME, Key, SettingsError, check_secret_setting, write_config
+from bot.setting_types import Key
+from bot.settings import KEYS, KEYS_BY_NAME, SettingsError
+from bot.settings_write import check_secret_setting, write_config
 from webhooks.app import SERVICES
 from webhooks.pages import PageError, check_csrf, render
 

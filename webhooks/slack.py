@@ -28,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.models import Session, State
 from bot.policy import slack_is_bot, slack_may_stop, slack_refusal
 from bot.queue import Queue
+from bot.secret import reveal
 from bot.services import Services
 from bot.sessions import NewSession
 from bot.settings import Settings, SettingsError
@@ -279,7 +280,7 @@ class BotIdentity:
 
     def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         self.url = api_url(settings)
-        self.client = AsyncWebClient(token=settings.SLACK_BOT_TOKEN, base_url=self.url, session=http,
+        self.client = AsyncWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=self.url, session=http,
                                      timeout=int(AUTH_TEST_TIMEOUT), retry_handlers=[])
         self.result: AuthorizeResult | None = None
 
@@ -318,7 +319,7 @@ def build_bolt_app(services: Services, intake: SlackIntake) -> AsyncApp:
     async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
         return await identity.authorize(enterprise_id, team_id)  # bolt passes arguments by name, never self
 
-    bolt = AsyncApp(name="sesame", signing_secret=settings.SLACK_SIGNING_SECRET, client=client,
+    bolt = AsyncApp(name="sesame", signing_secret=reveal(settings.SLACK_SIGNING_SECRET), client=client,
                     authorize=authorize)
     bolt.error(unhandled_error)
     intake.register(bolt)

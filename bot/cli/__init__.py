@@ -19,6 +19,7 @@ from typing import Any
 from bot import __version__
 from bot.catalog import CATALOG, canonical_agent_name
 from bot.db import NotMigrated
+from bot.secret import reveal
 from bot.settings import Settings, SettingsError, describe_keys, load_settings
 from bot.untrusted import ControlFreeFormatter, install_clean_records
 
@@ -144,7 +145,7 @@ def make_queue(services: Any) -> Any:
     from runner.worker import run_session
 
     if services.settings.REDIS_URL:
-        return ArqQueue(services.settings.REDIS_URL)
+        return ArqQueue(services.settings.REDIS_URL.reveal())
     queue = InlineQueue(lambda sid: run_session(services, sid, queue.shutdown, queue=queue),
                         services.settings.INLINE_CONCURRENCY)
     return queue
@@ -219,7 +220,7 @@ async def serve_many(settings: Settings, args: argparse.Namespace) -> int:
     embedded database is migrated and the key file made, so the children never race on them. A child
     that exits before it listens stops the others and the whole command, saying which and why."""
     from bot.db import make_engine, migrate
-    from bot.settings import ensure_encryption_key
+    from bot.settings_write import ensure_encryption_key
 
     ensure_encryption_key(settings, log.warning)
     if settings.embedded:
@@ -352,7 +353,7 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from bot.queue import ArqQueue
     from runner.worker import build_worker
 
-    redis_url = settings.REDIS_URL
+    redis_url = reveal(settings.REDIS_URL)
     if not redis_url:
         return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
                     "or run `sesame serve` alone to run sessions in-process.")

@@ -88,7 +88,7 @@ def credential_source(spec: AgentSpec, stored: StoredKinds, settings: Settings, 
     for kind, label in CREDENTIAL_KINDS:
         if kind in kinds:
             return label
-    env = next((key for key in spec.server_env_keys if settings.get(key)), None)
+    env = next((key for key in spec.server_env_keys if settings.is_set(key)), None)
     found = f"environment ({env})" if env else "none"
     if not env and spec.server_env_keys and hint:
         found += f": store one (PUT /api/credentials/{spec.name}) or set {' or '.join(spec.server_env_keys)}"

@@ -50,7 +50,7 @@ async def check_redis(settings: Settings) -> Check:
         return Check("redis", "ok", "REDIS_URL not set: `sesame serve` runs sessions in-process")
     from bot.queue import ArqQueue
 
-    queue = ArqQueue(settings.REDIS_URL)
+    queue = ArqQueue(settings.REDIS_URL.reveal())
     health = await queue.health()
     await queue.close()
     if health["ok"]:
@@ -118,7 +118,7 @@ async def gateway_upstream(settings: Settings, name: str) -> str | None:
     stored = (await stored_credential_kinds(settings)).kinds.get(name, ())
     cred = (Credential("subscription", DOCTOR_CREDENTIAL) if "subscription" in stored else
             Credential("api_key", DOCTOR_CREDENTIAL) if "api_key" in stored else None)  # the runner's order
-    server_env = {k: str(settings.get(k)) for k in AGENT_ENV_KEYS if settings.get(k)}
+    server_env = settings.texts(AGENT_ENV_KEYS)
     route = agent.gateway_route(cred, server_env)
     return (setting_url or route.upstream) if route else None
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bot.secret import reveal
 from runner.providers.base import Provider, RemoteSandbox
 from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
@@ -32,7 +33,7 @@ class DaytonaProvider(Provider):
     def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
         settings = self.settings
         return DaytonaSandbox(policy, dict(
-            api_key=settings.DAYTONA_API_KEY, api_url=settings.DAYTONA_API_URL, target=settings.DAYTONA_TARGET,
+            api_key=reveal(settings.DAYTONA_API_KEY), api_url=settings.DAYTONA_API_URL, target=settings.DAYTONA_TARGET,
             snapshot=settings.DAYTONA_SNAPSHOT, timeout=float(settings.DAYTONA_TIMEOUT),
             ttl_minutes=int(settings.DAYTONA_TTL_MINUTES)))
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bot.secret import reveal
 from runner.providers.base import Provider, RemoteSandbox
 from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
@@ -28,7 +29,7 @@ class E2BProvider(Provider):
 
     def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
         return E2BSandbox(policy, dict(
-            api_key=self.settings.E2B_API_KEY, api_url=self.settings.E2B_API_URL,
+            api_key=reveal(self.settings.E2B_API_KEY), api_url=self.settings.E2B_API_URL,
             sandbox_url=self.settings.E2B_SANDBOX_URL, template=self.settings.E2B_TEMPLATE,
             timeout=int(self.settings.E2B_TIMEOUT)))
 

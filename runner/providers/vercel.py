@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bot.secret import reveal
 from runner.providers.base import Provider, RemoteSandbox
 from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
@@ -33,7 +34,7 @@ class VercelProvider(Provider):
     def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
         settings = self.settings
         return VercelSandbox(policy, dict(
-            token=settings.VERCEL_TOKEN, team_id=settings.VERCEL_TEAM_ID, project_id=settings.VERCEL_PROJECT_ID,
+            token=reveal(settings.VERCEL_TOKEN), team_id=settings.VERCEL_TEAM_ID, project_id=settings.VERCEL_PROJECT_ID,
             base_url=settings.VERCEL_SANDBOX_URL, region=settings.VERCEL_REGION, image=settings.VERCEL_SANDBOX_IMAGE,
             timeout=int(settings.VERCEL_TIMEOUT)))
 

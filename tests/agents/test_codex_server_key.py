@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli.wiring import open_services
+from bot.secret import reveal
 from bot.services import Services
 from bot.settings import load_settings
 from bot.utility_ai import UtilityAI
@@ -54,7 +55,7 @@ async def test_server_openai_api_key_reaches_the_real_codex_and_the_utility_mode
     services = await services_with(tmp_path, OPENAI_API_KEY=SERVER_KEY, AI_BASE_URL=fake.base_url)
     try:
         settings = services.settings
-        utility = UtilityAI(settings.AI_BASE_URL, settings.AI_API_KEY, settings.AI_MODEL, services.http)
+        utility = UtilityAI(settings.AI_BASE_URL, reveal(settings.AI_API_KEY), settings.AI_MODEL, services.http)
         assert await utility.branch_name("fix it", SESSION) == "sesame/codex-server-key-8f3c1a2b"
         codex = codex_at(fake.base_url)
         # What start_agent builds when no credential is stored: the server's agent keys only.
@@ -76,7 +77,7 @@ async def test_server_openai_api_key_reaches_the_real_codex_and_the_utility_mode
 async def test_each_key_where_both_are_set(tmp_path: Path) -> None:
     services = await services_with(tmp_path, OPENAI_API_KEY=SERVER_KEY, AI_API_KEY=UTILITY_KEY)
     try:
-        assert services.settings.AI_API_KEY == UTILITY_KEY
+        assert reveal(services.settings.AI_API_KEY) == UTILITY_KEY
         assert codex_at("http://127.0.0.1:1/v1").credential_env(None, agent_server_env(services)) == {
             "CODEX_API_KEY": SERVER_KEY}
         # Only the utility key's own setting never reaches an agent: no agent is handed AI_API_KEY.
@@ -91,6 +92,6 @@ async def test_codex_api_key_comes_before_openai_api_key(tmp_path: Path) -> None
     try:
         assert codex_at("http://127.0.0.1:1/v1").credential_env(None, agent_server_env(services)) == {
             "CODEX_API_KEY": "sk-codex-own-0003"}
-        assert services.settings.AI_API_KEY == SERVER_KEY
+        assert reveal(services.settings.AI_API_KEY) == SERVER_KEY
     finally:
         await services.close()

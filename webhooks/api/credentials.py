@@ -30,9 +30,8 @@ def _owner(request: web.Request) -> str:
 def _environment(services: Services, owner: str) -> list[dict[str, Any]]:
     """Keys the server environment or config gives this owner: named and locked, never shown."""
     names = ("GITHUB_PAT",) if owner == GITHUB else CATALOG[owner].server_env_keys
-    values = services.settings.values
     return [{"name": name, "source": services.settings.sources.get(name), "locked": True}
-            for name in names if values.get(name)]
+            for name in names if services.settings.is_set(name)]
 
 
 async def _credentials_body(request: web.Request, owner: str, **extra: Any) -> web.Response:

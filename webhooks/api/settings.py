@@ -9,7 +9,8 @@ from aiohttp import web
 
 from bot.credentials import SETTING_SECRETS
 from bot.services import Services
-from bot.settings import SettingsError, check_secret_setting, write_config
+from bot.settings import SettingsError
+from bot.settings_write import check_secret_setting, write_config
 from webhooks.api.common import read_json
 from webhooks.keys import SERVICES
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
+from bot.secret import reveal
 from webhooks.app import QUEUE, SERVICES
 from webhooks.github import comments, installations, issues, spool
 from webhooks.github.intake import Intake
@@ -53,7 +54,7 @@ async def receive(request: web.Request) -> web.Response:
     if not secret:  # never parse a delivery unverified (gidgethub skips the check without a secret)
         raise web.HTTPServiceUnavailable(text="GITHUB_WEBHOOK_SECRET is not set on this server\n")
     body = await request.read()
-    event = parse_event(request.headers, body, secret)
+    event = parse_event(request.headers, body, secret.reveal())
     if event.event == "ping":
         return web.json_response({"msg": "pong"})
     if not isinstance(event.data, dict):
@@ -73,7 +74,7 @@ async def process_kept(app: web.Application, headers: dict[str, str], body: byte
     """One spooled delivery through intake again; True once it is handled (or can never be)."""
     services = app[SERVICES]
     try:
-        event = parse_event(headers, body, services.settings.GITHUB_WEBHOOK_SECRET or "")
+        event = parse_event(headers, body, reveal(services.settings.GITHUB_WEBHOOK_SECRET) or "")
     except web.HTTPException:
         log.warning("a spooled delivery no longer verifies; dropped")
         return True
