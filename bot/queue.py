@@ -80,6 +80,7 @@ def job_id(session_id: str, attempt: int) -> str:
 # never waits out a connection timeout per delivery during an outage; those sessions are enqueued again by
 # this process as soon as Redis answers (and by the sweeper if the process dies first).
 REDIS_PROBE_EVERY = 1.0
+ENQUEUE_TIMEOUT = 3.0  # an enqueue (connection included) that takes longer counts as Redis down; it is idempotent
 
 
 class ArqQueue:
@@ -94,6 +95,7 @@ class ArqQueue:
         self._enqueue: Any = None
         self._enqueue_pool: ArqRedis | None = None
         self._failed_at = 0.0  # monotonic time of the last failure to reach Redis; 0: reachable
+        self._probing = False  # an enqueue is finding out whether Redis is back (the others fail at once)
         self._later: dict[str, int] = {}  # session id -> attempt refused during an outage, tried again
         self._retrying: asyncio.Task[None] | None = None
 
@@ -106,16 +108,14 @@ class ArqQueue:
     async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
         """True when enqueued or already waiting in the queue; False when Redis is unreachable or arq
         still holds a job of this attempt that will not run (the sweeper tries again)."""
-        if self._failed_at and time.monotonic() - self._failed_at < REDIS_PROBE_EVERY:
+        probe = bool(self._failed_at)
+        if probe and (self._probing or time.monotonic() - self._failed_at < REDIS_PROBE_EVERY):
             self._retry_later(session_id, attempt)
-            return False  # Redis was unreachable a moment ago: no connection attempt per delivery
+            return False  # Redis was unreachable a moment ago: one probe at a time, none per delivery
+        self._probing = probe
         job = job_id(session_id, attempt)
         try:
-            pool = await self.pool()
-            now = timestamp_ms()
-            data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
-            keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
-            answer = await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now])
+            answer = await asyncio.wait_for(self._enqueue_job(session_id, job), ENQUEUE_TIMEOUT)
             self._failed_at = 0.0
             if answer:
                 return True
@@ -129,6 +129,16 @@ class ArqQueue:
             self._failed_at = time.monotonic()
             self._retry_later(session_id, attempt)
             return False
+        finally:
+            if probe:
+                self._probing = False
+
+    async def _enqueue_job(self, session_id: str, job: str) -> int:
+        pool = await self.pool()
+        now = timestamp_ms()
+        data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
+        keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
+        return int(await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now]))
 
     def _retry_later(self, session_id: str, attempt: int) -> None:
         """Keep a session refused during an outage; one task enqueues them all once Redis answers."""
