@@ -101,8 +101,9 @@ class ArqQueue:
 
     async def pool(self) -> ArqRedis:
         if self._pool is None:
-            self._pool = await create_pool(redis_settings(self.url), job_serializer=serialize,
-                                           job_deserializer=deserialize)
+            settings = redis_settings(self.url)
+            settings.conn_retries = 0  # no 1 s sleep between attempts: enqueue's own probe and retry decide
+            self._pool = await create_pool(settings, job_serializer=serialize, job_deserializer=deserialize)
         return self._pool
 
     async def enqueue(self, session_id: str, attempt: int = 1) -> bool:

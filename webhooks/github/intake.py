@@ -132,9 +132,13 @@ class Intake:
         permission = cache.fresh(key)
         if permission is None:
             lookup = cache.loading.get(key)  # one GitHub call for the deliveries that miss at once
-            if lookup is None:
-                lookup = cache.loading[key] = self.services.background.spawn(
-                    self._remember_permission(gh, key), name=f"permission-{self.event.delivery_id}")
+            if lookup is not None:  # another delivery is already asking: never wait for GitHub twice
+                log.info("%s's permission on %s is being asked; the job checks it when it starts",
+                         self.sender, self.repo)
+                self.outcome["permission"] = "deferred"
+                return True
+            lookup = cache.loading[key] = self.services.background.spawn(
+                self._remember_permission(gh, key), name=f"permission-{self.event.delivery_id}")
             try:
                 permission = await asyncio.wait_for(asyncio.shield(lookup),
                                                     float(self.services.settings.INTAKE_GITHUB_TIMEOUT))
