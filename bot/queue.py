@@ -79,6 +79,13 @@ def job_id(session_id: str, attempt: int) -> str:
     return f"{session_id}:{attempt}"
 
 
+# After Redis failed to answer, enqueues fail at once (no connection attempt) for this long, so a webhook
+# never waits out a connection timeout per delivery during an outage; those sessions are enqueued again by
+# this process as soon as Redis answers (and by the sweeper if the process dies first).
+REDIS_PROBE_EVERY = 1.0
+ENQUEUE_TIMEOUT = 3.0  # an enqueue (connection included) that takes longer counts as Redis down; it is idempotent
+
+
 class ArqQueue:
     """Enqueues `run_session(session_id)` with job id `{session_id}:{attempt}` (arq dedupes it)."""
 
@@ -90,31 +97,67 @@ class ArqQueue:
         self._down_since: float | None = None  # when this process first saw Redis unreachable
         self._enqueue: Any = None
         self._enqueue_pool: ArqRedis | None = None
+        self._failed_at = 0.0  # monotonic time of the last failure to reach Redis; 0: reachable
+        self._probing = False  # an enqueue is finding out whether Redis is back (the others fail at once)
+        self._later: dict[str, int] = {}  # session id -> attempt refused during an outage, tried again
+        self._retrying: asyncio.Task[None] | None = None
 
     async def pool(self) -> ArqRedis:
         if self._pool is None:
-            self._pool = await create_pool(redis_settings(self.url), job_serializer=serialize,
-                                           job_deserializer=deserialize)
+            settings = redis_settings(self.url)
+            settings.conn_retries = 0  # no 1 s sleep between attempts: enqueue's own probe and retry decide
+            self._pool = await create_pool(settings, job_serializer=serialize, job_deserializer=deserialize)
         return self._pool
 
     async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
         """True when enqueued or already waiting in the queue; False when Redis is unreachable or arq
         still holds a job of this attempt that will not run (the sweeper tries again)."""
+        probe = bool(self._failed_at)
+        if probe and (self._probing or time.monotonic() - self._failed_at < REDIS_PROBE_EVERY):
+            self._retry_later(session_id, attempt)
+            return False  # Redis was unreachable a moment ago: one probe at a time, none per delivery
+        self._probing = probe
         job = job_id(session_id, attempt)
         try:
-            pool = await self.pool()
-            now = timestamp_ms()
-            data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
-            keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
-            if await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now, WAKE_CHANNEL]):
+            answer = await asyncio.wait_for(self._enqueue_job(session_id, job), ENQUEUE_TIMEOUT)
+            self._failed_at = 0.0
+            if answer:
                 return True
             log.warning("enqueue of session %s (attempt %d) refused: arq still holds job %s", session_id,
                         attempt, job)
             return False
         except (TimeoutError, OSError, RedisError) as exc:
-            log.warning("enqueue of session %s failed (%s); it stays pending for the sweeper", session_id, exc)
+            log.warning("enqueue of session %s failed (%s); it is enqueued again when Redis answers", session_id,
+                        exc)
             self._pool = None
+            self._failed_at = time.monotonic()
+            self._retry_later(session_id, attempt)
             return False
+        finally:
+            if probe:
+                self._probing = False
+
+    async def _enqueue_job(self, session_id: str, job: str) -> int:
+        pool = await self.pool()
+        now = timestamp_ms()
+        data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
+        keys = [job_key_prefix + job, result_key_prefix + job, default_queue_name, in_progress_key_prefix + job]
+        return int(await self._script(pool)(keys=keys, args=[pool.expires_extra_ms, data, job, now, WAKE_CHANNEL]))
+
+    def _retry_later(self, session_id: str, attempt: int) -> None:
+        """Keep a session refused during an outage; one task enqueues them all once Redis answers."""
+        self._later[session_id] = attempt
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._enqueue_later(), name="enqueue-after-redis-outage")
+
+    async def _enqueue_later(self) -> None:
+        while self._later:
+            await asyncio.sleep(max(0.0, self._failed_at + REDIS_PROBE_EVERY - time.monotonic()))
+            waiting, self._later = self._later, {}
+            for position, (session_id, attempt) in enumerate(waiting.items()):
+                if not await self.enqueue(session_id, attempt):  # still down: kept (by enqueue) for later
+                    self._later.update(list(waiting.items())[position + 1:])
+                    break
 
     async def forget(self, session_id: str, attempt: int) -> None:
         """Drop a dead worker's job of this attempt from Redis (best effort: its keys expire anyway)."""
@@ -150,6 +193,9 @@ class ArqQueue:
                     "down_for": round(time.time() - self._down_since, 1)}
 
     async def close(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            await asyncio.gather(self._retrying, return_exceptions=True)
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -41,15 +42,26 @@ class TTLCache(Generic[K, V]):
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
         self._entries: dict[K, tuple[float, V]] = {}
+        self.loading: dict[K, asyncio.Future[V]] = {}  # one load per key at a time (no stampede at expiry)
 
     async def get(self, key: K, ttl: float, load: Callable[[], Awaitable[V]]) -> V:
-        now = time.monotonic()
         hit = self._entries.get(key)
-        if hit is None or hit[0] < now:
+        if hit is not None and hit[0] >= time.monotonic():
+            return hit[1]
+        pending = self.loading.get(key)
+        if pending is None:
+            pending = self.loading[key] = asyncio.ensure_future(self._load(key, ttl, load))
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: K, ttl: float, load: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = await load()
             if len(self._entries) > self.limit:
                 self._entries.clear()
-            hit = self._entries[key] = (now + ttl, await load())
-        return hit[1]
+            self._entries[key] = (time.monotonic() + ttl, value)
+            return value
+        finally:
+            self.loading.pop(key, None)
 
     def fresh(self, key: K) -> V | None:
         """The value when cached and not stale, else None (nothing is loaded)."""

@@ -11,9 +11,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +23,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -50,6 +53,10 @@ from bot.triggers import Command, SlackCommand, Trigger, parse_mention, parse_sl
 from webhooks.app import QUEUE, SERVICES
 
 log = logging.getLogger(__name__)
+SPOOL_EVERY = 5.0  # seconds between passes over the requests kept while the database was down
+SPOOL_LIMIT = 1000  # requests kept at most; past it the user is told to try again later
+KEPT = ("Sesame's database is unavailable right now; your request is kept and starts when it is back "
+        "(a message follows in this channel).")
 INSTALL_CHECK_TIMEOUT = 2.0  # of Slack's 3 s; past it the worker checks again
 AUTH_TEST_TIMEOUT = 2.0  # of Slack's 3 s: the bot's identity, asked once per process
 Notify = Callable[[str], Awaitable[Any]]
@@ -100,9 +107,70 @@ class SlackIntake:
             try:
                 await self.command(ack, command, client, respond)
             except Exception:
+                if ack.response is None and await self.keep_if_database_down("command", {"command": command}):
+                    await ack(ephemeral(KEPT))
+                    return
                 log.exception("/sesame command failed")
                 if ack.response is None:
                     await ack(ephemeral("Sorry, something went wrong on Sesame's side; try again."))
+
+    # ------------------------------------------------------------ kept while the database is down
+
+    def spool_dir(self) -> Path:
+        return self.settings.data_dir / "spool" / "slack"
+
+    async def keep_if_database_down(self, kind: str, record: dict[str, Any]) -> bool:
+        """When the database is down (what the failure most likely came from): write the request to the
+        spool (recorded when the database returns, by `replay`); False when it is up, or the spool full."""
+        if (await self.services.database_health())["ok"]:
+            return False  # another failure: the caller's
+        folder = self.spool_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if sum(1 for _ in folder.glob("*.json")) >= SPOOL_LIMIT:
+            return False
+        name = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(json.dumps({"kind": kind, **record}))
+        os.replace(tmp, folder / f"{name}.json")
+        log.warning("the database is down: a Slack %s is kept until it returns", kind)
+        return True
+
+    async def replay(self) -> int:
+        """Run every kept request again, oldest first; remove those handled. Returns how many were."""
+        folder = self.spool_dir()
+        kept = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        done = 0
+        for path in kept:
+            if not (await self.services.database_health())["ok"]:
+                break  # still down: the next pass
+            record = json.loads(path.read_text())
+            client = web_client(self.settings, self.services.http)
+            with self.services.background.track():
+                if record["kind"] == "command":
+                    await self.replay_command(record["command"], client)
+                else:
+                    await self.on_mention(record["body"], record["event"], record["context"], client)
+            path.unlink(missing_ok=True)
+            done += 1
+        if done:
+            log.warning("recorded %d Slack requests kept while the database was down", done)
+        return done
+
+    async def replay_command(self, command: dict[str, Any], client: AsyncWebClient) -> None:
+        """A kept `/sesame` command: its answer (the ack is long gone) goes to its response_url."""
+        url = command.get("response_url")
+
+        async def respond(text: str) -> None:
+            if url:
+                try:
+                    await AsyncRespond(response_url=url)(text=text, response_type="ephemeral")
+                except Exception as exc:
+                    log.warning("could not answer a kept command at its response_url: %s", exc)
+
+        async def answer(body: dict[str, Any] | None = None, **_: Any) -> None:
+            await respond(str((body or {}).get("text", "")))
+
+        await self.command(cast(AsyncAck, answer), command, client, respond)
 
     async def command(self, ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient,
                       respond: Notify) -> None:
@@ -213,9 +281,16 @@ class SlackIntake:
         """A mention of the bot; Slack's retries (same event id) are dropped, a failure forgets the id."""
         event_id = body.get("event_id") or event["ts"]
         with self.services.background.track():
-            if slack_is_bot(event) or not await self.services.sessions.record_delivery(
-                    event_id, "slack", "app_mention"):
+            if slack_is_bot(event):
                 return
+            try:
+                if not await self.services.sessions.record_delivery(event_id, "slack", "app_mention"):
+                    return
+            except Exception:  # bolt answered Slack already: kept, or lost
+                record = {"body": body, "event": event, "context": {"bot_user_id": context.get("bot_user_id")}}
+                if await self.keep_if_database_down("event", record):
+                    return
+                raise
             try:
                 await self.mention(event, body, context, client)
             except Exception:
@@ -341,3 +416,24 @@ def setup(app: web.Application) -> None:
     app[SLACK_INTAKE] = intake
     app[SLACK_BOLT] = build_bolt_app(services, intake)
     app.router.add_post("/slack/events", slack_events)
+    app.cleanup_ctx.append(_replay_spool)
+
+
+async def _replay_spool(app: web.Application) -> AsyncIterator[None]:
+    """Record the requests kept while the database was down, every few seconds while the app runs."""
+    intake = app[SLACK_INTAKE]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(SPOOL_EVERY)
+            try:
+                await intake.replay()
+            except Exception:
+                log.exception("replaying the Slack spool failed")
+
+    task = asyncio.create_task(loop(), name="slack-spool")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -349,6 +349,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.WORKER_NICE:  # first, before its imports (seconds of CPU): what it starts inherits it
+        lower_priority(int(settings.WORKER_NICE))
     from bot.cli.wiring import open_services
     from bot.queue import ArqQueue
     from runner.worker import build_worker
@@ -357,8 +359,6 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if not redis_url:
         return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
                     "or run `sesame serve` alone to run sessions in-process.")
-    if settings.WORKER_NICE:  # first: the threads and processes started below inherit it
-        lower_priority(int(settings.WORKER_NICE))
     services = await open_services(settings)
     queue = ArqQueue(redis_url)
     worker = build_worker(services, queue, redis_url, burst=args.burst)

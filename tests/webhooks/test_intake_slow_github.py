@@ -98,3 +98,20 @@ async def test_a_reader_is_still_refused_when_github_answers_in_time(make_hook: 
     response = await hook.comment(1, "@sesame fix it", sender="bob")
     assert response.status == 202 and (await response.json())["refused"] == "permission"
     assert await hook.sessions() == []
+
+
+async def test_deliveries_arriving_while_the_permission_is_asked_do_not_wait_for_it(make_hook: MakeHook) -> None:
+    hook = await make_hook(INTAKE_GITHUB_TIMEOUT=8)
+    gate = hook.fake.hold(*PERMISSION)
+    first = asyncio.create_task(post(hook, hook.fake.issue_comment_payload(hook.repo, 1, "@sesame fix it")))
+    while not hook.services.caches.permissions.loading:  # the first delivery is waiting for GitHub
+        await asyncio.sleep(0.01)
+    second, _took = await post(hook, hook.fake.issue_comment_payload(hook.repo, 2, "@sesame fix that"))
+    still_waiting = not first.done()
+    gate.set()
+    response, _ = await first
+    await hook.services.background.drain()
+    assert still_waiting  # the second was answered while the first still waited on GitHub
+    assert second.status == 202 and (await second.json())["permission"] == "deferred"
+    assert response.status == 202 and "permission" not in await response.json()
+    assert len(await hook.sessions()) == 2

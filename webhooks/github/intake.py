@@ -131,8 +131,14 @@ class Intake:
         cache = self.services.caches.permissions
         permission = cache.fresh(key)
         if permission is None:
-            lookup = self.services.background.spawn(self._remember_permission(gh, key),
-                                                    name=f"permission-{self.event.delivery_id}")
+            lookup = cache.loading.get(key)  # one GitHub call for the deliveries that miss at once
+            if lookup is not None:  # another delivery is already asking: never wait for GitHub twice
+                log.info("%s's permission on %s is being asked; the job checks it when it starts",
+                         self.sender, self.repo)
+                self.outcome["permission"] = "deferred"
+                return True
+            lookup = cache.loading[key] = self.services.background.spawn(
+                self._remember_permission(gh, key), name=f"permission-{self.event.delivery_id}")
             try:
                 permission = await asyncio.wait_for(asyncio.shield(lookup),
                                                     float(self.services.settings.INTAKE_GITHUB_TIMEOUT))
@@ -145,9 +151,12 @@ class Intake:
 
     async def _remember_permission(self, gh: SesameGitHubAPI, key: tuple[int, str, str]) -> str:
         """Ask GitHub and cache the answer, even when the delivery stopped waiting for it."""
-        permission = await collaborator_permission(gh, *split_repo(self.repo), self.sender)
-        self.services.caches.permissions.put(key, PERMISSION_TTL, permission)
-        return permission
+        try:
+            permission = await collaborator_permission(gh, *split_repo(self.repo), self.sender)
+            self.services.caches.permissions.put(key, PERMISSION_TTL, permission)
+            return permission
+        finally:
+            self.services.caches.permissions.loading.pop(key, None)
 
 
 def from_self_or_bot(event: sansio.Event, slug: str) -> bool:

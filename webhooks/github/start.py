@@ -141,14 +141,14 @@ async def start_session(intake: Intake, gh: SesameGitHubAPI, source: Mention, tr
     if not await choose_branch(intake, gh, source, new):
         return
     new.report = {**(new.report or {}), COMMENT_DUE: time.time() + COMMENT_GRACE}
-    row, created = await intake.services.sessions.create(new)
-    intake.outcome["session"] = row.id
+    session_id, created = await intake.services.sessions.record(new)
+    intake.outcome["session"] = session_id
     if not created:
         intake.outcome["duplicate"] = True
         return
-    await intake.queue.enqueue(row.id)
-    intake.services.background.spawn(post_queued_comment(intake.services, gh, row.id, new),
-                                     name=f"queued-comment-{row.id}")
+    await intake.queue.enqueue(session_id)
+    intake.services.background.spawn(post_queued_comment(intake.services, gh, session_id, new),
+                                     name=f"queued-comment-{session_id}")
 
 
 async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
