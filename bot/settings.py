@@ -204,6 +204,12 @@ KEYS: tuple[Key, ...] = (
     _k("OPENCODE_PROVIDER_API_KEY", secret=True, help="key for OPENCODE_PROVIDER_BASE_URL"),
     _k("AGENT_COMMAND", path="agents.command.command", kind="argv",
        help="the `command` agent's command line: a list of arguments, or text split as a shell would"),
+    # issue 18: metrics, JSON logs, repository config
+    _k("METRICS_DIR", path="metrics.directory", live=False,
+       help="where each process writes its Prometheus counts, merged at a scrape of /metrics; processes on "
+            "one machine share it (default: metrics in the data dir)"),
+    _k("LOG_FORMAT", path="logging.format", default="text", choices=("text", "json"), live=False,
+       help="text, or json: one JSON object per log line, with the session id on every line of a session"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -459,6 +465,8 @@ class SettingValues:
     OPENCODE_MODEL: str | None
     OPENCODE_PROVIDER_API_KEY: str | None
     AGENT_COMMAND: str | list[str] | None
+    METRICS_DIR: str | None
+    LOG_FORMAT: str
 
 
 @dataclass
@@ -541,6 +549,10 @@ class Settings(SettingValues):
     @property
     def data_dir(self) -> Path:
         return Path(self.values["SESAME_DATA_DIR"]).resolve()
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.values.get("METRICS_DIR") or self.data_dir / "metrics").resolve()
 
     @property
     def database_url(self) -> str:

@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+from bot import metrics
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State
 from bot.progress import ThrottledPublisher
@@ -205,8 +206,9 @@ async def _agent_step(state: Run) -> None:
     state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
                                budget_usd=session.budget_usd)
     budget = await session_budget_hook(state, agent, model)
-    state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                        on_violation=lambda v: on_violation(state, v), budget=budget)
+    with metrics.timed(metrics.SANDBOX_START, agent.name):
+        state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
+                                            on_violation=lambda v: on_violation(state, v), budget=budget)
     await state.event("sandbox", {"secured": state.agent_run.warning is None})  # what applied, not what was asked
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning
@@ -282,6 +284,8 @@ async def _finish(state: Run, final: State, error: str | None = None) -> None:
     await _end_steps(state, "done" if final is State.COMPLETED else "failed")
     await state.stored(lambda: state.services.sessions.finish(state.session.id, final, error), "the end")
     state.progress.finish(final.value, state.progress.outcome, error)
+    metrics.session_ended(final.value, state.session.agent, time.monotonic() - state.started,
+                          state.usage.input_tokens, state.usage.output_tokens, state.usage.cost_usd)
 
 
 async def _end_steps(state: Run, status: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bot import metrics
 from bot.credentials import SETTING_SECRETS
 from bot.dbretry import until_stored
 from bot.models import Session
@@ -68,6 +69,8 @@ class Run:
     price_of: PriceOf | None = None  # what a requested model's tokens cost, when the session has a budget
     budget_stop: asyncio.Task[None] | None = None  # stop_for_budget, once the gateway's budget hook said no
     budget_warning: asyncio.Task[None] | None = None  # saying the budget is no longer enforced
+    started: float = field(default_factory=time.monotonic)  # for the duration metrics (bot/metrics.py)
+    step_started: dict[str, float] = field(default_factory=dict)
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -82,6 +85,10 @@ class Run:
 
     async def step(self, name: str, status: str, detail: str | None = None, percent: int | None = None) -> None:
         self.progress.step(name, status, detail)
+        if status == "running":
+            self.step_started[name] = time.monotonic()
+        elif name in self.step_started:
+            metrics.STEP_SECONDS.labels(name, status).observe(time.monotonic() - self.step_started.pop(name))
         self.publisher.changed()
         await self.event("step", {"step": name, "status": status, "detail": detail})
         if percent is not None:

@@ -27,7 +27,8 @@ def test_the_import_contracts_in_pyproject_are_kept() -> None:
 def test_every_session_source_has_a_channel_and_every_web_feature_is_wired() -> None:
     assert set(CHANNELS) == {"github", "slack", "api", "cli"}
     assert [f.__module__ for f in WEB_FEATURES] == [
-        "webhooks.api", "webhooks.openapi", "webhooks.pages", "webhooks.github", "webhooks.github_setup", "webhooks.slack"]
+        "webhooks.api", "webhooks.openapi", "webhooks.pages", "webhooks.github", "webhooks.github_setup", "webhooks.slack",
+        "webhooks.metrics"]
 
 
 async def test_a_session_from_an_unknown_source_ends_in_a_clear_error(services: Services) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 import webhooks.api
 import webhooks.github
 import webhooks.github_setup
+import webhooks.metrics
 import webhooks.openapi
 import webhooks.pages
 import webhooks.slack
@@ -29,7 +30,7 @@ CHANNELS: Mapping[str, ChannelFactory] = {
 # setup functions of the web features, in the order their routes are added
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
     webhooks.api.setup, webhooks.openapi.setup, webhooks.pages.setup, webhooks.github.setup,
-    webhooks.github_setup.setup, webhooks.slack.setup,
+    webhooks.github_setup.setup, webhooks.slack.setup, webhooks.metrics.setup,
 )
 
 
