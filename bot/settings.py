@@ -210,6 +210,11 @@ KEYS: tuple[Key, ...] = (
             "one machine share it (default: metrics in the data dir)"),
     _k("LOG_FORMAT", path="logging.format", default="text", choices=("text", "json"), live=False,
        help="text, or json: one JSON object per log line, with the session id on every line of a session"),
+    _k("REPO_CONFIG", path="repositories.config", default=True, kind="bool",
+       help="read a repository's .github/sesame.yml (or .sesame.yml) from its base branch: agent, model, setup "
+            "and test commands, domains, budget, branch prefix, instructions"),
+    _k("REPO_CONFIG_DOMAINS", path="repositories.allowDomains", default=True, kind="bool",
+       help="let a repository's config add domains to the sandbox's allow list (the deny list always wins)"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -467,6 +472,8 @@ class SettingValues:
     AGENT_COMMAND: str | list[str] | None
     METRICS_DIR: str | None
     LOG_FORMAT: str
+    REPO_CONFIG: bool
+    REPO_CONFIG_DOMAINS: bool
 
 
 @dataclass

@@ -31,6 +31,7 @@ from runner.run_state import AgentFailed, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
+from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step
 from runner.uids import pool_from_settings
 from runner.workspace import create_workspace, default_branch, end_workspace, update_mirror
 
@@ -145,6 +146,8 @@ async def _steps(state: Run) -> None:
     state.secrets += access.secrets
     base, branch, existing = await _workspace_step(state, access)
     _check_stop(state)
+    await setup_step(state)
+    _check_stop(state)
     await _agent_step(state)
     _check_stop(state)
     sha = await commit_step(state, base)
@@ -174,8 +177,11 @@ async def _workspace_step(state: Run, access: RepoAccess) -> tuple[str, str, boo
     base = session.base_branch or await default_branch(mirror)
     if not is_safe_ref(base):
         raise ValueError(f"the base branch {base!r} is not a safe git ref name")
+    if settings.REPO_CONFIG:
+        await load_repo_config(state, mirror, base)
     existing = bool(session.branch)
-    branch = session.branch or await (await state.utility()).branch_name(session.prompt, session.id)
+    branch = session.branch or new_branch_name(state, await (await state.utility()).branch_name(session.prompt,
+                                                                                                 session.id))
     if not is_safe_ref(branch):
         raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
     if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
@@ -199,7 +205,7 @@ async def _agent_step(state: Run) -> None:
     if credential:
         state.secrets.append(credential.value)
     await state.step("agent", "running", percent=20)
-    prompt = compose_prompt(session.prompt, session.context or {})
+    prompt = agent_prompt(state, compose_prompt(session.prompt, session.context or {}))
     state.violations = ViolationAggregator(lambda batch: store_violations(state, batch))
     state.violations.start()
     model = session.model or agent_setting(services.settings, agent.spec.model_key)
@@ -208,7 +214,8 @@ async def _agent_step(state: Run) -> None:
     budget = await session_budget_hook(state, agent, model)
     with metrics.timed(metrics.SANDBOX_START, agent.name):
         state.agent_run = await start_agent(services, session, agent, credential, prompt, state.workspace,
-                                            on_violation=lambda v: on_violation(state, v), budget=budget)
+                                            on_violation=lambda v: on_violation(state, v), budget=budget,
+                                            extra_domains=state.extra_domains)
     await state.event("sandbox", {"secured": state.agent_run.warning is None})  # what applied, not what was asked
     if state.agent_run.warning:
         state.progress.warning = state.agent_run.warning

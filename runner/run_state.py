@@ -15,6 +15,7 @@ from bot.models import Session
 from bot.pricing import Price
 from bot.progress import Progress, ThrottledPublisher
 from bot.redact import redact
+from bot.repo_config import RepoConfig
 from bot.reporting import Channel, RepoAccess
 from bot.services import Services
 from bot.utility_ai import UtilityAI
@@ -71,6 +72,10 @@ class Run:
     budget_warning: asyncio.Task[None] | None = None  # saying the budget is no longer enforced
     started: float = field(default_factory=time.monotonic)  # for the duration metrics (bot/metrics.py)
     step_started: dict[str, float] = field(default_factory=dict)
+    # the repository's .github/sesame.yml (runner/steps_setup_test.py): its sandbox domains, a fix round's prompt
+    repo_config: RepoConfig | None = None
+    extra_domains: tuple[str, ...] = ()
+    next_prompt: str | None = None
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -272,6 +273,7 @@ class FakeGitHub(LoopbackServer):
         self.requests: list[RecordedRequest] = []
         self.pushes: list[RecordedPush] = []
         self.jwts_seen: list[dict[str, Any]] = []
+        self.contents_reads: list[tuple[str, str, str]] = []  # (repo, path, ref) of each contents read
         self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
         self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
@@ -813,6 +815,7 @@ class FakeGitHub(LoopbackServer):
             ("GET", "/user", self._get_user),
             ("GET", repo, self._get_repo),
             ("GET", repo + "/collaborators/{username}/permission", self._get_permission),
+            ("GET", repo + "/contents/{path:.+}", self._get_contents),
             ("GET", repo + "/issues/{number:\\d+}", self._get_issue),
             ("GET", repo + "/issues/{number:\\d+}/comments", self._list_issue_comments),
             ("POST", repo + "/issues/{number:\\d+}/comments", self._create_issue_comment),
@@ -994,6 +997,34 @@ class FakeGitHub(LoopbackServer):
         """GET /repos/{o}/{r}."""
         repo, _ = self._require_repo(request)
         return _json(self._repo_json(repo))
+
+    async def _get_contents(self, request: web.Request) -> web.Response:
+        """GET /repos/{o}/{r}/contents/{path}?ref=: a file's bytes (base64) at a branch, tag or sha (default
+        branch without ref); 404 for a missing file or ref, a directory listing is not served."""
+        repo, _ = self._require_repo(request, "contents", "read")
+        path, ref = request.match_info["path"], request.query.get("ref") or repo.default_branch
+        spec = f"{ref}:{path}"
+        kind = subprocess.run(["git", "cat-file", "-t", spec], cwd=repo.path, capture_output=True, text=True,
+                              env=gitrepo.git_env())
+        if kind.returncode != 0 or kind.stdout.strip() != "blob":
+            raise GitHubError(404, "Not Found")
+        blob = subprocess.run(["git", "cat-file", "blob", spec], cwd=repo.path, capture_output=True, check=True,
+                              env=gitrepo.git_env()).stdout
+        sha = gitrepo.git("rev-parse", spec, cwd=repo.path)
+        self.contents_reads.append((repo.full_name, path, ref))
+        return _json({"type": "file", "encoding": "base64", "size": len(blob), "name": path.rsplit("/", 1)[-1],
+                      "path": path, "sha": sha, "content": base64.encodebytes(blob).decode()})
+
+    def commit_file(self, full_name: str, branch: str, files: Mapping[str, str], message: str = "Change") -> str:
+        """Commit `files` on top of `branch` (created from the default branch if new); the new sha."""
+        repo = self.repos[full_name]
+        with tempfile.TemporaryDirectory() as work:
+            gitrepo.git("clone", "-q", str(repo.path), work, cwd=repo.path.parent)
+            existing = branch in gitrepo.branches(repo.path)
+            gitrepo.git("checkout", "-q", *([branch] if existing else ["-b", branch]), cwd=Path(work))
+            gitrepo.commit_files(Path(work), files, message)
+            gitrepo.git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=Path(work))
+        return gitrepo.branches(repo.path)[branch]
 
     async def _get_permission(self, request: web.Request) -> web.Response:
         """GET /repos/{o}/{r}/collaborators/{u}/permission."""

@@ -78,7 +78,7 @@ def new_session(intake: Intake, source: Mention, trigger: Trigger) -> NewSession
         agent=trigger.agent or intake.services.settings.SESAME_DEFAULT_AGENT, model=trigger.model,
         base_branch=trigger.base, budget_usd=trigger.budget, repo=intake.repo, source="github",
         requested_by=intake.sender,
-        context=build_context(intake, source), issue_number=number,
+        context=build_context(intake, source) | {"agent_named": trigger.agent is not None}, issue_number=number,
         report={"installation_id": intake.installation_id, "issue_number": number,
                 "review_comment_id": review_id})
 
