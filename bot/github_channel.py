@@ -126,7 +126,8 @@ class GitHubChannel:
         self.report["comment_id"] = comment_id
         await self.services.sessions.set_report(self.session.id, self.report)
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
         """The PR the session worked on, an open one for its branch, or a new one."""
         gh = await self.client()
         if self.session.pr_number:
@@ -136,7 +137,8 @@ class GitHubChannel:
                                    {"state": "open", "head": f"{self.owner}:{branch}"}):
             return PullRequest(pr["number"], pr["html_url"], created=False)
         pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
-                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body})
+                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body,
+                                 "draft": draft})
         return PullRequest(pr["number"], pr["html_url"], created=True)
 
 
@@ -196,8 +198,9 @@ class InstalledRepoChannel:
     async def publish(self, progress: Progress) -> None:
         return None
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
-        return await self.github.pull_request(branch, base, title, body)
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
+        return await self.github.pull_request(branch, base, title, body, draft)
 
 
 async def api_channel(services: Services, session: Session) -> Channel:

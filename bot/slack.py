@@ -244,10 +244,11 @@ class SlackChannel:
         return RepoAccess(remote=repo["clone_url"], auth_env=git_auth_env(token.token),
                           secrets=[token.token], display=self.session.repo)
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
         """Open or find the branch's PR, the same way GitHub sessions do."""
         self.session.report = {**(self.session.report or {}), "installation_id": await self._installation()}
-        return await GitHubChannel(self.services, self.session).pull_request(branch, base, title, body)
+        return await GitHubChannel(self.services, self.session).pull_request(branch, base, title, body, draft)
 
     async def publish(self, progress: Progress) -> None:
         """Update the one message in place; a 429 becomes RateLimited(Retry-After)."""

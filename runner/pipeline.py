@@ -31,7 +31,7 @@ from runner.run_state import AgentFailed, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
-from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step
+from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step, test_gate
 from runner.uids import pool_from_settings
 from runner.workspace import create_workspace, default_branch, end_workspace, update_mirror
 
@@ -150,11 +150,21 @@ async def _steps(state: Run) -> None:
     _check_stop(state)
     await _agent_step(state)
     _check_stop(state)
+    await test_gate(state, lambda: _fix_round(state))
+    _check_stop(state)
     sha = await commit_step(state, base)
     _check_stop(state)
     await push_step(state, access, base, branch, sha, existing)
     if state.limit_error:
         raise RuntimeError(state.limit_error)
+
+
+async def _fix_round(state: Run) -> None:
+    """Another agent round (runner.steps_setup_test.test_gate): the last one's sandbox released first."""
+    await _release_sandbox(state)
+    _check_stop(state)
+    await _agent_step(state)
+    _check_stop(state)
 
 
 def fork_start_ref(session: Session) -> str | None:

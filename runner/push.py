@@ -122,7 +122,7 @@ async def push_step(state: Run, access: RepoAccess, base: str, branch: str, sha:
     files = stat.splitlines()[-1].strip() if stat else ""
     title = session.title or await (await state.utility()).title(session.prompt)
     try:
-        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files), draft=state.pr_draft)
     except Exception as exc:
         raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
                            f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
@@ -182,6 +182,7 @@ def _pr_body(state: Run, files: str) -> str:
         lines.append(f"Builds on #{issue} from {md_code(context['fork'])}, whose branch Sesame cannot push to.")
     if files:
         lines.append(f"\n{files}")
+    lines += [f"\n{note}" for note in state.pr_notes]  # the repository's tests (runner/steps_setup_test.py)
     if state.progress.session_url:
         lines.append(f"\n[View the session]({state.progress.session_url})")
     return state.redact("\n".join(lines))

@@ -76,6 +76,8 @@ class Run:
     repo_config: RepoConfig | None = None
     extra_domains: tuple[str, ...] = ()
     next_prompt: str | None = None
+    pr_draft: bool = False  # the tests still fail: the pull request opens as a draft
+    pr_notes: list[str] = field(default_factory=list)  # markdown lines for the pull request's body (tests)
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)

@@ -33,7 +33,7 @@ from bot.repo_config import (
     parse,
     prompt_with,
 )
-from bot.untrusted import strip_controls
+from bot.untrusted import md_code, md_fence, strip_controls
 from runner import git as gitops
 from runner.execution import hidden_server_paths, owned_by, proxy_limits, sandbox_limits_from
 from runner.output import on_violation, store_violations
@@ -238,3 +238,51 @@ async def setup_step(state: Run) -> None:
         raise RuntimeError(f"the setup command `{failed.command}` from {config.path} failed with exit code "
                            f"{failed.code}")
     await state.step("setup", "done", summary)
+
+
+def fix_prompt(test: str, result: CommandResult, round_no: int, rounds: int, request: str) -> str:
+    """The next round's prompt: the failure, then what was asked in the first place."""
+    return (f"The repository's test command `{test}` failed with exit code {result.code} after your changes "
+            f"(fix round {round_no} of {rounds}). Change the code so that it passes; do not change or skip the "
+            f"tests to make them pass. The end of its output:\n\n{shown(result.output)}\n\n"
+            f"The original request was:\n{request}")
+
+
+async def test_gate(state: Run, fix_round: Callable[[], Awaitable[None]]) -> None:
+    """Run the repository's test command after the agent; while it fails and `fix` rounds are left, the
+    agent gets the failure as its next prompt (same workspace, same branch). Still failing: the pull
+    request is opened as a draft; either way its body and the progress message say how the tests went."""
+    config = state.repo_config
+    if config is None or not config.test:
+        return
+    state.progress.add_step("test", after="agent")
+    round_no = 0
+    while True:
+        await state.step("test", "running")
+        result = await run_command(state, config.test)
+        if state.stop.is_set():
+            return  # stopped meanwhile: the pipeline's own check ends the run
+        await state.event("test", {"command": config.test, "exit_code": result.code, "round": round_no,
+                                   "seconds": round(result.seconds, 2)})
+        verdict = "passed" if result.passed else f"failed (exit code {result.code})"
+        after = f" after {round_no} fix round" + ("s" if round_no != 1 else "") if round_no else ""
+        state.progress.note("test", f"Test output: {verdict}{after}, {result.seconds:.1f} s",
+                            f"$ {config.test}\n{shown(result.output)}")
+        if result.passed or round_no >= config.fix:
+            break
+        round_no += 1
+        await state.step("test", "failed", f"{verdict}; fix round {round_no} of {config.fix}")
+        state.next_prompt = fix_prompt(config.test, result, round_no, config.fix, state.session.prompt)
+        await fix_round()
+    state.next_prompt = None
+    state.pr_draft = not result.passed
+    await state.step("test", "done" if result.passed else "failed", f"{verdict}{after}")
+    state.pr_notes.append(test_summary(config.test, result, after))
+
+
+def test_summary(test: str, result: CommandResult, after: str) -> str:
+    """The pull request's lines about the tests (markdown; the output fenced)."""
+    if result.passed:
+        return f"Tests: passed{after} ({md_code(test)})."
+    return (f"Tests: **failed**{after} ({md_code(test)}, exit code {result.code}); this pull request is a draft.\n\n"
+            f"<details><summary>End of the test output</summary>\n\n{md_fence(shown(result.output))}\n\n</details>")
