@@ -26,6 +26,7 @@ setup:
   - echo "second step <b>bold</b>"
 branch_prefix: bots/
 budget: 1.25
+model: gpt-test
 instructions: |
   Keep functions under twenty lines.
 """
@@ -46,6 +47,7 @@ async def test_setup_runs_in_the_sandbox_before_the_agent_and_the_config_shapes_
     row = await stack.only_session()
     assert row.state == "completed", row.error
     assert row.branch.startswith("bots/") and row.budget_usd == 1.25
+    assert row.model == "gpt-test"  # the trigger named no agent: the repository's model applies
     bare = hook.fake.repos[hook.repo].path
     assert show(bare, row.commit_sha, "GREETING.txt") == "hello from greet"
     prompt = show(bare, row.commit_sha, "PROMPT.md")
