@@ -120,6 +120,11 @@ async def push_step(state: Run, access: RepoAccess, base: str, branch: str, sha:
     await state.step("pr", "running", percent=90)
     stat = (await gitops.diff_stat(state.workspace.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
+    if (session.context or {}).get("best_of"):  # best-of-N: the PR waits for `pick` (bot/best_of.py)
+        await state.event("best_of", {"files": files, "branch": branch})
+        await state.step("pr", "skipped", f"branch `{branch}` pushed; the comparison says how to pick it", 95)
+        state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
+        return
     title = session.title or await (await state.utility()).title(session.prompt)
     try:
         pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files), draft=state.pr_draft)

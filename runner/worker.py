@@ -19,6 +19,7 @@ from bot.sessions import AtLimit
 from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline
+from runner.best_of import compare_when_all_ended
 from runner.reconnecting import ReconnectingWorker
 from runner.workspace import remove_abandoned_workspace
 
@@ -53,6 +54,8 @@ async def run_session(services: Services, session_id: str, shutdown: asyncio.Eve
         if queue is not None:  # follow-ups on its branch, and sessions over a repository or account limit
             await _wake_waiting(services, queue, session.repo, session_id)
     row = await services.sessions.get(session_id)
+    if row is not None:
+        await compare_when_all_ended(services, row)  # best-of-N: the last one to end compares them
     log.info("session %s: %s", session_id, row.state if row is not None else "gone")
     return row is not None and row.state == State.PENDING.value
 
