@@ -19,6 +19,7 @@ import gidgethub.abc
 import gidgethub.aiohttp
 from gidgethub import apps
 
+from bot import metrics
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,11 @@ class SesameGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         while True:
             attempt += 1
             try:
-                return await super()._request(method, url, headers, body)
+                answer = await super()._request(method, url, headers, body)
+                metrics.api_call("github", answer[0])
+                return answer
             except CONNECTION_ERRORS as exc:
+                metrics.api_call("github", None, type(exc).__name__)
                 delay = self.backoff.delay(attempt)
                 if attempt >= self.backoff.attempts or delay > self.budget():
                     raise

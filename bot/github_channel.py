@@ -9,6 +9,7 @@ from typing import Any
 
 import gidgethub
 
+from bot.checks import sync_check_run
 from bot.github import (
     SESSION_PERMISSIONS,
     GitHubAppClientFactory,
@@ -58,6 +59,7 @@ class GitHubChannel:
         self.installation_id = int(self.report["installation_id"])
         self.owner, self.repo = split_repo(session.repo)
         self.secrets: list[str] = []  # tokens handed out by access(), redacted from every comment
+        self._head: str | None = None  # the pull request's head when the session started (its check run)
         # Transient GitHub failures and rate limits are waited out until the session's own timeout.
         self.deadline = time.monotonic() + float(services.settings.SESSION_TIMEOUT)
 
@@ -99,6 +101,28 @@ class GitHubChannel:
             if delay is not None:
                 raise RateLimited(delay) from None
             raise
+        await self._check_run(gh, progress)
+
+    async def _check_run(self, gh: SesameGitHubAPI, progress: Progress) -> None:
+        """The session's check run follows its progress (bot/checks.py); never fails the comment's publish."""
+        try:
+            row = await self.services.sessions.get(self.session.id)
+            pushed = row is not None and row.commit_sha and (row.pr_number or progress.steps.get("pr") == "done")
+            sha = row.commit_sha if row is not None and pushed else await self._pr_head(gh)
+            secrets = [*self.services.settings.secret_values, *self.secrets]
+            if await sync_check_run(gh, self.session.repo, self.report, sha, self.session.id, progress, secrets):
+                await self.services.sessions.set_report(self.session.id, self.report)
+        except Exception as exc:
+            log.warning("the check run of session %s is not updated: %s", self.session.id, exc)
+
+    async def _pr_head(self, gh: SesameGitHubAPI) -> str | None:
+        """The head commit of the pull request the session works on (asked once), or None."""
+        if not self.session.pr_number:
+            return None
+        if self._head is None:
+            pr = await gh.getitem(f"/repos/{self.owner}/{self.repo}/pulls/{self.session.pr_number}")
+            self._head = str(pr["head"]["sha"])
+        return self._head
 
     async def _intake_comment(self) -> None:
         """Wait (at most until its due time) for the queued comment intake is still posting."""
@@ -126,7 +150,8 @@ class GitHubChannel:
         self.report["comment_id"] = comment_id
         await self.services.sessions.set_report(self.session.id, self.report)
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
         """The PR the session worked on, an open one for its branch, or a new one."""
         gh = await self.client()
         if self.session.pr_number:
@@ -136,7 +161,8 @@ class GitHubChannel:
                                    {"state": "open", "head": f"{self.owner}:{branch}"}):
             return PullRequest(pr["number"], pr["html_url"], created=False)
         pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
-                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body})
+                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body,
+                                 "draft": draft})
         return PullRequest(pr["number"], pr["html_url"], created=True)
 
 
@@ -196,8 +222,9 @@ class InstalledRepoChannel:
     async def publish(self, progress: Progress) -> None:
         return None
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
-        return await self.github.pull_request(branch, base, title, body)
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
+        return await self.github.pull_request(branch, base, title, body, draft)
 
 
 async def api_channel(services: Services, session: Session) -> Channel:

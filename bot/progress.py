@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import time
@@ -13,14 +14,15 @@ from typing import Any
 
 from bot.github import Backoff
 from bot.redact import redact
-from bot.untrusted import markup, md_code, md_text, one_line, slack_code, slack_text, within
+from bot.untrusted import markup, md_code, md_fence, md_text, one_line, slack_code, slack_text, within
 
 log = logging.getLogger(__name__)
 STEPS = ("queued", "workspace", "agent", "commit", "pr")
 STEP_LABELS = {"queued": "Queued", "workspace": "Workspace ready", "agent": "Agent running",
-               "commit": "Commit", "pr": "Pull request"}
+               "commit": "Commit", "pr": "Pull request", "setup": "Setup", "test": "Tests"}
 RUNNING_LABELS = {"workspace": "Preparing the workspace", "agent": "Agent running", "commit": "Committing",
-                  "pr": "Pushing and opening the pull request"}
+                  "pr": "Pushing and opening the pull request", "setup": "Running setup", "test": "Running tests"}
+NOTE_LIMIT = 6000  # characters of a collapsed output block (setup, tests), after escaping
 FINAL_WORDS = {"completed": "Done", "error": "Failed", "stopped": "Stopped"}
 # Characters of escaped text (escaping can grow text fivefold): together well within Slack's 3000 per block.
 ACTIVITY_LIMIT = 300
@@ -69,6 +71,19 @@ class Progress:
     output_tokens: int | None = None
     cost_usd: float | None = None
     budget_usd: float | None = None
+    # collapsed blocks of command output (a repository's setup and test commands): name -> (summary, output)
+    notes: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def add_step(self, name: str, after: str) -> None:
+        """An optional step (setup, tests) shown after `after`."""
+        if name in self.steps:
+            return
+        items = list(self.steps.items())
+        at = next((i + 1 for i, (n, _s) in enumerate(items) if n == after), len(items))
+        self.steps = dict([*items[:at], (name, "pending"), *items[at:]])
+
+    def note(self, name: str, summary: str, output: str) -> None:
+        self.notes[name] = (summary, output)
 
     def usage(self, input_tokens: int | None, output_tokens: int | None, cost_usd: float | None) -> None:
         """The run's totals so far."""
@@ -198,10 +213,14 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
     lines = [f"**Sesame** {verb} with {p.agent}{link}", ""]
     if p.warning:
         lines += [f"> [!WARNING]\n> {esc.text(p.warning, ERROR_LIMIT)}", ""]
-    for name in STEPS:
+    for name in p.steps:
         mark = "x" if p.steps[name] == "done" else " "
         suffix = " (failed)" if p.steps[name] == "failed" else ""
         lines.append(f"- [{mark}] {_step_text(p, name, esc)}{suffix}")
+    for summary, output in p.notes.values():  # untrusted output: in a fence, which renders none of it
+        fenced = md_fence(redact(output, esc.secrets)[-NOTE_LIMIT:])
+        title = html.escape(one_line(redact(summary, esc.secrets), DETAIL_LIMIT))  # raw HTML: no markdown escapes
+        lines += ["", f"<details><summary>{title}</summary>", "", fenced, "", "</details>"]
     vlines = violation_lines(p, esc)
     if vlines:
         lines += ["", f"> {blocked_by(p)}: " + ", ".join(vlines)]
@@ -220,9 +239,9 @@ def render_markdown(p: Progress, secrets: Iterable[str] = ()) -> str:
 def render_text(p: Progress) -> str:
     """One line for a terminal."""
     done = sum(1 for s in p.steps.values() if s == "done")
-    current = next((RUNNING_LABELS.get(n, STEP_LABELS[n]) for n in STEPS if p.steps[n] == "running"), "")
+    current = next((RUNNING_LABELS.get(n, STEP_LABELS[n]) for n in p.steps if p.steps[n] == "running"), "")
     activity = f": {one_line(p.activity, ACTIVITY_LIMIT)}" if p.activity and p.steps["agent"] == "running" else ""
-    return f"[{done}/{len(STEPS)}] {current}{activity}"
+    return f"[{done}/{len(p.steps)}] {current}{activity}"
 
 
 def _mrkdwn(text: str) -> dict[str, Any]:
@@ -237,7 +256,7 @@ def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[di
              "pending": ":white_circle:", "skipped": ":heavy_minus_sign:"}
     title = esc.text(p.title, TITLE_LIMIT)
     header = f"*Sesame* · {title}" + (f" · <{p.session_url}|view session>" if p.session_url else "")
-    steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n, esc)}" for n in STEPS)
+    steps = "\n".join(f"{icons.get(p.steps[n], '')} {_step_text(p, n, esc)}" for n in p.steps)
     blocks: list[dict[str, Any]] = [{"type": "section", "text": _mrkdwn(header)}]
     if p.warning:
         blocks.append({"type": "section", "text": _mrkdwn(f":warning: {esc.text(p.warning, ERROR_LIMIT)}")})
@@ -246,6 +265,11 @@ def render_slack(p: Progress, secrets: Iterable[str] = ()) -> tuple[str, list[di
     if vlines:
         blocks.append({"type": "context", "elements": [
             _mrkdwn(f"{blocked_by(p)}: " + ", ".join(vlines))]})
+    for summary, output in p.notes.values():  # Slack folds nothing: the summary and the last lines
+        last = " | ".join(line.strip() for line in output.splitlines()[-3:] if line.strip())
+        blocks.append({"type": "context", "elements": [
+            _mrkdwn(f"{esc.text(summary, DETAIL_LIMIT)}: {esc.code(last, DETAIL_LIMIT)}" if last
+                    else esc.text(summary, DETAIL_LIMIT))]})
     usage = usage_line(p)
     if usage:
         blocks.append({"type": "context", "elements": [_mrkdwn(usage)]})

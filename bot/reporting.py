@@ -40,7 +40,8 @@ class Channel(Protocol):
 
     async def publish(self, progress: Progress) -> None: ...
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None: ...
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None: ...
 
     async def still_allowed(self) -> str | None:
         """None when the requester may still run this session, else why not."""
@@ -76,7 +77,8 @@ class LocalChannel:
         if self.printer:
             self.printer(progress)
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
         return None
 
     async def still_allowed(self) -> str | None:

@@ -410,6 +410,10 @@ class SessionService:
         """What the requester must know although the session went on (e.g. it ran unsandboxed)."""
         await self._set(session_id, {"warning": warning})
 
+    async def set_agent(self, session_id: str, agent: str, model: str | None) -> None:
+        """The agent and model the repository's config chose (its trigger named none)."""
+        await self._set(session_id, {"agent": agent, "model": model})
+
     async def set_budget(self, session_id: str, budget_usd: float | None) -> None:
         """The most the session may spend, in USD (the SESSION_BUDGET_USD default when its trigger named none)."""
         await self._set(session_id, {"budget_usd": budget_usd})

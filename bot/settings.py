@@ -221,6 +221,17 @@ KEYS: tuple[Key, ...] = (
     _k("OPENCODE_PROVIDER_API_KEY", secret=True, help="key for OPENCODE_PROVIDER_BASE_URL"),
     _k("AGENT_COMMAND", path="agents.command.command", kind="argv",
        help="the `command` agent's command line: a list of arguments, or text split as a shell would"),
+    # issue 18: metrics, JSON logs, repository config
+    _k("METRICS_DIR", path="metrics.directory", live=False,
+       help="where each process writes its Prometheus counts, merged at a scrape of /metrics; processes on "
+            "one machine share it (default: metrics in the data dir)"),
+    _k("LOG_FORMAT", path="logging.format", default="text", choices=("text", "json"), live=False,
+       help="text, or json: one JSON object per log line, with the session id on every line of a session"),
+    _k("REPO_CONFIG", path="repositories.config", default=True, kind="bool",
+       help="read a repository's .github/sesame.yml (or .sesame.yml) from its base branch: agent, model, setup "
+            "and test commands, domains, budget, branch prefix, instructions"),
+    _k("REPO_CONFIG_DOMAINS", path="repositories.allowDomains", default=True, kind="bool",
+       help="let a repository's config add domains to the sandbox's allow list (the deny list always wins)"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 
@@ -348,6 +359,10 @@ class SettingValues:
     OPENCODE_MODEL: str | None
     OPENCODE_PROVIDER_API_KEY: Secret | None
     AGENT_COMMAND: str | list[str] | None
+    METRICS_DIR: str | None
+    LOG_FORMAT: str
+    REPO_CONFIG: bool
+    REPO_CONFIG_DOMAINS: bool
 
 
 @dataclass
@@ -425,6 +440,10 @@ class Settings(SettingValues):
     @property
     def data_dir(self) -> Path:
         return Path(self.values["SESAME_DATA_DIR"]).resolve()
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.values.get("METRICS_DIR") or self.data_dir / "metrics").resolve()
 
     @property
     def database_url(self) -> str:

@@ -18,6 +18,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import metrics
 from bot.github import SESSION_PERMISSIONS, git_auth_env, noreply_email
 from bot.github_channel import GitHubChannel, github_factory, split_repo
 from bot.models import Session
@@ -78,9 +79,25 @@ def slack_retry_handlers() -> list[AsyncRetryHandler]:
             ServerErrorRetryHandler(max_retry_count=SLACK_RETRIES, interval_calculator=SLACK_BACKOFF)]
 
 
+class CountedWebClient(AsyncWebClient):
+    """slack_sdk's client, each Web API call counted (bot/metrics.py) with its status or error."""
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> Any:
+        try:
+            answer = await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            metrics.api_call("slack", exc.response.status_code, str(exc.response.get("error") or "error"))
+            raise
+        except Exception as exc:
+            metrics.api_call("slack", None, type(exc).__name__)
+            raise
+        metrics.api_call("slack", answer.status_code)
+        return answer
+
+
 def web_client(settings: Settings, http: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """A Web API client on SLACK_BOT_TOKEN and SLACK_API_URL; retries 5xx and dropped connections."""
-    return AsyncWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=api_url(settings), session=http,
+    return CountedWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=api_url(settings), session=http,
                           retry_handlers=slack_retry_handlers())
 
 
@@ -228,10 +245,11 @@ class SlackChannel:
         return RepoAccess(remote=repo["clone_url"], auth_env=git_auth_env(token.token),
                           secrets=[token.token], display=self.session.repo)
 
-    async def pull_request(self, branch: str, base: str, title: str, body: str) -> PullRequest | None:
+    async def pull_request(self, branch: str, base: str, title: str, body: str,
+                           draft: bool = False) -> PullRequest | None:
         """Open or find the branch's PR, the same way GitHub sessions do."""
         self.session.report = {**(self.session.report or {}), "installation_id": await self._installation()}
-        return await GitHubChannel(self.services, self.session).pull_request(branch, base, title, body)
+        return await GitHubChannel(self.services, self.session).pull_request(branch, base, title, body, draft)
 
     async def publish(self, progress: Progress) -> None:
         """Update the one message in place; a 429 becomes RateLimited(Retry-After)."""

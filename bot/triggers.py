@@ -42,6 +42,8 @@ _REPO = re.compile(
     r"(?P<owner>[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}))/(?P<name>[A-Za-z0-9._-]{1,100})"
     r"(?:@(?P<branch>\S+))?"
 )
+MAX_BEST_OF = 5
+_PICK = re.compile(r"pick\s+([a-z0-9][a-z0-9_.-]{0,63})", re.IGNORECASE)
 _SLACK_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|[^>]*)?>")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -53,6 +55,7 @@ class Command(str, enum.Enum):
     STOP = "stop"
     HELP = "help"
     STATUS = "status"
+    PICK = "pick"  # `@sesame pick codex` (or `pick 2`): the pull request from one best-of-N session (issue 18)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Trigger:
     base: str | None = None
     budget: float | None = None  # USD the session may spend (`--budget 2.50`)
     error: str | None = None
+    agents: tuple[str, ...] = ()  # best-of-N (`--agents claude,codex`): one session per agent, compared
+    pick: str | None = None  # `pick NAME|N`: which best-of-N session's branch becomes the pull request
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,12 @@ def _option_value(name: str, value: str) -> str:
         return value
     if name == "budget":
         return str(parse_budget(value))
+    if name == "agents":
+        names = [n.strip().lower() for n in value.split(",")]
+        if not 2 <= len(names) <= MAX_BEST_OF or not all(_AGENT_NAME.fullmatch(n) for n in names):
+            raise _OptionError(f"`--agents {value}` is not a list of 2 to {MAX_BEST_OF} agent names "
+                               "separated by commas.")
+        return ",".join(names)
     if not is_safe_ref(value):
         raise _OptionError(f"`--base {value}` is not a valid branch name.")
     return value
@@ -187,8 +198,11 @@ def parse_mention(text: str, slug: str) -> Trigger | None:
     rest = re.sub(r"^[,:;]", "", text[mention.end():])
     if _bare_word(rest) in ("stop", "help", "--help"):
         return Trigger(command=Command.HELP if "help" in _bare_word(rest) else Command.STOP)
+    pick = _PICK.fullmatch(_bare_word(rest))
+    if pick:
+        return Trigger(command=Command.PICK, pick=pick.group(1).lower())
     try:
-        options, prompt = _parse_options(rest, ("agent", "model", "base", "budget"))
+        options, prompt = _parse_options(rest, ("agent", "agents", "model", "base", "budget"))
     except _OptionError as exc:
         return Trigger(error=f"{exc} {HELP_HINT.format(slug=slug)}")
     prompt = prompt.strip()
@@ -196,8 +210,11 @@ def parse_mention(text: str, slug: str) -> Trigger | None:
         example = f"`@{slug} fix the failing test`"
         return Trigger(error=f"Tell me what to do after @{slug}, for example {example}. "
                              f"{HELP_HINT.format(slug=slug)}")
+    if "agents" in options and "agent" in options:
+        return Trigger(error=f"Use `--agent` or `--agents`, not both. {HELP_HINT.format(slug=slug)}")
     return Trigger(prompt=prompt, agent=options.get("agent"), model=options.get("model"),
-                   base=options.get("base"), budget=_budget(options))
+                   base=options.get("base"), budget=_budget(options),
+                   agents=tuple(options["agents"].split(",")) if "agents" in options else ())
 
 
 def slack_unescape(text: str) -> str:

@@ -185,7 +185,8 @@ def proxy_limits(services: Services) -> ProxyLimits:
 
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
-                      on_violation: ViolationCallback, budget: BudgetHook | None = None) -> AgentRun:
+                      on_violation: ViolationCallback, budget: BudgetHook | None = None,
+                      extra_domains: Sequence[str] = ()) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox.
 
     When the credential can go through the credential gateway (Agent.gateway_route, asked of the agent
@@ -208,7 +209,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
-        allowed_domains=tuple(domains) + tuple(settings.SANDBOX_ALLOWED_DOMAINS),
+        allowed_domains=tuple(domains) + tuple(settings.SANDBOX_ALLOWED_DOMAINS) + tuple(extra_domains),
         denied_domains=tuple(settings.SANDBOX_DENIED_DOMAINS),
         hidden_paths=hidden_server_paths(services),
         tools=((str(prefix), agent.name),) if prefix else (), limits=sandbox_limits_from(settings),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from bot import metrics
 from bot.dbretry import DB_DOWN_ERRORS
 from bot.models import utcnow
 from runner.agents.base import Agent, AgentEvent, shorten
@@ -179,4 +180,5 @@ async def store_violations(state: Run, batch: list[Aggregate]) -> None:
     log.info("session %s: %d violations stored as %d rows", state.session.id, sum(i.count for i in batch), len(batch))
     for item in batch:
         state.progress.violation(item.kind, item.resource, item.count)
+        metrics.VIOLATIONS.labels(item.kind).inc(item.count)
     state.publisher.changed()

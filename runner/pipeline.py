@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+from bot import metrics
 from bot.dbretry import DB_DOWN_ERRORS, until_stored
 from bot.models import Session, State
 from bot.progress import ThrottledPublisher
@@ -30,6 +31,7 @@ from runner.run_state import AgentFailed, Checkout, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
+from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step, test_gate
 from runner.uids import pool_from_settings
 from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
 
@@ -144,13 +146,30 @@ async def _steps(state: Run) -> None:
     state.secrets += access.secrets
     checkout = await _workspace_step(state, access)
     _check_stop(state)
-    survived = await _agent_step(state, checkout.workspace)
+    await setup_step(state)
     _check_stop(state)
-    sha = await commit_step(state, checkout.workspace, survived)
+    rounds = [await _agent_step(state, checkout.workspace)]  # what the agent survived with exit 0, per round
+
+    async def fix_round() -> None:
+        rounds.append(await _fix_round(state, checkout.workspace))
+
+    await test_gate(state, fix_round)
+    _check_stop(state)
+    sha = await commit_step(state, checkout.workspace, rounds[-1])
     _check_stop(state)
     await push_step(state, checkout, sha)
     if state.limit_error:
         raise RuntimeError(state.limit_error)
+
+
+async def _fix_round(state: Run, workspace: Workspace) -> AgentFailure | None:
+    """Another agent round (runner.steps_setup_test.test_gate): the last one's sandbox released first; what
+    this round survived with exit 0."""
+    await _release_sandbox(state)
+    _check_stop(state)
+    survived = await _agent_step(state, workspace)
+    _check_stop(state)
+    return survived
 
 
 def fork_start_ref(session: Session) -> str | None:
@@ -173,8 +192,11 @@ async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
     base = session.base_branch or await default_branch(mirror)
     if not is_safe_ref(base):
         raise ValueError(f"the base branch {base!r} is not a safe git ref name")
+    if settings.REPO_CONFIG:
+        await load_repo_config(state, mirror, base)
     existing = bool(session.branch)
-    branch = session.branch or await (await state.utility()).branch_name(session.prompt, session.id)
+    branch = session.branch or new_branch_name(state, await (await state.utility()).branch_name(session.prompt,
+                                                                                                 session.id))
     if not is_safe_ref(branch):
         raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
     if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
@@ -199,15 +221,17 @@ async def _agent_step(state: Run, workspace: Workspace) -> AgentFailure | None:
     if credential:
         state.secrets.append(credential.value)
     await state.step("agent", "running", percent=20)
-    prompt = compose_prompt(session.prompt, session.context or {})
+    prompt = agent_prompt(state, compose_prompt(session.prompt, session.context or {}))
     state.violations = ViolationAggregator(lambda batch: store_violations(state, batch))
     state.violations.start()
     model = session.model or agent_setting(services.settings, agent.spec.model_key)
     watch = state.watch = FailureWatch(agent.display_name, credential_source(services, agent, credential), model,
                                        budget_usd=session.budget_usd)
     budget = await session_budget_hook(state, agent, model)
-    agent_run = state.agent_run = await start_agent(services, session, agent, credential, prompt, workspace,
-                                                    on_violation=lambda v: on_violation(state, v), budget=budget)
+    with metrics.timed(metrics.SANDBOX_START, agent.name):
+        agent_run = state.agent_run = await start_agent(services, session, agent, credential, prompt, workspace,
+                                                        on_violation=lambda v: on_violation(state, v),
+                                                        budget=budget, extra_domains=state.extra_domains)
     await state.event("sandbox", {"secured": agent_run.warning is None})  # what applied, not what was asked
     if agent_run.warning:
         state.progress.warning = agent_run.warning
@@ -283,6 +307,8 @@ async def _finish(state: Run, final: State, error: str | None = None) -> None:
     await _end_steps(state, "done" if final is State.COMPLETED else "failed")
     await state.stored(lambda: state.services.sessions.finish(state.session.id, final, error), "the end")
     state.progress.finish(final.value, state.progress.outcome, error)
+    metrics.session_ended(final.value, state.session.agent, time.monotonic() - state.started,
+                          state.usage.input_tokens, state.usage.output_tokens, state.usage.cost_usd)
 
 
 async def _end_steps(state: Run, status: str) -> None:

@@ -130,9 +130,14 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
     await state.step("pr", "running", percent=90)
     stat = (await gitops.diff_stat(ws.git_dir, f"refs/remotes/origin/{base}")).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
+    if (session.context or {}).get("best_of"):  # best-of-N: the PR waits for `pick` (bot/best_of.py)
+        await state.event("best_of", {"files": files, "branch": branch})
+        await state.step("pr", "skipped", f"branch `{branch}` pushed; the comparison says how to pick it", 95)
+        state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
+        return
     title = session.title or await (await state.utility()).title(session.prompt)
     try:
-        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files))
+        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files), draft=state.pr_draft)
     except Exception as exc:
         raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
                            f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
@@ -193,6 +198,7 @@ def _pr_body(state: Run, files: str) -> str:
         lines.append(f"Builds on #{issue} from {md_code(context['fork'])}, whose branch Sesame cannot push to.")
     if files:
         lines.append(f"\n{files}")
+    lines += [f"\n{note}" for note in state.pr_notes]  # the repository's tests (runner/steps_setup_test.py)
     if state.progress.session_url:
         lines.append(f"\n[View the session]({state.progress.session_url})")
     return state.redact("\n".join(lines))

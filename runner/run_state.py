@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bot import metrics
 from bot.credentials import SETTING_SECRETS
 from bot.dbretry import until_stored
 from bot.models import Session
 from bot.pricing import Price
 from bot.progress import Progress, ThrottledPublisher
 from bot.redact import redact
+from bot.repo_config import RepoConfig
 from bot.reporting import Channel
 from bot.secret import reveal
 from bot.services import Services
@@ -81,6 +83,14 @@ class Run:
     price_of: PriceOf | None = None  # what a requested model's tokens cost, when the session has a budget
     budget_stop: asyncio.Task[None] | None = None  # stop_for_budget, once the gateway's budget hook said no
     budget_warning: asyncio.Task[None] | None = None  # saying the budget is no longer enforced
+    started: float = field(default_factory=time.monotonic)  # for the duration metrics (bot/metrics.py)
+    step_started: dict[str, float] = field(default_factory=dict)
+    # the repository's .github/sesame.yml (runner/steps_setup_test.py): its sandbox domains, a fix round's prompt
+    repo_config: RepoConfig | None = None
+    extra_domains: tuple[str, ...] = ()
+    next_prompt: str | None = None
+    pr_draft: bool = False  # the tests still fail: the pull request opens as a draft
+    pr_notes: list[str] = field(default_factory=list)  # markdown lines for the pull request's body (tests)
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -95,6 +105,10 @@ class Run:
 
     async def step(self, name: str, status: str, detail: str | None = None, percent: int | None = None) -> None:
         self.progress.step(name, status, detail)
+        if status == "running":
+            self.step_started[name] = time.monotonic()
+        elif name in self.step_started:
+            metrics.STEP_SECONDS.labels(name, status).observe(time.monotonic() - self.step_started.pop(name))
         self.publisher.changed()
         await self.event("step", {"step": name, "status": status, "detail": detail})
         if percent is not None:

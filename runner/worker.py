@@ -12,12 +12,14 @@ from typing import Any
 from arq.cron import cron
 
 from bot.admission import AtLimit
+from bot.logs import SESSION_ID
 from bot.models import State
 from bot.queue import JOB_NAME, Queue, deserialize, redis_settings, serialize
 from bot.services import Services
 from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline
+from runner.best_of import compare_when_all_ended
 from runner.providers.cleanup import remove_abandoned_session
 from runner.reconnecting import ReconnectingWorker
 
@@ -35,6 +37,7 @@ async def run_session(services: Services, session_id: str, shutdown: asyncio.Eve
     whose branch another session is still working on (a follow-up), stays pending, no attempt counted,
     and says what it waits for; the end of a session of the same repository
     or account enqueues the waiting ones again (queue), and the sweeper does too (every pending row)."""
+    SESSION_ID.set(session_id)  # every log line of this job names its session (LOG_FORMAT=json)
     services.settings.refresh()  # a setting changed in the config file applies to the next session
     settings = services.settings
     repo_limit, account_limit = int(settings.REPO_CONCURRENCY), int(settings.INSTALLATION_CONCURRENCY)
@@ -45,12 +48,16 @@ async def run_session(services: Services, session_id: str, shutdown: asyncio.Eve
     if session is None:
         log.info("session %s is not claimable (running elsewhere or ended)", session_id)
         return False
+    log.info("session %s: running %s on %s (attempt %d)", session_id, session.agent, session.repo, session.attempts)
     try:
         await pipeline.run(services, session, shutdown)
     finally:
         if queue is not None:  # follow-ups on its branch, and sessions over a repository or account limit
             await _wake_waiting(services, queue, session.repo, session_id)
     row = await services.sessions.get(session_id)
+    if row is not None:
+        await compare_when_all_ended(services, row)  # best-of-N: the last one to end compares them
+    log.info("session %s: %s", session_id, row.state if row is not None else "gone")
     return row is not None and row.state == State.PENDING.value
 
 

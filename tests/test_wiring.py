@@ -28,7 +28,7 @@ def test_every_session_source_has_a_channel_and_every_web_feature_is_wired() -> 
     assert set(CHANNELS) == {"github", "slack", "api", "cli"}
     assert [f.__module__ for f in WEB_FEATURES] == [
         "webhooks.api", "webhooks.openapi", "webhooks.pages_new", "webhooks.pages_live", "webhooks.pages", "webhooks.pages_settings",
-        "webhooks.github", "webhooks.github_setup", "webhooks.slack"]
+        "webhooks.github", "webhooks.github_setup", "webhooks.slack", "webhooks.metrics"]
 
 
 async def test_a_session_from_an_unknown_source_ends_in_a_clear_error(services: Services) -> None:

@@ -24,6 +24,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -37,6 +38,7 @@ from bot.sessions import NewSession
 from bot.settings import Settings, SettingsError
 from bot.slack import (
     HELP_TEXT,
+    CountedWebClient,
     NotInstalled,
     SlackChannel,
     api_url,
@@ -355,8 +357,8 @@ class BotIdentity:
 
     def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         self.url = api_url(settings)
-        self.client = AsyncWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=self.url, session=http,
-                                     timeout=int(AUTH_TEST_TIMEOUT), retry_handlers=[])
+        self.client = CountedWebClient(token=reveal(settings.SLACK_BOT_TOKEN), base_url=self.url, session=http,
+                                       timeout=int(AUTH_TEST_TIMEOUT), retry_handlers=[])
         self.result: AuthorizeResult | None = None
 
     async def authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
@@ -397,8 +399,21 @@ def build_bolt_app(services: Services, intake: SlackIntake) -> AsyncApp:
     bolt = AsyncApp(name="sesame", signing_secret=reveal(settings.SLACK_SIGNING_SECRET), client=client,
                     authorize=authorize)
     bolt.error(unhandled_error)
+    bolt.middleware(counted_client)
     intake.register(bolt)
     return bolt
+
+
+async def counted_client(req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
+                         ) -> BoltResponse:
+    """Bolt makes a plain client per request; listeners get one that counts its calls (bot/metrics.py)."""
+    client = req.context.client
+    if client is not None and not isinstance(client, CountedWebClient):
+        req.context["client"] = CountedWebClient(
+            token=client.token, base_url=client.base_url, session=client.session, timeout=client.timeout,
+            ssl=client.ssl, proxy=client.proxy, headers=client.headers,
+            logger=client.logger, retry_handlers=client.retry_handlers)
+    return await next()
 
 
 async def slack_events(request: web.Request) -> web.Response:

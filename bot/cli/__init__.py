@@ -19,6 +19,7 @@ from typing import Any
 from bot import __version__
 from bot.catalog import CATALOG, canonical_agent_name
 from bot.db import NotMigrated
+from bot.logs import use_json_lines
 from bot.secret import reveal
 from bot.settings import Settings, SettingsError, describe_keys, load_settings
 from bot.untrusted import ControlFreeFormatter, install_clean_records
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         return fail(str(exc))
+    if settings.LOG_FORMAT == "json":
+        use_json_lines()
     handler = COMMANDS[args.command]
     try:
         return run_async(handler(settings, args))
@@ -123,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"DATABASE_URL: {exc}. Run `sesame migrate` first.")
     except KeyboardInterrupt:
         return 130
+
+
+def share_metrics(settings: Settings) -> None:
+    """Count into METRICS_DIR, which every web and worker process of this machine shares (bot/metrics.py)."""
+    from bot.metrics import share_across_processes
+
+    try:
+        share_across_processes(settings.metrics_dir)
+    except OSError as exc:
+        log.warning("METRICS_DIR: cannot use %s (%s); /metrics shows this process's counts only",
+                    settings.metrics_dir, exc)
 
 
 async def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -308,6 +322,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from runner.providers.cleanup import remove_abandoned_session
     from runner.worker import HAND_BACK_TIMEOUT
 
+    share_metrics(settings)
     try:
         services = await open_services(settings)
     except OSError as exc:
@@ -359,6 +374,7 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if not redis_url:
         return fail("REDIS_URL: `sesame worker` needs Redis. Set REDIS_URL=redis://127.0.0.1:6379, "
                     "or run `sesame serve` alone to run sessions in-process.")
+    share_metrics(settings)
     services = await open_services(settings)
     queue = ArqQueue(redis_url)
     worker = build_worker(services, queue, redis_url, burst=args.burst)

@@ -9,6 +9,7 @@ from aiohttp import web
 import webhooks.api
 import webhooks.github
 import webhooks.github_setup
+import webhooks.metrics
 import webhooks.openapi
 import webhooks.pages
 import webhooks.pages_live
@@ -33,7 +34,7 @@ CHANNELS: Mapping[str, ChannelFactory] = {
 WEB_FEATURES: tuple[Callable[[web.Application], None], ...] = (
     webhooks.api.setup, webhooks.openapi.setup,
     webhooks.pages_new.setup, webhooks.pages_live.setup, webhooks.pages.setup, webhooks.pages_settings.setup,
-    webhooks.github.setup, webhooks.github_setup.setup, webhooks.slack.setup,
+    webhooks.github.setup, webhooks.github_setup.setup, webhooks.slack.setup, webhooks.metrics.setup,
 )
 
 

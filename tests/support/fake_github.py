@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -46,10 +47,10 @@ from tests.support import gitrepo
 from tests.support.loopback import LoopbackServer
 
 DOCS_URL = "https://docs.github.com/rest"
-APP_PERMISSIONS = {"contents": "write", "issues": "write", "pull_requests": "write",
+APP_PERMISSIONS = {"contents": "write", "issues": "write", "pull_requests": "write", "checks": "write",
                    "metadata": "read"}
 APP_EVENTS = ["issue_comment", "issues", "pull_request", "pull_request_review",
-              "pull_request_review_comment", "installation_repositories"]
+              "pull_request_review_comment", "installation_repositories", "check_run"]
 _LEVELS = {"none": 0, "read": 1, "write": 2, "admin": 3}
 # GitHub's permission API folds the finer roles into the classic three.
 _ROLE_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read",
@@ -122,6 +123,51 @@ class FakeRepo:
     def full_name(self) -> str:
         """`owner/name`."""
         return f"{self.owner.login}/{self.name}"
+
+
+CHECK_STATUSES = ("queued", "in_progress", "completed")
+CHECK_CONCLUSIONS = ("success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required")
+
+
+@dataclass
+class FakeCheckRun:
+    """A check run; `history` keeps (status, conclusion, output title) after every write."""
+
+    id: int
+    repo: str
+    name: str
+    head_sha: str
+    status: str = "queued"
+    conclusion: str | None = None
+    external_id: str | None = None
+    details_url: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    actions: list[dict[str, str]] = field(default_factory=list)
+    history: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+
+    def update(self, body: Mapping[str, Any]) -> None:
+        for name in ("status", "conclusion", "external_id", "details_url", "output", "actions"):
+            if name in body:
+                setattr(self, name, body[name])
+        if self.conclusion and "status" not in body:
+            self.status = "completed"
+        self.history.append((self.status, self.conclusion, (self.output or {}).get("title")))
+
+
+def _check_run_fields(body: Mapping[str, Any]) -> None:
+    """422 on what GitHub refuses: unknown status or conclusion, completed without conclusion, long action texts."""
+    if body.get("status") is not None and body["status"] not in CHECK_STATUSES:
+        raise _validation("status", "invalid")
+    if body.get("conclusion") is not None and body["conclusion"] not in CHECK_CONCLUSIONS:
+        raise _validation("conclusion", "invalid")
+    if body.get("status") == "completed" and not body.get("conclusion"):
+        raise _validation("conclusion", "missing_field")
+    for action in body.get("actions") or []:
+        if len(action.get("label", "")) > 20 or len(action.get("description", "")) > 40 or \
+                len(action.get("identifier", "")) > 20 or not action.get("identifier"):
+            raise _validation("actions", "invalid")
+    if len(body.get("actions") or []) > 3:
+        raise _validation("actions", "too_long")
 
 
 @dataclass
@@ -272,6 +318,8 @@ class FakeGitHub(LoopbackServer):
         self.requests: list[RecordedRequest] = []
         self.pushes: list[RecordedPush] = []
         self.jwts_seen: list[dict[str, Any]] = []
+        self.check_runs: list[FakeCheckRun] = []
+        self.contents_reads: list[tuple[str, str, str]] = []  # (repo, path, ref) of each contents read
         self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
         self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
@@ -813,6 +861,10 @@ class FakeGitHub(LoopbackServer):
             ("GET", "/user", self._get_user),
             ("GET", repo, self._get_repo),
             ("GET", repo + "/collaborators/{username}/permission", self._get_permission),
+            ("GET", repo + "/contents/{path:.+}", self._get_contents),
+            ("POST", repo + "/check-runs", self._create_check_run),
+            ("PATCH", repo + "/check-runs/{id:\\d+}", self._edit_check_run),
+            ("GET", repo + "/check-runs/{id:\\d+}", self._get_check_run),
             ("GET", repo + "/issues/{number:\\d+}", self._get_issue),
             ("GET", repo + "/issues/{number:\\d+}/comments", self._list_issue_comments),
             ("POST", repo + "/issues/{number:\\d+}/comments", self._create_issue_comment),
@@ -994,6 +1046,85 @@ class FakeGitHub(LoopbackServer):
         """GET /repos/{o}/{r}."""
         repo, _ = self._require_repo(request)
         return _json(self._repo_json(repo))
+
+    async def _get_contents(self, request: web.Request) -> web.Response:
+        """GET /repos/{o}/{r}/contents/{path}?ref=: a file's bytes (base64) at a branch, tag or sha (default
+        branch without ref); 404 for a missing file or ref, a directory listing is not served."""
+        repo, _ = self._require_repo(request, "contents", "read")
+        path, ref = request.match_info["path"], request.query.get("ref") or repo.default_branch
+        spec = f"{ref}:{path}"
+        kind = subprocess.run(["git", "cat-file", "-t", spec], cwd=repo.path, capture_output=True, text=True,
+                              env=gitrepo.git_env())
+        if kind.returncode != 0 or kind.stdout.strip() != "blob":
+            raise GitHubError(404, "Not Found")
+        blob = subprocess.run(["git", "cat-file", "blob", spec], cwd=repo.path, capture_output=True, check=True,
+                              env=gitrepo.git_env()).stdout
+        sha = gitrepo.git("rev-parse", spec, cwd=repo.path)
+        self.contents_reads.append((repo.full_name, path, ref))
+        return _json({"type": "file", "encoding": "base64", "size": len(blob), "name": path.rsplit("/", 1)[-1],
+                      "path": path, "sha": sha, "content": base64.encodebytes(blob).decode()})
+
+    async def _create_check_run(self, request: web.Request) -> web.Response:
+        """POST /repos/{o}/{r}/check-runs (needs checks: write): name and an existing head_sha required."""
+        repo, _ = self._require_repo(request, "checks", "write")
+        body = await _json_body(request)
+        name, head_sha = _required_text(body, "name"), _required_text(body, "head_sha")
+        if subprocess.run(["git", "cat-file", "-e", f"{head_sha}^{{commit}}"], cwd=repo.path,
+                          env=gitrepo.git_env(), capture_output=True).returncode != 0:
+            raise _validation("head_sha", "invalid")
+        _check_run_fields(body)
+        run = FakeCheckRun(next(self._ids), repo.full_name, name, head_sha)
+        run.update(body)
+        self.check_runs.append(run)
+        return _json(self._check_run_json(run), status=201)
+
+    async def _edit_check_run(self, request: web.Request) -> web.Response:
+        """PATCH /repos/{o}/{r}/check-runs/{id}."""
+        repo, _ = self._require_repo(request, "checks", "write")
+        run = self._check_run(repo, request.match_info["id"])
+        body = await _json_body(request)
+        _check_run_fields(body)
+        run.update(body)
+        return _json(self._check_run_json(run))
+
+    async def _get_check_run(self, request: web.Request) -> web.Response:
+        repo, _ = self._require_repo(request, "checks", "read")
+        return _json(self._check_run_json(self._check_run(repo, request.match_info["id"])))
+
+    def _check_run(self, repo: FakeRepo, run_id: str) -> FakeCheckRun:
+        run = next((r for r in self.check_runs if r.id == int(run_id) and r.repo == repo.full_name), None)
+        if run is None:
+            raise GitHubError(404, "Not Found")
+        return run
+
+    def _check_run_json(self, run: FakeCheckRun) -> dict[str, Any]:
+        return {"id": run.id, "name": run.name, "head_sha": run.head_sha, "status": run.status,
+                "conclusion": run.conclusion, "external_id": run.external_id, "details_url": run.details_url,
+                "output": run.output, "html_url": f"{self.url}/{run.repo}/runs/{run.id}",
+                "app": {"id": self.app_id, "slug": self.slug}}
+
+    def check_run_payload(self, run: FakeCheckRun, action: str = "requested_action", identifier: str | None = None,
+                          *, sender: str = "alice") -> dict[str, Any]:
+        """A check_run delivery for `run` (requested_action with the button's identifier, or rerequested)."""
+        repo = self.repos[run.repo]
+        installation = self.installation_of(repo.owner.login)
+        data: dict[str, Any] = {"action": action, "check_run": self._check_run_json(run),
+                                "repository": self._repo_json(repo), "sender": self._user_json(self.user(sender)),
+                                "installation": {"id": installation.id if installation else 0}}
+        if identifier is not None:
+            data["requested_action"] = {"identifier": identifier}
+        return data
+
+    def commit_file(self, full_name: str, branch: str, files: Mapping[str, str], message: str = "Change") -> str:
+        """Commit `files` on top of `branch` (created from the default branch if new); the new sha."""
+        repo = self.repos[full_name]
+        with tempfile.TemporaryDirectory() as work:
+            gitrepo.git("clone", "-q", str(repo.path), work, cwd=repo.path.parent)
+            existing = branch in gitrepo.branches(repo.path)
+            gitrepo.git("checkout", "-q", *([branch] if existing else ["-b", branch]), cwd=Path(work))
+            gitrepo.commit_files(Path(work), files, message)
+            gitrepo.git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=Path(work))
+        return gitrepo.branches(repo.path)[branch]
 
     async def _get_permission(self, request: web.Request) -> web.Response:
         """GET /repos/{o}/{r}/collaborators/{u}/permission."""

@@ -27,7 +27,7 @@ async def test_manifest_flow_saves_the_key_and_shows_the_settings(tmp_path: Path
             manifest = json.loads(html.unescape(re.search(r'name="manifest" value="([^"]+)"', form).group(1)))
             assert manifest["hook_attributes"]["url"] == "https://sesame.example.test/webhooks/github"
             assert manifest["default_permissions"] == {"contents": "write", "issues": "write",
-                                                       "pull_requests": "write", "metadata": "read"}
+                                                       "pull_requests": "write", "checks": "write", "metadata": "read"}
             state = re.search(r"state=([\w-]+)", form).group(1)
             assert (await client.get("/github/app/created?code=abc&state=forged")).status == 400
             fake.manifest_codes.add("code123")

@@ -10,11 +10,11 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.secret import reveal
 from webhooks.app import QUEUE, SERVICES
-from webhooks.github import comments, installations, issues, spool
+from webhooks.github import checks, comments, installations, issues, spool
 from webhooks.github.intake import Intake
 
 log = logging.getLogger(__name__)
-router = routing.Router(comments.router, issues.router, installations.router)
+router = routing.Router(comments.router, issues.router, installations.router, checks.router)
 REQUIRED_HEADERS = ("x-github-event", "x-github-delivery")
 
 

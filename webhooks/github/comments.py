@@ -9,6 +9,7 @@ from gidgethub import routing, sansio
 from bot.catalog import AGENT_NAMES
 from bot.github import SesameGitHubAPI
 from bot.triggers import Command, Trigger, parse_mention
+from webhooks.github.best_of import pick, start_best_of
 from webhooks.github.intake import HELP_TEXT, Intake, Mention, admitted, ignored, refuse, reply
 from webhooks.github.start import start_session, stop_sessions
 
@@ -25,7 +26,9 @@ async def handle_mention(intake: Intake, source: Mention) -> None:
     gh = await admitted(intake, source)
     if gh is None:
         return
-    if trigger.command is Command.RUN and not trigger.error:
+    if trigger.command is Command.RUN and not trigger.error and trigger.agents:
+        await start_best_of(intake, gh, source, trigger)  # issue 18: one session per agent
+    elif trigger.command is Command.RUN and not trigger.error:
         await start_session(intake, gh, source, trigger)  # the session's trigger key dedupes
     elif await intake.claim_delivery():
         await answer_command(intake, gh, source, trigger)
@@ -38,6 +41,8 @@ async def answer_command(intake: Intake, gh: SesameGitHubAPI, source: Mention, t
     elif trigger.command is Command.HELP:
         await reply(intake, gh, source, HELP_TEXT.format(slug=intake.slug, agents=", ".join(AGENT_NAMES)))
         intake.outcome["help"] = True
+    elif trigger.command is Command.PICK:
+        await pick(intake, gh, source, trigger)
     else:
         await stop_sessions(intake, gh, source)
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from bot.catalog import display_name
+from bot.checks import sync_check_run
 from bot.github import SesameGitHubAPI
 from bot.github_channel import COMMENT_DUE, COMMENT_GRACE, GitHubChannel, post_progress_comment, split_repo
 from bot.models import Session, State
@@ -78,7 +79,7 @@ def new_session(intake: Intake, source: Mention, trigger: Trigger) -> NewSession
         agent=trigger.agent or intake.services.settings.SESAME_DEFAULT_AGENT, model=trigger.model,
         base_branch=trigger.base, budget_usd=trigger.budget, repo=intake.repo, source="github",
         requested_by=intake.sender,
-        context=build_context(intake, source), issue_number=number,
+        context=build_context(intake, source) | {"agent_named": trigger.agent is not None}, issue_number=number,
         report={"installation_id": intake.installation_id, "issue_number": number,
                 "review_comment_id": review_id})
 
@@ -167,4 +168,18 @@ async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_i
         log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
     else:
         report["comment_id"] = comment["id"]
+    await queued_check_run(services, gh, session_id, new, report, progress)
     await services.sessions.set_intake_report(session_id, report)
+
+
+async def queued_check_run(services: Services, gh: SesameGitHubAPI, session_id: str, new: NewSession,
+                           report: dict[str, Any], progress: Progress) -> None:
+    """A session on a pull request: its check run, queued, on the head commit (bot/checks.py)."""
+    if not new.pr_number:
+        return
+    try:
+        pr = await gh.getitem(f"/repos/{new.repo}/pulls/{new.pr_number}")
+        await asyncio.wait_for(sync_check_run(gh, new.repo, report, str(pr["head"]["sha"]), session_id, progress,
+                                              services.settings.secret_values), COMMENT_GRACE / 4)
+    except Exception as exc:
+        log.warning("could not create the check run of %s (the worker will): %s", session_id, exc)
