@@ -14,8 +14,9 @@ PERMISSION = "GET", r"/collaborators/[^/]+/permission$"
 TOKEN = "POST", r"^/app/installations/[0-9]+/access_tokens$"
 
 
-def release_later(gate: asyncio.Event, after: float = 4.0) -> asyncio.Event:
-    """GitHub answers held requests after `after` seconds, so a 202 that waits on it shows as slow."""
+def release_later(gate: asyncio.Event, after: float = 60.0) -> asyncio.Event:
+    """GitHub answers held requests when the test releases them (at the latest after `after` seconds): a 202
+    that arrives while the gate is still shut did not wait for GitHub, however loaded the machine is."""
     asyncio.get_running_loop().call_later(after, gate.set)
     return gate
 
@@ -58,12 +59,13 @@ async def test_a_slow_permission_check_is_deferred_to_the_job_and_the_202_does_n
     hook = await make_hook(INTAKE_GITHUB_TIMEOUT=0.3)
     gate = release_later(hook.fake.hold(*PERMISSION))
     response, took = await post(hook, hook.fake.issue_comment_payload(hook.repo, 1, "@sesame fix it"))
+    answered_while_held = not gate.is_set()
     gate.set()
     await hook.services.background.drain()
     assert response.status == 202, await response.text()
     assert (await response.json())["permission"] == "deferred"
-    assert took < 2.0, took
-    print(f"202 in {took:.2f} s with the permission check held 4 s (timeout 0.3 s)")
+    assert answered_while_held, took  # the 202 came while GitHub still held the permission check
+    print(f"202 in {took:.2f} s with the permission check held (timeout 0.3 s)")
     [row] = await hook.sessions()
     assert hook.queue.ids == [row.id]  # the worker's still_allowed checks the sender when the job starts
 
@@ -73,10 +75,11 @@ async def test_a_slow_token_request_does_not_hold_the_202(make_hook: MakeHook) -
     hook.fake.expire_tokens()
     gate = release_later(hook.fake.hold(*TOKEN))
     response, took = await post(hook, hook.fake.issue_comment_payload(hook.repo, 1, "@sesame fix it"))
+    answered_while_held = not gate.is_set()
     gate.set()
     await hook.services.background.drain()
-    assert response.status == 202 and took < 2.0, (response.status, took)
-    print(f"202 in {took:.2f} s with the token request held 4 s (timeout 0.3 s)")
+    assert response.status == 202 and answered_while_held, (response.status, took)
+    print(f"202 in {took:.2f} s with the token request held (timeout 0.3 s)")
     assert len(await hook.sessions()) == 1
 
 
