@@ -118,3 +118,19 @@ async def test_a_chatty_agent_writes_few_rows(tmp_path: Path, db_url: str) -> No
     assert said == [f"line {n}" for n in range(20_000)]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert rows < 100, rows
+
+
+def test_a_block_is_left_unredacted_only_when_redact_would_not_change_it() -> None:
+    from bot.redact import redact, untouched
+
+    secret = "s3cr3t-value-of-the-server"
+    changed = ["ghp_" + "a" * 36, "github_pat_" + "b" * 30, "xoxb-123456789-abc", "sk-ant-" + "c" * 20,
+               "AIza" + "d" * 35, "AKIA" + "E" * 16, "eyJhbGciOi.eyJzdWIiOi.sig", "https://u:pw@host/x",
+               "Authorization: Bearer abc", "PROXY-AUTHORIZATION=token xyz",
+               "-----BEGIN RSA PRIVATE KEY-----\nMIIE", f"the key is {secret}"]
+    for text in changed:
+        block = "line one\n" + text + "\nline three"
+        assert redact(block, [secret]) != block, text
+        assert not untouched(block, [secret]), text
+    plain = "\n".join(f"line {n} of a chatty agent, saying what it does" for n in range(100))
+    assert untouched(plain, [secret]) and redact(plain, [secret]) == plain
