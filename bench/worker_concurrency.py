@@ -1,6 +1,6 @@
 """WORKER_CONCURRENCY: a burst of sessions on one worker at each concurrency, same run.
 
-    python3 bench/worker_concurrency.py [--sessions 16] [--concurrency 1,2,4,8] [--no-sandbox]
+    python3 bench/worker_concurrency.py [--sessions 16] [--concurrency 1,2,4,8] [--no-sandbox] [--tree DIR]
 
 For each concurrency: its own stack (bench/trigger_to_agent.py: PostgreSQL, Redis, fake GitHub, `sesame
 serve`, one `sesame worker` with WORKER_CONCURRENCY set), one warm-up session, then --sessions mentions
@@ -26,7 +26,7 @@ from bench.trigger_to_agent import one, pct, stack  # noqa: E402
 
 async def run(args: argparse.Namespace) -> None:
     for concurrency in [int(c) for c in args.concurrency.split(",")]:
-        async with stack(ROOT, ["acme/burst"], not args.no_sandbox, False,
+        async with stack(Path(args.tree), ["acme/burst"], not args.no_sandbox, args.keep,
                          {"WORKER_CONCURRENCY": str(concurrency)}) as (url, db, fakes), \
                 aiohttp.ClientSession() as http:
             await one(http, url, db, fakes, "acme/burst", 1)
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--no-sandbox", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and workspaces")
+    parser.add_argument("--tree", default=str(ROOT), help="the checkout whose code serve and the worker run")
     asyncio.run(run(parser.parse_args()))
 
 
