@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +68,16 @@ async def one(http: aiohttp.ClientSession, url: str, db: asyncpg.Pool, fakes: Fa
         if response.status >= 300:
             print(f"  delivery answered {response.status}", flush=True)
             return None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     row = None
     while time.monotonic() < deadline:
-        row = await db.fetchrow("SELECT id, state, extract(epoch FROM created_at) AS created FROM sessions "
+        row = await db.fetchrow("SELECT id, state, error, extract(epoch FROM created_at) AS created FROM sessions "
                                 "WHERE trigger_key = $1", f"github:{delivery}")
         if row is not None and row["state"] in ("completed", "error", "stopped"):
             break
         await asyncio.sleep(0.02)
     if row is None or row["state"] != "completed":
-        print(f"  session did not complete: {row and row['state']}", flush=True)
+        print(f"  session did not complete: {row and row['state']}: {row and (row['error'] or '')[:300]}", flush=True)
         return None
     marks: dict[str, float] = {"sent": sent, "recorded": float(row["created"])}
     events = await db.fetch("SELECT kind, data::text AS data, extract(epoch FROM created_at) AS at "
@@ -117,7 +119,11 @@ def summary(name: str, runs: list[dict[str, float]]) -> dict[str, float]:
     return {"agent": pct(to_agent, .5), "pr": pct(to_pr, .5)}
 
 
-async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+@contextlib.asynccontextmanager
+async def stack(tree: Path, repos: list[str], sandbox: bool, keep: bool,
+                extra_env: dict[str, str] | None = None) -> AsyncIterator[tuple[str, asyncpg.Pool, FakeThread]]:
+    """PostgreSQL, Redis, the fake GitHub (with repos), `sesame serve` and one `sesame worker` of the tree's
+    code: (the webhook URL, a pool on the database, the fake)."""
     work = Path(tempfile.mkdtemp(prefix="sesame-t2a-", dir="/var/tmp"))
     work.chmod(0o755)
     (work / "sessions").mkdir(mode=0o755)
@@ -126,8 +132,7 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, f
     redis.start()
     fakes = FakeThread(work / "fake")
     fake = fakes.start()
-    cold = [f"acme/cold{i}" for i in range(args.runs)]
-    for repo in ["acme/warm", *cold]:
+    for repo in repos:
         fake.add_repo(repo)
         fake.set_permission(repo, WRITER, "write")
     port = free_port()
@@ -135,11 +140,10 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, f
            "SESAME_DATA_DIR": str(work / "data"), "SESSION_DIR_BASE": str(work / "sessions"),
            "DATABASE_URL": pg.url, "REDIS_URL": redis.url, "ENCRYPTION_KEY": "ab" * 32,
            "BASE_URL": "http://sesame.bench", "SESAME_DEFAULT_AGENT": "command",
-           "AGENT_COMMAND": shlex.join(AGENT), "SANDBOX_SECURITY_ENABLED": "false" if args.no_sandbox else "true",
-           **fake.settings_env()}
+           "AGENT_COMMAND": shlex.join(AGENT), "SANDBOX_SECURITY_ENABLED": "true" if sandbox else "false",
+           **fake.settings_env(), **(extra_env or {})}
     procs: list[subprocess.Popen[bytes]] = []
     db: asyncpg.Pool | None = None
-    results: dict[str, dict[str, float]] = {}
     try:
         subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
                        capture_output=True, timeout=120)
@@ -148,18 +152,8 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, f
             procs.append(subprocess.Popen([sys.executable, "-m", "bot.cli", role], env=env, cwd=work,
                                           stdout=log, stderr=subprocess.STDOUT))
         await wait_ready(f"http://127.0.0.1:{port}/api/health", procs[0])
-        db = await asyncpg.create_pool(pg.url, min_size=1, max_size=2)
-        url = f"http://127.0.0.1:{port}/webhooks/github"
-        async with aiohttp.ClientSession() as http:
-            await one(http, url, db, fakes, "acme/warm", 1)  # warm-up: tokens, permission cache, mirror
-            for kind, repos in (("cold", cold), ("warm", ["acme/warm"] * args.runs)):
-                runs = []
-                for i, repo in enumerate(repos):
-                    await asyncio.sleep(random.uniform(0, 0.5))
-                    marks = await one(http, url, db, fakes, repo, 100 + i + (1000 if kind == "warm" else 0))
-                    if marks is not None:
-                        runs.append(marks)
-                results[kind] = summary(kind, runs)
+        db = await asyncpg.create_pool(pg.url, min_size=1, max_size=4)
+        yield f"http://127.0.0.1:{port}/webhooks/github", db, fakes
     finally:
         if db is not None:
             await db.close()
@@ -174,10 +168,26 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, f
         fakes.stop()
         redis.close()
         pg.close()
-        if args.keep:
+        if keep:
             print(f"  logs in {work}")
         else:
             subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+
+
+async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    cold = [f"acme/cold{i}" for i in range(args.runs)]
+    results: dict[str, dict[str, float]] = {}
+    async with stack(tree, ["acme/warm", *cold], not args.no_sandbox, args.keep) as (url, db, fakes), \
+            aiohttp.ClientSession() as http:
+        await one(http, url, db, fakes, "acme/warm", 1)  # warm-up: tokens, permission cache, mirror
+        for kind, repos in (("cold", cold), ("warm", ["acme/warm"] * args.runs)):
+            runs = []
+            for i, repo in enumerate(repos):
+                await asyncio.sleep(random.uniform(0, 0.5))
+                marks = await one(http, url, db, fakes, repo, 100 + i + (1000 if kind == "warm" else 0))
+                if marks is not None:
+                    runs.append(marks)
+            results[kind] = summary(kind, runs)
     return results
 
 

@@ -1,18 +1,27 @@
 """Workspace-ready time: a warm mirror + hard-linked clone against a fresh clone, in one run.
 
     python bench/workspace_ready.py [--commits 10000] [--files 500] [--runs 5]
+    python bench/workspace_ready.py --sizes 1000,10000,50000 [--commits 1000] [--runs 3]
+    python bench/workspace_ready.py --concurrency 50 [--files 1000] [--commits 1000] [--baseline /work/main]
 
 Builds a repository of N commits touching F files with `git fast-import`, serves it as a
 `file://` remote (the pack protocol, as over the network, minus latency), then times:
   fresh: `git clone file://...` into an empty directory and checkout (what a naive runner does);
   warm:  Sesame's path: fetch into the cached mirror, clone from it, check out the branch.
 Prints median and p90 of each and the warm/fresh ratio (target: under 0.25).
+
+--sizes: the same warm readiness (and fresh clone) for each file count, one remote each.
+--concurrency N: N sessions of one repository at once (a commit pushed just before, so each must see a
+fetch that started after it asked): the median and p90 of their workspace step, and the mirror fetches
+run (issue 16: they share one). --baseline TREE runs the concurrency measure first with another
+checkout's code (e.g. /work/main), in a child process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(os.environ.get("SESAME_BENCH_TREE") or Path(__file__).resolve().parent.parent)))
 
 from runner.git import git
 from runner.workspace import create_workspace, remove_workspace, update_mirror
@@ -86,31 +95,80 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:7.1f} ms  p90 {p90 * 1000:7.1f} ms"
 
 
+async def one_size(root: Path, commits: int, files: int, runs: int) -> None:
+    url = f"file://{build_remote(root, commits, files)}"
+    data_dir, base = root / "data", root / "sessions"
+    base.mkdir()
+    first = await warm_workspace(data_dir, base, url, 0)  # builds the mirror: a cold start
+    fresh, warm = [], []
+    for n in range(runs):
+        dest = root / f"fresh-{n}"
+        fresh.append(await fresh_clone(url, dest))
+        shutil.rmtree(dest)
+        warm.append(await warm_workspace(data_dir, base, url, n + 1))
+    print(f"cold (mirror built): {first * 1000:7.1f} ms")
+    print(f"fresh clone:  {summary(fresh)}")
+    print(f"warm (Sesame): {summary(warm)}")
+    ratio = statistics.median(warm) / statistics.median(fresh)
+    print(f"warm/fresh ratio: {ratio:.3f} (target < 0.25) {'OK' if ratio < 0.25 else 'OVER TARGET'}", flush=True)
+
+
+async def concurrent(root: Path, commits: int, files: int, sessions: int) -> None:
+    """`sessions` workspaces of one repository at once, after a push: their times and the fetches run."""
+    import runner.workspace as workspace
+
+    remote = build_remote(root, commits, files)
+    url = f"file://{remote}"
+    data_dir, base = root / "data", root / "sessions"
+    base.mkdir()
+    await warm_workspace(data_dir, base, url, 0)
+    work = root / "pusher"
+    subprocess.run(["git", "clone", "-q", str(remote), str(work)], check=True)
+    (work / "PUSHED.md").write_text("pushed just before the sessions\n")
+    subprocess.run(["git", "-C", str(work), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=b", "-c", "user.email=b@example.test", "commit",
+                    "-qm", "push"], check=True)
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    fetched = 0
+    real = workspace.git
+
+    async def counting(args: list[str], *rest: object, **kw: object) -> str:
+        nonlocal fetched
+        fetched += args[:1] == ["fetch"]
+        return await real(args, *rest, **kw)  # type: ignore[arg-type]
+
+    workspace.git = counting  # type: ignore[assignment]
+    started = time.monotonic()
+    times = await asyncio.gather(*(warm_workspace(data_dir, base, url, n + 1) for n in range(sessions)))
+    wall = time.monotonic() - started
+    print(f"{sessions} sessions at once, {files} files: workspace step {summary(list(times))}, all ready after "
+          f"{wall * 1000:.0f} ms; mirror fetches run: {fetched}", flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", help="comma-separated file counts, e.g. 1000,10000,50000")
+    parser.add_argument("--concurrency", type=int, default=0, help="sessions of one repository at once")
+    parser.add_argument("--baseline", help="another checkout measured first (with --concurrency)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
-    try:
-        url = f"file://{build_remote(root, args.commits, args.files)}"
-        data_dir, base = root / "data", root / "sessions"
-        base.mkdir()
-        first = await warm_workspace(data_dir, base, url, 0)  # builds the mirror: a cold start
-        fresh, warm = [], []
-        for n in range(args.runs):
-            dest = root / f"fresh-{n}"
-            fresh.append(await fresh_clone(url, dest))
-            shutil.rmtree(dest)
-            warm.append(await warm_workspace(data_dir, base, url, n + 1))
-        print(f"cold (mirror built): {first * 1000:7.1f} ms")
-        print(f"fresh clone:  {summary(fresh)}")
-        print(f"warm (Sesame): {summary(warm)}")
-        ratio = statistics.median(warm) / statistics.median(fresh)
-        print(f"warm/fresh ratio: {ratio:.3f} (target < 0.25) {'OK' if ratio < 0.25 else 'OVER TARGET'}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    if args.baseline:
+        argv = [a for a in sys.argv[1:] if a != "--baseline" and a != args.baseline]
+        print(f"baseline {args.baseline}:", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv],
+                       env={**os.environ, "SESAME_BENCH_TREE": args.baseline}, check=False)
+        print(f"this tree {Path(__file__).resolve().parent.parent}:", flush=True)
+    for files in [int(n) for n in args.sizes.split(",")] if args.sizes else [args.files]:
+        root = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
+        try:
+            if args.concurrency:
+                await concurrent(root, args.commits, files, args.concurrency)
+            else:
+                await one_size(root, args.commits, files, args.runs)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

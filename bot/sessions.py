@@ -26,6 +26,9 @@ EVENTS = cast(Table, SessionEvent.__table__)
 INSERT_SESSION = SESSIONS.insert()
 INSERT_EVENT = EVENTS.insert()
 _S = SESSIONS.c
+CHUNK_KIND = "lines"  # a row holding a batch of agent output events (issue 16: a chatty agent writes few rows)
+CHUNK_MIN = 4  # a smaller batch is stored one row per event
+EVENT_PAGE_ROWS = 200  # rows read per query by events()
 _E = EVENTS.c
 # PostgreSQL: the session and its first event in one statement (a data-modifying CTE), one round trip
 # in autocommit instead of BEGIN, two INSERTs and COMMIT; a duplicate trigger key still fails as a whole.
@@ -499,19 +502,39 @@ class SessionService:
         async with self.sessionmaker() as db, db.begin():
             return await self._events(db, session_id, items)
 
+    async def add_lines(self, session_id: str, items: list[tuple[str, dict[str, Any], datetime]]) -> list[int]:
+        """Store a batch of agent output events as one `lines` row (few rows for a chatty agent) that
+        readers see as the events it holds, each with its own seq and time; a small batch stays one row
+        per event. Their seqs."""
+        if len(items) < CHUNK_MIN:
+            async with self.sessionmaker() as db, db.begin():
+                return await self._events(db, session_id, [(k, d) for k, d, _at in items], [a for *_, a in items])
+        async with self.sessionmaker() as db, db.begin():
+            last = (await db.execute(
+                update(Session).where(Session.id == session_id)
+                .values(event_seq=Session.event_seq + len(items)).returning(Session.event_seq))).scalar_one()
+            conn = await db.connection()
+            await conn.execute(INSERT_EVENT, {
+                "session_id": session_id, "seq": last, "kind": CHUNK_KIND, "created_at": items[-1][2],
+                "data": {"lines": [[k, d, a.timestamp()] for k, d, a in items]}})
+            return list(range(last - len(items) + 1, last + 1))
+
     async def _event(self, db: AsyncSession, session_id: str, kind: str, data: dict[str, Any]) -> int:
         return (await self._events(db, session_id, [(kind, data)]))[-1]
 
-    async def _events(self, db: AsyncSession, session_id: str, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    async def _events(self, db: AsyncSession, session_id: str, items: list[tuple[str, dict[str, Any]]],
+                      times: list[datetime] | None = None) -> list[int]:
         """Reserve len(items) seqs atomically, then insert the events with them."""
         last = (await db.execute(
             update(Session).where(Session.id == session_id)
             .values(event_seq=Session.event_seq + len(items)).returning(Session.event_seq))).scalar_one()
         seqs = list(range(last - len(items) + 1, last + 1))
+        now = utcnow()
         conn = await db.connection()
         await conn.execute(INSERT_EVENT, [
-            {"session_id": session_id, "seq": seq, "kind": kind, "data": data, "created_at": utcnow()}
-            for seq, (kind, data) in zip(seqs, items, strict=False)])
+            {"session_id": session_id, "seq": seq, "kind": kind, "data": data,
+             "created_at": times[i] if times else now}
+            for i, (seq, (kind, data)) in enumerate(zip(seqs, items, strict=False))])
         return seqs
 
     async def add_violation(self, session_id: str, kind: str, resource: str, operation: str,
@@ -536,10 +559,22 @@ class SessionService:
             return await self._events(db, session_id, [("violation", violation_event(v)) for v in counts])
 
     async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[SessionEvent]:
-        async with self.autocommit() as db:
-            return list((await db.execute(
-                select(SessionEvent).where(SessionEvent.session_id == session_id, SessionEvent.seq > after)
-                .order_by(SessionEvent.seq).limit(limit))).scalars())
+        """The session's events after seq `after`, at most `limit`, in seq order; a `lines` row (agent
+        output stored in a chunk) is read as the events it holds, each with its own seq."""
+        out: list[SessionEvent] = []
+        async with self.autocommit_engine.connect() as conn:  # Core: plain rows, a page at a time
+            while len(out) < limit:
+                want = min(limit - len(out), EVENT_PAGE_ROWS)
+                page = (await conn.execute(
+                    select(_E.seq, _E.kind, _E.data, _E.created_at)
+                    .where(_E.session_id == session_id, _E.seq > after)
+                    .order_by(_E.seq).limit(want))).all()
+                for row in page:
+                    out.extend(expand(session_id, row.seq, row.kind, row.data, row.created_at, after))
+                if len(page) < want:
+                    break
+                after = page[-1].seq
+        return out[:limit]
 
     async def last_event(self, session_id: str, kind: str) -> SessionEvent | None:
         """The session's latest event of one kind (a chatty agent's log is never read for it)."""
@@ -569,6 +604,19 @@ class SessionService:
             expired = (await db.execute(select(Session.id).where(
                 Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
             return [(row.id, row.attempts) for row in pending], list(expired)
+
+
+def expand(session_id: str, seq: int, kind: str, data: Any, created_at: datetime,
+           after: int = 0) -> list[SessionEvent]:
+    """One stored row as the events it stands for (those after seq `after`): itself, or the lines of a
+    `lines` row, whose seq is the last of theirs."""
+    if kind != CHUNK_KIND:
+        return [SessionEvent(session_id=session_id, seq=seq, kind=kind, data=data, created_at=created_at)]
+    lines = (data or {}).get("lines") or []
+    first = seq - len(lines) + 1
+    return [SessionEvent(session_id=session_id, seq=first + i, kind=k, data=d,
+                         created_at=datetime.fromtimestamp(at, UTC))
+            for i, (k, d, at) in enumerate(lines) if first + i > after]
 
 
 def budget_left(session: Session, spent_usd: float | None = None) -> float | None:

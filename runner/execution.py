@@ -51,6 +51,14 @@ class AgentRun:
                 self._tail.append(line.text)
             yield line.stream, line.text
 
+    async def batches(self) -> AsyncIterator[list[tuple[str, str]]]:
+        """The same, as many lines at a time as have arrived."""
+        async for batch in self.handle.batches():
+            for line in batch:
+                if line.stream == "stderr" or line.text.strip():
+                    self._tail.append(line.text)
+            yield [(line.stream, line.text) for line in batch]
+
     def tail(self) -> str:
         """The last lines of output, for an error message."""
         return " | ".join(t.strip() for t in list(self._tail)[-3:] if t.strip())[:500]

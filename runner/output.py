@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+from datetime import datetime
 from typing import Any
 
 from bot import metrics
 from bot.dbretry import DB_DOWN_ERRORS
 from bot.models import utcnow
+from bot.redact import untouched
 from runner.agents.base import Agent, AgentEvent, shorten
 from runner.agents.usage import usage_of
 from runner.budget import gateway_usage
@@ -21,47 +25,94 @@ from runner.workspace import Workspace
 log = logging.getLogger(__name__)
 EVENT_TEXT_LIMIT = 2000
 EVENT_FLUSH_INTERVAL = 0.25  # seconds an output line may wait before it is stored and streamed
-EVENT_FLUSH_LIMIT = 200
+EVENT_CHUNK_LINES = 1000  # events per stored `lines` row (bot.sessions.CHUNK_KIND)
+EVENT_CHUNK_BYTES = 256 * 1024  # about this much text per stored row
+EVENT_BACKLOG = 100_000  # events waiting to be stored beyond which the reader waits for the flusher
 
 
 class EventBuffer:
-    """Agent output lines become events in batches: one transaction per flush, not per line."""
+    """Agent output lines become events stored in chunks by a flusher task of their own: the reader only
+    appends (it never waits for the database unless EVENT_BACKLOG events are waiting, a database far
+    behind); every EVENT_FLUSH_INTERVAL, or at once when a chunk is full, the flusher stores what
+    waits, one `lines` row per EVENT_CHUNK_LINES events or EVENT_CHUNK_BYTES of text."""
 
-    def __init__(self, state: Run, interval: float = EVENT_FLUSH_INTERVAL, limit: int = EVENT_FLUSH_LIMIT) -> None:
-        self.state, self.interval, self.limit = state, interval, limit
-        self.items: list[tuple[str, dict[str, Any]]] = []
-        self._task = asyncio.create_task(self._tick())
+    def __init__(self, state: Run, interval: float = EVENT_FLUSH_INTERVAL, chunk: int = EVENT_CHUNK_LINES,
+                 chunk_bytes: int = EVENT_CHUNK_BYTES, backlog: int = EVENT_BACKLOG) -> None:
+        self.state, self.interval, self.chunk, self.chunk_bytes, self.backlog = (
+            state, interval, chunk, chunk_bytes, backlog)
+        self.items: list[tuple[str, dict[str, Any], datetime]] = []
+        self.sizes: list[int] = []  # _size() of each of self.items
+        self.size = 0  # about the text bytes of self.items
+        self.rows = 0  # rows stored (a bench figure)
+        self._full = asyncio.Event()  # a chunk is ready
+        self._drained = asyncio.Event()  # the flusher stored what waited
+        self._closing = False
+        self._task = asyncio.create_task(self._run())
 
     async def add(self, kind: str, data: dict[str, Any]) -> None:
-        self.items.append((kind, data))
-        if len(self.items) >= self.limit:
-            await self.flush()
+        size = _size(data)
+        self.items.append((kind, data, utcnow()))
+        self.sizes.append(size)
+        self.size += size
+        if len(self.items) >= self.chunk or self.size >= self.chunk_bytes:
+            self._full.set()
+        if len(self.items) >= self.backlog and not self._task.done():  # back-pressure, only far behind
+            self._drained.clear()
+            await self._drained.wait()
 
     async def flush(self) -> None:
-        """Store the batch, waiting out a database outage (DB_OUTAGE_GRACE); a batch that still cannot be
-        stored is kept, ahead of newer lines, for the next flush."""
-        items, self.items = self.items, []
-        if not items:
-            return
-        session_id = self.state.session.id
-        try:
-            await self.state.stored(lambda: self.state.services.sessions.add_events(session_id, items), "agent output")
-        except BaseException:
-            self.items = items + self.items
-            raise
+        """Store what waits, a chunk per transaction, waiting out a database outage (DB_OUTAGE_GRACE); a
+        chunk that still cannot be stored is kept, ahead of newer lines, for the next flush."""
+        while self.items:
+            taken, size = self._take()
+            items = [item for item, _size in taken]
+            store = functools.partial(self.state.services.sessions.add_lines, self.state.session.id, items)
+            try:
+                await self.state.stored(store, "agent output")
+            except BaseException:
+                self.items = items + self.items
+                self.sizes = [one for _item, one in taken] + self.sizes
+                self.size += size
+                raise
+            self.rows += 1 if len(items) >= 4 else len(items)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+    def _take(self) -> tuple[list[tuple[tuple[str, dict[str, Any], datetime], int]], int]:
+        """The next chunk off the front of the buffer, and its size."""
+        count, size = 0, 0
+        for one in self.sizes:
+            if count >= self.chunk or (count and size >= self.chunk_bytes):
+                break
+            count, size = count + 1, size + one
+        items, self.items = self.items[:count], self.items[count:]
+        sizes, self.sizes = self.sizes[:count], self.sizes[count:]
+        self.size = max(0, self.size - size)
+        return list(zip(items, sizes, strict=True)), size
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.interval)
+            self._full.clear()
             try:
                 await self.flush()
             except DB_DOWN_ERRORS as exc:  # kept for the next tick; the agent's run goes on
                 log.warning("the output of session %s waits to be stored: %s", self.state.session.id, exc)
+            finally:
+                self._drained.set()
 
     async def close(self) -> None:
-        self._task.cancel()
+        """Let the flusher end its store (never cancelled inside one: that could store a chunk twice),
+        then store what is left."""
+        self._closing = True
+        self._full.set()
         await asyncio.gather(self._task, return_exceptions=True)
+        self._drained.set()
         await self.flush()
+
+
+def _size(data: dict[str, Any]) -> int:
+    """About the bytes an event's payload takes (its texts, plus a little for the rest)."""
+    return 64 + sum(len(v) for v in data.values() if isinstance(v, str))
 
 
 async def follow_output(state: Run, agent: Agent, agent_run: AgentRun, workspace: Workspace) -> None:
@@ -70,28 +121,35 @@ async def follow_output(state: Run, agent: Agent, agent_run: AgentRun, workspace
     buffer = EventBuffer(state)
     pending: list[str] = []
     try:
-        async for stream, line in agent_run.lines():
-            line = state.redact(line)
-            if stream == "stderr":
-                await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
-                if state.watch is not None:
-                    state.watch.see_stderr(line)
-                continue
-            for event in agent.parse_line(line, cwd=cwd):
-                await _watch_event(state, event)
-                await _count_usage(state, event)
-                if event.kind == "message" and event.data.get("delta"):
-                    pending.append(str(event.data.get("text", "")))  # streamed pieces: one event per message
-                    continue
-                await _flush_message(buffer, pending)
-                data = {k: v for k, v in event.data.items() if k != "line"}
-                await buffer.add(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT], **_clip(data)})
-                if event.kind in ("tool_call", "file_edit", "message") and event.summary:
-                    state.progress.activity = event.summary[:100]
-                    state.publisher.changed()
+        async for batch in agent_run.batches():
+            clean = untouched("\n".join(text for _stream, text in batch), state.secrets)
+            for stream, text in batch:
+                await _follow_line(state, agent, buffer, pending, stream, text if clean else state.redact(text), cwd)
         await _flush_message(buffer, pending)
     finally:
         await buffer.close()
+
+
+async def _follow_line(state: Run, agent: Agent, buffer: EventBuffer, pending: list[str], stream: str, line: str,
+                       cwd: str) -> None:
+    """One (redacted) line of output: its events stored, the failure evidence and usage counted."""
+    if stream == "stderr":
+        await buffer.add("agent_stderr", {"line": line[:EVENT_TEXT_LIMIT]})
+        if state.watch is not None:
+            state.watch.see_stderr(line)
+        return
+    for event in agent.parse_line(line, cwd=cwd):
+        await _watch_event(state, event)
+        await _count_usage(state, event)
+        if event.kind == "message" and event.data.get("delta"):
+            pending.append(str(event.data.get("text", "")))  # streamed pieces: one event per message
+            continue
+        await _flush_message(buffer, pending)
+        data = {k: v for k, v in event.data.items() if k != "line"}
+        await buffer.add(event.kind, {"summary": event.summary[:EVENT_TEXT_LIMIT], **_clip(data)})
+        if event.kind in ("tool_call", "file_edit", "message") and event.summary:
+            state.progress.activity = event.summary[:100]
+            state.publisher.changed()
 
 
 async def _watch_event(state: Run, event: AgentEvent) -> None:
@@ -99,7 +157,9 @@ async def _watch_event(state: Run, event: AgentEvent) -> None:
     watch = state.watch
     if watch is None or watch.stopped_for is not None:
         return
-    watch.see(event)
+    clue = watch.see(event)
+    if clue is None and not watch.budget_spent and not watch.blocked_hosts:
+        return  # nothing new to judge: the clues so far were not fatal at the last event
     fatal = watch.fatal
     if fatal is not None and state.agent_run is not None:
         log.info("session %s: %s; stopping the agent", state.session.id, fatal.sentence)
@@ -109,6 +169,8 @@ async def _watch_event(state: Run, event: AgentEvent) -> None:
 
 async def _count_usage(state: Run, event: AgentEvent) -> None:
     """Add what an event reports to the session's usage: stored, and shown in the progress message."""
+    if "tokens" not in event.data and "cost_usd" not in event.data:
+        return  # most lines (usage_of's fields)
     used = usage_of(event)
     if not used.reported:
         return

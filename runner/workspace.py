@@ -7,6 +7,8 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from runner.git import git, has_commit, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
+FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
 
 
@@ -87,23 +90,50 @@ def private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
+_MIRROR_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _process_lock(mirror: Path) -> asyncio.Lock:
+    """This process's lock of a mirror: one task per process waits for the file lock (not fifty threads
+    of the default executor, which the workspace copies need)."""
+    locks = _MIRROR_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(mirror, asyncio.Lock())
+
+
+def _fetched_at(mirror: Path) -> float:
+    """When the last completed fetch of the mirror started (time.time()), 0 when unknown."""
+    try:
+        return float((mirror / FETCHED_STAMP).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
 async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str],
                         extra_refs: Sequence[str] = ()) -> Path:
     """Create or fetch the bare mirror of a remote (one fetch at a time per mirror).
 
-    `extra_refs` (such as a fork PR's refs/pull/N/head) are fetched too, to the same names.
+    Concurrent sessions share a fetch: one that started after this call was made (it sees everything
+    pushed before the call) satisfies it, so fifty sessions of one repository at once fetch once or
+    twice, not fifty times one after another. `extra_refs` (such as a fork PR's refs/pull/N/head) are
+    fetched too, to the same names, each time.
     """
+    asked = time.time()
     mirror = mirror_path(data_dir, remote)
     private_dir(mirror.parent)
-    async with _FileLock(mirror.with_suffix(".lock")):
+    async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
         if not (mirror / "HEAD").exists():
             tmp = mirror.with_suffix(".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
+            started = time.time()
             await git(["clone", "--mirror", "--quiet", "--", remote, str(tmp)], env=auth_env)
+            (tmp / FETCHED_STAMP).write_text(repr(started))
             tmp.rename(mirror)
-        else:
+        elif _fetched_at(mirror) < asked:
+            started = time.time()
             await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
                       mirror, auth_env)
+            (mirror / FETCHED_STAMP).write_text(repr(started))
         if extra_refs:
             await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in extra_refs)], mirror, auth_env)
     return mirror

@@ -201,6 +201,12 @@ class ProcessHandle(abc.ABC):
     def __aiter__(self) -> AsyncIterator[OutputLine]:
         """Lines of stdout and stderr as they arrive, until both streams close."""
 
+    async def batches(self, most: int = 1000) -> AsyncIterator[list[OutputLine]]:
+        """The same lines, as many at a time as have arrived (at most `most`): a chatty command's reader
+        takes them a block at a time."""
+        async for line in self:
+            yield [line]
+
     @abc.abstractmethod
     async def wait(self) -> int:
         """Wait for the command (and, sandboxed, its whole process tree); the exit code."""

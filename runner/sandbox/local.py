@@ -83,6 +83,7 @@ class LocalSandbox(Sandbox):
         self._count = 0
         self._drop = os.geteuid() == 0
         self._handles: set[LocalProcess] = set()
+        self._unconfined = False  # a command ran outside a pid namespace: destroy() looks for its leftovers
         self._tasks: set[asyncio.Task[None]] = set()
         self._netns: NetNamespace | None = None
         self._proxy: EgressProxy | None = None
@@ -314,6 +315,7 @@ class LocalSandbox(Sandbox):
         cwd: str | Path | None, token: str,
     ) -> LocalProcess:
         """Security off: a plain process with a clean env, in its own group, as the host uid."""
+        self._unconfined = True
         full_env = build_env(env, str(self.policy.home_dir), str(self.policy.tmp_dir), token, None)
         setup = ChildSetup(
             uid=self.policy.host_uid if self._drop else None,
@@ -349,7 +351,8 @@ class LocalSandbox(Sandbox):
             await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
         await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
-        await kill_marked(self._token)
+        if self._unconfined:  # bwrap's pid namespace ends with its pid-1: nothing of it outlives kill()
+            await kill_marked(self._token)
         if self._proxy is not None:
             await self._proxy.close()
         if self._dns is not None:

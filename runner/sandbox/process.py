@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from runner.sandbox.base import OutputLine, ProcessHandle, StreamName
 
 LINE_LIMIT = 16 * 1024 * 1024
+PUMP_BLOCK = 256 * 1024  # bytes read from an output pipe at a time
 MARKER = "SESAME_SANDBOX_TOKEN"
 
 
@@ -212,17 +213,24 @@ class LocalProcess(ProcessHandle):
             self._proc.stdin.close()
 
     async def _pump(self, stream: asyncio.StreamReader, name: StreamName) -> None:
-        """Queue each line of one stream; None marks its end."""
+        """Queue each line of one stream; None marks its end. What has arrived is read a block at a time
+        and split here (a chatty command's lines cost one read per block, not one per line); a line
+        longer than LINE_LIMIT is handed over in pieces."""
+        rest = b""
         try:
             while True:
-                try:
-                    line = await stream.readline()
-                except ValueError:  # longer than LINE_LIMIT: hand it over in pieces
-                    line = await stream.read(LINE_LIMIT)
-                if not line:
+                block = await stream.read(PUMP_BLOCK)
+                if not block:
                     break
-                text = line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
-                self._queue.put_nowait(OutputLine(name, text))
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                while len(rest) >= LINE_LIMIT:
+                    lines.append(rest[:LINE_LIMIT])
+                    rest = rest[LINE_LIMIT:]
+                for line in lines:
+                    self._queue.put_nowait(OutputLine(name, line.decode("utf-8", "replace").removesuffix("\r")))
+            if rest:
+                self._queue.put_nowait(OutputLine(name, rest.decode("utf-8", "replace").removesuffix("\r")))
         finally:
             self._queue.put_nowait(None)
 
@@ -235,6 +243,23 @@ class LocalProcess(ProcessHandle):
                 open_streams -= 1
             else:
                 yield item
+
+    async def batches(self, most: int = 1000) -> AsyncIterator[list[OutputLine]]:
+        """The lines that have arrived, up to `most` at a time (waiting only for the first)."""
+        open_streams = 2
+        while open_streams:
+            batch: list[OutputLine] = []
+            item = await self._queue.get()
+            while True:
+                if item is None:
+                    open_streams -= 1
+                else:
+                    batch.append(item)
+                if len(batch) >= most or self._queue.empty() or not open_streams:
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                yield batch
 
     async def _exited(self) -> int:
         """The exit code, without waiting for the pipes (3.11's Process.wait() does)."""

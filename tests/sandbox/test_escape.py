@@ -369,3 +369,26 @@ async def test_destroy_kills_running_commands(env: Env) -> None:
     await env.sandbox.destroy()
     assert handle.returncode is not None
     assert _host_pids_with("654.321") == []
+
+
+async def test_destroy_does_not_scan_the_hosts_processes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command ran in a pid namespace, which ends with its pid-1: destroy() leaves nothing behind
+    without reading each /proc/*/environ (issue 16: 5 ms of a cold start)."""
+    import runner.sandbox.local as local
+
+    scans: list[str] = []
+    real = local.kill_marked
+
+    async def counting(prefix: str, rounds: int = 50) -> None:
+        scans.append(prefix)
+        await real(prefix, rounds)
+
+    monkeypatch.setattr(local, "kill_marked", counting)
+    handle = await env.sandbox.exec(["/bin/sh", "-c", "setsid sleep 543.219 & (sleep 543.218 &); echo up; sleep 600"])
+    async for line in handle:
+        if line.text == "up":
+            break
+    assert _host_pids_with("543.219") and _host_pids_with("543.218")
+    await env.sandbox.destroy()
+    assert scans == []
+    assert _host_pids_with("543.219") == [] and _host_pids_with("543.218") == []

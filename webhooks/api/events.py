@@ -31,11 +31,14 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     while True:
         events = await services.sessions.events(row.id, after)
-        for event in events:
-            payload = json.dumps({"kind": event.kind, "data": event.data,
-                                  "at": as_utc(event.created_at).isoformat()})
-            await response.write(f"id: {event.seq}\nevent: {event.kind}\ndata: {payload}\n\n".encode())
-            after = event.seq
+        if events:  # a page of events per write (a chatty agent's lines come in chunks of a thousand)
+            page = []
+            for event in events:
+                payload = json.dumps({"kind": event.kind, "data": event.data,
+                                      "at": as_utc(event.created_at).isoformat()})
+                page.append(f"id: {event.seq}\nevent: {event.kind}\ndata: {payload}\n\n")
+            await response.write("".join(page).encode())
+            after = events[-1].seq
         if not events:
             current = await services.sessions.get(row.id)
             if current is None or State(current.state).final:

@@ -1,0 +1,136 @@
+"""Agent output stored in chunks (issue 16): few rows, read back as the events they hold, each with its own
+seq; the reader of the agent's output never waits for the database."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shlex
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bot.models import SessionEvent, utcnow
+from bot.services import Services
+from bot.sessions import CHUNK_KIND, NewSession
+from runner.cli_run import run_from_terminal
+from runner.output import EventBuffer
+from tests.test_api import api  # noqa: F401 - the fixture
+from tests.test_pipeline import PYTHON, args, make_services
+
+
+def new() -> NewSession:
+    return NewSession(trigger_key=f"test:{uuid.uuid4()}", prompt="p", agent="command", repo="acme/widget",
+                      source="api")
+
+
+async def rows_of(services: Services, session_id: str) -> list[tuple[int, str]]:
+    async with services.sessions.autocommit() as db:
+        return [(r.seq, r.kind) for r in (await db.execute(
+            select(SessionEvent.seq, SessionEvent.kind).where(SessionEvent.session_id == session_id)
+            .order_by(SessionEvent.seq))).all()]
+
+
+async def test_a_chunk_reads_as_its_events_with_their_own_seqs(services: Services) -> None:
+    row, _ = await services.sessions.create(new())  # seq 1: its status event
+    t0 = utcnow()
+    lines = [("agent_stderr" if n % 3 == 0 else "message", {"summary": f"line {n}"}, t0 + timedelta(seconds=n))
+             for n in range(10)]
+    assert await services.sessions.add_lines(row.id, lines) == list(range(2, 12))
+    await services.sessions.add_event(row.id, "step", {"step": "agent", "status": "done", "detail": None})
+    assert await services.sessions.add_lines(row.id, lines[:2]) == [13, 14]  # small: one row each
+
+    assert await rows_of(services, row.id) == [(1, "status"), (11, CHUNK_KIND), (12, "step"), (13, "agent_stderr"),
+                                               (14, "message")]
+    events = await services.sessions.events(row.id)
+    assert [e.seq for e in events] == list(range(1, 15))
+    assert [(e.kind, e.data) for e in events[1:11]] == [(k, d) for k, d, _ in lines]
+    assert [e.created_at.timestamp() for e in events[1:11]] == [at.timestamp() for _, _, at in lines]
+    # Last-Event-ID inside a chunk: the rest of it, then what follows; a limit cuts inside a chunk too
+    assert [e.seq for e in await services.sessions.events(row.id, after=6)] == list(range(7, 15))
+    assert [e.seq for e in await services.sessions.events(row.id, after=6, limit=3)] == [7, 8, 9]
+    assert [e.data["summary"] for e in await services.sessions.events(row.id, after=9, limit=2)] == [
+        "line 8", "line 9"]
+
+
+async def test_sse_resumes_inside_a_chunk(api, services: Services) -> None:  # type: ignore[no-untyped-def]
+    created = await (await api.post("/api/session", json={"repo": api.repo, "prompt": "p", "agent": "command"})).json()
+    now = utcnow()
+    await services.sessions.add_lines(created["id"], [("message", {"summary": f"line {n}"}, now) for n in range(50)])
+    await services.sessions.request_stop(created["id"])
+    text = await (await api.get(f"/api/session/{created['id']}/events", headers={"Last-Event-ID": "40"})).text()
+    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(41, 53))  # lines 39-49 (seqs 41-51), then the stop's status event
+    assert '"summary": "line 39"' in text and '"summary": "line 38"' not in text
+
+
+class SlowStore:
+    """A session store whose writes wait for a gate: the database far behind."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.stored: list[list[tuple[str, dict[str, Any], Any]]] = []
+
+    async def add_lines(self, session_id: str, items: list[tuple[str, dict[str, Any], Any]]) -> list[int]:
+        await self.gate.wait()
+        self.stored.append(items)
+        return []
+
+
+async def test_adding_lines_never_waits_for_the_database() -> None:
+    store = SlowStore()
+
+    async def stored(write: Any, what: str) -> Any:
+        return await write()
+
+    state = SimpleNamespace(session=SimpleNamespace(id="s"), services=SimpleNamespace(sessions=store), stored=stored)
+    buffer = EventBuffer(state, interval=0.01, chunk=100, backlog=1_000_000)  # type: ignore[arg-type]
+    await asyncio.wait_for(asyncio.gather(*(buffer.add("message", {"summary": f"l{n}"}) for n in range(20_000))), 5)
+    assert not store.stored  # every line taken while the store had not answered once
+    store.gate.set()
+    await buffer.close()
+    assert [d["summary"] for chunk in store.stored for _, d, _ in chunk] == [f"l{n}" for n in range(20_000)]
+    assert max(len(chunk) for chunk in store.stored) == 100
+
+
+async def test_a_chatty_agent_writes_few_rows(tmp_path: Path, db_url: str) -> None:
+    """20,000 lines through the pipeline: all there, in order, in a few dozen rows."""
+    from tests.support.gitrepo import make_repo
+
+    origin = make_repo(tmp_path / "origin")
+    chatty = shlex.join([PYTHON, "-c", "import sys\nfor n in range(20000): print(f'line {n}')\n"])
+    services = await make_services(tmp_path, db_url)
+    try:
+        code = await run_from_terminal(services, args(origin, "talk a lot", command=chatty), io.StringIO())
+        session = (await services.sessions.recent(1))[0]
+        events = await services.sessions.events(session.id, limit=100_000)
+        async with services.sessions.autocommit() as db:
+            rows = (await db.execute(select(func.count()).select_from(SessionEvent)
+                                     .where(SessionEvent.session_id == session.id))).scalar_one()
+    finally:
+        await services.close()
+    assert code == 0
+    said = [e.data["summary"] for e in events if e.kind == "message"]
+    assert said == [f"line {n}" for n in range(20_000)]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert rows < 100, rows
+
+
+def test_a_block_is_left_unredacted_only_when_redact_would_not_change_it() -> None:
+    from bot.redact import redact, untouched
+
+    secret = "s3cr3t-value-of-the-server"
+    changed = ["ghp_" + "a" * 36, "github_pat_" + "b" * 30, "xoxb-123456789-abc", "sk-ant-" + "c" * 20,
+               "AIza" + "d" * 35, "AKIA" + "E" * 16, "eyJhbGciOi.eyJzdWIiOi.sig", "https://u:pw@host/x",
+               "Authorization: Bearer abc", "PROXY-AUTHORIZATION=token xyz",
+               "-----BEGIN RSA PRIVATE KEY-----\nMIIE", f"the key is {secret}"]
+    for text in changed:
+        block = "line one\n" + text + "\nline three"
+        assert redact(block, [secret]) != block, text
+        assert not untouched(block, [secret]), text
+    plain = "\n".join(f"line {n} of a chatty agent, saying what it does" for n in range(100))
+    assert untouched(plain, [secret]) and redact(plain, [secret]) == plain
