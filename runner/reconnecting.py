@@ -78,9 +78,18 @@ class ReconnectingWorker(Worker):
                 if await self.pool.zcard(self.queue_name) == 0:
                     await asyncio.gather(*self.tasks.values())
                     return
-            timeout = await self._next_due()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._wait_for_wake(await self._next_due())
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        """Until a wake-up or `timeout`. Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that
+        arrives as the event is set (a job's end wakes the loop, and the SIGTERM hand-back cancels it at that
+        very moment), and the worker then never exits; asyncio.wait always lets the cancellation through."""
+        assert self._wake is not None
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     async def _next_due(self) -> float:
         """Seconds until the next poll is due without a wake-up: poll_delay, or sooner when a deferred job
