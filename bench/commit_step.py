@@ -11,12 +11,23 @@ Builds a repository of F files (about 2 KiB each), creates a workspace as the pi
 Prints the median and p90 of each and the trusted/baseline ratio. With --ignored-mib N the agent also
 leaves N MiB of gitignored build output (1 MiB files in build/); the peak RSS of this process (the
 trusted commit runs in it, the baseline in git subprocesses) is printed too.
+
+    python bench/commit_step.py --big-files 3 --big-mib 96 [--runs 3] [--baseline-rev REV]
+
+Memory with large files that count (each under GIT_MAX_FILE_SIZE_MB): the agent writes K files of N
+MiB, and the commit step (snapshot_tree + commit_tree) runs in a fresh subprocess per run, which prints
+its own peak RSS growth and the time; git's own peak (fast-import's, mostly) is taken by running every
+git through /usr/bin/time (a `git` shim first on PATH): RUSAGE_CHILDREN would count the worker's RSS
+copied at fork, before git's exec. With --baseline-rev, the same is run
+with the runner/ and bot/ of that commit (exported with git archive; e.g. the one before streaming) on
+an identical workspace, interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -88,6 +99,80 @@ async def baseline(root: Path, mirror: Path, args: argparse.Namespace, n: int) -
     return took
 
 
+MEASURE = """
+import asyncio, json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from runner import git as gitops
+from runner.commit import commit_tree, snapshot_tree
+git_dir, project, scratch = map(Path, sys.argv[2:5])
+async def step():
+    tree = await snapshot_tree(git_dir, project, scratch, None, 100 << 20)
+    await commit_tree(git_dir, tree, "bench", gitops.Author("Bench", "b@example.test"), True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+asyncio.run(step())
+took = time.perf_counter() - started
+print(json.dumps({"took": took, "before": before, "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+async def big_files_run(root: Path, mirror: Path, origin: Path, code: Path, args: argparse.Namespace,
+                        n: int) -> dict[str, float]:
+    ws = await create_workspace(root / "sessions", f"big{n}", mirror, str(origin), "main", f"big{n}", False)
+    try:
+        for k in range(args.big_files):
+            with open(ws.project / f"big{k}.bin", "wb") as fh:
+                chunk = os.urandom(1 << 20)
+                for _ in range(args.big_mib):
+                    fh.write(chunk)
+        shim, log = root / "shim", root / "gitmem.log"
+        if not shim.exists():
+            shim.mkdir()
+            real = shutil.which("git")
+            (shim / "git").write_text(f'#!/bin/sh\nexec /usr/bin/time -a -o {log} -f "%M" {real} "$@"\n')
+            (shim / "git").chmod(0o755)
+        log.write_text("")
+        env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(code), str(ws.git_dir), str(ws.project),
+                              str(ws.scratch)], check=True, capture_output=True, text=True, env=env).stdout
+        seen: dict[str, float] = json.loads(out)
+        seen["git"] = max(int(line) for line in log.read_text().split() if line.isdigit())
+        return seen
+    finally:
+        remove_workspace(ws)
+
+
+def export(rev: str, into: Path) -> Path:
+    """runner/ and bot/ of rev, as importable code."""
+    into.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "runner", "bot"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+async def big_files(root: Path, args: argparse.Namespace) -> None:
+    origin = make_origin(root, args.files)
+    mirror = await update_mirror(root / "data", str(origin), {})
+    paths = {"streamed": Path(__file__).resolve().parent.parent}
+    if args.baseline_rev:
+        paths[f"baseline {args.baseline_rev}"] = export(args.baseline_rev, root / "baseline")
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+    for n in range(args.runs):
+        for name, code in paths.items():
+            seen[name].append(await big_files_run(root, mirror, origin, code, args, n))
+    print(f"{args.big_files} files of {args.big_mib} MiB that count, over {args.files} files, {args.runs} runs")
+    for name, runs in seen.items():
+        grew = max(r["self"] - r["before"] for r in runs) / 1024
+        child = max(r["git"] for r in runs) / 1024
+        took = statistics.median(r["took"] for r in runs) * 1000
+        print(f"{name:18} worker peak grew {grew:7.1f} MiB   git's own peak {child:6.1f} MiB   "
+              f"median {took:7.1f} ms")
+
+
 def summary(name: str, times: list[float]) -> str:
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
@@ -100,8 +185,17 @@ async def main() -> None:
     parser.add_argument("--changed", type=int, default=20)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--ignored-mib", type=int, default=0)
+    parser.add_argument("--big-files", type=int, default=0)
+    parser.add_argument("--big-mib", type=int, default=96)
+    parser.add_argument("--baseline-rev", default="")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sesame-bench-commit-"))
+    if args.big_files:
+        try:
+            await big_files(root, args)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     try:
         origin = make_origin(root, args.files)
         mirror = await update_mirror(root / "data", str(origin), {})

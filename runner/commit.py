@@ -5,22 +5,27 @@ rights: the tree is read as data (runner.snapshot, as the session's uid), which 
 the repository's .gitignore (git ls-files, as the session's uid, in a scratch repository of ours),
 and blobs, tree and commit are written by `git fast-import` and `git commit-tree` into the trusted
 git directory, which has no work tree. No filter, attribute, hook or config of the workspace applies.
+The walk writes each file's content into fast-import's stdin in bounded chunks as it reads it, and
+fast-import streams blobs over a chunk straight into its pack: neither holds a file whole.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from runner import git as gitops
-from runner.snapshot import GITLINK, Entry, as_user, walk
+from runner.snapshot import CHUNK, GITLINK, Blobs, Entry, Snapshot, as_user, walk
 
 SNAPSHOT_REF = "refs/sesame/snapshot"
 SNAPSHOT_IDENT = "Sesame <agent@sesame.works> 0 +0000"
 User = tuple[int, int]
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,11 +38,6 @@ class Tree:
     left_out: list[str] = field(default_factory=list)  # nested .git paths
     too_large: list[tuple[str, int]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
-
-
-def blob_sha(data: bytes) -> str:
-    """The object id git gives a blob with this content."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def quote_path(path: bytes) -> bytes:
@@ -110,8 +110,8 @@ def _slashes(path: bytes) -> list[int]:
     return [i for i, byte in enumerate(path) if byte == 0x2F and i > 0]
 
 
-def import_stream(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tuple[str, str]]) -> bytes:
-    """A fast-import stream writing a snapshot commit of exactly these files over base."""
+def commit_command(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tuple[str, str]]) -> bytes:
+    """The end of the fast-import stream: a snapshot commit of exactly these files (blobs already sent) over base."""
     message = b"snapshot"
     parts = [b"commit %s\ncommitter %s\ndata %d\n%s\nfrom %s\ndeleteall\n"
              % (SNAPSHOT_REF.encode(), SNAPSHOT_IDENT.encode(), len(message), message, base.encode())]
@@ -119,14 +119,46 @@ def import_stream(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tup
         if mode == GITLINK:  # submodule pointers stay as they were: the agent cannot move them
             parts.append(b"M %s %s %s\n" % (mode.encode(), sha.encode(), quote_path(path)))
     for path, entry in sorted(files.items()):
-        old = tracked.get(path)
-        if old is not None and old[1] == blob_sha(entry.data):
-            parts.append(b"M %s %s %s\n" % (entry.mode.encode(), old[1].encode(), quote_path(path)))
-        else:
-            parts.append(b"M %s inline %s\ndata %d\n%s\n"
-                         % (entry.mode.encode(), quote_path(path), len(entry.data), entry.data))
+        parts.append(b"M %s %s %s\n" % (entry.mode.encode(), entry.ref, quote_path(path)))
     parts.append(b"done\n")
     return b"".join(parts)
+
+
+async def _import(git_dir: Path, feed: Callable[[int], Awaitable[T]]) -> T:
+    """Run fast-import on git_dir (as its store's owner) with feed(fd) writing its stdin from a thread.
+
+    Blobs over a chunk are streamed into the pack (--big-file-threshold), not held by git either; the
+    pack is kept as is (unpackLimit 0: unpacking a small import into loose objects reads each blob whole).
+    """
+    args = ["-c", "fastimport.unpackLimit=0", "--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done",
+            f"--big-file-threshold={CHUNK}"]
+    read_end, write_end = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "git", *gitops.SAFE_OPTIONS, *args, cwd=git_dir, env=gitops.git_env(), stdin=read_end,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=gitops.dropping_to(gitops.store_owner(git_dir)))
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    fed = asyncio.ensure_future(_feeding(feed, write_end))
+    _out, err = await proc.communicate()
+    try:
+        result = await fed
+    except BrokenPipeError:  # fast-import stopped reading: its exit status and stderr say why
+        raise gitops.GitError(args, proc.returncode or -1, err.decode(errors="replace")) from None
+    if proc.returncode != 0:
+        raise gitops.GitError(args, proc.returncode or -1, err.decode(errors="replace"))
+    return result
+
+
+async def _feeding(feed: Callable[[int], Awaitable[T]], fd: int) -> T:
+    try:
+        return await feed(fd)
+    finally:
+        os.close(fd)  # fast-import sees the end: without `done`, an error
 
 
 async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User | None,
@@ -138,10 +170,15 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     uid, gid = user if user else (None, None)
     counted = Counted(tracked, await counted_paths(project, scratch, user))
-    snap = await as_user(uid, gid, lambda: walk(str(project), gitlinks, max_size, counted))
-    files = {path: entry for path, entry in snap.files.items() if counted.file(path)}
-    await gitops.in_git_dir_bytes(git_dir, ["fast-import", "--quiet", "--force", "--done"],
-                                  stdin=import_stream(base, files, tracked))
+    known = {path: sha for path, (_mode, sha) in tracked.items()}
+
+    def read_and_send(out: int) -> Snapshot:  # on the thread that dropped to the session's uid
+        blobs = Blobs(out, known)
+        snap = walk(str(project), blobs, gitlinks, max_size, counted)
+        blobs.write(commit_command(base, snap.files, tracked))
+        return snap
+
+    snap = await _import(git_dir, lambda out: as_user(uid, gid, lambda: read_and_send(out)))
     tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{SNAPSHOT_REF}^{{tree}}"])).strip()
     return Tree(base, tree, tree != base_tree, [_name(p) for p in snap.nested_git],
                 [(_name(p), size) for p, size in snap.too_large], [_name(p) for p in snap.unreadable])

@@ -1,5 +1,9 @@
 """Reading the agent's working tree as data: no symlink followed, nothing of its .git read, as its uid.
 
+Content is never held whole: each file is copied in bounded chunks into a `git fast-import` stream as
+a blob with a mark (Blobs), so a few files just under the largest-file limit cost the worker a chunk,
+not their size.
+
 The walk runs on a thread of its own that first drops to the session's host uid (raw syscalls: the
 change stays on that thread), so the host reads nothing the agent could not read itself: a hard
 link to a root-only file, a FIFO or a device is refused or skipped, never read with our rights.
@@ -9,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -21,15 +26,68 @@ T = TypeVar("T")
 REGULAR, EXECUTABLE, SYMLINK, GITLINK = "100644", "100755", "120000", "160000"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_CHUNK = 1 << 20
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of the tree: git mode and content (a link's target for symlinks)."""
+    """One file of the tree: git mode and its blob, `:N` (a mark in the stream) or an object id."""
 
     mode: str
-    data: bytes
+    ref: bytes
+
+
+def blob_sha(data: bytes) -> str:
+    """The object id git gives a blob with this content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class Blobs:
+    """Blob commands of a fast-import stream, written to a pipe as the files are read.
+
+    A file's content goes in chunks of CHUNK after `data <size>`, the size from fstat of the opened fd:
+    exactly that many bytes are written whatever the file does meanwhile (padded if it shrank, cut if it
+    grew), and a file that changed during the read gets no entry (its mark is never used).
+    A small file whose content is the base's (`known`) is not written again.
+    """
+
+    def __init__(self, out: int, known: Mapping[bytes, str]) -> None:
+        self.out, self.known, self.marks = out, known, 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view):]
+
+    def _mark(self, size: int) -> bytes:
+        self.marks += 1
+        self.write(b"blob\nmark :%d\ndata %d\n" % (self.marks, size))
+        return b":%d" % self.marks
+
+    def data(self, path: bytes, data: bytes) -> bytes:
+        """A blob of data held in memory (at most a chunk, or a link's target); its ref."""
+        sha = blob_sha(data)
+        if self.known.get(path) == sha:
+            return sha.encode()
+        ref = self._mark(len(data))
+        self.write(data + b"\n")
+        return ref
+
+    def stream(self, fd: int, size: int) -> bytes | None:
+        """Copy exactly size bytes of fd as a blob; its ref, or None if the file's length was not size."""
+        ref = self._mark(size)
+        left, whole = size, True
+        while left:
+            chunk = os.read(fd, min(left, CHUNK))
+            if not chunk:  # shrank since the fstat: the count given must still be met
+                whole = False
+                chunk = bytes(min(left, CHUNK))
+            self.write(chunk)
+            left -= len(chunk)
+        self.write(b"\n")
+        if whole and os.read(fd, 1):  # grew since the fstat
+            whole = False
+        return ref if whole else None
 
 
 class Selection(Protocol):
@@ -73,18 +131,20 @@ class _Walk:
     skip: frozenset[bytes]
     max_size: int | None
     selection: Selection
+    blobs: Blobs
 
 
-def walk(project: str, skip: Collection[bytes] = (), max_size: int | None = None,
+def walk(project: str, blobs: Blobs, skip: Collection[bytes] = (), max_size: int | None = None,
          selection: Selection | None = None) -> Snapshot:
     """Every file under project (relative byte paths), by directory fds, following no symlink.
 
     The top-level `.git` (the agent's disposable copy) and paths in `skip` (submodule gitlinks of the
     base) are not entered; a `.git` anywhere else is recorded in nested_git and left out. With a
     selection, only the files and directories it names are read or entered: the host never loads an
-    ignored build tree (gigabytes of it would be gigabytes of the worker's memory).
+    ignored build tree (gigabytes of it would be gigabytes of the worker's memory). File contents go to
+    blobs as they are read, never kept.
     """
-    state = _Walk(Snapshot(), frozenset(skip), max_size, selection or Everything())
+    state = _Walk(Snapshot(), frozenset(skip), max_size, selection or Everything(), blobs)
     top = os.open(project, _DIR_FLAGS)
     try:
         _walk_dir(top, b"", state)
@@ -114,9 +174,10 @@ def _walk_dir(dir_fd: int, prefix: bytes, state: _Walk) -> None:
         elif not state.selection.file(path):
             continue
         elif stat.S_ISLNK(st.st_mode):
-            snap.files[path] = Entry(SYMLINK, os.fsencode(os.readlink(name, dir_fd=dir_fd)))
+            target = os.fsencode(os.readlink(name, dir_fd=dir_fd))
+            snap.files[path] = Entry(SYMLINK, state.blobs.data(path, target))
         elif stat.S_ISREG(st.st_mode):
-            _read_file(dir_fd, name, path, st, snap, state.max_size)
+            _read_file(dir_fd, name, path, st, state)
         else:
             snap.special.append(path)
 
@@ -135,8 +196,8 @@ def _enter(dir_fd: int, name: bytes, path: bytes, state: _Walk) -> None:
         os.close(child)
 
 
-def _read_file(dir_fd: int, name: bytes, path: bytes, st: os.stat_result, snap: Snapshot,
-               max_size: int | None) -> None:
+def _read_file(dir_fd: int, name: bytes, path: bytes, st: os.stat_result, state: _Walk) -> None:
+    snap, max_size = state.snap, state.max_size
     if max_size is not None and st.st_size > max_size:
         snap.too_large.append((path, st.st_size))
         return
@@ -152,15 +213,23 @@ def _read_file(dir_fd: int, name: bytes, path: bytes, st: os.stat_result, snap: 
         if not stat.S_ISREG(opened.st_mode):  # swapped for something else since the stat
             snap.special.append(path)
             return
-        chunks, size = [], 0
-        while chunk := os.read(fd, _CHUNK):
-            chunks.append(chunk)
-            size += len(chunk)
-            if max_size is not None and size > max_size:
-                snap.too_large.append((path, size))
-                return
+        size = opened.st_size
+        if max_size is not None and size > max_size:  # grew since the stat
+            snap.too_large.append((path, size))
+            return
         mode = EXECUTABLE if opened.st_mode & stat.S_IXUSR else REGULAR
-        snap.files[path] = Entry(mode, b"".join(chunks))
+        if size <= CHUNK:  # small: read whole (one chunk), so content the base has is not sent again
+            data = os.read(fd, CHUNK + 1)
+            if len(data) != size:
+                snap.unreadable.append(path)  # changed during the read
+                return
+            ref: bytes | None = state.blobs.data(path, data)
+        else:
+            ref = state.blobs.stream(fd, size)
+        if ref is None:
+            snap.unreadable.append(path)  # changed during the read: left out, as an unreadable file is
+            return
+        snap.files[path] = Entry(mode, ref)
     finally:
         os.close(fd)
 
