@@ -110,7 +110,7 @@ def sandbox_limits_from(settings: Settings) -> SandboxLimits:
     return SandboxLimits(
         max_processes=settings.SANDBOX_MAX_PROCESSES, memory=settings.SANDBOX_MEMORY_LIMIT,
         cpu_share=settings.SANDBOX_CPU_SHARE, tmpfs=settings.SANDBOX_TMPFS_SIZE,
-        disk=settings.SANDBOX_DISK_LIMIT,
+        disk=settings.SANDBOX_DISK_LIMIT, files=settings.SANDBOX_MAX_FILES,
     )
 
 

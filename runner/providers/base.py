@@ -17,7 +17,7 @@ trusted git directory never leaves the host, and the host-trust rules apply to t
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from bot.settings import Settings
 from runner.sandbox.base import Sandbox, SandboxPolicy, ViolationCallback
@@ -53,8 +53,9 @@ class RemoteSandbox(Sandbox):
         """Unpack a tar archive (the working tree) into remote_dir."""
 
     @abc.abstractmethod
-    async def download(self, remote_dir: str) -> bytes:
-        """A tar archive of remote_dir (untrusted: whatever the agent left there)."""
+    def download(self, remote_dir: str) -> AsyncIterator[bytes]:
+        """A tar archive of remote_dir as it streams in (untrusted: whatever the agent left there; the
+        reader stops at its limit and closes the iterator)."""
 
 
 def remote(sandbox: Sandbox) -> RemoteSandbox | None:

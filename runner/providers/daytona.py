@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +81,11 @@ class DaytonaSandbox(RemoteSandbox):
         await self.sandbox.fs.upload_file(archive, path)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.fs.download_file(path))
+        async for chunk in await self.sandbox.fs.download_file_stream(path):
+            yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:

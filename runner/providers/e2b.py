@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +79,11 @@ class E2BSandbox(RemoteSandbox):
         await self.sandbox.files.write(path, archive)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.files.read(path, format="bytes"))
+        async for chunk in await self.sandbox.files.read(path, format="stream"):
+            yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:

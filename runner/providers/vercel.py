@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,12 @@ class VercelSandbox(RemoteSandbox):
         await self.sandbox.fs.write_bytes(path, archive)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.fs.read_bytes(path))
+        async with self.sandbox.fs.open(path, "rb") as reader:
+            while chunk := await reader.read(1 << 16):
+                yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:
