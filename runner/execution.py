@@ -15,7 +15,7 @@ from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
 from runner.agents.install import agent_prefix, find_agent_binary
-from runner.providers import provider_for
+from runner.providers import provider_for, remote
 from runner.providers.sync import read_back, upload_workspace
 from runner.sandbox.base import (
     ProcessHandle,
@@ -219,6 +219,8 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     await sandbox.start()
     gateway: CredentialGateway | None = None
     try:
+        if (moved := remote(sandbox)) is not None:  # where the sweeper finds it if this worker dies
+            await services.sessions.add_event(session.id, "remote_sandbox", moved.record(provider.name))
         base_url = setting_url
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget, policy.proxy_limits)

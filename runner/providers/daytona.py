@@ -37,6 +37,19 @@ class DaytonaProvider(Provider):
             snapshot=settings.DAYTONA_SNAPSHOT, timeout=float(settings.DAYTONA_TIMEOUT),
             ttl_minutes=int(settings.DAYTONA_TTL_MINUTES)))
 
+    async def end_sandbox(self, sandbox_id: str) -> bool:
+        from daytona import AsyncDaytona, DaytonaConfig, DaytonaNotFoundError
+
+        settings = self.settings
+        config = DaytonaConfig(api_key=reveal(settings.DAYTONA_API_KEY), api_url=settings.DAYTONA_API_URL,
+                               target=settings.DAYTONA_TARGET)
+        async with AsyncDaytona(config) as client:
+            try:
+                await (await client.get(sandbox_id)).delete()
+            except DaytonaNotFoundError:
+                return False
+        return True
+
 
 def domain_allow_list(policy: SandboxPolicy) -> str:
     """Daytona's comma-separated domain allow list: the session's allowed domains less the denied ones."""
@@ -70,6 +83,10 @@ class DaytonaSandbox(RemoteSandbox):
             await self.client.close()
             self.client = None
             raise
+
+    @property
+    def remote_id(self) -> str:
+        return str(self.sandbox.id)
 
     async def _run(self, argv: Sequence[str]) -> None:
         result = await self.sandbox.process.exec(shlex.join(argv))

@@ -121,6 +121,7 @@ class _Endless(RemoteSandbox):
     async def listen(self, port: int) -> object: raise NotImplementedError
     async def destroy(self) -> None: ...
     async def upload(self, archive: bytes, remote_dir: str) -> None: ...
+    remote_id = "endless"
 
     async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         while True:
