@@ -101,6 +101,8 @@ KEYS: tuple[Key, ...] = (
        default="/tmp/sesame", help="where session workspaces are created"),
     _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local", choices=SANDBOX_PROVIDERS),
     # issue 17: sandbox providers beside local (runner/providers/)
+    _k("SANDBOX_MAX_FILES", path="sandbox.limits.maxFiles", default=200000, kind="int", minimum=1,
+       help="entries (files, directories, links) a remote sandbox may send back; more ends the session"),
     _k("DOCKER_SANDBOX_IMAGE", path="sandboxProvider.docker.image",
        help="image of the docker provider's containers (Dockerfile.sandbox builds one: Debian, node, git, "
             "the agent CLIs)"),
@@ -313,6 +315,7 @@ class SettingValues:
     SANDBOX_CPU_SHARE: float
     SANDBOX_TMPFS_SIZE: int
     SANDBOX_DISK_LIMIT: int
+    SANDBOX_MAX_FILES: int
     SANDBOX_PROXY_HEAD_TIMEOUT: float
     SANDBOX_PROXY_MAX_CONNECTIONS: int
     SANDBOX_PROXY_IDLE_TIMEOUT: float

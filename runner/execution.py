@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,8 +14,9 @@ from bot.models import Session
 from bot.services import Services
 from bot.settings import Settings
 from runner.agents.base import Agent, Credential
-from runner.agents.install import agent_prefix, find_agent_binary
-from runner.providers import provider_for
+from runner.agents.install import agent_prefix, find_agent_binary, package_version
+from runner.providers import provider_for, remote
+from runner.providers.agent_cli import ensure_agent_cli
 from runner.providers.sync import read_back, upload_workspace
 from runner.sandbox.base import (
     ProcessHandle,
@@ -118,7 +119,7 @@ def sandbox_limits_from(settings: Settings) -> SandboxLimits:
     return SandboxLimits(
         max_processes=settings.SANDBOX_MAX_PROCESSES, memory=settings.SANDBOX_MEMORY_LIMIT,
         cpu_share=settings.SANDBOX_CPU_SHARE, tmpfs=settings.SANDBOX_TMPFS_SIZE,
-        disk=settings.SANDBOX_DISK_LIMIT,
+        disk=settings.SANDBOX_DISK_LIMIT, files=settings.SANDBOX_MAX_FILES,
     )
 
 
@@ -191,10 +192,15 @@ def proxy_limits(services: Services) -> ProxyLimits:
                        idle_timeout=settings.SANDBOX_PROXY_IDLE_TIMEOUT)
 
 
+async def _no_step(detail: str) -> None:
+    """on_step's default: nobody follows the session's progress."""
+
+
 async def start_agent(services: Services, session: Session, agent: Agent, credential: Credential | None,
                       prompt: str, workspace: Workspace,
                       on_violation: ViolationCallback, budget: BudgetHook | None = None,
-                      extra_domains: Sequence[str] = ()) -> AgentRun:
+                      extra_domains: Sequence[str] = (),
+                      on_step: Callable[[str], Awaitable[None]] | None = None) -> AgentRun:
     """Build the agent's environment from nothing and start it in the session's sandbox.
 
     When the credential can go through the credential gateway (Agent.gateway_route, asked of the agent
@@ -213,7 +219,7 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     if route is not None:
         refuse_denied_upstream(agent, setting_url or route.upstream, settings.SANDBOX_DENIED_DOMAINS, on_violation)
     domains = agent.domains(setting_url, route)
-    binary = None if provider.remote else agent_binary(services, agent)  # remote: the template's, on PATH
+    binary = None if provider.remote else agent_binary(services, agent)  # remote: see ensure_agent_cli below
     prefix = install_prefix(services, agent, binary)
     policy = owned_by(SandboxPolicy(
         session_id=session.id, base_dir=workspace.root.parent,
@@ -227,6 +233,9 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
     await sandbox.start()
     gateway: CredentialGateway | None = None
     try:
+        moved = remote(sandbox)
+        if moved is not None:  # where the sweeper finds it if this worker dies
+            await services.sessions.add_event(session.id, "remote_sandbox", moved.record(provider.name))
         base_url = setting_url
         if route:
             gateway, base_url = await start_gateway(sandbox, route, setting_url, budget, policy.proxy_limits)
@@ -242,8 +251,12 @@ async def start_agent(services: Services, session: Session, agent: Agent, creden
         bin_dir = binary.parent if binary else None
         if binary and prefix and sandbox.secured:  # the sandbox sees the install at its tool path
             bin_dir = policy.tool_path(agent.name) / binary.parent.relative_to(prefix)
-        argv = agent_argv(services, agent, session, prompt, bin_dir)
         await upload_workspace(sandbox, workspace)
+        if moved is not None and agent.spec.binary:  # the template's CLI, or installed there from npm once
+            found = await ensure_agent_cli(moved, agent, package_version(agent.name, settings.data_dir),
+                                           on_step or _no_step)
+            bin_dir = Path(found) if found else None
+        argv = agent_argv(services, agent, session, prompt, bin_dir)
         handle = await sandbox.exec(argv, env=env, stdin=agent.stdin(prompt), cwd=workspace.project)
     except BaseException:
         await sandbox.destroy()

@@ -231,7 +231,8 @@ async def _agent_step(state: Run, workspace: Workspace) -> AgentFailure | None:
     with metrics.timed(metrics.SANDBOX_START, agent.name):
         agent_run = state.agent_run = await start_agent(services, session, agent, credential, prompt, workspace,
                                                         on_violation=lambda v: on_violation(state, v),
-                                                        budget=budget, extra_domains=state.extra_domains)
+                                                        budget=budget, extra_domains=state.extra_domains,
+                                                        on_step=lambda detail: state.step("agent", "running", detail))
     await state.event("sandbox", {"secured": agent_run.warning is None})  # what applied, not what was asked
     if agent_run.warning:
         state.progress.warning = agent_run.warning

@@ -17,7 +17,7 @@ trusted git directory never leaves the host, and the host-trust rules apply to t
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from bot.settings import Settings
 from runner.sandbox.base import Sandbox, SandboxPolicy, ViolationCallback
@@ -44,17 +44,33 @@ class Provider(abc.ABC):
     def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
         """A sandbox for one session, not started yet."""
 
+    async def end_sandbox(self, sandbox_id: str) -> bool:
+        """End a sandbox a dead worker left, by the id its session recorded (RemoteSandbox.record): True
+        when it was still there. The sweeper's end hook calls it; a provider without remote sandboxes
+        has none to end."""
+        return False
+
 
 class RemoteSandbox(Sandbox):
     """A sandbox whose files live elsewhere: the working tree goes up, the changes come back."""
+
+    @property
+    @abc.abstractmethod
+    def remote_id(self) -> str:
+        """The service's id of the started sandbox (what Provider.end_sandbox takes)."""
+
+    def record(self, provider: str) -> dict[str, str]:
+        """The `remote_sandbox` event the pipeline records once it started: where the sweeper finds it."""
+        return {"provider": provider, "id": self.remote_id}
 
     @abc.abstractmethod
     async def upload(self, archive: bytes, remote_dir: str) -> None:
         """Unpack a tar archive (the working tree) into remote_dir."""
 
     @abc.abstractmethod
-    async def download(self, remote_dir: str) -> bytes:
-        """A tar archive of remote_dir (untrusted: whatever the agent left there)."""
+    def download(self, remote_dir: str) -> AsyncIterator[bytes]:
+        """A tar archive of remote_dir as it streams in (untrusted: whatever the agent left there; the
+        reader stops at its limit and closes the iterator)."""
 
 
 def remote(sandbox: Sandbox) -> RemoteSandbox | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,19 @@ class DaytonaProvider(Provider):
             api_key=reveal(settings.DAYTONA_API_KEY), api_url=settings.DAYTONA_API_URL, target=settings.DAYTONA_TARGET,
             snapshot=settings.DAYTONA_SNAPSHOT, timeout=float(settings.DAYTONA_TIMEOUT),
             ttl_minutes=int(settings.DAYTONA_TTL_MINUTES)))
+
+    async def end_sandbox(self, sandbox_id: str) -> bool:
+        from daytona import AsyncDaytona, DaytonaConfig, DaytonaNotFoundError
+
+        settings = self.settings
+        config = DaytonaConfig(api_key=reveal(settings.DAYTONA_API_KEY), api_url=settings.DAYTONA_API_URL,
+                               target=settings.DAYTONA_TARGET)
+        async with AsyncDaytona(config) as client:
+            try:
+                await (await client.get(sandbox_id)).delete()
+            except DaytonaNotFoundError:
+                return False
+        return True
 
 
 def domain_allow_list(policy: SandboxPolicy) -> str:
@@ -71,6 +84,10 @@ class DaytonaSandbox(RemoteSandbox):
             self.client = None
             raise
 
+    @property
+    def remote_id(self) -> str:
+        return str(self.sandbox.id)
+
     async def _run(self, argv: Sequence[str]) -> None:
         result = await self.sandbox.process.exec(shlex.join(argv))
         if result.exit_code:
@@ -81,10 +98,11 @@ class DaytonaSandbox(RemoteSandbox):
         await self.sandbox.fs.upload_file(archive, path)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.fs.download_file(path))
+        async for chunk in await self.sandbox.fs.download_file_stream(path):
+            yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:

@@ -42,7 +42,7 @@ from runner.sandbox.base import (
     ViolationCallback,
 )
 from runner.sandbox.dns import start_dns_sink
-from runner.sandbox.limits import memory_exceeded, processes_exceeded
+from runner.sandbox.limits import disk_exceeded, disk_usage, memory_exceeded, processes_exceeded
 from runner.sandbox.local import PROXY_PORT, PROXY_URL, build_env
 from runner.sandbox.netns import listen_in
 from runner.sandbox.proxy import EgressProxy
@@ -201,7 +201,11 @@ class DockerProcess(ProcessHandle):
 
 
 class DockerSandbox(Sandbox):
-    """One session's container, its egress proxy and DNS sink in the container's network namespace."""
+    """One session's container, its egress proxy and DNS sink in the container's network namespace.
+    Its writable places are the host's project and HOME (bind mounts) and a tmpfs /tmp bounded by
+    SANDBOX_TMPFS_SIZE: the disk watchdog walks the first two on the host as local's does."""
+
+    disk_poll = 5.0  # seconds between walks of project and HOME for SANDBOX_DISK_LIMIT
 
     def __init__(self, policy: SandboxPolicy, on_violation: ViolationCallback, host: str, image: str,
                  mounts: Sequence[str] = ()) -> None:
@@ -219,6 +223,7 @@ class DockerSandbox(Sandbox):
         self._drop = os.geteuid() == 0
         self._cgroups: dict[str, Path] = {}
         self._exceeded: LimitExceeded | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def api(self) -> Any:
@@ -258,6 +263,8 @@ class DockerSandbox(Sandbox):
         await asyncio.to_thread(self.container.reload)
         pid = int(self.container.attrs["State"]["Pid"])
         self._cgroups = container_cgroups(pid)
+        if self.policy.limits is not None:
+            self._watchdog = asyncio.create_task(self._watch_disk())
         if self.secured:
             self._netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             proxy_sock = await asyncio.to_thread(listen_in, self._netns_fd, ("127.0.0.1", PROXY_PORT))
@@ -363,8 +370,27 @@ class DockerSandbox(Sandbox):
                 self.api.exec_start(created["Id"])
         await asyncio.to_thread(run)
 
+    async def _watch_disk(self) -> None:
+        """Every disk_poll seconds (less often for a huge tree), project and HOME walked on the host:
+        past SANDBOX_DISK_LIMIT every process of the session is killed and the session ends at it."""
+        assert self.policy.limits is not None
+        roots = [self.policy.project_dir, self.policy.home_dir]
+        owner = self.policy.host_uid if self._drop else None
+        while self._exceeded is None:
+            await asyncio.sleep(self.disk_poll)
+            walked = asyncio.get_running_loop().time()
+            if await asyncio.to_thread(disk_usage, roots, owner) > self.policy.limits.disk:
+                self._exceeded = disk_exceeded(self.policy.limits)
+                log.warning("session %s: %s", self.policy.session_id, self._exceeded)
+                await self.kill_all()
+                await asyncio.gather(*(h.wait() for h in list(self._handles)), return_exceptions=True)
+                return
+            # a huge tree is walked less often: at most a tenth of the time goes to walking
+            await asyncio.sleep(max(0.0, 9 * (asyncio.get_running_loop().time() - walked)))
+
     def check_limits(self) -> None:
-        """LimitExceeded once the container's cgroups recorded an OOM kill or a refused fork."""
+        """LimitExceeded once the container's cgroups recorded an OOM kill or a refused fork, or the disk
+        watchdog found project and HOME past SANDBOX_DISK_LIMIT."""
         if self._exceeded is None and self.policy.limits is not None:
             self._exceeded = limit_reached(self._cgroups, self.policy.limits)
         if self._exceeded is not None:
@@ -383,6 +409,10 @@ class DockerSandbox(Sandbox):
 
     async def destroy(self) -> None:
         """Remove the container (its processes die with it), then the network side."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self.container is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.container.remove, force=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,31 @@ class E2BProvider(Provider):
             sandbox_url=self.settings.E2B_SANDBOX_URL, template=self.settings.E2B_TEMPLATE,
             timeout=int(self.settings.E2B_TIMEOUT)))
 
+    async def end_sandbox(self, sandbox_id: str) -> bool:
+        from e2b import AsyncSandbox
+
+        options = {"api_key": reveal(self.settings.E2B_API_KEY), "api_url": self.settings.E2B_API_URL,
+                   "sandbox_url": self.settings.E2B_SANDBOX_URL}
+        return bool(await AsyncSandbox.kill(sandbox_id=sandbox_id, **connection(options)))
+
 
 def network_policy(policy: SandboxPolicy) -> dict[str, list[str]]:
     """E2B's egress rules for the session: nothing but the allowed domains (less the denied ones)."""
     allowed = [d for d in policy.allowed_domains if d not in policy.denied_domains]
     return {"deny_out": ["0.0.0.0/0"], "allow_out": allowed}
+
+
+def connection(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The SDK's connection options: the key, the base URLs when set, HTTP/1.1 over plain http."""
+    url = options.get("api_url") or ""
+    opts: dict[str, Any] = {"api_key": options["api_key"]}
+    if url:
+        opts["api_url"] = url
+    if options.get("sandbox_url"):
+        opts["sandbox_url"] = options["sandbox_url"]
+    if str(options.get("sandbox_url") or url).startswith("http://"):
+        opts["http_version"] = "1.1"  # no HTTP/2 without TLS
+    return opts
 
 
 class E2BSandbox(RemoteSandbox):
@@ -47,15 +67,11 @@ class E2BSandbox(RemoteSandbox):
         self.sandbox: Any = None
 
     def _connection(self) -> dict[str, Any]:
-        url = self.options.get("api_url") or ""
-        opts: dict[str, Any] = {"api_key": self.options["api_key"]}
-        if url:
-            opts["api_url"] = url
-        if self.options.get("sandbox_url"):
-            opts["sandbox_url"] = self.options["sandbox_url"]
-        if str(self.options.get("sandbox_url") or url).startswith("http://"):
-            opts["http_version"] = "1.1"  # no HTTP/2 without TLS
-        return opts
+        return connection(self.options)
+
+    @property
+    def remote_id(self) -> str:
+        return str(self.sandbox.sandbox_id)
 
     async def start(self) -> None:
         from e2b import AsyncSandbox
@@ -79,10 +95,11 @@ class E2BSandbox(RemoteSandbox):
         await self.sandbox.files.write(path, archive)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.files.read(path, format="bytes"))
+        async for chunk in await self.sandbox.files.read(path, format="stream"):
+            yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from runner.providers.base import remote
-from runner.providers.transfer import Unpacked, pack, unpack
-from runner.sandbox.base import Sandbox
+from runner.providers.transfer import Unpacked, pack, spool, unpack
+from runner.sandbox.base import Sandbox, SandboxLimits
 from runner.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,14 +24,16 @@ async def upload_workspace(sandbox: Sandbox, workspace: Workspace) -> None:
 
 
 async def read_back(sandbox: Sandbox, workspace: Workspace) -> Unpacked | None:
-    """A remote sandbox's project, as untrusted data, into the host's project directory."""
+    """A remote sandbox's project, as untrusted data, into the host's project directory: streamed into a
+    spool file beside it no further than SANDBOX_DISK_LIMIT, then unpacked (at most SANDBOX_MAX_FILES entries)."""
     moved = remote(sandbox)
     if moved is None:
         return None
-    data = await moved.download(str(workspace.project))
-    limits = sandbox.policy.limits
+    limits = sandbox.policy.limits or SandboxLimits()
+    archive = await spool(moved.download(str(workspace.project)), workspace.root, limits.disk)
     user = (sandbox.policy.host_uid, sandbox.policy.host_gid) if _root() else None
-    result = await asyncio.to_thread(unpack, data, workspace.project, user, limits.disk if limits else 10 << 30)
+    with archive:
+        result = await asyncio.to_thread(unpack, archive, workspace.project, user, limits.disk, limits.files)
     if result.refused:
         log.warning("session %s: %d entries of the sandbox's work left out: %s", sandbox.policy.session_id,
                     len(result.refused), result.refused[:5])

@@ -4,7 +4,9 @@ What comes back is the agent's: an archive whose names, links and sizes it chose
 into the host's project directory as plain data: every name is checked (no absolute path, no `..`),
 every directory entered by fd with O_NOFOLLOW (a link the archive made is never followed, so
 nothing lands outside the project), links are stored as links (never resolved), hard links, devices
-and fifos are left out and listed, and the total size is bounded. The files are the session uid's,
+and fifos are left out and listed. It is bounded while it streams in (spool(): no more than
+SANDBOX_DISK_LIMIT bytes are ever read from the sandbox), and again by its files' sizes and its
+number of entries (SANDBOX_MAX_FILES) as it is unpacked. The files are the session uid's,
 as if the agent had written them here; runner.commit then reads them as data, unchanged.
 """
 
@@ -15,8 +17,13 @@ import os
 import shutil
 import stat
 import tarfile
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+from runner.sandbox.base import LimitExceeded, format_size
 
 User = tuple[int, int]
 
@@ -30,8 +37,36 @@ class Unpacked:
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
-class TooLarge(Exception):
-    """The archive holds more than the session's disk limit."""
+class TooLarge(LimitExceeded):
+    """The archive holds more than the session's disk limit, or more entries than SANDBOX_MAX_FILES."""
+
+    def __init__(self, what: str, value: int, setting: str) -> None:
+        super().__init__(what, format_size(value) if what == "disk" else str(value), setting)
+        self.args = (f"the work the sandbox sent back is larger than the session's disk limit of {self.value} "
+                     f"({setting})" if what == "disk" else
+                     f"the work the sandbox sent back holds more than {value} files ({setting})",)
+
+
+async def spool(chunks: AsyncIterator[bytes], directory: Path, max_size: int) -> IO[bytes]:
+    """The archive a sandbox streams, into an unnamed file in directory (never the project), read no
+    further than max_size bytes: TooLarge past it, the stream closed."""
+    out = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (handed to the caller, closed on error)
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_size:
+                raise TooLarge("disk", max_size, "SANDBOX_DISK_LIMIT")
+            out.write(chunk)
+        out.seek(0)
+        return out
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
 def pack(project: Path) -> bytes:
@@ -96,14 +131,19 @@ def clear(project: Path) -> None:
         os.close(fd)
 
 
-def unpack(data: bytes, project: Path, user: User | None, max_size: int) -> Unpacked:
-    """Replace the project directory's contents with the archive's, as untrusted data."""
+def unpack(data: bytes | IO[bytes], project: Path, user: User | None, max_size: int,
+           max_entries: int = 200_000) -> Unpacked:
+    """Replace the project directory's contents with the archive's, as untrusted data; TooLarge past
+    max_size bytes of files or max_entries entries (each counted, refused ones too)."""
     clear(project)
     result = Unpacked()
     root = os.open(project, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with tarfile.open(fileobj=source, mode="r|*") as tar:  # a stream: members are not kept
+            for entries, member in enumerate(tar, 1):
+                if entries > max_entries:
+                    raise TooLarge("files", max_entries, "SANDBOX_MAX_FILES")
                 _unpack_one(tar, member, root, user, max_size, result)
     finally:
         os.close(root)
@@ -140,7 +180,7 @@ def _unpack_one(tar: tarfile.TarFile, member: tarfile.TarInfo, root: int, user: 
             return
         result.size += member.size
         if result.size > max_size:
-            raise TooLarge(f"the sandbox's work is larger than the session's disk limit of {max_size} bytes")
+            raise TooLarge("disk", max_size, "SANDBOX_DISK_LIMIT")
         source = tar.extractfile(member)
         assert source is not None
         mode = 0o755 if member.mode & 0o100 else 0o644

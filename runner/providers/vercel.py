@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,44 @@ class VercelProvider(Provider):
     reaches_host = False
 
     def create(self, policy: SandboxPolicy, on_violation: ViolationCallback) -> Sandbox:
+        return VercelSandbox(policy, self._options())
+
+    def _options(self) -> dict[str, Any]:
         settings = self.settings
-        return VercelSandbox(policy, dict(
+        return dict(
             token=reveal(settings.VERCEL_TOKEN), team_id=settings.VERCEL_TEAM_ID, project_id=settings.VERCEL_PROJECT_ID,
             base_url=settings.VERCEL_SANDBOX_URL, region=settings.VERCEL_REGION, image=settings.VERCEL_SANDBOX_IMAGE,
-            timeout=int(settings.VERCEL_TIMEOUT)))
+            timeout=int(settings.VERCEL_TIMEOUT))
+
+    async def end_sandbox(self, sandbox_id: str) -> bool:
+        from vercel.api import session
+        from vercel.sandbox import SandboxApiError, get_sandbox
+
+        async with session(service_options=[service_options(self._options())]):
+            try:
+                sandbox = await get_sandbox(name=sandbox_id)
+            except SandboxApiError as exc:
+                if exc.response.status_code == 404:
+                    return False
+                raise
+            try:
+                await sandbox.stop()
+            finally:
+                await sandbox.destroy()
+        return True
+
+
+def service_options(options: Mapping[str, Any]) -> Any:
+    """The SDK's SandboxServiceOptions: base URL, credentials, region."""
+    from vercel.sandbox import SandboxServiceOptions
+    from vercel.sandbox._internal.options import SandboxCredentials
+
+    async def credentials() -> SandboxCredentials:
+        return SandboxCredentials(token=options["token"], team_id=options["team_id"] or "",
+                                  project_id=options["project_id"] or "")
+
+    return SandboxServiceOptions(base_url=options["base_url"], credentials_factory=credentials,
+                                 region=options["region"])
 
 
 class VercelSandbox(RemoteSandbox):
@@ -55,17 +88,10 @@ class VercelSandbox(RemoteSandbox):
     async def _hold(self, created: asyncio.Future[Any]) -> None:
         """Create the sandbox inside the SDK session, and keep that session open until destroy()."""
         from vercel.api import session
-        from vercel.sandbox import NetworkPolicy, SandboxServiceOptions, create_sandbox
-        from vercel.sandbox._internal.options import SandboxCredentials
+        from vercel.sandbox import NetworkPolicy, create_sandbox
 
         options = self.options
-
-        async def credentials() -> SandboxCredentials:
-            return SandboxCredentials(token=options["token"], team_id=options["team_id"] or "",
-                                      project_id=options["project_id"] or "")
-
-        service = SandboxServiceOptions(base_url=options["base_url"], credentials_factory=credentials,
-                                        region=options["region"])
+        service = service_options(options)
         allowed = {d: () for d in self.policy.allowed_domains if d not in self.policy.denied_domains}
         try:
             async with session(service_options=[service]):
@@ -80,6 +106,10 @@ class VercelSandbox(RemoteSandbox):
             if not isinstance(exc, Exception):
                 raise
 
+    @property
+    def remote_id(self) -> str:
+        return str(self.sandbox.name)
+
     async def _run(self, argv: Sequence[str]) -> None:
         process = await self.sandbox.create_process(argv[0], list(argv[1:]))
         code = await process.wait()
@@ -91,10 +121,12 @@ class VercelSandbox(RemoteSandbox):
         await self.sandbox.fs.write_bytes(path, archive)
         await self._run(["sh", "-c", UPLOAD, path, remote_dir])
 
-    async def download(self, remote_dir: str) -> bytes:
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
         path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
         await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
-        return bytes(await self.sandbox.fs.read_bytes(path))
+        async with self.sandbox.fs.open(path, "rb") as reader:
+            while chunk := await reader.read(1 << 16):
+                yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:

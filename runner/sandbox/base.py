@@ -86,6 +86,7 @@ class SandboxLimits:
     cpu_share: float = 1.0  # cores
     tmpfs: int = 256 << 20  # each tmpfs the sandbox mounts, /dev/shm included
     disk: int = 10 << 30  # project, HOME and tmp together, enforced by a watchdog
+    files: int = 200_000  # entries of the archive a remote sandbox sends back (SANDBOX_MAX_FILES)
 
     def describe(self) -> str:
         """One line for `sesame doctor`."""

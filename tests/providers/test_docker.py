@@ -163,6 +163,25 @@ async def test_an_oom_kill_in_the_container_is_the_memory_limit(tmp_path: Path, 
     assert reached.value.setting == "SANDBOX_MEMORY_LIMIT" and reached.value.value == "64m"
 
 
+async def test_writing_past_the_disk_limit_in_the_container_ends_the_session(tmp_path: Path, podman: Podman) -> None:
+    policy = SandboxPolicy("diskfull", Path(session_base()), limits=SandboxLimits(disk=1 << 20))
+    sandbox = DockerSandbox(policy, lambda v: None, podman.url, podman.image, ["/usr"])
+    sandbox.disk_poll = 0.1  # the watchdog's walk, often (5 s in production)
+    await sandbox.start()
+    try:
+        sandbox.check_limits()  # nothing reached yet
+        write = "open('big', 'wb').write(b'x' * (4 << 20)); print('written', flush=True); import time; time.sleep(300)"
+        handle = await sandbox.exec([PYTHON, "-c", write], cwd=policy.project_dir)
+        lines = [line.text async for line in handle]  # ends when the watchdog kills it (not after 300 s)
+        code = await handle.wait()
+        with pytest.raises(LimitExceeded) as reached:
+            sandbox.check_limits()
+    finally:
+        await sandbox.destroy()
+    assert "written" in lines and code != 0
+    assert reached.value.setting == "SANDBOX_DISK_LIMIT" and reached.value.value == "1m"
+
+
 async def test_a_start_that_fails_after_the_container_started_removes_it(
         tmp_path: Path, podman: Podman, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(fd: int, address: tuple[str, int]) -> socket.socket:

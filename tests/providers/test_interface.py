@@ -6,16 +6,20 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.settings import Settings, load_settings
 from runner.providers import ProviderUnavailable, provider_for
+from runner.providers.base import RemoteSandbox
 from runner.providers.local import LocalProvider
+from runner.providers.sync import read_back
 from runner.providers.transfer import TooLarge, pack, unpack
-from runner.sandbox.base import SandboxPolicy
+from runner.sandbox.base import LimitExceeded, ProcessHandle, SandboxLimits, SandboxPolicy
 from runner.sandbox.local import LocalSandbox
+from runner.workspace import Workspace
 
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
@@ -104,3 +108,41 @@ def test_an_archive_larger_than_the_disk_limit_is_refused(tmp_path: Path) -> Non
     project.mkdir()
     with pytest.raises(TooLarge):
         unpack(_tar([_member("big")], {"big": b"x" * 2048}), project, None, 1024)
+
+
+class _Endless(RemoteSandbox):
+    """A remote sandbox whose archive never ends (a hostile agent's answer): counts what was asked of it."""
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        self.policy, self.warning, self.chunks = policy, None, 0
+
+    async def start(self) -> None: ...
+    async def exec(self, *args: object, **kwargs: object) -> ProcessHandle: raise NotImplementedError
+    async def listen(self, port: int) -> object: raise NotImplementedError
+    async def destroy(self) -> None: ...
+    async def upload(self, archive: bytes, remote_dir: str) -> None: ...
+    remote_id = "endless"
+
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
+        while True:
+            self.chunks += 1
+            yield b"\0" * 65536
+
+
+async def test_an_endless_archive_is_cut_at_the_disk_limit_while_it_streams(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    workspace.project.mkdir(parents=True)
+    sandbox = _Endless(SandboxPolicy("s", tmp_path, limits=SandboxLimits(disk=1 << 20)))
+    with pytest.raises(LimitExceeded, match=r"^the work the sandbox sent back is larger than the session\'s disk limit of 1m \(SANDBOX_DISK_LIMIT\)$"):
+        await read_back(sandbox, workspace)
+    assert sandbox.chunks <= (1 << 20) // 65536 + 1  # read no further than the limit
+    assert not [p for p in workspace.root.iterdir() if p.name != "project"]  # the spool file is gone
+
+
+def test_an_archive_with_more_entries_than_allowed_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    archive = _tar([_member(f"f{i}") for i in range(6)], {f"f{i}": b"x" for i in range(6)})
+    with pytest.raises(LimitExceeded, match=r"^the work the sandbox sent back holds more than 5 files \(SANDBOX_MAX_FILES\)$"):
+        unpack(io.BytesIO(archive), project, None, 1 << 20, max_entries=5)
+    assert len(list(project.iterdir())) <= 5

@@ -52,11 +52,27 @@ class FakeSandbox:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def sandboxed_argv(sandbox: FakeSandbox, cwd: str, command: list[str]) -> list[str]:
-    """bubblewrap running command with the host's /usr and /etc, the sandbox's own /tmp and /home."""
+# A template without the agent CLIs whose registry is this stub: `npm install -g --prefix P pkg@v`
+# puts an executable P/bin/<binary> that prints "<pkg@v> ran: <args>" (FakeE2B(npm_binaries=...)).
+FAKE_NPM = """#!/bin/sh
+prefix= spec=
+while [ $# -gt 0 ]; do case "$1" in --prefix) prefix=$2; shift 2;; -*) shift;; *) spec=$1; shift;; esac; done
+mkdir -p "$prefix/bin"
+for bin in $(cat /usr/local/sbin/binaries); do
+  printf '#!/bin/sh\necho "%s ran: $*"\n' "$spec" > "$prefix/bin/$bin"; chmod +x "$prefix/bin/$bin"
+done
+echo "added 1 package"
+"""
+
+
+def sandboxed_argv(sandbox: FakeSandbox, cwd: str, command: list[str], npm: Path | None = None) -> list[str]:
+    """bubblewrap running command with the host's /usr and /etc, the sandbox's own /tmp and /home (and
+    the stub npm first on PATH, in /usr/local/sbin, when given)."""
     argv = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc",
             "--dev", "/dev", "--bind", str(sandbox.root / "tmp"), "/tmp",
             "--bind", str(sandbox.root / "home"), "/home", "--unshare-pid", "--die-with-parent"]
+    if npm is not None:
+        argv += ["--ro-bind", str(npm), "/usr/local/sbin"]
     for link in ("bin", "sbin", "lib", "lib64"):
         argv += ["--symlink", f"usr/{link}", f"/{link}"]
     return [*argv, "--chdir", cwd, "--", *command]
@@ -71,12 +87,20 @@ def frame(message: dict[str, object], end: bool = False) -> bytes:
 class FakeE2B(LoopbackFake):
     """The fake; `sandboxes` are the live ones, `created` every create request's body."""
 
-    def __init__(self, api_key: str = "e2b_fake_key") -> None:
+    def __init__(self, api_key: str = "e2b_fake_key", npm_binaries: tuple[str, ...] = ()) -> None:
         super().__init__(api_key=api_key)
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.created: list[dict[str, object]] = []
         self.started: list[dict[str, Any]] = []  # every process.Process/Start request
         self.base = Path(tempfile.mkdtemp(prefix="sesame-fake-e2b-"))
+        self.npm: Path | None = None  # the stub npm's directory, when the template lacks the CLIs
+        if npm_binaries:
+            self.npm = self.base / "npm"
+            self.npm.mkdir()
+            (self.npm / "npm").write_text(FAKE_NPM)
+            (self.npm / "npm").chmod(0o755)
+            (self.npm / "binaries").write_text(" ".join(npm_binaries))
+            self.base.chmod(0o755)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/sandboxes", self.create)
@@ -127,7 +151,8 @@ class FakeE2B(LoopbackFake):
         start = json.loads(raw[5:5 + struct.unpack(">I", raw[1:5])[0]])
         self.started.append(start)
         process = start["process"]
-        argv = sandboxed_argv(sandbox, process.get("cwd") or "/home/user", [process["cmd"], *process.get("args", [])])
+        argv = sandboxed_argv(sandbox, process.get("cwd") or "/home/user", [process["cmd"], *process.get("args", [])],
+                              self.npm)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **process.get("envs", {})}
         proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,

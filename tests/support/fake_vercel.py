@@ -3,7 +3,7 @@
 REST JSON with a Bearer token: POST /v3/sandboxes (the sandbox and its running session), commands
 under /v2/sandboxes/sessions/{id}/cmd (start; GET ?wait=true for the exit code; /logs as NDJSON records
 {"stream": "stdout"|"stderr", "data": ...} until the command ends; /kill), files under .../fs (read:
-the raw bytes; write: a gzip tarball), POST .../stop and DELETE /v2/sandboxes/{name}. The SDK reaches
+the raw bytes; write: a gzip tarball), POST .../stop, GET and DELETE /v2/sandboxes/{name}. The SDK reaches
 it through SandboxServiceOptions(base_url=...). Commands run for real under bubblewrap with a private
 /tmp and /home (tests/support/fake_e2b.py).
 """
@@ -60,6 +60,7 @@ class FakeVercel(LoopbackFake):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v3/sandboxes", self.create)
+        app.router.add_get("/v2/sandboxes/{name}", self.get)
         app.router.add_delete("/v2/sandboxes/{name}", self.destroy)
         app.router.add_post("/v2/sandboxes/sessions/{sid}/stop", self.stop)
         app.router.add_post("/v2/sandboxes/sessions/{sid}/cmd", self.start_command)
@@ -108,6 +109,12 @@ class FakeVercel(LoopbackFake):
             if proc.returncode is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         return web.json_response({"session": self._session(sandbox, "stopped"), "sandbox": self._sandbox(sandbox, "stopped")})
+
+    async def get(self, request: web.Request) -> web.Response:
+        sandbox = self.sandboxes.get(self.names.get(request.match_info["name"], ""))
+        if sandbox is None:
+            return web.json_response({"error": {"code": "not_found", "message": "no such sandbox"}}, status=404)
+        return web.json_response({"sandbox": self._sandbox(sandbox), "session": self._session(sandbox), "routes": []})
 
     async def destroy(self, request: web.Request) -> web.Response:
         session_id = self.names.pop(request.match_info["name"], None)
