@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +130,9 @@ async def resolve_repo(settings: Settings, installations: InstallationLookup,
         raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
                                  "is suspended): install it on that repository first")
     return target.value, {"installation_id": installation}
+
+
+def request_digest(kind: str, fields: dict[str, Any]) -> str:
+    """What a request asked for ("create" or "follow-up" and its fields), recorded with the session: a retry
+    with the same Idempotency-Key (the API's, or the session form's hidden key) is told from a reuse."""
+    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()

@@ -3,8 +3,6 @@ records and enqueues a session as POST /api/session does (same checks, same sent
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 import uuid
@@ -16,7 +14,7 @@ from aiohttp import web
 
 from bot.catalog import AGENT_SPECS, CATALOG, find_agent_binary
 from bot.services import Services
-from bot.session_input import InputError, check_prompt, check_ref, repo_policy, resolve_repo
+from bot.session_input import InputError, check_prompt, check_ref, repo_policy, request_digest, resolve_repo
 from bot.sessions import NewSession
 from webhooks.app import QUEUE, SERVICES
 from webhooks.pages import check_csrf, render
@@ -123,11 +121,6 @@ async def show_form(request: web.Request) -> web.Response:
     return await new_page(request)
 
 
-def _digest(fields: dict[str, Any]) -> str:
-    """What was asked for, as the API records it: a retry with the same key is told from a reuse."""
-    return hashlib.sha256(json.dumps(["create", fields], sort_keys=True).encode()).hexdigest()
-
-
 async def create_from_form(request: web.Request) -> web.Response:
     """Check everything, record the session (idempotent by the form's key: a second click opens the same one),
     enqueue it and open its page."""
@@ -164,8 +157,9 @@ async def create_from_form(request: web.Request) -> web.Response:
     if errors:
         return await new_page(request, 400, errors, values)
     assert base is None or isinstance(base, str)
-    digest = _digest({"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base, "branch": None,
-                      "sandbox": values["sandbox"], "keep": values["keep"], "budget": None})
+    digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
+                                       "branch": None, "sandbox": values["sandbox"], "keep": values["keep"],
+                                       "budget": None})
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{values['key']}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
         model=model, base_branch=base, requested_by="web", context={"api_request": digest},

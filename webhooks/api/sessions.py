@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from aiohttp import web
 from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.models import Session, State, Violation
 from bot.services import Services
-from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
+from bot.session_input import InputError, check_prompt, check_ref, request_digest, resolve_repo
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from webhooks.api.common import (
     MAX_MODEL,
@@ -115,11 +114,6 @@ async def list_sessions(request: web.Request) -> web.Response:
                               "cursor": encode_cursor(rows[-1]) if more else None})
 
 
-def request_digest(kind: str, fields: dict[str, Any]) -> str:
-    """What a request asked for, to tell a retry (same Idempotency-Key, same request) from a reuse."""
-    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
-
-
 def check_same_request(key: str, row: Session, digest: str) -> None:
     """422 when the key was first used for another request (rows older than this check carry no digest)."""
     first = (row.context or {}).get("api_request")
@@ -142,7 +136,7 @@ async def create_session(request: web.Request) -> web.Response:
         base = text_field(body, "baseBranch")
         branch = text_field(body, "branch")
         base, branch = base and check_ref(base, "base"), branch and check_ref(branch, "branch")
-        repo, report = await allowed_repo(services, repo_text or "")
+        repo, report = await resolve_repo(services.settings, services.installations, repo_text or "")
     except InputError as exc:
         raise input_error(exc) from None
     key = idempotency_key(request, body)
@@ -169,23 +163,6 @@ def _budget(body: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
         raise bad_request("budget must be a number of USD above zero, e.g. 2.5")
     return float(value)
-
-
-async def allowed_repo(services: Services, text: str) -> tuple[str, dict[str, Any] | None]:
-    """The repository as the session records it, and its report (the App's installation for owner/name),
-    if API_REPOS lets the API use it; InputError otherwise."""
-    target = parse_repo(text)
-    check_allowed(target, repo_policy(services.settings))
-    if target.kind != "github":
-        return target.value, None
-    if not services.settings.GITHUB_APP_ID:
-        raise InputError("repo", f"{target.value} names a GitHub repository, but this server has no GitHub App "
-                                 "(GITHUB_APP_ID): give an absolute path or a clone URL")
-    installation = await services.installations.installation_for(target.value)
-    if installation is None:
-        raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
-                                 "is suspended): install it on that repository first")
-    return target.value, {"installation_id": installation}
 
 
 async def get_session(request: web.Request) -> web.Response:
