@@ -19,7 +19,7 @@ from bot.github import PatCheckError, check_pat
 from bot.services import Services
 from bot.setting_types import Key
 from bot.settings import KEYS, KEYS_BY_NAME, SettingsError
-from bot.settings_write import check_secret_setting, write_config
+from bot.settings_write import check_secret_setting, config_target, write_config
 from webhooks.app import SERVICES
 from webhooks.pages import PageError, check_csrf, render
 
@@ -108,9 +108,9 @@ async def show_settings(request: web.Request) -> web.Response:
 
 
 def config_file(services: Services) -> Path:
-    """The config file the pages write: the one in force, else config.json where one is looked for."""
-    settings = services.settings
-    return settings.config_path or (settings.cwd or Path.cwd()) / "config.json"
+    """The config file the pages write, as the settings API does: the one in force, else config.json where
+    one is looked for."""
+    return config_target(services.settings)
 
 
 async def save(services: Services, updates: dict[str, Any]) -> None:
