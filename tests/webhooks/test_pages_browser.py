@@ -57,3 +57,24 @@ async def test_list_and_live_session_page_in_chromium(web: Any, services: Servic
     await expect(page.locator("#delete-form")).to_be_visible(timeout=10_000)  # reloaded at the stream's end
     await expect(page.locator("#state")).to_have_text("stopped")
     assert problems == []
+
+
+async def test_the_list_announces_sessions_created_after_it_loaded(web: Any, services: Services,
+                                                                   browser: Any) -> None:
+    """Every row shown has ended, and the list still follows: the counts, and a link to sessions created since."""
+    ended = await make(services, "an ended session")
+    await services.sessions.request_stop(ended)
+    await services.sessions.finish(ended, State.STOPPED)
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(str(web.make_url("/sessions")))
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")
+    await expect(page.locator("#new-sessions")).to_be_hidden()
+    pending = int(await page.locator('[data-count="pending"]').text_content() or "0")
+    fresh = await make(services, "created after the page loaded")
+    await expect(page.locator("#new-link")).to_have_text("1 new session: show", timeout=10_000)
+    await expect(page.locator('[data-count="pending"]')).to_have_text(str(pending + 1))
+    await page.click("#new-link")
+    await expect(page.locator("tr[data-session]").first).to_have_attribute("data-session", fresh)
+    assert problems == []

@@ -5,6 +5,7 @@ next to their fields, and the list's event stream."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -163,18 +164,37 @@ async def test_with_the_app_the_form_picks_among_installed_repositories(
 
 async def test_the_list_stream_sends_changed_rows_and_counts(form_web: Any) -> None:
     services = form_web.services
+    repo = f"/srv/list-{uuid.uuid4().hex[:8]}"  # the page's filter: only this test's sessions count as new
     row, _ = await services.sessions.create(NewSession(trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command",
-                                                       repo="/srv/x", source="api"))
+                                                       repo=repo, source="api"))
     assert (await form_web.get("/sessions/live?ids=../etc")).status == 400
-    response = await form_web.get(f"/sessions/live?ids={row.id}")
+    assert (await form_web.get("/sessions/live?new=&state=bogus")).status == 400
+    listing = await page(form_web, f"/sessions?repo={repo}")
+    found = re.search(r'id="new-sessions" data-live="([^"]*)"', listing)
+    assert found is not None
+    live = html.unescape(found.group(1))
+    assert f"ids={row.id}" in live and "new=" in live and "repo=" in live
+    response = await form_web.get(f"/sessions/live?{live}")
     assert response.headers["Content-Type"] == "text/event-stream"
     seen = b""
     while b"event: counts" not in seen:
         seen += await response.content.readany()
-    assert f'"id": "{row.id}", "state": "pending"'.encode() in seen and b'"pending": 1' in seen
+    assert f'"id": "{row.id}", "state": "pending"'.encode() in seen and b"event: new" not in seen
     await services.sessions.claim(row.id, "test")
     while b'"state": "processing"' not in seen:
         seen += await response.content.readany()
     await services.sessions.finish(row.id, State.COMPLETED)
-    seen += await response.content.read()  # the stream ends once every row shown has ended
-    assert seen.endswith(b"event: end\ndata: {}\n\n") and b'"state": "completed"' in seen
+    while b'"state": "completed"' not in seen:
+        seen += await response.content.readany()
+    # every row shown has ended, and the stream goes on: counts change, and a session created since is announced
+    seen = b""
+    later, _ = await services.sessions.create(NewSession(trigger_key=f"t:{uuid.uuid4()}", prompt="q",
+                                                         agent="command", repo=repo, source="api"))
+    while b"event: new" not in seen:
+        chunk = await response.content.readany()
+        assert chunk, f"the stream ended: {seen!r}"
+        seen += chunk
+    assert b'event: new\ndata: {"count": 1, "more": false}' in seen and b"event: end" not in seen
+    response.close()
+    # reloaded, the list shows the new session first
+    assert later.id in (await page(form_web, f"/sessions?repo={repo}")).split(row.id)[0]
