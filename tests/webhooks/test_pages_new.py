@@ -198,3 +198,29 @@ async def test_the_list_stream_sends_changed_rows_and_counts(form_web: Any) -> N
     response.close()
     # reloaded, the list shows the new session first
     assert later.id in (await page(form_web, f"/sessions?repo={repo}")).split(row.id)[0]
+
+
+async def test_a_model_of_another_agent_is_refused_next_to_the_field_and_by_the_api(form_web: Any) -> None:
+    """Without JavaScript the form still offers every agent's models: the server refuses one that is not the
+    chosen agent's, next to the model field; POST /api/session does the same check (issue 15)."""
+    await form_web.services.credentials.put("claude", "api_key", "sk-ant-test-model-check")
+    html = await page(form_web, "/sessions/new")
+    assert '<optgroup label="Claude Code" data-agent="claude">' in html  # live.js narrows the list by this
+    form = {"csrf": csrf_of(html), "repo": str(form_web.repo), "prompt": "add a README", "agent": "claude",
+            "model": "gpt-5.1-codex"}
+    refused = await form_web.post("/sessions/new", data=form)
+    text = await refused.text()
+    assert refused.status == 400
+    error = re.search(r'id="error-model"[^>]*>([^<]*)<', text)
+    assert error is not None and "gpt-5.1-codex" in error.group(1) and "claude" in error.group(1)
+    assert await form_web.services.sessions.recent(5) == []
+    body = {"repo": str(form_web.repo), "prompt": "p", "agent": "claude", "model": "gpt-5.1-codex"}
+    api = await form_web.post("/api/session", json=body)
+    answer = await api.json()
+    assert api.status == 400 and answer["field"] == "model"
+    assert "'gpt-5.1-codex'" in answer["error"] and "(claude)" in answer["error"]
+    assert await form_web.services.sessions.recent(5) == []
+    ok = await form_web.post("/sessions/new", data={**form, "model": "claude-sonnet-4-5"}, allow_redirects=False)
+    assert ok.status == 303
+    started = await form_web.post("/api/session", json={**body, "model": "claude-opus-4-5"})
+    assert started.status == 201 and (await started.json())["model"] == "claude-opus-4-5"

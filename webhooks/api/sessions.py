@@ -14,7 +14,7 @@ from aiohttp import web
 from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.models import Session, State, Violation
 from bot.services import Services
-from bot.session_input import InputError, check_prompt, check_ref, request_digest, resolve_repo
+from bot.session_input import InputError, check_model, check_prompt, check_ref, request_digest, resolve_repo
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from webhooks.api.common import (
     MAX_MODEL,
@@ -26,6 +26,7 @@ from webhooks.api.common import (
     session_or_404,
     text_field,
 )
+from webhooks.api.models import agent_models
 from webhooks.keys import QUEUE, SERVICES, WORKSPACES
 
 
@@ -141,6 +142,7 @@ async def create_session(request: web.Request) -> web.Response:
         raise input_error(exc) from None
     key = idempotency_key(request, body)
     model = text_field(body, "model", limit=MAX_MODEL)
+    await _check_model(request.app, agent, model)
     sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
     digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
                                        "branch": branch, "sandbox": sandbox, "keep": keep, "budget": budget})
@@ -153,6 +155,16 @@ async def create_session(request: web.Request) -> web.Response:
     else:
         check_same_request(key, row, digest)
     return web.json_response(session_json(row), status=201 if created else 200)
+
+
+async def _check_model(app: web.Application, agent: str, model: str | None) -> None:
+    """A 400 naming the model and the agent when the model is not one of the agent's (as the session form)."""
+    if model is None:
+        return
+    try:
+        check_model(agent, model, await agent_models(app, agent))
+    except InputError as exc:
+        raise input_error(exc) from None
 
 
 def _budget(body: dict[str, Any]) -> float | None:
@@ -204,7 +216,9 @@ async def patch_session(request: web.Request) -> web.Response:
     message = text_field(body, "message", True, MAX_PROMPT)
     key = idempotency_key(request)
     agent = check_agent(text_field(body, "agent") or row.agent)
-    model = text_field(body, "model", limit=MAX_MODEL) or row.model
+    asked = text_field(body, "model", limit=MAX_MODEL)
+    await _check_model(request.app, agent, asked)
+    model = asked or row.model
     child, created = await start_follow_up(request.app, row, message or "", key, agent, model)
     return web.json_response(session_json(child), status=201 if created else 200)
 

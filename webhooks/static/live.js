@@ -103,8 +103,28 @@ function followList() {
   document.body.dataset.live = "on";
 }
 
+function narrowModels() {
+  // the session form: only the chosen agent's models are offered (the server refuses another agent's model)
+  const select = document.getElementById("model");
+  const apply = () => {
+    const chosen = document.querySelector('input[name="agent"]:checked');
+    const agent = chosen ? chosen.value : "";
+    for (const group of select.querySelectorAll("optgroup[data-agent]")) {
+      const mine = group.dataset.agent === agent;
+      group.hidden = !mine;
+      group.disabled = !mine;
+    }
+    const picked = select.selectedOptions[0];
+    if (picked && picked.parentElement.disabled) select.value = "";  // another agent's model: back to the default
+  };
+  for (const radio of document.querySelectorAll('input[name="agent"]')) radio.addEventListener("change", apply);
+  apply();
+  select.dataset.narrowed = "on";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const body = document.body;
   if (body.dataset.page === "session" && !FINAL.includes(body.dataset.state)) followSession(body);
   if (body.dataset.page === "list") followList();
+  if (document.getElementById("model") && document.getElementById("agents")) narrowModels();
 });
