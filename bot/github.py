@@ -390,3 +390,30 @@ def git_auth_env(
     config = {**git_auth_config(token, url), **(extra_config or {})}
     return {**git_config_env(config), "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "",
             "SSH_ASKPASS": ""}
+
+
+PAT_CHECK_SECONDS = 10.0  # how long a PAT check waits for GitHub's answer, retries included
+
+
+class PatCheckError(Exception):
+    """A PAT that could not be checked: `status` 400 when GitHub refused it, 502 when GitHub did not answer;
+    the message is one sentence for the person who gave the token."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def check_pat(http: aiohttp.ClientSession, api_url: str, token: str,
+                    seconds: float = PAT_CHECK_SECONDS) -> str:
+    """The login a PAT resolves to, asked of GitHub before it is stored (the API and the credentials page both
+    check here); PatCheckError when GitHub refuses it or does not answer within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            return (await pat_identity(http, api_url, token, deadline=time.monotonic() + seconds / 2)).login
+    except gidgethub.BadRequest as exc:  # 4xx: 401 bad credentials, 403 not allowed
+        raise PatCheckError(400, f"GitHub refused this token ({int(exc.status_code)}): check it was copied whole "
+                                 "and has not expired or been revoked; nothing was stored") from None
+    except (gidgethub.GitHubException, aiohttp.ClientError, TimeoutError) as exc:
+        raise PatCheckError(502, f"GitHub at {api_url} did not answer the token check ({type(exc).__name__}); "
+                                 "nothing was stored, try again") from None

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
+from bot.catalog import display_name
 from bot.settings import API_REPO_POLICIES, Settings
 from bot.triggers import is_safe_ref
 
@@ -128,3 +131,21 @@ async def resolve_repo(settings: Settings, installations: InstallationLookup,
         raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
                                  "is suspended): install it on that repository first")
     return target.value, {"installation_id": installation}
+
+
+def request_digest(kind: str, fields: dict[str, Any]) -> str:
+    """What a request asked for ("create" or "follow-up" and its fields), recorded with the session: a retry
+    with the same Idempotency-Key (the API's, or the session form's hidden key) is told from a reuse."""
+    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
+
+
+def check_model(agent: str, model: str, models: list[str]) -> None:
+    """Refuse a model that is not one of `models`, the agent's (the Sesame API's listing or the built-in
+    catalogue), naming both; the form and the API both check here."""
+    if model in models:
+        return
+    if not models:
+        raise InputError("model", f"{display_name(agent)} ({agent}) takes no model choice here: leave the model "
+                                  f"empty, not {model!r}")
+    raise InputError("model", f"model {model!r} is not one of {display_name(agent)} ({agent})'s models: "
+                              f"{', '.join(models)}; choose one of them or leave it empty for the agent's default")

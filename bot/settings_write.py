@@ -15,6 +15,12 @@ from bot.setting_types import HEX64, SettingsError, coerce
 from bot.settings import KEYS_BY_NAME, Settings, resolve, validate
 
 
+def config_target(settings: Settings) -> Path:
+    """The config file a write goes to: the one in force, else config.json where these settings look for one
+    (their cwd, the server's directory; never whatever the process's current directory became)."""
+    return settings.config_path or (settings.cwd or Path.cwd()) / "config.json"
+
+
 def ensure_encryption_key(settings: Settings, warn: Callable[[str], None]) -> str:
     """The encryption key; in the embedded default, a generated key file (0600)."""
     if settings.get("ENCRYPTION_KEY"):

@@ -239,3 +239,25 @@ def test_split_live_table(live: bool, old: object, new: object, changed: list[st
 
     split = split_live([Key("K", live=live)], {"K": old}, {"K": new})
     assert (split.changed, split.pending, split.settled) == (changed, pending, settled)
+
+
+async def test_a_put_without_a_config_file_writes_it_where_the_settings_look(  # type: ignore[no-untyped-def]
+        tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's own directory (its settings' cwd), as the /settings page writes: not the process's current
+    directory, which may be anywhere (issue 15)."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    settings = load_settings(env=_env(tmp_path), cwd=home)
+    monkeypatch.chdir(elsewhere)  # the process moved on after the settings were read
+    services = await open_services(settings)
+    try:
+        client = await aiohttp_client(build_web_app(services, RecordingQueue()))
+        answer = await client.put("/api/settings", json={"SESSION_TIMEOUT": 120})
+        assert answer.status == 200
+        assert (await answer.json())["configFile"] == str(home / "config.json")
+        assert json.loads((home / "config.json").read_text()) == {"sessions": {"timeoutSeconds": 120}}
+        assert list(elsewhere.iterdir()) == []
+        assert settings.SESSION_TIMEOUT == 120
+    finally:
+        await services.close()

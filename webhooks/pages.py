@@ -168,10 +168,16 @@ async def list_page(request: web.Request) -> web.Response:
         older = "?" + urlencode({k: v for k, v in query.items() if k != "cursor"} | {"cursor": encode_cursor(rows[-1])})
     now = datetime.now(UTC)
     counts = await services.sessions.count_by_state()
-    return render(request, "list.html", title="Sessions", rows=rows, now=now, older=older,
+    filters = {"state": state or "", "repo": repo or "", "agent": agent or "", "source": source or ""}
+    live = {"ids": ",".join(row.id for row in rows)}
+    if before is None:  # the first page also hears of sessions created after it was rendered
+        live |= {"new": encode_cursor(rows[0]) if rows else ""} | {k: v for k, v in filters.items() if v}
+    chosen = urlencode({k: v for k, v in filters.items() if v})
+    return render(request, "list.html", title="Sessions", rows=rows, now=now, older=older, live=urlencode(live),
+                  here="/sessions" + (f"?{chosen}" if chosen else ""),
                   counts=[(s, counts.get(s, 0)) for s in STATES], total=sum(counts.values()),
-                  filters={"state": state or "", "repo": repo or "", "agent": agent or "", "source": source or ""},
-                  states=STATES, agents=AGENT_NAMES, sources=SOURCES, repos=repos, session_duration=session_duration,
+                  filters=filters, states=STATES, agents=AGENT_NAMES, sources=SOURCES, repos=repos,
+                  session_duration=session_duration,
                   first_page=before is None, notice=NOTICES.get(request.query.get("done", ""), ""))
 
 

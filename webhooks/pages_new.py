@@ -3,30 +3,31 @@ records and enqueues a session as POST /api/session does (same checks, same sent
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bot.catalog import AGENT_SPECS, CATALOG, find_agent_binary
 from bot.services import Services
-from bot.session_input import InputError, check_prompt, check_ref, repo_policy, resolve_repo
+from bot.session_input import (
+    InputError,
+    check_model,
+    check_prompt,
+    check_ref,
+    repo_policy,
+    request_digest,
+    resolve_repo,
+)
 from bot.sessions import NewSession
+from webhooks.api.models import MODEL_ID, agent_models, model_listing
 from webhooks.app import QUEUE, SERVICES
 from webhooks.pages import check_csrf, render
 
 MAX_PROMPT = 50_000  # as the API takes
 MAX_MODEL = 128  # Session.model's column
-MODEL_ID = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
-MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2)  # the form waits this long for SESAME_API_URL's listing
-MODELS_TTL, MODELS_FAILED_TTL = 300.0, 60.0
-MODELS = web.AppKey("model_listing", dict)  # url -> (expires, {agent: [model ids]} or None)
 REPO_HINTS = {"installed": "owner/name of a repository Sesame's GitHub App is installed on",
               "local": "owner/name, or an absolute path of a git repository on this server",
               "any": "owner/name, an absolute path of a git repository on this server, or a clone URL"}
@@ -53,37 +54,6 @@ async def credential_status(services: Services, name: str) -> str:
     if any(services.settings.values.get(key) for key in spec.server_env_keys):
         return "environment"
     return ""
-
-
-async def model_listing(app: web.Application) -> dict[str, list[str]] | None:
-    """SESAME_API_URL's /models as {agent: [ids]}, cached; None when it does not answer with such a list."""
-    services = app[SERVICES]
-    url = f"{services.settings.SESAME_API_URL.rstrip('/')}/models"
-    cache = app[MODELS]
-    hit = cache.get(url)
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]  # type: ignore[no-any-return]
-    found: dict[str, list[str]] | None = None
-    try:
-        async with services.http.get(url, timeout=MODELS_TIMEOUT, headers={"Accept": "application/json"}) as answer:
-            if answer.status == 200:
-                found = _parse_models(await answer.json(content_type=None))
-    except (TimeoutError, aiohttp.ClientError, ValueError):
-        found = None
-    cache[url] = (time.monotonic() + (MODELS_TTL if found is not None else MODELS_FAILED_TTL), found)
-    return found
-
-
-def _parse_models(body: Any) -> dict[str, list[str]] | None:
-    """{"models": [{"id": ..., "agent": ...}]} as {agent: [ids]}; entries of unknown agents or odd ids are left out."""
-    items = body.get("models") if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        return None
-    found: dict[str, list[str]] = {}
-    for item in items:
-        if isinstance(item, dict) and item.get("agent") in CATALOG and MODEL_ID.match(str(item.get("id", ""))):
-            found.setdefault(str(item["agent"]), []).append(str(item["id"]))
-    return found
 
 
 async def agent_choices(request: web.Request) -> tuple[list[AgentChoice], str]:
@@ -123,11 +93,6 @@ async def show_form(request: web.Request) -> web.Response:
     return await new_page(request)
 
 
-def _digest(fields: dict[str, Any]) -> str:
-    """What was asked for, as the API records it: a retry with the same key is told from a reuse."""
-    return hashlib.sha256(json.dumps(["create", fields], sort_keys=True).encode()).hexdigest()
-
-
 async def create_from_form(request: web.Request) -> web.Response:
     """Check everything, record the session (idempotent by the form's key: a second click opens the same one),
     enqueue it and open its page."""
@@ -156,6 +121,11 @@ async def create_from_form(request: web.Request) -> web.Response:
     model = values["model"] or None
     if model is not None and not MODEL_ID.match(model):
         errors["model"] = f"the model must be a model name of at most {MAX_MODEL} characters"
+    elif model is not None and agent:
+        try:  # the agent's own models, as the API checks them
+            check_model(agent, model, await agent_models(request.app, agent))
+        except InputError as exc:
+            errors["model"] = str(exc)
     base = values["base"] or None
     try:
         base = base and check_ref(base, "base")
@@ -164,8 +134,9 @@ async def create_from_form(request: web.Request) -> web.Response:
     if errors:
         return await new_page(request, 400, errors, values)
     assert base is None or isinstance(base, str)
-    digest = _digest({"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base, "branch": None,
-                      "sandbox": values["sandbox"], "keep": values["keep"], "budget": None})
+    digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
+                                       "branch": None, "sandbox": values["sandbox"], "keep": values["keep"],
+                                       "budget": None})
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{values['key']}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
         model=model, base_branch=base, requested_by="web", context={"api_request": digest},
@@ -176,6 +147,5 @@ async def create_from_form(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[MODELS] = {}
     app.router.add_get("/sessions/new", show_form)
     app.router.add_post("/sessions/new", create_from_form)

@@ -4,31 +4,26 @@ Writes go through bot.settings.write_config and the credential store, as the set
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-import gidgethub
 from aiohttp import web
 
 from bot.catalog import AGENT_SPECS, CATALOG
 from bot.credentials import GITHUB, SETTING_SECRETS
-from bot.github import pat_identity
+from bot.github import PatCheckError, check_pat
 from bot.services import Services
 from bot.setting_types import Key
 from bot.settings import KEYS, KEYS_BY_NAME, SettingsError
-from bot.settings_write import check_secret_setting, write_config
+from bot.settings_write import check_secret_setting, config_target, write_config
 from webhooks.app import SERVICES
 from webhooks.pages import PageError, check_csrf, render
 
 MASK = "********"
-PAT_CHECK_SECONDS = 10.0
 IDENTITIES = web.AppKey("pat_identities", dict)  # sha256 of a PAT -> its login, looked up once
 KIND_LABELS = {"subscription": "Subscription", "api_key": "API key", "github_pat": "Personal access token"}
 KIND_HINTS = {"api_key": "the provider's API key", "github_pat": "a GitHub personal access token",
@@ -113,9 +108,9 @@ async def show_settings(request: web.Request) -> web.Response:
 
 
 def config_file(services: Services) -> Path:
-    """The config file the pages write: the one in force, else config.json where one is looked for."""
-    settings = services.settings
-    return settings.config_path or (settings.cwd or Path.cwd()) / "config.json"
+    """The config file the pages write, as the settings API does: the one in force, else config.json where
+    one is looked for."""
+    return config_target(services.settings)
 
 
 async def save(services: Services, updates: dict[str, Any]) -> None:
@@ -174,17 +169,10 @@ async def pat_login(request: web.Request, token: str) -> str:
     known: dict[str, str] = request.app[IDENTITIES]
     if digest in known:
         return known[digest]
-    api = services.settings.GITHUB_API_URL
     try:
-        async with asyncio.timeout(PAT_CHECK_SECONDS):
-            login = (await pat_identity(services.http, api, token,
-                                        deadline=time.monotonic() + PAT_CHECK_SECONDS / 2)).login
-    except gidgethub.BadRequest as exc:
-        raise PageError(400, f"GitHub refused this token ({int(exc.status_code)}): check it was copied whole and has "
-                             "not expired or been revoked; nothing was stored.") from None
-    except (gidgethub.GitHubException, aiohttp.ClientError, TimeoutError) as exc:
-        raise PageError(502, f"GitHub at {api} did not answer the token check ({type(exc).__name__}); nothing was "
-                             "stored, try again.") from None
+        login = await check_pat(services.http, services.settings.GITHUB_API_URL, token)
+    except PatCheckError as exc:
+        raise PageError(exc.status, f"{exc}.") from None
     known[digest] = login
     return login
 

@@ -10,7 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.catalog import agent_bin_dir, find_agent_binary
 from runner.agents import AGENTS, get_agent
+
+__all__ = ["agent_bin_dir", "find_agent_binary"]  # the catalogue's, shared with the session form
 
 Progress = Callable[[str], Awaitable[None] | None]
 
@@ -32,11 +35,6 @@ class InstalledAgent:
 def agent_prefix(name: str, data_dir: Path | str) -> Path:
     """npm prefix of one agent: {data_dir}/agents/{name}."""
     return Path(data_dir) / "agents" / name
-
-
-def agent_bin_dir(name: str, data_dir: Path | str) -> Path:
-    """Directory holding the agent's installed executables."""
-    return agent_prefix(name, data_dir) / "node_modules" / ".bin"
 
 
 async def report(progress: Progress | None, line: str) -> None:
@@ -77,18 +75,6 @@ async def run_streaming(argv: list[str], progress: Progress | None) -> tuple[int
         tail = ([*tail, line])[-5:]
         await report(progress, line)
     return await proc.wait(), tail
-
-
-def find_agent_binary(name: str, data_dir: Path | str) -> Path | None:
-    """The agent's executable: the data dir's install first, then PATH."""
-    agent = get_agent(name)
-    if not agent.binary:
-        return None
-    local = agent_bin_dir(name, data_dir) / agent.binary
-    if local.exists():
-        return local
-    found = shutil.which(agent.binary)
-    return Path(found) if found else None
 
 
 def manifest_version(manifest: Path, package: str | None = None) -> str | None:

@@ -13,6 +13,7 @@ from playwright.async_api import async_playwright, expect
 from bot.models import State
 from bot.services import Services
 from tests.webhooks.test_pages import make, services, web  # noqa: F401  (fixtures)
+from tests.webhooks.test_pages_new import form_web  # noqa: F401  (fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -56,4 +57,43 @@ async def test_list_and_live_session_page_in_chromium(web: Any, services: Servic
     await services.sessions.finish(live, State.STOPPED)
     await expect(page.locator("#delete-form")).to_be_visible(timeout=10_000)  # reloaded at the stream's end
     await expect(page.locator("#state")).to_have_text("stopped")
+    assert problems == []
+
+
+async def test_the_list_announces_sessions_created_after_it_loaded(web: Any, services: Services,
+                                                                   browser: Any) -> None:
+    """Every row shown has ended, and the list still follows: the counts, and a link to sessions created since."""
+    ended = await make(services, "an ended session")
+    await services.sessions.request_stop(ended)
+    await services.sessions.finish(ended, State.STOPPED)
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(str(web.make_url("/sessions")))
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")
+    await expect(page.locator("#new-sessions")).to_be_hidden()
+    pending = int(await page.locator('[data-count="pending"]').text_content() or "0")
+    fresh = await make(services, "created after the page loaded")
+    await expect(page.locator("#new-link")).to_have_text("1 new session: show", timeout=10_000)
+    await expect(page.locator('[data-count="pending"]')).to_have_text(str(pending + 1))
+    await page.click("#new-link")
+    await expect(page.locator("tr[data-session]").first).to_have_attribute("data-session", fresh)
+    assert problems == []
+
+
+async def test_the_model_list_follows_the_chosen_agent(form_web: Any, browser: Any) -> None:
+    """live.js offers only the chosen agent's models, and drops a model chosen for another agent."""
+    await form_web.services.credentials.put("claude", "api_key", "sk-ant-test-browser-models")
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(str(form_web.make_url("/sessions/new")))
+    await expect(page.locator("#model")).to_have_attribute("data-narrowed", "on")
+    await page.check('input[name="agent"][value="claude"]')
+    offered = await page.locator("#model optgroup:not([disabled]) option").all_text_contents()
+    assert offered and "claude-sonnet-4-5" in offered and "gpt-5.1-codex" not in offered
+    await page.select_option("#model", "claude-sonnet-4-5")
+    await page.check('input[name="agent"][value="command"]')
+    assert await page.locator("#model").input_value() == ""  # claude's model is not the command agent's
+    assert await page.locator("#model optgroup:not([disabled]) option").count() == 0
     assert problems == []

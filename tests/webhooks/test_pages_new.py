@@ -5,6 +5,7 @@ next to their fields, and the list's event stream."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -163,18 +164,63 @@ async def test_with_the_app_the_form_picks_among_installed_repositories(
 
 async def test_the_list_stream_sends_changed_rows_and_counts(form_web: Any) -> None:
     services = form_web.services
+    repo = f"/srv/list-{uuid.uuid4().hex[:8]}"  # the page's filter: only this test's sessions count as new
     row, _ = await services.sessions.create(NewSession(trigger_key=f"t:{uuid.uuid4()}", prompt="p", agent="command",
-                                                       repo="/srv/x", source="api"))
+                                                       repo=repo, source="api"))
     assert (await form_web.get("/sessions/live?ids=../etc")).status == 400
-    response = await form_web.get(f"/sessions/live?ids={row.id}")
+    assert (await form_web.get("/sessions/live?new=&state=bogus")).status == 400
+    listing = await page(form_web, f"/sessions?repo={repo}")
+    found = re.search(r'id="new-sessions" data-live="([^"]*)"', listing)
+    assert found is not None
+    live = html.unescape(found.group(1))
+    assert f"ids={row.id}" in live and "new=" in live and "repo=" in live
+    response = await form_web.get(f"/sessions/live?{live}")
     assert response.headers["Content-Type"] == "text/event-stream"
     seen = b""
     while b"event: counts" not in seen:
         seen += await response.content.readany()
-    assert f'"id": "{row.id}", "state": "pending"'.encode() in seen and b'"pending": 1' in seen
+    assert f'"id": "{row.id}", "state": "pending"'.encode() in seen and b"event: new" not in seen
     await services.sessions.claim(row.id, "test")
     while b'"state": "processing"' not in seen:
         seen += await response.content.readany()
     await services.sessions.finish(row.id, State.COMPLETED)
-    seen += await response.content.read()  # the stream ends once every row shown has ended
-    assert seen.endswith(b"event: end\ndata: {}\n\n") and b'"state": "completed"' in seen
+    while b'"state": "completed"' not in seen:
+        seen += await response.content.readany()
+    # every row shown has ended, and the stream goes on: counts change, and a session created since is announced
+    seen = b""
+    later, _ = await services.sessions.create(NewSession(trigger_key=f"t:{uuid.uuid4()}", prompt="q",
+                                                         agent="command", repo=repo, source="api"))
+    while b"event: new" not in seen:
+        chunk = await response.content.readany()
+        assert chunk, f"the stream ended: {seen!r}"
+        seen += chunk
+    assert b'event: new\ndata: {"count": 1, "more": false}' in seen and b"event: end" not in seen
+    response.close()
+    # reloaded, the list shows the new session first
+    assert later.id in (await page(form_web, f"/sessions?repo={repo}")).split(row.id)[0]
+
+
+async def test_a_model_of_another_agent_is_refused_next_to_the_field_and_by_the_api(form_web: Any) -> None:
+    """Without JavaScript the form still offers every agent's models: the server refuses one that is not the
+    chosen agent's, next to the model field; POST /api/session does the same check (issue 15)."""
+    await form_web.services.credentials.put("claude", "api_key", "sk-ant-test-model-check")
+    html = await page(form_web, "/sessions/new")
+    assert '<optgroup label="Claude Code" data-agent="claude">' in html  # live.js narrows the list by this
+    form = {"csrf": csrf_of(html), "repo": str(form_web.repo), "prompt": "add a README", "agent": "claude",
+            "model": "gpt-5.1-codex"}
+    refused = await form_web.post("/sessions/new", data=form)
+    text = await refused.text()
+    assert refused.status == 400
+    error = re.search(r'id="error-model"[^>]*>([^<]*)<', text)
+    assert error is not None and "gpt-5.1-codex" in error.group(1) and "claude" in error.group(1)
+    assert await form_web.services.sessions.recent(5) == []
+    body = {"repo": str(form_web.repo), "prompt": "p", "agent": "claude", "model": "gpt-5.1-codex"}
+    api = await form_web.post("/api/session", json=body)
+    answer = await api.json()
+    assert api.status == 400 and answer["field"] == "model"
+    assert "'gpt-5.1-codex'" in answer["error"] and "(claude)" in answer["error"]
+    assert await form_web.services.sessions.recent(5) == []
+    ok = await form_web.post("/sessions/new", data={**form, "model": "claude-sonnet-4-5"}, allow_redirects=False)
+    assert ok.status == 303
+    started = await form_web.post("/api/session", json={**body, "model": "claude-opus-4-5"})
+    assert started.status == 201 and (await started.json())["model"] == "claude-opus-4-5"

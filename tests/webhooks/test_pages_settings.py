@@ -15,6 +15,7 @@ import pytest
 
 from bot.cli import build_web_app
 from bot.cli.wiring import open_services
+from bot.secret import reveal
 from bot.settings import KEYS
 from tests.support.fake_github import FakeGitHub
 from tests.test_api import RecordingQueue
@@ -166,7 +167,7 @@ async def test_no_page_shows_a_secret(settings_web: Any) -> None:
     await services.credentials.put("claude", "subscription", "sk-ant-oat-stored-secret-8080")
     await services.credentials.put("ai", "api_key", "sk-utility-stored-secret-9090")
     secrets = [*SECRETS.values(), "sk-ant-oat-stored-secret-8080", "sk-utility-stored-secret-9090",
-               services.settings.ENCRYPTION_KEY]
+               reveal(services.settings.ENCRYPTION_KEY)]
     for path in ("/", "/sessions", "/sessions/new", "/settings", "/settings/credentials", "/admin/sandbox"):
         html = await page(settings_web, path)
         leaked = [s for s in secrets if s and s in html]

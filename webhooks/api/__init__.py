@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from webhooks.api import credentials, events, sessions, settings, upstream
+from webhooks.api import credentials, events, models, sessions, settings, upstream
 from webhooks.api.common import MAX_KEY, MAX_MODEL, MAX_PROMPT, idempotency_key
 from webhooks.api.events import MAX_AFTER
 from webhooks.api.sessions import (
@@ -28,6 +28,7 @@ __all__ = ["LIST_FILTERS", "MAX_AFTER", "MAX_KEY", "MAX_LIMIT", "MAX_MODEL", "MA
 
 def setup(app: web.Application) -> None:
     """Mount the REST API (routes in the order they were always added)."""
+    models.setup(app)
     app.router.add_get("/api/sesame/{path:.+}", upstream.sesame_api)
     app.router.add_get("/api/session", sessions.list_sessions)
     app.router.add_post("/api/session", sessions.create_session)

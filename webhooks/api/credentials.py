@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bot.catalog import CATALOG
 from bot.credentials import GITHUB, kinds_for
+from bot.github import PatCheckError, check_pat
 from bot.services import Services
 from webhooks.api.common import bad_request, read_json, text_field
 from webhooks.keys import SERVICES
@@ -66,28 +64,14 @@ async def put_credentials(request: web.Request) -> web.Response:
     return await _credentials_body(request, owner, **extra)
 
 
-PAT_CHECK_SECONDS = 10.0  # a request waits this long for GitHub's answer about a PAT, retries included
-
-
 async def _check_pat(services: Services, token: str) -> str:
     """The PAT's login, or a 400 (GitHub refused it) or 502 (GitHub did not answer) in one sentence."""
-    import gidgethub
-
-    from bot.github import pat_identity
-
-    api = services.settings.GITHUB_API_URL
     try:
-        async with asyncio.timeout(PAT_CHECK_SECONDS):
-            deadline = time.monotonic() + PAT_CHECK_SECONDS / 2
-            return (await pat_identity(services.http, api, token, deadline=deadline)).login
-    except gidgethub.BadRequest as exc:  # 4xx: 401 bad credentials, 403 not allowed
-        status = int(exc.status_code)
-        raise bad_request(f"GitHub refused this token ({status}): check it was copied whole and has not "
-                          "expired or been revoked; nothing was stored") from None
-    except (gidgethub.GitHubException, aiohttp.ClientError, TimeoutError) as exc:
-        raise web.HTTPBadGateway(text=json.dumps({"error": f"GitHub at {api} did not answer the token check "
-                                                           f"({type(exc).__name__}); nothing was stored, try again"}),
-                                 content_type="application/json") from None
+        return await check_pat(services.http, services.settings.GITHUB_API_URL, token)
+    except PatCheckError as exc:
+        if exc.status == 400:
+            raise bad_request(str(exc)) from None
+        raise web.HTTPBadGateway(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
 
 
 async def delete_credentials(request: web.Request) -> web.Response:

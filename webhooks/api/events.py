@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from webhooks.keys import SERVICES
 
 SSE_POLL = 0.5
 MAX_AFTER = 2**31 - 1  # event seq is a 32-bit integer
+log = logging.getLogger(__name__)
 
 
 async def session_events(request: web.Request) -> web.StreamResponse:
@@ -29,8 +31,17 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    try:
+        await _follow(services, row.id, after, response)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client closed, a normal end
+        log.debug("session %s: event stream closed by the client", row.id)
+    return response
+
+
+async def _follow(services: Services, session_id: str, after: int, response: web.StreamResponse) -> None:
+    """Write the events after `after`, then new ones as they come, until the session has ended."""
     while True:
-        events = await services.sessions.events(row.id, after)
+        events = await services.sessions.events(session_id, after)
         if events:  # a page of events per write (a chatty agent's lines come in chunks of a thousand)
             page = []
             for event in events:
@@ -40,10 +51,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             await response.write("".join(page).encode())
             after = events[-1].seq
         if not events:
-            current = await services.sessions.get(row.id)
+            current = await services.sessions.get(session_id)
             if current is None or State(current.state).final:
                 break
             await response.write(b": keep-alive\n\n")
             await asyncio.sleep(SSE_POLL)
     await response.write(b"event: end\ndata: {}\n\n")
-    return response

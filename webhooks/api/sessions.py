@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from aiohttp import web
 from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.models import Session, State, Violation
 from bot.services import Services
-from bot.session_input import InputError, check_allowed, check_prompt, check_ref, parse_repo, repo_policy
+from bot.session_input import InputError, check_model, check_prompt, check_ref, request_digest, resolve_repo
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
 from webhooks.api.common import (
     MAX_MODEL,
@@ -27,6 +26,7 @@ from webhooks.api.common import (
     session_or_404,
     text_field,
 )
+from webhooks.api.models import agent_models
 from webhooks.keys import QUEUE, SERVICES, WORKSPACES
 
 
@@ -115,11 +115,6 @@ async def list_sessions(request: web.Request) -> web.Response:
                               "cursor": encode_cursor(rows[-1]) if more else None})
 
 
-def request_digest(kind: str, fields: dict[str, Any]) -> str:
-    """What a request asked for, to tell a retry (same Idempotency-Key, same request) from a reuse."""
-    return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
-
-
 def check_same_request(key: str, row: Session, digest: str) -> None:
     """422 when the key was first used for another request (rows older than this check carry no digest)."""
     first = (row.context or {}).get("api_request")
@@ -142,11 +137,12 @@ async def create_session(request: web.Request) -> web.Response:
         base = text_field(body, "baseBranch")
         branch = text_field(body, "branch")
         base, branch = base and check_ref(base, "base"), branch and check_ref(branch, "branch")
-        repo, report = await allowed_repo(services, repo_text or "")
+        repo, report = await resolve_repo(services.settings, services.installations, repo_text or "")
     except InputError as exc:
         raise input_error(exc) from None
     key = idempotency_key(request, body)
     model = text_field(body, "model", limit=MAX_MODEL)
+    await _check_model(request.app, agent, model)
     sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
     digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
                                        "branch": branch, "sandbox": sandbox, "keep": keep, "budget": budget})
@@ -161,6 +157,16 @@ async def create_session(request: web.Request) -> web.Response:
     return web.json_response(session_json(row), status=201 if created else 200)
 
 
+async def _check_model(app: web.Application, agent: str, model: str | None) -> None:
+    """A 400 naming the model and the agent when the model is not one of the agent's (as the session form)."""
+    if model is None:
+        return
+    try:
+        check_model(agent, model, await agent_models(app, agent))
+    except InputError as exc:
+        raise input_error(exc) from None
+
+
 def _budget(body: dict[str, Any]) -> float | None:
     """The optional `budget` (USD, above zero, at most 1,000,000), or a clear 400."""
     value = body.get("budget")
@@ -169,23 +175,6 @@ def _budget(body: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1_000_000:
         raise bad_request("budget must be a number of USD above zero, e.g. 2.5")
     return float(value)
-
-
-async def allowed_repo(services: Services, text: str) -> tuple[str, dict[str, Any] | None]:
-    """The repository as the session records it, and its report (the App's installation for owner/name),
-    if API_REPOS lets the API use it; InputError otherwise."""
-    target = parse_repo(text)
-    check_allowed(target, repo_policy(services.settings))
-    if target.kind != "github":
-        return target.value, None
-    if not services.settings.GITHUB_APP_ID:
-        raise InputError("repo", f"{target.value} names a GitHub repository, but this server has no GitHub App "
-                                 "(GITHUB_APP_ID): give an absolute path or a clone URL")
-    installation = await services.installations.installation_for(target.value)
-    if installation is None:
-        raise InputError("repo", f"Sesame's GitHub App is not installed on {target.value} (or the installation "
-                                 "is suspended): install it on that repository first")
-    return target.value, {"installation_id": installation}
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -227,7 +216,9 @@ async def patch_session(request: web.Request) -> web.Response:
     message = text_field(body, "message", True, MAX_PROMPT)
     key = idempotency_key(request)
     agent = check_agent(text_field(body, "agent") or row.agent)
-    model = text_field(body, "model", limit=MAX_MODEL) or row.model
+    asked = text_field(body, "model", limit=MAX_MODEL)
+    await _check_model(request.app, agent, asked)
+    model = asked or row.model
     child, created = await start_follow_up(request.app, row, message or "", key, agent, model)
     return web.json_response(session_json(child), status=201 if created else 200)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +9,7 @@ from aiohttp import web
 from bot.credentials import SETTING_SECRETS
 from bot.services import Services
 from bot.settings import SettingsError
-from bot.settings_write import check_secret_setting, write_config
+from bot.settings_write import check_secret_setting, config_target, write_config
 from webhooks.api.common import read_json
 from webhooks.keys import SERVICES
 
@@ -43,7 +42,7 @@ async def put_settings(request: web.Request) -> web.Response:
         return web.json_response({"error": "send an object of setting names and values"}, status=400)
     settings = services.settings
     secrets = {name: body.pop(name) for name in list(body) if name in SETTING_SECRETS}
-    path = settings.config_path or Path.cwd() / "config.json"
+    path = config_target(settings)
     try:
         for name, value in secrets.items():
             check_secret_setting(settings, name, value)

@@ -70,7 +70,9 @@ function followSession(body) {
 function followList() {
   // one event stream for the rows shown: their state, violations, cost and duration, and the counts by state
   const rows = new Map(Array.from(document.querySelectorAll("tr[data-session]")).map((r) => [r.dataset.session, r]));
-  const source = new EventSource("/sessions/live?ids=" + encodeURIComponent(Array.from(rows.keys()).join(",")));
+  // the server-rendered query: the rows' ids and, on the first page, the newest row and the filters
+  const banner = document.getElementById("new-sessions");
+  const source = new EventSource("/sessions/live?" + banner.dataset.live);
   source.addEventListener("session", (event) => {
     const facts = JSON.parse(event.data);
     const row = rows.get(facts.id);
@@ -88,12 +90,41 @@ function followList() {
       cell.textContent = String(counts[cell.dataset.count] || 0);
     }
   });
-  source.addEventListener("end", () => source.close());  // every row shown has ended
+  source.addEventListener("new", (event) => {
+    // sessions created since the page was rendered (matching its filters): a link to the list with them
+    const fresh = JSON.parse(event.data);
+    const link = document.getElementById("new-link");
+    link.textContent = fresh.count + (fresh.more ? "+" : "") + (fresh.count === 1 && !fresh.more
+      ? " new session" : " new sessions") + ": show";
+    banner.hidden = fresh.count === 0;
+  });
+  // the stream stays open while rows end (counts and new sessions still change); when the server ends it
+  // (after a while) EventSource opens a new one by itself
   document.body.dataset.live = "on";
+}
+
+function narrowModels() {
+  // the session form: only the chosen agent's models are offered (the server refuses another agent's model)
+  const select = document.getElementById("model");
+  const apply = () => {
+    const chosen = document.querySelector('input[name="agent"]:checked');
+    const agent = chosen ? chosen.value : "";
+    for (const group of select.querySelectorAll("optgroup[data-agent]")) {
+      const mine = group.dataset.agent === agent;
+      group.hidden = !mine;
+      group.disabled = !mine;
+    }
+    const picked = select.selectedOptions[0];
+    if (picked && picked.parentElement.disabled) select.value = "";  // another agent's model: back to the default
+  };
+  for (const radio of document.querySelectorAll('input[name="agent"]')) radio.addEventListener("change", apply);
+  apply();
+  select.dataset.narrowed = "on";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   const body = document.body;
   if (body.dataset.page === "session" && !FINAL.includes(body.dataset.state)) followSession(body);
   if (body.dataset.page === "list") followList();
+  if (document.getElementById("model") && document.getElementById("agents")) narrowModels();
 });
