@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -139,13 +140,17 @@ def request_digest(kind: str, fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([kind, fields], sort_keys=True).encode()).hexdigest()
 
 
-def check_model(agent: str, model: str, models: list[str]) -> None:
-    """Refuse a model that is not one of `models`, the agent's (the Sesame API's listing or the built-in
-    catalogue), naming both; the form and the API both check here."""
-    if model in models:
+def check_model(agent: str, model: str, by_agent: Mapping[str, list[str]]) -> None:
+    """Refuse a model that another agent lists and `agent` does not (the Sesame API's listing or the built-in
+    catalogue, `by_agent`), naming both; the form and the API both check here. A model nobody lists passes:
+    the catalogue is not every model a vendor offers, and the agent itself says when it does not know one."""
+    mine = by_agent.get(agent, [])
+    if model in mine:
         return
-    if not models:
-        raise InputError("model", f"{display_name(agent)} ({agent}) takes no model choice here: leave the model "
-                                  f"empty, not {model!r}")
-    raise InputError("model", f"model {model!r} is not one of {display_name(agent)} ({agent})'s models: "
-                              f"{', '.join(models)}; choose one of them or leave it empty for the agent's default")
+    owners = [other for other, models in by_agent.items() if other != agent and model in models]
+    if not owners:
+        return
+    theirs = ", ".join(f"{display_name(o)} ({o})" for o in owners)
+    choice = f"choose one of {', '.join(mine)}" if mine else "leave it empty"
+    raise InputError("model", f"model {model!r} is {theirs}'s, not {display_name(agent)} ({agent})'s: {choice}, "
+                              "or another agent")

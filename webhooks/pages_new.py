@@ -22,7 +22,7 @@ from bot.session_input import (
     resolve_repo,
 )
 from bot.sessions import NewSession
-from webhooks.api.models import MODEL_ID, agent_models, model_listing
+from webhooks.api.models import MODEL_ID, model_listing, models_by_agent
 from webhooks.app import QUEUE, SERVICES
 from webhooks.pages import check_csrf, render
 
@@ -123,7 +123,7 @@ async def create_from_form(request: web.Request) -> web.Response:
         errors["model"] = f"the model must be a model name of at most {MAX_MODEL} characters"
     elif model is not None and agent:
         try:  # the agent's own models, as the API checks them
-            check_model(agent, model, await agent_models(request.app, agent))
+            check_model(agent, model, await models_by_agent(request.app))
         except InputError as exc:
             errors["model"] = str(exc)
     base = values["base"] or None

@@ -224,3 +224,6 @@ async def test_a_model_of_another_agent_is_refused_next_to_the_field_and_by_the_
     assert ok.status == 303
     started = await form_web.post("/api/session", json={**body, "model": "claude-opus-4-5"})
     assert started.status == 201 and (await started.json())["model"] == "claude-opus-4-5"
+    # a model nobody lists (a vendor's newer one) is the agent's business, not refused here
+    newer = await form_web.post("/api/session", json={**body, "model": "claude-opus-9-test"})
+    assert newer.status == 201 and (await newer.json())["model"] == "claude-opus-9-test"

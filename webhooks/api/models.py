@@ -1,5 +1,6 @@
 """The models each agent offers: SESAME_API_URL's `/models` listing when it answers, the built-in catalogue
-otherwise. The session form lists them and both the form and POST /api/session refuse a model its agent lacks."""
+otherwise. The session form lists them; the form and POST /api/session refuse
+a model another agent lists and the chosen one does not."""
 
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ async def agent_models(app: web.Application, agent: str) -> list[str]:
     listing = await model_listing(app)
     spec = CATALOG.get(agent)
     return (listing or {}).get(agent) or (list(spec.models) if spec else [])
+
+
+async def models_by_agent(app: web.Application) -> dict[str, list[str]]:
+    """Every agent's models (agent_models for each), to tell whose a model is."""
+    return {agent: await agent_models(app, agent) for agent in CATALOG}
 
 
 def setup(app: web.Application) -> None:

@@ -26,7 +26,7 @@ from webhooks.api.common import (
     session_or_404,
     text_field,
 )
-from webhooks.api.models import agent_models
+from webhooks.api.models import models_by_agent
 from webhooks.keys import QUEUE, SERVICES, WORKSPACES
 
 
@@ -162,7 +162,7 @@ async def _check_model(app: web.Application, agent: str, model: str | None) -> N
     if model is None:
         return
     try:
-        check_model(agent, model, await agent_models(app, agent))
+        check_model(agent, model, await models_by_agent(app))
     except InputError as exc:
         raise input_error(exc) from None
 
