@@ -27,6 +27,8 @@ KILL_ROUNDS = 200
 RMDIR_TIMEOUT = 2.0
 
 
+WORKER = WORKER_GROUP = -1  # set in main: the worker and its process group, never killed
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sesame-reaper")
     parser.add_argument("--token", required=True, help="the sandbox's token prefix")
@@ -99,6 +101,7 @@ def victims(token: str, uid: int | None, cgroups: list[str], born_by: int) -> se
             with open(os.path.join(path, "cgroup.procs")) as fh:
                 found.update(int(p) for p in fh.read().split())
     found.discard(me)
+    found.discard(WORKER)  # its launcher thread may sit in a session cgroup (v1): never take the worker down
     return found
 
 
@@ -109,7 +112,7 @@ def kill_all(groups: set[int], token: str, uid: int | None, cgroups: list[str]) 
         with contextlib.suppress(OSError):
             with open(os.path.join(path, "cgroup.kill"), "w") as fh:
                 fh.write("1")
-    for group in groups:
+    for group in groups - {WORKER_GROUP}:
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGKILL)
     hit: set[int] = set()
@@ -142,6 +145,8 @@ def remove_cgroups(cgroups: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    global WORKER, WORKER_GROUP
+    WORKER, WORKER_GROUP = os.getppid(), os.getpgid(os.getppid())  # the worker that started us, while it lives
     args = parse(argv)
     # a terminal's ^C, or systemd's SIGTERM to the whole unit, is not our end: the worker's is, and
     # a worker that stops cleanly dismisses its reapers itself

@@ -11,8 +11,10 @@ import random
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +94,42 @@ def test_by_uid_only_processes_older_than_the_workers_death(started: list[subpro
     found = victims("unused-token/", uid, [], died)
     assert older.pid in found and newer.pid not in found
     os.kill(older.pid, signal.SIGKILL)
+
+
+WORKER = """
+import asyncio, os, sys, time
+from pathlib import Path
+from runner.sandbox.reaping import Reaper
+
+async def main() -> None:
+    cgroup = Path(sys.argv[1])
+    reaper = await Reaper.start("never-used-token/", None, [cgroup])
+    # the worker's own launcher thread sits in the session cgroup (cgroup v1), beside the session's process
+    (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\\n{sys.argv[2]}\\n")
+    reaper.watch(os.getpgid(0))  # and a process group the reaper was told of is the worker's own
+    reaper._close_fd()  # the reaper sees its pipe end, as when the worker dies (or an fd is closed twice)
+    await asyncio.wait_for(reaper._proc.wait(), 10)
+    print("survived", flush=True)
+    time.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_reaper_never_kills_the_worker_that_started_it(tmp_path: Path,
+                                                               started: list[subprocess.Popen[bytes]]) -> None:
+    """The session's cgroup lists the worker itself while its launcher thread is inside (cgroup v1), and the
+    worker's process group may be among those it was told of: a reaper that fires must spare the worker
+    (a full test run was SIGKILLed by a reaper that found the pytest process in a session cgroup)."""
+    victim = subprocess.Popen(SLEEP, start_new_session=True)
+    started.append(victim)
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(cgroup), str(victim.pid)],
+                              stdout=subprocess.PIPE, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    started.append(worker)
+    assert await until(lambda: not alive(victim), 10)
+    assert worker.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), 10)
+    assert line == b"survived\n" and alive(worker)
