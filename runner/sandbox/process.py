@@ -43,6 +43,33 @@ async def kill_marked(prefix: str, rounds: int = 50) -> None:
         await asyncio.sleep(0.01)
 
 
+class PipeEnd:
+    """A pipe descriptor for connect_read_pipe / connect_write_pipe, closed exactly once.
+
+    uvloop's libuv closes the descriptor when the transport closes (or is collected) and then
+    closes the file object it was handed as well, expecting EBADF; a file object's finalizer can
+    also run first. With other threads opening files meanwhile (the launcher thread writing a
+    cgroup's tasks file, to_thread work), that second close lands on their descriptor: a session
+    failed with EBADF and a reaper's pipe closed under it. Under uvloop this object leaves the
+    closing to libuv; under asyncio's loop, whose transport closes only through close(), it closes.
+    """
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Take ownership of fd."""
+        self._fd = fd
+        self._loop_closes = type(loop).__module__.partition(".")[0] == "uvloop"
+
+    def fileno(self) -> int:
+        """The descriptor (-1 once closed)."""
+        return self._fd
+
+    def close(self) -> None:
+        """Close it, unless the loop's own transport does."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0 and not self._loop_closes:
+            os.close(fd)
+
+
 async def _wait_readable(fd: int) -> None:
     """Wait until fd is readable (a pidfd: the process has exited)."""
     loop = asyncio.get_running_loop()
@@ -78,7 +105,7 @@ class Tree:
         try:
             reader = asyncio.StreamReader()
             transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+                lambda: asyncio.StreamReaderProtocol(reader), PipeEnd(fd, loop)
             )
             data = await reader.read()
             transport.close()
@@ -146,12 +173,12 @@ class SpawnedProcess:
         for fd in (out_fd, err_fd):
             reader = asyncio.StreamReader(limit=limit)
             await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader),
-                                         os.fdopen(fd, "rb", 0))
+                                         PipeEnd(fd, loop))
             readers.append(reader)
         writer = None
         if stdin_fd is not None:
             transport, protocol = await loop.connect_write_pipe(
-                asyncio.streams.FlowControlMixin, os.fdopen(stdin_fd, "wb", 0))
+                asyncio.streams.FlowControlMixin, PipeEnd(stdin_fd, loop))
             writer = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(pid, pidfd, writer, readers[0], readers[1])
 

@@ -71,7 +71,9 @@ def start_podman(root: Path) -> tuple[subprocess.Popen[bytes], Podman]:
     (root / "containers.conf").write_text(CONTAINERS_CONF)
     env = {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf")}
     sock = root / "podman.sock"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env,
+    # cwd: conmon writes a file named `oom` into the service's working directory when a container is
+    # OOM-killed; it belongs with the service's other files, not in the checkout
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env, cwd=root,
                             stdout=subprocess.DEVNULL, stderr=open(root / "service.log", "wb"))  # noqa: SIM115
     deadline = time.monotonic() + 30
     while not sock.exists():
