@@ -23,17 +23,20 @@ async def _run(sandbox: RemoteSandbox, argv: list[str]) -> list[str]:
     return lines
 
 
+class Steps(list[str]):
+    """The progress details ensure_agent_cli reports (its on_step), in order."""
+
+    async def __call__(self, detail: str) -> None:
+        self.append(detail)
+
+
 async def test_a_missing_cli_is_installed_once_per_sandbox_and_the_progress_says_so(tmp_path: Path) -> None:
     claude = get_agent("claude")
-    steps: list[str] = []
-
-    async def on_step(detail: str) -> None:
-        steps.append(detail)
-
+    steps = Steps()
     async with remote_fake("e2b", npm_binaries=("claude",)) as remote:
         async with remote_sandbox(tmp_path, "cli", remote.env) as sandbox:
-            bin_dir = await ensure_agent_cli(sandbox, claude, "2.0.1", on_step)
-            again = await ensure_agent_cli(sandbox, claude, "2.0.1", on_step)  # the session's next agent run
+            bin_dir = await ensure_agent_cli(sandbox, claude, "2.0.1", steps)
+            again = await ensure_agent_cli(sandbox, claude, "2.0.1", steps)  # the session's next agent run
             ran = await _run(sandbox, claude.argv("hi", None, bin_dir=bin_dir)[:2])
     installs = [shlex.join([s["process"]["cmd"], *s["process"].get("args", [])]) for s in remote.fake.started
                 if "npm" in json_text(s)]
@@ -45,14 +48,10 @@ async def test_a_missing_cli_is_installed_once_per_sandbox_and_the_progress_says
 
 async def test_a_cli_the_template_holds_is_used_as_it_is(tmp_path: Path) -> None:
     claude = get_agent("claude")
-    steps: list[str] = []
-
-    async def on_step(detail: str) -> None:
-        steps.append(detail)
-
+    steps = Steps()
     async with remote_fake("e2b", npm_binaries=("claude",)) as remote:
         async with remote_sandbox(tmp_path, "cli2", remote.env) as sandbox:
-            found = await ensure_agent_cli(sandbox, claude, None, on_step, binary="sh")  # on the template's PATH
+            found = await ensure_agent_cli(sandbox, claude, None, steps, binary="sh")  # on the template's PATH
     assert found is None and steps == []
     assert not [s for s in remote.fake.started if "npm" in json_text(s)]  # nothing installed
 
