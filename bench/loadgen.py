@@ -1,13 +1,19 @@
-"""What the load benches (soak.py, webhooks.py) share: the fake GitHub on a loop and thread of its own,
-waiting for a server to answer, and deliveries posted open loop at a fixed rate."""
+"""What the load benches (soak.py, trigger_to_agent.py, webhooks.py) share: the fake GitHub on a loop and
+thread of its own, a stack of Sesame's own services to run `sesame serve` and `sesame worker` on, starting
+and stopping those processes, waiting for a server to answer, and deliveries posted open loop at a fixed rate."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +21,9 @@ from typing import Any, TypeVar
 import aiohttp
 
 from tests.support.fake_github import FakeGitHub
+from tests.support.servers import PostgresServer, RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
@@ -42,6 +51,79 @@ class FakeThread:
         asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def start_process(argv: list[str], env: dict[str, str], work: Path, log_name: str) -> subprocess.Popen[bytes]:
+    """A process in work, its output to work/log_name."""
+    log = open(work / log_name, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(argv, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM to each (one that ended already is left be), then each waited for; killed past timeout."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Stack:
+    """A bench's own services: its directory, PostgreSQL, Redis, the fake GitHub, the port `sesame serve`
+    listens on and the environment Sesame's processes run with."""
+
+    work: Path
+    pg: PostgresServer
+    redis: RedisServer
+    fakes: FakeThread
+    port: int
+    env: dict[str, str]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        """`sesame <args>` (python -m bot.cli) in the stack's directory and environment."""
+        return start_process([sys.executable, "-m", "bot.cli", *args], self.env, self.work, log_name)
+
+
+@asynccontextmanager
+async def stack(prefix: str, repos: Sequence[str], writer: str, env: dict[str, str], tree: Path = ROOT,
+                keep: bool = False) -> AsyncIterator[Stack]:
+    """A directory under /var/tmp (sessions/ in it), a PostgreSQL cluster and a Redis server of its own, the
+    fake GitHub (on its thread) holding repos that writer may write to, and the database migrated; Sesame's
+    processes run tree's code with the fake's settings and env. All stopped at the end, the directory removed
+    unless keep. The processes the bench starts are its own to stop first."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    work.chmod(0o755)
+    (work / "sessions").mkdir(mode=0o755)
+    pg, redis = PostgresServer(), RedisServer()
+    pg.start()
+    redis.start()
+    fakes = FakeThread(work / "fake")
+    fake = fakes.start()
+    for repo in repos:
+        fake.add_repo(repo)
+        fake.set_permission(repo, writer, "write")
+    port = free_port()
+    full = {"PATH": os.environ["PATH"], "HOME": str(work), "PYTHONPATH": str(tree), "PORT": str(port),
+            "SESAME_DATA_DIR": str(work / "data"), "SESSION_DIR_BASE": str(work / "sessions"),
+            "DATABASE_URL": pg.url, "REDIS_URL": redis.url, "ENCRYPTION_KEY": "ab" * 32,
+            "SESAME_DEFAULT_AGENT": "command", **fake.settings_env(), **env}
+    try:
+        subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=full, cwd=work, check=True,
+                       capture_output=True, timeout=120)
+        yield Stack(work, pg, redis, fakes, port, full)
+    finally:
+        fakes.stop()
+        redis.close()
+        pg.close()
+        if not keep:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,9 +48,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import FakeThread, open_loop, post, wait_ready  # noqa: E402
+from bench.loadgen import FakeThread, open_loop, post, stack, start_process, stop_processes, wait_ready  # noqa: E402
 from tests.support.fake_github import FakeComment, FakeGitHub  # noqa: E402
-from tests.support.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 WRITER = "alice"
 PYTHON = "/usr/bin/python3"  # readable by a session uid, unlike a pyenv under /root
@@ -102,9 +100,8 @@ class Supervisor:
 
     def _start(self, slot: int) -> subprocess.Popen[bytes]:
         self.starts += 1
-        log = open(self.work / f"worker-{slot}-{self.starts}.log", "wb")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], env=self.env, cwd=self.work,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return start_process([sys.executable, "-m", "bot.cli", "worker"], self.env, self.work,
+                             f"worker-{slot}-{self.starts}.log")
 
     def name(self, slot: int) -> str:
         return f"{socket.gethostname()}:{self.procs[slot].pid}"
@@ -119,15 +116,7 @@ class Supervisor:
         return exited
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, 15)
 
 
 def build_deliveries(fakes: FakeThread, repos: list[str], count: int, rate: float, mentions: float,
@@ -386,70 +375,42 @@ async def report(db: asyncpg.Pool, fakes: FakeThread, items: list[Delivery], fau
 
 
 async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="sesame-soak-", dir="/var/tmp"))
-    work.chmod(0o755)
-    (work / "sessions").mkdir(mode=0o755)
-    pg, redis = PostgresServer(), RedisServer()
-    pg.start()
-    redis.start()
-    fakes = FakeThread(work / "fake")
-    fake = fakes.start()
     repos = [f"acme/widget{i}" for i in range(args.repos)]
-    for repo in repos:
-        fake.add_repo(repo)
-        fake.set_permission(repo, WRITER, "write")
     count = int(args.rate * args.seconds)
-    items = build_deliveries(fakes, repos, count, args.rate, min(args.mentions, args.rate))
-    warm = build_deliveries(fakes, repos, 4 * len(repos), 1, 1, first=50_000)
-    port = free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "PYTHONPATH": str(ROOT), "PORT": str(port),
-           "SESAME_DATA_DIR": str(work / "data"), "SESSION_DIR_BASE": str(work / "sessions"),
-           "DATABASE_URL": pg.url, "REDIS_URL": redis.url, "ENCRYPTION_KEY": "ab" * 32,
-           "BASE_URL": "http://sesame.soak", "SESAME_DEFAULT_AGENT": "command",
-           "AGENT_COMMAND": shlex.join([PYTHON, "-c", AGENT]),
+    env = {"BASE_URL": "http://sesame.soak", "AGENT_COMMAND": shlex.join([PYTHON, "-c", AGENT]),
            "SANDBOX_SECURITY_ENABLED": "true" if args.sandbox else "false",
-           "SESSION_LEASE_SECONDS": str(args.lease), "WORKER_CONCURRENCY": str(args.concurrency), "WORKER_SHUTDOWN_GRACE": str(args.grace),
-           **fake.settings_env()}
-    serve: subprocess.Popen[bytes] | None = None
-    supervisor: Supervisor | None = None
-    db: asyncpg.Pool | None = None
-    try:
-        subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
-                       capture_output=True, timeout=120)
-        serve_log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives with the process
-        serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], env=env, cwd=work,
-                                 stdout=serve_log, stderr=subprocess.STDOUT)
-        await wait_ready(f"http://127.0.0.1:{port}/api/health", serve, timeout=60)
-        supervisor = Supervisor(env, work, 2, args.restart_after)
-        db = await asyncpg.create_pool(pg.url, min_size=1, max_size=2)
-        print(f"soak: {count} deliveries at {args.rate:g}/s over {len(repos)} repositories; logs in {work}",
-              flush=True)
-        await load(f"http://127.0.0.1:{port}/webhooks/github", warm, 8)
-        start_at = time.time() + 2.0  # the child's interpreter and imports are ready by then
-        start = time.monotonic() + 2.0
-        sending = asyncio.create_task(load_elsewhere(f"http://127.0.0.1:{port}/webhooks/github", items, args.rate,
-                                                     start_at))
-        faults = await inject(db, supervisor, redis, start, args.seconds, args.redis_down, not args.no_faults)
-        elapsed = await sending
-        settled = await settle(db, fakes, args.settle)
-        await report(db, fakes, warm + items, faults, items[0].sent, elapsed, settled, args)
-    finally:
-        if db is not None:
-            await db.close()
-        if supervisor is not None:
-            supervisor.stop()
-        if serve is not None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(20)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
-        fakes.stop()
-        redis.close()
-        pg.close()
-        if not args.keep:
-            subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+           "SESSION_LEASE_SECONDS": str(args.lease), "WORKER_CONCURRENCY": str(args.concurrency),
+           "WORKER_SHUTDOWN_GRACE": str(args.grace)}
+    async with stack("sesame-soak-", repos, WRITER, env, keep=args.keep) as services:
+        fakes, redis, work = services.fakes, services.redis, services.work
+        items = build_deliveries(fakes, repos, count, args.rate, min(args.mentions, args.rate))
+        warm = build_deliveries(fakes, repos, 4 * len(repos), 1, 1, first=50_000)
+        webhook = services.url("/webhooks/github")
+        serve: subprocess.Popen[bytes] | None = None
+        supervisor: Supervisor | None = None
+        db: asyncpg.Pool | None = None
+        try:
+            serve = services.start(["serve", "--workers", "2"], "serve.log")
+            await wait_ready(services.url("/api/health"), serve, timeout=60)
+            supervisor = Supervisor(services.env, work, 2, args.restart_after)
+            db = await asyncpg.create_pool(services.pg.url, min_size=1, max_size=2)
+            print(f"soak: {count} deliveries at {args.rate:g}/s over {len(repos)} repositories; logs in {work}",
+                  flush=True)
+            await load(webhook, warm, 8)
+            start_at = time.time() + 2.0  # the child's interpreter and imports are ready by then
+            start = time.monotonic() + 2.0
+            sending = asyncio.create_task(load_elsewhere(webhook, items, args.rate, start_at))
+            faults = await inject(db, supervisor, redis, start, args.seconds, args.redis_down, not args.no_faults)
+            elapsed = await sending
+            settled = await settle(db, fakes, args.settle)
+            await report(db, fakes, warm + items, faults, items[0].sent, elapsed, settled, args)
+        finally:
+            if db is not None:
+                await db.close()
+            if supervisor is not None:
+                supervisor.stop()
+            if serve is not None:
+                stop_processes([serve])
 
 
 def main() -> None:

@@ -23,14 +23,10 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,8 +38,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.soak import FakeThread, wait_ready  # noqa: E402
-from tests.support.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+from bench import loadgen  # noqa: E402
+from bench.loadgen import FakeThread, stop_processes, wait_ready  # noqa: E402
 
 WRITER = "alice"
 AGENT = ["/bin/sh", "-c", "date +%s.%N; echo ran > BENCH.md"]
@@ -124,54 +120,25 @@ async def stack(tree: Path, repos: list[str], sandbox: bool, keep: bool,
                 extra_env: dict[str, str] | None = None) -> AsyncIterator[tuple[str, asyncpg.Pool, FakeThread]]:
     """PostgreSQL, Redis, the fake GitHub (with repos), `sesame serve` and one `sesame worker` of the tree's
     code: (the webhook URL, a pool on the database, the fake)."""
-    work = Path(tempfile.mkdtemp(prefix="sesame-t2a-", dir="/var/tmp"))
-    work.chmod(0o755)
-    (work / "sessions").mkdir(mode=0o755)
-    pg, redis = PostgresServer(), RedisServer()
-    pg.start()
-    redis.start()
-    fakes = FakeThread(work / "fake")
-    fake = fakes.start()
-    for repo in repos:
-        fake.add_repo(repo)
-        fake.set_permission(repo, WRITER, "write")
-    port = free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "PYTHONPATH": str(tree), "PORT": str(port),
-           "SESAME_DATA_DIR": str(work / "data"), "SESSION_DIR_BASE": str(work / "sessions"),
-           "DATABASE_URL": pg.url, "REDIS_URL": redis.url, "ENCRYPTION_KEY": "ab" * 32,
-           "BASE_URL": "http://sesame.bench", "SESAME_DEFAULT_AGENT": "command",
-           "AGENT_COMMAND": shlex.join(AGENT), "SANDBOX_SECURITY_ENABLED": "true" if sandbox else "false",
-           **fake.settings_env(), **(extra_env or {})}
-    procs: list[subprocess.Popen[bytes]] = []
-    db: asyncpg.Pool | None = None
+    env = {"BASE_URL": "http://sesame.bench", "AGENT_COMMAND": shlex.join(AGENT),
+           "SANDBOX_SECURITY_ENABLED": "true" if sandbox else "false", **(extra_env or {})}
+    work: Path | None = None
     try:
-        subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
-                       capture_output=True, timeout=120)
-        for role in ("serve", "worker"):
-            log = open(work / f"{role}.log", "wb")  # noqa: SIM115 - lives with the process
-            procs.append(subprocess.Popen([sys.executable, "-m", "bot.cli", role], env=env, cwd=work,
-                                          stdout=log, stderr=subprocess.STDOUT))
-        await wait_ready(f"http://127.0.0.1:{port}/api/health", procs[0])
-        db = await asyncpg.create_pool(pg.url, min_size=1, max_size=4)
-        yield f"http://127.0.0.1:{port}/webhooks/github", db, fakes
-    finally:
-        if db is not None:
-            await db.close()
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        async with loadgen.stack("sesame-t2a-", repos, WRITER, env, tree, keep) as services:
+            work = services.work
+            procs = [services.start([role], f"{role}.log") for role in ("serve", "worker")]
+            db: asyncpg.Pool | None = None
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        fakes.stop()
-        redis.close()
-        pg.close()
-        if keep:
+                await wait_ready(services.url("/api/health"), procs[0])
+                db = await asyncpg.create_pool(services.pg.url, min_size=1, max_size=4)
+                yield services.url("/webhooks/github"), db, services.fakes
+            finally:
+                if db is not None:
+                    await db.close()
+                stop_processes(procs)
+    finally:
+        if keep and work is not None:
             print(f"  logs in {work}")
-        else:
-            subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
 
 async def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:

@@ -20,7 +20,6 @@ import gc
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,9 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import FakeThread, open_loop, post, wait_ready  # noqa: E402
+from bench.loadgen import FakeThread, open_loop, post, start_process, stop_processes, wait_ready  # noqa: E402
 from tests.support.fake_github import FakeGitHub  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 PG_ADMIN = os.environ.get("SESAME_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SESAME_BENCH_REDIS", "redis://127.0.0.1:6379/8")
@@ -78,12 +78,6 @@ def cpu_seconds(pid: int) -> float:
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return own + sum(cpu_seconds(int(child)) for child in children)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def deliveries(fake: FakeGitHub, repo: str, count: int) -> list[Delivery]:
@@ -137,20 +131,6 @@ def serve_env(fake: FakeGitHub, database_url: str, work: Path) -> dict[str, str]
     return {"PATH": os.environ["PATH"], "HOME": str(work), "PYTHONPATH": str(ROOT),
             "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "BASE_URL": "http://sesame.bench",
             "ENCRYPTION_KEY": "ab" * 32, "SESAME_DATA_DIR": str(work / "data"), **fake.settings_env()}
-
-
-def start(argv: list[str], env: dict[str, str], work: Path, log_name: str) -> subprocess.Popen[bytes]:
-    log = open(work / log_name, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(argv, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def load_process(name: str, url: str, items: list[Delivery], rate: float, conn: Connection) -> None:
@@ -222,9 +202,9 @@ async def run(rate: float, seconds: float, workers: int = 1, github_latency: flo
         subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=env, cwd=work, check=True,
                        capture_output=True, timeout=60)
         port, bare_port = free_port(), free_port()
-        procs.append(start([sys.executable, "-m", "bot.cli", "serve", "--port", str(port), "--workers", str(workers)],
-                           env, work, "serve.log"))
-        procs.append(start([sys.executable, __file__, "--bare-server", str(bare_port)], env, work, "bare.log"))
+        procs.append(start_process([sys.executable, "-m", "bot.cli", "serve", "--port", str(port), "--workers",
+                                    str(workers)], env, work, "serve.log"))
+        procs.append(start_process([sys.executable, __file__, "--bare-server", str(bare_port)], env, work, "bare.log"))
         await wait_ready(f"http://127.0.0.1:{port}/api/health", procs[0])
         await wait_ready(f"http://127.0.0.1:{bare_port}/api/health", procs[1])
         sesame = await measure(f"http://127.0.0.1:{port}/webhooks/github", procs[0].pid, "sesame", items, rate,
@@ -234,8 +214,7 @@ async def run(rate: float, seconds: float, workers: int = 1, github_latency: flo
         await check_sessions(database_url, count + len(warmup))
         return sesame, bare
     finally:
-        for proc in procs:
-            stop(proc)
+        stop_processes(procs, 10)
         fake_thread.stop()
         await redis.flushdb()
         await redis.aclose()

@@ -7,6 +7,7 @@ import hmac
 import json
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -85,13 +86,16 @@ ENV.filters.update(clock=_clock, duration=duration, cost=cost, agent_name=displa
                    source_name=lambda s: SOURCE_LABELS.get(s, s), clean=strip_controls)
 
 
-def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    """A page from its template, with the CSRF token (its cookie set when new) and the CSP."""
+def render(request: web.Request, template: str, status: int = 200, notices: Mapping[str, str] | None = None,
+           **context: Any) -> web.Response:
+    """A page from its template, with the CSRF token (its cookie set when new) and the CSP, and the notice
+    of notices that the form's redirect (done()) asked for."""
     token = request.cookies.get(CSRF_COOKIE) or ""
     fresh = not _token_shape(token)
     if fresh:
         token = secrets.token_urlsafe(32)
-    text = ENV.get_template(template).render(csrf=token, **context)
+    notice = (notices or {}).get(request.query.get("done", ""), "")
+    text = ENV.get_template(template).render(csrf=token, notice=notice, **context)
     response = web.Response(text=text, status=status, content_type="text/html",
                             headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                                      "Referrer-Policy": "same-origin", "Cache-Control": "no-store"})
@@ -117,6 +121,11 @@ async def check_csrf(request: web.Request) -> dict[str, str]:
                              "site, or a page loaded before the server's cookie was set). Reload the page and "
                              "send it again.")
     return fields
+
+
+def done(path: str, what: str, anchor: str = "") -> web.HTTPSeeOther:
+    """Where a handled form goes (POST, then GET): path, whose page shows its notice for what."""
+    return web.HTTPSeeOther(f"{path}?done={what}" + (f"#{anchor}" if anchor else ""))
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -178,7 +187,7 @@ async def list_page(request: web.Request) -> web.Response:
                   counts=[(s, counts.get(s, 0)) for s in STATES], total=sum(counts.values()),
                   filters=filters, states=STATES, agents=AGENT_NAMES, sources=SOURCES, repos=repos,
                   session_duration=session_duration,
-                  first_page=before is None, notice=NOTICES.get(request.query.get("done", ""), ""))
+                  first_page=before is None, notices=NOTICES)
 
 
 @dataclass
@@ -297,7 +306,7 @@ async def session_page(request: web.Request) -> web.Response:
         violations=await services.sessions.violations(row.id), links=web_links(row),
         usage=usage_line(session_progress(services, row, row.state)), ran=session_duration(row),
         waited=(as_utc(row.started_at) - as_utc(row.created_at)).total_seconds() if row.started_at else None,
-        follow_key=str(uuid.uuid4()), notice=NOTICES.get(request.query.get("done", ""), ""),
+        follow_key=str(uuid.uuid4()), notices=NOTICES,
         max_prompt=MAX_PROMPT, sandbox_applied=bool(sandbox.data.get("secured")) if sandbox is not None else None)
 
 
@@ -310,7 +319,7 @@ async def stop_form(request: web.Request) -> web.Response:
     await check_csrf(request)
     row = await _session(request)
     await request.app[SERVICES].sessions.request_stop(row.id)
-    raise web.HTTPSeeOther(f"/sessions/{row.id}?done=stopped")
+    raise done(f"/sessions/{row.id}", "stopped")
 
 
 async def follow_up_form(request: web.Request) -> web.Response:
@@ -326,7 +335,7 @@ async def follow_up_form(request: web.Request) -> web.Response:
         child, _created = await start_follow_up(request.app, row, message, key, row.agent, row.model)
     except (web.HTTPBadRequest, web.HTTPUnprocessableEntity) as exc:
         raise _api_error(exc) from None
-    raise web.HTTPSeeOther(f"/sessions/{child.id}?done=follow-up")
+    raise done(f"/sessions/{child.id}", "follow-up")
 
 
 async def delete_form(request: web.Request) -> web.Response:
@@ -338,7 +347,7 @@ async def delete_form(request: web.Request) -> web.Response:
         await request.app[SERVICES].sessions.delete(row.id)
     except SessionInUse:
         raise PageError(409, "Follow-up sessions refer to this one: delete them first.") from None
-    raise web.HTTPSeeOther("/sessions?done=deleted")
+    raise done("/sessions", "deleted")
 
 
 @web.middleware
@@ -348,13 +357,12 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except PageError as exc:
-        return render(request, "error.html", status=exc.status, title=f"Error {exc.status}", message=exc.message,
-                      notice="")
+        return render(request, "error.html", status=exc.status, title=f"Error {exc.status}", message=exc.message)
     except web.HTTPNotFound:
         if api:
             raise
         return render(request, "error.html", status=404, title="Not found",
-                      message="Nothing lives at this address. The sessions list is at /sessions.", notice="")
+                      message="Nothing lives at this address. The sessions list is at /sessions.")
 
 
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

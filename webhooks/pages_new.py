@@ -24,7 +24,7 @@ from bot.session_input import (
 from bot.sessions import NewSession
 from webhooks.api.models import MODEL_ID, model_listing, models_by_agent
 from webhooks.app import QUEUE, SERVICES
-from webhooks.pages import check_csrf, render
+from webhooks.pages import check_csrf, done, render
 
 MAX_PROMPT = 50_000  # as the API takes
 MAX_MODEL = 128  # Session.model's column
@@ -86,7 +86,7 @@ async def new_page(request: web.Request, status: int = 200, errors: dict[str, st
     return render(request, "new.html", status=status, title="New session", agents=agents, repos=repos,
                   picker=bool(repos) and policy == "installed", repo_hint=REPO_HINTS[policy], policy=policy,
                   models_from=models_from, values=shown, errors=errors or {}, max_prompt=MAX_PROMPT,
-                  sandbox_global=settings.SANDBOX_SECURITY_ENABLED, notice="")
+                  sandbox_global=settings.SANDBOX_SECURITY_ENABLED)
 
 
 async def show_form(request: web.Request) -> web.Response:
@@ -143,7 +143,7 @@ async def create_from_form(request: web.Request) -> web.Response:
         sandbox_security=values["sandbox"], keep_alive=values["keep"]))
     if created:
         await request.app[QUEUE].enqueue(row.id)
-    raise web.HTTPSeeOther(f"/sessions/{row.id}?done=started")
+    raise done(f"/sessions/{row.id}", "started")
 
 
 def setup(app: web.Application) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from bot.setting_types import Key
 from bot.settings import KEYS, KEYS_BY_NAME, SettingsError
 from bot.settings_write import check_secret_setting, config_target, write_config
 from webhooks.app import SERVICES
-from webhooks.pages import PageError, check_csrf, render
+from webhooks.pages import PageError, check_csrf, done, render
 
 MASK = "********"
 IDENTITIES = web.AppKey("pat_identities", dict)  # sha256 of a PAT -> its login, looked up once
@@ -100,7 +101,7 @@ async def settings_page(request: web.Request, status: int = 200, submitted: dict
     path = services.settings.config_path
     return render(request, "settings.html", status=status, title="Settings",
                   rows=await settings_rows(services, submitted, errors), errors=errors or {}, config_path=path,
-                  notice={"saved": "Settings saved."}.get(request.query.get("done", ""), ""))
+                  notices={"saved": "Settings saved."})
 
 
 async def show_settings(request: web.Request) -> web.Response:
@@ -127,6 +128,18 @@ async def save(services: Services, updates: dict[str, Any]) -> None:
         settings.apply(fresh)
 
 
+async def save_form(request: web.Request, updates: dict[str, Any], path: str,
+                    refused: Callable[[int, dict[str, str]], Awaitable[web.Response]]) -> web.Response:
+    """Save a settings form's updates and go back to path, saying so; a refusal shows the page again
+    (refused(status, errors): 409 for a locked setting, 400 else), and then nothing is written."""
+    if updates:
+        try:
+            await save(request.app[SERVICES], dict(updates))
+        except SettingsError as exc:
+            return await refused(409 if "locked" in str(exc) else 400, {exc.key: str(exc)})
+    raise done(path, "saved")
+
+
 async def post_settings(request: web.Request) -> web.Response:
     """The fields that changed (a locked one among them is refused with the lock's reason); a refusal is shown
     next to its field, and then nothing is written."""
@@ -139,15 +152,9 @@ async def post_settings(request: web.Request) -> web.Response:
         if key is None or text.strip() == current.get(name, "") or (key.secret and text.strip() in ("", MASK)):
             continue
         updates[name] = text.strip() if text.strip() != "" else None
-    if not updates:
-        raise web.HTTPSeeOther("/settings?done=saved")
-    try:
-        await save(services, dict(updates))
-    except SettingsError as exc:
-        locked = "locked" in str(exc)
-        return await settings_page(request, 409 if locked else 400,
-                                   {k: str(v or "") for k, v in updates.items()}, {exc.key: str(exc)})
-    raise web.HTTPSeeOther("/settings?done=saved")
+    submitted = {k: str(v or "") for k, v in updates.items()}
+    return await save_form(request, updates, "/settings",
+                           lambda status, errors: settings_page(request, status, submitted, errors))
 
 
 @dataclass
@@ -208,7 +215,7 @@ NOTICES = {"stored": "Credential stored.", "removed": "Credential removed."}
 async def credentials_page(request: web.Request) -> web.Response:
     return render(request, "credentials.html", title="Agent credentials", owners=await owners(request),
                   kind_labels=KIND_LABELS, kind_hints=KIND_HINTS, subscription_hints=SUBSCRIPTION_HINTS, mask=MASK,
-                  notice=NOTICES.get(request.query.get("done", ""), ""))
+                  notices=NOTICES)
 
 
 def _owner_name(request: web.Request) -> str:
@@ -235,7 +242,7 @@ async def store_credential(request: web.Request) -> web.Response:
     await services.credentials.put(owner, kind, value)
     if owner == GITHUB:
         services.caches.commit_author = None  # the next commit looks the new PAT's identity up
-    raise web.HTTPSeeOther(f"/settings/credentials?done=stored#agent-{owner}")
+    raise done("/settings/credentials", "stored", f"agent-{owner}")
 
 
 async def remove_credential(request: web.Request) -> web.Response:
@@ -245,7 +252,7 @@ async def remove_credential(request: web.Request) -> web.Response:
     await services.credentials.delete(owner, fields.get("kind") or None)
     if owner == GITHUB:
         services.caches.commit_author = None
-    raise web.HTTPSeeOther(f"/settings/credentials?done=removed#agent-{owner}")
+    raise done("/settings/credentials", "removed", f"agent-{owner}")
 
 
 def agent_domains(services: Services) -> list[tuple[str, list[str]]]:
@@ -270,7 +277,7 @@ async def sandbox_page(request: web.Request, status: int = 200, submitted: dict[
     lists = {name: "\n".join(services.settings.get(name, [])) for name in SANDBOX_KEYS[1:]} | (submitted or {})
     return render(request, "sandbox.html", status=status, title="Sandbox", rows=rows, lists=lists,
                   enabled=services.settings.SANDBOX_SECURITY_ENABLED, agents=agent_domains(services),
-                  notice={"saved": "Sandbox settings saved."}.get(request.query.get("done", ""), ""))
+                  notices={"saved": "Sandbox settings saved."})
 
 
 async def show_sandbox(request: web.Request) -> web.Response:
@@ -292,12 +299,9 @@ async def post_sandbox(request: web.Request) -> web.Response:
         entries = [line.strip() for line in fields[name].splitlines() if line.strip()]
         if entries != list(settings.get(name, [])):
             updates[name] = entries
-    try:
-        await save(services, dict(updates)) if updates else None
-    except SettingsError as exc:
-        return await sandbox_page(request, 409 if "locked" in str(exc) else 400,
-                                  {n: fields.get(n, "") for n in SANDBOX_KEYS[1:]}, {exc.key: str(exc)})
-    raise web.HTTPSeeOther("/admin/sandbox?done=saved")
+    submitted = {n: fields.get(n, "") for n in SANDBOX_KEYS[1:]}
+    return await save_form(request, updates, "/admin/sandbox",
+                           lambda status, errors: sandbox_page(request, status, submitted, errors))
 
 
 async def admin_index(request: web.Request) -> web.Response:

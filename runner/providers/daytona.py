@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import shlex
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.secret import reveal
-from runner.providers.base import Provider, RemoteSandbox
-from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
+from runner.providers.base import Provider
+from runner.providers.remote import RemoteProcess, SDKSandbox, remote_env, shell_command
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
 
 
@@ -61,12 +61,12 @@ def with_env(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
-class DaytonaSandbox(RemoteSandbox):
+class DaytonaSandbox(SDKSandbox):
+    label = "a Daytona sandbox"
+
     def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
-        self.policy, self.options = policy, dict(options)
-        self.warning = None
+        super().__init__(policy, options)
         self.client: Any = None
-        self.sandbox: Any = None
 
     async def start(self) -> None:
         from daytona import AsyncDaytona, CreateSandboxFromSnapshotParams, DaytonaConfig
@@ -93,14 +93,10 @@ class DaytonaSandbox(RemoteSandbox):
         if result.exit_code:
             raise RuntimeError(f"{list(argv[:3])} failed in the Daytona sandbox: {str(result.result)[-300:]}")
 
-    async def upload(self, archive: bytes, remote_dir: str) -> None:
-        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
-        await self.sandbox.fs.upload_file(archive, path)
-        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+    async def _write(self, path: str, data: bytes) -> None:
+        await self.sandbox.fs.upload_file(data, path)
 
-    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
-        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
-        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+    async def _read(self, path: str) -> AsyncGenerator[bytes, None]:
         async for chunk in await self.sandbox.fs.download_file_stream(path):
             yield bytes(chunk)
 
@@ -108,12 +104,9 @@ class DaytonaSandbox(RemoteSandbox):
                    cwd: str | Path | None = None) -> ProcessHandle:
         from daytona import SessionExecuteRequest
 
-        source = None
-        if stdin is not None:
-            source = stdin_path(self.policy)
-            await self.sandbox.fs.upload_file(stdin, source)
-        workdir = str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir)
-        command = f"cd {shlex.quote(workdir)} && " + shell_command(with_env(argv, remote_env(self.policy, env)), source)
+        source = await self._stdin(stdin)
+        command = (f"cd {shlex.quote(self._workdir(cwd))} && "
+                   + shell_command(with_env(argv, remote_env(self.policy, env)), source))
         session = f"sesame-{uuid.uuid4().hex[:12]}"
         process = self.sandbox.process
         await process.create_session(session)
@@ -134,9 +127,6 @@ class DaytonaSandbox(RemoteSandbox):
 
         handle.attach(finished(), lambda: process.delete_session(session))
         return handle
-
-    async def listen(self, port: int) -> Any:
-        raise RuntimeError("a Daytona sandbox cannot reach a port on this host")
 
     async def destroy(self) -> None:
         try:

@@ -11,14 +11,13 @@ credential goes in as an environment variable of its command (no credential gate
 from __future__ import annotations
 
 import shlex
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.secret import reveal
-from runner.providers.base import Provider, RemoteSandbox
-from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
+from runner.providers.base import Provider
+from runner.providers.remote import RemoteProcess, SDKSandbox, remote_env, shell_command
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
 
 
@@ -60,11 +59,8 @@ def connection(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
-class E2BSandbox(RemoteSandbox):
-    def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
-        self.policy, self.options = policy, dict(options)
-        self.warning = None
-        self.sandbox: Any = None
+class E2BSandbox(SDKSandbox):
+    label = "an E2B sandbox"
 
     def _connection(self) -> dict[str, Any]:
         return connection(self.options)
@@ -82,7 +78,6 @@ class E2BSandbox(RemoteSandbox):
             **self._connection())
 
     async def _run(self, argv: Sequence[str]) -> None:
-        """A short command, to its end; an error names it when it fails."""
         from e2b.sandbox.commands.command_handle import CommandExitException
 
         try:
@@ -90,14 +85,10 @@ class E2BSandbox(RemoteSandbox):
         except CommandExitException as exc:
             raise RuntimeError(f"{argv[:3]} failed in the e2b sandbox: {exc.stderr[-300:]}") from exc
 
-    async def upload(self, archive: bytes, remote_dir: str) -> None:
-        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
-        await self.sandbox.files.write(path, archive)
-        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+    async def _write(self, path: str, data: bytes) -> None:
+        await self.sandbox.files.write(path, data)
 
-    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
-        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
-        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+    async def _read(self, path: str) -> AsyncGenerator[bytes, None]:
         async for chunk in await self.sandbox.files.read(path, format="stream"):
             yield bytes(chunk)
 
@@ -105,14 +96,11 @@ class E2BSandbox(RemoteSandbox):
                    cwd: str | Path | None = None) -> ProcessHandle:
         from e2b.sandbox.commands.command_handle import CommandExitException
 
-        source = None
-        if stdin is not None:
-            source = stdin_path(self.policy)
-            await self.sandbox.files.write(source, stdin)
+        source = await self._stdin(stdin)
         process = RemoteProcess()
         handle = await self.sandbox.commands.run(
             shell_command(list(argv), source), background=True, envs=remote_env(self.policy, env),
-            cwd=str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir), timeout=0,
+            cwd=self._workdir(cwd), timeout=0,
             on_stdout=lambda chunk: process.feed("stdout", chunk),
             on_stderr=lambda chunk: process.feed("stderr", chunk))
 
@@ -124,9 +112,6 @@ class E2BSandbox(RemoteSandbox):
 
         process.attach(finished(), handle.kill, int(handle.pid))
         return process
-
-    async def listen(self, port: int) -> Any:
-        raise RuntimeError("an E2B sandbox cannot reach a port on this host")
 
     async def destroy(self) -> None:
         if self.sandbox is not None:

@@ -1,12 +1,18 @@
-"""What the remote providers (e2b, daytona, vercel) share: output split into lines, the prompt by file."""
+"""What the remote providers (e2b, daytona, vercel) share: the working tree up and back as a tar archive,
+the prompt by file, output split into lines."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
+from runner.providers.base import RemoteSandbox
 from runner.sandbox.base import OutputLine, ProcessHandle, SandboxPolicy, StreamName
 from runner.sandbox.local import build_env
 
@@ -28,6 +34,58 @@ def shell_command(argv: list[str], stdin_path: str | None) -> str:
 
 def stdin_path(policy: SandboxPolicy) -> str:
     return str(Path(policy.home_dir) / STDIN_FILE)
+
+
+class SDKSandbox(RemoteSandbox):
+    """A remote sandbox driven through its service's SDK: upload, download, the prompt and the working
+    directory are built here on three calls each provider makes with its SDK (_write, _read, _run)."""
+
+    #: how its errors name it ("an E2B sandbox")
+    label: str
+
+    def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
+        self.policy, self.options = policy, dict(options)
+        self.warning = None
+        self.sandbox: Any = None
+
+    @abc.abstractmethod
+    async def _write(self, path: str, data: bytes) -> None:
+        """Write data to path in the sandbox."""
+
+    @abc.abstractmethod
+    def _read(self, path: str) -> AsyncGenerator[bytes, None]:
+        """The file at path in the sandbox, as it streams in."""
+
+    @abc.abstractmethod
+    async def _run(self, argv: Sequence[str]) -> None:
+        """A short command, to its end; an error names it when it fails."""
+
+    async def upload(self, archive: bytes, remote_dir: str) -> None:
+        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
+        await self._write(path, archive)
+        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+
+    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
+        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
+        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+        async with aclosing(self._read(path)) as chunks:  # the reader's stop closes the SDK's stream too
+            async for chunk in chunks:
+                yield chunk
+
+    async def _stdin(self, stdin: bytes | None) -> str | None:
+        """Where the command's standard input is read from in the sandbox (written there now), if any."""
+        if stdin is None:
+            return None
+        source = stdin_path(self.policy)
+        await self._write(source, stdin)
+        return source
+
+    def _workdir(self, cwd: str | Path | None) -> str:
+        """The command's working directory: cwd under the project, or the project."""
+        return str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir)
+
+    async def listen(self, port: int) -> Any:
+        raise RuntimeError(f"{self.label} cannot reach a port on this host")
 
 
 class RemoteProcess(ProcessHandle):

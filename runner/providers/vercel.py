@@ -15,14 +15,13 @@ using that session's transport, so one task holds the context open from start() 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.secret import reveal
-from runner.providers.base import Provider, RemoteSandbox
-from runner.providers.remote import DOWNLOAD, UPLOAD, RemoteProcess, remote_env, shell_command, stdin_path
+from runner.providers.base import Provider
+from runner.providers.remote import RemoteProcess, SDKSandbox, remote_env, shell_command
 from runner.sandbox.base import ProcessHandle, Sandbox, SandboxPolicy, ViolationCallback
 
 
@@ -72,11 +71,11 @@ def service_options(options: Mapping[str, Any]) -> Any:
                                  region=options["region"])
 
 
-class VercelSandbox(RemoteSandbox):
+class VercelSandbox(SDKSandbox):
+    label = "a Vercel sandbox"
+
     def __init__(self, policy: SandboxPolicy, options: Mapping[str, Any]) -> None:
-        self.policy, self.options = policy, dict(options)
-        self.warning = None
-        self.sandbox: Any = None
+        super().__init__(policy, options)
         self._holder: asyncio.Task[None] | None = None
         self._release = asyncio.Event()
 
@@ -116,27 +115,19 @@ class VercelSandbox(RemoteSandbox):
         if code:
             raise RuntimeError(f"{list(argv[:3])} failed in the Vercel sandbox (exit {code})")
 
-    async def upload(self, archive: bytes, remote_dir: str) -> None:
-        path = f"/tmp/sesame-up-{uuid.uuid4().hex}.tar"
-        await self.sandbox.fs.write_bytes(path, archive)
-        await self._run(["sh", "-c", UPLOAD, path, remote_dir])
+    async def _write(self, path: str, data: bytes) -> None:
+        await self.sandbox.fs.write_bytes(path, data)
 
-    async def download(self, remote_dir: str) -> AsyncIterator[bytes]:
-        path = f"/tmp/sesame-down-{uuid.uuid4().hex}.tar"
-        await self._run(["sh", "-c", DOWNLOAD, path, remote_dir])
+    async def _read(self, path: str) -> AsyncGenerator[bytes, None]:
         async with self.sandbox.fs.open(path, "rb") as reader:
             while chunk := await reader.read(1 << 16):
                 yield bytes(chunk)
 
     async def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: bytes | None = None,
                    cwd: str | Path | None = None) -> ProcessHandle:
-        source = None
-        if stdin is not None:
-            source = stdin_path(self.policy)
-            await self.sandbox.fs.write_bytes(source, stdin)
         process = await self.sandbox.create_process(
-            "sh", ["-c", shell_command(list(argv), source)], env=remote_env(self.policy, env),
-            cwd=str(self.policy.project_dir / cwd) if cwd else str(self.policy.project_dir))
+            "sh", ["-c", shell_command(list(argv), await self._stdin(stdin))], env=remote_env(self.policy, env),
+            cwd=self._workdir(cwd))
         handle = RemoteProcess()
 
         async def pump(reader: Any, stream: str) -> None:
@@ -149,9 +140,6 @@ class VercelSandbox(RemoteSandbox):
 
         handle.attach(finished(), process.kill)
         return handle
-
-    async def listen(self, port: int) -> Any:
-        raise RuntimeError("a Vercel sandbox cannot reach a port on this host")
 
     async def destroy(self) -> None:
         try:

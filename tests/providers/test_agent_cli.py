@@ -7,14 +7,11 @@ import io
 import shlex
 from pathlib import Path
 
-from bot.settings import load_settings
 from runner.agents import get_agent
 from runner.cli_run import run_from_terminal
-from runner.providers import provider_for
 from runner.providers.agent_cli import PREFIX, ensure_agent_cli
 from runner.providers.base import RemoteSandbox
-from runner.sandbox.base import SandboxPolicy
-from tests.support.fake_e2b import FakeE2B
+from tests.providers.conftest import remote_fake, remote_sandbox
 from tests.support.gitrepo import make_repo
 from tests.test_pipeline import args, make_services
 
@@ -26,27 +23,22 @@ async def _run(sandbox: RemoteSandbox, argv: list[str]) -> list[str]:
     return lines
 
 
+class Steps(list[str]):
+    """The progress details ensure_agent_cli reports (its on_step), in order."""
+
+    async def __call__(self, detail: str) -> None:
+        self.append(detail)
+
+
 async def test_a_missing_cli_is_installed_once_per_sandbox_and_the_progress_says_so(tmp_path: Path) -> None:
     claude = get_agent("claude")
-    async with FakeE2B(npm_binaries=("claude",)) as fake:
-        settings = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "d"), "ENCRYPTION_KEY": "ab" * 32,
-                                      "SANDBOX_PROVIDER": "e2b", "E2B_API_KEY": fake.api_key or "",
-                                      "E2B_API_URL": fake.url, "E2B_SANDBOX_URL": fake.url}, cwd=tmp_path)
-        sandbox = provider_for(settings).create(SandboxPolicy("cli", tmp_path), lambda v: None)
-        assert isinstance(sandbox, RemoteSandbox)
-        steps: list[str] = []
-
-        async def on_step(detail: str) -> None:
-            steps.append(detail)
-
-        await sandbox.start()
-        try:
-            bin_dir = await ensure_agent_cli(sandbox, claude, "2.0.1", on_step)
-            again = await ensure_agent_cli(sandbox, claude, "2.0.1", on_step)  # the session's next agent run
+    steps = Steps()
+    async with remote_fake("e2b", npm_binaries=("claude",)) as remote:
+        async with remote_sandbox(tmp_path, "cli", remote.env) as sandbox:
+            bin_dir = await ensure_agent_cli(sandbox, claude, "2.0.1", steps)
+            again = await ensure_agent_cli(sandbox, claude, "2.0.1", steps)  # the session's next agent run
             ran = await _run(sandbox, claude.argv("hi", None, bin_dir=bin_dir)[:2])
-        finally:
-            await sandbox.destroy()
-    installs = [shlex.join([s["process"]["cmd"], *s["process"].get("args", [])]) for s in fake.started
+    installs = [shlex.join([s["process"]["cmd"], *s["process"].get("args", [])]) for s in remote.fake.started
                 if "npm" in json_text(s)]
     assert steps == ["installing Claude Code in the sandbox"]  # once
     assert bin_dir is not None and again == bin_dir
@@ -56,24 +48,12 @@ async def test_a_missing_cli_is_installed_once_per_sandbox_and_the_progress_says
 
 async def test_a_cli_the_template_holds_is_used_as_it_is(tmp_path: Path) -> None:
     claude = get_agent("claude")
-    async with FakeE2B(npm_binaries=("claude",)) as fake:
-        settings = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "d"), "ENCRYPTION_KEY": "ab" * 32,
-                                      "SANDBOX_PROVIDER": "e2b", "E2B_API_KEY": fake.api_key or "",
-                                      "E2B_API_URL": fake.url, "E2B_SANDBOX_URL": fake.url}, cwd=tmp_path)
-        sandbox = provider_for(settings).create(SandboxPolicy("cli2", tmp_path), lambda v: None)
-        assert isinstance(sandbox, RemoteSandbox)
-        steps: list[str] = []
-
-        async def on_step(detail: str) -> None:
-            steps.append(detail)
-
-        await sandbox.start()
-        try:
-            found = await ensure_agent_cli(sandbox, claude, None, on_step, binary="sh")  # on the template's PATH
-        finally:
-            await sandbox.destroy()
+    steps = Steps()
+    async with remote_fake("e2b", npm_binaries=("claude",)) as remote:
+        async with remote_sandbox(tmp_path, "cli2", remote.env) as sandbox:
+            found = await ensure_agent_cli(sandbox, claude, None, steps, binary="sh")  # on the template's PATH
     assert found is None and steps == []
-    assert not [s for s in fake.started if "npm" in json_text(s)]  # nothing installed
+    assert not [s for s in remote.fake.started if "npm" in json_text(s)]  # nothing installed
 
 
 def json_text(start: dict[str, object]) -> str:
@@ -84,9 +64,8 @@ def json_text(start: dict[str, object]) -> str:
 
 async def test_the_session_shows_the_install_step_and_runs_the_installed_cli(tmp_path: Path, db_url: str) -> None:
     origin = make_repo(tmp_path / "origin")
-    async with FakeE2B(npm_binaries=("claude",)) as fake:
-        services = await make_services(tmp_path, db_url, SANDBOX_PROVIDER="e2b", E2B_API_KEY=fake.api_key or "",
-                                       E2B_API_URL=fake.url, E2B_SANDBOX_URL=fake.url, ANTHROPIC_API_KEY="sk-ant-x")
+    async with remote_fake("e2b", npm_binaries=("claude",)) as remote:
+        services = await make_services(tmp_path, db_url, **remote.env, ANTHROPIC_API_KEY="sk-ant-x")
         try:
             await run_from_terminal(services, args(origin, "say hi", agent="claude"), io.StringIO())
             session = (await services.sessions.recent(1))[0]
@@ -95,6 +74,6 @@ async def test_the_session_shows_the_install_step_and_runs_the_installed_cli(tmp
             await services.close()
     details = [e.data.get("detail") for e in events if e.kind == "step" and e.data.get("step") == "agent"]
     assert "installing Claude Code in the sandbox" in details
-    commands = [json_text(s) for s in fake.started]
+    commands = [json_text(s) for s in remote.fake.started]
     assert sum("exec npm install" in c for c in commands) == 1
     assert any(f"{PREFIX}/claude/bin/claude" in c for c in commands)  # the agent ran from the install

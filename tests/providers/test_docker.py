@@ -5,23 +5,19 @@ recorded, nothing is left running), and the container's confinement."""
 from __future__ import annotations
 
 import asyncio
-import io
-import shlex
 import socket
 from pathlib import Path
 
 import pytest
 
-from runner.cli_run import run_from_terminal
 from runner.providers import docker as docker_provider
 from runner.providers.cleanup import remove_abandoned_session
 from runner.providers.docker import DockerSandbox
 from runner.sandbox.base import LimitExceeded, SandboxLimits, SandboxPolicy, Violation
 from tests.conftest import session_base
-from tests.providers.agent import AGENT
-from tests.support.gitrepo import branches, git, make_repo, show_file
+from tests.providers.conftest import RunAgentSession
 from tests.support.podman import Podman, podman  # noqa: F401 (the fixture)
-from tests.test_pipeline import PYTHON, args, make_services
+from tests.test_pipeline import PYTHON, make_services
 
 
 def _env(podman: Podman) -> dict[str, str]:
@@ -30,29 +26,11 @@ def _env(podman: Podman) -> dict[str, str]:
 
 
 async def test_docker_session_commits_records_the_blocked_request_and_leaves_nothing(
-        tmp_path: Path, db_url: str, podman: Podman) -> None:
-    origin = make_repo(tmp_path / "origin")
-    services = await make_services(tmp_path, db_url, **_env(podman))
-    out = io.StringIO()
-    try:
-        code = await run_from_terminal(services, args(origin, "make answer() return 42",
-                                                      command=shlex.join([PYTHON, "-c", AGENT])), out)
-        session = (await services.sessions.recent(1))[0]
-        violations = await services.sessions.violations(session.id)
-        events = await services.sessions.events(session.id)
-    finally:
-        await services.close()
-    assert code == 0, out.getvalue()
-    assert session.state == "completed" and branches(origin)[session.branch] == session.commit_sha
-    assert show_file(origin, session.branch, "src/widget.py").endswith("return 42")
-    assert show_file(origin, session.branch, "WHO.txt").split()[1:] == ["make", "answer()", "return", "42"]
-    assert git("log", "-1", "--format=%an <%ae>", session.branch, cwd=origin) == "Sesame Agent <agent@sesame.works>"
-    assert git("log", "-1", "--format=%B", session.branch, cwd=origin).rstrip().endswith(
-        "Co-authored-by: Sesame <agent@sesame.works>")
-    assert any(v.kind == "network" and "blocked.invalid" in v.resource for v in violations), violations
-    assert any(e.kind == "message" and "edited src/widget.py" in e.data["summary"] for e in events)
-    assert podman.containers(f"sesame.session={session.id}") == []  # removed at the end
-    assert not (Path(services.settings.SESSION_DIR_BASE) / session.id).exists()
+        agent_session: RunAgentSession, podman: Podman) -> None:
+    run = await agent_session(**_env(podman))
+    run.assert_committed()
+    assert any(v.kind == "network" and "blocked.invalid" in v.resource for v in run.violations), run.violations
+    assert podman.containers(f"sesame.session={run.session.id}") == []  # removed at the end
 
 
 async def test_the_container_is_confined_and_limited(tmp_path: Path, podman: Podman) -> None:

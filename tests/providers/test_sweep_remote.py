@@ -5,53 +5,27 @@ records the sandbox's id as a `remote_sandbox` event, and remove_abandoned_sessi
 from __future__ import annotations
 
 import contextlib
-import io
-import shlex
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from runner.cli_run import run_from_terminal
 from runner.providers import provider_for
 from runner.providers.base import RemoteSandbox
 from runner.providers.cleanup import remove_abandoned_session
 from runner.sandbox.base import SandboxPolicy
-from tests.providers.agent import AGENT
-from tests.support.fake_daytona import FakeDaytona
-from tests.support.fake_e2b import FakeE2B
-from tests.support.fake_vercel import FakeVercel
+from tests.providers.conftest import remote_fake, run_agent
 from tests.support.gitrepo import make_repo
-from tests.test_pipeline import PYTHON, args, make_services
-
-
-@asynccontextmanager
-async def _fake(name: str) -> AsyncIterator[tuple[dict[str, str], Callable[[], set[str]]]]:
-    """The settings reaching the fake, and the ids of the sandboxes it holds now."""
-    if name == "e2b":
-        async with FakeE2B() as e2b:
-            yield dict(E2B_API_KEY=e2b.api_key or "", E2B_API_URL=e2b.url, E2B_SANDBOX_URL=e2b.url), \
-                lambda: set(e2b.sandboxes)
-    elif name == "daytona":
-        async with FakeDaytona() as daytona:
-            yield dict(DAYTONA_API_KEY=daytona.api_key or "", DAYTONA_API_URL=daytona.base_url), \
-                lambda: set(daytona.sandboxes)
-    else:
-        async with FakeVercel() as vercel:
-            yield dict(VERCEL_TOKEN=vercel.api_key or "", VERCEL_TEAM_ID="team_1", VERCEL_PROJECT_ID="prj_1",
-                               VERCEL_SANDBOX_URL=vercel.url), lambda: set(vercel.names)
+from tests.test_pipeline import make_services
 
 
 @pytest.mark.parametrize("provider", ["e2b", "daytona", "vercel"])
 async def test_the_sweeper_ends_a_dead_workers_remote_sandbox(tmp_path: Path, db_url: str, provider: str) -> None:
     origin = make_repo(tmp_path / "origin")
-    async with _fake(provider) as (env, live):
-        services = await make_services(tmp_path, db_url, SANDBOX_PROVIDER=provider, **env)
+    async with remote_fake(provider) as remote:
+        live = remote.live
+        services = await make_services(tmp_path, db_url, **remote.env)
         try:
-            code = await run_from_terminal(services, args(origin, "make answer() return 42",
-                                                          command=shlex.join([PYTHON, "-c", AGENT])), io.StringIO())
-            session = (await services.sessions.recent(1))[0]
+            code, _output, session = await run_agent(services, origin)
             recorded = await services.sessions.last_event(session.id, "remote_sandbox")
             assert code == 0 and recorded is not None and recorded.data["provider"] == provider
             assert recorded.data["id"] and not live()  # the finished session's sandbox is gone already
