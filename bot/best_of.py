@@ -69,7 +69,10 @@ def comparison(rows: list[Session], facts: dict[str, dict[str, Any]], slug: str)
             format_duration(took) if took is not None else "-",
             f"${row.cost_usd:,.2f}" if row.cost_usd is not None else "-", str(row.violation_count),
             md_code(row.branch) if row.branch and row.commit_sha else "-"]) + " |")
-    lines += ["", f"`@{slug} pick N` (or `@{slug} pick AGENT`) opens the pull request from that one."]
+    on_pr = bool(rows and (rows[0].context or {}).get("is_pull_request"))
+    outcome = ("moves this pull request's branch to that one's commit" if on_pr
+               else "opens the pull request from that one")
+    lines += ["", f"`@{slug} pick N` (or `@{slug} pick AGENT`) {outcome}."]
     return "\n".join(lines)
 
 
