@@ -99,6 +99,12 @@ async def test_on_a_pull_request_each_agent_starts_at_its_head_and_the_pick_move
     refusal = github_text(hook.bot_comments(pr.number)[-1].body)
     assert "feature moved since the sessions started from it" in refusal and rows[0].branch in refusal
     assert (await hook.services.sessions.get(ids[0])).pr_number is None
+    group = rows[0].context["best_of"]["group"]  # the API sees the same group and refuses the same way
+    facts = await (await hook.client.get(f"/api/best-of/{group}")).json()
+    assert facts["picked"] == ids[1] and facts["source"] == "github" and facts["ended"]
+    by_api = await hook.client.post(f"/api/best-of/{group}/pick", json={"pick": 1})
+    assert by_api.status == 409 and "feature` moved since" in (await by_api.json())["error"]
+    assert hook.fake.branches(hook.repo)["feature"] == rows[1].commit_sha
 
 
 async def test_a_fork_pull_requests_best_of_runs_but_its_pick_is_refused(make_stack: MakeStack) -> None:
