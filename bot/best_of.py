@@ -21,9 +21,12 @@ def group_of(session: Session) -> str | None:
     return str(best["group"]) if isinstance(best, dict) and best.get("group") else None
 
 
-async def sessions_of(services: Services, repo: str, group: str) -> list[Session]:
-    """The group's sessions in their order (1..N)."""
-    query = select(Session).where(Session.repo == repo, Session.trigger_key.like(f"github:{group}:%"))
+async def sessions_of(services: Services, repo: str | None, group: str) -> list[Session]:
+    """The group's sessions in their order (1..N), whatever their source (the group is in their context);
+    `repo` None finds them in any repository (the API names a group alone)."""
+    query = select(Session).where(Session.context[("best_of", "group")].as_string() == group)
+    if repo is not None:
+        query = query.where(Session.repo == repo)
     async with services.sessions.autocommit() as db:
         rows = list((await db.execute(query)).scalars())
     return sorted(rows, key=lambda r: int((r.context or {})["best_of"]["index"]))
@@ -66,7 +69,10 @@ def comparison(rows: list[Session], facts: dict[str, dict[str, Any]], slug: str)
             format_duration(took) if took is not None else "-",
             f"${row.cost_usd:,.2f}" if row.cost_usd is not None else "-", str(row.violation_count),
             md_code(row.branch) if row.branch and row.commit_sha else "-"]) + " |")
-    lines += ["", f"`@{slug} pick N` (or `@{slug} pick AGENT`) opens the pull request from that one."]
+    on_pr = bool(rows and (rows[0].context or {}).get("is_pull_request"))
+    outcome = ("moves this pull request's branch to that one's commit" if on_pr
+               else "opens the pull request from that one")
+    lines += ["", f"`@{slug} pick N` (or `@{slug} pick AGENT`) {outcome}."]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from runner.run_state import AgentFailed, Checkout, Run
 from runner.sandbox.base import Violation
 from runner.secretscan import SecretInPush, check_push, known_secrets
 from runner.uids import kill_uid
-from runner.workspace import Workspace
+from runner.workspace import START_REF, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,12 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
     await _push_or_keep(state, access, ws, branch, sha)
     await state.event("push", {"branch": branch, "sha": sha})
     await state.step("pr", "running", percent=90)
-    stat = (await gitops.diff_stat(ws.git_dir, f"refs/remotes/origin/{base}")).strip()
+    best_of = bool((session.context or {}).get("best_of"))
+    # best-of-N on a pull request starts at its head: the comparison counts what the agent changed there
+    since = START_REF if best_of and (session.context or {}).get("start_ref") else f"refs/remotes/origin/{base}"
+    stat = (await gitops.diff_stat(ws.git_dir, since)).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
-    if (session.context or {}).get("best_of"):  # best-of-N: the PR waits for `pick` (bot/best_of.py)
+    if best_of:  # best-of-N: the PR waits for `pick` (bot/best_of.py)
         await state.event("best_of", {"files": files, "branch": branch})
         await state.step("pr", "skipped", f"branch `{branch}` pushed; the comparison says how to pick it", 95)
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")

@@ -13,6 +13,7 @@ from bot.catalog import AGENT_NAMES
 from bot.credentials import KINDS
 from bot.sessions import SOURCES
 from bot.settings import KEYS
+from bot.triggers import MAX_BEST_OF
 from webhooks.api import LIST_FILTERS, MAX_AFTER, MAX_KEY, MAX_LIMIT, MAX_MODEL, MAX_PROMPT, STATES
 
 
@@ -79,7 +80,37 @@ def _schemas() -> dict[str, Any]:
             "sandboxSecurity": {"type": "boolean"}, "keepAlive": {"type": "boolean"},
             "budget": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000,
                        "description": "the most the session may spend on its model API, in USD"},
-            "idempotencyKey": {"type": "string", "maxLength": MAX_KEY}}},
+            "idempotencyKey": {"type": "string", "maxLength": MAX_KEY},
+            "agents": {"type": "array", "items": {"type": "string", "enum": list(AGENT_NAMES)}, "minItems": 2,
+                       "maxItems": MAX_BEST_OF, "description": "best-of-N: one session per agent (repeats allowed), "
+                       "each on a new branch, compared at /api/best-of/{group}; not with agent, model or branch"}}},
+        "BestOfGroup": {"type": "object", "required": ["group", "sessions"], "properties": {
+            "group": {"type": "string"}, "sessions": {"type": "array", "items": _ref("Session")}}},
+        "BestOfComparison": {"type": "object", "required": ["group", "repo", "ended", "picked", "sessions"],
+                             "properties": {
+            "group": {"type": "string"}, "repo": {"type": "string"}, "source": {"type": "string"},
+            "prompt": {"type": "string"}, "ended": {"type": "boolean"},
+            "picked": {"type": ["string", "null"], "description": "the session whose work became the change"},
+            "sessions": {"type": "array", "items": {"type": "object", "required": ["index", "id", "agent", "state"],
+                                                    "properties": {
+                "index": {"type": "integer"}, "id": {"type": "string"}, "agent": {"type": "string"},
+                "state": {"type": "string", "enum": list(STATES)}, "branch": NULLABLE_TEXT, "commitSha": NULLABLE_TEXT,
+                "files": {"type": ["string", "null"], "description": "git's summary, e.g. 2 files changed, ..."},
+                "tests": {"type": ["string", "null"], "enum": ["passed", "failed", None]},
+                "durationSeconds": {"type": ["number", "null"]}, "costUsd": {"type": ["number", "null"]},
+                "violations": {"type": "integer"}, "error": NULLABLE_TEXT,
+                "pullRequest": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
+                    "number": {"type": "integer"}, "url": NULLABLE_TEXT}}]}}}}}},
+        "BestOfPick": {"type": "object", "required": ["pick"], "properties": {
+            "pick": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 64}, {"type": "integer"}],
+                     "description": "the session's number in the group (1..N) or its agent, when only one ran it"}}},
+        "BestOfPicked": {"type": "object", "required": ["group", "session", "pullRequest", "moved"], "properties": {
+            "group": {"type": "string"}, "session": _ref("Session"),
+            "pullRequest": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
+                "number": {"type": "integer"}, "url": NULLABLE_TEXT, "created": {"type": "boolean"}}}],
+                "description": "null for a repository without pull requests (a path or URL)"},
+            "moved": {"type": ["string", "null"], "description": "a group on a pull request: the PR's branch, "
+                      "fast-forwarded to the chosen commit"}}},
         "SessionChange": {"oneOf": [
             {"type": "object", "required": ["action"], "properties": {"action": {"const": "stop"}}},
             {"type": "object", "required": ["message"], "properties": {
@@ -123,6 +154,9 @@ def _schemas() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     session = _json(_ref("Session"), "the session")
     missing = _error("no such session")
+    created = {"anyOf": [_ref("Session"), _ref("BestOfGroup")]}
+    group = {"name": "group", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+    no_group = _error("no such best-of-N group")
     list_params = [
         {"name": LIST_FILTERS[0], "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
         {"name": "agent", "in": "query", "schema": {"type": "string", "enum": list(AGENT_NAMES)}},
@@ -143,8 +177,8 @@ def _paths() -> dict[str, Any]:
                 "400": _error("an unknown parameter or value, named with the valid ones")}},
             "post": {"operationId": "createSession", "parameters": [IDEMPOTENCY],
                      "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewSession")}}},
-                     "responses": {"201": _json(_ref("Session"), "recorded and queued"),
-                                   "200": _json(_ref("Session"), "the session this Idempotency-Key made before"),
+                     "responses": {"201": _json(created, "recorded and queued (with agents: the group)"),
+                                   "200": _json(created, "what this Idempotency-Key made before"),
                                    **BAD_BODY,
                                    "422": _error("the Idempotency-Key was used for another request")}}},
         "/api/session/{id}": {
@@ -171,6 +205,18 @@ def _paths() -> dict[str, Any]:
         "/api/session/{id}/violations": {"parameters": [SESSION_ID], "get": {
             "operationId": "sessionViolations", "responses": {"200": _json(_ref("Violations"), "counted"),
                                                               "404": missing}}},
+        "/api/best-of/{group}": {"parameters": [group], "get": {
+            "operationId": "getBestOf", "responses": {
+                "200": _json(_ref("BestOfComparison"), "the group's sessions compared"), "404": no_group}}},
+        "/api/best-of/{group}/pick": {"parameters": [group], "post": {
+            "operationId": "pickBestOf",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BestOfPick")}}},
+            "responses": {"200": _json(_ref("BestOfPicked"), "the pull request opened (or found open), or the "
+                                       "pull request's branch moved"),
+                          **BAD_BODY, "404": no_group,
+                          "409": _error("that session pushed nothing, the pull request is a fork's or closed, "
+                                        "or its branch moved since the sessions started"),
+                          "502": _error("GitHub refused or did not answer")}}},
         "/api/settings": {
             "get": {"operationId": "getSettings", "responses": {"200": _json(_ref("Settings"), "in force")}},
             "put": {"operationId": "putSettings",

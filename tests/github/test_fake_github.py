@@ -191,6 +191,30 @@ async def test_pull_request_lifecycle(fake_github: FakeGitHub, factory: GitHubAp
     assert fake_github.pulls[0].body == "Fixes #1"
 
 
+async def test_a_pull_heads_ref_follows_its_branch_and_refs_move_only_forward(
+        fake_github: FakeGitHub, factory: GitHubAppClientFactory) -> None:
+    """refs/pull/N/head follows the PR's branch; PATCH git/refs fast-forwards it, refuses anything else unless
+    forced, as GitHub does."""
+    bare = fake_github.repos["acme/widget"].path
+    first = fake_github.commit_file("acme/widget", "feature", {"a.txt": "a\n"})
+    pull = fake_github.add_pull("acme/widget", "feature")
+    assert gitrepo.git("rev-parse", f"refs/pull/{pull.number}/head", cwd=bare) == first
+    second = fake_github.commit_file("acme/widget", "feature", {"b.txt": "b\n"})
+    assert gitrepo.git("rev-parse", f"refs/pull/{pull.number}/head", cwd=bare) == second
+    main = fake_github.branches("acme/widget")["main"]
+    gh = await factory.installation_client(fake_github.installation_id)
+    with pytest.raises(gidgethub.BadRequest) as info:
+        await gh.patch("/repos/acme/widget/git/refs/heads/feature", data={"sha": main, "force": False})
+    assert info.value.status_code == 422 and "not a fast forward" in str(info.value)
+    with pytest.raises(gidgethub.BadRequest) as info:
+        await gh.patch("/repos/acme/widget/git/refs/heads/nope", data={"sha": main})
+    assert info.value.status_code == 422
+    await gh.patch("/repos/acme/widget/git/refs/heads/feature", data={"sha": first, "force": True})
+    answer = await gh.patch("/repos/acme/widget/git/refs/heads/feature", data={"sha": second, "force": False})
+    assert answer["object"]["sha"] == second and fake_github.branches("acme/widget")["feature"] == second
+    assert gitrepo.git("rev-parse", f"refs/pull/{pull.number}/head", cwd=bare) == second
+
+
 async def test_review_comment_reply_and_edit(fake_github: FakeGitHub,
                                              factory: GitHubAppClientFactory) -> None:
     fake_github.add_pull("acme/widget", "main", title="Refactor")

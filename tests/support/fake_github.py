@@ -456,7 +456,19 @@ class FakeGitHub(LoopbackServer):
             gitrepo.commit_files(work, fork_files, f"{user}'s change")
             gitrepo.git("push", "--quiet", str(fork.path), f"HEAD:refs/heads/{head}", cwd=work)
             gitrepo.git("push", "--quiet", "origin", f"HEAD:refs/pull/{issue.number}/head", cwd=work)
+        self._sync_pull_heads(full_name)
         return issue
+
+    def _sync_pull_heads(self, full_name: str) -> None:
+        """refs/pull/N/head of every PR from a branch of this repository follows that branch, as GitHub's
+        does after each push (a fork's PR head is pushed there in add_pull)."""
+        repo = self.repos.get(full_name)
+        if repo is None:
+            return
+        branches = self.branches(full_name)
+        for pull in self.pulls:
+            if pull.repo == full_name and pull.head_repo == full_name and pull.head in branches:
+                gitrepo.git("update-ref", f"refs/pull/{pull.number}/head", branches[pull.head], cwd=repo.path)
 
     def rate_limit_comment_edits(self, count: int, *, status: int = 403,
                                  retry_after: int = 1) -> None:
@@ -879,6 +891,7 @@ class FakeGitHub(LoopbackServer):
             ("POST", repo + "/pulls/{number:\\d+}/comments/{id:\\d+}/replies", self._reply),
             ("GET", repo + "/pulls/comments/{id:\\d+}", self._get_review_comment),
             ("PATCH", repo + "/pulls/comments/{id:\\d+}", self._edit_review_comment),
+            ("PATCH", repo + "/git/refs/{ref:heads/.+}", self._update_ref),
             ("GET", "/git/{owner}/{repo_git}/{tail:.*}", self._git),
             ("POST", "/git/{owner}/{repo_git}/{tail:.*}", self._git),
         ]
@@ -1124,6 +1137,7 @@ class FakeGitHub(LoopbackServer):
             gitrepo.git("checkout", "-q", *([branch] if existing else ["-b", branch]), cwd=Path(work))
             gitrepo.commit_files(Path(work), files, message)
             gitrepo.git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=Path(work))
+        self._sync_pull_heads(full_name)
         return gitrepo.branches(repo.path)[branch]
 
     async def _get_permission(self, request: web.Request) -> web.Response:
@@ -1315,6 +1329,33 @@ class FakeGitHub(LoopbackServer):
                                     review_id=next(self._ids))
         return _json(self._comment_json(comment), status=201)
 
+    # ------------------------------------------------------------ git refs
+
+    async def _update_ref(self, request: web.Request) -> web.Response:
+        """PATCH /repos/{o}/{r}/git/refs/heads/{branch} with `sha` (and `force`): 422 for a missing ref or
+        commit, and for a move that is not a fast-forward unless forced, as GitHub answers."""
+        repo, _ = self._require_repo(request, "contents", "write")
+        body = await _json_body(request)
+        sha, ref = _required_text(body, "sha"), f"refs/{request.match_info['ref']}"
+        current = subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], cwd=repo.path,
+                                 capture_output=True, text=True, env=gitrepo.git_env()).stdout.strip()
+        if not current:
+            raise GitHubError(422, "Reference does not exist")
+        exists = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo.path,
+                                capture_output=True, env=gitrepo.git_env()).returncode == 0
+        if not exists:
+            raise GitHubError(422, "Object does not exist")
+        forward = subprocess.run(["git", "merge-base", "--is-ancestor", current, sha], cwd=repo.path,
+                                 capture_output=True, env=gitrepo.git_env()).returncode == 0
+        if not forward and not body.get("force"):
+            raise GitHubError(422, "Update is not a fast forward")
+        gitrepo.git("update-ref", ref, sha, current, cwd=repo.path)
+        self._sync_pull_heads(repo.full_name)
+        url = f"{self.url}/repos/{repo.full_name}/git/{ref}"
+        return _json({"ref": ref, "node_id": f"REF_{sha[:8]}", "url": url,
+                      "object": {"type": "commit", "sha": sha, "url": f"{self.url}/repos/{repo.full_name}/git/"
+                                                                    f"commits/{sha}"}})
+
     # ------------------------------------------------------------ git smart HTTP
 
     def _git_token(self, request: web.Request, full_name: str, service: str) -> FakeToken:
@@ -1344,6 +1385,7 @@ class FakeGitHub(LoopbackServer):
         status, headers, payload = await self._http_backend(request, f"/{full_name}.git/{tail}")
         if service == "git-receive-pack" and request.method == "POST":
             self.pushes.append(RecordedPush(full_name, self.branches(full_name)))
+            self._sync_pull_heads(full_name)
         return web.Response(status=status, headers=headers, body=payload)
 
     async def _http_backend(self, request: web.Request,

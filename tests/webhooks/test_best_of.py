@@ -53,3 +53,81 @@ def test_the_grammar() -> None:
                 "@sesame --agent claude --agents claude,codex fix it"):
         parsed = parse_mention(bad, "sesame")
         assert parsed is not None and parsed.error, bad
+
+
+async def test_on_a_pull_request_each_agent_starts_at_its_head_and_the_pick_moves_its_branch(
+        make_stack: MakeStack) -> None:
+    """Two sessions on branches of their own from the PR's head (refs/pull/N/head); the comparison on the PR
+    counts only what each agent changed; `pick 2` fast-forwards the PR's branch to the second one's commit,
+    and then `pick 1` is refused: the branch moved past where the first one started."""
+    stack = await make_stack(AGENT, SANDBOX_SECURITY_ENABLED="false")
+    hook = stack.hook
+    bare = hook.fake.repos[hook.repo].path
+    head = hook.fake.commit_file(hook.repo, "feature", {"docs/usage.md": "# usage\n"})
+    pr = hook.fake.add_pull(hook.repo, "feature", title="Usage")
+    answer = await hook.comment(pr.number, "@sesame --agents command,command make answer() return 42")
+    ids = (await answer.json())["best_of"]
+    assert answer.status == 202 and len(ids) == 2
+    await stack.drain()
+    rows = [await hook.services.sessions.get(i) for i in ids]
+    assert [r.state for r in rows] == ["completed"] * 2, [r.error for r in rows]
+    assert len({r.branch for r in rows} | {"feature"}) == 3 and hook.fake.pulls == [pr]
+    for row in rows:
+        assert hook.fake.branches(hook.repo)[row.branch] == row.commit_sha
+        assert gitrepo.git("rev-parse", f"{row.commit_sha}^", cwd=bare) == head
+        assert gitrepo.git("show", f"{row.commit_sha}:docs/usage.md", cwd=bare) == "# usage"
+        assert row.base_branch == "main" and row.pr_number is None
+    assert hook.fake.branches(hook.repo)["feature"] == head  # nothing reached the PR before the pick
+    comments = [c.body for c in hook.bot_comments(pr.number)]
+    [table] = [c for c in comments if "ran this request with 2 agents" in c]
+    # WHO.txt and widget.py, not the PR's own docs/usage.md
+    assert table.count("| 2 files changed, 2 insertions(+), 1 deletion(-) |") == 2, table
+    assert "moves this pull request's branch to that one's commit" in table
+    assert any("Running 2 sessions from this pull request's head" in c for c in comments)
+    picked = await hook.comment(pr.number, "@sesame pick 2")
+    assert (await picked.json())["picked"] == ids[1]
+    assert hook.fake.branches(hook.repo)["feature"] == rows[1].commit_sha
+    assert gitrepo.git("rev-parse", f"refs/pull/{pr.number}/head", cwd=bare) == rows[1].commit_sha
+    assert hook.fake.pulls == [pr]
+    chosen = await hook.services.sessions.get(ids[1])
+    assert (chosen.pr_number, chosen.pr_url) == (pr.number, f"{hook.fake.url}/{hook.repo}/pull/{pr.number}")
+    assert any(f"Moved feature (#{pr.number}) to {rows[1].commit_sha[:7]}, the work of" in github_text(c.body)
+               for c in hook.bot_comments(pr.number))
+    again = await hook.comment(pr.number, "@sesame pick 1")
+    assert (await again.json())["refused"] == "pick"
+    assert hook.fake.branches(hook.repo)["feature"] == rows[1].commit_sha
+    refusal = github_text(hook.bot_comments(pr.number)[-1].body)
+    assert "feature moved since the sessions started from it" in refusal and rows[0].branch in refusal
+    assert (await hook.services.sessions.get(ids[0])).pr_number is None
+    group = rows[0].context["best_of"]["group"]  # the API sees the same group and refuses the same way
+    facts = await (await hook.client.get(f"/api/best-of/{group}")).json()
+    assert facts["picked"] == ids[1] and facts["source"] == "github" and facts["ended"]
+    by_api = await hook.client.post(f"/api/best-of/{group}/pick", json={"pick": 1})
+    assert by_api.status == 409 and "feature` moved since" in (await by_api.json())["error"]
+    assert hook.fake.branches(hook.repo)["feature"] == rows[1].commit_sha
+
+
+async def test_a_fork_pull_requests_best_of_runs_but_its_pick_is_refused(make_stack: MakeStack) -> None:
+    """The fork's branch is out of the App's reach: the sessions start at the fork's head as the repository
+    keeps it, and `pick` says the work stays on its branch here."""
+    stack = await make_stack(AGENT, SANDBOX_SECURITY_ENABLED="false", GITHUB_ALLOW_FORK_PULL_REQUESTS="true")
+    hook = stack.hook
+    bare = hook.fake.repos[hook.repo].path
+    fork = hook.fake.add_pull(hook.repo, "patch-1", head_repo="mallory/widget", user="mallory",
+                              fork_files={"docs/usage.md": "# usage\n"})
+    fork_head = gitrepo.git("rev-parse", f"refs/pull/{fork.number}/head", cwd=bare)
+    answer = await hook.comment(fork.number, "@sesame --agents command,command make answer() return 42")
+    ids = (await answer.json())["best_of"]
+    await stack.drain()
+    rows = [await hook.services.sessions.get(i) for i in ids]
+    assert [r.state for r in rows] == ["completed"] * 2, [r.error for r in rows]
+    assert all(gitrepo.git("rev-parse", f"{r.commit_sha}^", cwd=bare) == fork_head for r in rows)
+    picked = await hook.comment(fork.number, "@sesame pick command")
+    assert (await picked.json())["refused"] == "pick"  # two ran `command`: ambiguous
+    picked = await hook.comment(fork.number, "@sesame pick 1")
+    assert (await picked.json())["refused"] == "pick"
+    refusal = github_text(hook.bot_comments(fork.number)[-1].body)
+    assert f"#{fork.number} comes from a fork, whose branch I cannot move" in refusal and rows[0].branch in refusal
+    assert gitrepo.git("rev-parse", f"refs/pull/{fork.number}/head", cwd=bare) == fork_head
+    assert hook.fake.pulls == [fork] and not hook.fake.api_requests("PATCH", f"/repos/{hook.repo}/git/refs")
+    assert (await hook.services.sessions.get(ids[0])).pr_number is None

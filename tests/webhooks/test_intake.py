@@ -134,6 +134,7 @@ async def test_help_and_malformed_options_get_a_reply(hook: Hook) -> None:
     await hook.comment(1, "@sesame --colour blue fix it")
     help_text, missing, unknown = [c.body for c in hook.bot_comments(1)]
     assert "--agent NAME" in help_text and "@sesame stop" in help_text
+    assert "`--agents a,b,c` (2 to 5 of them)" in help_text and "`@sesame pick N` (or `pick AGENT`)" in help_text
     assert "`--agent` needs a value" in missing and "Unknown option `--colour`" in unknown
     assert await hook.sessions() == []
 

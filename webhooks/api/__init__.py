@@ -1,12 +1,13 @@
-"""REST API, one module per resource: sessions (`sessions`), their events over SSE (`events`), settings
-(`settings`), credentials (`credentials`), the Sesame API proxy (`upstream`) and health (`health`, which
-`webhooks.app` mounts on every app); `common` checks requests for all of them. `setup` mounts them."""
+"""REST API, one module per resource: sessions (`sessions`), their events over SSE (`events`), best-of-N
+groups (`best_of`), settings (`settings`), credentials (`credentials`), the Sesame API proxy (`upstream`) and
+health (`health`, which `webhooks.app` mounts on every app); `common` checks requests for all of them. `setup`
+mounts them."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from webhooks.api import credentials, events, models, sessions, settings, upstream
+from webhooks.api import best_of, credentials, events, models, sessions, settings, upstream
 from webhooks.api.common import MAX_KEY, MAX_MODEL, MAX_PROMPT, idempotency_key
 from webhooks.api.events import MAX_AFTER
 from webhooks.api.sessions import (
@@ -37,6 +38,8 @@ def setup(app: web.Application) -> None:
     app.router.add_delete("/api/session/{id}", sessions.delete_session)
     app.router.add_get("/api/session/{id}/events", events.session_events)
     app.router.add_get("/api/session/{id}/violations", sessions.session_violations)
+    app.router.add_get("/api/best-of/{group}", best_of.get_group)
+    app.router.add_post("/api/best-of/{group}/pick", best_of.pick)
     app.router.add_get("/api/settings", settings.get_settings)
     app.router.add_put("/api/settings", settings.put_settings)
     app.router.add_get("/api/credentials/{agent}", credentials.get_credentials)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +18,7 @@ from bot.models import Session, State, Violation
 from bot.services import Services
 from bot.session_input import InputError, check_model, check_prompt, check_ref, request_digest, resolve_repo
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
+from bot.triggers import MAX_BEST_OF
 from webhooks.api.common import (
     MAX_MODEL,
     MAX_PROMPT,
@@ -124,13 +127,34 @@ def check_same_request(key: str, row: Session, digest: str) -> None:
                      "send the same request again, or use a new key"}), content_type="application/json")
 
 
+def check_agents(body: dict[str, Any]) -> list[str] | None:
+    """The body's `agents` for best-of-N (2 to MAX_BEST_OF known agents, repeats allowed), None without it; a
+    clear 400 for anything else, and for what cannot go with several agents (`agent`, `model`, `branch`)."""
+    value = body.get("agents")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise bad_request('agents must be a list of agent names, e.g. ["claude", "codex"]')
+    if not 2 <= len(value) <= MAX_BEST_OF:
+        raise bad_request(f"agents must name 2 to {MAX_BEST_OF} agents (it names {len(value)}); "
+                          "for one agent, give `agent`")
+    for name, why in (("agent", "give `agent` for one session or `agents` for several, not both"),
+                      ("model", "each of several agents runs its own default model: leave `model` out"),
+                      ("branch", "each of several agents works on a new branch of its own: leave `branch` out")):
+        if body.get(name) is not None:
+            raise bad_request(f"{name} cannot go with agents: {why}")
+    return [check_agent(name) for name in value]
+
+
 async def create_session(request: web.Request) -> web.Response:
-    """Record and enqueue a session; Idempotency-Key makes retries safe. Everything is checked first."""
+    """Record and enqueue a session (or, with `agents`, a best-of-N group of them); Idempotency-Key makes
+    retries safe. Everything is checked first."""
     services: Services = request.app[SERVICES]
     body = await read_json(request)
     prompt = text_field(body, "prompt", True, MAX_PROMPT)
     repo_text = text_field(body, "repo", True, 1024)
-    agent = check_agent(text_field(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    agents = check_agents(body)
+    agent = agents[0] if agents else check_agent(text_field(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
     budget = _budget(body)
     try:
         prompt = check_prompt(prompt)
@@ -144,17 +168,42 @@ async def create_session(request: web.Request) -> web.Response:
     model = text_field(body, "model", limit=MAX_MODEL)
     await _check_model(request.app, agent, model)
     sandbox, keep = bool(body.get("sandboxSecurity", True)), bool(body.get("keepAlive", False))
-    digest = request_digest("create", {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base,
-                                       "branch": branch, "sandbox": sandbox, "keep": keep, "budget": budget})
-    row, created = await services.sessions.create(NewSession(
+    fields = {"prompt": prompt, "repo": repo, "agent": agent, "model": model, "base": base, "branch": branch,
+              "sandbox": sandbox, "keep": keep, "budget": budget}
+    digest = request_digest("create", fields if agents is None else {**fields, "agents": agents})
+    new = NewSession(
         trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
         model=model, base_branch=base, branch=branch, requested_by="api", context={"api_request": digest},
-        budget_usd=budget, sandbox_security=sandbox, keep_alive=keep))
+        budget_usd=budget, sandbox_security=sandbox, keep_alive=keep)
+    if agents is not None:
+        return await create_group(request, agents, key, digest, new)
+    row, created = await services.sessions.create(new)
     if created:
         await request.app[QUEUE].enqueue(row.id)
     else:
         check_same_request(key, row, digest)
     return web.json_response(session_json(row), status=201 if created else 200)
+
+
+async def create_group(request: web.Request, agents: list[str], key: str, digest: str,
+                       single: NewSession) -> web.Response:
+    """Best-of-N (issue 18): one session per agent, numbered 1..N in one group (bot/best_of.py), each on a
+    new branch; a retry with the same Idempotency-Key answers the group it made (its first session names it)."""
+    services: Services = request.app[SERVICES]
+    group, rows, fresh = str(uuid.uuid4()), [], False
+    for index, agent in enumerate(agents, 1):
+        context = {**(single.context or {}), "best_of": {"group": group, "index": index, "of": len(agents)}}
+        row, created = await services.sessions.create(dataclasses.replace(
+            single, trigger_key=f"api:{key}:{index}", agent=agent, context=context))
+        if index == 1 and not created:
+            check_same_request(key, row, digest)
+            group = str(((row.context or {}).get("best_of") or {}).get("group") or group)
+        if created:
+            await request.app[QUEUE].enqueue(row.id)
+        fresh = fresh or created
+        rows.append(row)
+    return web.json_response({"group": group, "sessions": [session_json(r) for r in rows]},
+                             status=201 if fresh else 200)
 
 
 async def _check_model(app: web.Application, agent: str, model: str | None) -> None:

@@ -8,7 +8,7 @@ from gidgethub import routing, sansio
 
 from bot.catalog import AGENT_NAMES
 from bot.github import SesameGitHubAPI
-from bot.triggers import Command, Trigger, parse_mention
+from bot.triggers import MAX_BEST_OF, Command, Trigger, parse_mention
 from webhooks.github.best_of import pick, start_best_of
 from webhooks.github.intake import HELP_TEXT, Intake, Mention, admitted, ignored, refuse, reply
 from webhooks.github.start import start_session, stop_sessions
@@ -39,7 +39,8 @@ async def answer_command(intake: Intake, gh: SesameGitHubAPI, source: Mention, t
     if trigger.error:
         await refuse(intake, gh, source, "malformed", trigger.error)
     elif trigger.command is Command.HELP:
-        await reply(intake, gh, source, HELP_TEXT.format(slug=intake.slug, agents=", ".join(AGENT_NAMES)))
+        await reply(intake, gh, source, HELP_TEXT.format(slug=intake.slug, agents=", ".join(AGENT_NAMES),
+                                                         most=MAX_BEST_OF))
         intake.outcome["help"] = True
     elif trigger.command is Command.PICK:
         await pick(intake, gh, source, trigger)

@@ -22,6 +22,9 @@ HELP_TEXT = """**Sesame** runs a coding agent on this repository and opens a pul
 - `@{slug} fix the flaky retry test` starts a session (on a pull request, it pushes to the PR's branch)
 - `--agent NAME` picks the agent ({agents}), `--model NAME` its model, `--base BRANCH` the base branch,
   `--budget 2.50` the most the session may spend on its model API, in USD
+- `--agents a,b,c` (2 to {most} of them) runs one session per agent, each on a branch of its own, and compares
+  them in one comment; then `@{slug} pick N` (or `pick AGENT`) takes one: a pull request from its branch,
+  or, on a pull request, its commit on the PR's branch
 - `@{slug} stop` stops the running session; `@{slug} help` shows this
 
 Only people with write access can start a session."""

@@ -1,0 +1,104 @@
+"""Best-of-N over the REST API (issue 18): POST /api/session with `agents` starts a group on a repository
+where the App is installed, GET /api/best-of/{group} compares it once the sessions ran, and
+POST /api/best-of/{group}/pick opens the pull request from the chosen one through the installation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bot.queue import InlineQueue
+from bot.services import Services
+from tests.support.fake_github import FakeGitHub
+from tests.support.gitrepo import git
+from tests.test_api import api  # noqa: F401 (fixture)
+from tests.test_api_github import running  # noqa: F401 (fixture)
+
+
+async def test_agents_make_a_group_that_is_compared_and_picked_into_a_pull_request(
+        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+    client, queue, services = running
+    installation = fake_github.installation_of("acme")
+    assert installation is not None
+    await services.installations.upsert(installation.id, "acme", repos=["acme/widget"])
+    body = {"repo": "acme/widget", "agents": ["command", "Command"], "prompt": "make answer() return 42"}
+    response = await client.post("/api/session", json=body, headers={"Idempotency-Key": "best-of-1"})
+    assert response.status == 201, await response.text()
+    made = await response.json()
+    group, ids = made["group"], [s["id"] for s in made["sessions"]]
+    assert len(ids) == 2 and [s["agent"] for s in made["sessions"]] == ["command", "command"]
+    again = await client.post("/api/session", json=body, headers={"Idempotency-Key": "best-of-1"})
+    assert again.status == 200 and (await again.json())["group"] == group
+    assert [s["id"] for s in (await again.json())["sessions"]] == ids
+    await queue.join()
+
+    compared = await client.get(f"/api/best-of/{group}")
+    assert compared.status == 200
+    facts = await compared.json()
+    assert facts["ended"] and facts["picked"] is None and facts["repo"] == "acme/widget"
+    assert [s["id"] for s in facts["sessions"]] == ids and [s["index"] for s in facts["sessions"]] == [1, 2]
+    for entry in facts["sessions"]:
+        assert entry["state"] == "completed", entry["error"]
+        assert entry["branch"] and entry["commitSha"] and entry["files"].startswith("2 files changed")
+        assert entry["violations"] == 0 and entry["durationSeconds"] > 0 and entry["pullRequest"] is None
+    assert len({s["branch"] for s in facts["sessions"]}) == 2
+    assert not [p for p in fake_github.pulls if p.repo == "acme/widget"]  # the PR waits for the pick
+
+    ambiguous = await client.post(f"/api/best-of/{group}/pick", json={"pick": "command"})
+    assert ambiguous.status == 400 and "2 sessions ran command" in (await ambiguous.json())["error"]
+    beyond = await client.post(f"/api/best-of/{group}/pick", json={"pick": "3"})
+    assert beyond.status == 400 and "no session 3 of 2" in (await beyond.json())["error"]
+    picked = await client.post(f"/api/best-of/{group}/pick", json={"pick": 2})
+    assert picked.status == 200, await picked.text()
+    answer = await picked.json()
+    [pull] = [p for p in fake_github.pulls if p.repo == "acme/widget"]
+    second = facts["sessions"][1]
+    assert pull.head == second["branch"] and pull.base == "main" and answer["moved"] is None
+    assert answer["pullRequest"] == {"number": pull.number, "url": f"{fake_github.url}/acme/widget/pull/"
+                                                                   f"{pull.number}", "created": True}
+    assert answer["session"]["id"] == ids[1] and answer["session"]["pullRequest"]["number"] == pull.number
+    assert "picked from 2 agents" in (pull.body or "") and "Fixes" not in (pull.body or "")
+    bare = fake_github.repos["acme/widget"].path
+    assert git("show", f"{pull.head}:src/widget.py", cwd=bare).endswith("return 42")
+    twice = await (await client.post(f"/api/best-of/{group}/pick", json={"pick": "2"})).json()
+    assert twice["pullRequest"]["created"] is False and len(fake_github.pulls) == 1
+    assert (await (await client.get(f"/api/best-of/{group}")).json())["picked"] == ids[1]
+    assert not fake_github.api_requests("POST", "/repos/acme/widget/issues")  # no comment: the API follows SSE
+
+
+@pytest.mark.parametrize("extra,status,needle", [
+    ({"agents": ["command", "nope"]}, 400, "unknown agent 'nope'"),
+    ({"agents": ["command", "codex"], "agent": "command"}, 400, "agent cannot go with agents"),
+    ({"agents": ["command", "codex"], "model": "gpt-5"}, 400, "model cannot go with agents"),
+    ({"agents": ["command", "codex"], "branch": "mine"}, 400, "branch cannot go with agents"),
+    ({"agents": ["command"] * 6}, 400, "2 to 5 agents (it names 6)"),
+    ({"agents": ["command"]}, 400, "2 to 5 agents (it names 1)"),
+    ({"agents": "command,codex"}, 400, "agents must be a list"),
+    ({"agents": ["command", 3]}, 400, "agents must be a list"),
+])
+async def test_bad_agents_are_refused_clearly(api: Any, extra: dict[str, Any], status: int,
+                                              needle: str) -> None:
+    response = await api.post("/api/session", json={"repo": api.repo, "prompt": "fix it", **extra})
+    assert response.status == status and needle in (await response.json())["error"]
+    assert api.queue.ids == []
+
+
+async def test_groups_and_picks_that_do_not_exist(api: Any) -> None:
+    made = await api.post("/api/session", json={"repo": api.repo, "prompt": "fix it", "agents": ["command", "codex"]})
+    assert made.status == 201
+    group = (await made.json())["group"]
+    assert len(api.queue.ids) == 2
+    for path in ("/api/best-of/no-such-group", "/api/best-of/" + "x" * 70, "/api/best-of/%2E%2E"):
+        assert (await api.get(path)).status == 404, path
+    assert (await api.post("/api/best-of/no-such-group/pick", json={"pick": "1"})).status == 404
+    for bad in ({}, {"pick": ""}, {"pick": None}, {"pick": True}, {"pick": "x" * 65}):
+        response = await api.post(f"/api/best-of/{group}/pick", json=bad)
+        assert response.status == 400 and "pick must name one session" in (await response.json())["error"], bad
+    unknown = await api.post(f"/api/best-of/{group}/pick", json={"pick": "gemini"})
+    assert unknown.status == 400 and "no session ran gemini" in (await unknown.json())["error"]
+    unpushed = await api.post(f"/api/best-of/{group}/pick", json={"pick": "codex"})  # still pending
+    assert unpushed.status == 409 and "session 2 (" in (await unpushed.json())["error"]
+    compared = await (await api.get(f"/api/best-of/{group}")).json()
+    assert [s["agent"] for s in compared["sessions"]] == ["command", "codex"] and not compared["ended"]
