@@ -29,6 +29,7 @@ from bot.repo_config import (
     RepoConfig,
     RepoConfigError,
     branch_with_prefix,
+    chosen,
     domains_within,
     parse,
     prompt_with,
@@ -121,14 +122,11 @@ async def _read(state: Run, mirror: Path, base: str, path: str) -> str | None:
 async def _apply(state: Run, config: RepoConfig) -> None:
     """Agent and model (when the trigger named none), a tighter budget, domains within the server's policy."""
     session, services = state.session, state.services
-    context = session.context or {}
-    if config.agent and context.get("agent_named") is False and config.agent != session.agent:
-        session.agent, session.model = config.agent, config.model
-        await state.stored(lambda: services.sessions.set_agent(session.id, session.agent, session.model), "the agent")
-        state.progress.agent = display_name(config.agent)
-    elif config.model and not session.model and context.get("agent_named") is False:
-        session.model = config.model
-        await state.stored(lambda: services.sessions.set_agent(session.id, session.agent, session.model), "the agent")
+    agent, model = chosen(config, session.agent, session.model, session.context or {})
+    if (agent, model) != (session.agent, session.model):
+        session.agent, session.model = agent, model
+        await state.stored(lambda: services.sessions.set_agent(session.id, agent, model), "the agent")
+        state.progress.agent = display_name(agent)
     if config.budget_usd is not None and (session.budget_usd is None or config.budget_usd < session.budget_usd):
         session.budget_usd = config.budget_usd  # a repository may only tighten the budget
         state.progress.budget_usd = config.budget_usd
