@@ -42,6 +42,7 @@ from runner.run_state import Run
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import SandboxPolicy, Violation
 from runner.sandbox.violations import ViolationAggregator
+from runner.test_files import after_test, before_test
 
 log = logging.getLogger(__name__)
 OUTPUT_LINES = 200  # kept of a command's output (the tail)
@@ -257,7 +258,10 @@ async def test_gate(state: Run, fix_round: Callable[[], Awaitable[None]]) -> Non
     round_no = 0
     while True:
         await state.step("test", "running")
+        assert state.workspace is not None
+        before = await before_test(state, state.workspace)
         result = await run_command(state, config.test)
+        await after_test(state, state.workspace, before)
         if state.stop.is_set():
             return  # stopped meanwhile: the pipeline's own check ends the run
         await state.event("test", {"command": config.test, "exit_code": result.code, "round": round_no,

@@ -72,3 +72,36 @@ async def test_still_failing_after_the_fix_rounds_opens_a_draft_saying_why(make_
     assert "Tests (failed (exit code 1)) (failed)" in body
     events = await stack.hook.services.sessions.events(row.id)
     assert [e.data["exit_code"] for e in events if e.kind == "test"] == [1]
+
+
+# The agent writes fix.txt, and in its fix round fix2.txt; the test leaves a report and a cache behind and
+# passes once fix2.txt exists.
+LEAVES_FILES = ("import pathlib, sys\nprompt = sys.stdin.read()\n"
+                "fixing = prompt.startswith(\"The repository's test command\")\n"
+                "pathlib.Path('fix2.txt' if fixing else 'fix.txt').write_text('from the agent\\n')\n")
+LEAVES_CONFIG = """test: |
+  mkdir -p .cache/t && echo cached > .cache/t/data && echo '<testsuite/>' > report.xml
+  test -f fix2.txt
+fix: 1
+"""
+
+
+async def test_files_the_test_command_creates_stay_out_of_the_commit(make_stack: MakeStack) -> None:
+    stack = await make_stack(LEAVES_FILES)
+    hook = stack.hook
+    hook.fake.commit_file(hook.repo, "main", {".github/sesame.yml": LEAVES_CONFIG})
+    issue = hook.fake.add_issue(hook.repo, "fix", "Write the fix files.")
+    assert (await hook.comment(issue.number, "@sesame write the fix files")).status == 202
+    await stack.drain()
+    row = await stack.only_session()
+    assert row.state == "completed", row.error
+    bare = hook.fake.repos[hook.repo].path
+    files = gitrepo.git("ls-tree", "-r", "--name-only", row.commit_sha, cwd=bare).splitlines()
+    assert "fix.txt" in files and "fix2.txt" in files  # the agent's, from both rounds
+    assert "report.xml" not in files and not any(f.startswith(".cache/") for f in files), files
+    events = await hook.services.sessions.events(row.id)
+    assert [e.data["exit_code"] for e in events if e.kind == "test"] == [1, 0]
+    [left] = [e.data for e in events if e.kind == "test_files"]
+    assert left == {"left_out": 2, "paths": [".cache/t/data", "report.xml"]}
+    body = github_text(progress_comment(stack, issue.number).body)
+    assert "2 files the tests wrote left out" in body
