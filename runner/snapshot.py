@@ -278,22 +278,24 @@ class TooMany(Exception):
     """The tree holds more entries than a listing may (list_files' limit)."""
 
 
-def list_files(project: str, limit: int) -> dict[bytes, Signature]:
+def list_files(project: str, limit: int, selection: Selection | None = None) -> dict[bytes, Signature]:
     """Every entry under project that is not a directory (relative byte paths), with its Signature: names
     and lstat only, nothing read, no symlink followed, no `.git` entered (by directory fds, as walk);
-    a directory that cannot be listed is left out. TooMany past `limit` entries."""
+    with a selection, only what it names (an ignored tree is not entered); a directory that cannot be
+    listed is left out. TooMany past `limit` entries."""
     found: dict[bytes, Signature] = {}
     top = os.open(project, _DIR_FLAGS)
     try:
-        _list_dir(top, b"", found, limit)
+        _list_dir(top, b"", found, limit, selection or Everything())
     finally:
         os.close(top)
     return found
 
 
-def _list_dir(dir_fd: int, prefix: bytes, found: dict[bytes, Signature], limit: int) -> None:
+def _list_dir(dir_fd: int, prefix: bytes, found: dict[bytes, Signature], limit: int, selection: Selection) -> None:
     for name in os.listdir(dir_fd):
         name_b = os.fsencode(name)
+        path = prefix + name_b
         if is_git_name(name_b):
             continue
         try:
@@ -301,17 +303,21 @@ def _list_dir(dir_fd: int, prefix: bytes, found: dict[bytes, Signature], limit: 
         except OSError:
             continue
         if stat.S_ISDIR(st.st_mode):
+            if not selection.directory(path):
+                continue
             try:
                 child = os.open(name_b, _DIR_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue
             try:
-                _list_dir(child, prefix + name_b + b"/", found, limit)
+                _list_dir(child, path + b"/", found, limit, selection)
             except PermissionError:
                 pass
             finally:
                 os.close(child)
             continue
+        if not selection.file(path):
+            continue
         if len(found) >= limit:
             raise TooMany(f"more than {limit} files")
-        found[prefix + name_b] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -1,7 +1,8 @@
 """The files the repository's test command leaves behind (reports, caches) stay out of the commit (issue 18).
 
 The host lists the project's files before and after each test run: names and lstat only, as the session's
-uid, no symlink followed, nothing read or run (runner.snapshot.list_files). A file the test created is
+uid, no symlink followed, nothing read or run (runner.snapshot.list_files), and only those the commit could
+hold (runner.commit.Counted: an ignored node_modules is never entered). A file the test created is
 remembered with its Signature as the test left it; at commit time, a remembered file still exactly so is
 left out. What the agent wrote stays: a file the agent creates (in any round) was there before the test,
 and a test file the agent rewrote or recreated in a fix round is the agent's from then on. A file that
@@ -11,15 +12,15 @@ of the agent's version to put back, and never writes into the agent's tree.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
+from runner.commit import Counted, base_entries, counted_paths
 from runner.run_state import Run
 from runner.snapshot import Signature, TooMany, as_user, list_files
 from runner.workspace import Workspace
 
-log = logging.getLogger(__name__)
-LIST_LIMIT = 500_000  # files in the project; past it the test's files are not told apart (a warning says so)
+# files in the project the commit could hold; past it the test's files are not told apart (a warning says so)
+LIST_LIMIT = 500_000
 
 
 def listing_user(state: Run, ws: Workspace) -> tuple[int, int] | None:
@@ -33,10 +34,12 @@ def listing_user(state: Run, ws: Workspace) -> tuple[int, int] | None:
 
 
 async def project_files(state: Run, ws: Workspace, user: tuple[int, int] | None) -> dict[bytes, Signature] | None:
-    """The project's files with their signatures; None (after a warning, once) when there are too many."""
+    """The project's files the commit could hold (tracked, or not ignored: as the commit counts them) with
+    their signatures; None (after a warning, once) when there are too many."""
     uid, gid = user if user else (None, None)
+    counted = Counted(await base_entries(ws.git_dir, "HEAD"), await counted_paths(ws.project, ws.scratch, user))
     try:
-        return await as_user(uid, gid, lambda: list_files(str(ws.project), LIST_LIMIT))
+        return await as_user(uid, gid, lambda: list_files(str(ws.project), LIST_LIMIT, counted))
     except TooMany:
         if not state.test_files_untold:
             state.test_files_untold = True

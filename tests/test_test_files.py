@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.commit import Counted
 from runner.snapshot import TooMany, list_files
 from runner.test_files import created_by_test
 
@@ -29,6 +30,17 @@ def test_the_listing_follows_no_symlink_and_enters_no_git(tmp_path: Path) -> Non
     assert listed[b"src/a.py"] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with pytest.raises(TooMany):
         list_files(str(project), 1)
+
+
+def test_the_listing_enters_only_what_the_commit_could_hold(tmp_path: Path) -> None:
+    (tmp_path / "node_modules" / "pkg").mkdir(parents=True)
+    (tmp_path / "node_modules" / "pkg" / "index.js").write_text("x")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("a = 1\n")
+    (tmp_path / "src" / "a.pyc").write_text("")
+    counted = Counted({b"src/a.py": ("100644", "0" * 40)}, [b"new.txt"])
+    (tmp_path / "new.txt").write_text("n")
+    assert sorted(list_files(str(tmp_path), 100, counted)) == [b"new.txt", b"src/a.py"]
 
 
 def test_a_rewrite_shows_even_with_the_mtime_put_back(tmp_path: Path) -> None:
