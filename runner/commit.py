@@ -94,7 +94,7 @@ class Counted:
 
     def __init__(self, tracked: dict[bytes, tuple[str, str]], listed: list[bytes],
                  leave_out: frozenset[bytes] = frozenset()) -> None:
-        self.leave_out = leave_out  # files the test command created (runner.test_files)
+        self.leave_out = leave_out  # files the setup and test commands created (runner.test_files)
         self.files = frozenset(tracked) | frozenset(p for p in listed if not p.endswith(b"/"))
         self.nested = tuple(p for p in listed if p.endswith(b"/"))
         self.dirs = frozenset(path[:cut] for path in self.files | frozenset(self.nested)

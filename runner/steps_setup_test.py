@@ -42,7 +42,7 @@ from runner.run_state import Run
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import SandboxPolicy, Violation
 from runner.sandbox.violations import ViolationAggregator
-from runner.test_files import after_test, before_test
+from runner.test_files import after_commands, before_commands
 
 log = logging.getLogger(__name__)
 OUTPUT_LINES = 200  # kept of a command's output (the tail)
@@ -219,6 +219,8 @@ async def setup_step(state: Run) -> None:
         return
     state.progress.add_step("setup", after="workspace")
     await state.step("setup", "running")
+    assert state.workspace is not None
+    before = await before_commands(state, state.workspace)
     results = []
     for command in config.setup:
         result = await run_command(state, command)
@@ -226,6 +228,7 @@ async def setup_step(state: Run) -> None:
         await state.event("setup", {"command": command, "exit_code": result.code, "seconds": round(result.seconds, 2)})
         if not result.passed:
             break
+    await after_commands(state, state.workspace, before)
     took = sum(r.seconds for r in results)
     output = "\n".join(f"$ {r.command}\n{shown(r.output)}" for r in results)
     failed = next((r for r in results if not r.passed), None)
@@ -259,9 +262,9 @@ async def test_gate(state: Run, fix_round: Callable[[], Awaitable[None]]) -> Non
     while True:
         await state.step("test", "running")
         assert state.workspace is not None
-        before = await before_test(state, state.workspace)
+        before = await before_commands(state, state.workspace)
         result = await run_command(state, config.test)
-        await after_test(state, state.workspace, before)
+        await after_commands(state, state.workspace, before)
         if state.stop.is_set():
             return  # stopped meanwhile: the pipeline's own check ends the run
         await state.event("test", {"command": config.test, "exit_code": result.code, "round": round_no,

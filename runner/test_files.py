@@ -1,13 +1,14 @@
-"""The files the repository's test command leaves behind (reports, caches) stay out of the commit (issue 18).
+"""The files the repository's setup and test commands leave behind (reports, caches, build metadata) stay out
+of the commit (issue 18).
 
-The host lists the project's files before and after each test run: names and lstat only, as the session's
-uid, no symlink followed, nothing read or run (runner.snapshot.list_files), and only those the commit could
-hold (runner.commit.Counted: an ignored node_modules is never entered). A file the test created is
-remembered with its Signature as the test left it; at commit time, a remembered file still exactly so is
-left out. What the agent wrote stays: a file the agent creates (in any round) was there before the test,
-and a test file the agent rewrote or recreated in a fix round is the agent's from then on. A file that
-existed before the test and the test changed or deleted keeps the test's change: the host keeps no copy
-of the agent's version to put back, and never writes into the agent's tree.
+The host lists the project's files before and after the setup commands and each test run: names and lstat
+only, as the session's uid, no symlink followed, nothing read or run (runner.snapshot.list_files), and only
+those the commit could hold (runner.commit.Counted: an ignored node_modules is never entered). A file a
+command created is remembered with its Signature as the command left it; at commit time, a remembered file
+still exactly so is left out. What the agent wrote stays: a file the agent creates (in any round) was there
+before the test, and a command's file the agent rewrote or recreated is the agent's from then on. A file
+that existed before the command and the command changed or deleted keeps the change: the host keeps no
+copy of the agent's version to put back, and never writes into the agent's tree.
 """
 
 from __future__ import annotations
@@ -41,41 +42,41 @@ async def project_files(state: Run, ws: Workspace, user: tuple[int, int] | None)
     try:
         return await as_user(uid, gid, lambda: list_files(str(ws.project), LIST_LIMIT, counted))
     except TooMany:
-        if not state.test_files_untold:
-            state.test_files_untold = True
-            await state.warn(f"The project holds more than {LIST_LIMIT:,} files: what the test command wrote "
-                             "may be part of the commit.")
+        if not state.command_files_untold:
+            state.command_files_untold = True
+            await state.warn(f"The project holds more than {LIST_LIMIT:,} files: what the setup and test commands "
+                             "wrote may be part of the commit.")
         return None
 
 
-def created_by_test(known: Mapping[bytes, Signature], before: Mapping[bytes, Signature],
+def created_by_commands(known: Mapping[bytes, Signature], before: Mapping[bytes, Signature],
                     after: Mapping[bytes, Signature]) -> dict[bytes, Signature]:
-    """The files the test runs so far created, as the last one left them: `known` (earlier runs) less what
-    the agent changed or removed since, plus what this run created."""
+    """The files the commands so far created, as they left them: `known` (earlier runs) less what the agent
+    changed or removed since, plus what this run created."""
     kept = {path: after[path] for path, sig in known.items() if before.get(path) == sig and path in after}
     kept.update((path, sig) for path, sig in after.items() if path not in before)
     return kept
 
 
-async def before_test(state: Run, ws: Workspace) -> dict[bytes, Signature] | None:
-    """The listing before a test run (None: not told apart)."""
+async def before_commands(state: Run, ws: Workspace) -> dict[bytes, Signature] | None:
+    """The listing before the setup commands or a test run (None: not told apart)."""
     return await project_files(state, ws, listing_user(state, ws))
 
 
-async def after_test(state: Run, ws: Workspace, before: dict[bytes, Signature] | None) -> None:
-    """Remember what this test run created."""
+async def after_commands(state: Run, ws: Workspace, before: dict[bytes, Signature] | None) -> None:
+    """Remember what the commands since `before` created."""
     if before is None:
         return
     after = await project_files(state, ws, listing_user(state, ws))
     if after is not None:
-        state.test_files = created_by_test(state.test_files, before, after)
+        state.command_files = created_by_commands(state.command_files, before, after)
 
 
 async def left_out(state: Run, ws: Workspace, user: tuple[int, int] | None) -> frozenset[bytes]:
-    """The files to leave out of the commit: those the tests created, still as they left them."""
-    if not state.test_files:
+    """The files to leave out of the commit: those the commands created, still as they left them."""
+    if not state.command_files:
         return frozenset()
     now = await project_files(state, ws, user)
     if now is None:
         return frozenset()
-    return frozenset(path for path, sig in state.test_files.items() if now.get(path) == sig)
+    return frozenset(path for path, sig in state.command_files.items() if now.get(path) == sig)

@@ -1,4 +1,4 @@
-"""Telling the test command's files from the agent's (runner/test_files.py): the listing reads names and
+"""Telling the setup and test commands' files from the agent's (runner/test_files.py): the listing reads names and
 lstat only, and the attribution across test runs and fix rounds."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from runner.commit import Counted
 from runner.snapshot import TooMany, list_files
-from runner.test_files import created_by_test
+from runner.test_files import created_by_commands
 
 
 def test_the_listing_follows_no_symlink_and_enters_no_git(tmp_path: Path) -> None:
@@ -57,14 +57,14 @@ def test_what_the_test_created_stays_its_own_until_the_agent_changes_it() -> Non
     a, b, c = (1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3)
     before = {b"fix.txt": a}
     after = {b"fix.txt": a, b"report.xml": b, b".cache/x": c}
-    known = created_by_test({}, before, after)
+    known = created_by_commands({}, before, after)
     assert known == {b"report.xml": b, b".cache/x": c}
     # a fix round: the agent rewrites the cache file and adds its own; the next test run rewrites the report
     before2 = {b"fix.txt": a, b"report.xml": b, b".cache/x": (4, 4, 4, 4), b"fix2.txt": a}
     after2 = {**before2, b"report.xml": (5, 5, 5, 5)}
-    assert created_by_test(known, before2, after2) == {b"report.xml": (5, 5, 5, 5)}
+    assert created_by_commands(known, before2, after2) == {b"report.xml": (5, 5, 5, 5)}
     # the agent deleted the report; the test wrote it again: the test's
     before3 = {b"fix.txt": a}
-    assert created_by_test(known, before3, {b"fix.txt": a, b"report.xml": c}) == {b"report.xml": c}
+    assert created_by_commands(known, before3, {b"fix.txt": a, b"report.xml": c}) == {b"report.xml": c}
     # the test deleted a file of its own: nothing to leave out
-    assert created_by_test(known, after, {b"fix.txt": a}) == {}
+    assert created_by_commands(known, after, {b"fix.txt": a}) == {}
