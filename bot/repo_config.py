@@ -9,6 +9,7 @@ server's defaults.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,41 @@ def domains_within(config: RepoConfig, allow_additions: bool, denied: list[str])
 
 def _host(domain: str) -> str:
     return domain.rsplit(":", 1)[0] if re.search(r":[0-9]+$", domain) else domain
+
+
+def trigger_choice(agent: str | None, model: str | None) -> dict[str, bool]:
+    """What a session's context records of its trigger: whether it named the agent and the model. Every
+    source (GitHub, Slack, the API and its form) records it here; the repository's defaults fill in only
+    what it did not name (chosen)."""
+    return {"agent_named": agent is not None, "model_named": model is not None}
+
+
+def follow_up_choice(parent: Mapping[str, Any], agent: str | None, model: str | None) -> dict[str, bool]:
+    """A follow-up names what it names; what it takes over from its parent counts as its parent's did."""
+    return {"agent_named": agent is not None or parent.get("agent_named") is not False,
+            "model_named": model is not None or _model_named(parent, None)}
+
+
+def _model_named(context: Mapping[str, Any], model: str | None) -> bool:
+    named = context.get("model_named")
+    return model is not None if named is None else named is not False
+
+
+def chosen(config: RepoConfig, agent: str, model: str | None, context: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The session's agent and model with the repository's defaults applied where its trigger named none.
+
+    An agent or model the trigger named always wins. A named model also keeps the agent it was named for
+    (it was checked against that one): the repository's agent applies only when neither was named. The
+    repository's model goes with the repository's agent (or, with no agent in the file, with any). A
+    session without the record (created before it existed) counts as having named its agent.
+    """
+    agent_named = context.get("agent_named") is not False
+    model_named = _model_named(context, model)
+    if config.agent and not agent_named and not model_named and config.agent != agent:
+        agent, model = config.agent, None  # a model taken over (a follow-up's) belonged to the other agent
+    if config.model and not model_named and config.agent in (None, agent):
+        model = config.model
+    return agent, model
 
 
 AGENTS_READING_AGENTS_MD = frozenset({"codex", "amp", "opencode", "copilot", "command"})

@@ -12,6 +12,7 @@ from typing import TextIO
 
 from bot.models import Session, State
 from bot.progress import Progress, render_text
+from bot.repo_config import trigger_choice
 from bot.reporting import Channel, LocalChannel
 from bot.services import Services
 from bot.session_input import InputError, check_prompt, check_ref, parse_repo
@@ -70,7 +71,8 @@ async def run_from_terminal(services: Services, args: argparse.Namespace, out: T
     except ValueError as exc:
         print(f"sesame: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    context = {"command": args.agent_command} if args.agent_command else {}
+    context: dict[str, object] = {"command": args.agent_command} if args.agent_command else {}
+    context |= trigger_choice("command" if args.agent_command else args.agent, args.model)
     row, _ = await services.sessions.create(NewSession(
         trigger_key=f"cli:{uuid.uuid4()}", prompt=prompt, agent=agent.name, repo=repo, source="cli",
         model=args.model, base_branch=base, branch=branch, context=context, requested_by="cli",

@@ -92,13 +92,17 @@ class Counted:
     """The paths the commit can hold: tracked ones, and untracked ones the rules do not ignore (a nested
     repository's whole directory, listed as `dir/`); and the directories leading to them."""
 
-    def __init__(self, tracked: dict[bytes, tuple[str, str]], listed: list[bytes]) -> None:
+    def __init__(self, tracked: dict[bytes, tuple[str, str]], listed: list[bytes],
+                 leave_out: frozenset[bytes] = frozenset()) -> None:
+        self.leave_out = leave_out  # files the setup and test commands created (runner.test_files)
         self.files = frozenset(tracked) | frozenset(p for p in listed if not p.endswith(b"/"))
         self.nested = tuple(p for p in listed if p.endswith(b"/"))
         self.dirs = frozenset(path[:cut] for path in self.files | frozenset(self.nested)
                               for cut in _slashes(path))
 
     def file(self, path: bytes) -> bool:
+        if path in self.leave_out:
+            return False
         return path in self.files or path.startswith(self.nested)
 
     def directory(self, path: bytes) -> bool:
@@ -162,14 +166,15 @@ async def _feeding(feed: Callable[[int], Awaitable[T]], fd: int) -> T:
 
 
 async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User | None,
-                        max_size: int | None) -> Tree:
-    """Write the working tree's contents into git_dir as a tree; compare it with HEAD's."""
+                        max_size: int | None, leave_out: frozenset[bytes] = frozenset()) -> Tree:
+    """Write the working tree's contents into git_dir as a tree, without the files in leave_out; compare it
+    with HEAD's."""
     base, base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", "HEAD^{commit}",
                                                          "HEAD^{tree}"])).split()
     tracked = await base_entries(git_dir, base)
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     uid, gid = user if user else (None, None)
-    counted = Counted(tracked, await counted_paths(project, scratch, user))
+    counted = Counted(tracked, await counted_paths(project, scratch, user), leave_out)
     known = {path: sha for path, (_mode, sha) in tracked.items()}
 
     def read_and_send(out: int) -> Snapshot:  # on the thread that dropped to the session's uid

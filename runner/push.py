@@ -20,6 +20,7 @@ from runner.output import host_violation
 from runner.run_state import AgentFailed, Checkout, Run
 from runner.sandbox.base import Violation
 from runner.secretscan import SecretInPush, check_push, known_secrets
+from runner.test_files import left_out as command_files_left_out
 from runner.uids import kill_uid
 from runner.workspace import START_REF, Workspace
 
@@ -36,7 +37,11 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
     user = await _session_user(state, ws)
     if ws.claim is not None and os.geteuid() == 0:  # git from here on runs as the session's own uid
         await asyncio.to_thread(gitops.hand_over, ws.git_dir, ws.claim.user)
-    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size)
+    leave_out = await command_files_left_out(state, ws, user)
+    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size, leave_out)
+    if leave_out:
+        await state.event("command_files", {"left_out": len(leave_out),
+                                         "paths": sorted(p.decode(errors="backslashreplace") for p in leave_out)[:20]})
     await _report_left_out(state, ws, tree.left_out, tree.too_large, max_size)
     if not tree.changed:
         if survived is not None:  # it exited 0, but what stopped it is the news
@@ -56,7 +61,9 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
             await tx.record_commit(sha)
             await tx.event("commit", {"sha": sha, "message": message.splitlines()[0], "author": author.email})
     await state.stored(record, "the commit")
-    await state.step("commit", "done", f"`{sha[:7]}`", 85)
+    left = f", {len(leave_out)} file{'s' if len(leave_out) != 1 else ''} of the setup and test commands left out" \
+        if leave_out else ""
+    await state.step("commit", "done", f"`{sha[:7]}`{left}", 85)
     return sha
 
 

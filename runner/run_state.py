@@ -24,6 +24,7 @@ from runner.agents.failures import AgentFailure, FailureWatch
 from runner.agents.usage import Usage
 from runner.execution import AgentRun
 from runner.sandbox.violations import ViolationAggregator
+from runner.snapshot import Signature
 from runner.workspace import Workspace
 
 T = TypeVar("T")
@@ -91,6 +92,9 @@ class Run:
     next_prompt: str | None = None
     pr_draft: bool = False  # the tests still fail: the pull request opens as a draft
     pr_notes: list[str] = field(default_factory=list)  # markdown lines for the pull request's body (tests)
+    # files the setup and test commands created, as they left them: left out of the commit (runner/test_files.py)
+    command_files: dict[bytes, Signature] = field(default_factory=dict)
+    command_files_untold: bool = False  # too many files to tell them apart (said once)
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)

@@ -267,3 +267,57 @@ async def as_user(uid: int | None, gid: int | None, work: Callable[[], T]) -> T:
 
     threading.Thread(target=body, name="sesame-snapshot", daemon=True).start()
     return await future
+
+
+# What tells one version of a file from another without reading it: inode, size, mtime and ctime (the last
+# set by the kernel on every change, so a rewrite that restores the mtime still shows).
+Signature = tuple[int, int, int, int]
+
+
+class TooMany(Exception):
+    """The tree holds more entries than a listing may (list_files' limit)."""
+
+
+def list_files(project: str, limit: int, selection: Selection | None = None) -> dict[bytes, Signature]:
+    """Every entry under project that is not a directory (relative byte paths), with its Signature: names
+    and lstat only, nothing read, no symlink followed, no `.git` entered (by directory fds, as walk);
+    with a selection, only what it names (an ignored tree is not entered); a directory that cannot be
+    listed is left out. TooMany past `limit` entries."""
+    found: dict[bytes, Signature] = {}
+    top = os.open(project, _DIR_FLAGS)
+    try:
+        _list_dir(top, b"", found, limit, selection or Everything())
+    finally:
+        os.close(top)
+    return found
+
+
+def _list_dir(dir_fd: int, prefix: bytes, found: dict[bytes, Signature], limit: int, selection: Selection) -> None:
+    for name in os.listdir(dir_fd):
+        name_b = os.fsencode(name)
+        path = prefix + name_b
+        if is_git_name(name_b):
+            continue
+        try:
+            st = os.stat(name_b, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not selection.directory(path):
+                continue
+            try:
+                child = os.open(name_b, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                _list_dir(child, path + b"/", found, limit, selection)
+            except PermissionError:
+                pass
+            finally:
+                os.close(child)
+            continue
+        if not selection.file(path):
+            continue
+        if len(found) >= limit:
+            raise TooMany(f"more than {limit} files")
+        found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -29,6 +29,7 @@ from bot.repo_config import (
     RepoConfig,
     RepoConfigError,
     branch_with_prefix,
+    chosen,
     domains_within,
     parse,
     prompt_with,
@@ -41,6 +42,7 @@ from runner.run_state import Run
 from runner.sandbox import create_sandbox
 from runner.sandbox.base import SandboxPolicy, Violation
 from runner.sandbox.violations import ViolationAggregator
+from runner.test_files import after_commands, before_commands
 
 log = logging.getLogger(__name__)
 OUTPUT_LINES = 200  # kept of a command's output (the tail)
@@ -121,14 +123,11 @@ async def _read(state: Run, mirror: Path, base: str, path: str) -> str | None:
 async def _apply(state: Run, config: RepoConfig) -> None:
     """Agent and model (when the trigger named none), a tighter budget, domains within the server's policy."""
     session, services = state.session, state.services
-    context = session.context or {}
-    if config.agent and context.get("agent_named") is False and config.agent != session.agent:
-        session.agent, session.model = config.agent, config.model
-        await state.stored(lambda: services.sessions.set_agent(session.id, session.agent, session.model), "the agent")
-        state.progress.agent = display_name(config.agent)
-    elif config.model and not session.model and context.get("agent_named") is False:
-        session.model = config.model
-        await state.stored(lambda: services.sessions.set_agent(session.id, session.agent, session.model), "the agent")
+    agent, model = chosen(config, session.agent, session.model, session.context or {})
+    if (agent, model) != (session.agent, session.model):
+        session.agent, session.model = agent, model
+        await state.stored(lambda: services.sessions.set_agent(session.id, agent, model), "the agent")
+        state.progress.agent = display_name(agent)
     if config.budget_usd is not None and (session.budget_usd is None or config.budget_usd < session.budget_usd):
         session.budget_usd = config.budget_usd  # a repository may only tighten the budget
         state.progress.budget_usd = config.budget_usd
@@ -220,6 +219,8 @@ async def setup_step(state: Run) -> None:
         return
     state.progress.add_step("setup", after="workspace")
     await state.step("setup", "running")
+    assert state.workspace is not None
+    before = await before_commands(state, state.workspace)
     results = []
     for command in config.setup:
         result = await run_command(state, command)
@@ -227,6 +228,7 @@ async def setup_step(state: Run) -> None:
         await state.event("setup", {"command": command, "exit_code": result.code, "seconds": round(result.seconds, 2)})
         if not result.passed:
             break
+    await after_commands(state, state.workspace, before)
     took = sum(r.seconds for r in results)
     output = "\n".join(f"$ {r.command}\n{shown(r.output)}" for r in results)
     failed = next((r for r in results if not r.passed), None)
@@ -259,7 +261,10 @@ async def test_gate(state: Run, fix_round: Callable[[], Awaitable[None]]) -> Non
     round_no = 0
     while True:
         await state.step("test", "running")
+        assert state.workspace is not None
+        before = await before_commands(state, state.workspace)
         result = await run_command(state, config.test)
+        await after_commands(state, state.workspace, before)
         if state.stop.is_set():
             return  # stopped meanwhile: the pipeline's own check ends the run
         await state.event("test", {"command": config.test, "exit_code": result.code, "round": round_no,

@@ -18,7 +18,7 @@ from bot.services import Services
 from bot.settings import load_settings
 from runner.cli_run import run_from_terminal
 from tests.conftest import session_base
-from tests.support.gitrepo import branches, git, make_repo, show_file
+from tests.support.gitrepo import branches, commit_files, git, make_repo, show_file
 
 WRITE_SCRIPT = textwrap.dedent("""\
     import os, pathlib, sys
@@ -240,3 +240,19 @@ def test_any_other_start_ref_is_refused(ref: object) -> None:
 
     with pytest.raises(ValueError, match="not a pull request head"):
         fork_start_ref(Session(context={"start_ref": ref}))
+
+
+async def test_a_terminal_session_takes_the_repositorys_agent_and_model_unless_it_names_them(
+        tmp_path: Path, db_url: str, origin: Path) -> None:
+    """The server's default agent is Claude (not runnable here); the repository's is the command agent."""
+    commit_files(origin, {".sesame.yml": "agent: command\nmodel: m-9\n"}, "Add the Sesame config")
+    services = await make_services(tmp_path, db_url, AGENT_COMMAND="true")
+    try:
+        assert services.settings.SESAME_DEFAULT_AGENT == "claude"
+        assert await run_from_terminal(services, args(origin, "x"), io.StringIO()) == 0
+        assert await run_from_terminal(services, args(origin, "y", command="true", model="m-1"), io.StringIO()) == 0
+        rows = {row.prompt: row for row in await services.sessions.recent(2)}
+    finally:
+        await services.close()
+    assert (rows["x"].agent, rows["x"].model) == ("command", "m-9")
+    assert (rows["y"].agent, rows["y"].model) == ("command", "m-1")

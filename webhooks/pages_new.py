@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.catalog import AGENT_SPECS, CATALOG, find_agent_binary
+from bot.repo_config import trigger_choice
 from bot.services import Services
 from bot.session_input import (
     InputError,
@@ -139,7 +140,8 @@ async def create_from_form(request: web.Request) -> web.Response:
                                        "budget": None})
     row, created = await services.sessions.create(NewSession(
         trigger_key=f"api:{values['key']}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
-        model=model, base_branch=base, requested_by="web", context={"api_request": digest},
+        model=model, base_branch=base, requested_by="web",
+        context={"api_request": digest, **trigger_choice(agent, model)},
         sandbox_security=values["sandbox"], keep_alive=values["keep"]))
     if created:
         await request.app[QUEUE].enqueue(row.id)

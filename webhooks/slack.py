@@ -32,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.models import Session, State
 from bot.policy import slack_is_bot, slack_may_stop, slack_refusal
 from bot.queue import Queue
+from bot.repo_config import follow_up_choice, trigger_choice
 from bot.secret import reveal
 from bot.services import Services
 from bot.sessions import NewSession
@@ -223,7 +224,7 @@ class SlackIntake:
         return NewSession(trigger_key=command_trigger_key(command), prompt=parsed.prompt,
                           agent=parsed.agent or self.settings.SESAME_DEFAULT_AGENT, model=parsed.model,
                           repo=parsed.repo or "", base_branch=parsed.branch, budget_usd=parsed.budget,
-                          source="slack", report=report,
+                          source="slack", report=report, context=trigger_choice(parsed.agent, parsed.model),
                           requested_by=github_login(self.settings, user) or f"slack:{user}")
 
     async def announce(self, client: AsyncWebClient, row: Session, notify: Notify) -> None:
@@ -338,6 +339,7 @@ class SlackIntake:
             repo=parent.repo, base_branch=trigger.base or parent.base_branch, branch=parent.branch,
             budget_usd=trigger.budget,
             pr_number=parent.pr_number, parent_id=parent.id, source="slack", report=report,
+            context=follow_up_choice(parent.context or {}, trigger.agent, trigger.model),
             requested_by=github_login(self.settings, user) or f"slack:{user}"))
         if created:
             await self.announce(client, row, whisper)

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from bot.repo_config import RepoConfig, RepoConfigError, branch_with_prefix, domains_within, parse, prompt_with
+from bot.repo_config import (
+    RepoConfig,
+    RepoConfigError,
+    branch_with_prefix,
+    chosen,
+    domains_within,
+    follow_up_choice,
+    parse,
+    prompt_with,
+    trigger_choice,
+)
 from tests.support import gitrepo
 from tests.support.rendered import github_html, github_text
 from tests.webhooks.test_end_to_end import EDIT, MakeStack, make_stack, progress_comment  # noqa: F401 (fixture)
@@ -142,3 +152,18 @@ def test_prompt_and_branch() -> None:
         "fix it\n\nInstructions from the repository's .sesame.yml:\nBe brief.\n\nThe repository's AGENTS.md:\nUse tabs.")
     assert "AGENTS.md" not in prompt_with(config, "fix it", "codex")  # Codex reads it itself
     assert branch_with_prefix(config, "sesame/fix-it-1a2b") == "bots/fix-it-1a2b"
+
+
+def test_the_repositorys_agent_and_model_fill_in_only_what_the_trigger_did_not_name() -> None:
+    config = RepoConfig(agent="codex", model="gpt-5")
+    assert chosen(config, "claude", None, trigger_choice(None, None)) == ("codex", "gpt-5")
+    assert chosen(config, "claude", None, trigger_choice("claude", None)) == ("claude", None)  # not codex's model
+    assert chosen(config, "codex", None, trigger_choice("codex", None)) == ("codex", "gpt-5")
+    assert chosen(config, "claude", "opus", trigger_choice(None, "opus")) == ("claude", "opus")  # pins its agent
+    assert chosen(config, "claude", None, {}) == ("claude", None)  # rows from before the record: as named
+    assert chosen(RepoConfig(model="m"), "claude", "opus", trigger_choice("claude", "opus")) == ("claude", "opus")
+    assert chosen(RepoConfig(model="m"), "claude", None, trigger_choice("claude", None)) == ("claude", "m")
+    parent = trigger_choice(None, None)  # the follow-up takes over its parent's agent and model
+    assert chosen(config, "claude", "opus", follow_up_choice(parent, None, None)) == ("codex", "gpt-5")
+    assert chosen(config, "claude", None, follow_up_choice(parent, "claude", None)) == ("claude", None)
+    assert follow_up_choice(trigger_choice("amp", None), None, None) == {"agent_named": True, "model_named": False}

@@ -72,3 +72,40 @@ async def test_still_failing_after_the_fix_rounds_opens_a_draft_saying_why(make_
     assert "Tests (failed (exit code 1)) (failed)" in body
     events = await stack.hook.services.sessions.events(row.id)
     assert [e.data["exit_code"] for e in events if e.kind == "test"] == [1]
+
+
+# The setup leaves build metadata and a generated file; the agent writes fix.txt and edits the generated file,
+# and in its fix round writes fix2.txt; the test leaves a report and a cache behind and passes once fix2.txt
+# exists.
+LEAVES_FILES = ("import pathlib, sys\nprompt = sys.stdin.read()\n"
+                "fixing = prompt.startswith(\"The repository's test command\")\n"
+                "pathlib.Path('fix2.txt' if fixing else 'fix.txt').write_text('from the agent\\n')\n"
+                "if not fixing:\n    pathlib.Path('generated.py').write_text('x = 2  # edited by the agent\\n')\n")
+LEAVES_CONFIG = """setup: mkdir -p widget.egg-info && echo meta > widget.egg-info/PKG-INFO && echo 'x = 1' > generated.py
+test: |
+  mkdir -p .cache/t && echo cached > .cache/t/data && echo '<testsuite/>' > report.xml
+  test -f fix2.txt
+fix: 1
+"""
+
+
+async def test_files_the_setup_and_test_commands_create_stay_out_of_the_commit(make_stack: MakeStack) -> None:
+    stack = await make_stack(LEAVES_FILES)
+    hook = stack.hook
+    hook.fake.commit_file(hook.repo, "main", {".github/sesame.yml": LEAVES_CONFIG})
+    issue = hook.fake.add_issue(hook.repo, "fix", "Write the fix files.")
+    assert (await hook.comment(issue.number, "@sesame write the fix files")).status == 202
+    await stack.drain()
+    row = await stack.only_session()
+    assert row.state == "completed", row.error
+    bare = hook.fake.repos[hook.repo].path
+    files = gitrepo.git("ls-tree", "-r", "--name-only", row.commit_sha, cwd=bare).splitlines()
+    assert "fix.txt" in files and "fix2.txt" in files  # the agent's, from both rounds
+    assert gitrepo.git("show", f"{row.commit_sha}:generated.py", cwd=bare) == "x = 2  # edited by the agent"
+    assert "report.xml" not in files and not any(f.startswith((".cache/", "widget.egg-info")) for f in files), files
+    events = await hook.services.sessions.events(row.id)
+    assert [e.data["exit_code"] for e in events if e.kind == "test"] == [1, 0]
+    [left] = [e.data for e in events if e.kind == "command_files"]
+    assert left == {"left_out": 3, "paths": [".cache/t/data", "report.xml", "widget.egg-info/PKG-INFO"]}
+    body = github_text(progress_comment(stack, issue.number).body)
+    assert "3 files of the setup and test commands left out" in body

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bot.catalog import AGENT_NAMES, canonical_agent_name
 from bot.models import Session, State, Violation
+from bot.repo_config import follow_up_choice, trigger_choice
 from bot.services import Services
 from bot.session_input import InputError, check_model, check_prompt, check_ref, request_digest, resolve_repo
 from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
@@ -154,7 +155,8 @@ async def create_session(request: web.Request) -> web.Response:
     prompt = text_field(body, "prompt", True, MAX_PROMPT)
     repo_text = text_field(body, "repo", True, 1024)
     agents = check_agents(body)
-    agent = agents[0] if agents else check_agent(text_field(body, "agent") or services.settings.SESAME_DEFAULT_AGENT)
+    named = agents[0] if agents else text_field(body, "agent")  # best-of-N names each session's agent
+    agent = check_agent(named or services.settings.SESAME_DEFAULT_AGENT)
     budget = _budget(body)
     try:
         prompt = check_prompt(prompt)
@@ -173,7 +175,8 @@ async def create_session(request: web.Request) -> web.Response:
     digest = request_digest("create", fields if agents is None else {**fields, "agents": agents})
     new = NewSession(
         trigger_key=f"api:{key}", prompt=prompt, agent=agent, repo=repo, source="api", report=report,
-        model=model, base_branch=base, branch=branch, requested_by="api", context={"api_request": digest},
+        model=model, base_branch=base, branch=branch, requested_by="api",
+        context={"api_request": digest, **trigger_choice(named, model)},
         budget_usd=budget, sandbox_security=sandbox, keep_alive=keep)
     if agents is not None:
         return await create_group(request, agents, key, digest, new)
@@ -264,24 +267,27 @@ async def patch_session(request: web.Request) -> web.Response:
         return web.json_response(session_json(stopped or row))
     message = text_field(body, "message", True, MAX_PROMPT)
     key = idempotency_key(request)
-    agent = check_agent(text_field(body, "agent") or row.agent)
+    named = text_field(body, "agent")
+    agent = check_agent(named or row.agent)
     asked = text_field(body, "model", limit=MAX_MODEL)
     await _check_model(request.app, agent, asked)
     model = asked or row.model
-    child, created = await start_follow_up(request.app, row, message or "", key, agent, model)
+    child, created = await start_follow_up(request.app, row, message or "", key, agent, model, (named, asked))
     return web.json_response(session_json(child), status=201 if created else 200)
 
 
 async def start_follow_up(app: web.Application, row: Session, message: str, key: str, agent: str,
-                          model: str | None) -> tuple[Session, bool]:
+                          model: str | None, asked: tuple[str | None, str | None] = (None, None),
+                          ) -> tuple[Session, bool]:
     """Record and enqueue a follow-up of `row` on its branch (it waits for `row` to end); the API and the
-    session page's form both start them here. A key reused for another request is a 422."""
+    session page's form both start them here. A key reused for another request is a 422. `asked`: the
+    agent and model the request itself named (the rest is taken over from `row`)."""
     digest = request_digest("follow-up", {"parent": row.id, "message": message, "agent": agent, "model": model})
     child, created = await app[SERVICES].sessions.create(NewSession(
         trigger_key=f"api:{key}", prompt=message, agent=agent,
         repo=row.repo, source=row.source, model=model,
         base_branch=row.base_branch, branch=row.branch, report=row.report,
-        context={**(row.context or {}), "api_request": digest},
+        context={**(row.context or {}), "api_request": digest, **follow_up_choice(row.context or {}, *asked)},
         requested_by=row.requested_by, parent_id=row.id, sandbox_security=row.sandbox_security,
         keep_alive=row.keep_alive, pr_number=row.pr_number))
     if created:

@@ -14,6 +14,7 @@ from bot.github import SesameGitHubAPI
 from bot.github_channel import COMMENT_DUE, COMMENT_GRACE, GitHubChannel, post_progress_comment, split_repo
 from bot.models import Session, State
 from bot.progress import Progress, render_markdown
+from bot.repo_config import trigger_choice
 from bot.reporting import session_url
 from bot.services import Services
 from bot.sessions import NewSession
@@ -79,7 +80,7 @@ def new_session(intake: Intake, source: Mention, trigger: Trigger) -> NewSession
         agent=trigger.agent or intake.services.settings.SESAME_DEFAULT_AGENT, model=trigger.model,
         base_branch=trigger.base, budget_usd=trigger.budget, repo=intake.repo, source="github",
         requested_by=intake.sender,
-        context=build_context(intake, source) | {"agent_named": trigger.agent is not None}, issue_number=number,
+        context=build_context(intake, source) | trigger_choice(trigger.agent, trigger.model), issue_number=number,
         report={"installation_id": intake.installation_id, "issue_number": number,
                 "review_comment_id": review_id})
 
