@@ -95,7 +95,8 @@ async def pick(intake: SlackIntake, family: list[Session], trigger: Trigger, eve
                                       text=redact(text, secrets), unfurl_links=False)
 
     if isinstance(chosen, str) or not chosen.branch or not chosen.commit_sha:
-        why = chosen if isinstance(chosen, str) else "that session pushed nothing"
+        why = chosen if isinstance(chosen, str) else (
+            "that session pushed nothing" if State(chosen.state).final else "that session has not finished yet")
         await say(f":x: I can't pick that: {slack_text(why)}.")
         return
     title = (chosen.title or chosen.prompt.splitlines()[0])[:250]

@@ -22,6 +22,7 @@ from bot.services import Services
 from bot.triggers import parse_slack_command
 from runner.worker import run_session
 from tests.conftest import session_base
+from tests.slack.conftest import SlackHarness
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack, Message
 from tests.support.gitrepo import git
@@ -134,6 +135,13 @@ async def test_three_agents_in_one_thread_compared_and_one_picked(running: Runni
     [opened] = [t for t in thread_texts(fake_slack, head.ts) if t.startswith(":white_check_mark: Opened")]
     assert picked.pr_url and f"<{picked.pr_url}|#{pr.number}>" in opened and rows[1].branch in opened
 
+    await mention(client, fake_slack, "and a docstring", head.ts)  # after the pick: on the picked one's branch
+    await queue.join()
+    [child] = [s for s in await services.sessions.recent(limit=1000) if s.parent_id]
+    assert child.parent_id == rows[1].id and child.state == "completed", child.error
+    assert child.branch == rows[1].branch and child.pr_number == pr.number and len(fake_github.pulls) == 1
+    assert child.report["thread_ts"] == head.ts
+
 
 async def test_stop_in_the_thread_stops_every_session(running: Running, fake_slack: FakeSlack) -> None:
     client, queue, services = running
@@ -154,6 +162,9 @@ async def test_stop_in_the_thread_stops_every_session(running: Running, fake_sla
     assert not any(r.commit_sha for r in after if r)
     [table] = [t for t in thread_texts(fake_slack, head_message(fake_slack).ts) if "ran this request" in t]
     assert table.count(" · stopped · ") == 3
+    await mention(client, fake_slack, "pick 1", head_message(fake_slack).ts)
+    assert ":x: I can't pick that: that session pushed nothing." in \
+        thread_texts(fake_slack, head_message(fake_slack).ts)
 
 
 async def test_an_unknown_agent_is_refused(running: Running, fake_slack: FakeSlack) -> None:
@@ -169,3 +180,25 @@ def test_the_command_grammar() -> None:
         ("acme/widget", "dev", ("claude", "codex"), 2.0, "fix it")
     for bad in ("acme/widget --agents claude fix it", "acme/widget --agent claude --agents claude,codex fix it"):
         assert parse_slack_command(bad).error, bad
+
+
+async def test_a_retried_command_starts_nothing_twice(harness: SlackHarness) -> None:
+    body = harness.slack.command_body("acme/widget --agents command,command fix it", channel=CHANNEL)
+    status, first = await harness.command("", body=body)
+    assert status == 200 and "Queued 2 sessions" in first["text"]
+    status, again = await harness.command("", body=body, retry_num=1)
+    assert status == 200 and again["text"].startswith("Already on it: sessions")
+    rows = await group_rows(harness.services, harness.slack)
+    assert sorted(harness.queue.enqueued) == sorted(r.id for r in rows) and len(rows) == 2
+    assert len([m for m in harness.slack.posted(CHANNEL) if m.thread_ts is None]) == 1
+
+
+async def test_pick_outside_a_best_of_thread_is_answered_there(harness: SlackHarness) -> None:
+    await harness.command("acme/widget fix it", channel=CHANNEL)
+    [message] = harness.slack.posted(CHANNEL)
+    await harness.event(harness.slack.mention_event("pick 2", channel=CHANNEL, thread_ts=message.ts))
+    assert [m.text for m in harness.slack.posted(CHANNEL, thread_ts=message.ts)] == \
+        [":x: I can't pick that: there is no best-of-N run in this thread."]
+    await harness.event(harness.slack.mention_event("--agents command,command again", channel=CHANNEL,
+                                                    thread_ts=message.ts))
+    assert harness.slack.ephemerals[-1].text.startswith("Best-of-N (`--agents`) starts with `/sesame")
