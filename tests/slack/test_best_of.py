@@ -22,7 +22,7 @@ from bot.services import Services
 from bot.triggers import parse_slack_command
 from runner.worker import run_session
 from tests.conftest import session_base
-from tests.slack.conftest import SlackHarness
+from tests.slack.conftest import SlackHarness, fetch
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack, Message
 from tests.support.gitrepo import git
@@ -202,3 +202,14 @@ async def test_pick_outside_a_best_of_thread_is_answered_there(harness: SlackHar
     await harness.event(harness.slack.mention_event("--agents command,command again", channel=CHANNEL,
                                                     thread_ts=message.ts))
     assert harness.slack.ephemerals[-1].text.startswith("Best-of-N (`--agents`) starts with `/sesame")
+
+
+async def test_a_stop_button_in_a_best_of_thread_stops_its_own_session(harness: SlackHarness) -> None:
+    await harness.command("acme/widget --agents command,command,command fix it", channel=CHANNEL)
+    rows = await group_rows(harness.services, harness.slack)
+    second = harness.slack.message(CHANNEL, rows[1].report["ts"])
+    status, _ = await harness.press(harness.slack.button_body(second, rows[1].id))
+    assert status == 200
+    after = [await fetch(harness, r.id) for r in rows]
+    assert [r.state for r in after] == ["pending", "stopped", "pending"]
+    assert "stopped" in harness.slack.message(CHANNEL, rows[1].report["ts"]).block_text()
