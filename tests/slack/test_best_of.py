@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
@@ -213,3 +214,22 @@ async def test_a_stop_button_in_a_best_of_thread_stops_its_own_session(harness: 
     after = [await fetch(harness, r.id) for r in rows]
     assert [r.state for r in after] == ["pending", "stopped", "pending"]
     assert "stopped" in harness.slack.message(CHANNEL, rows[1].report["ts"]).block_text()
+
+
+async def test_a_retry_after_a_partial_first_attempt_completes_the_group(harness: SlackHarness) -> None:
+    """The first attempt recorded session 1 and died; the retry records 2 and 3 and starts all three."""
+    body = harness.slack.command_body("acme/widget --agents command,command,command fix it", channel=CHANNEL,
+                                      trigger_id="13.42.abc")
+    intake = harness.client.app[slack_intake.SLACK_INTAKE]
+    first = dict(parse_qsl(body))
+    parsed = replace(parse_slack_command(first["text"]), agent="command", agents=())
+    new = intake.new_session(parsed, first, None)
+    new.trigger_key = "slack:13.42.abc:1"
+    new.context = {"best_of": {"group": "slack:13.42.abc", "index": 1, "of": 3}}
+    await harness.services.sessions.create(new)
+    status, answer = await harness.command("", body=body, retry_num=1)
+    assert status == 200 and "Queued 3 sessions" in answer["text"]
+    rows = await group_rows(harness.services, harness.slack)
+    assert len(rows) == 3 and sorted(harness.queue.enqueued) == sorted(r.id for r in rows)
+    head = head_message(harness.slack)
+    assert [r.report["thread_ts"] for r in rows] == [head.ts] * 3
