@@ -45,6 +45,8 @@ HELP_TEXT = "\n".join([
     "*Sesame* runs a coding agent on a GitHub repository and opens a pull request.",
     "• `/sesame owner/repo[@base] [--agent A] [--model M] [--budget USD] PROMPT`: start a session "
     "(`@base` is the branch to start from, `--budget 2.50` the most it may spend on its model API)",
+    "• `/sesame owner/repo --agents claude,codex PROMPT`: one session per agent in one thread, compared when "
+    "all are done; mention me there with `pick N` (or `pick AGENT`) to open the pull request from that one",
     "• `/sesame status ID`: where a session is",
     "• `/sesame stop ID`: stop a session (or press its Stop button)",
     "• mention me in a session's thread to follow up on the same branch",

@@ -86,6 +86,7 @@ class SlackCommand:
     prompt: str = ""
     session_id: str | None = None
     error: str | None = None
+    agents: tuple[str, ...] = ()  # best-of-N (`--agents claude,codex`): one session per agent, one thread
 
 
 class _OptionError(ValueError):
@@ -249,7 +250,7 @@ def _slack_session_command(command: Command, args: str) -> SlackCommand:
 
 
 def _slack_run(text: str) -> SlackCommand:
-    """Parse `owner/repo[@branch] [--agent A] [--model M] [--budget USD] PROMPT`."""
+    """Parse `owner/repo[@branch] [--agent A | --agents A,B] [--model M] [--budget USD] PROMPT`."""
     first, rest = _split_word(text)
     repo = _slack_repo(first)
     if repo is None:
@@ -259,15 +260,18 @@ def _slack_run(text: str) -> SlackCommand:
     if branch is not None and not is_safe_ref(branch):
         return SlackCommand(Command.RUN, error=f"`{branch}` is not a valid branch name.")
     try:
-        options, prompt = _parse_options(rest, ("agent", "model", "budget"))
+        options, prompt = _parse_options(rest, ("agent", "agents", "model", "budget"))
     except _OptionError as exc:
         return SlackCommand(Command.RUN, error=f"{exc} {SLACK_HELP_HINT}")
+    if "agents" in options and "agent" in options:
+        return SlackCommand(Command.RUN, error=f"Use `--agent` or `--agents`, not both. {SLACK_HELP_HINT}")
     full_name = f"{repo.group('owner')}/{repo.group('name')}"
     if not prompt.strip():
         return SlackCommand(Command.RUN, repo=full_name, error="Tell me what to do after "
                             f"the repository, for example `/sesame {full_name} fix the flaky test`.")
     return SlackCommand(Command.RUN, repo=full_name, branch=branch, prompt=prompt.strip(),
-                        agent=options.get("agent"), model=options.get("model"), budget=_budget(options))
+                        agent=options.get("agent"), model=options.get("model"), budget=_budget(options),
+                        agents=tuple(options["agents"].split(",")) if "agents" in options else ())
 
 
 def parse_slack_command(text: str) -> SlackCommand:

@@ -29,6 +29,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.best_of import group_of
 from bot.models import Session, State
 from bot.policy import slack_is_bot, slack_may_stop, slack_refusal
 from bot.queue import Queue
@@ -54,6 +55,15 @@ from bot.slack import (
 )
 from bot.triggers import Command, SlackCommand, Trigger, parse_mention, parse_slack_command, slack_unescape
 from webhooks.app import QUEUE, SERVICES
+from webhooks.slack_best_of import (
+    NOT_IN_A_THREAD,
+    PICK_FIRST,
+    follow_up_target,
+    pick,
+    start_best_of,
+    stop_thread,
+    unknown_agent,
+)
 
 log = logging.getLogger(__name__)
 SPOOL_EVERY = 5.0  # seconds between passes over the requests kept while the database was down
@@ -194,19 +204,33 @@ class SlackIntake:
         else:
             await self.run(parsed, command, ack, client, respond)
 
+    async def installation(self, repo: str, ack: AsyncAck) -> tuple[bool, int | None]:
+        """The App's installation on the repository (None when GitHub did not answer in time: the worker
+        checks again); False, acked with the reason, when the App is not installed there."""
+        try:
+            return True, await asyncio.wait_for(repository_installation(self.services, repo), INSTALL_CHECK_TIMEOUT)
+        except NotInstalled as exc:
+            await ack(ephemeral(str(exc)))
+            return False, None
+        except Exception as exc:  # GitHub slow or down: the worker's still_allowed checks again
+            log.warning("installation check of %s failed (%s); the worker checks again", repo, exc)
+            return True, None
+
     async def run(self, parsed: SlackCommand, command: dict[str, Any], ack: AsyncAck,
                   client: AsyncWebClient, respond: Notify) -> None:
         """Record the session, ack, post its message, enqueue."""
         assert parsed.repo is not None
-        try:
-            installation = await asyncio.wait_for(repository_installation(self.services, parsed.repo),
-                                                  INSTALL_CHECK_TIMEOUT)
-        except NotInstalled as exc:
-            await ack(ephemeral(str(exc)))
+        refused = unknown_agent(parsed.agents)
+        if refused:
+            await ack(ephemeral(refused))
             return
-        except Exception as exc:  # GitHub slow or down: the worker's still_allowed checks again
-            log.warning("installation check of %s failed (%s); the worker checks again", parsed.repo, exc)
-            installation = None
+        installed, installation = await self.installation(parsed.repo, ack)
+        if not installed:
+            return
+        if parsed.agents:  # best-of-N (issue 18): one session per agent, one thread
+            await start_best_of(self, parsed, command, command_trigger_key(command), ack, client, respond,
+                                installation)
+            return
         row, created = await self.services.sessions.create(self.new_session(parsed, command, installation))
         if not created:
             await ack(ephemeral(f"Already on it: session `{row.id}`."))
@@ -319,11 +343,21 @@ class SlackIntake:
         trigger = parse_mention(mention_text(event.get("text", ""), context.get("bot_user_id"), slug), slug)
         if refusal or trigger is None or trigger.error or trigger.command is Command.HELP:
             return await whisper(refusal or (trigger.error if trigger and trigger.error else HELP_TEXT))
+        group = any(group_of(row) for row in family)  # a best-of-N thread (issue 18)
+        if trigger.command is Command.PICK:
+            return await pick(self, family, trigger, event, client)
+        if trigger.command is Command.STOP and group:
+            return await stop_thread(self, family, user, client, whisper)
         if trigger.command is Command.STOP:
             text, ended = await self.stop(user, family[0].id)
             await whisper(text)
             return await self.show_stopped(client, ended)
-        await self.follow_up(family[0], trigger, body, event, client, whisper)
+        if trigger.agents:
+            return await whisper(NOT_IN_A_THREAD)
+        parent = follow_up_target(family) if group else family[0]
+        if parent is None:
+            return await whisper(PICK_FIRST.format(n=len([r for r in family if group_of(r)])))
+        await self.follow_up(parent, trigger, body, event, client, whisper)
 
     async def follow_up(self, parent: Session, trigger: Trigger, body: dict[str, Any], event: dict[str, Any],
                         client: AsyncWebClient, whisper: Notify) -> None:
