@@ -85,12 +85,3 @@ async def facts_of(services: Services, row: Session) -> dict[str, Any]:
         if event.kind == "test":
             fact["tests"] = "passed" if event.data.get("exit_code") == 0 else "failed"
     return fact
-
-
-async def group_sessions(services: Services, repo: str, group: str) -> list[Session]:
-    """The group's sessions in their order (1..N), found by `context.best_of.group` whatever their source."""
-    query = select(Session).where(Session.repo == repo,
-                                  Session.context[("best_of", "group")].as_string() == group)
-    async with services.sessions.autocommit() as db:
-        rows = list((await db.execute(query)).scalars())
-    return sorted(rows, key=lambda r: int((r.context or {})["best_of"]["index"]))

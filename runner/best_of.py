@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot.best_of import ENDED, comparison, facts_of, group_of, group_sessions
+from bot.best_of import ENDED, comparison, facts_of, group_of, sessions_of
 from bot.github_channel import GitHubChannel
 from bot.models import Session
 from bot.services import Services
@@ -44,7 +44,7 @@ async def compare_when_all_ended(services: Services, session: Session) -> None:
     if group is None or post is None:
         return
     try:
-        rows = await group_sessions(services, session.repo, group)
+        rows = await sessions_of(services, session.repo, group)
         if any(row.state not in ENDED for row in rows):
             return
         if not await services.sessions.record_delivery(f"best-of:{group}", session.source, "comparison"):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.best_of import choose, group_of, group_sessions
+from bot.best_of import choose, group_of, sessions_of
 from bot.catalog import AGENT_NAMES, display_name
 from bot.models import Session, State
 from bot.redact import redact
@@ -86,7 +86,7 @@ async def pick(intake: SlackIntake, family: list[Session], trigger: Trigger, eve
     """Open the pull request from the chosen session's branch (already pushed) the way a Slack session
     opens its own (through the App), and say so in the thread; why not, when it can't."""
     group = next((g for g in map(group_of, family) if g), None)
-    rows = await group_sessions(intake.services, family[0].repo, group) if group else []
+    rows = await sessions_of(intake.services, family[0].repo, group) if group else []
     chosen = choose(rows, trigger.pick or "") if rows else "there is no best-of-N run in this thread"
     secrets = intake.settings.secret_values
 
