@@ -236,6 +236,7 @@ KEYS: tuple[Key, ...] = (
        help="let a repository's config add domains to the sandbox's allow list (the deny list always wins)"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
+SECRET_NAMES = tuple(k.name for k in KEYS if k.secret)
 
 
 def as_secret(value: Any) -> Any:
@@ -459,11 +460,11 @@ class Settings(SettingValues):
 
     @property
     def secret_values(self) -> list[str]:
-        """Every secret value, for redaction."""
+        """Every secret value, for redaction (read afresh on each call: values change while running)."""
         found: list[str] = []
-        for key in KEYS:
-            value = self.values.get(key.name)
-            if key.secret and value:
+        for name in SECRET_NAMES:
+            value = self.values.get(name)
+            if value:
                 found.extend(value if isinstance(value, list) else [str(value)])
         return [v for v in found if len(v) >= 6]
 

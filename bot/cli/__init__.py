@@ -328,7 +328,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(f"DATABASE_URL: cannot connect ({exc}). Start the database or fix the URL.")
     queue = make_queue(services)
-    runner = web.AppRunner(build_web_app(services, queue), handle_signals=False)
+    from webhooks.app import AccessLog
+    runner = web.AppRunner(build_web_app(services, queue), handle_signals=False, access_log_class=AccessLog)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=args.reuse_port or None).start()
