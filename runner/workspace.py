@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bot.services import Services
 from runner import overlay
-from runner.git import git, has_commit, in_git_dir
+from runner.git import git, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,12 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
         await in_git_dir(ws.git_dir, ["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"])
         start = START_REF
-    elif not await has_commit(ws.git_dir, start):
+    sha = (await in_git_dir(ws.git_dir, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                                         f"{start}^{{commit}}"], check=False)).strip()
+    if not sha:
         which = f"the branch `{branch}`" if existing_branch else f"the base branch `{base}`"
         raise MissingBranch(f"{which} does not exist in {remote}: name an existing branch")
-    if use_overlay and ws.claim is not None and await _overlay_workspace(ws, mirror, branch, start, ws.claim.user):
+    if use_overlay and ws.claim is not None and await _overlay_workspace(ws, mirror, branch, sha, ws.claim.user):
         return
     # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
     # project is still ours and empty: nothing of the agent's exists yet.
@@ -296,8 +298,8 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, start: str, user: tuple[int, int]) -> bool:
-    """project/ as an overlay: the shared checkout of start (read-only, idmapped to the session's uid)
+async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str, user: tuple[int, int]) -> bool:
+    """project/ as an overlay: the shared checkout of commit sha (read-only, idmapped to the session's uid)
     under a writable layer of the session's. The trusted git dir gets the branch without a work tree;
     the agent's .git (with the shared checkout's index) is written into the upper layer before the
     mount. False when the kernel refuses the mount: the caller checks out as before."""
@@ -305,9 +307,8 @@ async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, start: st
     if await overlay_refused(ws.overlay) is not None:
         await asyncio.to_thread(shutil.rmtree, ws.overlay)
         return False
-    sha = (await in_git_dir(ws.git_dir, ["rev-parse", "--verify", "--end-of-options", f"{start}^{{commit}}"])).strip()
     await in_git_dir(ws.git_dir, ["update-ref", f"refs/heads/{branch}", sha])
-    await in_git_dir(ws.git_dir, ["symbolic-ref", "HEAD", f"refs/heads/{branch}"])
+    (ws.git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")  # a safe ref name (is_safe_ref), our dir
     (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
     entry = await shared_checkout(mirror, sha)
     upper = ws.overlay / "upper"
@@ -316,9 +317,10 @@ async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, start: st
     agent_git = upper / ".git"
     await asyncio.to_thread(copy_git_dir, ws.git_dir, agent_git)
     shutil.copyfile(entry / "index", agent_git / "index")
-    # git's stat check would see the idmapped owner differ from the index's and hash every file again
-    await git(["--git-dir", str(agent_git), "config", "core.checkStat", "minimal"], upper)
-    await git(["--git-dir", str(agent_git), "config", "core.bare", "false"], upper)
+    # the last value of a key wins: not bare; and git's stat check would see the idmapped owner differ
+    # from the index's and hash every file again
+    with open(agent_git / "config", "a") as config:
+        config.write("[core]\n\tbare = false\n\tcheckStat = minimal\n")
     await asyncio.to_thread(_hand_over, upper, user)
     try:
         await asyncio.to_thread(overlay.mount_overlay, entry / "tree", ws.overlay / "lower", upper,
