@@ -271,3 +271,25 @@ def test_removing_a_workspace_never_deletes_through_a_mount(tmp_path: Path) -> N
         assert (elsewhere / "survivor.txt").read_text() == "still here\n"
     finally:
         subprocess.run(["umount", str(root / "project")], check=False, capture_output=True)
+
+
+async def test_doctor_says_which_workspace_sessions_get(tmp_path: Path) -> None:
+    from bot.cli.doctor import check_workspace
+    from bot.settings import load_settings
+
+    base = session_base()
+    auto = await check_workspace(load_settings(env={"SESSION_DIR_BASE": base}, cwd=tmp_path))
+    assert (auto.status, auto.detail) == ("ok", "an overlay of a shared checkout per repository and commit")
+    off = await check_workspace(load_settings(env={"SESSION_DIR_BASE": base, "WORKSPACE_OVERLAY": "off"},
+                                              cwd=tmp_path))
+    assert off.status == "info" and "WORKSPACE_OVERLAY=off" in off.detail
+    assert os.listdir(base) == []  # the probe left nothing behind
+    child = subprocess.run(
+        ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", sys.executable, "-c",
+         "import asyncio, sys; from pathlib import Path; from bot.cli.doctor import check_workspace; "
+         "from bot.settings import load_settings; "
+         "print(asyncio.run(check_workspace(load_settings(env={'SESSION_DIR_BASE': sys.argv[1]}, "
+         "cwd=Path(sys.argv[1])))).status)", base],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        check=False)
+    assert child.stdout.strip() == "warn", child.stderr
