@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -60,15 +61,18 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-_USERNS: dict[tuple[int, int], int] = {}
+_USERNS: OrderedDict[tuple[int, int], int] = OrderedDict()
 _USERNS_LOCK = threading.Lock()
+USERNS_KEPT = 64  # namespaces kept open for reuse (a mount holds its own reference: closing is safe)
 
 
 def userns_fd(uid: int, gid: int) -> int:
-    """A user namespace mapping 0 to uid:gid (kept open for the process's life: one per session uid)."""
+    """A new descriptor (the caller closes it) of a user namespace mapping 0 to uid:gid; the most recently
+    used USERNS_KEPT namespaces are kept open for reuse."""
     with _USERNS_LOCK:
         if (uid, gid) in _USERNS:
-            return _USERNS[(uid, gid)]
+            _USERNS.move_to_end((uid, gid))
+            return os.dup(_USERNS[(uid, gid)])
         own = os.readlink("/proc/self/ns/user")
         proc = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", "read _"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
@@ -90,7 +94,9 @@ def userns_fd(uid: int, gid: int) -> int:
             proc.stdin.close()
             proc.wait()
         _USERNS[(uid, gid)] = fd
-        return fd
+        while len(_USERNS) > USERNS_KEPT:
+            os.close(_USERNS.popitem(last=False)[1])
+        return os.dup(fd)
 
 
 def _idmapped_lower(source: Path, target: Path, user: tuple[int, int]) -> None:
@@ -98,10 +104,13 @@ def _idmapped_lower(source: Path, target: Path, user: tuple[int, int]) -> None:
     fd = _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
                 "open_tree")
     try:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0,
-                          userns_fd(*user))
-        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
-               "mount_setattr (idmap)")
+        userns = userns_fd(*user)
+        try:
+            attr = _MountAttr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, userns)
+            _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
+                                 ctypes.sizeof(attr)), "mount_setattr (idmap)")
+        finally:
+            os.close(userns)
         _check(_libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH),
                "move_mount")
     finally:

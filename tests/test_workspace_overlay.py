@@ -293,3 +293,24 @@ async def test_doctor_says_which_workspace_sessions_get(tmp_path: Path) -> None:
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         check=False)
     assert child.stdout.strip() == "warn", child.stderr
+
+
+def test_many_session_uids_keep_a_bounded_number_of_namespaces_open(tmp_path: Path) -> None:
+    """Each uid's overlay shows the checkout as that uid's; namespaces kept for reuse stay bounded (a
+    worker with a large uid range must not run out of descriptors)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "f").write_text("x")
+    open_before = len(os.listdir("/proc/self/fd"))
+    for n in range(overlay.USERNS_KEPT + 6):
+        root = tmp_path / f"s{n}"
+        for name in ("lower", "upper", "work", "merged"):
+            (root / name).mkdir(parents=True)
+        uid = 3_962_000 + n
+        overlay.mount_overlay(shared, root / "lower", root / "upper", root / "work", root / "merged", (uid, uid))
+        try:
+            assert os.stat(root / "merged" / "f").st_uid == uid
+        finally:
+            overlay.unmount(root / "merged")
+    assert len(os.listdir("/proc/self/fd")) - open_before <= overlay.USERNS_KEPT
+    assert overlay.mounts_under(tmp_path) == []
