@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import inspect
 import os
 import shutil
@@ -181,6 +182,7 @@ async def main() -> None:
     global POOL
     if os.geteuid() == 0:
         claims = Path(tempfile.mkdtemp(prefix="sesame-bench-claims-"))
+        atexit.register(shutil.rmtree, claims, True)
         POOL = UidPool(claims, 3_970_000, 3_970_199)
     modes = ["full", "overlay"] if args.mode == "both" else [args.mode]
     if args.baseline:
