@@ -99,6 +99,13 @@ KEYS: tuple[Key, ...] = (
     _k("AI_MODEL", path="ai.model", default="gpt-5-nano"),
     _k("SESSION_DIR_BASE", "SESSION_DIR_BASE", "TASK_DIR_BASE", path="sessions.baseDirectory", live=False,
        default="/tmp/sesame", help="where session workspaces are created"),
+    # issue 16: a session's project is an overlay of a shared checkout per repository and commit
+    _k("WORKSPACE_OVERLAY", path="sessions.workspaceOverlay", default="auto", choices=("auto", "off"),
+       help="auto: overlay a shared, read-only checkout per repository and commit under each session's "
+            "writable layer when the kernel allows (root, CAP_SYS_ADMIN); off: a full checkout per session"),
+    _k("WORKSPACE_CHECKOUT_CACHE_MB", path="sessions.checkoutCacheMb", default=4096, kind="int", minimum=0,
+       help="size the sweeper keeps shared checkouts under (least recently used go first; one unused for "
+            "a day goes anyway)"),
     _k("SANDBOX_PROVIDER", path="sandboxProvider.type", default="local", choices=SANDBOX_PROVIDERS),
     # issue 17: sandbox providers beside local (runner/providers/)
     _k("SANDBOX_MAX_FILES", path="sandbox.limits.maxFiles", default=200000, kind="int", minimum=1,
@@ -284,6 +291,8 @@ class SettingValues:
     AI_BASE_URL: str
     AI_MODEL: str
     SESSION_DIR_BASE: str
+    WORKSPACE_OVERLAY: str
+    WORKSPACE_CHECKOUT_CACHE_MB: int
     SANDBOX_PROVIDER: str
     DOCKER_SANDBOX_IMAGE: str | None
     DOCKER_HOST: str

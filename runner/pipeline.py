@@ -205,7 +205,8 @@ async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
     await state.services.sessions.set_branch(session.id, branch, base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,
                                              access.remote, base, branch, existing, start_ref,
-                                             pool_from_settings(settings))
+                                             pool_from_settings(settings),
+                                             use_overlay=settings.WORKSPACE_OVERLAY != "off")
     took = time.monotonic() - started
     await state.step("workspace", "done", f"`{access.display or session.repo}` at `{base}`, {took:.1f} s", 15)
     return Checkout(state.workspace, base, branch, existing)

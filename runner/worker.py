@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 from arq.cron import cron
@@ -22,6 +23,7 @@ from runner import pipeline
 from runner.best_of import compare_when_all_ended
 from runner.providers.cleanup import remove_abandoned_session
 from runner.reconnecting import ReconnectingWorker
+from runner.workspace import sweep_checkouts
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -94,6 +96,12 @@ async def _job(ctx: dict[str, Any], session_id: str) -> None:
 
 async def _sweep_job(ctx: dict[str, Any]) -> None:
     await sweep(ctx["services"], ctx["queue"], on_end=remove_abandoned_session)
+    settings = ctx["services"].settings
+    try:  # after the dead workers' sessions went: the checkouts they mounted are unused now
+        await asyncio.to_thread(sweep_checkouts, settings.data_dir, Path(settings.SESSION_DIR_BASE),
+                                settings.WORKSPACE_CHECKOUT_CACHE_MB << 20)
+    except OSError:
+        log.exception("sweeping the shared checkouts failed")
 
 
 class SessionWorker(ReconnectingWorker):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -14,12 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.services import Services
-from runner.git import git, has_commit, in_git_dir
+from runner import overlay
+from runner.git import git, in_git_dir
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
+
+log = logging.getLogger(__name__)
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
+CHECKOUT_IN_USE = "checkout"  # in a session's overlay dir: the name of the shared checkout it mounts
+CHECKOUT_USED = "used"  # in a shared checkout: touched by every session that mounts it
+CHECKOUT_SIZE = "size"  # in a shared checkout: its bytes, counted when it was made
+CHECKOUT_MIN_AGE = 600.0  # a shared checkout used this recently stays, whatever the size cap says
+CHECKOUT_MAX_AGE = 86400.0  # one unused this long goes, whatever the size cap allows
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,11 @@ class Workspace:
     def scratch(self) -> Path:
         """An empty repository in which git lists the work tree's files as the session's uid."""
         return self.root / "scan"
+
+    @property
+    def overlay(self) -> Path:
+        """Root's only (0700): the overlay's upper and work dirs and the lower's mount point."""
+        return self.root / "ovl"
 
 
 def mirror_path(data_dir: Path, remote: str) -> Path:
@@ -147,19 +161,21 @@ async def default_branch(mirror: Path) -> str:
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
                            base: str, branch: str, existing_branch: bool, start_ref: str | None = None,
-                           uids: UidPool | None = None) -> Workspace:
+                           uids: UidPool | None = None, use_overlay: bool = False) -> Workspace:
     """Clone from the mirror into the trusted git dir, check out the branch, give the agent a copy.
 
     Objects are hard links (not alternates), so the agent's copy works inside the sandbox, which
     cannot see the mirror; the linked files are root-owned and read-only there. With `uids`, the
     workspace claims a host uid of its own, and only that uid may enter the session directory.
+    With `use_overlay` (and a claimed uid), project/ is an overlay of the shared checkout of the
+    start commit (made once per repository and commit) instead of a checkout of its own.
     """
     ws = Workspace(base_dir / session_id)
     retried = ws.root.exists()
     if retried:  # nothing of the last attempt may still run in it
         if uids is not None:
             await _kill_holder(uids, ws.root)
-        shutil.rmtree(ws.root)
+        await asyncio.to_thread(remove_workspace, ws)
     for path in (ws.root, ws.home, ws.tmp):
         path.mkdir(parents=True, mode=0o700)
     os.chmod(ws.root, 0o711)  # the sandbox user must reach project/, never list the others
@@ -172,7 +188,7 @@ async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote
         os.chown(ws.root, 0, ws.claim.uid)  # type: ignore[union-attr]
         os.chmod(ws.root, 0o710)  # only the session's own uid (its group) may pass
     try:
-        await _fill_workspace(ws, mirror, remote, base, branch, existing_branch, start_ref)
+        await _fill_workspace(ws, mirror, remote, base, branch, existing_branch, start_ref, use_overlay)
     except BaseException:  # a missing base branch, a full disk: nothing of it may stay behind
         await end_workspace(ws, keep=False)
         raise
@@ -184,8 +200,9 @@ class MissingBranch(Exception):
 
 
 async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, branch: str,
-                          existing_branch: bool, start_ref: str | None) -> None:
-    """Clone into the trusted git dir, check the branch out into project/, copy .git for the agent."""
+                          existing_branch: bool, start_ref: str | None, use_overlay: bool = False) -> None:
+    """Clone into the trusted git dir, check the branch out into project/ (or mount the overlay of the
+    shared checkout there), copy .git for the agent."""
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",
                str(mirror), str(ws.project)])
     (ws.project / ".git").unlink()  # the gitfile: the trusted dir is named on every command instead
@@ -196,15 +213,185 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
         await in_git_dir(ws.git_dir, ["fetch", "--quiet", "--", str(mirror), f"+{start_ref}:{START_REF}"])
         start = START_REF
-    elif not await has_commit(ws.git_dir, start):
+    sha = (await in_git_dir(ws.git_dir, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                                         f"{start}^{{commit}}"], check=False)).strip()
+    if not sha:
         which = f"the branch `{branch}`" if existing_branch else f"the base branch `{base}`"
         raise MissingBranch(f"{which} does not exist in {remote}: name an existing branch")
+    if use_overlay and ws.claim is not None and await _overlay_workspace(ws, mirror, branch, sha, ws.claim.user):
+        return
     # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
     # project is still ours and empty: nothing of the agent's exists yet.
     await in_git_dir(ws.git_dir, ["--work-tree", str(ws.project), "-c", f"checkout.workers={CHECKOUT_WORKERS}",
                                   "checkout", "--quiet", "-B", branch, start])
     await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
     await git(["--git-dir", str(ws.project / ".git"), "config", "core.bare", "false"], ws.project)
+
+
+_OVERLAY_PROBE: dict[str, str | None] = {}  # "refused": None, or why this process's probe mount was refused
+
+
+async def overlay_refused(scratch: Path) -> str | None:
+    """Why overlay workspaces cannot be mounted by this process (None: they can), probed once: a worker
+    in a container without CAP_SYS_ADMIN says so once in its log and checks out in full."""
+    if "refused" not in _OVERLAY_PROBE:
+        reason = await asyncio.to_thread(overlay.probe, scratch)
+        if "refused" not in _OVERLAY_PROBE:
+            _OVERLAY_PROBE["refused"] = reason
+            if reason is not None:
+                log.warning("workspace overlay refused (%s): every session gets a full checkout", reason)
+    return _OVERLAY_PROBE["refused"]
+
+
+def checkouts_dir(mirror: Path) -> Path:
+    """Where the shared checkouts live: beside the mirrors, root's only."""
+    return mirror.parent.parent / "checkouts"
+
+
+async def shared_checkout(mirror: Path, sha: str) -> Path:
+    """The read-only checkout of commit sha of a mirror's repository, made once (a `tree` and the `index`
+    git wrote for it). Root's, in a directory only root enters: no sandbox uid can reach it; sessions
+    see it through an overlay only."""
+    base = checkouts_dir(mirror)
+    private_dir(base)
+    entry = base / f"{mirror.stem}-{sha}"
+    if not _checkout_ready(entry):
+        async with _process_lock(entry), _FileLock(entry.with_suffix(".lock")):
+            if not _checkout_ready(entry):
+                tmp = entry.with_suffix(".tmp")
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+                tmp.mkdir(mode=0o700)
+                (tmp / "tree").mkdir(mode=0o755)
+                # a git dir of the build's own (the mirror's objects as alternates) holds the index
+                store = tmp / "git"
+                for path in (store, store / "objects" / "info", store / "refs"):
+                    path.mkdir(mode=0o700, parents=True)
+                (store / "HEAD").write_text(f"{sha}\n")
+                (store / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
+                await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
+                           f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
+                (store / "index").rename(tmp / "index")
+                await asyncio.to_thread(shutil.rmtree, store)
+                size = await asyncio.to_thread(_tree_bytes, tmp)
+                shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
+                (tmp / CHECKOUT_SIZE).write_text(str(size))
+                (tmp / CHECKOUT_USED).touch()
+                tmp.rename(entry)
+    return entry
+
+
+def _checkout_ready(entry: Path) -> bool:
+    """Mark a shared checkout used, then say whether it is complete. In this order: the sweeper marks it
+    incomplete first and looks at its use after, so one of the two sees the other."""
+    try:
+        (entry / CHECKOUT_USED).touch(exist_ok=True)
+    except OSError:
+        return False
+    return (entry / CHECKOUT_SIZE).exists()
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str, user: tuple[int, int]) -> bool:
+    """project/ as an overlay: the shared checkout of commit sha (read-only, idmapped to the session's uid)
+    under a writable layer of the session's. The trusted git dir gets the branch without a work tree;
+    the agent's .git (with the shared checkout's index) is written into the upper layer before the
+    mount. False when the kernel refuses the mount: the caller checks out as before."""
+    private_dir(ws.overlay)
+    if await overlay_refused(ws.overlay) is not None:
+        await asyncio.to_thread(shutil.rmtree, ws.overlay)
+        return False
+    await in_git_dir(ws.git_dir, ["update-ref", f"refs/heads/{branch}", sha])
+    (ws.git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")  # a safe ref name (is_safe_ref), our dir
+    (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
+    entry = await shared_checkout(mirror, sha)
+    upper = ws.overlay / "upper"
+    for path in (ws.overlay / "lower", upper, ws.overlay / "work"):
+        path.mkdir(mode=0o700)
+    agent_git = upper / ".git"
+    await asyncio.to_thread(copy_git_dir, ws.git_dir, agent_git)
+    shutil.copyfile(entry / "index", agent_git / "index")
+    # the last value of a key wins: not bare; and git's stat check would see the idmapped owner differ
+    # from the index's and hash every file again
+    with open(agent_git / "config", "a") as config:
+        config.write("[core]\n\tbare = false\n\tcheckStat = minimal\n")
+    await asyncio.to_thread(_hand_over, upper, user)
+    try:
+        await asyncio.to_thread(overlay.mount_overlay, entry / "tree", ws.overlay / "lower", upper,
+                                ws.overlay / "work", ws.project, user)
+    except overlay.OverlayRefused as exc:  # the probe passed: say it for this session
+        log.warning("workspace overlay refused for %s (%s): a full checkout instead", ws.root.name, exc)
+        await asyncio.to_thread(overlay.unmount_all, ws.overlay)
+        await asyncio.to_thread(shutil.rmtree, ws.overlay)
+        return False
+    return True
+
+
+def _hand_over(root: Path, user: tuple[int, int]) -> None:
+    """The upper layer to the session's uid (a hard-linked object stays root's and read-only)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
+            st = os.lstat(name)
+            if not (st.st_nlink > 1 and not os.path.isdir(name)):
+                os.lchown(name, *user)
+
+
+def sweep_checkouts(data_dir: Path, session_base: Path, max_bytes: int, now: float | None = None) -> list[str]:
+    """Remove shared checkouts no session directory names: those unused for CHECKOUT_MAX_AGE, then the
+    least recently used while the rest exceed max_bytes (never one used in the last CHECKOUT_MIN_AGE).
+    The names removed."""
+    base = data_dir / "checkouts"
+    if not base.is_dir():
+        return []
+    now = time.time() if now is None else now
+    in_use = set()
+    if session_base.is_dir():
+        for session in os.scandir(session_base):
+            try:
+                in_use.add((Path(session.path) / "ovl" / CHECKOUT_IN_USE).read_text())
+            except OSError:
+                continue
+    entries: list[tuple[float, int, Path]] = []
+    for item in os.scandir(base):
+        path = Path(item.path)
+        try:
+            used = (path / CHECKOUT_USED).stat().st_mtime
+            size = int((path / CHECKOUT_SIZE).read_text())
+        except (OSError, ValueError):
+            continue  # being made (or its maker died: made again over it by the next session)
+        entries.append((used, size, path))
+    total = sum(size for _used, size, _path in entries)
+    removed = []
+    for used, size, path in sorted(entries):
+        if path.name in in_use or now - used < CHECKOUT_MIN_AGE:
+            continue
+        if (now - used > CHECKOUT_MAX_AGE or total > max_bytes) and _remove_checkout(path, size, now):
+            total -= size
+            removed.append(path.name)
+    return removed
+
+
+def _remove_checkout(path: Path, size: int, now: float) -> bool:
+    """Remove a shared checkout under its lock, unless a session marked it used meanwhile."""
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (path / CHECKOUT_SIZE).unlink()  # incomplete: a session that comes now makes it again
+        if now - (path / CHECKOUT_USED).stat().st_mtime < CHECKOUT_MIN_AGE:
+            (path / CHECKOUT_SIZE).write_text(str(size))
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def copy_git_dir(source: Path, target: Path) -> None:
@@ -281,7 +468,12 @@ class HostWorkspaces:
 
 
 def remove_workspace(ws: Workspace) -> None:
-    """Delete the session directory (files the agent made read-only included)."""
+    """Unmount the session's overlay (and a lower a dead worker left attached), then delete the session
+    directory (files the agent made read-only included). Never deletes through a mount."""
+    overlay.unmount_all(ws.root)
+    left = overlay.mounts_under(ws.root)
+    if left:
+        raise OSError(f"{ws.root} still has mounts ({', '.join(map(str, left))}): not removed")
     def onerror(func, path, _exc):  # type: ignore[no-untyped-def]
         try:
             os.chmod(os.path.dirname(path), 0o700)

@@ -42,6 +42,10 @@ def session_base() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _remove_session_root() -> Iterator[None]:
     yield
+    if SESSION_ROOT.exists():  # kept overlay workspaces are still mounted: detached first, never deleted through
+        from runner.overlay import unmount_all
+
+        unmount_all(SESSION_ROOT)
     shutil.rmtree(SESSION_ROOT, ignore_errors=True)
 
 

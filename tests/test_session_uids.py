@@ -22,6 +22,7 @@ import pytest
 
 from runner.cli_run import run_from_terminal
 from runner.uids import pool_from_settings, processes_of
+from runner.workspace import Workspace, remove_workspace
 from tests.support.gitrepo import git, make_repo, show_file
 from tests.test_pipeline import args, make_services
 
@@ -140,7 +141,7 @@ async def test_a_kept_workspace_keeps_its_uid_and_only_that_uid_may_enter(tmp_pa
     assert os.stat(root / "project" / "kept.txt").st_uid == uid
     other = next(u for u in range(pool.first, pool.last + 1) if u != uid)
     assert not _can_read_as(other, root / "project" / "kept.txt") and _can_read_as(uid, root / "project" / "kept.txt")
-    shutil.rmtree(root)
+    remove_workspace(Workspace(root))  # a kept overlay workspace is still mounted: unmounted first
     assert pool.holder(uid) == root and pool.release(uid, root) and pool.holder(uid) is None
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bot.catalog import CATALOG
@@ -77,6 +79,21 @@ async def check_session_uids(settings: Settings) -> Check:
 
     status, detail, fix = uid_status(settings)
     return Check("session uids", status, detail, fix)
+async def check_workspace(settings: Settings) -> Check:
+    """Whether sessions get an overlay of a shared checkout (issue 16) or a full checkout each."""
+    from runner import overlay
+
+    if settings.WORKSPACE_OVERLAY == "off":
+        return Check("workspace", "info", "a full checkout per session (WORKSPACE_OVERLAY=off)")
+    base = Path(settings.SESSION_DIR_BASE)
+    reason = await asyncio.to_thread(overlay.probe, base if base.is_dir() else Path(tempfile.gettempdir()))
+    if reason is None:
+        return Check("workspace", "ok", "an overlay of a shared checkout per repository and commit")
+    return Check("workspace", "warn", f"overlay refused ({reason}): every session gets a full checkout, "
+                 "slower the larger the repository", "run the worker as root with CAP_SYS_ADMIN on a kernel with "
+                 "idmapped overlay layers (5.19+), or set WORKSPACE_OVERLAY=off")
+
+
 async def check_limits(settings: Settings) -> Check:
     """Which mechanism enforces the per-session limits here, and the limits themselves."""
     from runner.execution import sandbox_limits_from
@@ -255,7 +272,8 @@ async def check_integrations(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check | list[Check]]]] = [
-    check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_limits, check_agents,
+    check_settings, check_database, check_redis, check_sandbox, check_session_uids, check_workspace, check_limits,
+    check_agents,
     check_git, check_integrations,
 ]
 MARKS = {"ok": "ok  ", "info": " -- ", "warn": "WARN", "fail": "FAIL"}

@@ -73,6 +73,12 @@ def prepare_session(policy: SandboxPolicy, drop_privileges: bool) -> None:
                 "every parent of the session base must be searchable by others"
             )
         for path in (policy.project_dir, policy.home_dir, policy.tmp_dir):
+            if path == policy.project_dir and os.path.ismount(path):
+                # an overlay workspace (runner.workspace): its files are the session uid's already
+                # (an idmapped lower layer, an upper layer handed over); walking it would copy every
+                # file up and take time in proportion to the repository
+                os.chown(path, policy.host_uid, policy.host_gid)
+                continue
             _chown_tree(path, policy.host_uid, policy.host_gid)
     write_control_files(policy)
 
