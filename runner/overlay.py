@@ -126,8 +126,13 @@ def _option_path(path: Path) -> str:
 
 def mount_overlay(shared: Path, lower: Path, upper: Path, work: Path, merged: Path, user: tuple[int, int]) -> None:
     """Mount merged = upper over an idmapped, read-only view of shared (attached at lower, then detached)."""
+    # redirect_dir=on: a directory of the checkout renames in place (rename(2) would fail with EXDEV, and
+    # `git mv` of a directory with it). The redirect lives in a trusted.overlay.* xattr of the upper layer,
+    # which only the kernel, as the mounter, writes there: the upper dir is root's and out of the sandbox's
+    # reach, and no process in a user namespace can set trusted.* xattrs. metacopy stays off (a redirect
+    # to a lower file's data from an upper inode), as does index (hard links across layers).
     options = (f"lowerdir={_option_path(lower)},upperdir={_option_path(upper)},workdir={_option_path(work)}"
-               ",redirect_dir=off,metacopy=off,index=off,xino=off")
+               ",redirect_dir=on,metacopy=off,index=off,xino=off")
     _idmapped_lower(shared, lower, user)
     try:
         _check(_libc.mount(b"overlay", os.fsencode(merged), b"overlay", MS_NOSUID | MS_NODEV, options.encode()),

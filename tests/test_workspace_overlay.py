@@ -96,14 +96,16 @@ async def test_sessions_of_one_commit_share_a_checkout_the_agent_cannot_change(t
             chmod 000 keep
             chmod 755 keep
             mv keep kept
+            python3 -c "import os; os.rename('src', 'source')"
             ln -s /etc/shadow link
             echo new > new.txt
             touch -d 2001-01-01 README.md
             """), one.project)
         assert attack.returncode == 0, attack.stderr
         assert (one.project / "README.md").read_text() == "# widget\nchanged\n"
-        assert not (one.project / "src/a.py").exists()
-        assert os.stat(one.project / "src/b.py").st_mode & 0o7777 == 0o4777
+        assert not (one.project / "src").exists() and not (one.project / "source/a.py").exists()
+        # a directory of the checkout renames in place (rename(2), as `git mv` does): no EXDEV
+        assert os.stat(one.project / "source/b.py").st_mode & 0o7777 == 0o4777
         # the shared checkout, and the other session of the same commit, are as they were
         assert tree_state(shared) == before
         assert tree_state(two.project) == two_before
