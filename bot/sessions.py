@@ -48,6 +48,18 @@ class LineBlock:
 LineItem = tuple[str, dict[str, Any], datetime] | LineBlock
 
 
+def singles_of(item: LineItem) -> list[tuple[str, dict[str, Any], datetime]]:
+    """A LineItem as the events it stands for, each (kind, data, time)."""
+    if not isinstance(item, LineBlock):
+        return [item]
+    return [(item.kind, {**item.data, item.field: block_value(item.field, text)}, item.at) for text in item.texts]
+
+
+def block_value(field: str, text: str) -> str:
+    """The value of a LineBlock's field for one of its texts."""
+    return first_line(text) if field == "summary" else text
+
+
 def item_events(item: LineItem) -> int:
     """The events a LineItem stands for."""
     return len(item.texts) if isinstance(item, LineBlock) else 1
@@ -528,13 +540,13 @@ class SessionService:
         """Store a batch of agent output events as one `lines` row (few rows for a chatty agent) that
         readers see as the events it holds, each with its own seq and time; a small batch of single events
         stays one row per event. Their seqs."""
-        if len(items) < CHUNK_MIN and not any(isinstance(item, LineBlock) for item in items):
-            singles = cast(list[tuple[str, dict[str, Any], datetime]], items)
-            async with self.sessionmaker() as db, db.begin():
-                return await self._events(db, session_id, [(k, d) for k, d, _at in singles], [a for *_, a in singles])
         count = sum(item_events(item) for item in items)
         if not count:
             return []
+        if count < CHUNK_MIN:
+            singles = [one for item in items for one in singles_of(item)]
+            async with self.sessionmaker() as db, db.begin():
+                return await self._events(db, session_id, [(k, d) for k, d, _at in singles], [a for *_, a in singles])
         entries: list[list[Any]] = [
             [item.kind, item.data, item.at.timestamp(), item.texts, item.field] if isinstance(item, LineBlock)
             else [item[0], item[1], item[2].timestamp()] for item in items]
@@ -655,8 +667,8 @@ def expand(session_id: str, seq: int, kind: str, data: Any, created_at: datetime
         texts, field = entry[3], entry[4]
         skip = max(0, after + 1 - first)
         for i, text in enumerate(texts[skip:], first + skip):
-            value = first_line(text) if field == "summary" else text
-            out.append(SessionEvent(session_id=session_id, seq=i, kind=k, data={**d, field: value}, created_at=at))
+            out.append(SessionEvent(session_id=session_id, seq=i, kind=k, data={**d, field: block_value(field, text)},
+                                    created_at=at))
         first += len(texts)
     return out
 

@@ -18,6 +18,7 @@ from bot.services import Services
 from bot.sessions import LineBlock, LineItem, NewSession, item_events
 from runner.cli_run import run_from_terminal
 from runner.output import EventBuffer
+from tests.test_chunked_events import rows_of
 from tests.test_pipeline import PYTHON, args, make_services
 
 BODY = ["MIIEowIBAAKCAQEA" + "q" * 48, "Zm9vYmFyYmF6cXV4" + "w" * 48, "c2VjcmV0c2VjcmV0" + "e" * 48,
@@ -103,6 +104,10 @@ async def test_blocks_read_back_as_events_with_their_own_seqs(services: Services
     assert events[4].data == {"line": "  err  "} and events[4].created_at.timestamp() == (t0 + timedelta(seconds=1)).timestamp()
     assert [e.seq for e in await services.sessions.events(row.id, after=2)] == [3, 4, 5]
     assert [e.seq for e in await services.sessions.events(row.id, after=3, limit=1)] == [4]
+    # a block of a line or two (a quiet agent) is stored as plain rows, one per event, as before
+    assert await services.sessions.add_lines(row.id, [LineBlock("message", {}, t0, [" 1.5 "])]) == [6]
+    assert (await rows_of(services, row.id))[-1] == (6, "message")
+    assert (await services.sessions.events(row.id, after=5))[0].data == {"summary": "1.5"}
 
 
 AGENT = f"""
