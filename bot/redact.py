@@ -40,6 +40,8 @@ _AUTH_HEADER = re.compile(
 # scan; one regex alternation over a chatty agent's megabytes cost far more). Keep it in step with them.
 _MARKERS = ("-----begin", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "xapp-", "sk-", "aiza",
             "akia", "asia", "eyj", "://", "authorization")
+_MAYBE = re.compile(r"-----BEGIN|gh[pousr]_|github_pat_|xox[abposre]-|xapp-|sk-|AIza|AKIA|ASIA|eyJ|://"
+                    r"|(?i:authorization)")
 # A private key's armour; the body between them is redacted too, across the blocks of a stream.
 _KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
@@ -83,8 +85,10 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def untouched(text: str, secrets: Iterable[str] = ()) -> bool:
     """True when redact(text, secrets) would return text unchanged, found by a few quick substring
     searches (a False may still be unchanged): a block of lines passing it needs no redaction."""
-    lower = text.lower()
-    if any(marker in lower for marker in _MARKERS):
+    if not text.isascii():  # (?i) also matches letters lower() does not give (a dotless ı for i)
+        if _MAYBE.search(text) is not None:
+            return False
+    elif any(marker in text.lower() for marker in _MARKERS):
         return False
     return not any(value in text for value in _literals(frozenset(secrets)))
 

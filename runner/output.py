@@ -13,7 +13,7 @@ from bot import metrics
 from bot.dbretry import DB_DOWN_ERRORS
 from bot.models import utcnow
 from bot.redact import StreamRedactor
-from bot.sessions import LineBlock, LineItem, item_events
+from bot.sessions import CHUNK_MIN, LineBlock, LineItem, item_events
 from runner.agents.base import Agent, AgentEvent, shorten
 from runner.agents.failures import STDERR_LINES
 from runner.agents.usage import usage_of
@@ -89,7 +89,8 @@ class EventBuffer:
                 self.size += sum(sizes)
                 self.count += sum(map(item_events, items))
                 raise
-            self.rows += 1 if len(items) >= 4 or any(isinstance(i, LineBlock) for i in items) else len(items)
+            count = sum(map(item_events, items))
+            self.rows += 1 if count >= CHUNK_MIN else count
 
     def _take(self) -> tuple[list[LineItem], list[int]]:
         """The next chunk off the front of the buffer (a block cut where the chunk is full), and sizes."""
