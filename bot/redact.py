@@ -40,8 +40,7 @@ _AUTH_HEADER = re.compile(
 # scan; one regex alternation over a chatty agent's megabytes cost far more). Keep it in step with them.
 _MARKERS = ("-----begin", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "xapp-", "sk-", "aiza",
             "akia", "asia", "eyj", "://", "authorization")
-_MAYBE = re.compile(r"-----BEGIN|gh[pousr]_|github_pat_|xox[abposre]-|xapp-|sk-|AIza|AKIA|ASIA|eyJ|://"
-                    r"|(?i:authorization)")
+_AUTHORIZATION = re.compile("(?i)authorization")  # as _AUTH_HEADER matches it
 # A private key's armour; the body between them is redacted too, across the blocks of a stream.
 _KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
@@ -85,10 +84,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def untouched(text: str, secrets: Iterable[str] = ()) -> bool:
     """True when redact(text, secrets) would return text unchanged, found by a few quick substring
     searches (a False may still be unchanged): a block of lines passing it needs no redaction."""
-    if not text.isascii():  # (?i) also matches letters lower() does not give (a dotless ı for i)
-        if _MAYBE.search(text) is not None:
-            return False
-    elif any(marker in text.lower() for marker in _MARKERS):
+    if any(marker in text.lower() for marker in _MARKERS):
+        return False
+    if not text.isascii() and _AUTHORIZATION.search(text):  # (?i) matches a dotless ı for i; lower() does not
         return False
     return not any(value in text for value in _literals(frozenset(secrets)))
 
