@@ -35,17 +35,40 @@ _AUTH_HEADER = re.compile(
 )
 
 
-# Every text the patterns above can change holds one of these: a block without any is left as it is
-# (one search over a chatty agent's block of lines instead of three per line). Keep it in step with them.
-_MAYBE = re.compile(r"-----BEGIN|gh[pousr]_|github_pat_|xox[abposre]-|xapp-|sk-|AIza|AKIA|ASIA|eyJ|://"
-                    r"|(?i:authorization)")
+# Every text the patterns above can change holds one of these, in lower case (a superset: `akia` for AKIA):
+# a block without any is left as it is, found by plain substring searches over the block (each a memchr-fast
+# scan; one regex alternation over a chatty agent's megabytes cost far more). Keep it in step with them.
+_MARKERS = ("-----begin", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "xapp-", "sk-", "aiza",
+            "akia", "asia", "eyj", "://", "authorization")
+_AUTHORIZATION = re.compile("(?i)authorization")  # as _AUTH_HEADER matches it
+# A private key's armour; the body between them is redacted too, across the blocks of a stream.
+_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+# A line of a multi-line secret (a PEM key's body) at least this long is a secret on its own: a stream cut
+# into blocks at line ends may show the secret's lines in different blocks.
+MIN_SECRET_LINE = 16
+
+
+def _pieces(values: frozenset[str]) -> list[str]:
+    """The values to replace: each secret long enough, and the long lines of a multi-line one."""
+    found = {s for s in values if s and len(s) >= MIN_SECRET_LENGTH}
+    for value in list(found):
+        if "\n" in value:
+            found.update(line.strip() for line in value.splitlines() if len(line.strip()) >= MIN_SECRET_LINE)
+    return sorted(found, key=len, reverse=True)
 
 
 @functools.lru_cache(maxsize=256)
 def _literal_pattern(values: frozenset[str]) -> re.Pattern[str] | None:
-    """One alternation of the given secret values, longest first (compiled once per set)."""
-    ordered = sorted((s for s in values if s and len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+    """One alternation of the given secret values (and their long lines), longest first (compiled once per set)."""
+    ordered = _pieces(values)
     return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+@functools.lru_cache(maxsize=256)
+def _literals(values: frozenset[str]) -> tuple[str, ...]:
+    """The strings _literal_pattern(values) matches."""
+    return tuple(_pieces(values))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -59,7 +82,64 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def untouched(text: str, secrets: Iterable[str] = ()) -> bool:
-    """True when redact(text, secrets) would return text unchanged, found by one quick search (a
-    False may still be unchanged): a block of lines passing it needs no redaction line by line."""
-    literal = _literal_pattern(frozenset(secrets))
-    return _MAYBE.search(text) is None and (literal is None or literal.search(text) is None)
+    """True when redact(text, secrets) would return text unchanged, found by a few quick substring
+    searches (a False may still be unchanged): a block of lines passing it needs no redaction."""
+    if any(marker in text.lower() for marker in _MARKERS):
+        return False
+    if not text.isascii() and _AUTHORIZATION.search(text):  # (?i) matches a dotless ı for i; lower() does not
+        return False
+    return not any(value in text for value in _literals(frozenset(secrets)))
+
+
+class StreamRedactor:
+    """redact() for a stream of text blocks, each ending at a line end (an agent's output as it arrives):
+    a block is redacted whole, so a secret spanning its lines goes; a private key begun in one block is
+    redacted up to its END in a later one (the blocks between entirely), though never more than KEY_SPAN
+    characters from its BEGIN, to the end of that line (a BEGIN line printed alone, say by code that parses
+    keys, hides what follows it for a while, not the rest of the session). `secrets` is read at each block
+    (a list may grow meanwhile)."""
+
+    KEY_SPAN = 16 * 1024  # an 8192-bit RSA key's PEM is about 6.3 KiB
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = secrets
+        self.key_left = 0  # characters of a key begun in an earlier block still to hide (0: none)
+
+    def __call__(self, text: str) -> str:
+        """The block, redacted (the same object when nothing needed it)."""
+        out: list[str] = []
+        if self.key_left:
+            pos = self._key_end(text, 0, self.key_left)
+            self.key_left = max(0, self.key_left - len(text)) if pos == len(text) else 0
+            out.append(REDACTED)
+            text = text[pos:]
+        if untouched(text, self.secrets):
+            return "".join(out) + text if out else text
+        if "-----BEGIN" in text:
+            text = self._cut_keys(text)
+        out.append(redact(text, self.secrets))
+        return "".join(out)
+
+    def _cut_keys(self, text: str) -> str:
+        """text with each private key (BEGIN to END, or to KEY_SPAN) replaced; one running past the
+        block's end is carried on in key_left."""
+        out, pos = [], 0
+        while (begin := _KEY_BEGIN.search(text, pos)) is not None:
+            out += [text[pos:begin.start()], REDACTED]
+            pos = self._key_end(text, begin.end(), self.KEY_SPAN)
+            if pos == len(text) and _KEY_END.search(text, begin.end()) is None:
+                self.key_left = max(0, self.KEY_SPAN - (len(text) - begin.end()))
+        out.append(text[pos:])
+        return "".join(out)
+
+    @staticmethod
+    def _key_end(text: str, start: int, span: int) -> int:
+        """Where hiding a key's body from start stops: after its END, else at the end of the line
+        `span` characters on, else at the end of text."""
+        end = _KEY_END.search(text, start)
+        if end is not None and end.start() - start <= span:
+            return end.end()
+        if len(text) - start <= span:
+            return len(text)
+        newline = text.find("\n", start + span)
+        return len(text) if newline < 0 else newline

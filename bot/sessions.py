@@ -29,6 +29,40 @@ _S = SESSIONS.c
 CHUNK_KIND = "lines"  # a row holding a batch of agent output events (issue 16: a chatty agent writes few rows)
 CHUNK_MIN = 4  # a smaller batch is stored one row per event
 EVENT_PAGE_ROWS = 200  # rows read per query by events()
+
+
+@dataclass(frozen=True, slots=True)
+class LineBlock:
+    """Agent output lines kept as one entry of a `lines` row (no per-line work when they are stored): each
+    text is an event of `kind` whose data is `data` plus `field`, which is the text's first non-blank line
+    cut like a title when field is `summary`, the text itself otherwise."""
+
+    kind: str
+    data: dict[str, Any]
+    at: datetime
+    texts: list[str]
+    field: str = "summary"
+
+
+# What add_lines stores: one event (kind, data, time), or a block of them.
+LineItem = tuple[str, dict[str, Any], datetime] | LineBlock
+
+
+def singles_of(item: LineItem) -> list[tuple[str, dict[str, Any], datetime]]:
+    """A LineItem as the events it stands for, each (kind, data, time)."""
+    if not isinstance(item, LineBlock):
+        return [item]
+    return [(item.kind, {**item.data, item.field: block_value(item.field, text)}, item.at) for text in item.texts]
+
+
+def block_value(field: str, text: str) -> str:
+    """The value of a LineBlock's field for one of its texts."""
+    return first_line(text) if field == "summary" else text
+
+
+def item_events(item: LineItem) -> int:
+    """The events a LineItem stands for."""
+    return len(item.texts) if isinstance(item, LineBlock) else 1
 _E = EVENTS.c
 # PostgreSQL: the session and its first event in one statement (a data-modifying CTE), one round trip
 # in autocommit instead of BEGIN, two INSERTs and COMMIT; a duplicate trigger key still fails as a whole.
@@ -502,22 +536,30 @@ class SessionService:
         async with self.sessionmaker() as db, db.begin():
             return await self._events(db, session_id, items)
 
-    async def add_lines(self, session_id: str, items: list[tuple[str, dict[str, Any], datetime]]) -> list[int]:
+    async def add_lines(self, session_id: str, items: Sequence[LineItem]) -> list[int]:
         """Store a batch of agent output events as one `lines` row (few rows for a chatty agent) that
-        readers see as the events it holds, each with its own seq and time; a small batch stays one row
-        per event. Their seqs."""
-        if len(items) < CHUNK_MIN:
+        readers see as the events it holds, each with its own seq and time; a small batch of single events
+        stays one row per event. Their seqs."""
+        count = sum(item_events(item) for item in items)
+        if not count:
+            return []
+        if count < CHUNK_MIN:
+            singles = [one for item in items for one in singles_of(item)]
             async with self.sessionmaker() as db, db.begin():
-                return await self._events(db, session_id, [(k, d) for k, d, _at in items], [a for *_, a in items])
+                return await self._events(db, session_id, [(k, d) for k, d, _at in singles], [a for *_, a in singles])
+        entries: list[list[Any]] = [
+            [item.kind, item.data, item.at.timestamp(), item.texts, item.field] if isinstance(item, LineBlock)
+            else [item[0], item[1], item[2].timestamp()] for item in items]
+        last_at = items[-1].at if isinstance(items[-1], LineBlock) else items[-1][2]
         async with self.sessionmaker() as db, db.begin():
             last = (await db.execute(
                 update(Session).where(Session.id == session_id)
-                .values(event_seq=Session.event_seq + len(items)).returning(Session.event_seq))).scalar_one()
+                .values(event_seq=Session.event_seq + count).returning(Session.event_seq))).scalar_one()
             conn = await db.connection()
             await conn.execute(INSERT_EVENT, {
-                "session_id": session_id, "seq": last, "kind": CHUNK_KIND, "created_at": items[-1][2],
-                "data": {"lines": [[k, d, a.timestamp()] for k, d, a in items]}})
-            return list(range(last - len(items) + 1, last + 1))
+                "session_id": session_id, "seq": last, "kind": CHUNK_KIND, "created_at": last_at,
+                "data": {"lines": entries}})
+            return list(range(last - count + 1, last + 1))
 
     async def _event(self, db: AsyncSession, session_id: str, kind: str, data: dict[str, Any]) -> int:
         return (await self._events(db, session_id, [(kind, data)]))[-1]
@@ -612,11 +654,23 @@ def expand(session_id: str, seq: int, kind: str, data: Any, created_at: datetime
     `lines` row, whose seq is the last of theirs."""
     if kind != CHUNK_KIND:
         return [SessionEvent(session_id=session_id, seq=seq, kind=kind, data=data, created_at=created_at)]
-    lines = (data or {}).get("lines") or []
-    first = seq - len(lines) + 1
-    return [SessionEvent(session_id=session_id, seq=first + i, kind=k, data=d,
-                         created_at=datetime.fromtimestamp(at, UTC))
-            for i, (k, d, at) in enumerate(lines) if first + i > after]
+    entries = (data or {}).get("lines") or []
+    first = seq - sum(len(entry[3]) if len(entry) > 3 else 1 for entry in entries) + 1
+    out: list[SessionEvent] = []
+    for entry in entries:
+        k, d, at = entry[0], entry[1], datetime.fromtimestamp(entry[2], UTC)
+        if len(entry) <= 3:
+            if first > after:
+                out.append(SessionEvent(session_id=session_id, seq=first, kind=k, data=d, created_at=at))
+            first += 1
+            continue
+        texts, field = entry[3], entry[4]
+        skip = max(0, after + 1 - first)
+        for i, text in enumerate(texts[skip:], first + skip):
+            out.append(SessionEvent(session_id=session_id, seq=i, kind=k, data={**d, field: block_value(field, text)},
+                                    created_at=at))
+        first += len(texts)
+    return out
 
 
 def budget_left(session: Session, spent_usd: float | None = None) -> float | None:

@@ -169,12 +169,15 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
                         max_size: int | None, leave_out: frozenset[bytes] = frozenset()) -> Tree:
     """Write the working tree's contents into git_dir as a tree, without the files in leave_out; compare it
     with HEAD's."""
-    base, base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", "HEAD^{commit}",
-                                                         "HEAD^{tree}"])).split()
-    tracked = await base_entries(git_dir, base)
+    async def head() -> tuple[str, str, dict[bytes, tuple[str, str]]]:
+        base, base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", "HEAD^{commit}", "HEAD^{tree}"])).split()
+        return base, base_tree, await base_entries(git_dir, base)
+
+    # HEAD's entries and the work tree's names are independent: their git processes run at once
+    (base, base_tree, tracked), listed = await asyncio.gather(head(), counted_paths(project, scratch, user))
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     uid, gid = user if user else (None, None)
-    counted = Counted(tracked, await counted_paths(project, scratch, user), leave_out)
+    counted = Counted(tracked, listed, leave_out)
     known = {path: sha for path, (_mode, sha) in tracked.items()}
 
     def read_and_send(out: int) -> Snapshot:  # on the thread that dropped to the session's uid

@@ -60,6 +60,12 @@ class AgentRun:
                     self._tail.append(line.text)
             yield [(line.stream, line.text) for line in batch]
 
+    async def blocks(self) -> AsyncIterator[tuple[str, list[str]]]:
+        """The same, a block of one stream's lines at a time (what arrived together)."""
+        async for stream, lines in self.handle.blocks():
+            self._tail.extend(lines[-TAIL_LINES:] if stream == "stderr" else last_lines(lines, TAIL_LINES))
+            yield stream, lines
+
     def tail(self) -> str:
         """The last lines of output, for an error message."""
         return " | ".join(t.strip() for t in list(self._tail)[-3:] if t.strip())[:500]
@@ -93,6 +99,17 @@ class AgentRun:
         finally:
             if self.gateway is not None:
                 await self.gateway.close()
+
+
+def last_lines(lines: Sequence[str], most: int) -> list[str]:
+    """The last `most` non-blank lines, in order, looked at from the end only."""
+    kept: list[str] = []
+    for line in reversed(lines):
+        if line.strip():
+            kept.append(line)
+            if len(kept) >= most:
+                break
+    return kept[::-1]
 
 
 def agent_server_env(services: Services) -> dict[str, str]:

@@ -50,11 +50,13 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
         return None
     if survived is not None:
         await state.warn(survived.sentence)
-    stat = await gitops.diff_stat(ws.git_dir, tree.base, tree.tree)
+    # independent look-ups (a git process, the database, a PAT's identity), at once
+    stat, secrets, author = await asyncio.gather(gitops.diff_stat(ws.git_dir, tree.base, tree.tree),
+                                                 known_secrets(state.services, state.secrets),
+                                                 commit_author(state.services, session))
     # file names are the agent's: a known secret among them never goes to the utility model
-    stat = SecretMatcher(await known_secrets(state.services, state.secrets)).mask(stat)
+    stat = SecretMatcher(secrets).mask(stat)
     message = await (await state.utility()).commit_message(session.prompt, stat)
-    author = await commit_author(state.services, session)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
     async def record() -> None:  # the row's sha and the event that tells of it land together
         async with state.services.sessions.transaction(session.id) as tx:
@@ -132,20 +134,30 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
         return
     access = await fresh_access(state)  # a long session may have outlived the first token
     await refuse_leaks(state, ws, sha)
-    await _push_or_keep(state, access, ws, branch, sha)
-    await state.event("push", {"branch": branch, "sha": sha})
-    await state.step("pr", "running", percent=90)
+    # the PR's figures and title need nothing the push does: they are found while it runs
     best_of = bool((session.context or {}).get("best_of"))
     # best-of-N on a pull request starts at its head: the comparison counts what the agent changed there
     since = START_REF if best_of and (session.context or {}).get("start_ref") else f"refs/remotes/origin/{base}"
-    stat = (await gitops.diff_stat(ws.git_dir, since)).strip()
+    stat_task = asyncio.ensure_future(gitops.diff_stat(ws.git_dir, since))
+    title_task = asyncio.ensure_future(_title(state)) if not best_of else None
+    try:
+        await _push_or_keep(state, access, ws, branch, sha)
+    except BaseException:
+        for task in (stat_task, title_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(stat_task, *([title_task] if title_task else []), return_exceptions=True)
+        raise
+    await state.event("push", {"branch": branch, "sha": sha})
+    await state.step("pr", "running", percent=90)
+    stat = (await stat_task).strip()
     files = stat.splitlines()[-1].strip() if stat else ""
-    if best_of:  # best-of-N: the PR waits for `pick` (bot/best_of.py)
+    if title_task is None:  # best-of-N: the PR waits for `pick` (bot/best_of.py)
         await state.event("best_of", {"files": files, "branch": branch})
         await state.step("pr", "skipped", f"branch `{branch}` pushed; the comparison says how to pick it", 95)
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
         return
-    title = session.title or await (await state.utility()).title(session.prompt)
+    title = await title_task
     try:
         pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files), draft=state.pr_draft)
     except Exception as exc:
@@ -163,6 +175,11 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+async def _title(state: Run) -> str:
+    """The pull request's title: the session's, or the utility model's from the prompt."""
+    return state.session.title or await (await state.utility()).title(state.session.prompt)
 
 
 async def _pushed_before(state: Run, ws: Workspace, existing: bool) -> str | None:

@@ -119,6 +119,9 @@ class Agent:
     # gateway (gateway_route); the CLI must then take the gateway's URL from base_env or through_gateway().
     gateway_upstream: str | None = None
     gateway_key_places: tuple[KeyPlace, ...] = ()
+    # Every non-blank line of its standard output is a message whose summary is that line (no JSON to
+    # parse): runner/output.py stores its output a block at a time, with no work per line.
+    plain_lines: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from bot.catalog import CATALOG
 from runner.agents.base import Agent, AgentEvent, CredentialLike, shorten
@@ -25,6 +26,7 @@ class CommandAgent(Agent):
 
     spec = CATALOG["command"]
     command: tuple[str, ...] = field(default=())
+    plain_lines: ClassVar[bool] = True
 
     def with_command(self, command: str | Sequence[str]) -> CommandAgent:
         """A copy of this agent that runs command."""

@@ -208,6 +208,16 @@ class ProcessHandle(abc.ABC):
         async for line in self:
             yield [line]
 
+    async def blocks(self) -> AsyncIterator[tuple[StreamName, list[str]]]:
+        """The same lines as blocks of one stream's lines, in arrival order (a local sandbox hands over
+        what each read of a pipe brought at once)."""
+        async for batch in self.batches():
+            start = 0
+            for i in range(1, len(batch) + 1):
+                if i == len(batch) or batch[i].stream != batch[start].stream:
+                    yield batch[start].stream, [line.text for line in batch[start:i]]
+                    start = i
+
     @abc.abstractmethod
     async def wait(self) -> int:
         """Wait for the command (and, sandboxed, its whole process tree); the exit code."""

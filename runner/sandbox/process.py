@@ -202,6 +202,22 @@ class SpawnedProcess:
         return self._returncode  # type: ignore[return-value]
 
 
+def _text(data: bytes) -> str:
+    """One line's bytes as text (invalid UTF-8 replaced, a CRLF's CR dropped)."""
+    return data.decode("utf-8", "replace").removesuffix("\r")
+
+
+def _split(data: bytes) -> list[str]:
+    """Complete lines (data without its last newline) as texts, decoded at once: no UTF-8 sequence holds a
+    newline byte, so this is _text of each line."""
+    text = data.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if text.endswith("\r"):
+            text = text[:-1]
+    return text.split("\n")
+
+
 class LocalProcess(ProcessHandle):
     """A command started by a local sandbox."""
 
@@ -217,7 +233,7 @@ class LocalProcess(ProcessHandle):
         self.pid = proc.pid
         self._tree = tree
         self._on_exit = on_exit
-        self._queue: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[StreamName, list[str]] | None] = asyncio.Queue()
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
             asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
@@ -240,29 +256,35 @@ class LocalProcess(ProcessHandle):
             self._proc.stdin.close()
 
     async def _pump(self, stream: asyncio.StreamReader, name: StreamName) -> None:
-        """Queue each line of one stream; None marks its end. What has arrived is read a block at a time
-        and split here (a chatty command's lines cost one read per block, not one per line); a line
-        longer than LINE_LIMIT is handed over in pieces."""
+        """Queue the lines of one stream a block at a time; None marks its end. What has arrived is read
+        PUMP_BLOCK bytes at a time, decoded and split once per block (a chatty command's lines cost no
+        work of their own here); a line longer than LINE_LIMIT is handed over in pieces."""
         rest = b""
         try:
             while True:
                 block = await stream.read(PUMP_BLOCK)
                 if not block:
                     break
-                lines = (rest + block).split(b"\n")
-                rest = lines.pop()
+                data = rest + block if rest else block
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data
+                    lines: list[str] = []
+                else:
+                    rest = data[cut + 1:]
+                    lines = _split(data[:cut])
                 while len(rest) >= LINE_LIMIT:
-                    lines.append(rest[:LINE_LIMIT])
+                    lines.append(_text(rest[:LINE_LIMIT]))
                     rest = rest[LINE_LIMIT:]
-                for line in lines:
-                    self._queue.put_nowait(OutputLine(name, line.decode("utf-8", "replace").removesuffix("\r")))
+                if lines:
+                    self._queue.put_nowait((name, lines))
             if rest:
-                self._queue.put_nowait(OutputLine(name, rest.decode("utf-8", "replace").removesuffix("\r")))
+                self._queue.put_nowait((name, [_text(rest)]))
         finally:
             self._queue.put_nowait(None)
 
-    async def __aiter__(self) -> AsyncIterator[OutputLine]:
-        """Lines of both streams, in arrival order."""
+    async def blocks(self) -> AsyncIterator[tuple[StreamName, list[str]]]:
+        """The lines of both streams, a block of one stream at a time, in arrival order."""
         open_streams = 2
         while open_streams:
             item = await self._queue.get()
@@ -271,22 +293,17 @@ class LocalProcess(ProcessHandle):
             else:
                 yield item
 
+    async def __aiter__(self) -> AsyncIterator[OutputLine]:
+        """Lines of both streams, in arrival order."""
+        async for name, lines in self.blocks():
+            for line in lines:
+                yield OutputLine(name, line)
+
     async def batches(self, most: int = 1000) -> AsyncIterator[list[OutputLine]]:
-        """The lines that have arrived, up to `most` at a time (waiting only for the first)."""
-        open_streams = 2
-        while open_streams:
-            batch: list[OutputLine] = []
-            item = await self._queue.get()
-            while True:
-                if item is None:
-                    open_streams -= 1
-                else:
-                    batch.append(item)
-                if len(batch) >= most or self._queue.empty() or not open_streams:
-                    break
-                item = self._queue.get_nowait()
-            if batch:
-                yield batch
+        """The lines of each block as it arrives, up to `most` at a time."""
+        async for name, lines in self.blocks():
+            for start in range(0, len(lines), most):
+                yield [OutputLine(name, line) for line in lines[start:start + most]]
 
     async def _exited(self) -> int:
         """The exit code, without waiting for the pipes (3.11's Process.wait() does)."""
