@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-import uvloop
 
 from bot.cli.wiring import open_services
 from bot.services import Services
 from bot.settings import Settings, load_settings
+from runner.sandbox.spawn_turns import new_event_loop
 
 pytest_plugins = ["tests.support.fake_github", "tests.support.fake_slack"]
 
@@ -51,7 +51,7 @@ def _remove_session_root() -> Iterator[None]:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """The tests run on the loop production runs on (bot.cli.run_async picks uvloop)."""
-    return {"uvloop": uvloop.new_event_loop}
+    return {"uvloop": new_event_loop}
 
 
 @pytest.fixture(scope="session")

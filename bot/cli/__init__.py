@@ -93,12 +93,12 @@ def configure_logging(verbose: bool) -> None:
 
 
 def run_async(coro: Awaitable[int]) -> int:
-    """Run on uvloop when it is installed (about twice the request rate), else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type]
+    """Run on uvloop when it is installed (about twice the request rate), else asyncio's loop; its
+    subprocesses take turns with the sandbox's launcher threads (runner/sandbox/spawn_turns.py)."""
+    from runner.sandbox.spawn_turns import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

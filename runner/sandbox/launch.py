@@ -25,6 +25,7 @@ from typing import TypeVar
 from runner.sandbox.netns import CLONE_NEWNET, setns
 from runner.sandbox.process import LINE_LIMIT, SpawnedProcess
 from runner.sandbox.seccomp import Arch
+from runner.sandbox.spawn_turns import SPAWN_LOCK
 
 T = TypeVar("T")
 
@@ -276,10 +277,13 @@ async def spawn_from(
         # posix_spawn closes nothing; the worker never execs itself, so marking its own descriptors
         # close-on-exec costs it nothing (the passed ones are dup2'ed onto themselves above)
         seal_fds()
-        pid = await launcher.call(lambda: os.posix_spawn(
-            path, args, environ, file_actions=actions, setsid=True, setsigmask=(),
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-        ))
+
+        def start() -> int:
+            with SPAWN_LOCK:  # not while the loop's uvloop has descriptors inheritable (spawn_turns.py)
+                return os.posix_spawn(path, args, environ, file_actions=actions, setsid=True, setsigmask=(),
+                                      setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+
+        pid = await launcher.call(start)
     except BaseException:
         for fd in fds:
             os.close(fd)

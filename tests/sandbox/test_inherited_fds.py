@@ -7,13 +7,16 @@ sandboxed or not: a pipe or socket of the worker in the agent's hands.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from runner.sandbox import SandboxPolicy, Violation, create_sandbox
+from runner.sandbox.launch import ChildSetup
 from tests.sandbox.conftest import Env, requires_sandbox
 
 LIST_FDS = "ls /proc/self/fd"  # ls opens one descriptor of its own (3) to list the directory
@@ -58,3 +61,35 @@ async def test_a_sandboxed_agent_gets_no_descriptor_of_the_worker(env: Env, work
     run = await env.run(LIST_FDS)
     assert run.code == 0, run.err
     assert _fds(run.out.split()) <= {0, 1, 2, 3}, run.out
+
+
+@requires_sandbox
+async def test_no_descriptor_of_a_process_the_loop_starts_meanwhile_reaches_a_sandboxed_agent(env: Env) -> None:
+    """uvloop makes a child's stdio dups and its exec-error pipe inheritable while it starts a process (and
+    with a preexec_fn blocks the loop until that pipe closes). A sandboxed command posix_spawned by the
+    launcher thread at that moment inherited them: a full test run hung for good, the loop reading an
+    error pipe whose write end the agent held. Sandboxed commands and loop subprocesses take turns."""
+    stop = asyncio.Event()
+
+    async def churn() -> int:  # what the worker does meanwhile: reapers (preexec_fn), git
+        started = 0
+        while not stop.is_set():
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/true", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=ChildSetup())
+            await proc.wait()
+            started += 1
+        return started
+
+    churning = asyncio.ensure_future(churn())
+    try:
+        outs = []
+        for _ in range(40):
+            run = await env.run(LIST_FDS)
+            assert run.code == 0, run.err
+            outs.append(run.out)
+    finally:
+        stop.set()
+        started = await churning
+    assert started > 40  # the loop really was starting processes throughout
+    leaked = [out.split() for out in outs if not _fds(out.split()) <= {0, 1, 2, 3}]
+    assert leaked == []
