@@ -10,6 +10,8 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import uvloop
+
 from runner.sandbox.base import OutputLine, ProcessHandle, StreamName
 
 LINE_LIMIT = 16 * 1024 * 1024
@@ -57,7 +59,7 @@ class PipeEnd:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         """Take ownership of fd."""
         self._fd = fd
-        self._loop_closes = type(loop).__module__.partition(".")[0] == "uvloop"
+        self._loop_closes = isinstance(loop, uvloop.Loop)  # SpawnTurnLoop too
 
     def fileno(self) -> int:
         """The descriptor (-1 once closed)."""

@@ -13,6 +13,7 @@ import os
 import threading
 
 import pytest
+import uvloop
 
 from runner.sandbox.process import PipeEnd
 
@@ -47,7 +48,7 @@ async def _close_transport(write_side: bool) -> tuple[int, int, int]:
 @pytest.mark.parametrize("write_side", [False, True], ids=["read", "write"])
 async def test_under_uvloop_the_loop_closes_a_pipe_end_once(write_side: bool) -> None:
     """The descriptor is closed (no leak), and the file that then takes its number stays open."""
-    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
     mine, other, newcomer = await _close_transport(write_side)
     try:
         assert newcomer == mine  # the freed number was reused, so a second close would have hit it
