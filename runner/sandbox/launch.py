@@ -181,10 +181,13 @@ class Launcher:
     listener filter; commands are posix_spawned from it and inherit all of that."""
 
     def __init__(self, netns_fd: int, listener: ListenerFilter, arch: Arch,
-                 uid: int | None, gid: int | None) -> None:
-        """Start the thread and wait until it is set up; listener_fd is then the supervisor's."""
+                 uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None) -> None:
+        """Start the thread and wait until it is set up; listener_fd is then the supervisor's.
+        adopt(tid), when given, runs first on the thread itself (with root's rights, before any
+        filter): the session's limits taking the thread in (Limiter.adopt_thread)."""
         self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._setup = (netns_fd, listener, arch, uid, gid)
+        self._adopt = adopt
         self.listener_fd = -1
         self.native_id = 0
         self._ready = threading.Event()
@@ -196,8 +199,10 @@ class Launcher:
             raise self._error
 
     def _prepare(self) -> None:
-        """Join the netns, drop privileges, no_new_privs, install the listener filter."""
+        """Join the session's limits, the netns, drop privileges, no_new_privs, install the listener filter."""
         netns_fd, listener, arch, uid, gid = self._setup
+        if self._adopt is not None:
+            self._adopt(self.native_id)
         setns(netns_fd, CLONE_NEWNET)
         if uid is not None and gid is not None:
             _drop_thread_credentials(arch, uid, gid)

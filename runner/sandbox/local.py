@@ -21,7 +21,6 @@ from runner.sandbox.base import (
     LimitExceeded,
     ProcessHandle,
     Sandbox,
-    SandboxLimits,
     SandboxPolicy,
     Violation,
     ViolationCallback,
@@ -32,7 +31,7 @@ from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, s
 from runner.sandbox.netns import NetNamespace, create_netns, listen_in
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
-from runner.sandbox.reaping import Reaper
+from runner.sandbox.reaping import SessionReaper, SharedReaper
 from runner.sandbox.supervisor import Supervisor
 from runner.sandbox.verdicts import HiddenPaths
 
@@ -97,7 +96,7 @@ class LocalSandbox(Sandbox):
         self._limiter: Limiter | None = None
         self._exceeded: LimitExceeded | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._reaper: Reaper | None = None
+        self._reaper: SessionReaper | None = None
         self._started = False
 
     def report(self, violation: Violation) -> None:
@@ -129,25 +128,20 @@ class LocalSandbox(Sandbox):
                                              tmpfs_size=limits.tmpfs if limits else None)
             self._argv_prefix = bwrap.mount_argv(self._plan)
             self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
-            self._start_launcher()
             if limits is not None:
-                await self._start_limiter(limits)
+                self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
+            self._start_launcher()
         if self.policy.limits is not None:
             self._watchdog = asyncio.create_task(self._watch_limits())
         self._reaper = await self._start_reaper()
         self._started = True
 
-    async def _start_reaper(self) -> Reaper:
-        """The process that kills the session's processes (and cgroups) if this worker dies."""
+    async def _start_reaper(self) -> SessionReaper:
+        """The session, told to the worker's reaper: it kills the session's processes (and cgroups) if
+        this worker dies."""
         own_uid = self.policy.host_uid if self._drop and self.policy.own_uid else None
         cgroups = list(dict.fromkeys(self._limiter.dirs.values())) if isinstance(self._limiter, Cgroups) else []
-        return await Reaper.start(self._token, own_uid, cgroups)
-
-    async def _start_limiter(self, limits: SandboxLimits) -> None:
-        """The session cgroup (or rlimits); under v1 the launcher thread moves in at once."""
-        assert self._launcher is not None
-        self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
-        await asyncio.to_thread(self._limiter.adopt_thread, self._launcher.native_id)
+        return await SharedReaper.session(self._token, own_uid, cgroups)
 
     @property
     def limit_mechanism(self) -> str | None:
@@ -186,12 +180,14 @@ class LocalSandbox(Sandbox):
                 await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
 
     def _start_launcher(self) -> None:
-        """The session's launcher thread and the supervisor of its seccomp listener."""
+        """The session's launcher thread (in the session's limits) and the supervisor of its seccomp listener."""
         assert self._netns is not None and self._plan is not None
         arch = seccomp.host_arch()
         uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
+        # under cgroup v1 the launcher thread moves into the session cgroup itself, first thing
+        adopt = self._limiter.adopt_thread if self._limiter is not None else None
         self._launcher = Launcher(self._netns.fd, ListenerFilter(seccomp.notify_program(arch), arch),
-                                  arch, uid, gid)
+                                  arch, uid, gid, adopt)
         self._supervisor = Supervisor(
             self._launcher.listener_fd, arch, self._plan.read_only, self.report,
             self._host_owner(), self._launcher.native_id, hidden_paths(self.policy),
@@ -377,7 +373,7 @@ class LocalSandbox(Sandbox):
         self._tool_fds = []
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._reaper is not None:  # everything is gone: the reaper leaves without a kill
+        if self._reaper is not None:  # everything is gone: the reaper forgets the session
             await self._reaper.dismiss()
             self._reaper = None
         self._started = False

@@ -1,10 +1,13 @@
-"""The session's reaper: a small process that outlives a killed worker just long enough to kill
-what the worker started for the session.
+"""The session reaper: a small process that outlives a killed worker just long enough to kill
+what the worker started for its sessions.
 
 The worker holds the only write end of the reaper's stdin. While the worker lives it sends
-`pgid N` (a command's process group) and `forget N` (that group is gone); when it has destroyed the
-sandbox itself it SIGKILLs the reaper before closing its end. End of file means the worker died
-(SIGKILL, a crash, the OOM killer): the reaper SIGKILLs the process groups it was told of, every process whose
+`pgid N [TOKEN]` (a command's process group) and `forget N [TOKEN]` (that group is gone); a worker
+with one reaper for all its sessions (runner.sandbox.reaping.SharedReaper) also sends
+`session {"token": ..., "uid": ..., "cgroups": [...]}` when a sandbox starts and `end TOKEN` when the
+worker has destroyed it. A reaper started for one session (--token) is SIGKILLed by the worker
+before it closes its end. End of file means the worker died (SIGKILL, a crash, the OOM killer): the
+reaper SIGKILLs, for each session still open, the process groups it was told of, every process whose
 environment carries the session's token, every process of the session's own uid, and everything in
 the session's cgroups, removes those cgroups, and exits. Unsandboxed agents have no pid namespace
 to die with (bubblewrap's --die-with-parent covers the sandboxed ones); a parent-death signal only
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -29,24 +33,65 @@ RMDIR_TIMEOUT = 2.0
 
 WORKER = WORKER_GROUP = -1  # set in main: the worker and its process group, never killed
 
+
+class Session:
+    """What the reaper kills of one session: by token, by its own uid, in its cgroups, its groups.
+    (A plain class: dataclasses would import more at the reaper's start-up.)"""
+
+    def __init__(self, token: str, uid: int | None = None, cgroups: list[str] | None = None) -> None:
+        self.token = token
+        self.uid = uid
+        self.cgroups = cgroups or []
+        self.groups: set[int] = set()
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sesame-reaper")
-    parser.add_argument("--token", required=True, help="the sandbox's token prefix")
+    parser.add_argument("--token", help="the sandbox's token prefix (without it, sessions come over stdin)")
     parser.add_argument("--uid", type=int, help="the session's own host uid (never a shared one)")
     parser.add_argument("--cgroup", action="append", default=[], help="a session cgroup directory")
     return parser.parse_args(argv)
 
 
-def listen(groups: set[int]) -> None:
+def _session(text: str) -> Session | None:
+    """A `session` message's session, None when malformed."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        data = json.loads(text)
+        uid = data.get("uid")
+        cgroups = data.get("cgroups") or []
+        if isinstance(data["token"], str) and data["token"] and (uid is None or isinstance(uid, int)) \
+                and all(isinstance(c, str) for c in cgroups):
+            return Session(data["token"], uid, list(cgroups))
+    return None
+
+
+def handle(line: str, sessions: dict[str, Session], default: str | None) -> None:
+    """Apply one message of the worker."""
+    word, _, rest = line.partition(" ")
+    if word == "session":
+        found = _session(rest)
+        if found is not None:
+            sessions[found.token] = found
+        return
+    if word == "end":
+        sessions.pop(rest.strip(), None)
+        return
+    if word not in ("pgid", "forget"):
+        return
+    value, _, token = rest.strip().partition(" ")
+    session = sessions.get(token or default or "")
+    if session is not None and value.isdigit():
+        (session.groups.add if word == "pgid" else session.groups.discard)(int(value))
+
+
+def listen(sessions: dict[str, Session], default: str | None) -> None:
     """Read the worker's messages until end of file: the worker is gone."""
     buffered = b""
     while chunk := os.read(0, 4096):
         buffered += chunk
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
-            word, _, value = line.decode(errors="replace").partition(" ")
-            if word in ("pgid", "forget") and value.strip().isdigit():
-                (groups.add if word == "pgid" else groups.discard)(int(value))
+            handle(line.decode(errors="replace"), sessions, default)
 
 
 def _uid_of(pid: str) -> int | None:
@@ -69,10 +114,12 @@ def _alive_since(pid: str) -> int | None:
     return None
 
 
-def _marked(pid: str, needle: bytes) -> bool:
+def _marked(pid: str, needles: tuple[bytes, ...]) -> bool:
+    if not needles:
+        return False
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/environ", "rb") as fh:
-            return any(v.startswith(needle) for v in fh.read().split(b"\0"))
+            return any(v.startswith(needles) for v in fh.read().split(b"\0"))
     return False
 
 
@@ -82,10 +129,16 @@ def now_ticks() -> int:
 
 
 def victims(token: str, uid: int | None, cgroups: list[str], born_by: int) -> set[int]:
-    """The session's processes still alive: by token, in its cgroups, and of its own uid those started
-    by born_by (the worker's death): a later one of that uid is the next session's, once the sweeper
-    has cleaned up and released the uid."""
-    needle = f"{MARKER}={token}".encode()
+    """One session's processes still alive (victims_of for that session alone)."""
+    return victims_of([Session(token, uid, list(cgroups))], born_by)
+
+
+def victims_of(sessions: list[Session], born_by: int) -> set[int]:
+    """The sessions' processes still alive: by token, in their cgroups, and of their own uids those
+    started by born_by (the worker's death): a later one of such a uid is the next session's, once the
+    sweeper has cleaned up and released the uid."""
+    needles = tuple(f"{MARKER}={s.token}".encode() for s in sessions)
+    uids = {s.uid for s in sessions if s.uid is not None}
     me = os.getpid()
     found: set[int] = set()
     for entry in os.scandir("/proc"):
@@ -94,30 +147,32 @@ def victims(token: str, uid: int | None, cgroups: list[str], born_by: int) -> se
         since = _alive_since(entry.name)
         if since is None:
             continue
-        if (uid is not None and since <= born_by and _uid_of(entry.name) == uid) or _marked(entry.name, needle):
+        if (uids and since <= born_by and _uid_of(entry.name) in uids) or _marked(entry.name, needles):
             found.add(int(entry.name))
-    for path in cgroups:
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(path, "cgroup.procs")) as fh:
-                found.update(int(p) for p in fh.read().split())
+    for session in sessions:
+        for path in session.cgroups:
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(path, "cgroup.procs")) as fh:
+                    found.update(int(p) for p in fh.read().split())
     found.discard(me)
     found.discard(WORKER)  # its launcher thread may sit in a session cgroup (v1): never take the worker down
     return found
 
 
-def kill_all(groups: set[int], token: str, uid: int | None, cgroups: list[str]) -> int:
-    """SIGKILL everything of the session until nothing is left; how many processes were hit."""
+def kill_all(sessions: list[Session]) -> int:
+    """SIGKILL everything of the sessions until nothing is left; how many processes were hit."""
     born_by = now_ticks()
-    for path in cgroups:  # cgroup v2 kills the whole cgroup at once where the kernel has it
-        with contextlib.suppress(OSError):
-            with open(os.path.join(path, "cgroup.kill"), "w") as fh:
-                fh.write("1")
-    for group in groups - {WORKER_GROUP}:
-        with contextlib.suppress(OSError):
-            os.killpg(group, signal.SIGKILL)
+    for session in sessions:
+        for path in session.cgroups:  # cgroup v2 kills the whole cgroup at once where the kernel has it
+            with contextlib.suppress(OSError):
+                with open(os.path.join(path, "cgroup.kill"), "w") as fh:
+                    fh.write("1")
+        for group in session.groups - {WORKER_GROUP}:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
     hit: set[int] = set()
     for _ in range(KILL_ROUNDS):
-        left = victims(token, uid, cgroups, born_by)
+        left = victims_of(sessions, born_by)
         if not left:
             break
         for pid in left:
@@ -152,11 +207,15 @@ def main(argv: list[str]) -> int:
     # a worker that stops cleanly dismisses its reapers itself
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    groups: set[int] = set()
-    listen(groups)
-    hit = kill_all(groups, args.token, args.uid, args.cgroup)
-    remove_cgroups(args.cgroup)
-    print(f"sesame-reaper: the worker died; killed {hit} process(es) of its session", file=sys.stderr)
+    sessions: dict[str, Session] = {}
+    if args.token:
+        sessions[args.token] = Session(args.token, args.uid, list(args.cgroup))
+    listen(sessions, args.token)
+    if not sessions:  # every session of the worker was destroyed by the worker: nothing to do
+        return 0
+    hit = kill_all(list(sessions.values()))
+    remove_cgroups([path for session in sessions.values() for path in session.cgroups])
+    print(f"sesame-reaper: the worker died; killed {hit} process(es) of its session(s)", file=sys.stderr)
     return 0
 
 
