@@ -4,8 +4,9 @@ Run as root: python3 bench/orphans.py [-n 10]
 For each mode (sandbox off, sandboxed): a child Python process stands in for the worker, starts a
 LocalSandbox and in it an agent that starts a child and a detached daemon (its own session), all
 three looping forever; the "worker" is then SIGKILLed and the time until none of the three is left
-is measured (polled every 2 ms). Also the reaper's own cost per session: Reaper.start() and
-dismiss(), median of 50, in this process.
+is measured (polled every 2 ms). Also the reaper's own cost per session, median of 50 in this
+process: a reaper of its own (Reaper.start() and dismiss()) and the worker's shared one that
+LocalSandbox uses (SharedReaper.session() and its dismiss(), the reaper already running).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runner.sandbox.reaping import Reaper  # noqa: E402
+from runner.sandbox.reaping import Reaper, SharedReaper  # noqa: E402
 
 LOOP = "import sys, time\nwhile True: time.sleep(0.05)"
 
@@ -96,6 +97,19 @@ async def reaper_cost(runs: int) -> tuple[float, float]:
     return statistics.median(starts) * 1000, statistics.median(dismisses) * 1000
 
 
+async def shared_reaper_cost(runs: int) -> tuple[float, float]:
+    await (await SharedReaper.session("bench-warm/", None, [])).dismiss()  # the worker's first session starts it
+    starts, dismisses = [], []
+    for n in range(runs):
+        started = time.perf_counter()
+        session = await SharedReaper.session(f"bench{n}/", None, [])
+        starts.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await session.dismiss()
+        dismisses.append(time.perf_counter() - started)
+    return statistics.median(starts) * 1000, statistics.median(dismisses) * 1000
+
+
 def main(runs: int) -> None:
     base = tempfile.mkdtemp(prefix="sesame-orphans-bench-", dir="/tmp")
     os.chmod(base, 0o711)
@@ -106,6 +120,8 @@ def main(runs: int) -> None:
               f"median {statistics.median(ms):.0f} ms, max {ms[-1]:.0f} ms (n={runs})")
     start, dismiss = asyncio.run(reaper_cost(50))
     print(f"reaper per session: start {start:.1f} ms, dismiss {dismiss:.2f} ms (median of 50)")
+    start, dismiss = asyncio.run(shared_reaper_cost(50))
+    print(f"worker's shared reaper, per session: start {start:.2f} ms, dismiss {dismiss:.3f} ms (median of 50)")
 
 
 if __name__ == "__main__":
