@@ -134,3 +134,18 @@ def test_a_block_is_left_unredacted_only_when_redact_would_not_change_it() -> No
         assert not untouched(block, [secret]), text
     plain = "\n".join(f"line {n} of a chatty agent, saying what it does" for n in range(100))
     assert untouched(plain, [secret]) and redact(plain, [secret]) == plain
+
+
+def test_every_quick_marker_holds_the_character_it_is_found_by() -> None:
+    """untouched() skips a marker whose character is not in the block: that is sound only when the
+    character is part of the marker (a marker with another would be missed, and its secret with it)."""
+    from bot.redact import _MARKERS, REDACTED, redact, untouched
+
+    for key, markers in _MARKERS:
+        assert len(key) == 1 and all(key in marker for marker in markers), (key, markers)
+    # a shape in the middle of prose without any other marker character is still found
+    for shape in ["ghp_" + "a" * 36, "xoxb-123456789-abc", "AKIA" + "E" * 16, "ASIA" + "E" * 16,
+                  "AIza" + "d" * 35, "eyJhbGciOi.eyJzdWIiOi.sig", "auThoRiZation: zzz", "http://u:pw@h/"]:
+        block = f"plain words\nsaying {shape} here\nand more"
+        assert not untouched(block), shape
+        assert REDACTED in redact(block), shape
