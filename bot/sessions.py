@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,18 @@ class LineBlock:
     at: datetime
     texts: list[str]
     field: str = "summary"
+
+
+@dataclass(slots=True)
+class EventRow:
+    """One event as events() reads it: a plain row (a chunk of 10,000 lines becomes 10,000 of these, where
+    ORM-mapped SessionEvents cost tens of microseconds each to build)."""
+
+    session_id: str
+    seq: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
 
 
 # What add_lines stores: one event (kind, data, time), or a block of them.
@@ -600,10 +613,10 @@ class SessionService:
                              .values(violation_count=Session.violation_count + sum(v.count for v in counts)))
             return await self._events(db, session_id, [("violation", violation_event(v)) for v in counts])
 
-    async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[SessionEvent]:
+    async def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
         """The session's events after seq `after`, at most `limit`, in seq order; a `lines` row (agent
         output stored in a chunk) is read as the events it holds, each with its own seq."""
-        out: list[SessionEvent] = []
+        out: list[EventRow] = []
         async with self.autocommit_engine.connect() as conn:  # Core: plain rows, a page at a time
             while len(out) < limit:
                 want = min(limit - len(out), EVENT_PAGE_ROWS)
@@ -649,26 +662,25 @@ class SessionService:
 
 
 def expand(session_id: str, seq: int, kind: str, data: Any, created_at: datetime,
-           after: int = 0) -> list[SessionEvent]:
+           after: int = 0) -> list[EventRow]:
     """One stored row as the events it stands for (those after seq `after`): itself, or the lines of a
     `lines` row, whose seq is the last of theirs."""
     if kind != CHUNK_KIND:
-        return [SessionEvent(session_id=session_id, seq=seq, kind=kind, data=data, created_at=created_at)]
+        return [EventRow(session_id, seq, kind, data, created_at)]
     entries = (data or {}).get("lines") or []
     first = seq - sum(len(entry[3]) if len(entry) > 3 else 1 for entry in entries) + 1
-    out: list[SessionEvent] = []
+    out: list[EventRow] = []
     for entry in entries:
         k, d, at = entry[0], entry[1], datetime.fromtimestamp(entry[2], UTC)
         if len(entry) <= 3:
             if first > after:
-                out.append(SessionEvent(session_id=session_id, seq=first, kind=k, data=d, created_at=at))
+                out.append(EventRow(session_id, first, k, d, at))
             first += 1
             continue
         texts, field = entry[3], entry[4]
         skip = max(0, after + 1 - first)
-        for i, text in enumerate(texts[skip:], first + skip):
-            out.append(SessionEvent(session_id=session_id, seq=i, kind=k, data={**d, field: block_value(field, text)},
-                                    created_at=at))
+        out.extend(EventRow(session_id, i, k, {**d, field: block_value(field, text)}, at)
+                   for i, text in enumerate(texts[skip:], first + skip))
         first += len(texts)
     return out
 
@@ -685,9 +697,14 @@ def budget_left(session: Session, spent_usd: float | None = None) -> float | Non
     return max(0.0, session.budget_usd - spent)
 
 
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines() splits
+
+
 def first_line(text: str, limit: int = 120) -> str:
     """The first non-empty line of a text, trimmed: a default title."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = text.strip()
+    if _LINE_BREAK.search(line):  # (a line of agent output has none: it is its own first line)
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

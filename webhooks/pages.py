@@ -19,10 +19,10 @@ import jinja2
 from aiohttp import web
 
 from bot.catalog import AGENT_NAMES, display_name
-from bot.models import Session, SessionEvent, State
+from bot.models import Session, State
 from bot.progress import STEP_LABELS, STEPS, usage_line
 from bot.reporting import session_progress
-from bot.sessions import SOURCES, SessionInUse, as_utc
+from bot.sessions import SOURCES, EventRow, SessionInUse, as_utc
 from bot.untrusted import one_line, strip_controls
 from webhooks.api import (
     MAX_PROMPT,
@@ -200,7 +200,7 @@ class Step:
     took: float | None
 
 
-def steps_of(row: Session, events: list[SessionEvent]) -> list[Step]:
+def steps_of(row: Session, events: list[EventRow]) -> list[Step]:
     """Each pipeline step with its last status and its time (from its first to its last step event)."""
     first: dict[str, datetime] = {}
     last: dict[str, tuple[str, str, datetime]] = {}
@@ -233,7 +233,7 @@ class LogLine:
     css: str
 
 
-def log_line(event: SessionEvent) -> LogLine:
+def log_line(event: EventRow) -> LogLine:
     """One event as a person reads it: what happened, in words, freed of terminal controls."""
     d, kind = event.data or {}, event.kind
     text, css = "", kind

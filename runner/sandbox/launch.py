@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import fcntl
@@ -30,6 +31,10 @@ from runner.sandbox.spawn_turns import SPAWN_LOCK
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
+# An output pipe holds this much (Linux's default is 64 KiB, 1 MiB the unprivileged most): a chatty command
+# writes on while the worker's loop is busy elsewhere (storing a chunk of its output, say) instead of blocking
+# on a full pipe after a millisecond of output. Pages are taken only while output waits unread.
+OUTPUT_PIPE_SIZE = 1024 * 1024
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
@@ -164,6 +169,13 @@ async def spawn(
     return Spawned(proc, listener)
 
 
+def widen_pipe(fd: int, size: int = OUTPUT_PIPE_SIZE) -> None:
+    """Let the pipe hold `size` bytes, when the system allows (beyond /proc/sys/fs/pipe-max-size or the
+    user's pipe pages it keeps its size: only speed is lost)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+
+
 def _drop_thread_credentials(arch: Arch, uid: int, gid: int) -> None:
     """setgroups/setresgid/setresuid for the calling thread only (raw syscalls: glibc's
     wrappers would change every thread of the worker)."""
@@ -271,6 +283,8 @@ async def spawn_from(
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC) if stdin else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (out_w, err_w):
+            widen_pipe(fd)
         fds = [fd for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w) if fd >= 0]
         actions: list[tuple[int, ...]] = [
             (os.POSIX_SPAWN_DUP2, stdin_r, 0),

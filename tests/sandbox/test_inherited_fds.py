@@ -93,3 +93,13 @@ async def test_no_descriptor_of_a_process_the_loop_starts_meanwhile_reaches_a_sa
     assert started > 40  # the loop really was starting processes throughout
     leaked = [out.split() for out in outs if not _fds(out.split()) <= {0, 1, 2, 3}]
     assert leaked == []
+
+
+@requires_sandbox
+async def test_a_sandboxed_agents_output_pipes_hold_a_mebibyte(env: Env) -> None:
+    """A chatty agent writes on while the worker's loop is busy (storing a chunk of its output) instead of
+    blocking after 64 KiB, Linux's default pipe size (issue 16)."""
+    size = "import fcntl; print(fcntl.fcntl(1, 1032), fcntl.fcntl(2, 1032))"  # F_GETPIPE_SZ
+    run = await env.run(f"/usr/bin/python3 -c '{size}'")
+    assert run.code == 0, run.err
+    assert run.out.split() == [str(1024 * 1024)] * 2
