@@ -51,6 +51,7 @@ _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("J", ("eyJ",)),
     (":", ("://",)),
 )
+_TOKEN_MARKERS = tuple((key, markers) for key, markers in _MARKERS if key != ":")  # _TOKEN_SHAPES's
 _AUTHORIZATION = re.compile("(?i)authorization")  # as _AUTH_HEADER matches it
 # A private key's armour; the body between them is redacted too, across the blocks of a stream.
 _KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
@@ -83,13 +84,61 @@ def _literals(values: frozenset[str]) -> tuple[str, ...]:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace the given secret values and known token shapes by `[redacted]`."""
+    """Replace the given secret values and known token shapes by `[redacted]`.
+
+    Each pattern runs only on a text holding its marker (a pattern scanned at every position costs
+    0.15-0.7 us per character: 10 s for 12 MB of log lines that each hold a URL), and URL credentials are
+    found from each `://` (_url_credentials): the same result as the plain substitutions, found faster."""
     literal = _literal_pattern(frozenset(secrets))
     if literal is not None:
         text = literal.sub(REDACTED, text)
-    text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    return _TOKEN_SHAPES.sub(REDACTED, text)
+    if _may_hold_authorization(text):
+        text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+    if "://" in text:
+        text = _url_credentials(text)
+    if any(key in text and any(marker in text for marker in markers) for key, markers in _TOKEN_MARKERS):
+        text = _TOKEN_SHAPES.sub(REDACTED, text)
+    return text
+
+
+def _may_hold_authorization(text: str) -> bool:
+    """False only when _AUTH_HEADER cannot match text."""
+    if ("z" in text or "Z" in text) and "authorization" in text.lower():
+        return True
+    return not text.isascii() and _AUTHORIZATION.search(text) is not None  # (?i): a dotless ı matches i
+
+
+# What _URL_CREDENTIALS matches from its `://` on (found by a literal search: fast), and the characters of
+# its scheme, as its case-blind classes match them (Unicode: [a-z] takes İ ı ſ K too).
+_URL_TAIL = re.compile(r"://[^/\s@:]*:[^/\s@]+@")
+_SCHEME_CHAR = re.compile(r"(?i)[a-z0-9+.-]")
+_SCHEME_FIRST = re.compile(r"(?i)[a-z]")
+_WORD_CHAR = re.compile(r"\w")
+
+
+def _url_credentials(text: str) -> str:
+    """_URL_CREDENTIALS.sub(scheme + REDACTED + "@"), in time linear in the text: each match holds exactly
+    one `://` (neither its scheme nor its credentials can hold one), so each `://` followed by credentials
+    is a match when a scheme starts before it; the regex takes the leftmost such start, a letter at a word
+    boundary within the run of scheme characters just before the `://`."""
+    out: list[str] = []
+    done = 0  # text[:done] is in out
+    for tail in _URL_TAIL.finditer(text):
+        colon = tail.start()
+        run = colon
+        while run > done and _SCHEME_CHAR.match(text, run - 1):
+            run -= 1
+        start = next((p for p in range(run, colon) if _SCHEME_FIRST.match(text, p)
+                      and (p == 0 or not _WORD_CHAR.match(text, p - 1))), None)
+        if start is None:
+            continue
+        out.append(text[done:colon + 3])
+        out.append(REDACTED + "@")
+        done = tail.end()
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
 
 
 def untouched(text: str, secrets: Iterable[str] = ()) -> bool:
