@@ -34,7 +34,14 @@ from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
 from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step, test_gate
 from runner.uids import pool_from_settings
-from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
+from runner.workspace import (
+    Workspace,
+    create_workspace,
+    default_branch,
+    end_workspace,
+    record_push,
+    update_mirror,
+)
 
 log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
@@ -159,6 +166,9 @@ async def _steps(state: Run) -> None:
     sha = await commit_step(state, checkout.workspace, rounds[-1])
     _check_stop(state)
     await push_step(state, checkout, sha)
+    if sha is not None and not checkout.existing:  # the next session's refs check then needs no fetch
+        await record_push(state.services.settings.data_dir, access.remote, checkout.workspace.git_dir,
+                          checkout.branch, sha)
     if state.limit_error:
         raise RuntimeError(state.limit_error)
 

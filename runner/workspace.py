@@ -19,7 +19,7 @@ import aiohttp
 from bot.services import Services
 from bot.triggers import is_safe_ref
 from runner import overlay
-from runner.git import git, in_git_dir
+from runner.git import GitError, git, in_git_dir, in_git_dir_bytes
 from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs, mirror_refs
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
+RECORD_PACK_LIMIT = 64 << 20  # a pushed commit's pack over this is left to the next fetch (record_push)
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
 CHECKOUT_IN_USE = "checkout"  # in a session's overlay dir: the name of the shared checkout it mounts
 CHECKOUT_USED = "used"  # in a shared checkout: touched by every session that mounts it
@@ -164,6 +165,33 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
         if moved:
             await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
     return mirror
+
+
+async def record_push(data_dir: Path, remote: str, git_dir: Path, branch: str, sha: str) -> None:
+    """Give the mirror the new branch a session just pushed (`sha`, one commit on its start commit), so the
+    next session's refs check finds the mirror current instead of fetching what Sesame itself sent.
+
+    The commit's new objects are packed in the session's git dir as its store's owner (in_git_dir), and
+    the mirror takes them as a pack stream, as it takes a fetch's; nothing of the git dir runs or is read
+    with our rights. Only a branch the mirror lacks is created (one it has is left to the next check to
+    compare and fetch). A failure only costs the next session its fetch. The objects are the ones the push
+    just sent, which the next fetch would bring from the remote into the mirror the same way."""
+    mirror = mirror_path(data_dir, remote)
+    ref = f"{HEADS}{branch}"
+    if not remote.startswith(("http://", "https://")) or not (mirror / "HEAD").exists() or not is_safe_ref(branch):
+        return  # a remote asked for no refs (a local one) is fetched each time anyway
+    try:
+        pack = await in_git_dir_bytes(git_dir, ["pack-objects", "--stdout", "--revs", "-q"],
+                                      stdin=f"{sha}\n^{sha}^\n".encode())
+        if len(pack) > RECORD_PACK_LIMIT:
+            return
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+            if ref in mirror_refs(mirror, [ref]):
+                return
+            await git(["unpack-objects", "-q"], mirror, stdin=pack)
+            await git(["update-ref", "--stdin"], mirror, stdin=f"create {ref} {sha}\n".encode())
+    except GitError as exc:
+        log.warning("the pushed branch could not be given to the mirror: %s", exc)
 
 
 async def _list_refs(http: aiohttp.ClientSession | None, remote: str, auth_env: Mapping[str, str],

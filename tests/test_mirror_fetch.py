@@ -12,7 +12,9 @@ import pytest
 
 import runner.workspace as workspace
 from bot.github import git_auth_env
-from runner.workspace import default_branch, update_mirror
+from runner.git import in_git_dir, push
+from runner.workspace import create_workspace, default_branch, record_push, remove_workspace, update_mirror
+from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import branches, commit_files, git, make_repo
 
@@ -145,3 +147,37 @@ async def test_a_fork_head_is_fetched_when_it_moved(tmp_path: Path, fake_github:
         assert git("rev-parse", ref, cwd=mirror) == head
     await update_mirror(tmp_path / "data", remote, env, [ref])  # neither moved: nothing fetched
     assert [args[-1] for args in fetches] == [f"+{ref}:{ref}"] * 2
+
+
+async def test_a_branch_sesame_pushed_needs_no_fetch_next_time(tmp_path: Path, fake_github: FakeGitHub,
+                                                              fetches: list[list[str]]) -> None:
+    remote, env, work = await _remote(fake_github)
+    data = tmp_path / "data"
+    mirror = await update_mirror(data, remote, env)
+    ws = await create_workspace(Path(session_base()), "s1", mirror, remote, "main", "sesame/one", False)
+    # the session's commit, made in its trusted git dir as the commit step does: the base's tree plus a file
+    blob = (await in_git_dir(ws.git_dir, ["hash-object", "-w", "--stdin"], stdin=b"pushed\n")).strip()
+    listing = await in_git_dir(ws.git_dir, ["ls-tree", "HEAD"])
+    tree = (await in_git_dir(ws.git_dir, ["mktree"], stdin=f"{listing}100644 blob {blob}\tPUSHED.md\n".encode())).strip()
+    sha = (await in_git_dir(ws.git_dir, ["commit-tree", tree, "-p", "HEAD", "-m", "pushed"],
+                            env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+                                 "GIT_COMMITTER_EMAIL": "a@b"})).strip()
+    await in_git_dir(ws.git_dir, ["update-ref", "HEAD", sha])
+    await push(ws.git_dir, remote, "sesame/one", env)
+    try:
+        await record_push(data, remote, ws.git_dir, "sesame/one", sha)
+        assert branches(mirror)["sesame/one"] == sha
+        assert git("fsck", "--connectivity-only", "--no-dangling", cwd=mirror) == ""
+        await update_mirror(data, remote, env)
+        assert fetches == []
+        git("fetch", "-q", "origin", "sesame/one", cwd=work)  # somebody builds on the branch
+        git("checkout", "-q", "FETCH_HEAD", cwd=work)
+        later = commit_files(work, {"later.txt": "x\n"}, "later")
+        git("push", "-q", "origin", "HEAD:refs/heads/sesame/one", cwd=work)
+        await record_push(data, remote, ws.git_dir, "sesame/one", sha)  # a branch the mirror has: left be
+        assert branches(mirror)["sesame/one"] == sha
+        await update_mirror(data, remote, env)
+        assert len(fetches) == 1
+        assert branches(mirror)["sesame/one"] == later
+    finally:
+        remove_workspace(ws)
