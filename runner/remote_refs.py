@@ -146,16 +146,25 @@ async def _answer(response: aiohttp.ClientResponse, kind: str) -> bytes:
     return body
 
 
+_SPEAKS_V2: set[str] = set()  # remotes whose advertisement offered v2 ls-refs (this process)
+
+
 async def list_remote_refs(http: aiohttp.ClientSession, remote: str, auth_env: Mapping[str, str],
                            prefixes: Sequence[str] = (HEADS,)) -> RemoteRefs:
     """The remote's refs under `prefixes` and its HEAD, as `git fetch` would discover them; RefsUnavailable
     when the remote is not smart HTTP or does not answer as such (a redirect included: git follows those
-    by its own rules)."""
+    by its own rules). A remote known to offer v2 `ls-refs` is asked with the one stateless POST (the
+    capability advertisement does not change between requests); should that fail, the full exchange runs."""
     if not remote.startswith(("http://", "https://")):
         raise RefsUnavailable("not an HTTP remote")
     base = remote.rstrip("/")
     headers = {**auth_headers(auth_env, remote), "Git-Protocol": "version=2"}
     timeout = aiohttp.ClientTimeout(total=CHECK_SECONDS)
+    if remote in _SPEAKS_V2:
+        try:
+            return await _ls_refs(http, base, headers, timeout, prefixes)
+        except (RefsUnavailable, aiohttp.ClientError):
+            _SPEAKS_V2.discard(remote)
     async with http.get(f"{base}/info/refs?service=git-upload-pack", headers=headers, timeout=timeout,
                         allow_redirects=False) as response:
         lines = _strip_service(pkt_lines(await _answer(response, "advertisement")))
@@ -164,6 +173,13 @@ async def list_remote_refs(http: aiohttp.ClientSession, remote: str, auth_env: M
     capabilities = {line.decode(errors="replace").strip().partition("=")[0] for line in lines if line is not None}
     if "ls-refs" not in capabilities:
         raise RefsUnavailable("a v2 server without ls-refs")
+    listed = await _ls_refs(http, base, headers, timeout, prefixes)
+    _SPEAKS_V2.add(remote)
+    return listed
+
+
+async def _ls_refs(http: aiohttp.ClientSession, base: str, headers: Mapping[str, str],
+                   timeout: aiohttp.ClientTimeout, prefixes: Sequence[str]) -> RemoteRefs:
     request = b"".join([pkt("command=ls-refs\n"), b"0001", pkt("symrefs\n"), pkt("ref-prefix HEAD\n"),
                         *(pkt(f"ref-prefix {prefix}\n") for prefix in prefixes), b"0000"])
     async with http.post(f"{base}/git-upload-pack", data=request, timeout=timeout, allow_redirects=False,

@@ -181,3 +181,20 @@ async def test_a_branch_sesame_pushed_needs_no_fetch_next_time(tmp_path: Path, f
         assert branches(mirror)["sesame/one"] == later
     finally:
         remove_workspace(ws)
+
+
+async def test_a_remote_known_to_speak_v2_is_asked_with_one_request(tmp_path: Path, fake_github: FakeGitHub,
+                                                                    fetches: list[list[str]]) -> None:
+    remote, env, work = await _remote(fake_github)
+    await update_mirror(tmp_path / "data", remote, env)
+    for _ in range(2):
+        await update_mirror(tmp_path / "data", remote, env)
+    git_requests = [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_github.requests if r.path.startswith("/git/")]
+    # the clone (git's own GET and two POSTs), then the first check's GET and ls-refs, then ls-refs alone
+    assert git_requests[-3:] == [("GET", "refs"), ("POST", "git-upload-pack"), ("POST", "git-upload-pack")]
+    fake_github.fail_next("POST", r"/git-upload-pack$", 500)  # the short way fails: the full exchange then
+    head = commit_files(work, {"new.txt": "x\n"}, "new")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    mirror = await update_mirror(tmp_path / "data", remote, env)
+    assert branches(mirror)["main"] == head
+    assert len(fetches) == 1
