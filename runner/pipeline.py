@@ -27,13 +27,21 @@ from runner.budget import session_budget_hook
 from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
 from runner.output import follow_output, on_violation, store_gateway_usage, store_violations
 from runner.push import commit_step, fresh_access, push_step, refuse_leaks
+from runner.remote_refs import mirror_refs
 from runner.run_state import AgentFailed, Checkout, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
 from runner.secretscan import SecretInPush
 from runner.steps_setup_test import agent_prompt, load_repo_config, new_branch_name, setup_step, test_gate
 from runner.uids import pool_from_settings
-from runner.workspace import Workspace, create_workspace, default_branch, end_workspace, update_mirror
+from runner.workspace import (
+    Workspace,
+    create_workspace,
+    default_branch,
+    end_workspace,
+    record_push,
+    update_mirror,
+)
 
 log = logging.getLogger(__name__)
 LEASE_RENEW = 30.0
@@ -158,6 +166,9 @@ async def _steps(state: Run) -> None:
     sha = await commit_step(state, checkout.workspace, rounds[-1])
     _check_stop(state)
     await push_step(state, checkout, sha)
+    if sha is not None and not checkout.existing:  # the next session's refs check then needs no fetch
+        await record_push(state.services.settings.data_dir, access.remote, checkout.workspace.git_dir,
+                          checkout.branch, sha)
     if state.limit_error:
         raise RuntimeError(state.limit_error)
 
@@ -188,7 +199,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
     started = time.monotonic()
     start_ref = fork_start_ref(session)
     mirror = await update_mirror(settings.data_dir, access.remote, access.auth_env,
-                                 [start_ref] if start_ref else [])
+                                 [start_ref] if start_ref else [], state.services.http)
     base = session.base_branch or await default_branch(mirror)
     if not is_safe_ref(base):
         raise ValueError(f"the base branch {base!r} is not a safe git ref name")
@@ -199,8 +210,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
                                                                                                  session.id))
     if not is_safe_ref(branch):
         raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
-    if existing and not await gitops.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
-                                          mirror, check=False):
+    if existing and f"refs/heads/{branch}" not in mirror_refs(mirror, [f"refs/heads/{branch}"]):
         existing = False  # the follow-up's branch never reached the remote: start it again from base
     await state.services.sessions.set_branch(session.id, branch, base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,

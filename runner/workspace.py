@@ -14,15 +14,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from bot.services import Services
+from bot.triggers import is_safe_ref
 from runner import overlay
-from runner.git import git, in_git_dir
+from runner.git import GitError, git, in_git_dir, in_git_dir_bytes
+from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs, mirror_refs
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
+RECORD_PACK_LIMIT = 64 << 20  # a pushed commit's pack over this is left to the next fetch (record_push)
 START_REF = "refs/sesame/start"  # where a workspace keeps the commit a new branch starts from
 CHECKOUT_IN_USE = "checkout"  # in a session's overlay dir: the name of the shared checkout it mounts
 CHECKOUT_USED = "used"  # in a shared checkout: touched by every session that mounts it
@@ -124,18 +129,21 @@ def _fetched_at(mirror: Path) -> float:
 
 
 async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str],
-                        extra_refs: Sequence[str] = ()) -> Path:
+                        extra_refs: Sequence[str] = (), http: aiohttp.ClientSession | None = None) -> Path:
     """Create or fetch the bare mirror of a remote (one fetch at a time per mirror).
 
     Concurrent sessions share a fetch: one that started after this call was made (it sees everything
     pushed before the call) satisfies it, so fifty sessions of one repository at once fetch once or
-    twice, not fifty times one after another. `extra_refs` (such as a fork PR's refs/pull/N/head) are
-    fetched too, to the same names, each time.
+    twice, not fifty times one after another. An HTTP remote is first asked for its branches in-process
+    (runner/remote_refs.py); when they are the mirror's, that answer stands for a fetch and none runs.
+    `extra_refs` (such as a fork PR's refs/pull/N/head) are fetched too, to the same names, each time
+    the remote's differ from the mirror's (or could not be asked).
     """
     asked = time.time()
     mirror = mirror_path(data_dir, remote)
     private_dir(mirror.parent)
     async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+        listed: RemoteRefs | None = None
         if not (mirror / "HEAD").exists():
             tmp = mirror.with_suffix(".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -145,18 +153,86 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
             tmp.rename(mirror)
         elif _fetched_at(mirror) < asked:
             started = time.time()
-            await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
-                      mirror, auth_env)
+            listed = await _list_refs(http, remote, auth_env, extra_refs)
+            if listed is None or mirror_refs(mirror) != {k: v for k, v in listed.refs.items() if k.startswith(HEADS)}:
+                await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
+                          mirror, auth_env)
+            if listed is not None:
+                _follow_head(mirror, listed)
             (mirror / FETCHED_STAMP).write_text(repr(started))
-        if extra_refs:
-            await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in extra_refs)], mirror, auth_env)
+        moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
+                 or mirror_refs(mirror, [ref]).get(ref) != listed.refs[ref]]
+        if moved:
+            await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
     return mirror
+
+
+async def record_push(data_dir: Path, remote: str, git_dir: Path, branch: str, sha: str) -> None:
+    """Give the mirror the new branch a session just pushed (`sha`, one commit on its start commit), so the
+    next session's refs check finds the mirror current instead of fetching what Sesame itself sent.
+
+    The commit's new objects are packed in the session's git dir as its store's owner (in_git_dir), and
+    the mirror takes them as a pack stream, as it takes a fetch's; nothing of the git dir runs or is read
+    with our rights. Only a branch the mirror lacks is created (one it has is left to the next check to
+    compare and fetch). A failure only costs the next session its fetch. The objects are the ones the push
+    just sent, which the next fetch would bring from the remote into the mirror the same way."""
+    mirror = mirror_path(data_dir, remote)
+    ref = f"{HEADS}{branch}"
+    if not remote.startswith(("http://", "https://")) or not (mirror / "HEAD").exists() or not is_safe_ref(branch):
+        return  # a remote asked for no refs (a local one) is fetched each time anyway
+    try:
+        pack = await in_git_dir_bytes(git_dir, ["pack-objects", "--stdout", "--revs", "-q"],
+                                      stdin=f"{sha}\n^{sha}^\n".encode())
+        if len(pack) > RECORD_PACK_LIMIT:
+            return
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+            if ref in mirror_refs(mirror, [ref]):
+                return
+            await git(["unpack-objects", "-q"], mirror, stdin=pack)
+            await git(["update-ref", "--stdin"], mirror, stdin=f"create {ref} {sha}\n".encode())
+    except GitError as exc:
+        log.warning("the pushed branch could not be given to the mirror: %s", exc)
+
+
+async def _list_refs(http: aiohttp.ClientSession | None, remote: str, auth_env: Mapping[str, str],
+                     extra_refs: Sequence[str]) -> RemoteRefs | None:
+    """The remote's branches (and extra refs) asked in-process; None when it cannot be asked so (a
+    local remote, a failure, an answer not understood): then `git fetch` decides."""
+    if not remote.startswith(("http://", "https://")):
+        return None
+    try:
+        if http is not None:
+            return await list_remote_refs(http, remote, auth_env, [HEADS, *extra_refs])
+        async with aiohttp.ClientSession() as own:
+            return await list_remote_refs(own, remote, auth_env, [HEADS, *extra_refs])
+    except (RefsUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+        log.info("the refs of a mirror's remote could not be listed (%s: %s); fetching", type(exc).__name__, exc)
+        return None
+
+
+def _follow_head(mirror: Path, listed: RemoteRefs) -> None:
+    """Point the mirror's HEAD where the remote's points (its default branch renamed), when that branch is
+    in the mirror; `git fetch` never moves a mirror's HEAD."""
+    ref = f"{HEADS}{listed.head}"
+    if listed.head and listed.head != _head_branch(mirror) and is_safe_ref(listed.head) \
+            and ref in mirror_refs(mirror, [ref]):
+        tmp = mirror / "HEAD.sesame-tmp"
+        tmp.write_text(f"ref: {ref}\n")
+        os.replace(tmp, mirror / "HEAD")
+
+
+def _head_branch(mirror: Path) -> str:
+    """The branch the mirror's HEAD names ("" when none): the file itself, the mirror being Sesame's own."""
+    try:
+        head = (mirror / "HEAD").read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return head.removeprefix(f"ref: {HEADS}") if head.startswith(f"ref: {HEADS}") else ""
 
 
 async def default_branch(mirror: Path) -> str:
     """The remote's default branch as recorded by the mirror's HEAD."""
-    ref = (await git(["symbolic-ref", "--quiet", "HEAD"], mirror, check=False)).strip()
-    return ref.removeprefix("refs/heads/") or "main"
+    return _head_branch(mirror) or "main"
 
 
 async def create_workspace(base_dir: Path, session_id: str, mirror: Path, remote: str,
