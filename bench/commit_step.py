@@ -12,6 +12,12 @@ Prints the median and p90 of each and the trusted/baseline ratio. With --ignored
 leaves N MiB of gitignored build output (1 MiB files in build/); the peak RSS of this process (the
 trusted commit runs in it, the baseline in git subprocesses) is printed too.
 
+    python bench/commit_step.py --baseline /work/main [--files 5000] [--changed 20] [--runs 7]
+
+The commit (snapshot_tree + commit_tree), the pre-push secret scan (new_objects + scan_objects) and the
+push (to the local origin) as the worker runs them (uvloop), by this tree's code and by another
+checkout's, interleaved, each run in a fresh process; medians of each part and the ratio.
+
     python bench/commit_step.py --big-files 3 --big-mib 96 [--runs 3] [--baseline-rev REV]
 
 Memory with large files that count (each under GIT_MAX_FILE_SIZE_MB): the agent writes K files of N
@@ -144,6 +150,66 @@ async def big_files_run(root: Path, mirror: Path, origin: Path, code: Path, args
         remove_workspace(ws)
 
 
+STEPS = """
+import asyncio, json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from bot.secretscan import KnownSecret, SecretMatcher
+from runner import git as gitops
+from runner.commit import commit_tree, snapshot_tree
+from runner.sandbox.spawn_turns import new_event_loop
+from runner.secretscan import new_objects, scan_objects
+git_dir, project, scratch, origin = map(Path, sys.argv[2:6])
+async def steps():
+    t0 = time.perf_counter()
+    tree = await snapshot_tree(git_dir, project, scratch, None, 100 << 20)
+    sha = await commit_tree(git_dir, tree, "bench", gitops.Author("Bench", "b@example.test"), True)
+    t1 = time.perf_counter()
+    matcher = SecretMatcher([KnownSecret("a token", "ghs_" + "x" * 36)])
+    assert not await scan_objects(git_dir, await new_objects(git_dir, sha), matcher)
+    t2 = time.perf_counter()
+    await gitops.push(git_dir, str(origin), sys.argv[6], {})
+    t3 = time.perf_counter()
+    return {"commit": t1 - t0, "scan": t2 - t1, "push": t3 - t2}
+print(json.dumps(new_event_loop().run_until_complete(steps())))
+"""
+
+
+async def steps_run(root: Path, mirror: Path, origin: Path, code: Path, args: argparse.Namespace, n: int,
+                    name: str) -> dict[str, float]:
+    """The commit, the pre-push scan and the push (to the local origin) of one workspace, by code's runner/,
+    on uvloop as the worker runs them, in a fresh process."""
+    ws = await create_workspace(root / "sessions", f"{name}{n}", mirror, str(origin), "main", f"{name}{n}", False)
+    try:
+        agent_edits(ws.project, args.changed, args.files, args.ignored_mib)
+        out = subprocess.run([sys.executable, "-c", STEPS, str(code), str(ws.git_dir), str(ws.project),
+                              str(ws.scratch), str(origin), f"{name}{n}"], check=True, capture_output=True,
+                             text=True).stdout
+        seen: dict[str, float] = json.loads(out)
+        return seen
+    finally:
+        remove_workspace(ws)
+
+
+async def against(root: Path, args: argparse.Namespace) -> None:
+    """This tree's commit, scan and push against another checkout's (--baseline TREE), interleaved."""
+    origin = make_origin(root, args.files)
+    mirror = await update_mirror(root / "data", str(origin), {})
+    trees = {"baseline": Path(args.baseline), "this tree": Path(__file__).resolve().parent.parent}
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for n in range(args.runs):
+        for name, code in trees.items():
+            seen[name].append(await steps_run(root, mirror, origin, code, args, n, name.split()[0]))
+    print(f"{args.files} files, {args.changed} changed + {args.changed} added, {args.runs} runs, uvloop; "
+          f"baseline {args.baseline}")
+    for name, runs in seen.items():
+        parts = [f"{part} {statistics.median(r[part] for r in runs) * 1000:6.1f}" for part in ("commit", "scan", "push")]
+        total = statistics.median(sum(r.values()) for r in runs) * 1000
+        print(f"{name:9} medians (ms): " + ", ".join(parts) + f", all {total:6.1f}")
+    base, this = (statistics.median(sum(r.values()) for r in runs) for runs in seen.values())
+    print(f"ratio (this tree / baseline, all three): {this / base:.2f}")
+
+
 def export(rev: str, into: Path) -> Path:
     """runner/ and bot/ of rev, as importable code."""
     into.mkdir()
@@ -188,8 +254,16 @@ async def main() -> None:
     parser.add_argument("--big-files", type=int, default=0)
     parser.add_argument("--big-mib", type=int, default=96)
     parser.add_argument("--baseline-rev", default="")
+    parser.add_argument("--baseline", default="", help="another checkout (e.g. /work/main): its commit, scan "
+                        "and push against this tree's, interleaved, each run in a fresh process on uvloop")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sesame-bench-commit-"))
+    if args.baseline:
+        try:
+            await against(root, args)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     if args.big_files:
         try:
             await big_files(root, args)

@@ -157,12 +157,19 @@ class GitHubChannel:
         if self.session.pr_number:
             pr = await gh.getitem(f"/repos/{self.owner}/{self.repo}/pulls/{self.session.pr_number}")
             return PullRequest(pr["number"], pr["html_url"], created=False)
-        async for pr in gh.getiter(f"/repos/{self.owner}/{self.repo}/pulls{{?state,head}}",
-                                   {"state": "open", "head": f"{self.owner}:{branch}"}):
-            return PullRequest(pr["number"], pr["html_url"], created=False)
-        pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
-                           data={"title": one_line(title, 250).strip(), "head": branch, "base": base, "body": body,
-                                 "draft": draft})
+        # opened first, looked for only when GitHub refuses (422: one is open for the branch already): a new
+        # branch's pull request costs one request, not two
+        try:
+            pr = await gh.post(f"/repos/{self.owner}/{self.repo}/pulls",
+                               data={"title": one_line(title, 250).strip(), "head": branch, "base": base,
+                                     "body": body, "draft": draft})
+        except gidgethub.BadRequest as exc:
+            if exc.status_code != 422:
+                raise
+            async for pr in gh.getiter(f"/repos/{self.owner}/{self.repo}/pulls{{?state,head}}",
+                                       {"state": "open", "head": f"{self.owner}:{branch}"}):
+                return PullRequest(pr["number"], pr["html_url"], created=False)
+            raise
         return PullRequest(pr["number"], pr["html_url"], created=True)
 
 

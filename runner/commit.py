@@ -114,48 +114,66 @@ def _slashes(path: bytes) -> list[int]:
     return [i for i, byte in enumerate(path) if byte == 0x2F and i > 0]
 
 
-def commit_command(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tuple[str, str]]) -> bytes:
-    """The end of the fast-import stream: a snapshot commit of exactly these files (blobs already sent) over base."""
+def commit_command(base: str, files: dict[bytes, Entry], tracked: dict[bytes, tuple[str, str]],
+                   mark: int | None = None) -> bytes:
+    """The end of the fast-import stream: a snapshot commit of exactly these files (blobs already sent) over base.
+
+    With a mark (one no blob has), the commit carries it and its root tree is asked for (`ls`): fast-import
+    answers on its --cat-blob-fd, so no other git process has to look it up.
+    """
     message = b"snapshot"
-    parts = [b"commit %s\ncommitter %s\ndata %d\n%s\nfrom %s\ndeleteall\n"
-             % (SNAPSHOT_REF.encode(), SNAPSHOT_IDENT.encode(), len(message), message, base.encode())]
+    marked = b"mark :%d\n" % mark if mark is not None else b""
+    parts = [b"commit %s\n%scommitter %s\ndata %d\n%s\nfrom %s\ndeleteall\n"
+             % (SNAPSHOT_REF.encode(), marked, SNAPSHOT_IDENT.encode(), len(message), message, base.encode())]
     for path, (mode, sha) in tracked.items():
         if mode == GITLINK:  # submodule pointers stay as they were: the agent cannot move them
             parts.append(b"M %s %s %s\n" % (mode.encode(), sha.encode(), quote_path(path)))
     for path, entry in sorted(files.items()):
         parts.append(b"M %s %s %s\n" % (entry.mode.encode(), entry.ref, quote_path(path)))
+    if mark is not None:
+        parts.append(b"\nls :%d \"\"\n" % mark)
     parts.append(b"done\n")
     return b"".join(parts)
 
 
-async def _import(git_dir: Path, feed: Callable[[int], Awaitable[T]]) -> T:
-    """Run fast-import on git_dir (as its store's owner) with feed(fd) writing its stdin from a thread.
+def root_tree(answer: bytes) -> str:
+    """The tree id in fast-import's answer to `ls :mark ""` (`040000 tree <id>\t`)."""
+    fields = answer.split()
+    if len(fields) < 3 or fields[1] != b"tree" or len(fields[2]) not in (40, 64):
+        raise gitops.GitError(["fast-import", "ls"], 1, f"unexpected answer to ls: {answer[:200]!r}")
+    return fields[2].decode()
+
+
+async def _import(git_dir: Path, feed: Callable[[int], Awaitable[T]]) -> tuple[T, bytes]:
+    """Run fast-import on git_dir (as its store's owner) with feed(fd) writing its stdin from a thread;
+    what feed returned and what fast-import answered (--cat-blob-fd=1: `ls` and the like).
 
     Blobs over a chunk are streamed into the pack (--big-file-threshold), not held by git either; the
     pack is kept as is (unpackLimit 0: unpacking a small import into loose objects reads each blob whole).
     """
     args = ["-c", "fastimport.unpackLimit=0", "--git-dir", str(git_dir), "fast-import", "--quiet", "--force", "--done",
-            f"--big-file-threshold={CHUNK}"]
-    read_end, write_end = os.pipe()
+            "--cat-blob-fd=1", f"--big-file-threshold={CHUNK}"]
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "git", *gitops.SAFE_OPTIONS, *args, cwd=git_dir, env=gitops.git_env(), stdin=read_end,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=gitops.dropping_to(gitops.store_owner(git_dir)))
+        proc = await gitops.start_git(args, git_dir, user=gitops.store_owner(git_dir), stdin=read_end)
     except BaseException:
         os.close(write_end)
         raise
     finally:
         os.close(read_end)
     fed = asyncio.ensure_future(_feeding(feed, write_end))
-    _out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        fed.cancel()  # the thread sees the closed pipe (fast-import was killed) and ends
+        raise
     try:
         result = await fed
     except BrokenPipeError:  # fast-import stopped reading: its exit status and stderr say why
         raise gitops.GitError(args, proc.returncode or -1, err.decode(errors="replace")) from None
     if proc.returncode != 0:
         raise gitops.GitError(args, proc.returncode or -1, err.decode(errors="replace"))
-    return result
+    return result, out
 
 
 async def _feeding(feed: Callable[[int], Awaitable[T]], fd: int) -> T:
@@ -169,12 +187,13 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
                         max_size: int | None, leave_out: frozenset[bytes] = frozenset()) -> Tree:
     """Write the working tree's contents into git_dir as a tree, without the files in leave_out; compare it
     with HEAD's."""
-    async def head() -> tuple[str, str, dict[bytes, tuple[str, str]]]:
+    async def head() -> tuple[str, str]:
         base, base_tree = (await gitops.in_git_dir(git_dir, ["rev-parse", "HEAD^{commit}", "HEAD^{tree}"])).split()
-        return base, base_tree, await base_entries(git_dir, base)
+        return base, base_tree
 
-    # HEAD's entries and the work tree's names are independent: their git processes run at once
-    (base, base_tree, tracked), listed = await asyncio.gather(head(), counted_paths(project, scratch, user))
+    # HEAD, its entries and the work tree's names are independent: their git processes run at once
+    (base, base_tree), tracked, listed = await asyncio.gather(head(), base_entries(git_dir, "HEAD"),
+                                                              counted_paths(project, scratch, user))
     gitlinks = [p for p, (mode, _sha) in tracked.items() if mode == GITLINK]
     uid, gid = user if user else (None, None)
     counted = Counted(tracked, listed, leave_out)
@@ -183,11 +202,11 @@ async def snapshot_tree(git_dir: Path, project: Path, scratch: Path, user: User 
     def read_and_send(out: int) -> Snapshot:  # on the thread that dropped to the session's uid
         blobs = Blobs(out, known)
         snap = walk(str(project), blobs, gitlinks, max_size, counted)
-        blobs.write(commit_command(base, snap.files, tracked))
+        blobs.write(commit_command(base, snap.files, tracked, blobs.marks + 1))
         return snap
 
-    snap = await _import(git_dir, lambda out: as_user(uid, gid, lambda: read_and_send(out)))
-    tree = (await gitops.in_git_dir(git_dir, ["rev-parse", f"{SNAPSHOT_REF}^{{tree}}"])).strip()
+    snap, answer = await _import(git_dir, lambda out: as_user(uid, gid, lambda: read_and_send(out)))
+    tree = root_tree(answer)
     return Tree(base, tree, tree != base_tree, [_name(p) for p in snap.nested_git],
                 [(_name(p), size) for p, size in snap.too_large], [_name(p) for p in snap.unreadable])
 

@@ -8,18 +8,19 @@ import logging
 import os
 
 from bot.models import Session
-from bot.reporting import RepoAccess
+from bot.reporting import PullRequest, RepoAccess
 from bot.secret import reveal
-from bot.secretscan import SecretMatcher
+from bot.secretscan import KnownSecret
 from bot.services import Services
 from bot.untrusted import md_code, md_fence
+from bot.utility_ai import UtilityAI
 from runner import git as gitops
 from runner.agents.failures import AgentFailure
 from runner.commit import commit_tree, snapshot_tree
 from runner.output import host_violation
 from runner.run_state import AgentFailed, Checkout, Run
 from runner.sandbox.base import Violation
-from runner.secretscan import SecretInPush, check_push, known_secrets
+from runner.secretscan import SecretInPush, check_push, known_secrets, matcher_for
 from runner.test_files import left_out as command_files_left_out
 from runner.uids import kill_uid
 from runner.workspace import START_REF, Workspace
@@ -32,31 +33,42 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
     or None when nothing changed. `survived` is a failure the agent exited 0 after: with no change it is
     the session's error, with a change a warning (the salvage after a stop passes none)."""
     session, settings = state.session, state.services.settings
-    await state.step("commit", "running", percent=75)
     max_size = int(settings.GIT_MAX_FILE_SIZE_MB) << 20
-    user = await _session_user(state, ws)
-    if ws.claim is not None and os.geteuid() == 0:  # git from here on runs as the session's own uid
-        await asyncio.to_thread(gitops.hand_over, ws.git_dir, ws.claim.user)
-    leave_out = await command_files_left_out(state, ws, user)
-    tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size, leave_out)
-    if leave_out:
-        await state.event("command_files", {"left_out": len(leave_out),
-                                         "paths": sorted(p.decode(errors="backslashreplace") for p in leave_out)[:20]})
-    await _report_left_out(state, ws, tree.left_out, tree.too_large, max_size)
-    if not tree.changed:
-        if survived is not None:  # it exited 0, but what stopped it is the news
-            raise AgentFailed(survived)
-        await state.step("commit", "skipped", "no changes", 85)
-        return None
-    if survived is not None:
-        await state.warn(survived.sentence)
-    # independent look-ups (a git process, the database, a PAT's identity), at once
-    stat, secrets, author = await asyncio.gather(gitops.diff_stat(ws.git_dir, tree.base, tree.tree),
-                                                 known_secrets(state.services, state.secrets),
-                                                 commit_author(state.services, session))
+    # what the commit needs beside its tree (the database, a PAT's identity, the utility model's key) is
+    # looked up while the tree is built; the step's own event is written while the uid is emptied
+    lookups = asyncio.ensure_future(_commit_lookups(state))
+    running = asyncio.ensure_future(state.step("commit", "running", percent=75))
+    try:
+        try:
+            user = await _session_user(state, ws)
+            if ws.claim is not None and os.geteuid() == 0:  # git from here on runs as the session's own uid
+                await asyncio.to_thread(gitops.hand_over, ws.git_dir, ws.claim.user)
+        except BaseException:
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+        await running  # its event goes before any other of the step's
+        leave_out = await command_files_left_out(state, ws, user)
+        tree = await snapshot_tree(ws.git_dir, ws.project, ws.scratch, user, max_size, leave_out)
+        if leave_out:
+            await state.event("command_files", {"left_out": len(leave_out), "paths": sorted(
+                p.decode(errors="backslashreplace") for p in leave_out)[:20]})
+        await _report_left_out(state, ws, tree.left_out, tree.too_large, max_size)
+        if not tree.changed:
+            if survived is not None:  # it exited 0, but what stopped it is the news
+                raise AgentFailed(survived)
+            await state.step("commit", "skipped", "no changes", 85)
+            return None
+        if survived is not None:
+            await state.warn(survived.sentence)
+        stat, (secrets, author, utility) = await asyncio.gather(gitops.diff_stat(ws.git_dir, tree.base, tree.tree),
+                                                                asyncio.shield(lookups))
+    finally:
+        if not lookups.done():
+            lookups.cancel()
+        await asyncio.gather(lookups, return_exceptions=True)
     # file names are the agent's: a known secret among them never goes to the utility model
-    stat = SecretMatcher(secrets).mask(stat)
-    message = await (await state.utility()).commit_message(session.prompt, stat)
+    stat = matcher_for(secrets).mask(stat)
+    message = await utility.commit_message(session.prompt, stat)
     sha = await commit_tree(ws.git_dir, tree, message, author, bool(settings.GIT_INCLUDE_CO_AUTHORED_BY))
     async def record() -> None:  # the row's sha and the event that tells of it land together
         async with state.services.sessions.transaction(session.id) as tx:
@@ -67,6 +79,12 @@ async def commit_step(state: Run, ws: Workspace, survived: AgentFailure | None =
         if leave_out else ""
     await state.step("commit", "done", f"`{sha[:7]}`{left}", 85)
     return sha
+
+
+async def _commit_lookups(state: Run) -> tuple[list[KnownSecret], gitops.Author, UtilityAI]:
+    """The known secrets, the commit's author and the utility model (independent look-ups), at once."""
+    return await asyncio.gather(known_secrets(state.services, state.secrets),
+                                commit_author(state.services, state.session), state.utility())
 
 
 async def _session_user(state: Run, ws: Workspace) -> tuple[int, int] | None:
@@ -148,18 +166,26 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
                 task.cancel()
         await asyncio.gather(stat_task, *([title_task] if title_task else []), return_exceptions=True)
         raise
-    await state.event("push", {"branch": branch, "sha": sha})
-    await state.step("pr", "running", percent=90)
-    stat = (await stat_task).strip()
-    files = stat.splitlines()[-1].strip() if stat else ""
-    if title_task is None:  # best-of-N: the PR waits for `pick` (bot/best_of.py)
+    # the push's event and the PR step's are written while the pull request is asked for
+    written = asyncio.ensure_future(_pushed(state, branch, sha))
+    opening: asyncio.Future[PullRequest | None] | None = None
+    try:
+        stat = (await stat_task).strip()
+        files = stat.splitlines()[-1].strip() if stat else ""
+        if title_task is not None:
+            opening = asyncio.ensure_future(state.channel.pull_request(
+                branch, base, await title_task, _pr_body(state, files), draft=state.pr_draft))
+        await written
+    except BaseException:
+        await asyncio.gather(written, *([opening] if opening else []), return_exceptions=True)
+        raise
+    if opening is None:  # best-of-N: the PR waits for `pick` (bot/best_of.py)
         await state.event("best_of", {"files": files, "branch": branch})
         await state.step("pr", "skipped", f"branch `{branch}` pushed; the comparison says how to pick it", 95)
         state.progress.outcome = f"branch `{branch}` at `{sha[:7]}`" + (f" ({files})" if files else "")
         return
-    title = await title_task
     try:
-        pr = await state.channel.pull_request(branch, base, title, _pr_body(state, files), draft=state.pr_draft)
+        pr = await opening
     except Exception as exc:
         raise RuntimeError(f"the branch `{branch}` is pushed but opening the pull request failed ({exc}); "
                            f"open it by hand{_compare_hint(access.remote, base, branch)}") from exc
@@ -175,6 +201,11 @@ async def push_step(state: Run, checkout: Checkout, sha: str | None) -> None:
     verb = "opened" if pr.created else "updated"
     await state.step("pr", "done", f"#{pr.number} {verb}", 98)
     state.progress.outcome = f"#{pr.number} {verb}" + (f" ({files})" if files else "")
+
+
+async def _pushed(state: Run, branch: str, sha: str) -> None:
+    await state.event("push", {"branch": branch, "sha": sha})
+    await state.step("pr", "running", percent=90)
 
 
 async def _title(state: Run) -> str:

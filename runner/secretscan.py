@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,11 @@ TOKEN_LABEL = "a GitHub token minted for this session"
 THREAD_SCAN = 1 << 20  # blobs from this size are scanned off the event loop
 NAMES_SHOWN = 5
 TREE_ENTRY = b"\0"
+# refs/sesame/start itself when it exists (a pattern with a glob character gets no `/*` appended), nothing
+# when it does not: `rev-list --glob` needs no look-up of its own first
+START_GLOB = START_REF[:-1] + "[" + START_REF[-1] + "]"
+MATCHERS_KEPT = 4
+_matchers: OrderedDict[tuple[KnownSecret, ...], SecretMatcher] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,24 @@ async def known_secrets(services: Services, tokens: Iterable[str]) -> list[Known
     return [*settings_secrets(services.settings), *stored, *(KnownSecret(TOKEN_LABEL, t) for t in tokens)]
 
 
+def matcher_for(secrets: Sequence[KnownSecret]) -> SecretMatcher:
+    """The matcher of these secrets: built once (every form of a private key in one automaton costs
+    milliseconds), kept for the next scan of the same secrets (a few sets, the latest used)."""
+    key = tuple(secrets)
+    matcher = _matchers.get(key)
+    if matcher is None:
+        matcher = _matchers[key] = SecretMatcher(key)
+        while len(_matchers) > MATCHERS_KEPT:
+            _matchers.popitem(last=False)
+    _matchers.move_to_end(key)
+    return matcher
+
+
 async def new_objects(git_dir: Path, sha: str) -> list[tuple[str, str]]:
-    """(object id, path) of every object reachable from sha that the remote's branches do not reach."""
-    known = ["--remotes"]
-    if await gitops.in_git_dir(git_dir, ["rev-parse", "--verify", "--quiet", START_REF], check=False):
-        known.append(START_REF)  # a fork PR's head: already in the base repository, not the agent's
-    out = await gitops.in_git_dir(git_dir, ["rev-list", "--objects", sha, "--not", *known])
+    """(object id, path) of every object reachable from sha that neither the remote's branches nor the
+    start ref (a fork PR's head: already in the base repository, not the agent's) reach."""
+    out = await gitops.in_git_dir(git_dir, ["rev-list", "--objects", sha, "--not", "--remotes",
+                                            f"--glob={START_GLOB}"])
     # Lines end at \n only: str.splitlines would also cut a file name at \x1c or \u2028.
     return [(oid, path) for oid, _, path in (line.partition(" ") for line in out.split("\n") if line)]
 
@@ -81,11 +99,10 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
 
     A large blob is searched in a thread (the matcher releases the GIL) while the next is read.
     """
-    proc = await asyncio.create_subprocess_exec(
-        "git", *gitops.SAFE_OPTIONS, "--git-dir", str(git_dir), "cat-file", "--batch", cwd=git_dir,
-        env=gitops.git_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, preexec_fn=gitops.dropping_to(gitops.store_owner(git_dir)))
-    assert proc.stdin is not None and proc.stdout is not None
+    proc = await gitops.start_git(["--git-dir", str(git_dir), "cat-file", "--batch"], git_dir,
+                                  user=gitops.store_owner(git_dir), stdin=gitops.PIPE)
+    assert proc.stdin is not None
+    errors = asyncio.ensure_future(proc.stderr.read())  # drained, unused
     names = "".join(f"{oid}\n" for oid, _ in objects).encode()
     feeder = asyncio.ensure_future(_feed(proc.stdin, names))
     leaks: dict[tuple[str, str], None] = {}
@@ -109,6 +126,7 @@ async def scan_objects(git_dir: Path, objects: list[tuple[str, str]], matcher: S
         raise
     finally:
         await proc.wait()
+        await errors
     return [Leak(place, label) for place, label in leaks]
 
 
@@ -139,7 +157,15 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
 
 async def check_push(services: Services, git_dir: Path, sha: str, tokens: Iterable[str]) -> list[Leak]:
     """The leaks a push of sha would make, from the trusted git dir (nothing of the workspace is read)."""
-    matcher = SecretMatcher(await known_secrets(services, tokens))
+    # the secrets (the database) and the objects (git) are independent: looked up at once
+    objects = asyncio.ensure_future(new_objects(git_dir, sha))
+    try:
+        matcher = matcher_for(await known_secrets(services, tokens))
+    except BaseException:
+        objects.cancel()
+        await asyncio.gather(objects, return_exceptions=True)
+        raise
     if not matcher:
+        await objects
         return []
-    return await scan_objects(git_dir, await new_objects(git_dir, sha), matcher)
+    return await scan_objects(git_dir, await objects, matcher)
