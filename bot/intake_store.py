@@ -4,7 +4,8 @@ Every delivery that mentions the app asks the same three things: is it a redeliv
 its recorded delivery id, exists), which session of the same issue or PR has a branch (a follow-up
 continues it), and then records the session with its first event. Through SQLAlchemy's ORM these
 cost 0.4-0.7 ms of CPU each (7-10x the same statement on asyncpg); here the first two are one
-statement, the insert another, and the queued comments' ids (off the 202's path) a third for
+statement, the insert another (both one statement, `record`, when the sender is a writer known from the
+cache: nothing needs GitHub between them), and the queued comments' ids (off the 202's path) a third for
 several deliveries at once, each a prepared statement on a small pool of this process's own. SQLite
 keeps SessionService's Core paths.
 """
@@ -23,16 +24,17 @@ from sqlalchemy.engine import make_url
 T = TypeVar("T")
 POOL_SIZE = 10  # connections of this process's hot-path pool, besides SQLAlchemy's
 
-LOOKUP = """
-SELECT (SELECT s.id FROM sessions s WHERE s.trigger_key = $1) AS existing,
-       EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.delivery_id = $2) AS seen,
+LOOKUP_OF = """
+SELECT (SELECT s.id FROM sessions s WHERE s.trigger_key = {trigger_key}) AS existing,
+       EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.delivery_id = {delivery_id}) AS seen,
        p.id AS parent_id, p.branch, p.base_branch, p.pr_number
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
     SELECT id, branch, base_branch, pr_number FROM sessions
-    WHERE repo = $3 AND issue_number = $4 AND branch IS NOT NULL
+    WHERE repo = {repo} AND issue_number = {issue_number} AND branch IS NOT NULL
     ORDER BY created_at DESC LIMIT 1) AS p ON true
 """
+LOOKUP = LOOKUP_OF.format(trigger_key="$1", delivery_id="$2", repo="$3", issue_number="$4")
 # The queued comments' ids, written together: at 500 deliveries/s one statement carries ~10 of them.
 SET_REPORTS = ("UPDATE sessions AS s SET report = v.report::json FROM unnest($1::text[], $2::text[]) AS v(id, report) "
                "WHERE s.id = v.id")
@@ -72,9 +74,33 @@ def insert_statement(columns: list[str]) -> str:
             f"SELECT id, 1, 'status', ${n + 1}::json, ${n + 2} FROM new_session")
 
 
+def record_statement(columns: list[str]) -> str:
+    """LOOKUP and the insert in one statement: the session (with its first event) is recorded unless the
+    lookup finds its trigger key, its delivery id, or a parent with a pull request (which the caller must
+    ask GitHub about) while no base branch was given. The lookup's row comes back with `inserted`."""
+    n = len(columns)
+    at = {name: f"${i}" for i, name in enumerate(columns, 1)}
+    params = ", ".join(f"${i}::json" if name in JSON_COLUMNS else f"${i}" for i, name in enumerate(columns, 1))
+    found = LOOKUP_OF.format(trigger_key=at["trigger_key"], delivery_id=f"${n + 3}", repo=at["repo"],
+                             issue_number=at["issue_number"])
+    return (f"WITH found AS ({found}), "
+            f"new_session AS (INSERT INTO sessions ({', '.join(columns)}) SELECT {params} FROM found "
+            f"WHERE found.existing IS NULL AND NOT found.seen AND (found.pr_number IS NULL OR ${n + 4}) "
+            f"ON CONFLICT (trigger_key) DO NOTHING RETURNING id), "
+            f"first_event AS (INSERT INTO session_events (session_id, seq, kind, data, created_at) "
+            f"SELECT id, 1, 'status', ${n + 1}::json, ${n + 2} FROM new_session) "
+            f"SELECT found.*, (SELECT id FROM new_session) AS inserted FROM found")
+
+
 async def _keep(_conn: asyncpg.Connection) -> None:
     """No reset when a connection returns to the pool (asyncpg's default is a round trip of UNLISTEN,
     RESET ALL...: a fifth of intake's CPU): these statements leave no session state behind."""
+
+
+def _lookup(row: asyncpg.Record) -> Lookup:
+    parent = (Parent(row["parent_id"], row["branch"], row["base_branch"], row["pr_number"])
+              if row["parent_id"] is not None else None)
+    return Lookup(row["existing"], bool(row["seen"]), parent)
 
 
 class IntakeStore:
@@ -85,6 +111,7 @@ class IntakeStore:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._inserts: dict[tuple[str, ...], str] = {}
+        self._records: dict[tuple[str, ...], str] = {}
         self._reports: dict[str, tuple[str, asyncio.Future[None]]] = {}
         self._flushing: asyncio.Task[None] | None = None
 
@@ -111,9 +138,7 @@ class IntakeStore:
         """One statement: the redelivery check and the follow-up's parent."""
         row = await self._run(lambda c: c.fetchrow(LOOKUP, trigger_key, delivery_id, repo, issue_number))
         assert row is not None
-        parent = (Parent(row["parent_id"], row["branch"], row["base_branch"], row["pr_number"])
-                  if row["parent_id"] is not None else None)
-        return Lookup(row["existing"], bool(row["seen"]), parent)
+        return _lookup(row)
 
     async def insert(self, values: dict[str, Any], event: dict[str, Any]) -> bool:
         """Record a session and its first event; False when its trigger key exists (a duplicate)."""
@@ -130,6 +155,22 @@ class IntakeStore:
                 raise
             return False
         return True
+
+    async def record(self, values: dict[str, Any], event: dict[str, Any], delivery_id: str,
+                     base_given: bool) -> tuple[Lookup, bool]:
+        """`lookup` and `insert` in one statement (record_statement): what the lookup found, and whether the
+        session was recorded. Not recorded: a redelivery (`existing` or `seen`), a parent with a pull
+        request while no base was given (the caller asks GitHub, then inserts), or a concurrent duplicate
+        of the trigger key (none of those set)."""
+        columns = tuple(values)
+        sql = self._records.get(columns)
+        if sql is None:
+            sql = self._records[columns] = record_statement(list(columns))
+        args = [json.dumps(v) if k in JSON_COLUMNS else v for k, v in values.items()]
+        args += [json.dumps(event), values["created_at"], delivery_id, base_given]
+        row = await self._run(lambda c: c.fetchrow(sql, *args))
+        assert row is not None
+        return _lookup(row), row["inserted"] is not None
 
     async def set_report(self, session_id: str, report: dict[str, Any]) -> None:
         """Store a session's report; returns once it is written (with others of the same moment, in one

@@ -184,8 +184,18 @@ class SessionService:
             raise IntegrityError("INSERT INTO sessions", None, ValueError("no session with this trigger key"))
         return existing.id, False
 
-    async def _insert(self, new: NewSession) -> dict[str, Any] | None:
-        """The row's values once inserted with its first event; None when the trigger key exists."""
+    async def record_trigger(self, new: NewSession, delivery_id: str) -> tuple[Lookup, str | None] | None:
+        """`intake_lookup` and `record` in one statement (PostgreSQL; None elsewhere): what the lookup
+        found, and the new session's id when it was recorded (IntakeStore.record says when it is not)."""
+        if self.fast is None:
+            return None
+        values = self._values(new)
+        found, inserted = await self.fast.record(values, {"state": State.PENDING.value}, delivery_id,
+                                                 bool(new.base_branch))
+        return found, str(values["id"]) if inserted else None
+
+    def _values(self, new: NewSession) -> dict[str, Any]:
+        """A new session's row."""
         now = utcnow()
         values: dict[str, Any] = dict.fromkeys(_S.keys())
         values.update(
@@ -197,6 +207,12 @@ class SessionService:
             sandbox_security=new.sandbox_security, keep_alive=new.keep_alive, budget_usd=new.budget_usd,
             stop_requested=False,
             violation_count=0, event_seq=1, attempts=0, created_at=now)
+        return values
+
+    async def _insert(self, new: NewSession) -> dict[str, Any] | None:
+        """The row's values once inserted with its first event; None when the trigger key exists."""
+        values = self._values(new)
+        now = values["created_at"]
         first_event = {"state": State.PENDING.value}
         try:  # prebuilt statements with bound parameters: this is every trigger's hot path
             if self.fast is not None:

@@ -95,3 +95,28 @@ async def test_sweeper_requeues_pending_sessions(services: Services) -> None:
 
     await sweep(services, Recorder(), pending_grace=timedelta(seconds=-1))  # type: ignore[arg-type]
     assert f"{row.id}:1" in seen  # its first attempt
+
+
+async def test_concurrent_arq_enqueues_share_round_trips_and_all_land(redis_url: str) -> None:
+    """Issue 16: enqueues asked for while one is on its way go to Redis together (a send is most of an
+    enqueue's CPU); each still gets its own answer, a repeated one deduped."""
+    queue = ArqQueue(redis_url)
+    client = aioredis.from_url(redis_url)
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    try:
+        await client.delete("arq:queue")
+        assert await queue.enqueue(ids[0])  # connected, script loaded
+        reads = int((await client.info("stats"))["total_reads_processed"])
+        answers = await asyncio.gather(*(queue.enqueue(i) for i in ids))
+        reads = int((await client.info("stats"))["total_reads_processed"]) - reads
+        assert answers == [True] * len(ids)
+        assert await client.zcard("arq:queue") == len(ids)
+        assert reads < len(ids) // 2, f"{reads} reads for {len(ids)} enqueues"
+        await client.script_flush()  # a Redis restart forgets the script: loaded again, nothing lost
+        more = [str(uuid.uuid4()) for _ in range(5)]
+        assert await asyncio.gather(*(queue.enqueue(i) for i in more)) == [True] * 5
+        assert await client.zcard("arq:queue") == len(ids) + 5
+    finally:
+        await client.delete("arq:queue")
+        await client.aclose()
+        await queue.close()

@@ -11,7 +11,7 @@ from bot.github import SesameGitHubAPI
 from bot.triggers import MAX_BEST_OF, Command, Trigger, parse_mention
 from webhooks.github.best_of import pick, start_best_of
 from webhooks.github.intake import HELP_TEXT, Intake, Mention, admitted, ignored, refuse, reply
-from webhooks.github.start import start_session, stop_sessions
+from webhooks.github.start import quick_start, start_session, stop_sessions
 
 router = routing.Router()
 
@@ -22,6 +22,9 @@ async def handle_mention(intake: Intake, source: Mention) -> None:
         return
     trigger = parse_mention(source.text or "", intake.slug)
     if trigger is None:
+        return
+    single_run = trigger.command is Command.RUN and not trigger.error and not trigger.agents
+    if single_run and await quick_start(intake, source, trigger):
         return
     gh = await admitted(intake, source)
     if gh is None:

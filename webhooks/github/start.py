@@ -11,7 +11,14 @@ from typing import Any
 from bot.catalog import display_name
 from bot.checks import sync_check_run
 from bot.github import SesameGitHubAPI
-from bot.github_channel import COMMENT_DUE, COMMENT_GRACE, GitHubChannel, post_progress_comment, split_repo
+from bot.github_channel import (
+    COMMENT_DUE,
+    COMMENT_GRACE,
+    WRITE_PERMISSIONS,
+    GitHubChannel,
+    post_progress_comment,
+    split_repo,
+)
 from bot.models import Session, State
 from bot.progress import Progress, render_markdown
 from bot.repo_config import trigger_choice
@@ -148,6 +155,44 @@ async def start_session(intake: Intake, gh: SesameGitHubAPI, source: Mention, tr
     if not created:
         intake.outcome["duplicate"] = True
         return
+    await enqueue_and_comment(intake, gh, session_id, new)
+
+
+def known_writer(intake: Intake) -> bool:
+    """The installation is cached as active and the sender as a writer: nothing to ask GitHub first."""
+    caches = intake.services.caches
+    return (caches.installations.fresh(intake.installation_id) is True and
+            caches.permissions.fresh((intake.installation_id, intake.repo, intake.sender)) in WRITE_PERMISSIONS)
+
+
+async def quick_start(intake: Intake, source: Mention, trigger: Trigger) -> bool:
+    """A trigger on an issue from a known writer (issue 16): the redelivery check, the follow-up's parent
+    and the insert are one statement, then the enqueue. False when it needs the full path (start_session):
+    a PR (its branch comes from GitHub), a cache miss, a parent with a pull request to ask GitHub about, a
+    concurrent duplicate (the full path names its session), or no PostgreSQL."""
+    if source.is_pull_request or not known_writer(intake):
+        return False
+    new = new_session(intake, source, trigger)
+    new.report = {**(new.report or {}), COMMENT_DUE: time.time() + COMMENT_GRACE}
+    answer = await intake.services.sessions.record_trigger(new, intake.event.delivery_id)
+    if answer is None:
+        return False
+    found, session_id = answer
+    if found.existing is not None:
+        intake.outcome.update(duplicate=True, session=found.existing)
+        return True
+    if found.seen:
+        intake.outcome["duplicate"] = True
+        return True
+    if session_id is None:
+        return False
+    intake.outcome["session"] = session_id
+    await enqueue_and_comment(intake, await intake.client(), session_id, new)
+    return True
+
+
+async def enqueue_and_comment(intake: Intake, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
+    """Enqueue a recorded session (before the 202); its queued comment is posted after it."""
     await intake.queue.enqueue(session_id)
     intake.services.background.spawn(post_queued_comment(intake.services, gh, session_id, new),
                                      name=f"queued-comment-{session_id}")
