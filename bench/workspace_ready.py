@@ -16,7 +16,8 @@ of the commit; needs root with CAP_SYS_ADMIN) or both (default when root: both i
 the overlay/full ratio). Run as root, sessions claim uids from a pool as the worker's do.
 --concurrency N: N sessions of one repository at once (a commit pushed just before, so each must see a
 fetch that started after it asked): the median and p90 of their workspace step, and the mirror fetches
-run (issue 16: they share one). --baseline TREE runs the concurrency measure first with another
+run (issue 16: they share one), and the CPU per session. --loop: the worker's event loop (default) or asyncio's.
+--baseline TREE runs the concurrency measure first with another
 checkout's code (e.g. /work/main), in a child process.
 """
 
@@ -160,13 +161,24 @@ async def concurrent(root: Path, commits: int, files: int, sessions: int, mode: 
         return await real(args, *rest, **kw)  # type: ignore[arg-type]
 
     workspace.git = counting  # type: ignore[assignment]
+    cpu = _cpu_seconds()
     started = time.monotonic()
     times = await asyncio.gather(*(warm_workspace(data_dir, base, url, n + 1, mode == "overlay")
                                    for n in range(sessions)))
     wall = time.monotonic() - started
+    cpu = _cpu_seconds() - cpu
     workspace.git = real  # type: ignore[assignment]
     print(f"{mode}: {sessions} sessions at once, {files} files: workspace step {summary(list(times))}, all ready after "
-          f"{wall * 1000:.0f} ms; mirror fetches run: {fetched}", flush=True)
+          f"{wall * 1000:.0f} ms; mirror fetches run: {fetched}; CPU (this process and its children, workspaces "
+          f"removed too) {cpu * 1000 / sessions:.0f} ms per session", flush=True)
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU of this process and its waited-for children."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 async def main() -> None:
@@ -178,6 +190,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=0, help="sessions of one repository at once")
     parser.add_argument("--baseline", help="another checkout measured first (with --concurrency)")
     parser.add_argument("--mode", choices=("both", "full", "overlay"), default="both" if os.geteuid() == 0 else "full")
+    parser.add_argument("--loop", choices=("worker", "asyncio"), default="worker",
+                        help="the worker's event loop (uvloop, whose every subprocess forks the process) or asyncio's")
     args = parser.parse_args()
     global POOL
     if os.geteuid() == 0:
@@ -203,5 +217,17 @@ async def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The loop of --loop: the worker's (runner/sandbox/spawn_turns.py), or asyncio's."""
+    if "--loop" in sys.argv and sys.argv[sys.argv.index("--loop") + 1:][:1] == ["asyncio"]:
+        return asyncio.new_event_loop()
+    try:
+        from runner.sandbox.spawn_turns import new_event_loop
+    except ImportError:  # a baseline tree from before it
+        return asyncio.new_event_loop()
+    return new_event_loop()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())

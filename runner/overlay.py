@@ -74,7 +74,8 @@ def userns_fd(uid: int, gid: int) -> int:
             _USERNS.move_to_end((uid, gid))
             return os.dup(_USERNS[(uid, gid)])
         own = os.readlink("/proc/self/ns/user")
-        proc = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", "read _"], stdin=subprocess.PIPE,
+        # cat holds the namespace until its stdin closes (one exec: no shell)
+        proc = subprocess.Popen(["unshare", "--user", "--", "cat"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
         try:
             deadline = time.monotonic() + 5

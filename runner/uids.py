@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import pwd
+import re
 import secrets
 import signal
 import stat
@@ -161,19 +162,24 @@ def pool_from_settings(settings: Settings) -> UidPool | None:
     return UidPool(Path(settings.SANDBOX_UID_DIR), first, last)
 
 
+_UID_LINE = re.compile(rb"^Uid:[ \t]*([^\n]*)$", re.MULTILINE)
+_STATE_LINE = re.compile(rb"^State:[ \t]*(\S)", re.MULTILINE)
+
+
 def processes_of(uid: int) -> list[int]:
-    """Pids of live (not zombie) processes with uid as any of their uids."""
+    """Pids of live (not zombie) processes with uid as any of their uids (real, effective, saved, fs)."""
     found = []
+    wanted = str(uid).encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status", "rb") as fh:
-                fields = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+                data = fh.read()
         except OSError:
             continue
-        uids = fields.get(b"Uid", b"").split()
-        if str(uid).encode() in uids and not fields.get(b"State", b"").strip().startswith((b"Z", b"X")):
+        uids, state = _UID_LINE.search(data), _STATE_LINE.search(data)
+        if uids and wanted in uids.group(1).split() and not (state and state.group(1) in (b"Z", b"X")):
             found.append(int(entry.name))
     return found
 

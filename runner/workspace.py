@@ -18,7 +18,7 @@ import aiohttp
 
 from bot.services import Services
 from bot.triggers import is_safe_ref
-from runner import overlay
+from runner import gitdir, overlay
 from runner.git import GitError, git, in_git_dir, in_git_dir_bytes
 from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs, mirror_refs
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
@@ -277,8 +277,72 @@ class MissingBranch(Exception):
 
 async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, branch: str,
                           existing_branch: bool, start_ref: str | None, use_overlay: bool = False) -> None:
-    """Clone into the trusted git dir, check the branch out into project/ (or mount the overlay of the
-    shared checkout there), copy .git for the agent."""
+    """Write the trusted git dir from the mirror, check the branch out into project/ (or mount the overlay of
+    the shared checkout there), give the agent its .git."""
+    overlay_wanted = use_overlay and ws.claim is not None
+    built = await asyncio.to_thread(_build_git_dir, ws, mirror, remote, base, branch, existing_branch, start_ref,
+                                    overlay_wanted)
+    if built is None:  # a mirror (or a name) the hand-built dir does not cover: git clones as it always did
+        start, sha = await _clone_git_dir(ws, mirror, remote, base, branch, existing_branch, start_ref)
+    else:
+        start, sha = built.start, built.sha
+    if overlay_wanted and await _overlay_workspace(ws, mirror, branch, sha, ws.claim.user, built):  # type: ignore[union-attr]
+        return
+    # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
+    # project is still ours and empty: nothing of the agent's exists yet.
+    await in_git_dir(ws.git_dir, ["--work-tree", str(ws.project), "-c", f"checkout.workers={CHECKOUT_WORKERS}",
+                                  "checkout", "--quiet", "-B", branch, start])
+    await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
+    with open(ws.project / ".git" / "config", "a") as config:  # the last value of a key wins
+        config.write("[core]\n\tbare = false\n")
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A trusted git dir written by hand (gitdir): where it starts, and what the agent's copy needs."""
+
+    start: str  # the ref the branch starts from
+    sha: str
+    layout: gitdir.Layout
+    objects: list[str]
+    default: str | None
+    remote: str
+
+
+def _build_git_dir(ws: Workspace, mirror: Path, remote: str, base: str, branch: str, existing_branch: bool,
+                   start_ref: str | None, with_branch: bool) -> _Built | None:
+    """The trusted git dir as `git clone --local` of the mirror made it (gitdir), without a git process; with
+    the session's branch at its start and HEAD on it when with_branch. None when git must clone instead."""
+    try:
+        refs = gitdir.read_mirror(mirror)
+    except gitdir.Unsupported:
+        return None
+    if not is_safe_ref(branch) or (start_ref and not existing_branch and start_ref not in refs.refs):
+        return None  # git says what is wrong with them, as before
+    name = branch if existing_branch else base
+    start, sha = f"{gitdir.REMOTES}{name}", refs.refs.get(f"{gitdir.HEADS}{name}")
+    if sha is None:
+        which = f"the branch `{branch}`" if existing_branch else f"the base branch `{base}`"
+        raise MissingBranch(f"{which} does not exist in {remote}: name an existing branch")
+    loose = {}
+    if start_ref and not existing_branch:  # a new branch from a mirror ref, e.g. a fork PR's head
+        start, sha = START_REF, refs.refs[start_ref]
+        loose[START_REF] = sha
+    if with_branch:
+        loose[f"{gitdir.HEADS}{branch}"] = sha
+    head = f"{gitdir.HEADS}{branch if with_branch else refs.default or base}"
+    layout = gitdir.clone_layout(refs, remote, head, loose)
+    os.mkdir(ws.project, 0o755)
+    gitdir.write_git_dir(ws.git_dir, layout)
+    objects = gitdir.link_objects(mirror / "objects", ws.git_dir / "objects")
+    return _Built(start, sha, layout, objects, refs.default, remote)
+
+
+async def _clone_git_dir(ws: Workspace, mirror: Path, remote: str, base: str, branch: str,
+                         existing_branch: bool, start_ref: str | None) -> tuple[str, str]:
+    """The trusted git dir by `git clone --local` (what _build_git_dir declined): the start ref and commit."""
+    shutil.rmtree(ws.git_dir, ignore_errors=True)
+    shutil.rmtree(ws.project, ignore_errors=True)
     await git(["clone", "--local", "--no-checkout", "--quiet", f"--separate-git-dir={ws.git_dir}", "--",
                str(mirror), str(ws.project)])
     (ws.project / ".git").unlink()  # the gitfile: the trusted dir is named on every command instead
@@ -294,14 +358,7 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     if not sha:
         which = f"the branch `{branch}`" if existing_branch else f"the base branch `{base}`"
         raise MissingBranch(f"{which} does not exist in {remote}: name an existing branch")
-    if use_overlay and ws.claim is not None and await _overlay_workspace(ws, mirror, branch, sha, ws.claim.user):
-        return
-    # Writing the files dominates a warm start; parallel checkout spreads it over the cores. The
-    # project is still ours and empty: nothing of the agent's exists yet.
-    await in_git_dir(ws.git_dir, ["--work-tree", str(ws.project), "-c", f"checkout.workers={CHECKOUT_WORKERS}",
-                                  "checkout", "--quiet", "-B", branch, start])
-    await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
-    await git(["--git-dir", str(ws.project / ".git"), "config", "core.bare", "false"], ws.project)
+    return start, sha
 
 
 _OVERLAY_PROBE: dict[str, str | None] = {}  # "refused": None, or why this process's probe mount was refused
@@ -374,30 +431,23 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str, user: tuple[int, int]) -> bool:
+async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str, user: tuple[int, int],
+                             built: _Built | None = None) -> bool:
     """project/ as an overlay: the shared checkout of commit sha (read-only, idmapped to the session's uid)
-    under a writable layer of the session's. The trusted git dir gets the branch without a work tree;
-    the agent's .git (with the shared checkout's index) is written into the upper layer before the
-    mount. False when the kernel refuses the mount: the caller checks out as before."""
+    under a writable layer of the session's. The trusted git dir gets the branch without a work tree (built:
+    it has it already); the agent's .git (with the shared checkout's index) is written into the upper layer
+    before the mount. False when the kernel refuses the mount: the caller checks out as before."""
     private_dir(ws.overlay)
     if await overlay_refused(ws.overlay) is not None:
         await asyncio.to_thread(shutil.rmtree, ws.overlay)
         return False
-    await in_git_dir(ws.git_dir, ["update-ref", f"refs/heads/{branch}", sha])
-    (ws.git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")  # a safe ref name (is_safe_ref), our dir
+    if built is None:
+        await in_git_dir(ws.git_dir, ["update-ref", f"refs/heads/{branch}", sha])
+        (ws.git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")  # a safe ref name (is_safe_ref), our dir
     (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
     entry = await shared_checkout(mirror, sha)
     upper = ws.overlay / "upper"
-    for path in (ws.overlay / "lower", upper, ws.overlay / "work"):
-        path.mkdir(mode=0o700)
-    agent_git = upper / ".git"
-    await asyncio.to_thread(copy_git_dir, ws.git_dir, agent_git)
-    shutil.copyfile(entry / "index", agent_git / "index")
-    # the last value of a key wins: not bare; and git's stat check would see the idmapped owner differ
-    # from the index's and hash every file again
-    with open(agent_git / "config", "a") as config:
-        config.write("[core]\n\tbare = false\n\tcheckStat = minimal\n")
-    await asyncio.to_thread(_hand_over, upper, user)
+    await asyncio.to_thread(_upper_layer, ws, upper, entry, branch, sha, user, built)
     try:
         await asyncio.to_thread(overlay.mount_overlay, entry / "tree", ws.overlay / "lower", upper,
                                 ws.overlay / "work", ws.project, user)
@@ -407,6 +457,34 @@ async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str,
         await asyncio.to_thread(shutil.rmtree, ws.overlay)
         return False
     return True
+
+
+# git's stat check would see the idmapped owner differ from the index's and hash every file again
+AGENT_CHECK_STAT = "\tcheckStat = minimal\n"
+
+
+def _upper_layer(ws: Workspace, upper: Path, entry: Path, branch: str, sha: str, user: tuple[int, int],
+                 built: _Built | None) -> None:
+    """The session's upper layer (and the overlay's lower and work dirs), with the agent's .git: written from
+    the trusted dir's layout when it was built by hand, else copied from it; the index is the shared checkout's."""
+    for path in (ws.overlay / "lower", upper, ws.overlay / "work"):
+        path.mkdir(mode=0o700)
+    agent_git = upper / ".git"
+    if built is None:
+        copy_git_dir(ws.git_dir, agent_git)
+        with open(agent_git / "config", "a") as config:
+            config.write(f"[core]\n\tbare = false\n{AGENT_CHECK_STAT}")  # the last value of a key wins
+        shutil.copyfile(entry / "index", agent_git / "index")
+        _hand_over(upper, user)
+        return
+    os.chown(upper, *user)
+    branch_ref = f"{gitdir.HEADS}{branch}"
+    layout = gitdir.Layout(branch_ref, {**built.layout.loose, branch_ref: sha}, built.layout.packed,
+                           gitdir.config_text(built.remote, built.default, bare=False, extra=AGENT_CHECK_STAT))
+    gitdir.write_git_dir(agent_git, layout, user, agent=True)
+    gitdir.link_listed(ws.git_dir / "objects", agent_git / "objects", built.objects, user)
+    shutil.copyfile(entry / "index", agent_git / "index")
+    os.chown(agent_git / "index", *user)
 
 
 def _hand_over(root: Path, user: tuple[int, int]) -> None:
