@@ -11,15 +11,14 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from bot.github import Backoff
-from runner.sandbox.launch import _drop_thread_credentials, seal_fds
+from runner.sandbox.launch import _drop_thread_credentials, on_own_thread, seal_fds
 from runner.sandbox.process import SpawnedProcess
 from runner.sandbox.seccomp import host_arch
 from runner.sandbox.spawn_turns import SPAWN_LOCK
@@ -185,7 +184,7 @@ async def start_git(args: list[str], cwd: Path | None = None, env: Mapping[str, 
                 return os.posix_spawn(path, argv, full_env, file_actions=actions, setsigmask=(),
                                       setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
 
-        pid = await _on_new_thread(spawn)
+        pid = await on_own_thread(spawn, "sesame-git-spawn")
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -200,31 +199,6 @@ def in_own_directory(path: Path) -> None:
     if _libc.unshare(CLONE_FS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_FS) failed")
     os.chdir(path)
-
-
-async def _on_new_thread(work: Callable[[], T]) -> T:
-    """work() on a thread of its own, which ends with it (it may change its credentials for good)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def body() -> None:
-        try:
-            result = work()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=body, name="sesame-git-spawn", daemon=True).start()
-    return await future
 
 
 def store_owner(git_dir: Path) -> tuple[int, int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ HEADS = "refs/heads/"
 REMOTES = "refs/remotes/origin/"
 TAGS = "refs/tags/"
 _OID = re.compile(r"[0-9a-f]{40}\Z")
+_ANY_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256
 LINK_TRIES = 3  # a repack of the mirror may remove a file between listing and linking: start again
 # What `git init` writes there, so an agent that appends to it finds the file.
 EXCLUDE = ("# git ls-files --others --exclude-from=.git/info/exclude\n"
@@ -41,37 +42,53 @@ class MirrorRefs:
 
 
 def read_mirror(mirror: Path) -> MirrorRefs:
-    """The mirror's refs: loose ones first, then packed-refs (a ref packed meanwhile is found there)."""
+    """The mirror's refs and default branch, for a git dir written by hand."""
     config = (mirror / "config").read_text().lower()
     if "[extensions" in config or (mirror / "objects" / "info" / "alternates").exists():
         raise Unsupported(f"{mirror}: an object format or alternates this module does not write")
-    loose: dict[str, str] = {}
-    top = mirror / "refs"
-    for dirpath, _dirnames, filenames in os.walk(top):
-        relative = os.path.relpath(dirpath, top)
-        prefix = "refs/" if relative == "." else f"refs/{relative}/"
-        for name in filenames:
-            if name.endswith(".lock"):
-                continue
-            try:
-                value = Path(dirpath, name).read_text().strip()
-            except FileNotFoundError:
-                continue  # packed (or deleted) since the listing
-            if _OID.match(value):
-                loose[prefix + name] = value
-    packed: dict[str, str] = {}
-    try:
-        text = (mirror / "packed-refs").read_text()
-    except FileNotFoundError:
-        text = ""
-    for line in text.splitlines():
-        oid, _, name = line.partition(" ")
-        if name and _OID.match(oid):
-            packed[name] = oid
-    refs = {**packed, **loose}
+    refs = refs_of(mirror)
     head = (mirror / "HEAD").read_text().strip().removeprefix("ref: ")
     default = head.removeprefix(HEADS) if head.startswith(HEADS) and head in refs else None
     return MirrorRefs(refs, default)
+
+
+def refs_of(mirror: Path, prefixes: Sequence[str] = ("refs/",)) -> dict[str, str]:
+    """The mirror's refs under `prefixes` (name -> oid), as git resolves them: the loose refs (listed
+    first: a ref packed meanwhile is then found in packed-refs) over packed-refs. The mirror is Sesame's
+    own, written only by its git; a symbolic or unreadable loose ref counts as absent."""
+    loose: dict[str, str | None] = {}
+    tops = {prefix if prefix.endswith("/") else prefix.rpartition("/")[0] + "/" for prefix in prefixes}
+    for top in tops:
+        for dirpath, _dirnames, filenames in os.walk(mirror / top):
+            relative = Path(dirpath).relative_to(mirror).as_posix()
+            for name in filenames:
+                ref = f"{relative}/{name}"
+                if name.endswith(".lock") or not _wanted(ref, prefixes):
+                    continue
+                try:
+                    value = Path(dirpath, name).read_text(errors="replace").strip()
+                except (FileNotFoundError, IsADirectoryError):
+                    continue  # packed (or deleted) since the listing
+                loose[ref] = value if _ANY_OID.fullmatch(value) else None
+    refs: dict[str, str] = {}
+    try:
+        packed = (mirror / "packed-refs").read_text(errors="replace")
+    except FileNotFoundError:
+        packed = ""
+    for line in packed.splitlines():
+        oid, _, name = line.partition(" ")
+        if _ANY_OID.fullmatch(oid) and _wanted(name, prefixes):
+            refs[name] = oid
+    for ref, loose_oid in loose.items():
+        if loose_oid is None:
+            refs.pop(ref, None)
+        else:
+            refs[ref] = loose_oid
+    return refs
+
+
+def _wanted(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name.startswith(prefix) for prefix in prefixes)
 
 
 def _quoted(value: str) -> str:

@@ -25,9 +25,9 @@ from runner.agents.base import Agent, Credential
 from runner.agents.failures import AgentFailure, CredentialSource, FailureWatch
 from runner.budget import session_budget_hook
 from runner.execution import AgentRun, agent_server_env, agent_setting, start_agent
+from runner.gitdir import refs_of
 from runner.output import follow_output, on_violation, store_gateway_usage, store_violations
 from runner.push import commit_step, fresh_access, push_step, refuse_leaks
-from runner.remote_refs import mirror_refs
 from runner.run_state import AgentFailed, Checkout, Run, Stopped
 from runner.sandbox.base import LimitExceeded
 from runner.sandbox.violations import ViolationAggregator
@@ -210,7 +210,7 @@ async def _workspace_step(state: Run, access: RepoAccess) -> Checkout:
                                                                                                  session.id))
     if not is_safe_ref(branch):
         raise ValueError(f"the branch name {branch!r} is not a safe git ref name")
-    if existing and f"refs/heads/{branch}" not in mirror_refs(mirror, [f"refs/heads/{branch}"]):
+    if existing and f"refs/heads/{branch}" not in refs_of(mirror, [f"refs/heads/{branch}"]):
         existing = False  # the follow-up's branch never reached the remote: start it again from base
     await state.services.sessions.set_branch(session.id, branch, base)
     state.workspace = await create_workspace(Path(settings.SESSION_DIR_BASE), session.id, mirror,

@@ -11,7 +11,6 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
@@ -186,29 +185,3 @@ async def _ls_refs(http: aiohttp.ClientSession, base: str, headers: Mapping[str,
                          headers={**headers, "Content-Type": "application/x-git-upload-pack-request",
                                   "Accept": "application/x-git-upload-pack-result"}) as response:
         return parse_ls_refs(pkt_lines(await _answer(response, "result")), prefixes)
-
-
-def mirror_refs(mirror: Path, prefixes: Sequence[str] = (HEADS,)) -> dict[str, str]:
-    """The mirror's refs under `prefixes` (name -> oid): packed-refs, then the loose refs over them. The
-    mirror is Sesame's own, written only by its git; a symbolic or unreadable loose ref counts as absent."""
-    refs: dict[str, str] = {}
-    try:
-        packed = (mirror / "packed-refs").read_text(errors="replace")
-    except FileNotFoundError:
-        packed = ""
-    for line in packed.splitlines():
-        oid, _, name = line.partition(" ")
-        if _OID.fullmatch(oid) and _wanted(name, prefixes):
-            refs[name] = oid
-    for top in {prefix.rstrip("/") if prefix.endswith("/") else prefix.rpartition("/")[0] for prefix in prefixes}:
-        root = mirror / top
-        for path in root.rglob("*") if root.is_dir() else []:
-            name = path.relative_to(mirror).as_posix()
-            if not path.is_file() or path.is_symlink() or not _wanted(name, prefixes) or name.endswith(".lock"):
-                continue
-            oid = path.read_text(errors="replace").strip()
-            if _OID.fullmatch(oid):
-                refs[name] = oid
-            else:
-                refs.pop(name, None)
-    return refs

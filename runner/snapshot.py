@@ -11,12 +11,10 @@ link to a root-only file, a FIFO or a device is refused or skipped, never read w
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import os
 import stat
-import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -244,29 +242,14 @@ def _drop_thread(uid: int, gid: int) -> None:
 
 async def as_user(uid: int | None, gid: int | None, work: Callable[[], T]) -> T:
     """Run work on a new thread that first drops to uid:gid (when given and we are root)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
+    from runner.sandbox.launch import on_own_thread
 
-    def settle(result: object, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+    def body() -> T:
+        if uid is not None and gid is not None and os.geteuid() == 0:
+            _drop_thread(uid, gid)
+        return work()
 
-    def body() -> None:
-        try:
-            if uid is not None and gid is not None and os.geteuid() == 0:
-                _drop_thread(uid, gid)
-            result: object = work()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=body, name="sesame-snapshot", daemon=True).start()
-    return await future
+    return await on_own_thread(body, "sesame-snapshot")
 
 
 # What tells one version of a file from another without reading it: inode, size, mtime and ctime (the last

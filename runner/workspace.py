@@ -20,7 +20,8 @@ from bot.services import Services
 from bot.triggers import is_safe_ref
 from runner import gitdir, overlay
 from runner.git import GitError, git, in_git_dir, in_git_dir_bytes
-from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs, mirror_refs
+from runner.gitdir import refs_of
+from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,15 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
         elif _fetched_at(mirror) < asked:
             started = time.time()
             listed = await _list_refs(http, remote, auth_env, extra_refs)
-            if listed is None or mirror_refs(mirror) != {k: v for k, v in listed.refs.items() if k.startswith(HEADS)}:
+            branches = {k: v for k, v in listed.refs.items() if k.startswith(HEADS)} if listed else None
+            if branches is None or refs_of(mirror, [HEADS]) != branches:
                 await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
                           mirror, auth_env)
             if listed is not None:
                 _follow_head(mirror, listed)
             (mirror / FETCHED_STAMP).write_text(repr(started))
         moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
-                 or mirror_refs(mirror, [ref]).get(ref) != listed.refs[ref]]
+                 or refs_of(mirror, [ref]).get(ref) != listed.refs[ref]]
         if moved:
             await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
     return mirror
@@ -186,7 +188,7 @@ async def record_push(data_dir: Path, remote: str, git_dir: Path, branch: str, s
         if len(pack) > RECORD_PACK_LIMIT:
             return
         async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
-            if ref in mirror_refs(mirror, [ref]):
+            if ref in refs_of(mirror, [ref]):
                 return
             await git(["unpack-objects", "-q"], mirror, stdin=pack)
             await git(["update-ref", "--stdin"], mirror, stdin=f"create {ref} {sha}\n".encode())
@@ -215,7 +217,7 @@ def _follow_head(mirror: Path, listed: RemoteRefs) -> None:
     in the mirror; `git fetch` never moves a mirror's HEAD."""
     ref = f"{HEADS}{listed.head}"
     if listed.head and listed.head != _head_branch(mirror) and is_safe_ref(listed.head) \
-            and ref in mirror_refs(mirror, [ref]):
+            and ref in refs_of(mirror, [ref]):
         tmp = mirror / "HEAD.sesame-tmp"
         tmp.write_text(f"ref: {ref}\n")
         os.replace(tmp, mirror / "HEAD")

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 from bot.github import git_auth_env
-from runner.remote_refs import HEADS, auth_headers, mirror_refs, parse_v0, pkt_lines
+from runner.gitdir import refs_of
+from runner.remote_refs import HEADS, auth_headers, parse_v0, pkt_lines
 from tests.support.gitrepo import git, make_bare, make_repo
 
 
@@ -29,7 +30,7 @@ def test_a_v0_advertisement_gives_the_branches_and_head(tmp_path: Path) -> None:
     head = git("rev-parse", "trunk", cwd=bare)
     assert listed.refs == {"refs/heads/trunk": head, "refs/heads/topic": head}
     assert listed.head == "trunk"
-    assert listed.refs == mirror_refs(bare)  # the same as the repository's own, read from its files
+    assert listed.refs == refs_of(bare, [HEADS])  # the same as the repository's own, read from its files
 
 
 def test_an_empty_repository_lists_nothing(tmp_path: Path) -> None:

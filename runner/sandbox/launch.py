@@ -268,6 +268,24 @@ def _settle(future: asyncio.Future[T], result: object, error: BaseException | No
         future.set_result(result)  # type: ignore[arg-type]
 
 
+async def on_own_thread(work: Callable[[], T], name: str) -> T:
+    """work() on a new thread of its own, which ends with it (so work may change the thread's credentials
+    or working directory for good), awaited without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def body() -> None:
+        try:
+            result: object = work()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return await future
+
+
 async def spawn_from(
     launcher: Launcher,
     argv: Sequence[str],
