@@ -107,6 +107,10 @@ class Intake:
         found = await self.services.sessions.intake_lookup(self.trigger_key, self.event.delivery_id, self.repo,
                                                            issue_number)
         self.lookup = found
+        return self.answered_before(found)
+
+    def answered_before(self, found: Lookup) -> bool:
+        """Whether a lookup found this trigger's session or its delivery (said in the outcome)."""
         if found.existing is not None:
             self.outcome.update(duplicate=True, session=found.existing)
             return True

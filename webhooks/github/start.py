@@ -178,11 +178,7 @@ async def quick_start(intake: Intake, source: Mention, trigger: Trigger) -> bool
     if answer is None:
         return False
     found, session_id = answer
-    if found.existing is not None:
-        intake.outcome.update(duplicate=True, session=found.existing)
-        return True
-    if found.seen:
-        intake.outcome["duplicate"] = True
+    if intake.answered_before(found):
         return True
     if session_id is None:
         return False
