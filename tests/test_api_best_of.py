@@ -7,18 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from bot.queue import InlineQueue
-from bot.services import Services
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import git
+from tests.support.stack import Running
 from tests.test_api import api  # noqa: F401 (fixture)
 from tests.test_api_github import running  # noqa: F401 (fixture)
 
 
 async def test_agents_make_a_group_that_is_compared_and_picked_into_a_pull_request(
-        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+        running: Running, fake_github: FakeGitHub) -> None:
     client, queue, services = running
     installation = fake_github.installation_of("acme")
     assert installation is not None
