@@ -126,7 +126,9 @@ async def test_three_agents_in_one_thread_compared_and_one_picked(running: Runni
 
     await mention(client, fake_slack, "and a docstring", head.ts)  # after the pick: on the picked one's branch
     await queue.join()
-    [child] = [s for s in await services.sessions.recent(limit=1000) if s.parent_id]
+    # this test's workspace only: the run's PostgreSQL database holds other tests' follow-ups too
+    [child] = [s for s in await services.sessions.recent(limit=1000)
+               if s.parent_id and s.report.get("team") == fake_slack.team_id]
     assert child.parent_id == rows[1].id and child.state == "completed", child.error
     assert child.branch == rows[1].branch and child.pr_number == pr.number and len(fake_github.pulls) == 1
     assert child.report["thread_ts"] == head.ts
