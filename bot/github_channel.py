@@ -33,13 +33,19 @@ COMMENT_GRACE = 30.0
 COMMENT_POLL = 0.1
 
 
+class GitHubAppNotConfigured(RuntimeError):
+    """A session reaches GitHub through the App's installation, but this server has no App (any more)."""
+
+
 def github_factory(services: Services) -> GitHubAppClientFactory:
     """The process's one client factory (its token cache is shared by every session)."""
     factory = services.caches.github
     if factory is None:
         factory = GitHubAppClientFactory.from_settings(services.settings, services.http)
         if factory is None:
-            raise RuntimeError("the GitHub App is not configured: set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH")
+            raise GitHubAppNotConfigured(
+                "Sesame's GitHub App is not configured on this server: set GITHUB_APP_ID and GITHUB_PRIVATE_KEY_PATH "
+                "(or GITHUB_PRIVATE_KEY), or make one at /github/app/new, and restart it (`sesame doctor` checks them)")
         services.caches.github = factory
     return factory
 

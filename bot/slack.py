@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
 from bot.github import SESSION_PERMISSIONS, git_auth_env, noreply_email
-from bot.github_channel import GitHubChannel, github_factory, split_repo
+from bot.github_channel import GitHubAppNotConfigured, GitHubChannel, github_factory, split_repo
 from bot.models import Session
 from bot.policy import slack_refusal
 from bot.progress import (
@@ -181,7 +181,7 @@ async def repository_installation(services: Services, repo: str) -> int:
     """The App's installation on `owner/repo`; NotInstalled with a user-facing reason if none."""
     try:
         factory = github_factory(services)
-    except RuntimeError:
+    except GitHubAppNotConfigured:
         raise NotInstalled("Sesame's GitHub App is not configured on this server "
                            "(GITHUB_APP_ID, GITHUB_PRIVATE_KEY). Ask an admin.") from None
     try:

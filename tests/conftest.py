@@ -25,6 +25,20 @@ pytest_plugins = ["tests.support.fake_github", "tests.support.fake_slack"]
 
 PG_ADMIN = os.environ.get("SESAME_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SESAME_TEST_REDIS", "redis://127.0.0.1:6379")
+# Under pytest-xdist the tests run in worker processes "gw0", "gw1", ...: what a run holds on the shared
+# servers (Redis databases; PostgreSQL databases and session dirs are named per process anyway) is per worker.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_INDEX = int(XDIST_WORKER.removeprefix("gw")) if XDIST_WORKER.startswith("gw") else 0
+MAX_WORKERS = 4  # Redis has databases 0-15: 7-10 for redis_url, 11-14 for a second one (redis_test_url)
+
+
+def redis_test_url(slot: int = 0) -> str:
+    """A Redis database of this worker's own: slot 0 the one redis_url empties around each test, slot 1 a
+    second one for tests that must not share it (db 7 and 11 without xdist, 7+n and 11+n on worker n)."""
+    if WORKER_INDEX >= MAX_WORKERS:
+        raise RuntimeError(f"the tests give each of at most {MAX_WORKERS} xdist workers Redis databases of its "
+                           f"own; this is {XDIST_WORKER}: run with -n {MAX_WORKERS} or fewer")
+    return f"{REDIS_BASE}/{7 + 4 * slot + WORKER_INDEX}"
 TEST_KEY = "ab" * 32
 # Session bases must be reachable by the sandbox's unprivileged uid; pytest's tmp dirs are 0700.
 SESSION_ROOT = Path("/tmp") / f"sesame-tests-{os.getpid()}"
@@ -90,8 +104,8 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """A Redis database of its own, emptied before and after the test."""
-    url = f"{REDIS_BASE}/7"
+    """A Redis database of this worker's own, emptied before and after the test."""
+    url = redis_test_url()
     client = aioredis.from_url(url)
     await client.flushdb()
     yield url

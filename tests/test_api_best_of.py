@@ -7,18 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from bot.queue import InlineQueue
+from bot.models import State
 from bot.services import Services
+from bot.sessions import NewSession
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import git
+from tests.support.stack import Running
 from tests.test_api import api  # noqa: F401 (fixture)
 from tests.test_api_github import running  # noqa: F401 (fixture)
+from webhooks.keys import SERVICES
 
 
 async def test_agents_make_a_group_that_is_compared_and_picked_into_a_pull_request(
-        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+        running: Running, fake_github: FakeGitHub) -> None:
     client, queue, services = running
     installation = fake_github.installation_of("acme")
     assert installation is not None
@@ -102,3 +104,30 @@ async def test_groups_and_picks_that_do_not_exist(api: Any) -> None:
     assert unpushed.status == 409 and "session 2 (" in (await unpushed.json())["error"]
     compared = await (await api.get(f"/api/best-of/{group}")).json()
     assert [s["agent"] for s in compared["sessions"]] == ["command", "codex"] and not compared["ended"]
+
+
+@pytest.mark.parametrize("source,context", [
+    ("api", {}),  # opens a pull request through the installation
+    ("github", {"is_pull_request": True}),  # moves the pull request's branch through the installation
+])
+async def test_a_pick_without_a_github_app_says_how_to_configure_one(api: Any, source: str,
+                                                                     context: dict[str, Any]) -> None:
+    """A group made through the App's installation, picked on a server that has no App (GITHUB_APP_ID
+    unset since): a 503 that names what to set, not a 500."""
+    services: Services = api.app[SERVICES]
+    assert not services.settings.GITHUB_APP_ID
+    group = f"group-{source}"
+    for index in (1, 2):
+        row, _ = await services.sessions.create(NewSession(
+            trigger_key=f"t:{group}:{index}", prompt="fix it", agent="command", repo="acme/widget", source=source,
+            report={"installation_id": 7}, issue_number=3,
+            context={**context, "best_of": {"group": group, "index": index, "of": 2}}))
+        await services.sessions.set_branch(row.id, f"sesame/fix-{index}", "main")
+        await services.sessions.record_commit(row.id, f"{index}" * 40)
+        await services.sessions.finish(row.id, State.COMPLETED)
+    response = await api.post(f"/api/best-of/{group}/pick", json={"pick": 2})
+    assert response.status == 503, await response.text()
+    error = (await response.json())["error"]
+    assert "GitHub App is not configured" in error and "GITHUB_APP_ID" in error
+    assert "GITHUB_PRIVATE_KEY" in error
+    assert (await (await api.get(f"/api/best-of/{group}")).json())["picked"] is None

@@ -4,44 +4,31 @@ and ends in a pull request on the fake GitHub remote."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
 from bot.cli import build_web_app
-from bot.cli.wiring import open_services
 from bot.models import Session
-from bot.queue import InlineQueue
-from bot.services import Services
-from runner.worker import run_session
 from tests.conftest import session_base
 from tests.slack.test_end_to_end import AGENT
 from tests.support.fake_github import FakeGitHub
 from tests.support.gitrepo import git
+from tests.support.stack import Running, inline_stack
 
 
 @pytest_asyncio.fixture
 async def running(db_url: str, settings_for: Any,
-                  fake_github: FakeGitHub) -> AsyncIterator[tuple[TestClient, InlineQueue, Services]]:
+                  fake_github: FakeGitHub) -> AsyncIterator[Running]:
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120", API_REPOS="installed",
                             **fake_github.settings_env())
-    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
-    queue = InlineQueue(lambda sid: run_session(services, sid))
-    client = TestClient(TestServer(build_web_app(services, queue)))
-    await client.start_server()
-    try:
-        yield client, queue, services
-    finally:
-        await client.close()
-        await queue.close()
-        await services.close()
+    async with inline_stack(settings, app=build_web_app) as stack:
+        yield stack
 
 
 async def test_an_api_session_on_an_installed_repository_opens_a_pull_request(
-        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+        running: Running, fake_github: FakeGitHub) -> None:
     client, queue, services = running
     installation = fake_github.installation_of("acme")
     assert installation is not None
@@ -60,7 +47,7 @@ async def test_an_api_session_on_an_installed_repository_opens_a_pull_request(
     assert not fake_github.api_requests("POST", "/repos/acme/widget/issues")  # no comment: the API follows SSE
 
 
-async def create(running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub,
+async def create(running: Running, fake_github: FakeGitHub,
                  body: dict[str, Any]) -> Session:
     """POST /api/session on acme/widget (installed), run to its end."""
     client, queue, services = running
@@ -77,7 +64,7 @@ async def create(running: tuple[TestClient, InlineQueue, Services], fake_github:
 
 
 async def test_a_request_naming_no_agent_runs_the_repositorys_agent_and_model(
-        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+        running: Running, fake_github: FakeGitHub) -> None:
     """The server's default is Claude (not runnable here); the base branch's config names `command`."""
     assert running[2].settings.SESAME_DEFAULT_AGENT == "claude"
     fake_github.commit_file("acme/widget", "main", {".github/sesame.yml": "agent: command\nmodel: m-1\n"})
@@ -88,7 +75,7 @@ async def test_a_request_naming_no_agent_runs_the_repositorys_agent_and_model(
 
 
 async def test_an_agent_or_model_the_request_names_wins_over_the_repositorys(
-        running: tuple[TestClient, InlineQueue, Services], fake_github: FakeGitHub) -> None:
+        running: Running, fake_github: FakeGitHub) -> None:
     fake_github.commit_file("acme/widget", "main", {".github/sesame.yml": "agent: claude\nmodel: opus\n"})
     row = await create(running, fake_github, {"agent": "command"})
     assert (row.agent, row.model, row.state) == ("command", None, "completed"), row.error

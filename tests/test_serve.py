@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_KEY, own_database, session_base
+from tests.conftest import TEST_KEY, own_database, redis_test_url, session_base
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path, backend: str,
     port = free_port()
     extra = {"PORT": str(port)}
     if backend == "production":
-        extra |= {"DATABASE_URL": pg_database, "REDIS_URL": "redis://127.0.0.1:6379/7",
+        extra |= {"DATABASE_URL": pg_database, "REDIS_URL": redis_test_url(),
                   "BASE_URL": "https://sesame.example.test", "ENCRYPTION_KEY": TEST_KEY}
         assert sesame("migrate", env=sesame_env(tmp_path, **extra), cwd=tmp_path).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=sesame_env(tmp_path, **extra),
@@ -97,7 +97,7 @@ def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path, backend: str,
 
 def test_serve_workers_share_the_port_with_one_sweeper(tmp_path: Path, pg_database: str) -> None:
     port = free_port()
-    env = sesame_env(tmp_path, PORT=str(port), DATABASE_URL=pg_database, REDIS_URL="redis://127.0.0.1:6379/7",
+    env = sesame_env(tmp_path, PORT=str(port), DATABASE_URL=pg_database, REDIS_URL=redis_test_url(),
                      BASE_URL="https://sesame.example.test", ENCRYPTION_KEY=TEST_KEY)
     assert sesame("migrate", env=env, cwd=tmp_path).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], env=env, cwd=tmp_path,

@@ -29,7 +29,7 @@ from bot.sessions import NewSession
 from bot.settings import load_settings
 from bot.sweeper import sweep
 from runner.worker import build_worker
-from tests.conftest import REDIS_BASE, own_database, session_base
+from tests.conftest import own_database, redis_test_url, session_base
 from tests.support.gitrepo import git, make_repo
 
 COUNTER = "import pathlib; p = pathlib.Path('runs.txt'); p.write_text(p.read_text() + 'run\\n' if p.exists() else 'run\\n')"
@@ -39,8 +39,8 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture
 async def own_redis() -> AsyncIterator[str]:
-    """Redis db 11, this file's own (other tests flush db 7)."""
-    url = f"{REDIS_BASE}/11"
+    """A Redis database of this file's own (other tests flush redis_url's)."""
+    url = redis_test_url(1)
     client = aioredis.from_url(url)
     await client.flushdb()
     yield url

@@ -216,7 +216,9 @@ def _paths() -> dict[str, Any]:
                           **BAD_BODY, "404": no_group,
                           "409": _error("that session pushed nothing, the pull request is a fork's or closed, "
                                         "or its branch moved since the sessions started"),
-                          "502": _error("GitHub refused or did not answer")}}},
+                          "502": _error("GitHub refused or did not answer"),
+                          "503": _error("the group went through the GitHub App's installation, and this server "
+                                        "has no GitHub App configured (GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH)")}}},
         "/api/settings": {
             "get": {"operationId": "getSettings", "responses": {"200": _json(_ref("Settings"), "in force")}},
             "put": {"operationId": "putSettings",

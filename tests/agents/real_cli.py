@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import os
 import shutil
 import signal
@@ -32,15 +33,17 @@ def agents_data_dir(name: str) -> Path:
     """
     data_dir = Path(os.environ.get("SESAME_TEST_AGENTS_DIR", "/var/tmp/sesame-test-agents"))
     agent = get_agent(name)
-    installed = (agent_bin_dir(name, data_dir) / agent.binary).exists()
-    if not installed:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o755)
-    # Called from async tests too: install on a loop of its own, in a thread of its own.
-    step = agent.after_install(agent_prefix(name, data_dir)) if installed else install_agent(
-        name, data_dir, progress=print)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, step).result()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o755)
+    # pytest-xdist workers share the dir: one installs (or runs the after-install step) at a time.
+    with open(data_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = (agent_bin_dir(name, data_dir) / agent.binary).exists()
+        # Called from async tests too: install on a loop of its own, in a thread of its own.
+        step = agent.after_install(agent_prefix(name, data_dir)) if installed else install_agent(
+            name, data_dir, progress=print)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, step).result()
     return data_dir
 
 

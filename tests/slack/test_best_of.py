@@ -14,21 +14,18 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from bot.cli.wiring import open_services
 from bot.models import Session
-from bot.queue import InlineQueue
 from bot.services import Services
 from bot.triggers import parse_slack_command
-from runner.worker import run_session
 from tests.conftest import session_base
 from tests.slack.conftest import SlackHarness, fetch
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack, Message
 from tests.support.gitrepo import git
+from tests.support.stack import Running, inline_stack
 from webhooks import slack as slack_intake
-from webhooks.app import create_app
 
 CHANNEL = "C1BESTOF"
 # Each session writes its own id, so the three branches differ; "slowly" keeps it running until stopped.
@@ -41,7 +38,6 @@ AGENT = shlex.join(["/usr/bin/python3", "-c", textwrap.dedent("""\
     pathlib.Path("WHO.txt").write_text(os.environ["SESAME_SESSION_ID"])
     print("done", flush=True)
 """)])
-Running = tuple[TestClient, InlineQueue, Services]
 
 
 @pytest_asyncio.fixture
@@ -51,16 +47,8 @@ async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="150", **fake_slack.settings_env(),
                             **fake_github.settings_env())
-    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
-    queue = InlineQueue(lambda sid: run_session(services, sid))
-    client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
-    await client.start_server()
-    try:
-        yield client, queue, services
-    finally:
-        await client.close()
-        await queue.close()
-        await services.close()
+    async with inline_stack(settings) as stack:
+        yield stack
 
 
 async def command(client: TestClient, fake_slack: FakeSlack, text: str) -> dict[str, Any]:
@@ -138,7 +126,9 @@ async def test_three_agents_in_one_thread_compared_and_one_picked(running: Runni
 
     await mention(client, fake_slack, "and a docstring", head.ts)  # after the pick: on the picked one's branch
     await queue.join()
-    [child] = [s for s in await services.sessions.recent(limit=1000) if s.parent_id]
+    # this test's workspace only: the run's PostgreSQL database holds other tests' follow-ups too
+    [child] = [s for s in await services.sessions.recent(limit=1000)
+               if s.parent_id and s.report.get("team") == fake_slack.team_id]
     assert child.parent_id == rows[1].id and child.state == "completed", child.error
     assert child.branch == rows[1].branch and child.pr_number == pr.number and len(fake_github.pulls) == 1
     assert child.report["thread_ts"] == head.ts

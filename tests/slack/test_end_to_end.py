@@ -5,22 +5,16 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
-from bot.cli.wiring import open_services
-from bot.queue import InlineQueue
-from bot.services import Services
-from runner.worker import run_session
 from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from tests.support.gitrepo import git
+from tests.support.stack import Running, inline_stack
 from webhooks import slack as slack_intake
-from webhooks.app import create_app
 
 CHANNEL = "C1GENERAL"
 # The system Python: readable by the sandbox user, unlike a pyenv under /root.
@@ -36,24 +30,16 @@ AGENT = shlex.join(["/usr/bin/python3", "-c", textwrap.dedent("""\
 
 @pytest_asyncio.fixture
 async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
-                  fake_github: FakeGitHub) -> AsyncIterator[tuple[TestClient, InlineQueue, Services]]:
+                  fake_github: FakeGitHub) -> AsyncIterator[Running]:
     """The web app with sessions running in-process (the embedded default)."""
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120", SLACK_USER_MAP="U1ALICE=alice-gh",
                             **fake_slack.settings_env(), **fake_github.settings_env())
-    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
-    queue = InlineQueue(lambda sid: run_session(services, sid))
-    client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
-    await client.start_server()
-    try:
-        yield client, queue, services
-    finally:
-        await client.close()
-        await queue.close()
-        await services.close()
+    async with inline_stack(settings) as stack:
+        yield stack
 
 
-async def test_a_command_ends_in_a_pull_request(running: tuple[TestClient, InlineQueue, Services],
+async def test_a_command_ends_in_a_pull_request(running: Running,
                                                fake_slack: FakeSlack, fake_github: FakeGitHub) -> None:
     client, queue, services = running
     body = fake_slack.command_body("acme/widget --agent command make answer() return 42",
@@ -87,7 +73,7 @@ def final_replies(fake_slack: FakeSlack, thread_ts: str) -> list[Any]:
 
 
 async def test_a_thread_follow_up_adds_commits_to_the_same_pull_request(
-        running: tuple[TestClient, InlineQueue, Services], fake_slack: FakeSlack, fake_github: FakeGitHub) -> None:
+        running: Running, fake_slack: FakeSlack, fake_github: FakeGitHub) -> None:
     client, queue, services = running
     body = fake_slack.command_body("acme/widget --agent command make answer() return 42", channel=CHANNEL)
     await client.post("/slack/events", data=body, headers={

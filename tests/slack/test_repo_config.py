@@ -4,18 +4,13 @@ which cannot run in the tests: a session that ran the `command` agent to a pull 
 
 from __future__ import annotations
 
-from aiohttp.test_utils import TestClient
-
 from bot.models import Session
-from bot.queue import InlineQueue
-from bot.services import Services
 from tests.slack.test_end_to_end import CHANNEL, running  # noqa: F401 (fixture)
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from tests.support.gitrepo import git
+from tests.support.stack import Running
 from webhooks import slack as slack_intake
-
-Running = tuple[TestClient, InlineQueue, Services]
 
 
 async def run_command(running: Running, fake_slack: FakeSlack, text: str) -> Session:

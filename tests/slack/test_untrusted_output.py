@@ -5,23 +5,17 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
-from bot.cli.wiring import open_services
-from bot.queue import InlineQueue
-from bot.services import Services
 from bot.untrusted import WORD_JOINER
-from runner.worker import run_session
 from tests.conftest import session_base
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from tests.support.rendered import live_slack_markup
+from tests.support.stack import Running, inline_stack
 from webhooks import slack as slack_intake
-from webhooks.app import create_app
 
 CHANNEL = "C1GENERAL"
 NASTY = "![x](https://tracker.invalid/p.png) @octocat #1 <img src=x> `` ` ``break` <!channel> *bold* ~gone~"
@@ -36,25 +30,17 @@ AGENT = shlex.join(["/usr/bin/python3", "-c", textwrap.dedent(f"""\
 
 @pytest_asyncio.fixture
 async def running(db_url: str, settings_for: Any, fake_slack: FakeSlack,
-                  fake_github: FakeGitHub) -> AsyncIterator[tuple[TestClient, InlineQueue, Services]]:
+                  fake_github: FakeGitHub) -> AsyncIterator[Running]:
     """The web app running sessions in-process, its `command` agent printing markup and escapes."""
     settings = settings_for(DATABASE_URL=db_url, BASE_URL="http://sesame.test", SESSION_DIR_BASE=session_base(),
                             AGENT_COMMAND=AGENT, SESSION_TIMEOUT="120",
                             **fake_slack.settings_env(), **fake_github.settings_env())
-    services = replace(await open_services(settings, auto_migrate=True), progress_interval=0.2)
-    queue = InlineQueue(lambda sid: run_session(services, sid))
-    client = TestClient(TestServer(create_app(services, queue, extra_setup=[slack_intake.setup])))
-    await client.start_server()
-    try:
-        yield client, queue, services
-    finally:
-        await client.close()
-        await queue.close()
-        await services.close()
+    async with inline_stack(settings) as stack:
+        yield stack
 
 
 async def test_agent_output_and_prompt_are_text_in_the_message_and_the_thread(
-        running: tuple[TestClient, InlineQueue, Services], fake_slack: FakeSlack) -> None:
+        running: Running, fake_slack: FakeSlack) -> None:
     client, queue, services = running
     # What Slack sends for a typed `<!channel>` and `*x*`: the markup escaped, as in any message.
     body = fake_slack.command_body("acme/widget --agent command fix &lt;!channel&gt; *now* &lt;@U1BOB&gt;",

@@ -34,6 +34,10 @@ SIGNING_SECRET = "slack-signing-secret-for-tests"
 BOT_TOKEN = "xoxb-fake-slack-bot-token-0001"
 BOT_USER_ID = "U0SESAME"
 BOT_ID = "B0SESAME"
+# Message timestamps, one sequence for every fake in the process: sessions know their Slack thread by channel
+# and ts (as Slack's ts are unique in a channel), so two fakes of tests sharing a database, posting in the
+# same second to the same channel, must not hand out the same ts.
+_TS = itertools.count(1)
 
 
 @dataclass
@@ -96,7 +100,6 @@ class FakeSlack(LoopbackServer):
         self.not_in: set[str] = set()  # channels the bot is not a member of
         self._rate_limits: dict[str, list[float]] = {}
         self._faults: dict[str, list[tuple[int, bool]]] = {}
-        self._ts = itertools.count(1)
 
     async def start(self) -> None:
         """Listen on 127.0.0.1, on a random port."""
@@ -173,7 +176,7 @@ class FakeSlack(LoopbackServer):
             "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
             "command": command, "text": text, "api_app_id": "A0SESAME",
             "response_url": self.response_url(),
-            "trigger_id": trigger_id or f"{next(self._ts)}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}",
+            "trigger_id": trigger_id or f"{next(_TS)}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}",
         })
 
     def event_body(self, event: Mapping[str, Any], *, event_id: str | None = None) -> str:
@@ -211,7 +214,7 @@ class FakeSlack(LoopbackServer):
     # ------------------------------------------------------------ the Web API
 
     def _next_ts(self) -> str:
-        return f"{int(time.time())}.{next(self._ts):06d}"
+        return f"{int(time.time())}.{next(_TS):06d}"
 
     async def _args(self, request: web.Request) -> dict[str, Any]:
         """Arguments from the query, a form body or a JSON body, as slack_sdk sends them."""

@@ -14,6 +14,7 @@ from aiohttp import web
 from bot.best_of import ENDED, facts_of, sessions_of
 from bot.best_of_pick import PickRefused, pick_session
 from bot.catalog import canonical_agent_name
+from bot.github_channel import GitHubAppNotConfigured
 from bot.models import Session
 from bot.services import Services
 from webhooks.api.common import bad_request, read_json
@@ -74,6 +75,9 @@ async def pick(request: web.Request) -> web.Response:
         status = web.HTTPBadRequest if exc.status == 400 else web.HTTPConflict
         raise status(text=json.dumps({"error": f"cannot pick that: {exc.why}"}),
                      content_type="application/json") from None
+    except GitHubAppNotConfigured as exc:  # the group went through an installation; the App is gone since
+        raise web.HTTPServiceUnavailable(text=json.dumps({"error": f"cannot pick that: {exc}"}),
+                                         content_type="application/json") from None
     except gidgethub.HTTPException as exc:
         raise web.HTTPBadGateway(text=json.dumps({"error": f"GitHub refused the pick ({exc}); try again"}),
                                  content_type="application/json") from None
