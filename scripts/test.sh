@@ -43,4 +43,7 @@ python3 -m mypy
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
 
 echo "== pytest"
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+# Three pytest-xdist workers, a file each at a time (a file's tests share its fixtures and servers): most
+# tests wait on subprocesses, sockets and sandboxes, so three keep two cores busy. SESAME_TEST_WORKERS=0
+# runs them in this one process.
+exec python3 -m pytest -q -p no:cacheprovider -n "${SESAME_TEST_WORKERS:-3}" --dist loadfile "$@"
