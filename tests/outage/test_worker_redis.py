@@ -14,9 +14,19 @@ import pytest
 from bot.queue import ArqQueue
 from bot.services import Services
 from runner.worker import build_worker
+from tests.conftest import own_database
 from tests.support.gitrepo import make_repo
 from tests.support.servers import RedisServer, redis_server
 from tests.test_worker import make_services, new_session
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """This module's workers run a sweeper: a database of their own (see own_database). On the run's
+    shared one, the sweeper handed this worker other tests' abandoned sessions, which held its slots while
+    the session under test waited (a CI failure under pytest-xdist)."""
+    with own_database("sesame_worker_redis") as url:
+        yield url
 
 
 @pytest.fixture
