@@ -131,3 +131,28 @@ async def test_a_pick_without_a_github_app_says_how_to_configure_one(api: Any, s
     assert "GitHub App is not configured" in error and "GITHUB_APP_ID" in error
     assert "GITHUB_PRIVATE_KEY" in error
     assert (await (await api.get(f"/api/best-of/{group}")).json())["picked"] is None
+
+
+async def test_a_pick_github_does_not_answer_is_a_502_and_picks_nothing(
+        running: Running, fake_github: FakeGitHub) -> None:
+    """GitHub drops every connection of the pick (an outage, a proxy timing out): a 502 that says to try
+    again, not a 500 (after the client's retries: some 20 s); the group stays unpicked."""
+    client, _queue, services = running
+    installation = fake_github.installation_of("acme")
+    assert installation is not None
+    await services.installations.upsert(installation.id, "acme", repos=["acme/widget"])
+    group = "group-unanswered"
+    for index in (1, 2):
+        row, _ = await services.sessions.create(NewSession(
+            trigger_key=f"t:{group}:{index}", prompt="fix it", agent="command", repo="acme/widget", source="api",
+            report={"installation_id": installation.id},
+            context={"best_of": {"group": group, "index": index, "of": 2}}))
+        await services.sessions.set_branch(row.id, "main", "main")
+        await services.sessions.record_commit(row.id, "1" * 40)
+        await services.sessions.finish(row.id, State.COMPLETED)
+    fake_github.fail_next("POST", r"/repos/acme/widget/pulls$", reset=True, count=100)
+    fake_github.fail_next("GET", r"/repos/acme/widget/", reset=True, count=100)
+    response = await client.post(f"/api/best-of/{group}/pick", json={"pick": 2})
+    assert response.status == 502, await response.text()
+    assert "GitHub did not answer" in (await response.json())["error"]
+    assert (await (await client.get(f"/api/best-of/{group}")).json())["picked"] is None

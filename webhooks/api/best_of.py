@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+import aiohttp
 import gidgethub
 from aiohttp import web
 
@@ -80,6 +81,10 @@ async def pick(request: web.Request) -> web.Response:
                                          content_type="application/json") from None
     except gidgethub.HTTPException as exc:
         raise web.HTTPBadGateway(text=json.dumps({"error": f"GitHub refused the pick ({exc}); try again"}),
+                                 content_type="application/json") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:  # after the client's retries: nothing was picked
+        why = type(exc).__name__
+        raise web.HTTPBadGateway(text=json.dumps({"error": f"GitHub did not answer the pick ({why}); try again"}),
                                  content_type="application/json") from None
     row = await services.sessions.get(picked.session.id) or picked.session
     return web.json_response({
