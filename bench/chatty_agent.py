@@ -6,7 +6,9 @@ Each session is `sesame run`'s path (runner.cli_run.run_from_terminal) on its ow
 (tests/support/servers.py), sandboxed unless --no-sandbox, with the `command` agent: quiet prints one line
 and writes a file, chatty prints --lines lines first (`for n in range(N): print(f"line {n} ...")`), so
 both commit and push. Printed per kind: the session's wall time (median of --runs), the rows in
-session_events and the events read back; chatty/quiet is the cost of the output.
+session_events and the events read back; chatty/quiet is the cost of the output. Last, the chatty agent's
+own floor: its script run alone, no session, its output to /dev/null (the part of chatty - quiet that is
+the agent's own printing).
 
 --baseline TREE measures another checkout first (e.g. /work/main) in a child process with that tree's
 code, on the same machine load.
@@ -78,11 +80,16 @@ async def child(args: argparse.Namespace) -> None:
     pg.start()
     try:
         repo = make_repo(tmp / "origin")
-        found: dict[str, list[dict[str, float]]] = {"quiet": [], "chatty": []}
+        found: dict[str, list[dict[str, float]]] = {"quiet": [], "chatty": [], "alone": []}
         await one(tmp, pg.url, repo, QUIET, args.no_sandbox)  # warm-up: migrations, mirror
         for _ in range(args.runs):
             found["quiet"].append(await one(tmp, pg.url, repo, QUIET, args.no_sandbox))
             found["chatty"].append(await one(tmp, pg.url, repo, CHATTY.format(lines=args.lines), args.no_sandbox))
+        for _ in range(args.runs):  # the agent's own floor: its print loop alone, output to /dev/null
+            started = time.perf_counter()
+            subprocess.run([PYTHON, "-c", CHATTY.format(lines=args.lines)], cwd=tmp, check=True,
+                           stdout=subprocess.DEVNULL)
+            found["alone"].append({"seconds": time.perf_counter() - started})
         print("RESULT " + json.dumps(found), flush=True)
     finally:
         pg.close()
@@ -118,10 +125,12 @@ def main() -> None:
         chatty = statistics.median(r["seconds"] for r in found["chatty"])
         rows = statistics.median(r["rows"] for r in found["chatty"])
         events = statistics.median(r["events"] for r in found["chatty"])
+        alone = statistics.median(r["seconds"] for r in found["alone"])
         print(f"{name} ({tree}): quiet {quiet:.2f} s ({[round(r['seconds'], 2) for r in found['quiet']]}), "
               f"chatty {args.lines:,} lines {chatty:.2f} s ({[round(r['seconds'], 2) for r in found['chatty']]}): "
               f"+{(chatty / quiet - 1) * 100:.0f} % ({chatty / quiet:.1f}x); chatty rows {rows:.0f}, "
-              f"events read back {events:.0f}; quiet rows {statistics.median(r['rows'] for r in found['quiet']):.0f}",
+              f"events read back {events:.0f}; quiet rows {statistics.median(r['rows'] for r in found['quiet']):.0f}; "
+              f"the chatty agent alone (no session, output to /dev/null) {alone:.2f} s",
               flush=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast, overload
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, literal, or_, select, update
+import orjson
+from sqlalchemy import JSON, Integer, Table, Text, and_, bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -86,6 +89,17 @@ INSERT_SESSION_WITH_EVENT = EVENTS.insert().from_select(
     ["session_id", "seq", "kind", "data", "created_at"],
     select(_NEW_ROW.c.id, literal(1), literal("status"), bindparam("event_data", type_=_E.data.type),
            bindparam("event_created_at", type_=_E.created_at.type)))
+# PostgreSQL: a `lines` row in one statement (autocommit, one round trip instead of BEGIN, UPDATE ...
+# RETURNING, INSERT and COMMIT): the seqs are reserved in a data-modifying CTE, whose row lock on the
+# session lasts the statement, as the transaction's did; no session, no row (NoResultFound).
+_RESERVED = (SESSIONS.update().where(_S.id == bindparam("chunk_session", type_=_S.id.type))
+             .values(event_seq=_S.event_seq + bindparam("chunk_events", type_=Integer))
+             .returning(_S.event_seq).cte("reserved"))
+INSERT_CHUNK = EVENTS.insert().from_select(
+    ["session_id", "seq", "kind", "data", "created_at"],
+    select(bindparam("chunk_session", type_=_S.id.type), _RESERVED.c.event_seq, literal(CHUNK_KIND),
+           sql_cast(bindparam("chunk_data", type_=Text), JSON),
+           bindparam("chunk_at", type_=_E.created_at.type))).returning(_E.seq)
 LATEST_WITH_BRANCH = (
     select(SESSIONS)
     .where(_S.repo == bindparam("repo"), _S.issue_number == bindparam("issue"), _S.branch.is_not(None))
@@ -580,6 +594,12 @@ class SessionService:
             [item.kind, item.data, item.at.timestamp(), item.texts, item.field] if isinstance(item, LineBlock)
             else [item[0], item[1], item[2].timestamp()] for item in items]
         last_at = items[-1].at if isinstance(items[-1], LineBlock) else items[-1][2]
+        if self.engine.dialect.name == "postgresql":  # one autocommit round trip (INSERT_CHUNK)
+            async with self.autocommit_engine.connect() as conn:
+                last = (await conn.execute(INSERT_CHUNK, {
+                    "chunk_session": session_id, "chunk_events": count, "chunk_data": chunk_json(entries),
+                    "chunk_at": last_at})).scalar_one()
+            return list(range(last - count + 1, last + 1))
         async with self.sessionmaker() as db, db.begin():
             last = (await db.execute(
                 update(Session).where(Session.id == session_id)
@@ -675,6 +695,16 @@ class SessionService:
             expired = (await db.execute(select(Session.id).where(
                 Session.state == State.PROCESSING.value, Session.lease_expires_at < now))).scalars()
             return [(row.id, row.attempts) for row in pending], list(expired)
+
+
+def chunk_json(entries: list[list[Any]]) -> str:
+    """A `lines` row's data as JSON text: orjson (12 MB of a chatty agent's lines in ~25 ms, where json.dumps
+    takes ~100 ms on the worker's event loop); json.dumps for what orjson refuses (a key that is not a
+    string, an integer beyond 64 bits, a lone surrogate). Both read back as the same values."""
+    try:
+        return orjson.dumps({"lines": entries}).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps({"lines": entries})
 
 
 def expand(session_id: str, seq: int, kind: str, data: Any, created_at: datetime,

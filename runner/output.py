@@ -35,9 +35,9 @@ EVENT_BACKLOG = 100_000  # events waiting to be stored beyond which the reader w
 class EventBuffer:
     """Agent output lines become events stored in chunks by a flusher task of their own: the reader only
     appends (it never waits for the database unless EVENT_BACKLOG events are waiting, a database far
-    behind); every EVENT_FLUSH_INTERVAL, or at once when a chunk is full, the flusher stores what
-    waits, one `lines` row per EVENT_CHUNK_LINES events or EVENT_CHUNK_BYTES of text. A block of lines
-    (LineBlock) is one item, split only where a chunk ends."""
+    behind, and then only until a chunk is stored); every EVENT_FLUSH_INTERVAL, or at once when a chunk
+    is full, the flusher stores what waits, one `lines` row per EVENT_CHUNK_LINES events or
+    EVENT_CHUNK_BYTES of text. A block of lines (LineBlock) is one item, split only where a chunk ends."""
 
     def __init__(self, state: Run, interval: float = EVENT_FLUSH_INTERVAL, chunk: int = EVENT_CHUNK_LINES,
                  chunk_bytes: int = EVENT_CHUNK_BYTES, backlog: int = EVENT_BACKLOG) -> None:
@@ -49,7 +49,7 @@ class EventBuffer:
         self.count = 0  # events in self.items
         self.rows = 0  # rows stored (a bench figure)
         self._full = asyncio.Event()  # a chunk is ready
-        self._drained = asyncio.Event()  # the flusher stored what waited
+        self._drained = asyncio.Event()  # the backlog is below its limit (or the flusher gave up for now)
         self._closing = False
         self._task = asyncio.create_task(self._run())
 
@@ -91,6 +91,8 @@ class EventBuffer:
                 raise
             count = sum(map(item_events, items))
             self.rows += 1 if count >= CHUNK_MIN else count
+            if self.count < self.backlog:  # a reader held back goes on: not the whole backlog awaited
+                self._drained.set()
 
     def _take(self) -> tuple[list[LineItem], list[int]]:
         """The next chunk off the front of the buffer (a block cut where the chunk is full), and sizes."""
