@@ -143,29 +143,38 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
     asked = time.time()
     mirror = mirror_path(data_dir, remote)
     private_dir(mirror.parent)
-    async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
-        listed: RemoteRefs | None = None
-        if not (mirror / "HEAD").exists():
-            tmp = mirror.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            started = time.time()
-            await git(["clone", "--mirror", "--quiet", "--", remote, str(tmp)], env=auth_env)
-            (tmp / FETCHED_STAMP).write_text(repr(started))
-            tmp.rename(mirror)
-        elif _fetched_at(mirror) < asked:
-            started = time.time()
-            listed = await _list_refs(http, remote, auth_env, extra_refs)
-            branches = {k: v for k, v in listed.refs.items() if k.startswith(HEADS)} if listed else None
-            if branches is None or refs_of(mirror, [HEADS]) != branches:
-                await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
-                          mirror, auth_env)
-            if listed is not None:
-                _follow_head(mirror, listed)
-            (mirror / FETCHED_STAMP).write_text(repr(started))
-        moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
-                 or refs_of(mirror, [ref]).get(ref) != listed.refs[ref]]
-        if moved:
-            await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
+    async with _process_lock(mirror):
+        if not extra_refs and _fetched_at(mirror) >= asked:
+            return mirror  # fetched meanwhile (by the call this one waited for): no file lock, no thread
+        async with _FileLock(mirror.with_suffix(".lock")):
+            return await _update_mirror_locked(mirror, remote, auth_env, extra_refs, http, asked)
+
+
+async def _update_mirror_locked(mirror: Path, remote: str, auth_env: Mapping[str, str], extra_refs: Sequence[str],
+                                http: aiohttp.ClientSession | None, asked: float) -> Path:
+    """update_mirror's work, under the mirror's locks."""
+    listed: RemoteRefs | None = None
+    if not (mirror / "HEAD").exists():
+        tmp = mirror.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        started = time.time()
+        await git(["clone", "--mirror", "--quiet", "--", remote, str(tmp)], env=auth_env)
+        (tmp / FETCHED_STAMP).write_text(repr(started))
+        tmp.rename(mirror)
+    elif _fetched_at(mirror) < asked:
+        started = time.time()
+        listed = await _list_refs(http, remote, auth_env, extra_refs)
+        branches = {k: v for k, v in listed.refs.items() if k.startswith(HEADS)} if listed else None
+        if branches is None or refs_of(mirror, [HEADS]) != branches:
+            await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
+                      mirror, auth_env)
+        if listed is not None:
+            _follow_head(mirror, listed)
+        (mirror / FETCHED_STAMP).write_text(repr(started))
+    moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
+             or refs_of(mirror, [ref]).get(ref) != listed.refs[ref]]
+    if moved:
+        await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
     return mirror
 
 
@@ -383,36 +392,59 @@ def checkouts_dir(mirror: Path) -> Path:
     return mirror.parent.parent / "checkouts"
 
 
+_MAKING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Future[None]]] = (
+    weakref.WeakKeyDictionary())
+
+
 async def shared_checkout(mirror: Path, sha: str) -> Path:
     """The read-only checkout of commit sha of a mirror's repository, made once (a `tree` and the `index`
     git wrote for it). Root's, in a directory only root enters: no sandbox uid can reach it; sessions
-    see it through an overlay only."""
+    see it through an overlay only. The sessions of this process that want it while it is being made
+    wait for the one task making it, together (not one after another through its locks)."""
     base = checkouts_dir(mirror)
     private_dir(base)
     entry = base / f"{mirror.stem}-{sha}"
     if not _checkout_ready(entry):
-        async with _process_lock(entry), _FileLock(entry.with_suffix(".lock")):
-            if not _checkout_ready(entry):
-                tmp = entry.with_suffix(".tmp")
-                await asyncio.to_thread(shutil.rmtree, tmp, True)
-                tmp.mkdir(mode=0o700)
-                (tmp / "tree").mkdir(mode=0o755)
-                # a git dir of the build's own (the mirror's objects as alternates) holds the index
-                store = tmp / "git"
-                for path in (store, store / "objects" / "info", store / "refs"):
-                    path.mkdir(mode=0o700, parents=True)
-                (store / "HEAD").write_text(f"{sha}\n")
-                (store / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
-                await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
-                           f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
-                (store / "index").rename(tmp / "index")
-                await asyncio.to_thread(shutil.rmtree, store)
-                size = await asyncio.to_thread(_tree_bytes, tmp)
-                shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
-                (tmp / CHECKOUT_SIZE).write_text(str(size))
-                (tmp / CHECKOUT_USED).touch()
-                tmp.rename(entry)
+        making = _MAKING.setdefault(asyncio.get_running_loop(), {})
+        task = making.get(entry)
+        if task is None:
+            task = making[entry] = asyncio.ensure_future(_make_checkout(mirror, sha, entry))
+            task.add_done_callback(lambda done: _made(making, entry, done))
+        await asyncio.shield(task)  # a waiter cancelled leaves it made for the others
     return entry
+
+
+def _made(making: dict[Path, asyncio.Future[None]], entry: Path, task: asyncio.Future[None]) -> None:
+    if making.get(entry) is task:
+        del making[entry]
+    if not task.cancelled():
+        task.exception()  # retrieved: its waiters got it (or were cancelled)
+
+
+async def _make_checkout(mirror: Path, sha: str, entry: Path) -> None:
+    """Make the shared checkout at entry, unless another process made it meanwhile (under its file lock)."""
+    async with _FileLock(entry.with_suffix(".lock")):
+        if _checkout_ready(entry):
+            return
+        tmp = entry.with_suffix(".tmp")
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+        tmp.mkdir(mode=0o700)
+        (tmp / "tree").mkdir(mode=0o755)
+        # a git dir of the build's own (the mirror's objects as alternates) holds the index
+        store = tmp / "git"
+        for path in (store, store / "objects" / "info", store / "refs"):
+            path.mkdir(mode=0o700, parents=True)
+        (store / "HEAD").write_text(f"{sha}\n")
+        (store / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
+        await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
+                   f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
+        (store / "index").rename(tmp / "index")
+        await asyncio.to_thread(shutil.rmtree, store)
+        size = await asyncio.to_thread(_tree_bytes, tmp)
+        shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
+        (tmp / CHECKOUT_SIZE).write_text(str(size))
+        (tmp / CHECKOUT_USED).touch()
+        tmp.rename(entry)
 
 
 def _checkout_ready(entry: Path) -> bool:
