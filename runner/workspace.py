@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -143,11 +144,47 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
     asked = time.time()
     mirror = mirror_path(data_dir, remote)
     private_dir(mirror.parent)
-    async with _process_lock(mirror):
-        if not extra_refs and _fetched_at(mirror) >= asked:
-            return mirror  # fetched meanwhile (by the call this one waited for): no file lock, no thread
-        async with _FileLock(mirror.with_suffix(".lock")):
+    if extra_refs:
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
             return await _update_mirror_locked(mirror, remote, auth_env, extra_refs, http, asked)
+    runs = _RUNS.setdefault(asyncio.get_running_loop(), {})
+    while True:
+        run = runs.get(mirror)
+        if run is None:
+            if (mirror / "HEAD").exists() and _fetched_at(mirror) >= asked:
+                return mirror  # a fetch that started after this call completed
+            run = runs[mirror] = _MirrorRun(asked)
+            run.task = asyncio.ensure_future(_run_update(runs, run, mirror, remote, auth_env, http))
+        assert run.task is not None
+        if not run.begun:  # its fetch starts after this call: it stands for this call's
+            run.asked = max(run.asked, asked)
+            await asyncio.shield(run.task)
+            return mirror
+        await asyncio.wait([run.task])  # begun before this call: then one more
+
+
+@dataclass
+class _MirrorRun:
+    """One update of a mirror in this process, which the calls made before it began wait for together
+    (not one after another through its locks: fifty sessions of one repository at once)."""
+
+    asked: float  # the latest of its callers' calls
+    task: asyncio.Future[Path] | None = None
+    begun: bool = False  # it holds the locks: a later call cannot join it
+
+
+_RUNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, _MirrorRun]] = weakref.WeakKeyDictionary()
+
+
+async def _run_update(runs: dict[Path, _MirrorRun], run: _MirrorRun, mirror: Path, remote: str,
+                      auth_env: Mapping[str, str], http: aiohttp.ClientSession | None) -> Path:
+    try:
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+            run.begun = True
+            return await _update_mirror_locked(mirror, remote, auth_env, (), http, run.asked)
+    finally:
+        if runs.get(mirror) is run:
+            del runs[mirror]
 
 
 async def _update_mirror_locked(mirror: Path, remote: str, auth_env: Mapping[str, str], extra_refs: Sequence[str],
@@ -291,6 +328,8 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     """Write the trusted git dir from the mirror, check the branch out into project/ (or mount the overlay of
     the shared checkout there), give the agent its .git."""
     overlay_wanted = use_overlay and ws.claim is not None
+    if overlay_wanted:
+        _start_early(ws, mirror, base, branch, existing_branch, start_ref)
     built = await asyncio.to_thread(_build_git_dir, ws, mirror, remote, base, branch, existing_branch, start_ref,
                                     overlay_wanted)
     if built is None:  # a mirror (or a name) the hand-built dir does not cover: git clones as it always did
@@ -306,6 +345,37 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
     with open(ws.project / ".git" / "config", "a") as config:  # the last value of a key wins
         config.write("[core]\n\tbare = false\n")
+
+
+def _start_early(ws: Workspace, mirror: Path, base: str, branch: str, existing_branch: bool,
+                 start_ref: str | None) -> None:
+    """Once this process's overlay probe passed: start making the shared checkout of the session's start
+    commit (which every session of a new commit waits for) and the user namespace of its idmap, while the
+    trusted git dir is written. _overlay_workspace then joins them (or, the mirror having moved meanwhile,
+    asks for the right commit's checkout)."""
+    if "refused" not in _OVERLAY_PROBE or _OVERLAY_PROBE["refused"] is not None or ws.claim is None:
+        return
+    name = branch if existing_branch else base
+    if (start_ref and not existing_branch) or not is_safe_ref(name):
+        return  # a fork's head, a name git is to judge: no head start
+    ref = f"{gitdir.HEADS}{name}"
+    sha = refs_of(mirror, [ref]).get(ref)
+    if sha is None:
+        return  # _fill_workspace says what is missing
+    private_dir(ws.overlay)
+    (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
+    for work in (shared_checkout(mirror, sha), asyncio.to_thread(_warm_userns, ws.claim.user)):
+        asyncio.ensure_future(work).add_done_callback(_ignore_outcome)
+
+
+def _warm_userns(user: tuple[int, int]) -> None:
+    os.close(overlay.userns_fd(*user))
+
+
+def _ignore_outcome(done: asyncio.Future[Any]) -> None:
+    """A head start's outcome: _overlay_workspace meets any failure again itself."""
+    if not done.cancelled():
+        done.exception()
 
 
 @dataclass(frozen=True)
@@ -481,10 +551,13 @@ async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str,
     (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
     entry = await shared_checkout(mirror, sha)
     upper = ws.overlay / "upper"
-    await asyncio.to_thread(_upper_layer, ws, upper, entry, branch, sha, user, built)
+
+    def layer_and_mount() -> None:  # one thread hop: fifty sessions share the default executor's few threads
+        _upper_layer(ws, upper, entry, branch, sha, user, built)
+        overlay.mount_overlay(entry / "tree", ws.overlay / "lower", upper, ws.overlay / "work", ws.project, user)
+
     try:
-        await asyncio.to_thread(overlay.mount_overlay, entry / "tree", ws.overlay / "lower", upper,
-                                ws.overlay / "work", ws.project, user)
+        await asyncio.to_thread(layer_and_mount)
     except overlay.OverlayRefused as exc:  # the probe passed: say it for this session
         log.warning("workspace overlay refused for %s (%s): a full checkout instead", ws.root.name, exc)
         await asyncio.to_thread(overlay.unmount_all, ws.overlay)
