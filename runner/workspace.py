@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -26,6 +28,14 @@ from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_r
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What every session of a new commit waits for (the overlay probe, the shared checkout's file work) runs
+# here, not queued behind fifty sessions' work in the default executor.
+_WAITED_FOR = ThreadPoolExecutor(2, thread_name_prefix="sesame-waited-for")
+
+
+async def _waited_for(work: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_WAITED_FOR, functools.partial(work, *args))
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
@@ -95,7 +105,10 @@ class _FileLock:
     async def __aenter__(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
+        try:  # free (the usual case): taken without a thread
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -353,8 +366,8 @@ def _start_early(ws: Workspace, mirror: Path, base: str, branch: str, existing_b
     commit (which every session of a new commit waits for) and the user namespace of its idmap, while the
     trusted git dir is written. _overlay_workspace then joins them (or, the mirror having moved meanwhile,
     asks for the right commit's checkout)."""
-    if "refused" not in _OVERLAY_PROBE or _OVERLAY_PROBE["refused"] is not None or ws.claim is None:
-        return
+    if _OVERLAY_PROBE.get("refused") is not None or ws.claim is None:
+        return  # refused (or not to be mounted): nothing to start
     name = branch if existing_branch else base
     if (start_ref and not existing_branch) or not is_safe_ref(name):
         return  # a fork's head, a name git is to judge: no head start
@@ -364,8 +377,12 @@ def _start_early(ws: Workspace, mirror: Path, base: str, branch: str, existing_b
         return  # _fill_workspace says what is missing
     private_dir(ws.overlay)
     (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
-    for work in (shared_checkout(mirror, sha), asyncio.to_thread(_warm_userns, ws.claim.user)):
-        asyncio.ensure_future(work).add_done_callback(_ignore_outcome)
+    asyncio.ensure_future(_head_start(ws.overlay, mirror, sha, ws.claim.user)).add_done_callback(_ignore_outcome)
+
+
+async def _head_start(scratch: Path, mirror: Path, sha: str, user: tuple[int, int]) -> None:
+    if await overlay_refused(scratch) is None:  # probed once per process (the first session's call)
+        await asyncio.gather(shared_checkout(mirror, sha), asyncio.to_thread(_warm_userns, user))
 
 
 def _warm_userns(user: tuple[int, int]) -> None:
@@ -449,7 +466,7 @@ async def overlay_refused(scratch: Path) -> str | None:
     """Why overlay workspaces cannot be mounted by this process (None: they can), probed once: a worker
     in a container without CAP_SYS_ADMIN says so once in its log and checks out in full."""
     if "refused" not in _OVERLAY_PROBE:
-        reason = await asyncio.to_thread(overlay.probe, scratch)
+        reason = await _waited_for(overlay.probe, scratch)
         if "refused" not in _OVERLAY_PROBE:
             _OVERLAY_PROBE["refused"] = reason
             if reason is not None:
@@ -497,7 +514,8 @@ async def _make_checkout(mirror: Path, sha: str, entry: Path) -> None:
         if _checkout_ready(entry):
             return
         tmp = entry.with_suffix(".tmp")
-        await asyncio.to_thread(shutil.rmtree, tmp, True)
+        if tmp.exists():  # a dead worker's half-made one
+            await _waited_for(shutil.rmtree, tmp, True)
         tmp.mkdir(mode=0o700)
         (tmp / "tree").mkdir(mode=0o755)
         # a git dir of the build's own (the mirror's objects as alternates) holds the index
@@ -509,8 +527,8 @@ async def _make_checkout(mirror: Path, sha: str, entry: Path) -> None:
         await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
                    f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
         (store / "index").rename(tmp / "index")
-        await asyncio.to_thread(shutil.rmtree, store)
-        size = await asyncio.to_thread(_tree_bytes, tmp)
+        await _waited_for(shutil.rmtree, store)
+        size = await _waited_for(_tree_bytes, tmp)
         shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
         (tmp / CHECKOUT_SIZE).write_text(str(size))
         (tmp / CHECKOUT_USED).touch()
