@@ -341,8 +341,6 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     """Write the trusted git dir from the mirror, check the branch out into project/ (or mount the overlay of
     the shared checkout there), give the agent its .git."""
     overlay_wanted = use_overlay and ws.claim is not None
-    if overlay_wanted:
-        _start_early(ws, mirror, base, branch, existing_branch, start_ref)
     built = await asyncio.to_thread(_build_git_dir, ws, mirror, remote, base, branch, existing_branch, start_ref,
                                     overlay_wanted)
     if built is None:  # a mirror (or a name) the hand-built dir does not cover: git clones as it always did
@@ -358,41 +356,6 @@ async def _fill_workspace(ws: Workspace, mirror: Path, remote: str, base: str, b
     await asyncio.to_thread(copy_git_dir, ws.git_dir, ws.project / ".git")
     with open(ws.project / ".git" / "config", "a") as config:  # the last value of a key wins
         config.write("[core]\n\tbare = false\n")
-
-
-def _start_early(ws: Workspace, mirror: Path, base: str, branch: str, existing_branch: bool,
-                 start_ref: str | None) -> None:
-    """Once this process's overlay probe passed: start making the shared checkout of the session's start
-    commit (which every session of a new commit waits for) and the user namespace of its idmap, while the
-    trusted git dir is written. _overlay_workspace then joins them (or, the mirror having moved meanwhile,
-    asks for the right commit's checkout)."""
-    if _OVERLAY_PROBE.get("refused") is not None or ws.claim is None:
-        return  # refused (or not to be mounted): nothing to start
-    name = branch if existing_branch else base
-    if (start_ref and not existing_branch) or not is_safe_ref(name):
-        return  # a fork's head, a name git is to judge: no head start
-    ref = f"{gitdir.HEADS}{name}"
-    sha = refs_of(mirror, [ref]).get(ref)
-    if sha is None:
-        return  # _fill_workspace says what is missing
-    private_dir(ws.overlay)
-    (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
-    asyncio.ensure_future(_head_start(ws.overlay, mirror, sha, ws.claim.user)).add_done_callback(_ignore_outcome)
-
-
-async def _head_start(scratch: Path, mirror: Path, sha: str, user: tuple[int, int]) -> None:
-    if await overlay_refused(scratch) is None:  # probed once per process (the first session's call)
-        await asyncio.gather(shared_checkout(mirror, sha), asyncio.to_thread(_warm_userns, user))
-
-
-def _warm_userns(user: tuple[int, int]) -> None:
-    os.close(overlay.userns_fd(*user))
-
-
-def _ignore_outcome(done: asyncio.Future[Any]) -> None:
-    """A head start's outcome: _overlay_workspace meets any failure again itself."""
-    if not done.cancelled():
-        done.exception()
 
 
 @dataclass(frozen=True)
