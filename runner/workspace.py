@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -25,6 +28,14 @@ from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_r
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What every session of a new commit waits for (the overlay probe, the shared checkout's file work) runs
+# here, not queued behind fifty sessions' work in the default executor.
+_WAITED_FOR = ThreadPoolExecutor(2, thread_name_prefix="sesame-waited-for")
+
+
+async def _waited_for(work: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_WAITED_FOR, functools.partial(work, *args))
 
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 FETCHED_STAMP = "sesame-fetched"  # in a mirror: when its last completed fetch started (time.time())
@@ -94,7 +105,10 @@ class _FileLock:
     async def __aenter__(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
+        try:  # free (the usual case): taken without a thread
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -143,29 +157,74 @@ async def update_mirror(data_dir: Path, remote: str, auth_env: Mapping[str, str]
     asked = time.time()
     mirror = mirror_path(data_dir, remote)
     private_dir(mirror.parent)
-    async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
-        listed: RemoteRefs | None = None
-        if not (mirror / "HEAD").exists():
-            tmp = mirror.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            started = time.time()
-            await git(["clone", "--mirror", "--quiet", "--", remote, str(tmp)], env=auth_env)
-            (tmp / FETCHED_STAMP).write_text(repr(started))
-            tmp.rename(mirror)
-        elif _fetched_at(mirror) < asked:
-            started = time.time()
-            listed = await _list_refs(http, remote, auth_env, extra_refs)
-            branches = {k: v for k, v in listed.refs.items() if k.startswith(HEADS)} if listed else None
-            if branches is None or refs_of(mirror, [HEADS]) != branches:
-                await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
-                          mirror, auth_env)
-            if listed is not None:
-                _follow_head(mirror, listed)
-            (mirror / FETCHED_STAMP).write_text(repr(started))
-        moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
-                 or refs_of(mirror, [ref]).get(ref) != listed.refs[ref]]
-        if moved:
-            await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
+    if extra_refs:
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+            return await _update_mirror_locked(mirror, remote, auth_env, extra_refs, http, asked)
+    runs = _RUNS.setdefault(asyncio.get_running_loop(), {})
+    while True:
+        run = runs.get(mirror)
+        if run is None:
+            if (mirror / "HEAD").exists() and _fetched_at(mirror) >= asked:
+                return mirror  # a fetch that started after this call completed
+            run = runs[mirror] = _MirrorRun(asked)
+            run.task = asyncio.ensure_future(_run_update(runs, run, mirror, remote, auth_env, http))
+        assert run.task is not None
+        if not run.begun:  # its fetch starts after this call: it stands for this call's
+            run.asked = max(run.asked, asked)
+            await asyncio.shield(run.task)
+            return mirror
+        await asyncio.wait([run.task])  # begun before this call: then one more
+
+
+@dataclass
+class _MirrorRun:
+    """One update of a mirror in this process, which the calls made before it began wait for together
+    (not one after another through its locks: fifty sessions of one repository at once)."""
+
+    asked: float  # the latest of its callers' calls
+    task: asyncio.Future[Path] | None = None
+    begun: bool = False  # it holds the locks: a later call cannot join it
+
+
+_RUNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, _MirrorRun]] = weakref.WeakKeyDictionary()
+
+
+async def _run_update(runs: dict[Path, _MirrorRun], run: _MirrorRun, mirror: Path, remote: str,
+                      auth_env: Mapping[str, str], http: aiohttp.ClientSession | None) -> Path:
+    try:
+        async with _process_lock(mirror), _FileLock(mirror.with_suffix(".lock")):
+            run.begun = True
+            return await _update_mirror_locked(mirror, remote, auth_env, (), http, run.asked)
+    finally:
+        if runs.get(mirror) is run:
+            del runs[mirror]
+
+
+async def _update_mirror_locked(mirror: Path, remote: str, auth_env: Mapping[str, str], extra_refs: Sequence[str],
+                                http: aiohttp.ClientSession | None, asked: float) -> Path:
+    """update_mirror's work, under the mirror's locks."""
+    listed: RemoteRefs | None = None
+    if not (mirror / "HEAD").exists():
+        tmp = mirror.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        started = time.time()
+        await git(["clone", "--mirror", "--quiet", "--", remote, str(tmp)], env=auth_env)
+        (tmp / FETCHED_STAMP).write_text(repr(started))
+        tmp.rename(mirror)
+    elif _fetched_at(mirror) < asked:
+        started = time.time()
+        listed = await _list_refs(http, remote, auth_env, extra_refs)
+        branches = {k: v for k, v in listed.refs.items() if k.startswith(HEADS)} if listed else None
+        if branches is None or refs_of(mirror, [HEADS]) != branches:
+            await git(["fetch", "--prune", "--quiet", "--", remote, "+refs/heads/*:refs/heads/*"],
+                      mirror, auth_env)
+        if listed is not None:
+            _follow_head(mirror, listed)
+        (mirror / FETCHED_STAMP).write_text(repr(started))
+    moved = [ref for ref in extra_refs if listed is None or listed.refs.get(ref) is None
+             or refs_of(mirror, [ref]).get(ref) != listed.refs[ref]]
+    if moved:
+        await git(["fetch", "--quiet", "--", remote, *(f"+{ref}:{ref}" for ref in moved)], mirror, auth_env)
     return mirror
 
 
@@ -370,7 +429,7 @@ async def overlay_refused(scratch: Path) -> str | None:
     """Why overlay workspaces cannot be mounted by this process (None: they can), probed once: a worker
     in a container without CAP_SYS_ADMIN says so once in its log and checks out in full."""
     if "refused" not in _OVERLAY_PROBE:
-        reason = await asyncio.to_thread(overlay.probe, scratch)
+        reason = await _waited_for(overlay.probe, scratch)
         if "refused" not in _OVERLAY_PROBE:
             _OVERLAY_PROBE["refused"] = reason
             if reason is not None:
@@ -383,36 +442,60 @@ def checkouts_dir(mirror: Path) -> Path:
     return mirror.parent.parent / "checkouts"
 
 
+_MAKING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Future[None]]] = (
+    weakref.WeakKeyDictionary())
+
+
 async def shared_checkout(mirror: Path, sha: str) -> Path:
     """The read-only checkout of commit sha of a mirror's repository, made once (a `tree` and the `index`
     git wrote for it). Root's, in a directory only root enters: no sandbox uid can reach it; sessions
-    see it through an overlay only."""
+    see it through an overlay only. The sessions of this process that want it while it is being made
+    wait for the one task making it, together (not one after another through its locks)."""
     base = checkouts_dir(mirror)
     private_dir(base)
     entry = base / f"{mirror.stem}-{sha}"
     if not _checkout_ready(entry):
-        async with _process_lock(entry), _FileLock(entry.with_suffix(".lock")):
-            if not _checkout_ready(entry):
-                tmp = entry.with_suffix(".tmp")
-                await asyncio.to_thread(shutil.rmtree, tmp, True)
-                tmp.mkdir(mode=0o700)
-                (tmp / "tree").mkdir(mode=0o755)
-                # a git dir of the build's own (the mirror's objects as alternates) holds the index
-                store = tmp / "git"
-                for path in (store, store / "objects" / "info", store / "refs"):
-                    path.mkdir(mode=0o700, parents=True)
-                (store / "HEAD").write_text(f"{sha}\n")
-                (store / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
-                await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
-                           f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
-                (store / "index").rename(tmp / "index")
-                await asyncio.to_thread(shutil.rmtree, store)
-                size = await asyncio.to_thread(_tree_bytes, tmp)
-                shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
-                (tmp / CHECKOUT_SIZE).write_text(str(size))
-                (tmp / CHECKOUT_USED).touch()
-                tmp.rename(entry)
+        making = _MAKING.setdefault(asyncio.get_running_loop(), {})
+        task = making.get(entry)
+        if task is None:
+            task = making[entry] = asyncio.ensure_future(_make_checkout(mirror, sha, entry))
+            task.add_done_callback(lambda done: _made(making, entry, done))
+        await asyncio.shield(task)  # a waiter cancelled leaves it made for the others
     return entry
+
+
+def _made(making: dict[Path, asyncio.Future[None]], entry: Path, task: asyncio.Future[None]) -> None:
+    if making.get(entry) is task:
+        del making[entry]
+    if not task.cancelled():
+        task.exception()  # retrieved: its waiters got it (or were cancelled)
+
+
+async def _make_checkout(mirror: Path, sha: str, entry: Path) -> None:
+    """Make the shared checkout at entry, unless another process made it meanwhile (under its file lock)."""
+    async with _FileLock(entry.with_suffix(".lock")):
+        if _checkout_ready(entry):
+            return
+        tmp = entry.with_suffix(".tmp")
+        if tmp.exists():  # a dead worker's half-made one
+            await _waited_for(shutil.rmtree, tmp, True)
+        tmp.mkdir(mode=0o700)
+        (tmp / "tree").mkdir(mode=0o755)
+        # a git dir of the build's own (the mirror's objects as alternates) holds the index
+        store = tmp / "git"
+        for path in (store, store / "objects" / "info", store / "refs"):
+            path.mkdir(mode=0o700, parents=True)
+        (store / "HEAD").write_text(f"{sha}\n")
+        (store / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
+        await git(["--git-dir", str(store), "--work-tree", str(tmp / "tree"), "-c",
+                   f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", sha], tmp)
+        (store / "index").rename(tmp / "index")
+        await _waited_for(shutil.rmtree, store)
+        size = await _waited_for(_tree_bytes, tmp)
+        shutil.rmtree(entry, ignore_errors=True)  # a half-made one of a dead worker
+        (tmp / CHECKOUT_SIZE).write_text(str(size))
+        (tmp / CHECKOUT_USED).touch()
+        tmp.rename(entry)
 
 
 def _checkout_ready(entry: Path) -> bool:
@@ -449,10 +532,13 @@ async def _overlay_workspace(ws: Workspace, mirror: Path, branch: str, sha: str,
     (ws.overlay / CHECKOUT_IN_USE).write_text(f"{mirror.stem}-{sha}")  # before the sweeper may see it unused
     entry = await shared_checkout(mirror, sha)
     upper = ws.overlay / "upper"
-    await asyncio.to_thread(_upper_layer, ws, upper, entry, branch, sha, user, built)
+
+    def layer_and_mount() -> None:  # one thread hop: fifty sessions share the default executor's few threads
+        _upper_layer(ws, upper, entry, branch, sha, user, built)
+        overlay.mount_overlay(entry / "tree", ws.overlay / "lower", upper, ws.overlay / "work", ws.project, user)
+
     try:
-        await asyncio.to_thread(overlay.mount_overlay, entry / "tree", ws.overlay / "lower", upper,
-                                ws.overlay / "work", ws.project, user)
+        await asyncio.to_thread(layer_and_mount)
     except overlay.OverlayRefused as exc:  # the probe passed: say it for this session
         log.warning("workspace overlay refused for %s (%s): a full checkout instead", ws.root.name, exc)
         await asyncio.to_thread(overlay.unmount_all, ws.overlay)
