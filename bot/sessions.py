@@ -579,6 +579,12 @@ class SessionService:
         async with self.sessionmaker() as db, db.begin():
             return await self._events(db, session_id, items)
 
+    async def add_step_event(self, session_id: str, data: dict[str, Any], percent: int | None) -> int:
+        """A step event and, when given, the session's progress percent: set by the statement that reserves
+        the event's seq (one round trip fewer than add_event then set_progress); the seq."""
+        async with self.sessionmaker() as db, db.begin():
+            return (await self._events(db, session_id, [("step", data)], progress=percent))[-1]
+
     async def add_lines(self, session_id: str, items: Sequence[LineItem]) -> list[int]:
         """Store a batch of agent output events as one `lines` row (few rows for a chatty agent) that
         readers see as the events it holds, each with its own seq and time; a small batch of single events
@@ -614,11 +620,15 @@ class SessionService:
         return (await self._events(db, session_id, [(kind, data)]))[-1]
 
     async def _events(self, db: AsyncSession, session_id: str, items: list[tuple[str, dict[str, Any]]],
-                      times: list[datetime] | None = None) -> list[int]:
-        """Reserve len(items) seqs atomically, then insert the events with them."""
+                      times: list[datetime] | None = None, progress: int | None = None) -> list[int]:
+        """Reserve len(items) seqs atomically (setting the progress percent too, when given), then insert the
+        events with them."""
+        values: dict[str, Any] = {"event_seq": Session.event_seq + len(items)}
+        if progress is not None:
+            values["progress"] = progress
         last = (await db.execute(
             update(Session).where(Session.id == session_id)
-            .values(event_seq=Session.event_seq + len(items)).returning(Session.event_seq))).scalar_one()
+            .values(values).returning(Session.event_seq))).scalar_one()
         seqs = list(range(last - len(items) + 1, last + 1))
         now = utcnow()
         conn = await db.connection()

@@ -227,11 +227,12 @@ async def _agent_step(state: Run, workspace: Workspace) -> AgentFailure | None:
     step makes it the session's error when the work tree did not change)."""
     session, services = state.session, state.services
     agent = get_agent(session.agent)
-    stored = await services.credentials.best(agent.name)
+    # the credential's lookup and the step's event at once: neither waits on the other's round trip
+    stored, _ = await asyncio.gather(services.credentials.best(agent.name),
+                                     state.step("agent", "running", percent=20))
     credential = Credential(stored.kind, stored.value) if stored else None  # type: ignore[arg-type]
     if credential:
         state.secrets.append(credential.value)
-    await state.step("agent", "running", percent=20)
     prompt = agent_prompt(state, compose_prompt(session.prompt, session.context or {}))
     state.violations = ViolationAggregator(lambda batch: store_violations(state, batch))
     state.violations.start()

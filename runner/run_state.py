@@ -114,9 +114,8 @@ class Run:
         elif name in self.step_started:
             metrics.STEP_SECONDS.labels(name, status).observe(time.monotonic() - self.step_started.pop(name))
         self.publisher.changed()
-        await self.event("step", {"step": name, "status": status, "detail": detail})
-        if percent is not None:
-            await self.stored(lambda: self.services.sessions.set_progress(self.session.id, percent), "the progress")
+        data = {"step": name, "status": status, "detail": detail}
+        await self.stored(lambda: self.services.sessions.add_step_event(self.session.id, data, percent), "a step event")
 
     async def warn(self, message: str) -> None:
         """A warning on the session, its progress message and its event stream."""

@@ -70,8 +70,7 @@ async def load_repo_config(state: Run, mirror: Path, base: str) -> None:
     """Read the config from the base branch (the API for a GitHub repository, else the trusted mirror),
     apply what it sets, and say in the progress message why an invalid one is ignored."""
     try:
-        found = await _read_first(state, mirror, base, PATHS)
-        agents_md = await _read_first(state, mirror, base, ("AGENTS.md",))
+        found, agents_md = await _read_first(state, mirror, base, PATHS, ("AGENTS.md",))
     except Exception as exc:
         log.warning("session %s: the repository config could not be read: %s", state.session.id, exc)
         await state.warn(f"The repository config could not be read ({type(exc).__name__}); this session runs "
@@ -92,12 +91,28 @@ async def load_repo_config(state: Run, mirror: Path, base: str) -> None:
     await _apply(state, config)
 
 
-async def _read_first(state: Run, mirror: Path, base: str, paths: tuple[str, ...]) -> tuple[str, str] | None:
-    for path in paths:
-        text = await _read(state, mirror, base, path)
-        if text is not None:
-            return path, text
-    return None
+async def _read_first(state: Run, mirror: Path, base: str,
+                      *groups: tuple[str, ...]) -> list[tuple[str, str] | None]:
+    """Per group of paths, the first one the base branch has (path, text), else None. Every path is asked at
+    once (one round trip's time, not one per path); the answer is the one asking in order would give: a
+    path's failure counts only when no earlier path of its group was found."""
+    answers = await asyncio.gather(*(_read(state, mirror, base, path) for group in groups for path in group),
+                                   return_exceptions=True)
+    found: list[tuple[str, str] | None] = []
+    index = 0
+    for group in groups:
+        first: tuple[str, str] | None = None
+        for path in group:
+            answer = answers[index]
+            index += 1
+            if first is not None:
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            if answer is not None:
+                first = (path, answer)
+        found.append(first)
+    return found
 
 
 async def _read(state: Run, mirror: Path, base: str, path: str) -> str | None:

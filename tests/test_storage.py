@@ -219,6 +219,19 @@ async def test_named_transitions_set_their_columns_and_nothing_else(services: Se
     assert not hasattr(services.sessions, "update")  # no door for arbitrary columns
 
 
+async def test_a_step_event_sets_the_progress_in_the_same_statement(services: Services) -> None:
+    """The pipeline's step(): its event and the progress percent in one round trip (issue 16), in order."""
+    row, _ = await services.sessions.create(new())
+    first = await services.sessions.add_step_event(row.id, {"step": "workspace", "status": "running"}, 5)
+    got = await services.sessions.get(row.id)
+    assert got is not None and got.progress == 5
+    second = await services.sessions.add_step_event(row.id, {"step": "workspace", "status": "done"}, None)
+    got = await services.sessions.get(row.id)
+    assert got is not None and got.progress == 5 and second == first + 1
+    events = [e for e in await services.sessions.events(row.id) if e.kind == "step"]
+    assert [(e.seq, e.data["status"]) for e in events] == [(first, "running"), (second, "done")]
+
+
 async def test_delete_refuses_a_session_with_follow_ups(services: Services) -> None:
     parent, _ = await services.sessions.create(new())
     child, _ = await services.sessions.create(new(parent_id=parent.id))

@@ -27,6 +27,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -320,6 +321,7 @@ class FakeGitHub(LoopbackServer):
         self.jwts_seen: list[dict[str, Any]] = []
         self.check_runs: list[FakeCheckRun] = []
         self.contents_reads: list[tuple[str, str, str]] = []  # (repo, path, ref) of each contents read
+        self.contents_asks: list[tuple[str, float]] = []  # (path, time.monotonic()) of each contents request
         self.manifest_codes: set[str] = set()  # codes GitHub would hand back after "Create GitHub App"
         self._rate_limit = _RateLimitPlan()
         self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []
@@ -1065,6 +1067,7 @@ class FakeGitHub(LoopbackServer):
         branch without ref); 404 for a missing file or ref, a directory listing is not served."""
         repo, _ = self._require_repo(request, "contents", "read")
         path, ref = request.match_info["path"], request.query.get("ref") or repo.default_branch
+        self.contents_asks.append((path, time.monotonic()))
         spec = f"{ref}:{path}"
         kind = subprocess.run(["git", "cat-file", "-t", spec], cwd=repo.path, capture_output=True, text=True,
                               env=gitrepo.git_env())

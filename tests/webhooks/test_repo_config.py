@@ -112,6 +112,24 @@ async def test_an_invalid_config_is_reported_with_its_line_and_the_session_runs_
     assert "Setup" not in body
 
 
+async def test_the_config_files_are_asked_for_at_once(make_stack: MakeStack) -> None:
+    """.github/sesame.yml, .sesame.yml and AGENTS.md: one round trip's time, not three (issue 16: each
+    answer of the real GitHub takes 100-500 ms); the first path found still wins."""
+    stack = await make_stack(EDIT)
+    hook = stack.hook
+    hook.fake.commit_file(hook.repo, "main", {".sesame.yml": "budget: 2\n", "AGENTS.md": "Be brief.\n"})
+    hook.fake.latency = 0.5
+    issue = hook.fake.add_issue(hook.repo, "fix", "It returns 41.")
+    assert (await hook.comment(issue.number, "@sesame make answer() return 42")).status == 202
+    await stack.drain()
+    row = await stack.only_session()
+    assert row.state == "completed", row.error
+    assert row.budget_usd == 2
+    asks = {path: at for path, at in hook.fake.contents_asks}
+    assert set(asks) == {".github/sesame.yml", ".sesame.yml", "AGENTS.md"}
+    assert max(asks.values()) - min(asks.values()) < 0.4  # one after another: 0.5 s apart at least
+
+
 @pytest.mark.parametrize(("text", "line", "words"), [
     ("agent: claude\nsetup: [1, 2]\n", 2, "setup: a command or a list"),
     ("test: pytest\nfix: 9\n", 2, "fix: a whole number from 0 to 5"),
