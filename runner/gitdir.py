@@ -63,7 +63,7 @@ def refs_of(mirror: Path, prefixes: Sequence[str] = ("refs/",)) -> dict[str, str
             relative = Path(dirpath).relative_to(mirror).as_posix()
             for name in filenames:
                 ref = f"{relative}/{name}"
-                if name.endswith(".lock") or not _wanted(ref, prefixes):
+                if name.endswith(".lock") or not ref_wanted(ref, prefixes):
                     continue
                 try:
                     value = Path(dirpath, name).read_text(errors="replace").strip()
@@ -77,7 +77,7 @@ def refs_of(mirror: Path, prefixes: Sequence[str] = ("refs/",)) -> dict[str, str
         packed = ""
     for line in packed.splitlines():
         oid, _, name = line.partition(" ")
-        if _ANY_OID.fullmatch(oid) and _wanted(name, prefixes):
+        if _ANY_OID.fullmatch(oid) and ref_wanted(name, prefixes):
             refs[name] = oid
     for ref, loose_oid in loose.items():
         if loose_oid is None:
@@ -87,7 +87,8 @@ def refs_of(mirror: Path, prefixes: Sequence[str] = ("refs/",)) -> dict[str, str
     return refs
 
 
-def _wanted(name: str, prefixes: Sequence[str]) -> bool:
+def ref_wanted(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether a ref name falls under one of the prefixes."""
     return any(name.startswith(prefix) for prefix in prefixes)
 
 

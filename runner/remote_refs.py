@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from runner.gitdir import HEADS, ref_wanted
+
 log = logging.getLogger(__name__)
 
-HEADS = "refs/heads/"
 CHECK_SECONDS = 10.0  # past this the refs check gives up and the fetch decides
 MAX_ANSWER = 64 << 20  # bytes of a ref listing read at most
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -92,10 +93,6 @@ def _strip_service(lines: list[bytes | None]) -> list[bytes | None]:
     return lines[2:] if len(lines) > 1 and lines[1] is None else lines[1:]
 
 
-def _wanted(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name.startswith(prefix) for prefix in prefixes)
-
-
 def parse_v0(lines: list[bytes | None], prefixes: Sequence[str]) -> RemoteRefs:
     """A v0 ref advertisement: `oid name` lines, capabilities after a NUL on the first (symref=HEAD:...)."""
     refs: dict[str, str] = {}
@@ -112,7 +109,7 @@ def parse_v0(lines: list[bytes | None], prefixes: Sequence[str]) -> RemoteRefs:
             raise RefsUnavailable("a malformed ref line")
         if _ZERO.fullmatch(oid) or name.endswith("^{}"):
             continue  # an empty repository's capabilities line; a peeled tag
-        if _wanted(name, prefixes):
+        if ref_wanted(name, prefixes):
             refs[name] = oid
     return RemoteRefs(refs, head.removeprefix(HEADS) if head.startswith(HEADS) else "")
 
@@ -131,7 +128,7 @@ def parse_ls_refs(lines: list[bytes | None], prefixes: Sequence[str]) -> RemoteR
         if name == "HEAD":
             target = next((a.removeprefix("symref-target:") for a in attributes if a.startswith("symref-target:")), "")
             head = target.removeprefix(HEADS) if target.startswith(HEADS) else ""
-        elif oid != "unborn" and _wanted(name, prefixes):
+        elif oid != "unborn" and ref_wanted(name, prefixes):
             refs[name] = oid
     return RemoteRefs(refs, head)
 

@@ -23,8 +23,8 @@ from bot.services import Services
 from bot.triggers import is_safe_ref
 from runner import gitdir, overlay
 from runner.git import GitError, git, in_git_dir, in_git_dir_bytes
-from runner.gitdir import refs_of
-from runner.remote_refs import HEADS, RefsUnavailable, RemoteRefs, list_remote_refs
+from runner.gitdir import HEADS, refs_of
+from runner.remote_refs import RefsUnavailable, RemoteRefs, list_remote_refs
 from runner.uids import Claim, UidPool, kill_uid, pool_from_settings
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from bot.github import git_auth_env
-from runner.gitdir import refs_of
-from runner.remote_refs import HEADS, auth_headers, parse_v0, pkt_lines
+from runner.gitdir import HEADS, refs_of
+from runner.remote_refs import auth_headers, parse_v0, pkt_lines
 from tests.support.gitrepo import git, make_bare, make_repo
 
 

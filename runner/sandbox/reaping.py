@@ -22,6 +22,17 @@ from runner.sandbox.spawn_turns import SPAWN_LOCK
 log = logging.getLogger(__name__)
 
 
+def _said(fd: int, line: str, whose: str) -> bool:
+    """Write one line to a reaper's pipe; False (said in the log) when the reaper is gone: nothing will
+    take the sessions down with us."""
+    try:
+        os.write(fd, f"{line}\n".encode())
+    except OSError as exc:
+        log.warning("the %s reaper is gone (%s)", whose, exc)
+        return False
+    return True
+
+
 class Reaper:
     """One session's reaper process; its stdin's write end is held by this worker alone."""
 
@@ -51,12 +62,7 @@ class Reaper:
         return cls(proc, write_fd)
 
     def _say(self, line: str) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.write(self._fd, f"{line}\n".encode())
-        except OSError as exc:  # the reaper is gone: nothing will take the session down with us
-            log.warning("the session's reaper is gone (%s)", exc)
+        if self._fd is not None and not _said(self._fd, line, "session's"):
             self._close_fd()
 
     def watch(self, pgid: int) -> None:
@@ -142,12 +148,7 @@ class SharedReaper:
 
     def say(self, line: str) -> None:
         """One message; a reaper that is gone is said in the log and replaced at the next session."""
-        if self._fd is None:
-            return
-        try:
-            os.write(self._fd, f"{line}\n".encode())
-        except OSError as exc:  # the reaper is gone: nothing will take the sessions down with us
-            log.warning("the worker's reaper is gone (%s)", exc)
+        if self._fd is not None and not _said(self._fd, line, "worker's"):
             self.close()
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from runner.sandbox import SandboxPolicy, Violation, create_sandbox
 from runner.sandbox.process import MARKER
+from tests.sandbox.test_reaper import alive, until
 
 SLEEP = ["/bin/sleep", "60"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,19 +81,6 @@ async def main() -> None:
 
 asyncio.run(main())
 """
-
-
-def alive(proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is None
-
-
-async def until(check: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 async def test_a_killed_workers_reaper_kills_its_open_sessions_only(started: list[subprocess.Popen[bytes]]) -> None:
