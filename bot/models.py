@@ -122,6 +122,9 @@ class SessionEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # a `lines` row's events: their JSON, zstd-compressed by the worker (bot.sessions.chunk_blob); NULL on
+    # every other row, and on `lines` rows written before migration 0005 (their events are in `data`)
+    blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

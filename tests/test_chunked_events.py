@@ -13,14 +13,14 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import NoResultFound
 
 from bot.cli.wiring import open_services
-from bot.models import SessionEvent, utcnow
+from bot.models import Session, SessionEvent, utcnow
 from bot.services import Services
-from bot.sessions import CHUNK_KIND, NewSession
+from bot.sessions import CHUNK_KIND, CHUNK_MIN, LineBlock, NewSession
 from runner.cli_run import run_from_terminal
 from runner.output import EventBuffer
 from tests.test_api import api  # noqa: F401 - the fixture
@@ -264,3 +264,52 @@ async def test_a_reader_held_back_resumes_once_the_backlog_is_below_its_limit() 
         store.permits.release()
     await buffer.close()
     assert [d["summary"] for chunk in store.stored for _, d, _ in chunk] == [f"l{n}" for n in range(1_000)]
+
+
+async def test_postgresql_stores_a_chunk_compressed_by_the_worker_as_is(pg_database: str, settings_for) -> None:  # type: ignore[no-untyped-def]
+    """A chunk's JSON (12 MB for a chatty agent) cost PostgreSQL 80-90 ms of CPU to parse and compress on the
+    agent's cores; the worker sends it zstd-compressed and PostgreSQL stores the bytes without compressing
+    them again (EXTERNAL storage)."""
+    services = await open_services(settings_for(DATABASE_URL=pg_database, BASE_URL="http://127.0.0.1:1"),
+                                   auto_migrate=True)
+    try:
+        row, _ = await services.sessions.create(new())
+        t0 = utcnow()
+        texts = [f"line {n} of a chatty agent, saying what it does at length" for n in range(10_000)]
+        await services.sessions.add_lines(row.id, [LineBlock("message", {}, t0, texts)])
+        async with services.sessions.autocommit_engine.connect() as conn:
+            stored = (await conn.execute(sql_text(
+                "SELECT data::text AS data, octet_length(blob) AS size, pg_column_compression(blob) AS method "
+                "FROM session_events WHERE session_id = :id AND kind = 'lines'"), {"id": row.id})).one()
+            storage = (await conn.execute(sql_text(
+                "SELECT attstorage::text FROM pg_attribute WHERE attrelid = 'session_events'::regclass "
+                "AND attname = 'blob'"))).scalar_one()
+        events = await services.sessions.events(row.id, limit=20_000)
+    finally:
+        await services.close()
+    assert stored.data == "{}"
+    assert stored.size < sum(map(len, texts)) / 10, stored.size  # compressed by the worker
+    assert stored.method is None and storage == "e"  # and not again by PostgreSQL
+    assert [e.data["summary"] for e in events[1:]] == texts
+
+
+async def test_a_chunk_written_before_the_blob_column_still_reads(services: Services) -> None:
+    """A `lines` row of an older server keeps its events in `data`; they read as before."""
+    row, _ = await services.sessions.create(new())
+    at = utcnow().timestamp()
+    async with services.sessions.sessionmaker() as db, db.begin():
+        await db.execute(update(Session).where(Session.id == row.id).values(event_seq=4))
+        db.add(SessionEvent(session_id=row.id, seq=4, kind=CHUNK_KIND, created_at=utcnow(), data={"lines": [
+            ["message", {"summary": "one"}, at], ["agent_stderr", {}, at, ["two", "three"], "line"]]}))
+    events = await services.sessions.events(row.id)
+    assert [(e.seq, e.kind, e.data) for e in events[1:]] == [
+        (2, "message", {"summary": "one"}), (3, "agent_stderr", {"line": "two"}), (4, "agent_stderr", {"line": "three"})]
+
+
+async def test_what_orjson_refuses_reads_back_unchanged(services: Services) -> None:
+    """A lone surrogate and an integer beyond 64 bits are written by json.dumps and read by json.loads:
+    orjson would refuse the first and round the second."""
+    row, _ = await services.sessions.create(new())
+    odd = [("message", {"summary": "half \ud800 a pair", "n": 2**70 + 1}, utcnow())] * CHUNK_MIN
+    await services.sessions.add_lines(row.id, odd)
+    assert [e.data for e in (await services.sessions.events(row.id))[1:]] == [odd[0][1]] * CHUNK_MIN

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 
@@ -11,10 +12,11 @@ from alembic import command
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text, update
 
+from bot.cli.wiring import open_services
 from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
 from bot.models import Session, State, utcnow
 from bot.services import Services
-from bot.sessions import NewSession, SessionInUse
+from bot.sessions import CHUNK_MIN, NewSession, SessionInUse
 from bot.violation_counts import ViolationCount
 
 TABLES = {"installations", "installation_repos", "sessions", "session_events", "violations",
@@ -162,6 +164,29 @@ async def test_migration_folds_rows_written_one_per_violation(db_url: str) -> No
         assert str(rows[0][2]).startswith("2026-01-01") and str(rows[0][3]).startswith("2026-01-02")
     finally:
         await engine.dispose()
+
+
+async def test_downgrade_moves_chunked_output_back_into_data(db_url: str, settings_for) -> None:  # type: ignore[no-untyped-def]
+    """Migration 0005 keeps a `lines` row's events compressed in `blob`; going back to 0004 puts them in
+    `data` where the older server reads them, and upgrading again reads them still."""
+    services = await open_services(settings_for(DATABASE_URL=db_url, BASE_URL="http://127.0.0.1:1"),
+                                   auto_migrate=True)
+    try:
+        row, _ = await services.sessions.create(new())
+        lines = [("message", {"summary": f"line {n}", "n": 2**70 + n}, utcnow()) for n in range(CHUNK_MIN + 1)]
+        await services.sessions.add_lines(row.id, lines)
+        expected = [(e.seq, e.kind, e.data) for e in await services.sessions.events(row.id)]
+        async with services.sessions.engine.begin() as conn:
+            await conn.run_sync(_upgrade_to, "0004_events_lz4")
+            data = (await conn.execute(text(
+                "SELECT data FROM session_events WHERE session_id = :id AND kind = 'lines'"), {"id": row.id})
+                ).scalar_one()
+        stored = json.loads(data) if isinstance(data, str) else data
+        assert [entry[1] for entry in stored["lines"]] == [d for _, d, _ in lines]
+        await migrate(services.sessions.engine)
+        assert [(e.seq, e.kind, e.data) for e in await services.sessions.events(row.id)] == expected
+    finally:
+        await services.close()
 
 
 def _upgrade_to(connection, revision: str) -> None:  # type: ignore[no-untyped-def]
