@@ -42,6 +42,21 @@ def web_children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def listens(pid: int, port: int) -> bool:
+    """The process holds a listening TCP socket on the port (its own, with SO_REUSEPORT): the kernel
+    spreads new connections over it only from then on."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:  # exited, or a descriptor closed while we looked
+        return False
+
+
 async def scrape(port: int, auth: dict[str, str] | None) -> tuple[int, str]:
     connector = aiohttp.TCPConnector(force_close=True)  # a new connection: any of the web processes answers
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -68,7 +83,9 @@ async def test_one_scrape_counts_what_two_web_processes_and_a_worker_did(
         for _ in range(300):
             assert serve.returncode is None, "serve exited"
             try:
-                if (await scrape(port, auth))[0] == 200 and len(web_children(serve.pid)) == 2:
+                children = web_children(serve.pid)
+                if (len(children) == 2 and all(listens(child, port) for child in children)
+                        and (await scrape(port, auth))[0] == 200):
                     break
             except aiohttp.ClientError:
                 pass
