@@ -28,7 +28,7 @@ from runner.sandbox.base import (
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
 from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, session_limiter
-from runner.sandbox.netns import NetNamespace, create_netns, listen_in
+from runner.sandbox.netns import NetNamespace, listen_in, take_spare
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
 from runner.sandbox.reaping import SessionReaper, SharedReaper
@@ -88,6 +88,7 @@ class LocalSandbox(Sandbox):
         self._proxy: EgressProxy | None = None
         self._dns: asyncio.DatagramTransport | None = None
         self._plan: bwrap.MountPlan | None = None
+        self._hidden = HiddenPaths()
         self._seccomp_fd: int | None = None
         self._tool_fds: list[int] = []
         self._launcher: Launcher | None = None
@@ -114,27 +115,63 @@ class LocalSandbox(Sandbox):
             task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
-        """Directories, and when secured the netns with its proxy and DNS sink."""
+        """Directories, and when secured the netns with its proxy and DNS sink; a start that fails
+        undoes what it made (nothing of it is left on the host)."""
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
-        if self.secured:
-            await self._start_network()
-            self._tool_fds = [os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                              for src, _name in self.policy.tools]
-            tool_fds = tuple((fd, str(self.policy.tool_path(name)))
-                             for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
-            limits = self.policy.limits
-            self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
-                                             tmpfs_size=limits.tmpfs if limits else None)
-            self._argv_prefix = bwrap.mount_argv(self._plan)
-            self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
-            if limits is not None:
-                self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
-            self._start_launcher()
-        if self.policy.limits is not None:
-            self._watchdog = asyncio.create_task(self._watch_limits())
-        self._reaper = await self._start_reaper()
+        try:
+            if self.secured:
+                await self._start_secured()
+            else:
+                await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
+            if self.policy.limits is not None:
+                self._watchdog = asyncio.create_task(self._watch_limits())
+            self._reaper = await self._start_reaper()
+        except BaseException:
+            await self.destroy()
+            raise
         self._started = True
+
+    async def _start_secured(self) -> None:
+        """The parts of a secured start side by side: the files and the mount plan on a thread, the
+        network (netns, proxy, DNS sink) on the loop, the limits and then the launcher thread in them."""
+        async def files() -> None:
+            await asyncio.to_thread(self._prepare_files)
+
+        async def launcher() -> None:
+            await asyncio.gather(self._start_network(), self._start_limiter())
+            await asyncio.to_thread(self._start_launcher)
+
+        steps = asyncio.gather(files(), launcher(), return_exceptions=True)
+        try:
+            results = await asyncio.shield(steps)
+        except asyncio.CancelledError:
+            await asyncio.wait([steps])  # their threads finish: what they made is undone by the caller
+            raise
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self._start_supervisor()
+
+    def _prepare_files(self) -> None:
+        """Session directories and control files, the mount plan, the seccomp program and the tool fds
+        (a worker thread)."""
+        layout.prepare_session(self.policy, self._drop)
+        self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
+        for src, _name in self.policy.tools:
+            self._tool_fds.append(os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        tool_fds = tuple((fd, str(self.policy.tool_path(name)))
+                         for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
+        limits = self.policy.limits
+        plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
+                                   tmpfs_size=limits.tmpfs if limits else None)
+        self._hidden = hidden_paths(self.policy)
+        self._argv_prefix = bwrap.mount_argv(plan)
+        self._plan = plan
+
+    async def _start_limiter(self) -> None:
+        """The session's cgroup (or rlimits), when it has limits."""
+        if self.policy.limits is not None:
+            self._limiter = await asyncio.to_thread(session_limiter, self.policy.limits, self.policy.session_id)
 
     async def _start_reaper(self) -> SessionReaper:
         """The session, told to the worker's reaper: it kills the session's processes (and cgroups) if
@@ -180,24 +217,29 @@ class LocalSandbox(Sandbox):
                 await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
 
     def _start_launcher(self) -> None:
-        """The session's launcher thread (in the session's limits) and the supervisor of its seccomp listener."""
-        assert self._netns is not None and self._plan is not None
+        """The session's launcher thread, in the session's limits (a worker thread: it waits until the
+        launcher is set up)."""
+        assert self._netns is not None
         arch = seccomp.host_arch()
         uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
         # under cgroup v1 the launcher thread moves into the session cgroup itself, first thing
         adopt = self._limiter.adopt_thread if self._limiter is not None else None
         self._launcher = Launcher(self._netns.fd, ListenerFilter(seccomp.notify_program(arch), arch),
                                   arch, uid, gid, adopt)
+
+    def _start_supervisor(self) -> None:
+        """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
+        assert self._launcher is not None and self._plan is not None
         self._supervisor = Supervisor(
-            self._launcher.listener_fd, arch, self._plan.read_only, self.report,
-            self._host_owner(), self._launcher.native_id, hidden_paths(self.policy),
+            self._launcher.listener_fd, seccomp.host_arch(), self._plan.read_only, self.report,
+            self._host_owner(), self._launcher.native_id, self._hidden,
         )
         self._supervisor.start()
 
     async def _start_network(self) -> None:
-        """A loopback-only netns with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
+        """A loopback-only netns (made ahead) with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
         binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
-        self._netns = create_netns(binds)
+        self._netns = take_spare(binds)
         proxy_sock, dns_sock = self._netns.sockets
         self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
                                   self.policy.proxy_limits)
@@ -356,11 +398,14 @@ class LocalSandbox(Sandbox):
         if self._netns is not None:
             self._netns.close()
             self._netns = None
+        supervised = self._supervisor is not None
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
         if self._launcher is not None:
             self._launcher.close()
+            if not supervised and self._launcher.listener_fd >= 0:  # a start that failed before the supervisor
+                os.close(self._launcher.listener_fd)
             self._launcher = None
         if self._limiter is not None:  # after the launcher thread has left its cgroup
             await asyncio.to_thread(self._limiter.remove)
