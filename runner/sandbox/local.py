@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import inspect
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runner.sandbox import bwrap, layout, seccomp
+from runner.sandbox import bwrap, layout, notify_exec, seccomp
 from runner.sandbox.base import (
     SANDBOX_USER,
     LimitExceeded,
@@ -90,6 +91,8 @@ class LocalSandbox(Sandbox):
         self._plan: bwrap.MountPlan | None = None
         self._hidden = HiddenPaths()
         self._seccomp_fd: int | None = None
+        self._notify_fd: int | None = None  # read by the notify-exec helper (pread: no offset shared)
+        self._helper_fd: int | None = None
         self._tool_fds: list[int] = []
         self._launcher: Launcher | None = None
         self._supervisor: Supervisor | None = None
@@ -157,6 +160,7 @@ class LocalSandbox(Sandbox):
         (a worker thread)."""
         layout.prepare_session(self.policy, self._drop)
         self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
+        self._notify_fd = _memfd("sesame-seccomp-notify", seccomp.notify_program())
         for src, _name in self.policy.tools:
             self._tool_fds.append(os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         tool_fds = tuple((fd, str(self.policy.tool_path(name)))
@@ -224,8 +228,11 @@ class LocalSandbox(Sandbox):
         uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
         # under cgroup v1 the launcher thread moves into the session cgroup itself, first thing
         adopt = self._limiter.adopt_thread if self._limiter is not None else None
-        self._launcher = Launcher(self._netns.fd, ListenerFilter(seccomp.notify_program(arch), arch),
-                                  arch, uid, gid, adopt)
+        # with the notify-exec helper each command installs the listener filter at its exec; without
+        # it the launcher carries it, and bwrap's own setup passes through the supervisor
+        self._helper_fd = notify_exec.helper_fd()
+        listener = ListenerFilter(seccomp.notify_program(arch), arch) if self._helper_fd is None else None
+        self._launcher = Launcher(self._netns.fd, listener, arch, uid, gid, adopt)
 
     def _start_supervisor(self) -> None:
         """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
@@ -305,23 +312,37 @@ class LocalSandbox(Sandbox):
         # with limits the command waits on block_r until bwrap and its pid-1 are under them
         block_r, block_w = os.pipe2(os.O_CLOEXEC) if self._limiter and self._limiter.attaches else (None, None)
         inner = self._limiter.wrap(list(argv)) if self._limiter else list(argv)
+        # the command's own listener filter, installed at its exec (notify_exec.c); it comes back here
+        channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if self._helper_fd is not None \
+            else (None, None)
+        helper: tuple[int, ...] = ()
+        if child_end is not None:
+            assert self._helper_fd is not None and self._notify_fd is not None
+            helper = (self._notify_fd, child_end.fileno(), self._helper_fd)
+            inner = [f"/proc/self/fd/{self._helper_fd}", *map(str, helper), "--", *inner]
         command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
         missing = _missing(self._plan.read_only) if self._plan else []
         self._supervisor.forget()
-        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()))
+        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()), *helper)
         try:
             proc = await spawn_from(self._launcher, command, full_env, passed, stdin is not None)
         except BaseException:
             os.close(info_r)
             if block_w is not None:
                 os.close(block_w)
+            if channel is not None:
+                channel.close()
             raise
         finally:
             for fd in (info_w, program, block_r):
                 if fd is not None:
                     os.close(fd)
+            if child_end is not None:
+                child_end.close()
+        if channel is not None:
+            self._supervisor.expect(channel)
         tree = Tree(proc.pid, info_r)
         if block_w is not None:
             await self._apply_limits(tree, block_w)
@@ -410,9 +431,10 @@ class LocalSandbox(Sandbox):
         if self._limiter is not None:  # after the launcher thread has left its cgroup
             await asyncio.to_thread(self._limiter.remove)
             self._limiter = None
-        if self._seccomp_fd is not None:
-            os.close(self._seccomp_fd)
-            self._seccomp_fd = None
+        for fd in (self._seccomp_fd, self._notify_fd):
+            if fd is not None:
+                os.close(fd)
+        self._seccomp_fd = self._notify_fd = None
         for fd in self._tool_fds:
             os.close(fd)
         self._tool_fds = []
@@ -441,7 +463,13 @@ def _missing(paths: Sequence[str]) -> list[str]:
 
 
 def _memfd(name: str, data: bytes) -> int:
-    """A sealed-in-practice memfd holding data, for bwrap --seccomp."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    return fd
+    """A read-only descriptor on a sealed memfd holding data (a seccomp program): neither a command that
+    reaches it through /proc nor anyone else can change it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+                    | fcntl.F_SEAL_SEAL)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
