@@ -17,7 +17,8 @@ class MountPlan:
     project_dir: str
     home_dir: str
     tmp_dir: str
-    control_dir: str
+    passwd: str  # the session's /etc/passwd
+    shared_dir: str  # group, resolv.conf and the hiding placeholders, alike for every session
     uid: int
     gid: int
     hide_files: tuple[str, ...] = ()
@@ -75,11 +76,11 @@ def _session_mounts(plan: MountPlan) -> list[str]:
 def _etc_mounts(plan: MountPlan) -> list[str]:
     """Minimal passwd and group with only the sandbox user; DNS pointed at the sink."""
     argv = [
-        "--ro-bind", f"{plan.control_dir}/passwd", "/etc/passwd",
-        "--ro-bind", f"{plan.control_dir}/group", "/etc/group",
+        "--ro-bind", plan.passwd, "/etc/passwd",
+        "--ro-bind", f"{plan.shared_dir}/group", "/etc/group",
     ]
     if plan.resolv_conf:
-        argv += ["--ro-bind", f"{plan.control_dir}/resolv.conf", "/etc/resolv.conf"]
+        argv += ["--ro-bind", f"{plan.shared_dir}/resolv.conf", "/etc/resolv.conf"]
     return argv
 
 
@@ -87,9 +88,9 @@ def _hiding_mounts(plan: MountPlan) -> list[str]:
     """Unreadable root-owned placeholders over credential files and directories."""
     argv: list[str] = []
     for path in plan.hide_files:
-        argv += ["--ro-bind", f"{plan.control_dir}/denied", path]
+        argv += ["--ro-bind", f"{plan.shared_dir}/denied", path]
     for path in plan.hide_dirs:
-        argv += ["--ro-bind", f"{plan.control_dir}/denied.d", path]
+        argv += ["--ro-bind", f"{plan.shared_dir}/denied.d", path]
     return argv
 
 
