@@ -119,7 +119,7 @@ class LocalSandbox(Sandbox):
 
     async def start(self) -> None:
         """Directories, and when secured the netns with its proxy and DNS sink; a start that fails
-        undoes what it made (nothing of it is left on the host)."""
+        undoes what it made but the files (netns, servers, cgroup, threads, descriptors: as destroy())."""
         self._loop = asyncio.get_running_loop()
         try:
             if self.secured:
@@ -414,8 +414,10 @@ class LocalSandbox(Sandbox):
             await kill_marked(self._token)
         if self._proxy is not None:
             await self._proxy.close()
+            self._proxy = None
         if self._dns is not None:
             self._dns.close()
+            self._dns = None
         if self._netns is not None:
             self._netns.close()
             self._netns = None
