@@ -121,11 +121,15 @@ def finish_argv(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     block_fd: int | None = None,
+    extra_seccomp_fd: int | None = None,
 ) -> list[str]:
     """A session's mount_argv completed for one command; with block_fd the command waits
-    until a byte arrives there (the limits are applied first)."""
+    until a byte arrives there (the limits are applied first). With extra_seccomp_fd both
+    programs are applied, seccomp_fd's first (bwrap's pid-1 and the command get both)."""
     argv = list(prefix)
-    if seccomp_fd is not None:
+    if seccomp_fd is not None and extra_seccomp_fd is not None:
+        argv += ["--add-seccomp-fd", str(seccomp_fd), "--add-seccomp-fd", str(extra_seccomp_fd)]
+    elif seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
@@ -141,6 +145,7 @@ def build_argv(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     block_fd: int | None = None,
+    extra_seccomp_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap argv running command in cwd under plan."""
-    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd)
+    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd, extra_seccomp_fd)

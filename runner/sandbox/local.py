@@ -316,16 +316,22 @@ class LocalSandbox(Sandbox):
         channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if self._helper_fd is not None \
             else (None, None)
         helper: tuple[int, ...] = ()
+        notify_program = None
         if child_end is not None:
             assert self._helper_fd is not None and self._notify_fd is not None
             helper = (self._notify_fd, child_end.fileno(), self._helper_fd)
             inner = [f"/proc/self/fd/{self._helper_fd}", *map(str, helper), "--", *inner]
-        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r)
+            # bwrap's pid-1 gets the notify program too, with no listener: were the command to take it
+            # over (its /proc/1/mem is the command's to write), every notified call there fails closed
+            notify_program = os.open(f"/proc/self/fd/{self._notify_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r,
+                                    notify_program)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
         missing = _missing(self._plan.read_only) if self._plan else []
         self._supervisor.forget()
-        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()), *helper)
+        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()), *helper,
+                  *((notify_program,) if notify_program is not None else ()))
         try:
             proc = await spawn_from(self._launcher, command, full_env, passed, stdin is not None)
         except BaseException:
@@ -336,7 +342,7 @@ class LocalSandbox(Sandbox):
                 channel.close()
             raise
         finally:
-            for fd in (info_w, program, block_r):
+            for fd in (info_w, program, block_r, notify_program):
                 if fd is not None:
                     os.close(fd)
             if child_end is not None:

@@ -141,3 +141,10 @@ def test_git_dir_is_pinned_before_its_read_only_parts() -> None:
     argv = build_argv(replace(PLAN, pinned=(git,)), ["true"], "/")
     pin = next(i for i, a in enumerate(argv) if a == "--bind" and argv[i + 1 : i + 3] == [git, git])
     assert pin < argv.index(f"{git}/hooks") and pin < argv.index(f"{git}/config")
+
+
+def test_two_seccomp_programs_are_added_in_order() -> None:
+    """With the notify program beside the deny program bwrap applies both (--seccomp takes one only)."""
+    argv = build_argv(PLAN, ["true"], "/", seccomp_fd=5, extra_seccomp_fd=8)
+    assert "--seccomp" not in argv
+    assert _pairs(argv, "--add-seccomp-fd", 1) == [("5",), ("8",)]
