@@ -301,6 +301,7 @@ class DockerSandbox(Sandbox):
         """The container, created (not started): pid 1 sleeps and reaps, commands run as execs."""
         policy, limits = self.policy, self.policy.limits
         control = layout.control_dir(policy)
+        control.mkdir(mode=0o755, exist_ok=True)
         uid, gid = self.user.split(":")
         (control / "docker-passwd").write_text(f"sesame:x:{uid}:{gid}:Sesame agent:{policy.home_dir}:/bin/sh\n")
         (control / "docker-group").write_text(f"sesame:x:{gid}:\n")
@@ -311,7 +312,7 @@ class DockerSandbox(Sandbox):
             str(control / "docker-group"): {"bind": "/etc/group", "mode": "ro"},
         }
         if self.secured:
-            volumes[str(control / "resolv.conf")] = {"bind": "/etc/resolv.conf", "mode": "ro"}
+            volumes[str(layout.shared_dir(policy) / "resolv.conf")] = {"bind": "/etc/resolv.conf", "mode": "ro"}
         for path in layout.read_only_paths(policy):  # git hooks and config, shell rc files: read-only
             if os.path.lexists(path) and not os.path.islink(path):
                 volumes[path] = {"bind": path, "mode": "ro"}

@@ -17,7 +17,8 @@ class MountPlan:
     project_dir: str
     home_dir: str
     tmp_dir: str
-    control_dir: str
+    passwd: str  # the session's /etc/passwd
+    shared_dir: str  # group, resolv.conf and the hiding placeholders, alike for every session
     uid: int
     gid: int
     hide_files: tuple[str, ...] = ()
@@ -75,11 +76,11 @@ def _session_mounts(plan: MountPlan) -> list[str]:
 def _etc_mounts(plan: MountPlan) -> list[str]:
     """Minimal passwd and group with only the sandbox user; DNS pointed at the sink."""
     argv = [
-        "--ro-bind", f"{plan.control_dir}/passwd", "/etc/passwd",
-        "--ro-bind", f"{plan.control_dir}/group", "/etc/group",
+        "--ro-bind", plan.passwd, "/etc/passwd",
+        "--ro-bind", f"{plan.shared_dir}/group", "/etc/group",
     ]
     if plan.resolv_conf:
-        argv += ["--ro-bind", f"{plan.control_dir}/resolv.conf", "/etc/resolv.conf"]
+        argv += ["--ro-bind", f"{plan.shared_dir}/resolv.conf", "/etc/resolv.conf"]
     return argv
 
 
@@ -87,9 +88,9 @@ def _hiding_mounts(plan: MountPlan) -> list[str]:
     """Unreadable root-owned placeholders over credential files and directories."""
     argv: list[str] = []
     for path in plan.hide_files:
-        argv += ["--ro-bind", f"{plan.control_dir}/denied", path]
+        argv += ["--ro-bind", f"{plan.shared_dir}/denied", path]
     for path in plan.hide_dirs:
-        argv += ["--ro-bind", f"{plan.control_dir}/denied.d", path]
+        argv += ["--ro-bind", f"{plan.shared_dir}/denied.d", path]
     return argv
 
 
@@ -120,11 +121,15 @@ def finish_argv(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     block_fd: int | None = None,
+    extra_seccomp_fd: int | None = None,
 ) -> list[str]:
     """A session's mount_argv completed for one command; with block_fd the command waits
-    until a byte arrives there (the limits are applied first)."""
+    until a byte arrives there (the limits are applied first). With extra_seccomp_fd both
+    programs are applied, seccomp_fd's first (bwrap's pid-1 and the command get both)."""
     argv = list(prefix)
-    if seccomp_fd is not None:
+    if seccomp_fd is not None and extra_seccomp_fd is not None:
+        argv += ["--add-seccomp-fd", str(seccomp_fd), "--add-seccomp-fd", str(extra_seccomp_fd)]
+    elif seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
@@ -140,6 +145,7 @@ def build_argv(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     block_fd: int | None = None,
+    extra_seccomp_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap argv running command in cwd under plan."""
-    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd)
+    return finish_argv(mount_argv(plan), command, cwd, seccomp_fd, info_fd, block_fd, extra_seccomp_fd)

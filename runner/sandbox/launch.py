@@ -189,12 +189,13 @@ Request = tuple[Callable[[], object], Callable[[object, BaseException | None], N
 
 
 class Launcher:
-    """A thread that joined the session netns, dropped to the host uid and carries the
-    listener filter; commands are posix_spawned from it and inherit all of that."""
+    """A thread that joined the session netns, dropped to the host uid and (without the notify-exec
+    helper) carries the listener filter; commands are posix_spawned from it and inherit all of that."""
 
-    def __init__(self, netns_fd: int, listener: ListenerFilter, arch: Arch,
+    def __init__(self, netns_fd: int, listener: ListenerFilter | None, arch: Arch,
                  uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None) -> None:
-        """Start the thread and wait until it is set up; listener_fd is then the supervisor's.
+        """Start the thread and wait until it is set up; listener_fd is then the supervisor's (-1 without
+        a listener filter: each command installs its own, runner.sandbox.notify_exec).
         adopt(tid), when given, runs first on the thread itself (with root's rights, before any
         filter): the session's limits taking the thread in (Limiter.adopt_thread)."""
         self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
@@ -220,7 +221,8 @@ class Launcher:
             _drop_thread_credentials(arch, uid, gid)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
-        self.listener_fd = listener.install()
+        if listener is not None:
+            self.listener_fd = listener.install()
 
     def _run(self) -> None:
         """Thread body: prepare, then run requests until None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import inspect
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runner.sandbox import bwrap, layout, seccomp
+from runner.sandbox import bwrap, layout, notify_exec, seccomp
 from runner.sandbox.base import (
     SANDBOX_USER,
     LimitExceeded,
@@ -28,7 +29,7 @@ from runner.sandbox.base import (
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
 from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, session_limiter
-from runner.sandbox.netns import NetNamespace, create_netns, listen_in
+from runner.sandbox.netns import NetNamespace, listen_in, take_spare
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
 from runner.sandbox.reaping import SessionReaper, SharedReaper
@@ -88,7 +89,10 @@ class LocalSandbox(Sandbox):
         self._proxy: EgressProxy | None = None
         self._dns: asyncio.DatagramTransport | None = None
         self._plan: bwrap.MountPlan | None = None
+        self._hidden = HiddenPaths()
         self._seccomp_fd: int | None = None
+        self._notify_fd: int | None = None  # read by the notify-exec helper (pread: no offset shared)
+        self._helper_fd: int | None = None
         self._tool_fds: list[int] = []
         self._launcher: Launcher | None = None
         self._supervisor: Supervisor | None = None
@@ -114,27 +118,64 @@ class LocalSandbox(Sandbox):
             task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
-        """Directories, and when secured the netns with its proxy and DNS sink."""
+        """Directories, and when secured the netns with its proxy and DNS sink; a start that fails
+        undoes what it made but the files (netns, servers, cgroup, threads, descriptors: as destroy())."""
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
-        if self.secured:
-            await self._start_network()
-            self._tool_fds = [os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                              for src, _name in self.policy.tools]
-            tool_fds = tuple((fd, str(self.policy.tool_path(name)))
-                             for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
-            limits = self.policy.limits
-            self._plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
-                                             tmpfs_size=limits.tmpfs if limits else None)
-            self._argv_prefix = bwrap.mount_argv(self._plan)
-            self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
-            if limits is not None:
-                self._limiter = await asyncio.to_thread(session_limiter, limits, self.policy.session_id)
-            self._start_launcher()
-        if self.policy.limits is not None:
-            self._watchdog = asyncio.create_task(self._watch_limits())
-        self._reaper = await self._start_reaper()
+        try:
+            if self.secured:
+                await self._start_secured()
+            else:
+                await asyncio.to_thread(layout.prepare_session, self.policy, self._drop)
+            if self.policy.limits is not None:
+                self._watchdog = asyncio.create_task(self._watch_limits())
+            self._reaper = await self._start_reaper()
+        except BaseException:
+            await self.destroy()
+            raise
         self._started = True
+
+    async def _start_secured(self) -> None:
+        """The parts of a secured start side by side: the files and the mount plan on a thread, the
+        network (netns, proxy, DNS sink) on the loop, the limits and then the launcher thread in them."""
+        async def files() -> None:
+            await asyncio.to_thread(self._prepare_files)
+
+        async def launcher() -> None:
+            await asyncio.gather(self._start_network(), self._start_limiter())
+            await asyncio.to_thread(self._start_launcher)
+
+        steps = asyncio.gather(files(), launcher(), return_exceptions=True)
+        try:
+            results = await asyncio.shield(steps)
+        except asyncio.CancelledError:
+            await asyncio.wait([steps])  # their threads finish: what they made is undone by the caller
+            raise
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self._start_supervisor()
+
+    def _prepare_files(self) -> None:
+        """Session directories and control files, the mount plan, the seccomp program and the tool fds
+        (a worker thread)."""
+        layout.prepare_session(self.policy, self._drop)
+        self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
+        self._notify_fd = _memfd("sesame-seccomp-notify", seccomp.notify_program())
+        for src, _name in self.policy.tools:
+            self._tool_fds.append(os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        tool_fds = tuple((fd, str(self.policy.tool_path(name)))
+                         for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
+        limits = self.policy.limits
+        plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
+                                   tmpfs_size=limits.tmpfs if limits else None)
+        self._hidden = hidden_paths(self.policy)
+        self._argv_prefix = bwrap.mount_argv(plan)
+        self._plan = plan
+
+    async def _start_limiter(self) -> None:
+        """The session's cgroup (or rlimits), when it has limits."""
+        if self.policy.limits is not None:
+            self._limiter = await asyncio.to_thread(session_limiter, self.policy.limits, self.policy.session_id)
 
     async def _start_reaper(self) -> SessionReaper:
         """The session, told to the worker's reaper: it kills the session's processes (and cgroups) if
@@ -180,24 +221,32 @@ class LocalSandbox(Sandbox):
                 await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
 
     def _start_launcher(self) -> None:
-        """The session's launcher thread (in the session's limits) and the supervisor of its seccomp listener."""
-        assert self._netns is not None and self._plan is not None
+        """The session's launcher thread, in the session's limits (a worker thread: it waits until the
+        launcher is set up)."""
+        assert self._netns is not None
         arch = seccomp.host_arch()
         uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
         # under cgroup v1 the launcher thread moves into the session cgroup itself, first thing
         adopt = self._limiter.adopt_thread if self._limiter is not None else None
-        self._launcher = Launcher(self._netns.fd, ListenerFilter(seccomp.notify_program(arch), arch),
-                                  arch, uid, gid, adopt)
+        # with the notify-exec helper each command installs the listener filter at its exec; without
+        # it the launcher carries it, and bwrap's own setup passes through the supervisor
+        self._helper_fd = notify_exec.helper_fd()
+        listener = ListenerFilter(seccomp.notify_program(arch), arch) if self._helper_fd is None else None
+        self._launcher = Launcher(self._netns.fd, listener, arch, uid, gid, adopt)
+
+    def _start_supervisor(self) -> None:
+        """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
+        assert self._launcher is not None and self._plan is not None
         self._supervisor = Supervisor(
-            self._launcher.listener_fd, arch, self._plan.read_only, self.report,
-            self._host_owner(), self._launcher.native_id, hidden_paths(self.policy),
+            self._launcher.listener_fd, seccomp.host_arch(), self._plan.read_only, self.report,
+            self._host_owner(), self._launcher.native_id, self._hidden,
         )
         self._supervisor.start()
 
     async def _start_network(self) -> None:
-        """A loopback-only netns with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
+        """A loopback-only netns (made ahead) with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
         binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
-        self._netns = create_netns(binds)
+        self._netns = take_spare(binds)
         proxy_sock, dns_sock = self._netns.sockets
         self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
                                   self.policy.proxy_limits)
@@ -263,23 +312,43 @@ class LocalSandbox(Sandbox):
         # with limits the command waits on block_r until bwrap and its pid-1 are under them
         block_r, block_w = os.pipe2(os.O_CLOEXEC) if self._limiter and self._limiter.attaches else (None, None)
         inner = self._limiter.wrap(list(argv)) if self._limiter else list(argv)
-        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r)
+        # the command's own listener filter, installed at its exec (notify_exec.c); it comes back here
+        channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if self._helper_fd is not None \
+            else (None, None)
+        helper: tuple[int, ...] = ()
+        notify_program = None
+        if child_end is not None:
+            assert self._helper_fd is not None and self._notify_fd is not None
+            helper = (self._notify_fd, child_end.fileno(), self._helper_fd)
+            inner = [f"/proc/self/fd/{self._helper_fd}", *map(str, helper), "--", *inner]
+            # bwrap's pid-1 gets the notify program too, with no listener: were the command to take it
+            # over (its /proc/1/mem is the command's to write), every notified call there fails closed
+            notify_program = os.open(f"/proc/self/fd/{self._notify_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r,
+                                    notify_program)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
         missing = _missing(self._plan.read_only) if self._plan else []
         self._supervisor.forget()
-        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()))
+        passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()), *helper,
+                  *((notify_program,) if notify_program is not None else ()))
         try:
             proc = await spawn_from(self._launcher, command, full_env, passed, stdin is not None)
         except BaseException:
             os.close(info_r)
             if block_w is not None:
                 os.close(block_w)
+            if channel is not None:
+                channel.close()
             raise
         finally:
-            for fd in (info_w, program, block_r):
+            for fd in (info_w, program, block_r, notify_program):
                 if fd is not None:
                     os.close(fd)
+            if child_end is not None:
+                child_end.close()
+        if channel is not None:
+            self._supervisor.expect(channel)
         tree = Tree(proc.pid, info_r)
         if block_w is not None:
             await self._apply_limits(tree, block_w)
@@ -351,23 +420,29 @@ class LocalSandbox(Sandbox):
             await kill_marked(self._token)
         if self._proxy is not None:
             await self._proxy.close()
+            self._proxy = None
         if self._dns is not None:
             self._dns.close()
+            self._dns = None
         if self._netns is not None:
             self._netns.close()
             self._netns = None
+        supervised = self._supervisor is not None
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
         if self._launcher is not None:
             self._launcher.close()
+            if not supervised and self._launcher.listener_fd >= 0:  # a start that failed before the supervisor
+                os.close(self._launcher.listener_fd)
             self._launcher = None
         if self._limiter is not None:  # after the launcher thread has left its cgroup
             await asyncio.to_thread(self._limiter.remove)
             self._limiter = None
-        if self._seccomp_fd is not None:
-            os.close(self._seccomp_fd)
-            self._seccomp_fd = None
+        for fd in (self._seccomp_fd, self._notify_fd):
+            if fd is not None:
+                os.close(fd)
+        self._seccomp_fd = self._notify_fd = None
         for fd in self._tool_fds:
             os.close(fd)
         self._tool_fds = []
@@ -396,7 +471,13 @@ def _missing(paths: Sequence[str]) -> list[str]:
 
 
 def _memfd(name: str, data: bytes) -> int:
-    """A sealed-in-practice memfd holding data, for bwrap --seccomp."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    return fd
+    """A read-only descriptor on a sealed memfd holding data (a seccomp program): neither a command that
+    reaches it through /proc nor anyone else can change it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+                    | fcntl.F_SEAL_SEAL)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)

@@ -1,4 +1,8 @@
-"""A private network namespace with only loopback, and sockets listening inside it."""
+"""A private network namespace with only loopback, and sockets listening inside it.
+
+Making one (unshare, lo up, the sockets) takes a millisecond or two of a session's start: each worker
+process keeps one made ahead (take_spare), and makes the next in the background after each take. A
+namespace is never handed out twice."""
 
 from __future__ import annotations
 
@@ -81,6 +85,67 @@ def create_netns(binds: Sequence[tuple[int, tuple[str, int]]]) -> NetNamespace:
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
     return NetNamespace(fd=out["fd"], sockets=out["sockets"])  # type: ignore[arg-type]
+
+
+class _Spare:
+    """A namespace being made ahead on a thread of its own, for one set of binds, by one process."""
+
+    def __init__(self, binds: tuple[tuple[int, tuple[str, int]], ...]) -> None:
+        self.binds = binds
+        self.pid = os.getpid()
+        self._out: dict[str, object] = {}
+        self._thread = threading.Thread(target=_enter_new_netns, args=(binds, self._out),
+                                        name="sesame-netns-spare", daemon=True)
+        self._thread.start()
+
+    def result(self) -> NetNamespace:
+        """The namespace, once made (raises what making it raised)."""
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]  # type: ignore[misc]
+        if "fd" not in self._out:  # its thread did not come across a fork
+            raise OSError("the network namespace made ahead is not there")
+        return NetNamespace(fd=self._out["fd"], sockets=self._out["sockets"])  # type: ignore[arg-type]
+
+    def discard(self) -> None:
+        """Close it (a spare of other binds, or inherited across a fork: the copies are this process's)."""
+        try:
+            self.result().close()
+        except OSError:
+            pass
+
+
+_spare_lock = threading.Lock()
+_spare: _Spare | None = None
+
+
+def take_spare(binds: Sequence[tuple[int, tuple[str, int]]]) -> NetNamespace:
+    """A fresh loopback-only netns with sockets on binds: the one made ahead when there is one (waiting
+    for it if it is still being made), else one made now; the next is then started in the background."""
+    global _spare
+    wanted = tuple(binds)
+    with _spare_lock:
+        spare, _spare = _spare, _Spare(wanted)
+    if spare is not None and spare.pid == os.getpid() and spare.binds == wanted:
+        try:
+            return spare.result()
+        except OSError:
+            pass  # made again below, where the error (if it stays) reaches the caller
+    elif spare is not None:
+        spare.discard()
+    return create_netns(binds)
+
+
+def prepared_spare() -> int | None:
+    """The inode of the namespace made ahead for the next take (waiting until it is made); None if none."""
+    with _spare_lock:
+        spare = _spare
+    if spare is None or spare.pid != os.getpid():
+        return None
+    try:
+        return os.fstat(spare.result().fd).st_ino
+    except OSError:
+        return None
 
 
 def _join_and_listen(fd: int, address: tuple[str, int], out: dict[str, object]) -> None:

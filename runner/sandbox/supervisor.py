@@ -13,9 +13,12 @@ The layers: notify (the kernel ABI), procview (the process's memory and paths), 
 
 from __future__ import annotations
 
+import array
 import logging
 import os
+import queue
 import select
+import socket
 import threading
 from collections.abc import Callable, Sequence
 
@@ -43,13 +46,17 @@ class Supervisor:
         launcher_tid: int | None = None,
         hidden: HiddenPaths | None = None,
     ) -> None:
-        """Take ownership of the listener fd of one session's launcher thread.
+        """Take ownership of the listener fd of one session's launcher thread (-1: it has none, each
+        command's listener comes through expect()).
 
-        Trusted (bwrap's own setup, not agent code): the launcher thread itself, the
-        worker's direct children (bwrap) and grandchildren (bwrap's pid-1 child).
+        Trusted (bwrap's own setup, not agent code) on the launcher's listener alone: the launcher
+        thread itself, the worker's direct children (bwrap) and grandchildren (bwrap's pid-1 child).
+        A command's own listener (installed by the notify-exec helper at its exec) trusts no one.
         protected: absolute inside paths no write may touch (nor their ancestors' renames).
         """
         self.listener = listener
+        self._serving = listener  # the listener of the notification being answered
+        self._incoming: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
         self.spawner = os.getpid()
         self.launcher_tid = launcher_tid
         self.owner = owner  # host uid:gid the sandbox user maps to
@@ -70,40 +77,80 @@ class Supervisor:
 
     def start(self) -> None:
         """Begin answering notifications."""
-        notify.sync_wake_up(self.listener)
+        if self.listener >= 0:
+            notify.sync_wake_up(self.listener)
         self._thread.start()
 
+    def expect(self, channel: socket.socket) -> None:
+        """A command's notify-exec helper sends its listener over channel (taken over here): serve it too."""
+        with self._lock:
+            if self._closed:
+                channel.close()
+                return
+            self._incoming.put(channel)
+            os.write(self._wake_w, b"c")
+
     def stop(self) -> None:
-        """Ask the thread to finish; it closes the listener (pending calls then get ENOSYS)."""
+        """Ask the thread to finish; it closes the listeners (pending calls then get ENOSYS)."""
         with self._lock:
             if not self._closed:
                 os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
-        """Poll the listener until every filtered process is gone or stop() is called."""
+        """Poll the listeners until stop() is called (or, with a launcher's listener, until every process
+        filtered by it is gone)."""
         poller = select.poll()
-        poller.register(self.listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        listeners: set[int] = set()
+        channels: dict[int, socket.socket] = {}
+        if self.listener >= 0:
+            listeners.add(self.listener)
+            poller.register(self.listener, select.POLLIN)
         try:
             while True:
-                events = dict(poller.poll())
-                if self._wake_r in events or events.get(self.listener, 0) & select.POLLHUP:
-                    return
-                if self.listener in events:
-                    self._serve_one()
+                for fd, event in poller.poll():
+                    if fd == self._wake_r:
+                        if b"x" in os.read(self._wake_r, 4096):
+                            return
+                        while not self._incoming.empty():
+                            channel = self._incoming.get()
+                            channels[channel.fileno()] = channel
+                            poller.register(channel, select.POLLIN)
+                    elif fd in channels:
+                        poller.unregister(fd)
+                        listener = _received_listener(channels.pop(fd))
+                        if listener is not None:
+                            notify.sync_wake_up(listener)
+                            listeners.add(listener)
+                            poller.register(listener, select.POLLIN)
+                    elif fd not in listeners:
+                        continue  # closed earlier in this round
+                    elif event & select.POLLIN:
+                        self._serve_one(fd)
+                    elif fd == self.listener:
+                        return  # every process the launcher started is gone
+                    else:  # the command and all it started are gone
+                        poller.unregister(fd)
+                        listeners.discard(fd)
+                        os.close(fd)
         finally:
             with self._lock:
                 self._closed = True
-                for fd in (self.listener, self._wake_r, self._wake_w):
+                for channel in channels.values():
+                    channel.close()
+                while not self._incoming.empty():
+                    self._incoming.get().close()
+                for fd in (*listeners, self._wake_r, self._wake_w):
                     os.close(fd)
 
-    def _serve_one(self) -> None:
+    def _serve_one(self, listener: int) -> None:
         """Receive one notification, inspect it, answer it."""
-        call = notify.receive(self.listener)
+        self._serving = listener
+        call = notify.receive(listener)
         if call is None:
             return  # the target died before we got to it
-        if self._is_launcher(call.pid):
-            notify.answer(self.listener, call.ident, 0)
+        if listener == self.listener and self._is_launcher(call.pid):
+            notify.answer(listener, call.ident, 0)
             return
         name = self.names.get(call.nr, "")
         try:
@@ -111,7 +158,7 @@ class Supervisor:
         except Exception:  # never leave a sandboxed syscall hanging, nor let it through unseen
             log.exception("seccomp supervisor failed on syscall %s", call.nr)
             verdict = verdicts.inspection_failed(name, call.nr)
-        notify.answer(self.listener, call.ident, verdict.deny_errno)
+        notify.answer(listener, call.ident, verdict.deny_errno)
         if verdict.violation is not None:
             self.report(verdict.violation)
 
@@ -129,7 +176,7 @@ class Supervisor:
 
     def _pending(self, ident: int, verdict: Verdict) -> Verdict:
         """verdict, or ALLOW when the call is gone: its pid may be another process by now."""
-        return verdict if notify.pending(self.listener, ident) else ALLOW
+        return verdict if notify.pending(self._serving, ident) else ALLOW
 
     def _inspect(self, call: Notification, name: str) -> Verdict:
         """Dispatch on the syscall."""
@@ -187,7 +234,7 @@ class Supervisor:
             path = view.absolute(raw, None if arg.dirfd is None else notify.signed32(args[arg.dirfd]))
             if path is None:
                 continue
-            if not notify.pending(self.listener, ident):
+            if not notify.pending(self._serving, ident):
                 return ALLOW
             try:
                 resolved = view.resolve(path, arg.follow, arg.modifies_dir, self.owner)
@@ -205,3 +252,18 @@ class Supervisor:
         if dest is None:
             return ALLOW
         return verdicts.connect_verdict(*dest, view.listening_ports)
+
+
+def _received_listener(channel: socket.socket) -> int | None:
+    """The listener fd a helper sent over channel, which is closed (None when it sent none: it failed
+    before its command ran, and said why)."""
+    try:
+        _, ancdata, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        channel.close()
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return array.array("i", data[:4])[0]
+    return None

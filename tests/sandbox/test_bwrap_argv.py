@@ -11,7 +11,8 @@ from runner.sandbox.local import build_env
 
 PLAN = MountPlan(
     base_dir="/srv/sesame", project_dir="/srv/sesame/s1/project", home_dir="/srv/sesame/s1/home",
-    tmp_dir="/srv/sesame/s1/tmp", control_dir="/srv/sesame/s1/.sandbox", uid=1000, gid=1000,
+    tmp_dir="/srv/sesame/s1/tmp", passwd="/srv/sesame/s1/.passwd", shared_dir="/srv/sesame/.sandbox-shared",
+    uid=1000, gid=1000,
     hide_files=("/etc/shadow", "/srv/config/sesame.toml"), hide_dirs=("/home/ann/.ssh",),
     read_only=("/srv/sesame/s1/project/.git/hooks", "/srv/sesame/s1/project/.git/config"),
 )
@@ -31,12 +32,12 @@ CASES = [
                    ("/srv/sesame/s1/tmp", "/tmp")], "writable: project, HOME, session tmp"),
     ("--tmpfs", 1, [("/srv/sesame",), ("/run",)], "other sessions and host sockets hidden"),
     ("--remount-ro", 1, [("/srv/sesame",), ("/run",)], "hiding tmpfs read-only"),
-    ("--ro-bind", 2, [("/srv/sesame/s1/.sandbox/passwd", "/etc/passwd"),
-                      ("/srv/sesame/s1/.sandbox/group", "/etc/group"),
-                      ("/srv/sesame/s1/.sandbox/resolv.conf", "/etc/resolv.conf")], "minimal /etc"),
-    ("--ro-bind", 2, [("/srv/sesame/s1/.sandbox/denied", "/etc/shadow"),
-                      ("/srv/sesame/s1/.sandbox/denied", "/srv/config/sesame.toml"),
-                      ("/srv/sesame/s1/.sandbox/denied.d", "/home/ann/.ssh")], "secrets hidden"),
+    ("--ro-bind", 2, [("/srv/sesame/s1/.passwd", "/etc/passwd"),
+                      ("/srv/sesame/.sandbox-shared/group", "/etc/group"),
+                      ("/srv/sesame/.sandbox-shared/resolv.conf", "/etc/resolv.conf")], "minimal /etc"),
+    ("--ro-bind", 2, [("/srv/sesame/.sandbox-shared/denied", "/etc/shadow"),
+                      ("/srv/sesame/.sandbox-shared/denied", "/srv/config/sesame.toml"),
+                      ("/srv/sesame/.sandbox-shared/denied.d", "/home/ann/.ssh")], "secrets hidden"),
     ("--ro-bind-try", 2, [("/srv/sesame/s1/project/.git/hooks",) * 2,
                           ("/srv/sesame/s1/project/.git/config",) * 2], "protected project paths"),
     ("--uid", 1, [("1000",)], "unprivileged uid inside"),
@@ -140,3 +141,10 @@ def test_git_dir_is_pinned_before_its_read_only_parts() -> None:
     argv = build_argv(replace(PLAN, pinned=(git,)), ["true"], "/")
     pin = next(i for i, a in enumerate(argv) if a == "--bind" and argv[i + 1 : i + 3] == [git, git])
     assert pin < argv.index(f"{git}/hooks") and pin < argv.index(f"{git}/config")
+
+
+def test_two_seccomp_programs_are_added_in_order() -> None:
+    """With the notify program beside the deny program bwrap applies both (--seccomp takes one only)."""
+    argv = build_argv(PLAN, ["true"], "/", seccomp_fd=5, extra_seccomp_fd=8)
+    assert "--seccomp" not in argv
+    assert _pairs(argv, "--add-seccomp-fd", 1) == [("5",), ("8",)]

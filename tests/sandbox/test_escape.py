@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
 
 import pytest
 
+from runner.sandbox import SandboxPolicy
+from runner.sandbox.local import LocalSandbox
 from tests.sandbox.conftest import CREDENTIALS, SERVER_SECRETS, Env, requires_sandbox
 
 pytestmark = requires_sandbox
@@ -371,24 +377,53 @@ async def test_destroy_kills_running_commands(env: Env) -> None:
     assert _host_pids_with("654.321") == []
 
 
-async def test_destroy_does_not_scan_the_hosts_processes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+_proc_reads: list[str] | None = None  # while set: what this process lists of /proc and reads of its processes
+
+
+def _note_proc_reads(event: str, args: tuple[object, ...]) -> None:
+    """Audit hook: a listing of /proc, or a read of a process's environ or status, whoever does it."""
+    if _proc_reads is None or not args:
+        return
+    path = str(args[0])
+    listing = event in ("os.scandir", "os.listdir") and os.path.normpath(path) == "/proc"
+    if listing or (event == "open" and re.fullmatch(r"/proc/\d+/(environ|status)", path)):
+        _proc_reads.append(f"{event} {path}")
+
+
+sys.addaudithook(_note_proc_reads)
+
+
+async def _proc_reads_of(action: Awaitable[None]) -> list[str]:
+    """The /proc listings and process reads this process made while action ran."""
+    global _proc_reads
+    _proc_reads = []
+    try:
+        await action
+        return _proc_reads
+    finally:
+        _proc_reads = None
+
+
+async def test_destroy_does_not_scan_the_hosts_processes(env: Env) -> None:
     """Every command ran in a pid namespace, which ends with its pid-1: destroy() leaves nothing behind
-    without reading each /proc/*/environ (issue 16: 5 ms of a cold start)."""
-    import runner.sandbox.local as local
-
-    scans: list[str] = []
-    real = local.kill_marked
-
-    async def counting(prefix: str, rounds: int = 50) -> None:
-        scans.append(prefix)
-        await real(prefix, rounds)
-
-    monkeypatch.setattr(local, "kill_marked", counting)
+    without listing /proc or reading each /proc/*/environ (issue 16: 5 ms of a cold start)."""
     handle = await env.sandbox.exec(["/bin/sh", "-c", "setsid sleep 543.219 & (sleep 543.218 &); echo up; sleep 600"])
     async for line in handle:
         if line.text == "up":
             break
     assert _host_pids_with("543.219") and _host_pids_with("543.218")
-    await env.sandbox.destroy()
-    assert scans == []
+    assert await _proc_reads_of(env.sandbox.destroy()) == []
     assert _host_pids_with("543.219") == [] and _host_pids_with("543.218") == []
+
+
+async def test_destroy_scans_for_leftovers_of_commands_run_unsandboxed(base_dir: Path) -> None:
+    """Where a command ran without a pid namespace (security off) destroy() does look for what it left:
+    the check above would see a scan."""
+    async def ignore(v: object) -> None:
+        pass
+
+    sandbox = LocalSandbox(SandboxPolicy("off", base_dir, limits=None), ignore, warning="security off")
+    await sandbox.start()
+    await (await sandbox.exec(["true"])).wait()
+    reads = await _proc_reads_of(sandbox.destroy())
+    assert "os.scandir /proc" in reads and any(r.endswith("/environ") for r in reads)

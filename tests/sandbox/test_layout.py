@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,52 @@ def test_plan_pins_a_real_git_dir_only(tmp_path: Path) -> None:
     (policy.project_dir / ".git").rmdir()
     (policy.project_dir / ".git").symlink_to(tmp_path)
     assert layout.plan_mounts(policy, False).pinned == ()
+
+
+def _entries(path: Path) -> dict[str, tuple[int, int, int]]:
+    """name -> (inode, mode, owner) of a directory's entries."""
+    return {entry.name: (entry.inode(), stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode),
+                         entry.stat(follow_symlinks=False).st_uid) for entry in os.scandir(path)}
+
+
+def test_sessions_of_a_base_share_one_set_of_control_files(tmp_path: Path) -> None:
+    """Issue 16: group, resolv.conf and the hiding placeholders are made once per base (each file made
+    cost a session start ~0.4 ms); each session has its own passwd, with its own HOME."""
+    first, second = (SandboxPolicy(name, tmp_path / "sessions") for name in ("s1", "s2"))
+    layout.prepare_session(first, drop_privileges=False)
+    shared = layout.shared_dir(first)
+    made = _entries(shared)
+    layout.prepare_session(second, drop_privileges=False)
+    assert _entries(shared) == made
+    assert {name: (mode, uid) for name, (_inode, mode, uid) in made.items()} == {
+        "group": (0o644, os.geteuid()), "resolv.conf": (0o644, os.geteuid()),
+        "denied": (0o000, os.geteuid()), "denied.d": (0o000, os.geteuid())}
+    for policy in (first, second):
+        passwd = (policy.session_dir / layout.PASSWD).read_text()
+        assert passwd == f"sesame:x:1000:1000:Sesame agent:{policy.home_dir}:/bin/sh\n"
+    plan = layout.plan_mounts(second, drop_privileges=False)
+    assert (plan.passwd, plan.shared_dir) == (str(second.session_dir / layout.PASSWD), str(shared))
+
+
+@pytest.mark.parametrize("tamper", ["group text", "loose mode", "extra file", "a file, not a directory"])
+def test_shared_control_files_not_as_made_are_made_again(tmp_path: Path, tamper: str) -> None:
+    """What is found at the shared path and is not exactly what Sesame makes is replaced, never used."""
+    policy = SandboxPolicy("s1", tmp_path / "sessions")
+    shared = layout.shared_dir(policy)
+    shared.parent.mkdir()
+    if tamper == "a file, not a directory":
+        shared.write_text("planted")
+    else:
+        shared.mkdir()
+        (shared / "group").write_text("sesame:x:1000:\n" if tamper != "group text" else "root:x:0:sesame\n")
+        (shared / "resolv.conf").write_text(layout.RESOLV_TEXT)
+        (shared / "denied").write_text("")
+        os.chmod(shared / "denied", 0o644 if tamper == "loose mode" else 0)
+        (shared / "denied.d").mkdir(mode=0)
+        if tamper == "extra file":
+            (shared / "id_rsa").write_text("planted")
+    layout.prepare_session(policy, drop_privileges=False)
+    assert sorted(os.listdir(shared)) == ["denied", "denied.d", "group", "resolv.conf"]
+    assert (shared / "group").read_text() == "sesame:x:1000:\n"
+    assert stat.S_IMODE(os.stat(shared / "denied").st_mode) == 0
+    assert sorted(p.name for p in shared.parent.iterdir()) == sorted([layout.SHARED, "s1"])  # nothing set aside
