@@ -64,6 +64,11 @@ class NotifierLane:
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
 
+    @property
+    def busy(self) -> int:
+        """Posts under way."""
+        return len(self._posting)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="notifier-lane")
