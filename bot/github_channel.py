@@ -26,8 +26,9 @@ from bot.untrusted import one_line
 
 log = logging.getLogger(__name__)
 WRITE_PERMISSIONS = ("admin", "write", "maintain")
-# Intake posts the queued comment just after its 202; until `report[COMMENT_DUE]` (epoch seconds) the
-# worker waits for that comment rather than post a second one.
+# The queued comment is posted just after the 202, by the web process or a worker's notifier lane
+# (bot/queued_comment.py); until `report[COMMENT_DUE]` (epoch seconds) the worker waits for that comment
+# rather than post a second one.
 COMMENT_DUE = "comment_due"
 COMMENT_GRACE = 30.0
 COMMENT_POLL = 0.1
@@ -131,7 +132,7 @@ class GitHubChannel:
         return self._head
 
     async def _intake_comment(self) -> None:
-        """Wait (at most until its due time) for the queued comment intake is still posting."""
+        """Wait (at most until its due time) for the queued comment still being posted (bot/queued_comment.py)."""
         while not self.report.get("comment_id") and float(self.report.get(COMMENT_DUE) or 0) > time.time():
             await asyncio.sleep(COMMENT_POLL)
             row = await self.services.sessions.get(self.session.id)
