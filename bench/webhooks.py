@@ -230,7 +230,8 @@ async def check_sessions(database_url: str, expected: int, handed_off: int) -> N
     conn = await asyncpg.connect(database_url)
     try:
         sessions = await conn.fetchval("SELECT count(*) FROM sessions")
-        commented = await conn.fetchval("SELECT count(*) FROM sessions WHERE report::text LIKE '%comment_id%'")
+        # the key itself: LIKE '%comment_id%' also matched every row's review_comment_id
+        commented = await conn.fetchval("SELECT count(*) FROM sessions WHERE report::json->>'comment_id' IS NOT NULL")
     finally:
         await conn.close()
     print(f"sessions recorded: {sessions} of {expected}; queued comments posted by the web process: {commented}, "
