@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 import pytest
@@ -139,15 +138,13 @@ async def test_an_enqueue_redis_never_answers_fails_after_the_timeout(
     port = server.sockets[0].getsockname()[1]
     queue = ArqQueue(f"redis://127.0.0.1:{port}/0")
     try:
-        started = time.monotonic()
-        assert not await queue.enqueue("silent", 1, queued_comment=True)
-        took = time.monotonic() - started
-        assert not await queue.enqueue("next", 1)  # within REDIS_PROBE_EVERY: refused at once, no attempt
-        assert time.monotonic() - started - took < 0.1
+        async with asyncio.timeout(20):  # the test's own guard: without ENQUEUE_TIMEOUT it would wait for ever
+            assert not await queue.enqueue("silent", 1, queued_comment=True)
+            assert not await queue.enqueue("next", 1)  # Redis counts as down: refused without an attempt
     finally:
         server.close()
         for writer in held:
             writer.close()
         await queue.close()
-    assert 0.3 <= took < 2.0
-    assert any("enqueue of session silent failed" in r.getMessage() for r in caplog.records)
+    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(held) == 1 and len(failed) == 1 and "enqueue of session silent failed" in failed[0]
