@@ -94,7 +94,7 @@ class GitHubChannel:
         return f"@{login} no longer has write access to {self.session.repo}"
 
     async def publish(self, progress: Progress) -> None:
-        """Edit the one progress comment in place (create it if intake could not)."""
+        """Edit the one progress comment in place (create it if the queued comment was not posted)."""
         body = render_markdown(progress, [*self.services.settings.secret_values, *self.secrets])
         gh = await self.client()
         await self._intake_comment()
@@ -146,7 +146,7 @@ class GitHubChannel:
         return f"/repos/{self.owner}/{self.repo}/issues/comments/{{comment_id}}"
 
     async def _create_comment(self, gh: SesameGitHubAPI, body: str) -> None:
-        """Find the comment intake posted but could not record (by its marker), or post one."""
+        """Find the queued comment posted but not recorded (by its marker), or post one."""
         bot_login = f"{self.services.settings.GITHUB_APP_SLUG}[bot]"
         comment_id = await find_progress_comment(gh, self.session.repo, self.report, self.session.id, bot_login)
         if comment_id is not None:
