@@ -26,8 +26,9 @@ from bot.untrusted import one_line
 
 log = logging.getLogger(__name__)
 WRITE_PERMISSIONS = ("admin", "write", "maintain")
-# Intake posts the queued comment just after its 202; until `report[COMMENT_DUE]` (epoch seconds) the
-# worker waits for that comment rather than post a second one.
+# The queued comment is posted just after the 202, by the web process or a worker's notifier lane
+# (bot/queued_comment.py); until `report[COMMENT_DUE]` (epoch seconds) the worker waits for that comment
+# rather than post a second one.
 COMMENT_DUE = "comment_due"
 COMMENT_GRACE = 30.0
 COMMENT_POLL = 0.1
@@ -93,7 +94,7 @@ class GitHubChannel:
         return f"@{login} no longer has write access to {self.session.repo}"
 
     async def publish(self, progress: Progress) -> None:
-        """Edit the one progress comment in place (create it if intake could not)."""
+        """Edit the one progress comment in place (create it if the queued comment was not posted)."""
         body = render_markdown(progress, [*self.services.settings.secret_values, *self.secrets])
         gh = await self.client()
         await self._intake_comment()
@@ -131,7 +132,7 @@ class GitHubChannel:
         return self._head
 
     async def _intake_comment(self) -> None:
-        """Wait (at most until its due time) for the queued comment intake is still posting."""
+        """Wait (at most until its due time) for the queued comment still being posted (bot/queued_comment.py)."""
         while not self.report.get("comment_id") and float(self.report.get(COMMENT_DUE) or 0) > time.time():
             await asyncio.sleep(COMMENT_POLL)
             row = await self.services.sessions.get(self.session.id)
@@ -145,7 +146,7 @@ class GitHubChannel:
         return f"/repos/{self.owner}/{self.repo}/issues/comments/{{comment_id}}"
 
     async def _create_comment(self, gh: SesameGitHubAPI, body: str) -> None:
-        """Find the comment intake posted but could not record (by its marker), or post one."""
+        """Find the queued comment posted but not recorded (by its marker), or post one."""
         bot_login = f"{self.services.settings.GITHUB_APP_SLUG}[bot]"
         comment_id = await find_progress_comment(gh, self.session.repo, self.report, self.session.id, bot_login)
         if comment_id is not None:

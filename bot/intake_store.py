@@ -5,9 +5,9 @@ its recorded delivery id, exists), which session of the same issue or PR has a b
 continues it), and then records the session with its first event. Through SQLAlchemy's ORM these
 cost 0.4-0.7 ms of CPU each (7-10x the same statement on asyncpg); here the first two are one
 statement, the insert another (both one statement, `record`, when the sender is a writer known from the
-cache: nothing needs GitHub between them), and the queued comments' ids (off the 202's path) a third for
-several deliveries at once, each a prepared statement on a small pool of this process's own. SQLite
-keeps SessionService's Core paths.
+cache: nothing needs GitHub between them), and the queued comments' ids (off the 202's path: written by
+the web process, or with Redis by a worker's notifier lane) a third for several sessions at once, each a
+prepared statement on a small pool of this process's own. SQLite keeps SessionService's Core paths.
 """
 
 from __future__ import annotations

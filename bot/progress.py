@@ -34,8 +34,8 @@ TITLE_LIMIT = 200
 # for this long after the session ended, so no message stays "is working on this".
 PUBLISH_RETRY = Backoff(base=0.5, cap=5.0)
 FINAL_GRACE = 300.0  # the default; FINAL_GRACE (a setting) decides in the pipeline and the sweeper
-# Carried (hidden) by the GitHub progress comment, so a worker finds the comment intake posted even
-# when its id was never stored.
+# Carried (hidden) by the GitHub progress comment, so a worker finds the queued comment (posted by the web
+# process or a worker's lane) even when its id was never stored.
 _SESSION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 # Outcomes and step details start with Sesame's own `#N` when they name the pull request: kept as a link.
 _OWN_REFERENCE = re.compile(r"#[0-9]+(?= )")

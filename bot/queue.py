@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from arq import create_pool
@@ -27,12 +28,16 @@ JOB_NAME = "run_session"
 WORKER_KEY_PREFIX = "sesame:worker:"  # one key per live worker, refreshed while it polls
 WORKER_KEY_TTL = 30.0
 WAKE_CHANNEL = "sesame:wake"  # published after each enqueue: idle workers poll at once (issue 16)
+# Session ids whose queued comment a worker's notifier lane posts (runner/notifier.py), pushed by the enqueue
+# script (issue 16: the web process then spends nothing on GitHub per delivery).
+QUEUED_COMMENTS = "sesame:queued-comments"
 Job = Callable[[str], Awaitable[object]]
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one script, one round
 # trip: the same keys and job encoding, so arq's workers run it unchanged. Returns 1 when enqueued, 2 when
 # the job already waits in the queue (a repeated enqueue), 0 when arq still holds a job of this id that
 # will not run (a dead worker's, until its keys expire). A new job is published on WAKE_CHANNEL in the same
-# script, so idle workers poll at once (issue 16).
+# script, so idle workers poll at once (issue 16); given a fifth key (QUEUED_COMMENTS), a new job's session id
+# is pushed on that list too, for a worker to post its queued comment.
 ENQUEUE_SCRIPT = """
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then
   if redis.call('zscore', KEYS[3], ARGV[3]) and redis.call('exists', KEYS[4]) == 0 then return 2 end
@@ -41,6 +46,7 @@ end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
 redis.call('publish', ARGV[5], '1')
+if KEYS[5] then redis.call('rpush', KEYS[5], ARGV[6]) end
 return 1
 """
 
@@ -57,8 +63,11 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 class Queue(Protocol):
     kind: str
+    # True: a GitHub session's queued comment goes with its enqueue (`queued_comment=True`) to the workers,
+    # which post it (runner/notifier.py); False: the process that enqueues posts it (bot/queued_comment.py).
+    posts_queued_comments: bool
 
-    async def enqueue(self, session_id: str, attempt: int = 1) -> bool: ...
+    async def enqueue(self, session_id: str, attempt: int = 1, *, queued_comment: bool = False) -> bool: ...
 
     async def forget(self, session_id: str, attempt: int) -> None: ...
 
@@ -86,10 +95,21 @@ REDIS_PROBE_EVERY = 1.0
 ENQUEUE_TIMEOUT = 3.0  # an enqueue (connection included) that takes longer counts as Redis down; it is idempotent
 
 
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One enqueue waiting for the next pipeline (ArqQueue._send)."""
+
+    session_id: str
+    job: str
+    queued_comment: bool  # push the session id on QUEUED_COMMENTS when the job is new
+    answer: asyncio.Future[int]
+
+
 class ArqQueue:
     """Enqueues `run_session(session_id)` with job id `{session_id}:{attempt}` (arq dedupes it)."""
 
     kind = "arq"
+    posts_queued_comments = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -99,9 +119,10 @@ class ArqQueue:
         self._enqueue_pool: ArqRedis | None = None
         self._failed_at = 0.0  # monotonic time of the last failure to reach Redis; 0: reachable
         self._probing = False  # an enqueue is finding out whether Redis is back (the others fail at once)
-        self._later: dict[str, int] = {}  # session id -> attempt refused during an outage, tried again
+        # session id -> (attempt, queued comment) refused during an outage, tried again
+        self._later: dict[str, tuple[int, bool]] = {}
         self._retrying: asyncio.Task[None] | None = None
-        self._batch: list[tuple[str, str, asyncio.Future[int]]] = []  # enqueues waiting for the next send
+        self._batch: list[Send] = []  # enqueues waiting for the next send
         self._sender: asyncio.Task[None] | None = None
 
     async def pool(self) -> ArqRedis:
@@ -111,17 +132,20 @@ class ArqQueue:
             self._pool = await create_pool(settings, job_serializer=serialize, job_deserializer=deserialize)
         return self._pool
 
-    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1, *, queued_comment: bool = False) -> bool:
         """True when enqueued or already waiting in the queue; False when Redis is unreachable or arq
-        still holds a job of this attempt that will not run (the sweeper tries again)."""
+        still holds a job of this attempt that will not run (the sweeper tries again). With
+        `queued_comment`, a new job also hands the session's queued comment to the workers (QUEUED_COMMENTS)."""
         probe = bool(self._failed_at)
         if probe and (self._probing or time.monotonic() - self._failed_at < REDIS_PROBE_EVERY):
-            self._retry_later(session_id, attempt)
+            self._retry_later(session_id, attempt, queued_comment)
             return False  # Redis was unreachable a moment ago: one probe at a time, none per delivery
         self._probing = probe
         job = job_id(session_id, attempt)
         try:
-            answer = await asyncio.wait_for(self._enqueue_job(session_id, job), ENQUEUE_TIMEOUT)
+            # not asyncio.wait_for: it runs the enqueue as a task of its own (issue 16: 8 % of intake's CPU)
+            async with asyncio.timeout(ENQUEUE_TIMEOUT):
+                answer = await self._enqueue_job(session_id, job, queued_comment)
             self._failed_at = 0.0
             if answer:
                 return True
@@ -133,18 +157,18 @@ class ArqQueue:
                         exc)
             self._pool = None
             self._failed_at = time.monotonic()
-            self._retry_later(session_id, attempt)
+            self._retry_later(session_id, attempt, queued_comment)
             return False
         finally:
             if probe:
                 self._probing = False
 
-    async def _enqueue_job(self, session_id: str, job: str) -> int:
+    async def _enqueue_job(self, session_id: str, job: str, queued_comment: bool) -> int:
         """The enqueue script's answer; sent with the enqueues asked for while the previous send was on its
         way, in one pipeline (issue 16: at hundreds of deliveries a second the send is most of an enqueue's
         CPU). Nothing waits for company: a lone enqueue goes at once."""
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batch.append((session_id, job, answer))
+        self._batch.append(Send(session_id, job, queued_comment, answer))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_batches(), name="arq-enqueue")
         return await answer
@@ -155,15 +179,15 @@ class ArqQueue:
             try:
                 answers = await self._send(batch)
             except Exception as exc:  # each enqueue raises it (enqueue decides what an outage means)
-                for _session_id, _job, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(exc)
+                for send in batch:
+                    if not send.answer.done():
+                        send.answer.set_exception(exc)
             else:
-                for (_session_id, _job, answer), result in zip(batch, answers, strict=True):
-                    if not answer.done():
-                        answer.set_result(result)
+                for send, result in zip(batch, answers, strict=True):
+                    if not send.answer.done():
+                        send.answer.set_result(result)
 
-    async def _send(self, batch: list[tuple[str, str, asyncio.Future[int]]]) -> list[int]:
+    async def _send(self, batch: list[Send]) -> list[int]:
         """ENQUEUE_SCRIPT for each job of the batch, one round trip (the script loaded again first when
         Redis forgot it, after a restart)."""
         pool = await self.pool()
@@ -171,12 +195,15 @@ class ArqQueue:
         now = timestamp_ms()
         for attempt in (1, 2):
             async with pool.pipeline(transaction=False) as pipe:
-                for session_id, job, _answer in batch:
-                    data = serialize_job(JOB_NAME, (session_id,), {}, None, now, serializer=serialize)
-                    keys_and_args: list[Any] = [job_key_prefix + job, result_key_prefix + job, default_queue_name,
-                                                in_progress_key_prefix + job,
-                                                pool.expires_extra_ms, data, job, now, WAKE_CHANNEL]
-                    pipe.evalsha(script.sha, 4, *keys_and_args)
+                for send in batch:
+                    data = serialize_job(JOB_NAME, (send.session_id,), {}, None, now, serializer=serialize)
+                    keys = [job_key_prefix + send.job, result_key_prefix + send.job, default_queue_name,
+                            in_progress_key_prefix + send.job]
+                    args: list[Any] = [pool.expires_extra_ms, data, send.job, now, WAKE_CHANNEL]
+                    if send.queued_comment:
+                        keys.append(QUEUED_COMMENTS)
+                        args.append(send.session_id)
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
                 results = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 await pool.script_load(ENQUEUE_SCRIPT)
@@ -187,9 +214,9 @@ class ArqQueue:
             return [int(r) for r in results]
         raise AssertionError("unreachable")
 
-    def _retry_later(self, session_id: str, attempt: int) -> None:
+    def _retry_later(self, session_id: str, attempt: int, queued_comment: bool) -> None:
         """Keep a session refused during an outage; one task enqueues them all once Redis answers."""
-        self._later[session_id] = attempt
+        self._later[session_id] = (attempt, queued_comment)
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.create_task(self._enqueue_later(), name="enqueue-after-redis-outage")
 
@@ -197,8 +224,8 @@ class ArqQueue:
         while self._later:
             await asyncio.sleep(max(0.0, self._failed_at + REDIS_PROBE_EVERY - time.monotonic()))
             waiting, self._later = self._later, {}
-            for position, (session_id, attempt) in enumerate(waiting.items()):
-                if not await self.enqueue(session_id, attempt):  # still down: kept (by enqueue) for later
+            for position, (session_id, (attempt, comment)) in enumerate(waiting.items()):
+                if not await self.enqueue(session_id, attempt, queued_comment=comment):  # still down: kept
                     self._later.update(list(waiting.items())[position + 1:])
                     break
 
@@ -259,6 +286,7 @@ class InlineQueue:
     """Runs sessions as tasks of this process, a bounded number at a time; stop() hands them back."""
 
     kind = "inline"
+    posts_queued_comments = False  # the web process posts them (bot/queued_comment.py)
 
     def __init__(self, job: Job, concurrency: int = 2) -> None:
         self.job = job
@@ -269,9 +297,9 @@ class InlineQueue:
         self._running: set[str] = set()  # sessions whose job holds a slot
         self._stopping = False
 
-    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1, *, queued_comment: bool = False) -> bool:
         """Start the session unless it is already queued or running here; False once stopping (the
-        session stays pending for a sweeper)."""
+        session stays pending for a sweeper). The queued comment is never its business."""
         if self._stopping:
             return False
         if session_id not in self._tasks:

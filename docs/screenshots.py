@@ -43,8 +43,9 @@ class IdleQueue:
     """Records nothing and runs nothing: the demo's sessions keep the states they are given."""
 
     kind = "demo"
+    posts_queued_comments = False
 
-    async def enqueue(self, session_id: str, attempt: int = 1) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1, *, queued_comment: bool = False) -> bool:
         return True
 
     async def forget(self, session_id: str, attempt: int) -> None:

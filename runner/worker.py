@@ -21,6 +21,7 @@ from bot.settings import Settings
 from bot.sweeper import sweep, tell
 from runner import pipeline
 from runner.best_of import compare_when_all_ended
+from runner.notifier import NotifierLane
 from runner.providers.cleanup import remove_abandoned_session
 from runner.reconnecting import ReconnectingWorker
 from runner.workspace import sweep_checkouts
@@ -107,12 +108,21 @@ async def _sweep_job(ctx: dict[str, Any]) -> None:
 class SessionWorker(ReconnectingWorker):
     """On SIGTERM or SIGINT: claim nothing more, let running sessions finish within the grace period,
     then hand the rest back (their work pushed, pending again) and enqueue them for another worker.
-    A second signal stops at once."""
+    A second signal stops at once. Beside arq's loop, its notifier lane posts the queued comments the web
+    processes hand over (runner/notifier.py), from start until the worker stops."""
 
-    def __init__(self, *args: Any, grace: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, grace: float, notifier: NotifierLane, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grace = grace
+        self.notifier = notifier
         self.draining: asyncio.Task[None] | None = None
+
+    async def main(self) -> None:
+        self.notifier.start()
+        try:
+            await super().main()
+        finally:
+            await self.notifier.stop()
 
     def handle_sig(self, signum: signal.Signals) -> None:
         if not self._handle_signals or self.draining is not None:
@@ -170,7 +180,7 @@ def build_worker(services: Services, queue: Queue, redis_url: str, *, burst: boo
         job_timeout=int(settings.SESSION_TIMEOUT) + 600,
         keep_result=0, max_tries=1, handle_signals=not burst,
         job_serializer=serialize, job_deserializer=deserialize,
-        grace=max(float(settings.WORKER_SHUTDOWN_GRACE), 0.0),
+        grace=max(float(settings.WORKER_SHUTDOWN_GRACE), 0.0), notifier=NotifierLane(services, redis_url),
     )
 
 

@@ -20,11 +20,13 @@ class RecordingQueue:
     """A queue that only remembers what was enqueued (intake tests need no worker)."""
 
     kind = "recording"
+    posts_queued_comments = False  # as the in-process queue: the web process posts them
 
     def __init__(self) -> None:
         self.ids: list[str] = []
 
-    async def enqueue(self, session_id: str) -> bool:
+    async def enqueue(self, session_id: str, attempt: int = 1, *, queued_comment: bool = False) -> bool:
+        assert not queued_comment, "a queue that does not post queued comments is never handed one"
         self.ids.append(session_id)
         return True
 

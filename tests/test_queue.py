@@ -6,8 +6,10 @@ import asyncio
 import json
 import uuid
 
+import pytest
 import redis.asyncio as aioredis
 
+from bot import queue as queue_module
 from bot.queue import ArqQueue, InlineQueue
 from bot.services import Services
 from bot.sessions import NewSession
@@ -120,3 +122,29 @@ async def test_concurrent_arq_enqueues_share_round_trips_and_all_land(redis_url:
         await client.delete("arq:queue")
         await client.aclose()
         await queue.close()
+
+
+async def test_an_enqueue_redis_never_answers_fails_after_the_timeout(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that accepts the connection and never answers: the enqueue gives up after ENQUEUE_TIMEOUT
+    (asyncio.timeout, not wait_for: issue 16), says so, and counts Redis as down."""
+    monkeypatch.setattr(queue_module, "ENQUEUE_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    queue = ArqQueue(f"redis://127.0.0.1:{port}/0")
+    try:
+        async with asyncio.timeout(20):  # the test's own guard: without ENQUEUE_TIMEOUT it would wait for ever
+            assert not await queue.enqueue("silent", 1, queued_comment=True)
+            assert not await queue.enqueue("next", 1)  # Redis counts as down: refused without an attempt
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await queue.close()
+    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(held) == 1 and len(failed) == 1 and "enqueue of session silent failed" in failed[0]

@@ -7,6 +7,7 @@ import asyncio
 
 from bot.checks import RERUN, STOP, check_status, summary_markdown
 from bot.progress import Progress
+from runner.notifier import NotifierLane
 from tests.support.fake_github import FakeCheckRun, FakeGitHub
 from tests.webhooks.test_end_to_end import MakeStack, make_stack  # noqa: F401 (fixture)
 from tests.webhooks.test_processes import wait_until
@@ -34,6 +35,13 @@ async def test_a_check_runs_life_with_stop_and_rerun_from_its_buttons(make_stack
     hook.fake.set_permission(hook.repo, "mallory", "read")
     assert (await hook.comment(pr.number, "@sesame make answer() return 42")).status == 202
     [row] = await hook.sessions()
+    assert runs_of(hook.fake, row.id) == [], "the web process hands the queued comment and check run over"
+    lane = NotifierLane(stack.worker_services, stack.redis_url)  # a worker's lane, without its sessions
+    lane.start()
+    try:
+        await wait_until(lambda: bool(runs_of(hook.fake, row.id)), 10, "the queued check run")
+    finally:
+        await lane.stop()
     [first] = runs_of(hook.fake, row.id)
     assert (first.head_sha, first.status, first.actions) == (head, "queued", [STOP])
     assert first.details_url == f"http://sesame.test/sessions/{row.id}"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from bot.queue import QUEUED_COMMENTS
 from tests.conftest import TEST_KEY, own_database, session_base
 from tests.support.fake_github import FakeComment, FakeGitHub
 from tests.test_serve import free_port
@@ -82,9 +84,16 @@ async def test_serve_and_worker_processes_turn_a_delivery_into_a_pull_request(
             return [c for c in fake_github.comments_on(repo, issue.number)
                     if c.user.login == fake_github.bot_user.login]
 
-        await wait_until(lambda: len(bot_comments()) == 1, 10, "the queued comment")
+        redis = aioredis.Redis.from_url(redis_url)
+        try:  # the web process hands the queued comment to the workers: the worker's notifier lane posts it
+            assert [i.decode() for i in await redis.lrange(QUEUED_COMMENTS, 0, -1)] == [session_id]
+        finally:
+            await redis.aclose()
+        assert bot_comments() == []
         code, out = await finished(await sesame("worker", "--burst", env=env, cwd=tmp_path), 120)
         assert code == 0, out[-3000:]
+        [queued] = bot_comments()
+        assert "will work on this" in queued.history[0] and "- [x] Queued" in queued.history[0]
     finally:
         if serve.returncode is None:
             serve.send_signal(signal.SIGTERM)

@@ -62,7 +62,7 @@ async def session_of(event: sansio.Event, intake: Intake) -> Session | None:
 async def stop(intake: Intake, row: Session) -> None:
     stopped = await intake.services.sessions.request_stop(row.id)
     if stopped is not None and stopped.state == State.STOPPED.value:
-        await report_stopped(intake.services, stopped)  # it never started: its comment and check say so
+        report_stopped(intake.services, stopped)  # it never started: its comment and check say so
     intake.outcome["stopped"] = [row.id]
 
 

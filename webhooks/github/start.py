@@ -1,28 +1,17 @@
-"""Starting and stopping sessions from a trigger: context, branch, the queued comment, the queue."""
+"""Starting and stopping sessions from a trigger: context, branch, the queue (and the queued comment)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 from typing import Any
 
-from bot.catalog import display_name
-from bot.checks import sync_check_run
 from bot.github import SesameGitHubAPI
-from bot.github_channel import (
-    COMMENT_DUE,
-    COMMENT_GRACE,
-    WRITE_PERMISSIONS,
-    GitHubChannel,
-    post_progress_comment,
-    split_repo,
-)
+from bot.github_channel import COMMENT_DUE, COMMENT_GRACE, WRITE_PERMISSIONS, GitHubChannel, split_repo
 from bot.models import Session, State
-from bot.progress import Progress, render_markdown
+from bot.queued_comment import QueuedSession, new_progress, post_queued_comment
 from bot.repo_config import trigger_choice
-from bot.reporting import session_url
 from bot.services import Services
 from bot.sessions import NewSession
 from bot.triggers import Trigger, clean_context
@@ -39,26 +28,27 @@ async def stop_sessions(intake: Intake, gh: SesameGitHubAPI, source: Mention) ->
     for row in active:
         stopped = await sessions.request_stop(row.id)
         if stopped is not None and stopped.state == State.STOPPED.value:
-            await report_stopped(intake.services, stopped)
+            report_stopped(intake.services, stopped)
     intake.outcome["stopped"] = [row.id for row in active]
     if not active:
         kind = "pull request" if source.is_pull_request else "issue"
         await reply(intake, gh, source, NOTHING_TO_STOP.format(kind=kind))
 
 
-async def report_stopped(services: Services, row: Session) -> None:
-    """A session stopped before any worker took it: its queued comment says so (no job will)."""
+def report_stopped(services: Services, row: Session) -> None:
+    """A session stopped before any worker took it: its queued comment says so (no job will), after the
+    202: that comment may still be on its way (a worker posts it, when one runs), and the channel waits for
+    it until its due time rather than post a second one."""
+    services.background.spawn(mark_stopped(services, row), name=f"stopped-comment-{row.id}")
+
+
+async def mark_stopped(services: Services, row: Session) -> None:
     progress = new_progress(services, row.id, row.prompt, row.agent)
     progress.finish(State.STOPPED.value)
     try:
         await GitHubChannel(services, row).publish(progress)
     except Exception as exc:
         log.warning("could not mark the comment of session %s stopped: %s", row.id, exc)
-
-
-def new_progress(services: Services, session_id: str, prompt: str, agent: str) -> Progress:
-    """The progress of a session that was just queued."""
-    return Progress(session_id, prompt[:80], display_name(agent), session_url(services, session_id))
 
 
 def build_context(intake: Intake, source: Mention) -> dict[str, Any]:
@@ -155,7 +145,7 @@ async def start_session(intake: Intake, gh: SesameGitHubAPI, source: Mention, tr
     if not created:
         intake.outcome["duplicate"] = True
         return
-    await enqueue_and_comment(intake, gh, session_id, new)
+    await enqueue_and_comment(intake, session_id, new, gh)
 
 
 def known_writer(intake: Intake) -> bool:
@@ -183,45 +173,20 @@ async def quick_start(intake: Intake, source: Mention, trigger: Trigger) -> bool
     if session_id is None:
         return False
     intake.outcome["session"] = session_id
-    await enqueue_and_comment(intake, await intake.client(), session_id, new)
+    await enqueue_and_comment(intake, session_id, new)
     return True
 
 
-async def enqueue_and_comment(intake: Intake, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
-    """Enqueue a recorded session (before the 202); its queued comment is posted after it."""
-    await intake.queue.enqueue(session_id)
-    intake.services.background.spawn(post_queued_comment(intake.services, gh, session_id, new),
-                                     name=f"queued-comment-{session_id}")
-
-
-async def post_queued_comment(services: Services, gh: SesameGitHubAPI, session_id: str, new: NewSession) -> None:
-    """Create the one progress comment, so the requester sees it was queued.
-
-    It is not on the 202's path: GitHub's latency never delays the answer to a delivery. The row's
-    `comment_due` tells the worker to wait for this comment (GitHubChannel) instead of posting its own;
-    on failure it is dropped, and the worker creates the comment at once.
-    """
-    report = {key: value for key, value in (new.report or {}).items() if key != COMMENT_DUE}
-    progress = new_progress(services, session_id, new.prompt, new.agent)
-    try:  # finished (or given up) well before the worker stops waiting for it
-        comment = await asyncio.wait_for(post_progress_comment(
-            gh, new.repo, report, render_markdown(progress, services.settings.secret_values)), COMMENT_GRACE / 2)
-    except Exception as exc:
-        log.warning("could not post the queued comment for %s (the worker will): %s", session_id, exc)
-    else:
-        report["comment_id"] = comment["id"]
-    await queued_check_run(services, gh, session_id, new, report, progress)
-    await services.sessions.set_intake_report(session_id, report)
-
-
-async def queued_check_run(services: Services, gh: SesameGitHubAPI, session_id: str, new: NewSession,
-                           report: dict[str, Any], progress: Progress) -> None:
-    """A session on a pull request: its check run, queued, on the head commit (bot/checks.py)."""
-    if not new.pr_number:
+async def enqueue_and_comment(intake: Intake, session_id: str, new: NewSession,
+                              gh: SesameGitHubAPI | None = None) -> None:
+    """Enqueue a recorded session (before the 202). Its queued comment goes to the workers with the enqueue
+    (Redis: one round trip, nothing more here), or is posted by this process after the 202 (in-process
+    queue; `gh`, else a client made for it)."""
+    queue = intake.queue
+    if queue.posts_queued_comments:
+        await queue.enqueue(session_id, queued_comment=True)
         return
-    try:
-        pr = await gh.getitem(f"/repos/{new.repo}/pulls/{new.pr_number}")
-        await asyncio.wait_for(sync_check_run(gh, new.repo, report, str(pr["head"]["sha"]), session_id, progress,
-                                              services.settings.secret_values), COMMENT_GRACE / 4)
-    except Exception as exc:
-        log.warning("could not create the check run of %s (the worker will): %s", session_id, exc)
+    await queue.enqueue(session_id)
+    queued = QueuedSession(session_id, new.repo, new.prompt, new.agent, new.pr_number, dict(new.report or {}))
+    intake.services.background.spawn(post_queued_comment(intake.services, gh or await intake.client(), queued),
+                                     name=f"queued-comment-{session_id}")
