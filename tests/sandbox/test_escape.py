@@ -322,6 +322,82 @@ async def test_ptrace_is_refused(env: Env) -> None:
     assert "attach -1 1" in run.out  # EPERM
 
 
+# The agent installs its own seccomp filter with a listener for openat and answers every call with
+# CONTINUE from a thread of its own (not under that filter): were the kernel to notify that listener
+# rather than the supervisor's, the supervisor would never see the open of a credential path.
+OWN_LISTENER = """
+import ctypes, os, struct, sys, threading, fcntl, queue
+libc = ctypes.CDLL(None, use_errno=True)
+seccomp_nr, openat_nr = {"x86_64": (317, 257), "aarch64": (277, 56)}[os.uname().machine]
+code = b"".join(struct.pack("=HBBI", *insn) for insn in [
+    (0x20, 0, 0, 0), (0x15, 0, 1, openat_nr), (0x06, 0, 0, 0x7FC00000), (0x06, 0, 0, 0x7FFF0000)])
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+prog = Prog(4, code)
+fds = queue.SimpleQueue()
+def answer():
+    fd = fds.get()
+    while True:
+        buf = bytearray(80)
+        fcntl.ioctl(fd, 0xC0502100, buf)
+        fcntl.ioctl(fd, 0xC0182101, struct.pack("=QqiI", struct.unpack_from("=Q", buf)[0], 0, 0, 1))
+threading.Thread(target=answer, daemon=True).start()
+flags = int(sys.argv[2])
+listener = libc.syscall(seccomp_nr, 1, flags, ctypes.byref(prog))
+print("install", listener, ctypes.get_errno(), flush=True)
+if listener >= 0 and flags & 8:
+    fds.put(listener)
+try:
+    print(open(sys.argv[1]).read(), flush=True)
+except OSError as exc:
+    print("open", exc.errno, flush=True)
+"""
+
+
+@pytest.mark.parametrize("flags", [8, 8 | 1 | 16], ids=["new-listener", "new-listener+tsync"])
+async def test_own_seccomp_listener_cannot_take_the_supervisors_calls(env: Env, flags: int) -> None:
+    """seccomp(SET_MODE_FILTER, NEW_LISTENER [| TSYNC]) is refused inside: the supervisor keeps seeing
+    every open (the credential read below is refused and reported, not answered by the agent)."""
+    path = env.fake_home / ".ssh/id_rsa"
+    run = await env.run(f"{PY} -c \"$S\" {path} {flags}", env={"S": OWN_LISTENER})
+    assert "ssh-secret-key" not in run.out, run.out
+    install = [line.split() for line in run.out.splitlines() if line.startswith("install ")]
+    assert install and install[0][1] == "-1", (run.out, run.err)  # no listener fd for the agent
+    assert "open 13" in run.out, (run.out, run.err)  # EACCES, from the supervisor
+    await env.violation(lambda v: _fs(v, path, "read"))
+
+
+# bwrap's pid-1 is the one process inside without our listener (bwrap gives it the notify program with
+# none). Were its memory writable, a command would plant this there (x86_64): seccomp(SET_MODE_FILTER,
+# NEW_LISTENER) then exit_group(100 - result), run once pid-1's wait4 returns (the command's exit): a
+# listener fd, exit code below 100, means pid-1 and all it forks answer their own notified calls.
+PID1_LISTENER = """
+import struct
+nr, *_, pc = open("/proc/1/syscall").read().split()
+base = int(pc, 16)
+code = (b"\\x48\\x8d\\x15" + struct.pack("<i", 41)  # lea rdx, [rip + 41]: the sock_fprog below
+        + b"\\xbf\\x01\\x00\\x00\\x00\\xbe\\x08\\x00\\x00\\x00\\xb8\\x3d\\x01\\x00\\x00\\x0f\\x05"  # seccomp(1, 8, rdx)
+        + b"\\x48\\x89\\xc7\\x48\\xf7\\xdf\\x48\\x83\\xc7\\x64"  # rdi = 100 - rax
+        + b"\\xb8\\xe7\\x00\\x00\\x00\\x0f\\x05").ljust(48, b"\\xcc")  # exit_group(rdi)
+code += struct.pack("<H6xQ", 1, base + 64) + struct.pack("=HBBI", 6, 0, 0, 0x7FFF0000)  # RET_ALLOW
+with open("/proc/1/mem", "r+b", buffering=0) as mem:
+    mem.seek(base)
+    mem.write(code)
+print("planted", nr, flush=True)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the planted code is x86_64")
+async def test_pid1_cannot_be_taken_over_for_a_listener(env: Env) -> None:
+    """bwrap's pid-1 is out of the command's reach (its /proc entry is hidden): no code of the agent's runs
+    there to install a listener of its own, nor to be trusted as bwrap's setup where the launcher thread
+    carries the listener."""
+    run = await env.run(f"{PY} -c \"$S\"", env={"S": PID1_LISTENER})
+    assert not ("planted" in run.out and run.code < 100), f"pid-1 took a listener fd: {run}"
+    assert "planted" not in run.out, run
+    assert "No such file or directory" in run.err, run.err
+
+
 async def test_kill_outside_is_impossible(env: Env) -> None:
     """The worker's pid does not exist inside; processes outside cannot be signalled."""
     run = await env.run(f"kill -9 {os.getpid()}; echo rc=$?; ls /proc | grep -c '^[0-9]'")
