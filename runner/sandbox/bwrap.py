@@ -50,12 +50,18 @@ def _namespaces(plan: MountPlan) -> list[str]:
 
 def _base_mounts(plan: MountPlan) -> list[str]:
     """Read-only root, fresh /dev (its /dev/shm a sized tmpfs) and /proc, empty /run,
-    session tmp on /tmp."""
+    session tmp on /tmp.
+
+    /proc/1 is an empty read-only tmpfs: bwrap's pid-1 is the one process inside without the
+    supervisor's listener, and the command could otherwise write code into it through /proc/1/mem
+    (same uid, dumpable) that installs a listener of its own (or, with the listener on the launcher
+    thread, is trusted as bwrap's setup)."""
     return [
         "--ro-bind", "/", "/",
         "--dev", "/dev",
         *_tmpfs(plan, "/dev/shm", "1777"),
         "--proc", "/proc",
+        *_tmpfs(plan, "/proc/1", "0555"), "--remount-ro", "/proc/1",
         *_tmpfs(plan, "/run"), "--remount-ro", "/run",
         "--bind", plan.tmp_dir, "/tmp",
         *[arg for home in plan.hide_homes for arg in _tmpfs(plan, home)],

@@ -321,8 +321,9 @@ class LocalSandbox(Sandbox):
             assert self._helper_fd is not None and self._notify_fd is not None
             helper = (self._notify_fd, child_end.fileno(), self._helper_fd)
             inner = [f"/proc/self/fd/{self._helper_fd}", *map(str, helper), "--", *inner]
-            # bwrap's pid-1 gets the notify program too, with no listener: were the command to take it
-            # over (its /proc/1/mem is the command's to write), every notified call there fails closed
+            # bwrap's pid-1 gets the notify program too, with no listener: its notified calls fail. It is
+            # out of the command's reach (/proc/1 is hidden, bwrap.py): code planted there through
+            # /proc/1/mem could install a listener of its own, the only one in pid-1's filter chain
             notify_program = os.open(f"/proc/self/fd/{self._notify_fd}", os.O_RDONLY | os.O_CLOEXEC)
         command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r,
                                     notify_program)

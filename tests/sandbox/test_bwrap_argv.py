@@ -114,11 +114,21 @@ def test_every_tmpfs_is_sized_and_dev_shm_is_one() -> None:
     """With a size, each --tmpfs is preceded by --size; /dev/shm is its own tmpfs after --dev."""
     argv = build_argv(replace(PLAN, tmpfs_size=1 << 20, hide_homes=("/home", "/root")), ["true"], "/", block_fd=7)
     tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
-    assert sorted(argv[i + 1] for i in tmpfs) == ["/dev/shm", "/home", "/root", "/run", "/srv/sesame"]
+    assert sorted(argv[i + 1] for i in tmpfs) == ["/dev/shm", "/home", "/proc/1", "/root", "/run", "/srv/sesame"]
     assert all(argv[i - 2 : i] == ["--size", str(1 << 20)] for i in tmpfs)
     assert argv.index("--dev") < tmpfs[0] and argv[tmpfs[0] - 4 : tmpfs[0] - 2] == ["--perms", "1777"]
     assert _pairs(argv, "--block-fd", 1) == [("7",)]
     assert "--size" not in ARGV and "--block-fd" not in ARGV  # no limits: nothing sized, nothing blocks
+
+
+def test_pid1_proc_entry_is_hidden_read_only() -> None:
+    """bwrap's pid-1 (no listener of ours) is out of the command's reach: /proc/1, once /proc is mounted,
+    is an empty tmpfs, read-only."""
+    argv = build_argv(PLAN, ["true"], "/")
+    proc, hidden = argv.index("/proc"), argv.index("/proc/1")
+    assert argv[proc - 1] == "--proc" and argv[hidden - 1] == "--tmpfs" and proc < hidden
+    assert argv[hidden - 3 : hidden - 1] == ["--perms", "0555"]
+    assert argv[hidden + 1 : hidden + 3] == ["--remount-ro", "/proc/1"]
 
 
 def test_homes_are_empty_tmpfs_under_the_session_mounts_then_read_only() -> None:

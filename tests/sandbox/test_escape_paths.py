@@ -8,6 +8,7 @@ reads of missing names and stdio links are not violations.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -126,12 +127,13 @@ async def test_server_file_created_after_start_via_magic_links(late: Env) -> Non
 
 
 async def test_another_process_magic_link_fails_closed(late: Env) -> None:
-    """/proc/1/root (the sandbox's init) cannot be checked from here: refused and recorded."""
+    """/proc/PID/root of another process (a background sleep) cannot be checked from here: refused and
+    recorded."""
     _write_world_readable(late.server_key, "late-server-secret", late.server_key.parent.parent)
-    run = await late.run(f"cat /proc/1/root{late.server_key}")
-    assert "late-server-secret" not in run.out and run.code != 0
+    run = await late.run(f"sleep 5 & cat /proc/$!/root{late.server_key}; echo rc=$?; kill $!")
+    assert "late-server-secret" not in run.out and "rc=0" not in run.out
     await late.violation(lambda v: v.kind == "filesystem" and v.operation == "read"
-                         and v.resource.startswith("/proc/1/root"))
+                         and re.fullmatch(r"/proc/\d+/root" + re.escape(str(late.server_key)), v.resource))
 
 
 async def test_write_through_proc_cwd_to_protected_name(env: Env) -> None:
