@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.admission import AtLimit as AtLimit
 from bot.admission import AtLimitError, account_of, like_prefix, lock_key
 from bot.db import rows_affected
-from bot.intake_store import IntakeStore, Lookup, Parent
+from bot.intake_store import IntakeStore, Lookup, Parent, column_types
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 from bot.violation_counts import CountedViolation, merge_counts, upsert_violations, violation_event
 from bot.violation_counts import ViolationCount as ViolationCount
@@ -172,7 +172,8 @@ class SessionService:
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.autocommit = async_sessionmaker(self.autocommit_engine, expire_on_commit=False)
         # PostgreSQL: the webhook hot path on raw asyncpg (bot/intake_store.py); SQLite: Core below.
-        self.fast = IntakeStore(str(engine.url)) if engine.dialect.name == "postgresql" else None
+        self.fast = (IntakeStore(str(engine.url), column_types(SESSIONS, engine.dialect))
+                     if engine.dialect.name == "postgresql" else None)
 
     async def close(self) -> None:
         if self.fast is not None:
