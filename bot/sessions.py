@@ -30,6 +30,7 @@ EVENTS = cast(Table, SessionEvent.__table__)
 INSERT_SESSION = SESSIONS.insert()
 INSERT_EVENT = EVENTS.insert()
 _S = SESSIONS.c
+_COLUMNS = tuple(_S.keys())  # a new row's keys (ColumnCollection.keys builds a list each call)
 CHUNK_KIND = "lines"  # a row holding a batch of agent output events (issue 16: a chatty agent writes few rows)
 CHUNK_MIN = 4  # a smaller batch is stored one row per event
 EVENT_PAGE_ROWS = 200  # rows read per query by events()
@@ -212,7 +213,7 @@ class SessionService:
     def _values(self, new: NewSession) -> dict[str, Any]:
         """A new session's row."""
         now = utcnow()
-        values: dict[str, Any] = dict.fromkeys(_S.keys())
+        values: dict[str, Any] = dict.fromkeys(_COLUMNS)
         values.update(
             id=new.id or new_id(), trigger_key=new.trigger_key, state=State.PENDING.value,
             title=new.title or first_line(new.prompt), prompt=new.prompt, agent=new.agent, model=new.model,
