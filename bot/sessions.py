@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.admission import AtLimit as AtLimit
 from bot.admission import AtLimitError, account_of, like_prefix, lock_key
 from bot.db import rows_affected
-from bot.intake_store import IntakeStore, Lookup, Parent
+from bot.intake_store import IntakeStore, Lookup, Parent, column_types
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
 from bot.violation_counts import CountedViolation, merge_counts, upsert_violations, violation_event
 from bot.violation_counts import ViolationCount as ViolationCount
@@ -46,6 +46,7 @@ EVENTS = cast(Table, SessionEvent.__table__)
 INSERT_SESSION = SESSIONS.insert()
 INSERT_EVENT = EVENTS.insert()
 _S = SESSIONS.c
+_COLUMNS = tuple(_S.keys())  # a new row's keys (ColumnCollection.keys builds a list each call)
 CHUNK_KIND = "lines"  # a row holding a batch of agent output events (issue 16: a chatty agent writes few rows)
 CHUNK_MIN = 4  # a smaller batch is stored one row per event
 EVENT_PAGE_ROWS = 200  # rows read per query by events()
@@ -188,7 +189,8 @@ class SessionService:
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.autocommit = async_sessionmaker(self.autocommit_engine, expire_on_commit=False)
         # PostgreSQL: the webhook hot path on raw asyncpg (bot/intake_store.py); SQLite: Core below.
-        self.fast = IntakeStore(str(engine.url)) if engine.dialect.name == "postgresql" else None
+        self.fast = (IntakeStore(str(engine.url), column_types(SESSIONS, engine.dialect))
+                     if engine.dialect.name == "postgresql" else None)
 
     async def close(self) -> None:
         if self.fast is not None:
@@ -227,7 +229,7 @@ class SessionService:
     def _values(self, new: NewSession) -> dict[str, Any]:
         """A new session's row."""
         now = utcnow()
-        values: dict[str, Any] = dict.fromkeys(_S.keys())
+        values: dict[str, Any] = dict.fromkeys(_COLUMNS)
         values.update(
             id=new.id or new_id(), trigger_key=new.trigger_key, state=State.PENDING.value,
             title=new.title or first_line(new.prompt), prompt=new.prompt, agent=new.agent, model=new.model,

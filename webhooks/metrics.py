@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import func, select
@@ -14,6 +16,22 @@ from webhooks.app import QUEUE, SERVICES, Handler
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("spooled", "duplicate", "refused", "stopped", "session", "help", "ignored", "installation")
+# The request's key for what became of an accepted delivery (outcome_word of its answer), set by the handler
+# so that counting it does not parse the answer again.
+OUTCOME = "sesame.delivery_outcome"
+_counters: dict[tuple[str, str], Any] = {}  # DELIVERIES' child per labels: labels() costs more than inc()
+
+
+def outcome_word(answer: Mapping[str, Any]) -> str:
+    """One word for an accepted delivery, from the keys of its answer."""
+    return next((word for word in OUTCOMES if word in answer), "ignored")
+
+
+def count_delivery(event: str, outcome: str) -> None:
+    counter = _counters.get((event, outcome))
+    if counter is None:
+        counter = _counters[(event, outcome)] = metrics.DELIVERIES.labels(event, outcome)
+    counter.inc()
 
 
 def delivery_outcome(status: int, body: bytes | None) -> str:
@@ -28,7 +46,7 @@ def delivery_outcome(status: int, body: bytes | None) -> str:
         answer = json.loads(body or b"{}")
     except ValueError:
         return "accepted"
-    return next((word for word in OUTCOMES if word in answer), "ignored")
+    return outcome_word(answer)
 
 
 @web.middleware
@@ -39,13 +57,16 @@ async def count_deliveries(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        metrics.DELIVERIES.labels(event, delivery_outcome(exc.status, None)).inc()
+        count_delivery(event, delivery_outcome(exc.status, None))
         raise
     except Exception:
-        metrics.DELIVERIES.labels(event, "error").inc()
+        count_delivery(event, "error")
         raise
-    body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
-    metrics.DELIVERIES.labels(event, delivery_outcome(response.status, body)).inc()
+    outcome = request.get(OUTCOME) if response.status == 202 else None
+    if outcome is None:
+        body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
+        outcome = delivery_outcome(response.status, body)
+    count_delivery(event, outcome)
     return response
 
 

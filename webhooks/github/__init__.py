@@ -12,6 +12,7 @@ from bot.secret import reveal
 from webhooks.app import QUEUE, SERVICES
 from webhooks.github import checks, comments, installations, issues, spool
 from webhooks.github.intake import Intake
+from webhooks.metrics import OUTCOME, outcome_word
 
 log = logging.getLogger(__name__)
 router = routing.Router(comments.router, issues.router, installations.router, checks.router)
@@ -67,6 +68,7 @@ async def receive(request: web.Request) -> web.Response:
         elif intake.claimed:  # forget it, so that GitHub's "redeliver" button runs it again
             await services.sessions.forget_delivery(event.delivery_id)
         return web.json_response({"status": "error"}, status=500)
+    request[OUTCOME] = outcome_word(intake.outcome)
     return web.json_response({"status": "accepted", **intake.outcome}, status=202)
 
 
