@@ -140,19 +140,18 @@ class ProcessView:
         size = min(size, _SOCKADDR_MAX)
         return parse_sockaddr(self.read(address, size)) if size else None
 
-    def listening_ports(self) -> set[int]:
-        """Local ports with a TCP listener or a UDP socket in the process's netns."""
+    def listening_ports(self, table: str) -> set[int]:
+        """Local ports with a listener (tcp, tcp6) or a bound socket (udp, udp6) in the process's netns."""
+        try:
+            with open(f"/proc/{self.pid}/net/{table}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            return set()
         ports: set[int] = set()
-        for table in ("tcp", "tcp6", "udp", "udp6"):
-            try:
-                with open(f"/proc/{self.pid}/net/{table}") as fh:
-                    rows = fh.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                cols = row.split()
-                if table.startswith("udp") or cols[3] == "0A":  # 0A: TCP_LISTEN
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        for row in rows:
+            cols = row.split()
+            if table.startswith("udp") or cols[3] == "0A":  # 0A: TCP_LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
         return ports
 
     def base(self, dirfd: int | None) -> str | None:

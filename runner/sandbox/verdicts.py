@@ -259,13 +259,20 @@ def unix_socket(sock_type: int) -> Verdict:
     return Verdict(Violation("network", "unix socket", "socket", reason), errno.EPERM)
 
 
-def connect_verdict(ip: str, port: int, listening: Callable[[], Collection[int]]) -> Verdict:
+# The socket tables a loopback destination is looked up in, cheapest first: reading a TCP table
+# makes the kernel walk its whole established-connection hash, shared by every netns (~5 ms per
+# table on a busy host), the UDP ones only their sockets. DNS queries (sendto port 53) stop at udp.
+PORT_TABLES = ("udp", "udp6", "tcp", "tcp6")
+
+
+def connect_verdict(ip: str, port: int, listening: Callable[[str], Collection[int]]) -> Verdict:
     """Report connections that bypass the proxy (they fail: the netns has only lo).
 
-    listening: the local ports with a listener in the sandbox's netns (asked for loopback only).
+    listening(table): the local ports with a listener (TCP) or a bound socket (UDP) in one of the
+    sandbox netns's PORT_TABLES; asked for loopback only, in that order until one has the port.
     """
     address = ipaddress.ip_address(ip)
-    if address.is_loopback and port in listening():
+    if address.is_loopback and any(port in listening(table) for table in PORT_TABLES):
         return ALLOW  # the proxy, the DNS sink, or the agent's own server
     resource = f"[{ip}]:{port}" if address.version == 6 else f"{ip}:{port}"
     return Verdict(Violation("network", resource, "connect", "direct connection bypassing the proxy"))
