@@ -39,6 +39,8 @@ from runner.sandbox.verdicts import HiddenPaths
 log = logging.getLogger(__name__)
 
 PROXY_PORT = 3128
+DNS_PORT = 53
+SERVED_PORTS = (PROXY_PORT, DNS_PORT)  # held by the worker in the netns until the session's processes are killed
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -239,13 +241,13 @@ class LocalSandbox(Sandbox):
         assert self._launcher is not None and self._plan is not None
         self._supervisor = Supervisor(
             self._launcher.listener_fd, seccomp.host_arch(), self._plan.read_only, self.report,
-            self._host_owner(), self._launcher.native_id, self._hidden,
+            self._host_owner(), self._launcher.native_id, self._hidden, frozenset(SERVED_PORTS),
         )
         self._supervisor.start()
 
     async def _start_network(self) -> None:
         """A loopback-only netns (made ahead) with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
-        binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", 53))]
+        binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", DNS_PORT))]
         self._netns = take_spare(binds)
         proxy_sock, dns_sock = self._netns.sockets
         self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,

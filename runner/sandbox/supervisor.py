@@ -45,6 +45,7 @@ class Supervisor:
         owner: tuple[int, int] = (0, 0),
         launcher_tid: int | None = None,
         hidden: HiddenPaths | None = None,
+        served: frozenset[int] = frozenset(),
     ) -> None:
         """Take ownership of the listener fd of one session's launcher thread (-1: it has none, each
         command's listener comes through expect()).
@@ -53,6 +54,8 @@ class Supervisor:
         thread itself, the worker's direct children (bwrap) and grandchildren (bwrap's pid-1 child).
         A command's own listener (installed by the notify-exec helper at its exec) trusts no one.
         protected: absolute inside paths no write may touch (nor their ancestors' renames).
+        served: loopback ports the worker's own servers (proxy, DNS sink) hold in the netns for the
+        sandbox's life: a connect or sendto to them needs no look-up of the netns's socket tables.
         """
         self.listener = listener
         self._serving = listener  # the listener of the notification being answered
@@ -65,6 +68,7 @@ class Supervisor:
         self.names = {nr: name for name, nr in arch.nr.items()}
         self.protected = protected
         self.hidden = hidden or HiddenPaths()
+        self.served = served
         self.report = report
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
@@ -251,7 +255,7 @@ class Supervisor:
         dest = view.sockaddr(args[addr_arg], notify.low32(args[len_arg]))
         if dest is None:
             return ALLOW
-        return verdicts.connect_verdict(*dest, view.listening_ports)
+        return verdicts.connect_verdict(*dest, view.listening_ports, self.served)
 
 
 def _received_listener(channel: socket.socket) -> int | None:

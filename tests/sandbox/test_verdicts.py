@@ -333,6 +333,28 @@ def test_connect_verdict(ip: str, port: int, resource: str | None, read: list[st
         assert _shape(verdict) == (("network", resource, "connect", reason), 0)
 
 
+@pytest.mark.parametrize(("ip", "port", "resource", "read"), [
+    ("127.0.0.1", 3128, None, []),  # the proxy, served by the worker: no table read per connection
+    ("::1", 53, None, []),
+    ("127.0.0.1", 9, "127.0.0.1:9", ["udp", "udp6", "tcp", "tcp6"]),  # still looked up, still reported
+    ("93.184.215.14", 3128, "93.184.215.14:3128", []),  # a served port elsewhere is still a bypass
+])
+def test_connect_verdict_to_a_served_port(ip: str, port: int, resource: str | None, read: list[str]) -> None:
+    """The ports the worker's own servers hold need no look-up; the rest are looked up as before."""
+    asked: list[str] = []
+
+    def listening(table: str) -> set[int]:
+        asked.append(table)
+        return set()
+
+    verdict = connect_verdict(ip, port, listening, served={3128, 53})
+    assert asked == read
+    if resource is None:
+        assert verdict is ALLOW
+    else:
+        assert _shape(verdict) == (("network", resource, "connect", "direct connection bypassing the proxy"), 0)
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     (struct.pack("=H", 2) + struct.pack("!H", 443) + bytes([10, 0, 0, 1]) + bytes(8), ("10.0.0.1", 443)),
     (struct.pack("=H", 10) + struct.pack("!H", 80) + bytes(4) + bytes(15) + b"\x01" + bytes(4), ("::1", 80)),
