@@ -6,6 +6,7 @@ namespace is never handed out twice."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -14,6 +15,8 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from runner.sandbox import sockdiag
 
 CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -25,15 +28,20 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 @dataclass
 class NetNamespace:
-    """An fd on a fresh netns, plus the sockets opened inside it."""
+    """An fd on a fresh netns, plus the sockets opened inside it (diag: a sock_diag socket there, None
+    when it could not be opened; the supervisor takes it over)."""
 
     fd: int
     sockets: list[socket.socket]
+    diag: socket.socket | None = None
 
     def close(self) -> None:
         """Release the namespace fd and any socket still held."""
         for sock in self.sockets:
             sock.close()
+        if self.diag is not None:
+            self.diag.close()
+            self.diag = None
         os.close(self.fd)
 
 
@@ -71,6 +79,8 @@ def _enter_new_netns(binds: Sequence[tuple[int, tuple[str, int]]], out: dict[str
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         _bring_up_loopback()
         out["sockets"] = [_listen(kind, addr) for kind, addr in binds]
+        with contextlib.suppress(OSError):  # without it the supervisor reads /proc tables
+            out["diag"] = sockdiag.open_socket()
         out["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except BaseException as exc:  # handed back to the caller's thread
         out["error"] = exc
@@ -84,7 +94,7 @@ def create_netns(binds: Sequence[tuple[int, tuple[str, int]]]) -> NetNamespace:
     worker.join()
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
-    return NetNamespace(fd=out["fd"], sockets=out["sockets"])  # type: ignore[arg-type]
+    return NetNamespace(fd=out["fd"], sockets=out["sockets"], diag=out.get("diag"))  # type: ignore[arg-type]
 
 
 class _Spare:
@@ -105,7 +115,8 @@ class _Spare:
             raise self._out["error"]  # type: ignore[misc]
         if "fd" not in self._out:  # its thread did not come across a fork
             raise OSError("the network namespace made ahead is not there")
-        return NetNamespace(fd=self._out["fd"], sockets=self._out["sockets"])  # type: ignore[arg-type]
+        return NetNamespace(fd=self._out["fd"], sockets=self._out["sockets"],  # type: ignore[arg-type]
+                            diag=self._out.get("diag"))  # type: ignore[arg-type]
 
     def discard(self) -> None:
         """Close it (a spare of other binds, or inherited across a fork: the copies are this process's)."""
