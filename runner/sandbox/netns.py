@@ -72,17 +72,25 @@ def _listen(kind: int, address: tuple[str, int]) -> socket.socket:
 
 
 def _enter_new_netns(binds: Sequence[tuple[int, tuple[str, int]]], out: dict[str, object]) -> None:
-    """Thread body: unshare the netns, bring lo up, open sockets, keep an fd on the netns."""
+    """Thread body: unshare the netns, bring lo up, open sockets (and a sock_diag one), keep an fd on the
+    netns; on an error nothing made is left open."""
+    made: list[socket.socket] = []
     try:
         if _libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         _bring_up_loopback()
-        out["sockets"] = [_listen(kind, addr) for kind, addr in binds]
+        for kind, addr in binds:
+            made.append(_listen(kind, addr))
+        diag = None
         with contextlib.suppress(OSError):  # without it the supervisor reads /proc tables
-            out["diag"] = sockdiag.open_socket()
+            diag = sockdiag.open_socket()
+            made.append(diag)
         out["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        out["sockets"], out["diag"] = made[:len(binds)], diag
     except BaseException as exc:  # handed back to the caller's thread
+        for sock in made:
+            sock.close()
         out["error"] = exc
 
 
