@@ -6,6 +6,9 @@ Inside a started Sesame sandbox, python3 times, one after another (each waits fo
            (is the port listening in the netns?), then the sink refuses and reports it
   send     the same over a connected UDP socket: inspected once, at connect (the sink's own cost)
   connect  n/10 TCP connects to the egress proxy (127.0.0.1:3128), closed at once: each inspected
+  own      n/10 TCP connects to a server the probe itself listens with on 127.0.0.1 (an agent's test
+           server): each looked up in the netns's sockets (sock_diag, or the /proc tables)
+  closed   n/10 TCP connects to a loopback port nothing listens on: looked up, refused, reported
 and prints the median over the rounds, with the violations the sandbox reported (every query is
 one: the sink refuses it). --baseline TREE runs the same in a sandbox imported from another
 checkout (say /work/main), the rounds taking turns, so both see the same machine load.
@@ -33,10 +36,23 @@ dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 dns.settimeout(5)
 if mode == "send":
     dns.connect(("127.0.0.1", 53))
+server = socket.create_server(("127.0.0.1", 0))
+free = socket.socket()
+free.bind(("127.0.0.1", 0))
+target = {"connect": 3128, "own": server.getsockname()[1], "closed": free.getsockname()[1]}.get(mode)
+free.close()
 started = time.perf_counter()
 for _ in range(n):
-    if mode == "connect":
-        socket.create_connection(("127.0.0.1", 3128)).close()
+    if mode == "closed":
+        try:
+            socket.create_connection(("127.0.0.1", target)).close()
+        except ConnectionRefusedError:
+            continue
+        sys.exit("a connect to a closed port went through")
+    if mode in ("connect", "own"):
+        socket.create_connection(("127.0.0.1", target)).close()
+        if mode == "own":
+            server.accept()[0].close()
         continue
     if mode == "send":
         dns.send(query)
@@ -46,7 +62,8 @@ for _ in range(n):
         sys.exit("not refused")
 print((time.perf_counter() - started) / n * 1e3)
 """
-MODES = ("sendto", "send", "connect")
+MODES = ("sendto", "send", "connect", "own", "closed")
+CONNECTS = ("connect", "own", "closed")  # n/10 of each
 
 
 async def child(queries: int) -> None:
@@ -61,7 +78,7 @@ async def child(queries: int) -> None:
         await sandbox.start()
         out: dict[str, list[float]] = {}
         for mode in MODES:
-            n = queries // 10 if mode == "connect" else queries
+            n = queries // 10 if mode in CONNECTS else queries
             before = len(seen)
             handle = await sandbox.exec(["/usr/bin/python3", "-c", PROBE, mode, str(n)])
             lines = [line.text async for line in handle]
@@ -114,7 +131,7 @@ def main() -> None:
             ms = statistics.median(r[mode][0] for r in rounds)
             reported = {int(r[mode][1]) for r in rounds}
             figures.append(f"{mode} {ms:6.3f} ms" + (f" ({'/'.join(map(str, sorted(reported)))} reported)"
-                                                      if mode != "connect" else ""))
+                                                      if mode not in ("connect", "own") else ""))
         print(f"{label:10} " + "   ".join(figures))
     if options.baseline is not None:
         print(f"baseline tree: {options.baseline}")

@@ -33,6 +33,7 @@ from runner.sandbox.netns import NetNamespace, listen_in, take_spare
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
 from runner.sandbox.reaping import SessionReaper, SharedReaper
+from runner.sandbox.sockdiag import SockDiag
 from runner.sandbox.supervisor import Supervisor
 from runner.sandbox.verdicts import HiddenPaths
 
@@ -238,10 +239,14 @@ class LocalSandbox(Sandbox):
 
     def _start_supervisor(self) -> None:
         """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
-        assert self._launcher is not None and self._plan is not None
+        assert self._launcher is not None and self._plan is not None and self._netns is not None
+        diag = None
+        if self._netns.diag is not None:  # the supervisor asks the netns's sockets through it
+            diag = SockDiag(self._netns.diag, os.fstat(self._netns.fd).st_ino)
+            self._netns.diag = None
         self._supervisor = Supervisor(
             self._launcher.listener_fd, seccomp.host_arch(), self._plan.read_only, self.report,
-            self._host_owner(), self._launcher.native_id, self._hidden, frozenset(SERVED_PORTS),
+            self._host_owner(), self._launcher.native_id, self._hidden, frozenset(SERVED_PORTS), diag,
         )
         self._supervisor.start()
 

@@ -6,6 +6,7 @@ namespace is never handed out twice."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -14,6 +15,8 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from runner.sandbox import sockdiag
 
 CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -25,15 +28,20 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 @dataclass
 class NetNamespace:
-    """An fd on a fresh netns, plus the sockets opened inside it."""
+    """An fd on a fresh netns, plus the sockets opened inside it (diag: a sock_diag socket there, None
+    when it could not be opened; the supervisor takes it over)."""
 
     fd: int
     sockets: list[socket.socket]
+    diag: socket.socket | None = None
 
     def close(self) -> None:
         """Release the namespace fd and any socket still held."""
         for sock in self.sockets:
             sock.close()
+        if self.diag is not None:
+            self.diag.close()
+            self.diag = None
         os.close(self.fd)
 
 
@@ -64,15 +72,25 @@ def _listen(kind: int, address: tuple[str, int]) -> socket.socket:
 
 
 def _enter_new_netns(binds: Sequence[tuple[int, tuple[str, int]]], out: dict[str, object]) -> None:
-    """Thread body: unshare the netns, bring lo up, open sockets, keep an fd on the netns."""
+    """Thread body: unshare the netns, bring lo up, open sockets (and a sock_diag one), keep an fd on the
+    netns; on an error nothing made is left open."""
+    made: list[socket.socket] = []
     try:
         if _libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         _bring_up_loopback()
-        out["sockets"] = [_listen(kind, addr) for kind, addr in binds]
+        for kind, addr in binds:
+            made.append(_listen(kind, addr))
+        diag = None
+        with contextlib.suppress(OSError):  # without it the supervisor reads /proc tables
+            diag = sockdiag.open_socket()
+            made.append(diag)
         out["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        out["sockets"], out["diag"] = made[:len(binds)], diag
     except BaseException as exc:  # handed back to the caller's thread
+        for sock in made:
+            sock.close()
         out["error"] = exc
 
 
@@ -84,7 +102,7 @@ def create_netns(binds: Sequence[tuple[int, tuple[str, int]]]) -> NetNamespace:
     worker.join()
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
-    return NetNamespace(fd=out["fd"], sockets=out["sockets"])  # type: ignore[arg-type]
+    return NetNamespace(fd=out["fd"], sockets=out["sockets"], diag=out.get("diag"))  # type: ignore[arg-type]
 
 
 class _Spare:
@@ -105,7 +123,8 @@ class _Spare:
             raise self._out["error"]  # type: ignore[misc]
         if "fd" not in self._out:  # its thread did not come across a fork
             raise OSError("the network namespace made ahead is not there")
-        return NetNamespace(fd=self._out["fd"], sockets=self._out["sockets"])  # type: ignore[arg-type]
+        return NetNamespace(fd=self._out["fd"], sockets=self._out["sockets"],  # type: ignore[arg-type]
+                            diag=self._out.get("diag"))  # type: ignore[arg-type]
 
     def discard(self) -> None:
         """Close it (a spare of other binds, or inherited across a fork: the copies are this process's)."""

@@ -28,6 +28,7 @@ from runner.sandbox.notify import Notification
 from runner.sandbox.pathwalk import Unresolvable
 from runner.sandbox.procview import ProcessView, parent_pid
 from runner.sandbox.seccomp import Arch
+from runner.sandbox.sockdiag import SockDiag
 from runner.sandbox.verdicts import ALLOW, HiddenPaths, Verdict
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Supervisor:
         launcher_tid: int | None = None,
         hidden: HiddenPaths | None = None,
         served: frozenset[int] = frozenset(),
+        diag: SockDiag | None = None,
     ) -> None:
         """Take ownership of the listener fd of one session's launcher thread (-1: it has none, each
         command's listener comes through expect()).
@@ -56,6 +58,8 @@ class Supervisor:
         protected: absolute inside paths no write may touch (nor their ancestors' renames).
         served: loopback ports the worker's own servers (proxy, DNS sink) hold in the netns for the
         sandbox's life: a connect or sendto to them needs no look-up of the netns's socket tables.
+        diag: a sock_diag socket in the sandbox netns (taken over, closed with the listeners): other
+        loopback ports are asked of it, the /proc tables read only when it cannot answer.
         """
         self.listener = listener
         self._serving = listener  # the listener of the notification being answered
@@ -69,6 +73,7 @@ class Supervisor:
         self.protected = protected
         self.hidden = hidden or HiddenPaths()
         self.served = served
+        self.diag = diag
         self.report = report
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
@@ -146,6 +151,8 @@ class Supervisor:
                     self._incoming.get().close()
                 for fd in (*listeners, self._wake_r, self._wake_w):
                     os.close(fd)
+                if self.diag is not None:
+                    self.diag.close()
 
     def _serve_one(self, listener: int) -> None:
         """Receive one notification, inspect it, answer it."""
@@ -255,7 +262,16 @@ class Supervisor:
         dest = view.sockaddr(args[addr_arg], notify.low32(args[len_arg]))
         if dest is None:
             return ALLOW
-        return verdicts.connect_verdict(*dest, view.listening_ports, self.served)
+        return verdicts.connect_verdict(*dest, lambda table, port: self._listens(view, table, port), self.served)
+
+    def _listens(self, view: ProcessView, table: str, port: int) -> bool:
+        """A socket of one of verdicts.PORT_TABLES is on port in the process's netns: asked of the
+        sandbox netns's sock_diag socket when the process is in that netns, else (or when it cannot
+        answer) read from the process's /proc table."""
+        answer = None
+        if self.diag is not None and self.diag.covers(view.pid):
+            answer = self.diag.listens(table, port)
+        return port in view.listening_ports(table) if answer is None else answer
 
 
 def _received_listener(channel: socket.socket) -> int | None:

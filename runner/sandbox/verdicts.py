@@ -266,16 +266,16 @@ PORT_TABLES = ("udp", "udp6", "tcp", "tcp6")
 
 
 def connect_verdict(
-    ip: str, port: int, listening: Callable[[str], Collection[int]], served: Collection[int] = ()
+    ip: str, port: int, listens: Callable[[str, int], bool], served: Collection[int] = ()
 ) -> Verdict:
     """Report connections that bypass the proxy (they fail: the netns has only lo).
 
-    listening(table): the local ports with a listener (TCP) or a bound socket (UDP) in one of the
-    sandbox netns's PORT_TABLES; asked for loopback only, in that order until one has the port.
+    listens(table, port): a listener (TCP) or a bound socket (UDP) is on port in one of the sandbox
+    netns's PORT_TABLES; asked for loopback only, in that order until one has the port.
     served: ports known to listen there without asking (the proxy's and the DNS sink's).
     """
     address = ipaddress.ip_address(ip)
-    if address.is_loopback and (port in served or any(port in listening(table) for table in PORT_TABLES)):
+    if address.is_loopback and (port in served or any(listens(table, port) for table in PORT_TABLES)):
         return ALLOW  # the proxy, the DNS sink, or the agent's own server
     resource = f"[{ip}]:{port}" if address.version == 6 else f"{ip}:{port}"
     return Verdict(Violation("network", resource, "connect", "direct connection bypassing the proxy"))

@@ -298,7 +298,7 @@ def test_unix_socket(sock_type: int, reported: bool) -> None:
     assert (verdict.violation is not None) is reported
 
 
-def _no_ports(table: str) -> set[int]:
+def _no_ports(table: str, port: int) -> bool:
     """Listening ports must not be read for a non-loopback destination."""
     raise AssertionError(f"{table} ports read for a remote address")
 
@@ -320,11 +320,11 @@ def test_connect_verdict(ip: str, port: int, resource: str | None, read: list[st
     connection hash, which made each DNS query of a flood take ~10 ms."""
     asked: list[str] = []
 
-    def listening(table: str) -> set[int]:
+    def listens(table: str, port: int) -> bool:
         asked.append(table)
-        return TABLES[table]
+        return port in TABLES[table]
 
-    verdict = connect_verdict(ip, port, listening if ip in ("127.0.0.1", "::1") else _no_ports)
+    verdict = connect_verdict(ip, port, listens if ip in ("127.0.0.1", "::1") else _no_ports)
     assert asked == read
     if resource is None:
         assert verdict is ALLOW
@@ -343,11 +343,11 @@ def test_connect_verdict_to_a_served_port(ip: str, port: int, resource: str | No
     """The ports the worker's own servers hold need no look-up; the rest are looked up as before."""
     asked: list[str] = []
 
-    def listening(table: str) -> set[int]:
+    def listens(table: str, port: int) -> bool:
         asked.append(table)
-        return set()
+        return False
 
-    verdict = connect_verdict(ip, port, listening, served={3128, 53})
+    verdict = connect_verdict(ip, port, listens, served={3128, 53})
     assert asked == read
     if resource is None:
         assert verdict is ALLOW
