@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +51,7 @@ _COLUMNS = tuple(_S.keys())  # a new row's keys (ColumnCollection.keys builds a 
 CHUNK_KIND = "lines"  # a row holding a batch of agent output events (issue 16: a chatty agent writes few rows)
 CHUNK_MIN = 4  # a smaller batch is stored one row per event
 EVENT_PAGE_ROWS = 200  # rows read per query by events()
+OFF_LOOP_BYTES = 64 * 1024  # a chunk's JSON from which add_lines compresses it on a thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +620,7 @@ class SessionService:
             [item.kind, item.data, item.at.timestamp(), item.texts, item.field] if isinstance(item, LineBlock)
             else [item[0], item[1], item[2].timestamp()] for item in items]
         last_at = items[-1].at if isinstance(items[-1], LineBlock) else items[-1][2]
-        blob = chunk_blob(entries)
+        blob = await chunk_blob_off_loop(entries)
         if self.engine.dialect.name == "postgresql":  # one autocommit round trip (INSERT_CHUNK)
             async with self.autocommit_engine.connect() as conn:
                 last = (await conn.execute(INSERT_CHUNK, {
@@ -740,7 +742,20 @@ def chunk_json(entries: list[list[Any]]) -> bytes:
 def chunk_blob(entries: list[list[Any]]) -> bytes:
     """A `lines` row's events as stored in its `blob`: chunk_json, zstd-compressed (level 1: ~14 ms for a
     chatty agent's 12 MB, stored as is, where PostgreSQL spent 80-90 ms parsing and compressing the text)."""
-    return zstandard.ZstdCompressor(level=1).compress(chunk_json(entries))
+    return _compress(chunk_json(entries))
+
+
+async def chunk_blob_off_loop(entries: list[list[Any]]) -> bytes:
+    """chunk_blob, its compression on a thread when the chunk is large (zstd lets go of the GIL): the event
+    loop goes on reading the agent's output meanwhile, on the other core."""
+    raw = chunk_json(entries)
+    if len(raw) < OFF_LOOP_BYTES:
+        return _compress(raw)
+    return await asyncio.to_thread(_compress, raw)
+
+
+def _compress(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(raw)
 
 
 def chunk_entries(blob: bytes) -> dict[str, Any]:
