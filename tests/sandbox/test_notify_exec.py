@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -90,3 +91,25 @@ def test_a_cached_helper_anyone_could_have_changed_is_built_again(tmp_path: Path
     os.chmod(tmp_path / "sesame", 0o777)
     with pytest.raises(OSError, match="not ours alone"):
         notify_exec.helper_path()
+
+
+async def test_doctor_says_whether_the_helper_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sesame doctor` builds the helper where it can, and says how to get it where it cannot (no C compiler
+    on the PATH, nothing built yet)."""
+    from bot.cli.doctor import check_exec_helper
+    from bot.settings import load_settings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    settings = load_settings(env={}, cwd=tmp_path)
+    if shutil.which("cc") or shutil.which("gcc"):
+        built = await check_exec_helper(settings)
+        assert built.status == "ok" and str(tmp_path / "cache" / "sesame" / "notify-exec-") in built.detail
+        for helper in (tmp_path / "cache" / "sesame").glob("notify-exec-*"):
+            helper.unlink()
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    missing = await check_exec_helper(settings)
+    assert missing.status == "warn" and "no C compiler" in missing.detail and "apt-get install gcc" in missing.fix
+    off = await check_exec_helper(load_settings(env={"SANDBOX_SECURITY_ENABLED": "false"}, cwd=tmp_path))
+    assert off.status == "info"
