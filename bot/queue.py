@@ -249,13 +249,16 @@ class ArqQueue:
         return self._enqueue
 
     async def health(self) -> dict[str, Any]:
-        """Redis reachable, jobs queued, and workers alive (each refreshes its key while it polls)."""
+        """Redis reachable, jobs queued, workers alive (each refreshes its key while it polls), and queued
+        comments waiting for a worker."""
         try:
             pool = await self.pool()
             await asyncio.wait_for(pool.ping(), 2)
             workers = [key async for key in pool.scan_iter(match=WORKER_KEY_PREFIX + "*", count=200)]
             self._down_since = None
-            return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue"), "workers": len(workers)}
+            # queued_comments: sessions whose queued comment waits for a worker's notifier lane (none runs: it grows)
+            return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue"), "workers": len(workers),
+                    "queued_comments": await pool.llen(QUEUED_COMMENTS)}
         except Exception as exc:
             self._pool = None
             self._down_since = self._down_since or time.time()

@@ -112,6 +112,7 @@ async def test_the_enqueue_hands_off_a_new_jobs_comment_once(redis_url: str) -> 
         assert await queue.enqueue("without-comment")
         assert await queue.enqueue("with-comment", 2, queued_comment=False)
         assert [i.decode() for i in await redis.lrange(QUEUED_COMMENTS, 0, -1)] == ["with-comment"]
+        assert (await queue.health())["queued_comments"] == 1  # waiting for a worker's lane, as /api/health says
     finally:
         await queue.close()
         await redis.aclose()
