@@ -169,9 +169,10 @@ class LocalSandbox(Sandbox):
         tool_fds = tuple((fd, str(self.policy.tool_path(name)))
                          for fd, (_src, name) in zip(self._tool_fds, self.policy.tools, strict=False))
         limits = self.policy.limits
-        plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop), tool_fds=tool_fds,
+        resolved = layout.resolved_secrets(self.policy)
+        plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop, resolved), tool_fds=tool_fds,
                                    tmpfs_size=limits.tmpfs if limits else None)
-        self._hidden = hidden_paths(self.policy)
+        self._hidden = hidden_paths(self.policy, resolved)
         self._argv_prefix = bwrap.mount_argv(plan)
         self._plan = plan
 
@@ -462,12 +463,13 @@ class LocalSandbox(Sandbox):
         self._started = False
 
 
-def hidden_paths(policy: SandboxPolicy) -> HiddenPaths:
+def hidden_paths(policy: SandboxPolicy, resolved: list[tuple[str, str]] | None = None) -> HiddenPaths:
     """What reads are refused and reported: every secret candidate (existing or not, as
-    given and resolved), and the session base except this session and the tools."""
+    given and resolved), and the session base except this session and the tools (resolved:
+    layout.resolved_secrets(policy), when the caller has it already)."""
     secrets: set[str] = set()
-    for candidate in layout.secret_candidates(policy):
-        secrets.update((os.path.abspath(candidate), os.path.realpath(candidate)))
+    for pair in layout.resolved_secrets(policy) if resolved is None else resolved:
+        secrets.update(pair)
     visible = (str(policy.session_dir), str(policy.base_dir / ".tools"))
     writable = (str(policy.project_dir), str(policy.home_dir), "/tmp", "/dev/shm")
     return HiddenPaths(frozenset(secrets), str(policy.base_dir), visible, writable)
