@@ -28,7 +28,7 @@ from runner.sandbox.base import (
 )
 from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
-from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, session_limiter
+from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, make_spare, session_limiter
 from runner.sandbox.netns import NetNamespace, listen_in, take_spare
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
@@ -136,6 +136,8 @@ class LocalSandbox(Sandbox):
             await self.destroy()
             raise
         self._started = True
+        if isinstance(self._limiter, Cgroups) and self.policy.limits is not None:
+            make_spare(self.policy.limits)  # the next session's cgroup, made while this one runs
 
     async def _start_secured(self) -> None:
         """The parts of a secured start side by side: the files and the mount plan on a thread, the
