@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
@@ -114,3 +115,16 @@ def _check_secrets_resolved_once(tmp_path: Path) -> None:
     hidden = local.hidden_paths(policy, resolved)
     assert hidden == local.hidden_paths(policy)
     assert {str(tmp_path / n) for n in ("open/link", "open/token", "open/missing")} <= hidden.secrets
+
+
+def test_session_directories_are_made_once_per_policy(tmp_path: Path) -> None:
+    """Issue 16: a start asks for the session's directories dozens of times; each is made once per
+    (frozen) policy, and a policy replaced with another base has its own."""
+    policy = SandboxPolicy("s1", tmp_path / "a")
+    assert policy.project_dir is policy.project_dir and policy.session_dir is policy.session_dir
+    moved = dataclasses.replace(policy, base_dir=tmp_path / "b")
+    assert (moved.session_dir, moved.project_dir, moved.home_dir, moved.tmp_dir) == tuple(
+        tmp_path / "b" / "s1" / name for name in ("", "project", "home", "tmp")) and moved == moved
+    assert policy.home_dir == tmp_path / "a" / "s1" / "home" and policy != moved
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.project_dir = tmp_path  # type: ignore[misc]
