@@ -30,6 +30,7 @@ from runner.sandbox.dns import start_dns_sink
 from runner.sandbox.launch import ChildSetup, Launcher, ListenerFilter, spawn, spawn_from
 from runner.sandbox.limits import Cgroups, Limiter, disk_exceeded, disk_usage, make_spare, session_limiter
 from runner.sandbox.netns import NetNamespace, listen_in, take_spare
+from runner.sandbox.netns import make_spare as make_spare_netns
 from runner.sandbox.process import MARKER, LocalProcess, Tree, kill_marked
 from runner.sandbox.proxy import EgressProxy
 from runner.sandbox.reaping import SessionReaper, SharedReaper
@@ -43,6 +44,7 @@ PROXY_PORT = 3128
 DNS_PORT = 53
 SERVED_PORTS = (PROXY_PORT, DNS_PORT)  # held by the worker in the netns until the session's processes are killed
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+NETNS_BINDS = ((socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", DNS_PORT)))
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -138,6 +140,8 @@ class LocalSandbox(Sandbox):
         self._started = True
         if isinstance(self._limiter, Cgroups) and self.policy.limits is not None:
             make_spare(self.policy.limits)  # the next session's cgroup, made while this one runs
+        if self.secured:
+            make_spare_netns(NETNS_BINDS)  # and its network namespace
 
     async def _start_secured(self) -> None:
         """The parts of a secured start side by side: the files and the mount plan on a thread, the
@@ -255,8 +259,7 @@ class LocalSandbox(Sandbox):
 
     async def _start_network(self) -> None:
         """A loopback-only netns (made ahead) with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
-        binds = [(socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", DNS_PORT))]
-        self._netns = take_spare(binds)
+        self._netns = take_spare(NETNS_BINDS)
         proxy_sock, dns_sock = self._netns.sockets
         self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
                                   self.policy.proxy_limits)
