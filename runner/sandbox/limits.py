@@ -428,6 +428,12 @@ class _Spare:
         except OSError as exc:
             self._out["error"] = exc
 
+    def ready(self, limits: SandboxLimits) -> bool:
+        """Made by this process, with these limits, for the mechanism in force."""
+        cgroup = self._out.get("cgroup")
+        return (self.pid == os.getpid() and not self._thread.is_alive() and isinstance(cgroup, Cgroups)
+                and cgroup.limits == limits and self.found == mechanism())
+
     def result(self) -> Cgroups | None:
         """The cgroup, once made; None when making it failed or its thread did not come across a fork."""
         self._thread.join()
@@ -453,6 +459,14 @@ def _take_spare(found: Mechanism) -> Cgroups | None:
         cgroup.remove()
         return None
     return cgroup
+
+
+def spare_ready(limits: SandboxLimits) -> bool:
+    """Whether this process has a cgroup made ahead, for its mechanism, with these limits: taking it
+    is a rename per hierarchy, waiting for nothing."""
+    with _spare_lock:
+        spare = _spare
+    return spare is not None and spare.ready(limits)
 
 
 def make_spare(limits: SandboxLimits) -> None:

@@ -244,12 +244,14 @@ def test_a_session_takes_the_cgroup_made_ahead_with_its_own_name_and_limits() ->
     limits_module.make_spare(SandboxLimits())
     limits_module._spare.result()  # type: ignore[union-attr]
     ahead = _spares(os.getpid())
+    # ready (taken on the loop, a rename per hierarchy) only for the limits it was made with
+    assert limits_module.spare_ready(SandboxLimits()) and not limits_module.spare_ready(SMALL)
     assert len(ahead) == len(dict.fromkeys(parent for _c, parent in mechanism().parents))
     first = limits_module.session_limiter(SMALL, "ahead")
     second = limits_module.session_limiter(SMALL, "ahead")
     try:
         assert isinstance(first, limits_module.CgroupV1) and isinstance(second, limits_module.CgroupV1)
-        assert _spares(os.getpid()) == []
+        assert _spares(os.getpid()) == [] and not limits_module.spare_ready(SandboxLimits())
         inodes = {path.stat().st_ino for path in first.dirs.values()}
         assert inodes & {path.stat().st_ino for path in second.dirs.values()} == set()
         assert sorted(leftover_cgroups("ahead")) == sorted({*first.dirs.values(), *second.dirs.values()})
