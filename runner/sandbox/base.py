@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import socket
 import time
@@ -140,17 +141,19 @@ class SandboxPolicy:
         if not self.session_id or "/" in self.session_id or self.session_id in (".", ".."):
             raise ValueError(f"bad session id {self.session_id!r}")
 
-    @property
+    # the directories are made once per policy (frozen): a start asks for them dozens of times, and
+    # each Path made costs pathlib's parsing
+    @functools.cached_property
     def session_dir(self) -> Path:
         """The session's own directory."""
         return Path(self.base_dir) / self.session_id
 
-    @property
+    @functools.cached_property
     def project_dir(self) -> Path:
         """The workspace the agent edits."""
         return self.session_dir / "project"
 
-    @property
+    @functools.cached_property
     def home_dir(self) -> Path:
         """The agent's HOME for this session."""
         return self.session_dir / "home"
@@ -159,7 +162,7 @@ class SandboxPolicy:
         """Where the tool directory `name` appears inside the sandbox."""
         return Path(self.base_dir) / ".tools" / name
 
-    @property
+    @functools.cached_property
     def tmp_dir(self) -> Path:
         """The session tmp, mounted on /tmp inside the sandbox."""
         return self.session_dir / "tmp"

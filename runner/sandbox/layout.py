@@ -181,11 +181,17 @@ def home_directories() -> list[str]:
     return sorted(h for h in homes if os.path.isdir(h))
 
 
-def _reachable(path: str, uid: int, gid: int) -> bool:
-    """Whether uid:gid can look up path (bwrap must reach a mount point to cover it)."""
+def _reachable(path: str, uid: int, gid: int, searchable: dict[str, bool] | None = None) -> bool:
+    """Whether uid:gid can look up path (bwrap must reach a mount point to cover it); searchable, when
+    given, keeps each directory's answer for the caller's further paths."""
     parent = os.path.dirname(path)
     while True:
-        if not permitted(os.stat(parent), uid, gid, stat.S_IXUSR):
+        known = searchable.get(parent) if searchable is not None else None
+        if known is None:
+            known = permitted(os.stat(parent), uid, gid, stat.S_IXUSR)
+            if searchable is not None:
+                searchable[parent] = known
+        if not known:
             return False
         if parent == "/":
             return True
@@ -215,15 +221,22 @@ def secret_candidates(policy: SandboxPolicy) -> list[str]:
     return paths + [os.path.abspath(p) for p in policy.hidden_paths]
 
 
-def hidden_mounts(policy: SandboxPolicy, check_reach: bool) -> tuple[list[str], list[str]]:
+def resolved_secrets(policy: SandboxPolicy) -> list[tuple[str, str]]:
+    """Every secret candidate as (absolute, resolved) path: resolved once per start, for the mount plan
+    and the supervisor's hidden paths alike (each resolution lstats every component)."""
+    return [(os.path.abspath(c), os.path.realpath(c)) for c in secret_candidates(policy)]
+
+
+def hidden_mounts(policy: SandboxPolicy, check_reach: bool,
+                  resolved: list[tuple[str, str]] | None = None) -> tuple[list[str], list[str]]:
     """(files, dirs) to cover: existing secrets bwrap can reach and does not hide already."""
     files: list[str] = []
     dirs: list[str] = []
-    for candidate in secret_candidates(policy):
-        path = os.path.realpath(candidate)
+    searchable: dict[str, bool] = {}  # the candidates share their parents (the homes)
+    for _absolute, path in resolved_secrets(policy) if resolved is None else resolved:
         if not os.path.lexists(path) or _replaced(path, policy):
             continue
-        if check_reach and not _reachable(path, policy.host_uid, policy.host_gid):
+        if check_reach and not _reachable(path, policy.host_uid, policy.host_gid, searchable):
             continue  # the host uid cannot even look it up: plain permissions hide it
         (dirs if os.path.isdir(path) else files).append(path)
     return sorted(set(files)), sorted(set(dirs))
@@ -234,10 +247,12 @@ def read_only_paths(policy: SandboxPolicy) -> tuple[str, ...]:
     return tuple(str(policy.project_dir / p) for p in policy.read_only_paths)
 
 
-def plan_mounts(policy: SandboxPolicy, drop_privileges: bool) -> MountPlan:
-    """Resolve the policy against this host into a MountPlan."""
+def plan_mounts(policy: SandboxPolicy, drop_privileges: bool,
+                resolved: list[tuple[str, str]] | None = None) -> MountPlan:
+    """Resolve the policy against this host into a MountPlan (resolved: resolved_secrets(policy), when
+    the caller has it already)."""
     homes = hidden_homes(policy)
-    files, dirs = hidden_mounts(policy, check_reach=drop_privileges)
+    files, dirs = hidden_mounts(policy, drop_privileges, resolved)
     files = [p for p in files if not any(under(p, h) for h in homes)]
     dirs = [p for p in dirs if not any(under(p, h) for h in homes)]
     git_dir = policy.project_dir / ".git"

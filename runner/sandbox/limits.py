@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import errno
 import os
@@ -20,6 +21,7 @@ CFS_PERIOD_US = 100_000
 V1_CONTROLLERS = ("pids", "memory", "cpu")  # cpu is optional
 V2_CONTROLLERS = ("pids", "memory", "cpu")
 REMOVE_TIMEOUT = 2.0
+SPARE_PREFIX = "sesame-spare-"  # a session cgroup made ahead: sesame-spare-<worker pid>-<random>
 PRLIMIT = "/usr/bin/prlimit"
 
 
@@ -160,6 +162,20 @@ class Cgroups(Limiter):
         """Make the directories and write the limits."""
         self._make()
         self._configure()
+        return self
+
+    def take(self, name: str, limits: SandboxLimits) -> Cgroups:
+        """A cgroup made ahead, renamed for its session, its limits written again when they differ
+        (on an error the directories keep the names they have: remove() finds them)."""
+        for controller, path in list(self.dirs.items()):
+            renamed = path.with_name(name)
+            if path in self._made:
+                os.rename(path, renamed)
+                self._made[self._made.index(path)] = renamed
+            self.dirs[controller] = renamed
+        if limits != self.limits:
+            self.limits = limits
+            self._configure()
         return self
 
     @abc.abstractmethod
@@ -362,12 +378,26 @@ def mechanism() -> Mechanism:
 
 
 def session_limiter(limits: SandboxLimits, session_id: str, found: Mechanism | None = None) -> Limiter:
-    """A limiter for one session; its cgroup (if any) is created now, empty."""
+    """A limiter for one session; its cgroup (if any) is created now, empty: with this process's
+    mechanism, the one made ahead (make_spare) is taken when there is one."""
+    ahead = found is None
     found = found or mechanism()
-    name = f"sesame-{session_id}-{secrets.token_hex(4)}"  # sessions may share an id across bases
-    dirs = {controller: parent / name for controller, parent in found.parents}
     if found.name == "rlimits":
         return Rlimits(limits)
+    name = f"sesame-{session_id}-{secrets.token_hex(4)}"  # sessions may share an id across bases
+    if ahead:
+        spare = _take_spare(found)
+        if spare is not None:
+            try:
+                return spare.take(name, limits)
+            except OSError:
+                spare.remove()  # made anew below, where the error (if it stays) reaches the caller
+    return _create(limits, found, name)
+
+
+def _create(limits: SandboxLimits, found: Mechanism, name: str) -> Cgroups:
+    """A new cgroup called name in every hierarchy of found, with the limits written."""
+    dirs = {controller: parent / name for controller, parent in found.parents}
     cgroup = CgroupV2(limits, dirs) if found.name == "cgroup v2" else CgroupV1(limits, dirs)
     try:
         return cgroup.create()
@@ -375,6 +405,118 @@ def session_limiter(limits: SandboxLimits, session_id: str, found: Mechanism | N
         cgroup.remove()
         raise OSError(exc.errno, f"cannot set up the session's {found.name} ({exc.strerror}: "
                                  f"{exc.filename or name})") from None
+
+
+class _Spare:
+    """A session cgroup being made ahead on a thread of its own, by one process (it costs a session's
+    start ~0.5 ms of mkdir and limit writes, more under load)."""
+
+    def __init__(self, limits: SandboxLimits, found: Mechanism, sweep: bool) -> None:
+        self.pid = os.getpid()
+        self.found = found
+        self._out: dict[str, object] = {}
+        self._thread = threading.Thread(target=self._make, args=(limits, sweep), name="sesame-cgroup-spare",
+                                        daemon=True)
+        self._thread.start()
+
+    def _make(self, limits: SandboxLimits, sweep: bool) -> None:
+        """Thread body: (the first time in this process: remove the spares of workers gone) make it."""
+        if sweep:
+            _sweep_spares(self.found)
+        try:
+            self._out["cgroup"] = _create(limits, self.found, f"{SPARE_PREFIX}{self.pid}-{secrets.token_hex(4)}")
+        except OSError as exc:
+            self._out["error"] = exc
+
+    def ready(self, limits: SandboxLimits) -> bool:
+        """Made by this process, with these limits, for the mechanism in force."""
+        cgroup = self._out.get("cgroup")
+        return (self.pid == os.getpid() and not self._thread.is_alive() and isinstance(cgroup, Cgroups)
+                and cgroup.limits == limits and self.found == mechanism())
+
+    def result(self) -> Cgroups | None:
+        """The cgroup, once made; None when making it failed or its thread did not come across a fork."""
+        self._thread.join()
+        cgroup = self._out.get("cgroup")
+        return cgroup if isinstance(cgroup, Cgroups) else None
+
+
+_spare_lock = threading.Lock()
+_spare: _Spare | None = None
+_swept = False
+
+
+def _take_spare(found: Mechanism) -> Cgroups | None:
+    """The cgroup made ahead for found (waiting for it if it is still being made), None when there is
+    none. One made by another process (this one forked from it) is that process's: left alone."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is None or spare.pid != os.getpid():
+        return None
+    cgroup = spare.result()
+    if cgroup is not None and spare.found != found:
+        cgroup.remove()
+        return None
+    return cgroup
+
+
+def spare_ready(limits: SandboxLimits) -> bool:
+    """Whether this process has a cgroup made ahead, for its mechanism, with these limits: taking it
+    is a rename per hierarchy, waiting for nothing."""
+    with _spare_lock:
+        spare = _spare
+    return spare is not None and spare.ready(limits)
+
+
+def make_spare(limits: SandboxLimits) -> None:
+    """Start making the next session's cgroup in the background, unless one is made already. Called
+    once a session has started: making one meanwhile would hold up the session's own cgroup work
+    (the kernel's cgroup_mutex, taken by mkdir and rename alike)."""
+    global _spare, _swept
+    found = mechanism()
+    if found.name == "rlimits":
+        return
+    with _spare_lock:
+        if _spare is not None and _spare.pid == os.getpid():
+            return
+        _spare = _Spare(limits, found, not _swept)
+        _swept = True
+
+
+@atexit.register
+def _remove_spare() -> None:
+    """The cgroup made ahead goes with the process that made it."""
+    with _spare_lock:
+        spare = _spare
+    if spare is not None and spare.pid == os.getpid():
+        cgroup = spare.result()
+        if cgroup is not None:
+            with contextlib.suppress(OSError):
+                cgroup.remove()
+
+
+def _sweep_spares(found: Mechanism) -> None:
+    """Remove the cgroups made ahead by worker processes that are gone (killed before their atexit)."""
+    for _controller, parent in found.parents:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(parent):
+                pid = entry.name[len(SPARE_PREFIX):].partition("-")[0]
+                if not entry.name.startswith(SPARE_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+                    continue
+                with contextlib.suppress(OSError):  # not empty, or removed by another worker
+                    os.rmdir(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def disk_usage(roots: list[Path], owner: int | None = None) -> int:

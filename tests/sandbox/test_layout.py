@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from runner.sandbox import SandboxPolicy, layout
+from runner.sandbox import SandboxPolicy, layout, local
 
 
 def test_hidden_homes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -84,3 +86,45 @@ def test_shared_control_files_not_as_made_are_made_again(tmp_path: Path, tamper:
     assert (shared / "group").read_text() == "sesame:x:1000:\n"
     assert stat.S_IMODE(os.stat(shared / "denied").st_mode) == 0
     assert sorted(p.name for p in shared.parent.iterdir()) == sorted([layout.SHARED, "s1"])  # nothing set aside
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the reach check applies as root (dropping to the host uid)")
+def test_secrets_resolved_once_per_start_hide_the_same() -> None:
+    """Issue 16: the secret candidates are resolved once per start and shared by the mount plan and
+    the supervisor's hidden paths, and each parent's reach is checked once: the same paths result."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as made:  # not under /tmp: the sandbox replaces that
+        _check_secrets_resolved_once(Path(made))
+
+
+def _check_secrets_resolved_once(tmp_path: Path) -> None:
+    """The body of the test above, in a directory of its own."""
+    (tmp_path / "closed").mkdir(mode=0o700)  # the host uid cannot look inside: permissions hide it
+    (tmp_path / "open").mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    for name in ("closed/key", "open/key", "open/token"):
+        (tmp_path / name).write_text("secret")
+    (tmp_path / "open" / "link").symlink_to(tmp_path / "open" / "token")
+    policy = SandboxPolicy("s1", tmp_path / "sessions", hidden_paths=tuple(
+        str(tmp_path / n) for n in ("closed/key", "open/key", "open/link", "open/missing")))
+    resolved = layout.resolved_secrets(policy)
+    files, dirs = layout.hidden_mounts(policy, True, resolved)
+    assert [f for f in files if f.startswith(str(tmp_path))] == [str(tmp_path / "open/key"),
+                                                                  str(tmp_path / "open/token")]
+    assert (files, dirs) == layout.hidden_mounts(policy, True)
+    assert layout.plan_mounts(policy, True, resolved) == layout.plan_mounts(policy, True)
+    hidden = local.hidden_paths(policy, resolved)
+    assert hidden == local.hidden_paths(policy)
+    assert {str(tmp_path / n) for n in ("open/link", "open/token", "open/missing")} <= hidden.secrets
+
+
+def test_session_directories_are_made_once_per_policy(tmp_path: Path) -> None:
+    """Issue 16: a start asks for the session's directories dozens of times; each is made once per
+    (frozen) policy, and a policy replaced with another base has its own."""
+    policy = SandboxPolicy("s1", tmp_path / "a")
+    assert policy.project_dir is policy.project_dir and policy.session_dir is policy.session_dir
+    moved = dataclasses.replace(policy, base_dir=tmp_path / "b")
+    assert (moved.session_dir, moved.project_dir, moved.home_dir, moved.tmp_dir) == tuple(
+        tmp_path / "b" / "s1" / name for name in ("", "project", "home", "tmp")) and moved == moved
+    assert policy.home_dir == tmp_path / "a" / "s1" / "home" and policy != moved
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.project_dir = tmp_path  # type: ignore[misc]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -229,3 +230,59 @@ def test_a_failed_cgroup_setup_leaves_nothing_behind(monkeypatch: pytest.MonkeyP
     with pytest.raises(OSError, match="cannot set up the session's cgroup v1"):
         limits_module.session_limiter(SandboxLimits(cpu_share=0.001), "broken")
     assert leftover_cgroups("broken") == []
+
+
+def _spares(pid: int) -> list[Path]:
+    """The cgroups made ahead by process pid, in every hierarchy."""
+    return [path for _controller, parent in mechanism().parents
+            for path in parent.glob(f"{limits_module.SPARE_PREFIX}{pid}-*")]
+
+
+def test_a_session_takes_the_cgroup_made_ahead_with_its_own_name_and_limits() -> None:
+    """Issue 16: the session cgroup is made ahead (mkdir and limits cost a start ~0.5 ms): a session
+    takes it renamed for itself, with its own limits written; it is handed out once."""
+    limits_module.make_spare(SandboxLimits())
+    limits_module._spare.result()  # type: ignore[union-attr]
+    ahead = _spares(os.getpid())
+    # ready (taken on the loop, a rename per hierarchy) only for the limits it was made with
+    assert limits_module.spare_ready(SandboxLimits()) and not limits_module.spare_ready(SMALL)
+    assert len(ahead) == len(dict.fromkeys(parent for _c, parent in mechanism().parents))
+    first = limits_module.session_limiter(SMALL, "ahead")
+    second = limits_module.session_limiter(SMALL, "ahead")
+    try:
+        assert isinstance(first, limits_module.CgroupV1) and isinstance(second, limits_module.CgroupV1)
+        assert _spares(os.getpid()) == [] and not limits_module.spare_ready(SandboxLimits())
+        inodes = {path.stat().st_ino for path in first.dirs.values()}
+        assert inodes & {path.stat().st_ino for path in second.dirs.values()} == set()
+        assert sorted(leftover_cgroups("ahead")) == sorted({*first.dirs.values(), *second.dirs.values()})
+        for cgroup in (first, second):
+            assert (cgroup.dirs["pids"] / "pids.max").read_text().strip() == str(SMALL.max_processes)
+            assert int((cgroup.dirs["memory"] / "memory.limit_in_bytes").read_text()) == SMALL.memory
+    finally:
+        first.remove()
+        second.remove()
+    assert leftover_cgroups("ahead") == []
+
+
+def test_cgroups_made_ahead_by_workers_gone_are_removed() -> None:
+    """A worker killed before its exit handler leaves its spare cgroup: the next process to make one
+    removes it (a live worker's is left alone)."""
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    parents = list(dict.fromkeys(parent for _c, parent in mechanism().parents))
+    stale = [parent / f"{limits_module.SPARE_PREFIX}{gone}-0123abcd" for parent in parents]
+    live = [parent / f"{limits_module.SPARE_PREFIX}{os.getppid()}-0123abcd" for parent in parents]
+    for path in stale + live:
+        path.mkdir()
+    try:
+        limits_module._swept = False
+        limits_module.make_spare(SandboxLimits())
+        limits_module._spare.result()  # type: ignore[union-attr]
+        assert [path for path in stale if path.exists()] == []
+        assert [path for path in live if path.exists()] == live
+    finally:
+        for path in stale + live:
+            with contextlib.suppress(FileNotFoundError):
+                path.rmdir()
