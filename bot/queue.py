@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -258,7 +258,7 @@ class ArqQueue:
             self._down_since = None
             # queued_comments: sessions whose queued comment waits for a worker's notifier lane (none runs: it grows)
             return {"kind": self.kind, "ok": True, "queued": await pool.zcard("arq:queue"), "workers": len(workers),
-                    "queued_comments": await pool.llen(QUEUED_COMMENTS)}
+                    "queued_comments": await cast(Awaitable[int], pool.llen(QUEUED_COMMENTS))}
         except Exception as exc:
             self._pool = None
             self._down_since = self._down_since or time.time()
