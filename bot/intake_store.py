@@ -9,8 +9,8 @@ cache: nothing needs GitHub between them), and the queued comments' ids (off the
 the web process, or with Redis by a worker's notifier lane) a third for several sessions at once, each a
 prepared statement on a few connections of this process's own. SQLite keeps SessionService's Core paths.
 
-`record`s that arrive together are written together: one statement carries every one that waits (their
-values as one array per column, unnested), at most MAX_IN_FLIGHT statements at a time; a delivery that
+`record`s that arrive together are written together: one statement carries every one that waits (as one
+JSON array, json_to_recordset on the server), at most MAX_IN_FLIGHT statements at a time; a delivery that
 finds nothing in flight is sent at once. At 500 deliveries/s that is a few statements instead of hundreds,
 and a burst no longer queues for the connections one statement at a time.
 """
@@ -23,6 +23,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -91,18 +92,18 @@ def insert_statement(columns: list[str]) -> str:
 def batch_record_statement(columns: list[str], types: dict[str, str]) -> str:
     """LOOKUP and the insert in one statement, for any number of records: the session (with its first event)
     is recorded unless the lookup finds its trigger key, its delivery id, or a parent with a pull request
-    (which the caller must ask GitHub about) while no base branch was given. `$k` is the array of column
-    k's values (then the first events, their times, the delivery ids, whether a base was given), one row
-    per record. Every row comes back in its `ord`er with what its lookup found and `inserted`: the id, when
-    it was recorded now."""
-    n = len(columns)
-    arrays = [f"${i}::{types[name]}[]" for i, name in enumerate(columns, 1)]
-    arrays += [f"${n + 1}::json[]", f"${n + 2}::timestamptz[]", f"${n + 3}::text[]", f"${n + 4}::boolean[]"]
+    (which the caller must ask GitHub about) while no base branch was given. `$1` is one JSON array of the
+    records (batch_json): each an object of the columns' values, its first event (`event_data`), its time
+    (`event_at`), its delivery id, whether a base was given (`base_given`) and its position (`ord`). One
+    text parameter, not an array per column: asyncpg encodes arrays element by element, which cost more of
+    the server's CPU than the rest of the statement (issue 16). Every row comes back in its `ord`er with what
+    its lookup found and `inserted`: the id, when it was recorded now."""
+    fields = [f'"{name}" {types[name]}' for name in columns]
+    fields += ["event_data json", "event_at timestamptz", "delivery_id text", "base_given boolean", "ord bigint"]
     names = ", ".join(columns)
     found = LOOKUP_OF.format(trigger_key="i.trigger_key", delivery_id="i.delivery_id", repo="i.repo",
                              issue_number="i.issue_number").replace("FROM (SELECT 1) AS one", "FROM input AS i")
-    return (f"WITH input AS (SELECT * FROM unnest({', '.join(arrays)}) WITH ORDINALITY "
-            f"AS i({names}, event_data, event_at, delivery_id, base_given, ord)), "
+    return (f"WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i({', '.join(fields)})), "
             f"found AS ({found.replace('SELECT ', 'SELECT i.ord, ', 1)}), "
             f"new_session AS (INSERT INTO sessions ({names}) SELECT {', '.join('i.' + c for c in columns)} "
             f"FROM input AS i JOIN found AS f ON f.ord = i.ord "
@@ -112,6 +113,20 @@ def batch_record_statement(columns: list[str], types: dict[str, str]) -> str:
             f"SELECT n.id, 1, 'status', i.event_data, i.event_at FROM new_session AS n JOIN input AS i ON i.id = n.id) "
             f"SELECT f.*, n.id AS inserted FROM found AS f JOIN input AS i ON i.ord = f.ord "
             f"LEFT JOIN new_session AS n ON n.id = i.id ORDER BY f.ord")
+
+
+def _json_value(value: object) -> str:
+    """The values json.dumps does not know, in a batch's JSON: times (ISO 8601, with their offset)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value of a batched record")
+
+
+def batch_json(batch: list[_Record]) -> str:
+    """batch_record_statement's parameter: the records as one JSON array, each with its position."""
+    return json.dumps([{**one.values, "event_data": one.event, "event_at": one.values["created_at"],
+                        "delivery_id": one.delivery_id, "base_given": one.base_given, "ord": position}
+                       for position, one in enumerate(batch, 1)], default=_json_value)
 
 
 def column_types(table: Table, dialect: Dialect) -> dict[str, str]:
@@ -218,7 +233,7 @@ class _Record:
     """One `record` waiting for its batch: the arguments of its row, and its caller's answer."""
 
     values: dict[str, Any]
-    event: str
+    event: dict[str, Any]
     delivery_id: str
     base_given: bool
     answer: asyncio.Future[tuple[Lookup, bool]]
@@ -295,7 +310,7 @@ class IntakeStore:
         of the trigger key (none of those set). Written with the others that wait."""
         answer: asyncio.Future[tuple[Lookup, bool]] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(tuple(values), []).append(
-            _Record(values, json.dumps(event), delivery_id, base_given, answer))
+            _Record(values, event, delivery_id, base_given, answer))
         self._send_batches()
         return await answer
 
@@ -344,11 +359,8 @@ class IntakeStore:
         sql = self._records.get(columns)
         if sql is None:
             sql = self._records[columns] = batch_record_statement(list(columns), self.types)
-        args: list[list[Any]] = [[json.dumps(one.values[name]) for one in batch] if name in JSON_COLUMNS
-                                 else [one.values[name] for one in batch] for name in columns]
-        args += [[one.event for one in batch], [one.values["created_at"] for one in batch],
-                 [one.delivery_id for one in batch], [one.base_given for one in batch]]
-        rows: list[asyncpg.Record] = await self._run(lambda c: c.fetch(sql, *args))
+        data = batch_json(batch)
+        rows: list[asyncpg.Record] = await self._run(lambda c: c.fetch(sql, data))
         return rows
 
     async def set_report(self, session_id: str, report: dict[str, Any]) -> None:

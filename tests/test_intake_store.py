@@ -142,6 +142,29 @@ async def test_concurrent_records_are_written_together_and_each_gets_its_answer(
     assert counts == {n.trigger_key: (1, 1) for n in distinct + twice + [earlier]}
 
 
+async def test_batched_records_keep_every_value_as_given(pg_services: Services) -> None:
+    """The batch travels as one JSON text: quotes, newlines, non-ASCII, floats, nulls and the time (to the
+    microsecond, its zone kept) land as they were given."""
+    sessions, repo = pg_services.sessions, f"acme/store-{uuid.uuid4().hex[:8]}"
+    odd = 'say "hi"\n\\ \u00e9\u6f22 \U0001f600 {"x": [1]}'
+    given = [NewSession(**{**vars(new(repo, i)), "prompt": f"{odd} {i}", "model": None if i % 2 else "m\t1",
+                           "budget_usd": 2.5 + i / 3, "context": {"comment": odd, "nested": {"n": [i, None]}},
+                           "base_branch": "main" if i % 3 else None, "keep_alive": bool(i % 2)})
+             for i in range(6)]
+    answers = await asyncio.gather(*(sessions.record_trigger(n, str(uuid.uuid4())) for n in given))
+    for n, answer in zip(given, answers, strict=True):
+        assert answer is not None and answer[1] is not None
+        row = await sessions.get(answer[1])
+        assert row is not None
+        assert (row.prompt, row.model, row.budget_usd, row.context, row.base_branch, row.keep_alive) == (
+            n.prompt, n.model, n.budget_usd, n.context, n.base_branch, n.keep_alive)
+        assert row.report == n.report and row.created_at is not None and row.created_at.utcoffset() is not None
+        events = await sessions.events(row.id)
+        assert [(e.seq, e.kind, e.data) for e in events][:1] == [(1, "status", {"state": "pending"})]
+        assert abs((events[0].created_at - row.created_at).total_seconds()) < 1e-6
+        await sessions.delete(row.id)
+
+
 async def test_a_record_the_server_refuses_fails_alone(pg_services: Services, pg_database: str) -> None:
     sessions, repo = pg_services.sessions, f"acme/store-{uuid.uuid4().hex[:8]}"
     good = [new(repo, i) for i in range(6)]
@@ -174,7 +197,7 @@ async def test_a_connection_lost_mid_batch_is_retried_on_a_fresh_one(pg_services
         for _ in range(200):
             waiting = await admin.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                "AND query LIKE '%unnest%'")
+                "AND query LIKE '%json_to_recordset%'")
             if waiting is not None:
                 break
             await asyncio.sleep(0.02)
@@ -183,7 +206,7 @@ async def test_a_connection_lost_mid_batch_is_retried_on_a_fresh_one(pg_services
         await asyncio.sleep(0.2)  # the retry now waits on the same lock, on a new backend
         retried = await admin.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-            "AND query LIKE '%unnest%'")
+            "AND query LIKE '%json_to_recordset%'")
         assert retried is not None and retried != waiting
         await holding.rollback()
         answers = await asyncio.wait_for(writing, 10)
