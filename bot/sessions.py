@@ -620,7 +620,7 @@ class SessionService:
             [item.kind, item.data, item.at.timestamp(), item.texts, item.field] if isinstance(item, LineBlock)
             else [item[0], item[1], item[2].timestamp()] for item in items]
         last_at = items[-1].at if isinstance(items[-1], LineBlock) else items[-1][2]
-        blob = await chunk_blob_off_loop(entries)
+        blob = await chunk_blob(entries)
         if self.engine.dialect.name == "postgresql":  # one autocommit round trip (INSERT_CHUNK)
             async with self.autocommit_engine.connect() as conn:
                 last = (await conn.execute(INSERT_CHUNK, {
@@ -739,15 +739,11 @@ def chunk_json(entries: list[list[Any]]) -> bytes:
         return json.dumps({"lines": entries}).encode()
 
 
-def chunk_blob(entries: list[list[Any]]) -> bytes:
+async def chunk_blob(entries: list[list[Any]]) -> bytes:
     """A `lines` row's events as stored in its `blob`: chunk_json, zstd-compressed (level 1: ~14 ms for a
-    chatty agent's 12 MB, stored as is, where PostgreSQL spent 80-90 ms parsing and compressing the text)."""
-    return _compress(chunk_json(entries))
-
-
-async def chunk_blob_off_loop(entries: list[list[Any]]) -> bytes:
-    """chunk_blob, its compression on a thread when the chunk is large (zstd lets go of the GIL): the event
-    loop goes on reading the agent's output meanwhile, on the other core."""
+    chatty agent's 12 MB, stored as is, where PostgreSQL spent 80-90 ms parsing and compressing the text);
+    a large chunk on a thread (zstd lets go of the GIL): the event loop goes on reading the agent's output
+    meanwhile, on the other core."""
     raw = chunk_json(entries)
     if len(raw) < OFF_LOOP_BYTES:
         return _compress(raw)
