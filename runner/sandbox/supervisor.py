@@ -167,6 +167,8 @@ class Supervisor:
         try:
             verdict = self._inspect(call, name)
         except Exception:  # never leave a sandboxed syscall hanging, nor let it through unseen
+            if not notify.pending(listener, call.ident):
+                return  # the target died while we looked (its /proc entries went): the call never runs
             log.exception("seccomp supervisor failed on syscall %s", call.nr)
             verdict = verdicts.inspection_failed(name, call.nr)
         notify.answer(listener, call.ident, verdict.deny_errno)
