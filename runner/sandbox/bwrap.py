@@ -100,24 +100,30 @@ def _hiding_mounts(plan: MountPlan) -> list[str]:
     return argv
 
 
-def _read_only_mounts(plan: MountPlan) -> list[str]:
-    """Protected paths inside the project, read-only where they exist."""
-    argv = [arg for path in plan.pinned for arg in ("--bind", path, path)]
-    for path in plan.read_only:
+def _pinned_mounts(plan: MountPlan) -> list[str]:
+    """The agent's .git bound onto itself: it cannot be moved or replaced."""
+    return [arg for path in plan.pinned for arg in ("--bind", path, path)]
+
+
+def command_mounts(plan: MountPlan, present: Sequence[str] | None = None) -> list[str]:
+    """The part of the mounts decided at each command: the protected paths inside the project read-only
+    (present: those that exist now; bwrap skips the others anyway, at a path resolution each), then
+    the hidden homes turn read-only once everything inside them is mounted."""
+    argv: list[str] = []
+    for path in plan.read_only if present is None else present:
         argv += ["--ro-bind-try", path, path]
-    return argv
+    return [*argv, *(arg for home in plan.hide_homes for arg in ("--remount-ro", home))]
 
 
-def _sealing_mounts(plan: MountPlan) -> list[str]:
-    """The hidden homes turn read-only once everything inside them is mounted."""
-    return [arg for home in plan.hide_homes for arg in ("--remount-ro", home)]
+def session_argv(plan: MountPlan) -> list[str]:
+    """bwrap with namespaces and the mounts alike for every command of a session (command_mounts follow)."""
+    argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
+    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_pinned_mounts(plan)]
 
 
 def mount_argv(plan: MountPlan) -> list[str]:
-    """bwrap with namespaces and mounts: the part of the argv fixed for a session."""
-    argv = [plan.bwrap, *_namespaces(plan), *_base_mounts(plan), *_session_mounts(plan)]
-    return [*argv, *_etc_mounts(plan), *_hiding_mounts(plan), *_read_only_mounts(plan),
-            *_sealing_mounts(plan)]
+    """bwrap with namespaces and mounts, every protected path included."""
+    return [*session_argv(plan), *command_mounts(plan)]
 
 
 def finish_argv(

@@ -26,6 +26,7 @@ from typing import TypeVar
 from runner.sandbox.netns import CLONE_NEWNET, setns
 from runner.sandbox.process import LINE_LIMIT, SpawnedProcess
 from runner.sandbox.seccomp import Arch
+from runner.sandbox.spare_threads import run_thread
 from runner.sandbox.spawn_turns import SPAWN_LOCK
 
 T = TypeVar("T")
@@ -190,50 +191,50 @@ Request = tuple[Callable[[], object], Callable[[object, BaseException | None], N
 
 class Launcher:
     """A thread that joined the session netns, dropped to the host uid and (without the notify-exec
-    helper) carries the listener filter; commands are posix_spawned from it and inherit all of that."""
+    helper) carries the listener filter; commands are posix_spawned from it and inherit all of that.
 
-    def __init__(self, netns_fd: int, listener: ListenerFilter | None, arch: Arch,
-                 uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None) -> None:
-        """Start the thread and wait until it is set up; listener_fd is then the supervisor's (-1 without
-        a listener filter: each command installs its own, runner.sandbox.notify_exec).
-        adopt(tid), when given, runs first on the thread itself (with root's rights, before any
-        filter): the session's limits taking the thread in (Limiter.adopt_thread)."""
+    The thread (one made ahead where the worker has one waiting: spare_threads) starts as root in the
+    worker's namespaces; prepare(), its first request, sets it up for the session."""
+
+    def __init__(self) -> None:
+        """Start the thread; it waits for requests."""
         self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
-        self._setup = (netns_fd, listener, arch, uid, gid)
-        self._adopt = adopt
         self.listener_fd = -1
-        self.native_id = 0
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="sesame-launcher", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
+        self._prepared = False
+        self._failed = False
+        self._thread = run_thread(self._run, "sesame-launcher")
+        self.native_id = self._thread.native_id or 0  # a started thread's
 
-    def _prepare(self) -> None:
-        """Join the session's limits, the netns, drop privileges, no_new_privs, install the listener filter."""
-        netns_fd, listener, arch, uid, gid = self._setup
-        if self._adopt is not None:
-            self._adopt(self.native_id)
-        setns(netns_fd, CLONE_NEWNET)
-        if uid is not None and gid is not None:
-            _drop_thread_credentials(arch, uid, gid)
-        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
-        if listener is not None:
-            self.listener_fd = listener.install()
+    async def prepare(self, netns_fd: int, listener: ListenerFilter | None, arch: Arch,
+                      uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None) -> None:
+        """Set the thread up for a session, on the thread itself: join the session's limits (adopt(tid),
+        with root's rights, before any filter: Limiter.adopt_thread), the netns, drop privileges,
+        no_new_privs, install the listener filter (listener_fd is then the supervisor's; -1 without a
+        listener filter: each command installs its own, runner.sandbox.notify_exec). A thread whose
+        setup failed ends: it runs nothing else."""
+        if self._prepared:
+            raise RuntimeError("this launcher is set up for a session already")
+        self._prepared = True
+
+        def setup() -> None:
+            try:
+                if adopt is not None:
+                    adopt(threading.get_native_id())
+                setns(netns_fd, CLONE_NEWNET)
+                if uid is not None and gid is not None:
+                    _drop_thread_credentials(arch, uid, gid)
+                if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+                if listener is not None:
+                    self.listener_fd = listener.install()
+            except BaseException:
+                self._failed = True
+                raise
+
+        await self.call(setup)
 
     def _run(self) -> None:
-        """Thread body: prepare, then run requests until None."""
-        self.native_id = threading.get_native_id()
-        try:
-            self._prepare()
-        except BaseException as exc:  # handed to the constructor's caller
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+        """Thread body: run requests until None (or until the setup failed)."""
         while (request := self._requests.get()) is not None:
             work, done = request
             try:
@@ -242,6 +243,8 @@ class Launcher:
                 done(None, exc)
             else:
                 done(result, None)
+            if self._failed:
+                return
 
     async def call(self, work: Callable[[], T]) -> T:
         """Run work on the launcher thread."""
@@ -251,6 +254,8 @@ class Launcher:
         def done(result: object, error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, future, result, error)
 
+        if self._failed or not self._thread.is_alive():
+            raise RuntimeError("the launcher thread has ended")
         self._requests.put((work, done))
         return await future
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runner.sandbox import bwrap, layout, notify_exec, seccomp
+from runner.sandbox import bwrap, layout, notify_exec, seccomp, spare_threads
 from runner.sandbox.base import (
     SANDBOX_USER,
     LimitExceeded,
@@ -53,6 +53,8 @@ DNS_PORT = 53
 SERVED_PORTS = (PROXY_PORT, DNS_PORT)  # held by the worker in the netns until the session's processes are killed
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 NETNS_BINDS = ((socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", DNS_PORT)))
+SPARE_THREADS = 2  # a secured session's launcher and supervisor (spare_threads)
+_REFILLS: set[asyncio.Future[None]] = set()  # refills under way (a reference keeps each task alive)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -150,6 +152,11 @@ class LocalSandbox(Sandbox):
             make_spare(self.policy.limits)  # the next session's cgroup, made while this one runs
         if self.secured:
             make_spare_netns(NETNS_BINDS)  # and its network namespace
+            # and threads for its launcher and supervisor (started off the loop: each start waits for its thread)
+            if spare_threads.waiting() < SPARE_THREADS:
+                task = asyncio.ensure_future(asyncio.to_thread(spare_threads.refill, SPARE_THREADS))
+                _REFILLS.add(task)
+                task.add_done_callback(_REFILLS.discard)
 
     async def _start_secured(self) -> None:
         """The parts of a secured start side by side: the files and the mount plan on a thread, the
@@ -159,7 +166,7 @@ class LocalSandbox(Sandbox):
 
         async def launcher() -> None:
             await asyncio.gather(self._start_network(), self._start_limiter())
-            await asyncio.to_thread(self._start_launcher)
+            await self._start_launcher()
 
         steps = asyncio.gather(files(), launcher(), return_exceptions=True)
         try:
@@ -187,7 +194,7 @@ class LocalSandbox(Sandbox):
         plan = dataclasses.replace(layout.plan_mounts(self.policy, self._drop, resolved), tool_fds=tool_fds,
                                    tmpfs_size=limits.tmpfs if limits else None)
         self._hidden = hidden_paths(self.policy, resolved)
-        self._argv_prefix = bwrap.mount_argv(plan)
+        self._argv_prefix = bwrap.session_argv(plan)
         self._plan = plan
 
     async def _start_limiter(self) -> None:
@@ -242,9 +249,9 @@ class LocalSandbox(Sandbox):
                 log.warning("session %s: %s", self.policy.session_id, found)
                 await asyncio.gather(*(h.kill() for h in list(self._handles)), return_exceptions=True)
 
-    def _start_launcher(self) -> None:
-        """The session's launcher thread, in the session's limits (a worker thread: it waits until the
-        launcher is set up)."""
+    async def _start_launcher(self) -> None:
+        """The session's launcher thread (the one made ahead, when there is one), set up on itself, in the
+        session's limits."""
         assert self._netns is not None
         arch = seccomp.host_arch()
         uid, gid = (self.policy.host_uid, self.policy.host_gid) if self._drop else (None, None)
@@ -252,9 +259,11 @@ class LocalSandbox(Sandbox):
         adopt = self._limiter.adopt_thread if self._limiter is not None else None
         # with the notify-exec helper each command installs the listener filter at its exec; without
         # it the launcher carries it, and bwrap's own setup passes through the supervisor
-        self._helper_fd = notify_exec.helper_fd()
+        self._helper_fd = notify_exec.helper_fd() if notify_exec.known() else await asyncio.to_thread(
+            notify_exec.helper_fd)
         listener = ListenerFilter(seccomp.notify_program(arch), arch) if self._helper_fd is None else None
-        self._launcher = Launcher(self._netns.fd, listener, arch, uid, gid, adopt)
+        self._launcher = Launcher()
+        await self._launcher.prepare(self._netns.fd, listener, arch, uid, gid, adopt)
 
     def _start_supervisor(self) -> None:
         """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
@@ -350,11 +359,12 @@ class LocalSandbox(Sandbox):
             # out of the command's reach (/proc/1 is hidden, bwrap.py): code planted there through
             # /proc/1/mem could install a listener of its own, the only one in pid-1's filter chain
             notify_program = os.open(f"/proc/self/fd/{self._notify_fd}", os.O_RDONLY | os.O_CLOEXEC)
-        command = bwrap.finish_argv(self._argv_prefix, inner, self._cwd(cwd), program, info_w, block_r,
-                                    notify_program)
+        assert self._plan is not None
+        present, missing = _protected(self._plan.read_only)
+        prefix = [*self._argv_prefix, *bwrap.command_mounts(self._plan, present)]
+        command = bwrap.finish_argv(prefix, inner, self._cwd(cwd), program, info_w, block_r, notify_program)
         # bwrap itself gets the clean env: its pid-1 keeps it, readable at /proc/1/environ
         full_env = build_env(env, str(self.policy.home_dir), "/tmp", token, PROXY_URL)
-        missing = _missing(self._plan.read_only) if self._plan else []
         self._supervisor.forget()
         passed = (program, info_w, *self._tool_fds, *((block_r,) if block_r is not None else ()), *helper,
                   *((notify_program,) if notify_program is not None else ()))
@@ -492,9 +502,19 @@ def hidden_paths(policy: SandboxPolicy, resolved: list[tuple[str, str]] | None =
     return HiddenPaths(frozenset(secrets), str(policy.base_dir), visible, writable)
 
 
-def _missing(paths: Sequence[str]) -> list[str]:
-    """Protected paths that do not exist yet (creating them is refused too)."""
-    return [p for p in paths if not os.path.lexists(p) and os.path.isdir(os.path.dirname(p))]
+def _protected(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(present, missing) of the protected paths: those that exist now, bound read-only for a command, and
+    those that do not exist yet but could be made (their directory exists): creating them is refused,
+    and what appears anyway during the command is removed after it (LocalSandbox._sweep). One that
+    appears between this look and bwrap's mounts is removed the same way."""
+    present: list[str] = []
+    missing: list[str] = []
+    for path in paths:
+        if os.path.lexists(path):
+            present.append(path)
+        elif os.path.isdir(os.path.dirname(path)):
+            missing.append(path)
+    return present, missing
 
 
 def _memfd(name: str, data: bytes) -> int:

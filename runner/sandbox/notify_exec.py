@@ -80,6 +80,12 @@ def helper_path() -> Path:
     return target
 
 
+def known() -> bool:
+    """Whether helper_fd() has its answer in this process (the first call builds the helper: seconds)."""
+    with _lock:
+        return _opened is not None and _opened[0] == os.getpid()
+
+
 def helper_fd() -> int | None:
     """A read-only descriptor on the helper for this process (None where it cannot be built: said once in
     the log)."""

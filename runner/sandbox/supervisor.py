@@ -29,6 +29,7 @@ from runner.sandbox.pathwalk import Unresolvable
 from runner.sandbox.procview import ProcessView, parent_pid
 from runner.sandbox.seccomp import Arch
 from runner.sandbox.sockdiag import SockDiag
+from runner.sandbox.spare_threads import run_thread
 from runner.sandbox.verdicts import ALLOW, HiddenPaths, Verdict
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="sesame-seccomp", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def forget(self) -> None:
         """Drop the pid classification cache (called per command: pids get recycled)."""
@@ -88,7 +89,7 @@ class Supervisor:
         """Begin answering notifications."""
         if self.listener >= 0:
             notify.sync_wake_up(self.listener)
-        self._thread.start()
+        self._thread = run_thread(self._run, "sesame-seccomp")
 
     def expect(self, channel: socket.socket) -> None:
         """A command's notify-exec helper sends its listener over channel (taken over here): serve it too."""
