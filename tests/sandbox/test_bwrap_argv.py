@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from runner.sandbox.bwrap import MountPlan, build_argv
+from runner.sandbox.bwrap import MountPlan, build_argv, command_mounts, finish_argv, mount_argv, session_argv
 from runner.sandbox.local import build_env
 
 PLAN = MountPlan(
@@ -158,3 +158,16 @@ def test_two_seccomp_programs_are_added_in_order() -> None:
     argv = build_argv(PLAN, ["true"], "/", seccomp_fd=5, extra_seccomp_fd=8)
     assert "--seccomp" not in argv
     assert _pairs(argv, "--add-seccomp-fd", 1) == [("5",), ("8",)]
+
+
+def test_a_command_binds_the_protected_paths_present_then_seals_the_homes() -> None:
+    """Per command, only the protected paths that exist are bound (bwrap would resolve and skip the others);
+    the session part is the same for every command and the homes are sealed after the binds."""
+    plan = replace(PLAN, hide_homes=("/home",), pinned=("/srv/sesame/s1/project/.git",))
+    present = ("/srv/sesame/s1/project/.git/config",)
+    argv = finish_argv([*session_argv(plan), *command_mounts(plan, present)], ["true"], "/")
+    assert _pairs(argv, "--ro-bind-try", 2) == [(present[0], present[0])]
+    assert argv.index("--ro-bind-try") < argv.index("--remount-ro", argv.index("--ro-bind-try")) < argv.index("--")
+    assert argv[argv.index("--ro-bind-try") + 3 : argv.index("--ro-bind-try") + 5] == ["--remount-ro", "/home"]
+    assert mount_argv(plan) == [*session_argv(plan), *command_mounts(plan, plan.read_only)]
+    assert _pairs(build_argv(plan, ["true"], "/"), "--ro-bind-try", 2) == [(p, p) for p in plan.read_only]
