@@ -259,10 +259,19 @@ class Launcher:
         self._requests.put((work, done))
         return await future
 
-    def close(self) -> None:
-        """Let the thread end (processes it started die with it: bwrap --die-with-parent)."""
+    def stop(self) -> None:
+        """Let the thread end once its requests ran (processes it started die with it: bwrap
+        --die-with-parent); join() waits for that."""
         self._requests.put(None)
+
+    def join(self) -> None:
+        """Wait until the thread has ended (a blocking call)."""
         self._thread.join()
+
+    def close(self) -> None:
+        """stop() and join()."""
+        self.stop()
+        self.join()
 
 
 def _settle(future: asyncio.Future[T], result: object, error: BaseException | None) -> None:

@@ -467,14 +467,15 @@ class LocalSandbox(Sandbox):
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
-        if self._launcher is not None:
-            self._launcher.close()
-            if not supervised and self._launcher.listener_fd >= 0:  # a start that failed before the supervisor
-                os.close(self._launcher.listener_fd)
-            self._launcher = None
-        if self._limiter is not None:  # after the launcher thread has left its cgroup
-            await asyncio.to_thread(self._limiter.remove)
-            self._limiter = None
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            launcher.stop()
+            if not supervised and launcher.listener_fd >= 0:  # a start that failed before the supervisor
+                os.close(launcher.listener_fd)
+        limiter, self._limiter = self._limiter, None
+        if launcher is not None or limiter is not None:
+            # one hop off the loop: the launcher thread ends (leaving its cgroup), then the cgroup goes
+            await asyncio.to_thread(_end_launcher_and_limits, launcher, limiter)
         for fd in (self._seccomp_fd, self._notify_fd):
             if fd is not None:
                 os.close(fd)
@@ -500,6 +501,14 @@ def hidden_paths(policy: SandboxPolicy, resolved: list[tuple[str, str]] | None =
     visible = (str(policy.session_dir), str(policy.base_dir / ".tools"))
     writable = (str(policy.project_dir), str(policy.home_dir), "/tmp", "/dev/shm")
     return HiddenPaths(frozenset(secrets), str(policy.base_dir), visible, writable)
+
+
+def _end_launcher_and_limits(launcher: Launcher | None, limiter: Limiter | None) -> None:
+    """Wait for the launcher thread to end, then release the limits (a cgroup with a task left cannot go)."""
+    if launcher is not None:
+        launcher.join()
+    if limiter is not None:
+        limiter.remove()
 
 
 def _protected(paths: Sequence[str]) -> tuple[list[str], list[str]]:
