@@ -147,15 +147,22 @@ def unmount(path: Path) -> None:
     _check(_libc.umount2(os.fsencode(path), MNT_DETACH | UMOUNT_NOFOLLOW), f"umount {path}")
 
 
+def mount_table(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[bytes, bytes]]:
+    """(mount point, filesystem type) of every mount in a mountinfo file (this thread's namespace's by
+    default), in its order."""
+    table: list[tuple[bytes, bytes]] = []
+    with open(mountinfo, "rb") as fh:
+        for line in fh:
+            fields = line.split(b" ")
+            dash = fields.index(b"-", 6)  # optional fields end at " - "
+            table.append((_unescape(fields[4]), fields[dash + 1]))
+    return table
+
+
 def mounts_under(root: Path) -> list[Path]:
     """Mount points at or under root in this mount namespace, deepest first."""
     prefix = os.fsencode(os.path.realpath(root))
-    found: list[bytes] = []
-    with open("/proc/self/mountinfo", "rb") as fh:
-        for line in fh:
-            point = _unescape(line.split(b" ")[4])
-            if point == prefix or point.startswith(prefix + b"/"):
-                found.append(point)
+    found = [point for point, _kind in mount_table() if point == prefix or point.startswith(prefix + b"/")]
     return [Path(os.fsdecode(p)) for p in sorted(set(found), key=len, reverse=True)]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from runner.sandbox import mountns
 from runner.sandbox.netns import CLONE_NEWNET, setns
 from runner.sandbox.process import LINE_LIMIT, SpawnedProcess
 from runner.sandbox.seccomp import Arch
@@ -206,9 +207,12 @@ class Launcher:
         self.native_id = self._thread.native_id or 0  # a started thread's
 
     async def prepare(self, netns_fd: int, listener: ListenerFilter | None, arch: Arch,
-                      uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None) -> None:
+                      uid: int | None, gid: int | None, adopt: Callable[[int], object] | None = None,
+                      session: tuple[str, str] | None = None) -> None:
         """Set the thread up for a session, on the thread itself: join the session's limits (adopt(tid),
-        with root's rights, before any filter: Limiter.adopt_thread), the netns, drop privileges,
+        with root's rights, before any filter: Limiter.adopt_thread), the mount namespace bwrap starts
+        from (with session, the sessions' base and the session's directory: runner.sandbox.mountns), the
+        netns, drop privileges,
         no_new_privs, install the listener filter (listener_fd is then the supervisor's; -1 without a
         listener filter: each command installs its own, runner.sandbox.notify_exec). A thread whose
         setup failed ends: it runs nothing else."""
@@ -220,6 +224,8 @@ class Launcher:
             try:
                 if adopt is not None:
                     adopt(threading.get_native_id())
+                if session is not None:
+                    mountns.enter(*session)
                 setns(netns_fd, CLONE_NEWNET)
                 if uid is not None and gid is not None:
                     _drop_thread_credentials(arch, uid, gid)

@@ -263,7 +263,8 @@ class LocalSandbox(Sandbox):
             notify_exec.helper_fd)
         listener = ListenerFilter(seccomp.notify_program(arch), arch) if self._helper_fd is None else None
         self._launcher = Launcher()
-        await self._launcher.prepare(self._netns.fd, listener, arch, uid, gid, adopt)
+        await self._launcher.prepare(self._netns.fd, listener, arch, uid, gid, adopt,
+                                     (str(self.policy.base_dir), str(self.policy.session_dir)))
 
     def _start_supervisor(self) -> None:
         """The supervisor of the launcher's seccomp listener (it takes the listener fd over)."""
