@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.sandbox.base import LimitExceeded, SandboxLimits, format_size
+from runner.sandbox.spare_threads import run_thread
 
 CFS_PERIOD_US = 100_000
 V1_CONTROLLERS = ("pids", "memory", "cpu")  # cpu is optional
@@ -415,9 +416,8 @@ class _Spare:
         self.pid = os.getpid()
         self.found = found
         self._out: dict[str, object] = {}
-        self._thread = threading.Thread(target=self._make, args=(limits, sweep), name="sesame-cgroup-spare",
-                                        daemon=True)
-        self._thread.start()
+        # a thread started ahead when one waits (spare_threads): no wait here for a new one to run
+        self._thread = run_thread(lambda: self._make(limits, sweep), "sesame-cgroup-spare")
 
     def _make(self, limits: SandboxLimits, sweep: bool) -> None:
         """Thread body: (the first time in this process: remove the spares of workers gone) make it."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runner.sandbox import sockdiag
+from runner.sandbox.spare_threads import run_thread
 
 CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -113,9 +114,8 @@ class _Spare:
         self.binds = binds
         self.pid = os.getpid()
         self._out: dict[str, object] = {}
-        self._thread = threading.Thread(target=_enter_new_netns, args=(binds, self._out),
-                                        name="sesame-netns-spare", daemon=True)
-        self._thread.start()
+        # a thread started ahead when one waits (spare_threads): no wait here for a new one to run
+        self._thread = run_thread(lambda: _enter_new_netns(binds, self._out), "sesame-netns-spare")
 
     def result(self) -> NetNamespace:
         """The namespace, once made (raises what making it raised)."""
