@@ -234,7 +234,12 @@ async def test_sigterm_hands_the_session_back_with_its_work_pushed(tmp_path: Pat
                                                                     own_redis: str) -> None:
     async with worker_in_a_session(tmp_path, pg_database, own_redis, WORKER_SHUTDOWN_GRACE="1") as run:
         services, queue, row, worker = run.services, run.queue, run.row, run.worker
-        await asyncio.sleep(1)  # it wrote partial.txt
+        partial = sessions_dir(tmp_path) / row.id / "project" / "partial.txt"
+
+        async def written() -> bool:  # the agent's Python may take more than a second to start under load
+            return partial.exists()
+
+        await wait_for(written, 60, "the agent to write partial.txt")
         worker.send_signal(signal.SIGTERM)
         started = time.monotonic()
         code = await asyncio.to_thread(worker.wait, 60)
@@ -287,7 +292,12 @@ async def test_a_handed_back_session_says_so_in_its_progress_message(tmp_path: P
         assert claimed is not None
         run = asyncio.create_task(pipeline.run(services, claimed, shutdown))
         await wait_for(lambda: agent_running(services, row.id), 60, "the agent to start")
-        await asyncio.sleep(1)
+        partial = sessions_dir(tmp_path) / row.id / "project" / "partial.txt"
+
+        async def written() -> bool:  # the agent's Python may take more than a second to start under load
+            return partial.exists()
+
+        await wait_for(written, 60, "the agent to write partial.txt")
         shutdown.set()
         await asyncio.wait_for(run, 60)
         handed = await services.sessions.get(row.id)
