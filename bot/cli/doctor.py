@@ -123,6 +123,20 @@ async def check_exec_helper(settings: Settings) -> Check:
     return Check("exec helper", "ok", f"seccomp listener installed at each command's exec ({path})")
 
 
+async def check_mount_namespace(settings: Settings) -> Check:
+    """Whether sandboxes start from the pruned copy of the host's mount namespace (runner/sandbox/mountns.py):
+    without it every host mount costs each command, and the host's cgroups are visible inside."""
+    from runner.sandbox import mountns
+
+    if not settings.SANDBOX_SECURITY_ENABLED:
+        return Check("mount namespace", "info", "not needed: sandbox security is off")
+    works, detail = await asyncio.to_thread(mountns.probe, settings.SESSION_DIR_BASE)
+    if not works:
+        return Check("mount namespace", "warn", f"sandboxes start from the worker's own: {detail}",
+                     "run the worker as root (CAP_SYS_ADMIN) on Linux 5.2 or later")
+    return Check("mount namespace", "ok", detail)
+
+
 AgentProbe = Callable[[Settings, str], Awaitable["Check | None"]]
 SEVERITY = {"ok": 0, "info": 1, "warn": 2, "fail": 3}
 UPSTREAM_TIMEOUT = 5.0  # seconds for the whole probe request: connect, TLS, the answer's head
@@ -288,7 +302,8 @@ async def check_integrations(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check | list[Check]]]] = [
-    check_settings, check_database, check_redis, check_sandbox, check_exec_helper, check_session_uids,
+    check_settings, check_database, check_redis, check_sandbox, check_exec_helper, check_mount_namespace,
+    check_session_uids,
     check_workspace, check_limits, check_agents,
     check_git, check_integrations,
 ]

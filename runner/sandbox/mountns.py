@@ -160,3 +160,27 @@ def enter(base_dir: str, session_dir: str) -> bool:
     finally:
         if tree >= 0:
             os.close(tree)
+
+
+def probe(base_dir: str) -> tuple[bool, str]:
+    """(works, what it does) of the pruned namespace on this host, tried on a thread of its own that ends
+    with it (sesame doctor): how many host mounts a sandbox starts without, and whether open_tree (overlay
+    workspaces) is there."""
+    out: list[tuple[bool, str]] = []
+
+    def body() -> None:
+        try:
+            host = len(mount_table("/proc/thread-self/mountinfo"))
+            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            os.close(_make_template(os.path.realpath(base_dir)))
+            left = len(mount_table("/proc/thread-self/mountinfo"))
+            tree = _syscall(_NR_OPEN_TREE, _AT_FDCWD, b"/", _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
+            os.close(tree)
+            out.append((True, f"bwrap starts from a copy without {host - left} of the host's {host} mounts"))
+        except OSError as exc:
+            out.append((False, str(exc)))
+
+    thread = threading.Thread(target=body, name="sesame-mountns-probe")
+    thread.start()
+    thread.join()
+    return out[0]

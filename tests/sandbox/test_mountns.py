@@ -136,3 +136,20 @@ def test_a_shared_host_namespace_loses_nothing_to_the_template(base_dir: Path) -
     assert any(p.startswith(b"/run/sesame-test-") for p in before)
     assert not any(p.startswith(b"/run/sesame-test-") or b"cgroup" in p for p in template)
     assert after == before
+
+
+@requires_sandbox
+async def test_doctor_says_how_many_host_mounts_a_sandbox_starts_without(tmp_path: Path) -> None:
+    from bot.cli.doctor import check_mount_namespace
+    from bot.settings import load_settings
+
+    before = host_points()
+    count = len(mount_table())  # stacked mounts at one point count each
+    check = await check_mount_namespace(load_settings(env={"SESSION_DIR_BASE": str(tmp_path)}, cwd=tmp_path))
+    cgroups = sum(1 for point in before if point.startswith(b"/sys/fs/cgroup"))
+    assert check.status == "ok", check.detail
+    left_out = int(check.detail.split(" without ")[1].split(" of ")[0])
+    assert left_out >= cgroups and f"host's {count} mounts" in check.detail
+    assert host_points() == before  # tried on a thread of its own: the worker's namespace is as it was
+    off = await check_mount_namespace(load_settings(env={"SANDBOX_SECURITY_ENABLED": "false"}, cwd=tmp_path))
+    assert off.status == "info"
