@@ -10,6 +10,8 @@ start, a private copy of the host's namespace for sessions under one base (the t
   read other sessions' cgroups (their host pids in `tasks`, their memory use). A sandbox's own limits were
   never shown there: its cgroup namespace starts at the host's root, whose files say "no limit", as an
   empty /sys/fs/cgroup does;
+- the other kernel interfaces mounted under /sys (tracefs, debugfs, bpf, securityfs, pstore, configfs,
+  efivarfs, ...): host internals no agent needs (sysfs itself stays);
 - mounts strictly under /dev, /proc and /run (/run itself is kept): every sandbox mounts its own /dev,
   /proc and an empty /run over them, so what was there was never visible (one holding the base stays);
 - mounts under the sessions' base: other sessions' workspaces (their paths named them in every
@@ -46,6 +48,7 @@ _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_RECURSIVE = 1, os.O_CLOEXEC, 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 4
 UMOUNT_NOFOLLOW = 8
 COVERED = ("/dev", "/proc", "/run")  # the sandbox mounts its own over these: what lies under them is unseen
+KERNEL = ("/sys",)  # what is mounted under it: host kernel interfaces
 CGROUP_ROOT = "/sys/fs/cgroup"
 _PASSES = 8  # a detached mount can uncover another one at the same place (stacked mounts)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,7 +67,7 @@ def left_out(point: str, kind: str, base_dir: str) -> bool:
         return False
     if under(point, base_dir):  # other sessions' workspaces (a session's own comes back: enter())
         return True
-    return any(point != root and under(point, root) for root in COVERED)
+    return any(point != root and under(point, root) for root in (*COVERED, *KERNEL))
 
 
 def _check(result: int, what: str) -> None:

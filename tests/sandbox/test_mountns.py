@@ -29,6 +29,8 @@ MS_REC, MS_SHARED = 0x4000, 1 << 20
     ("/srv/cg2", "cgroup2", True),  # a cgroup hierarchy wherever it is mounted
     ("/dev/pts", "devpts", True), ("/dev/shm", "tmpfs", True), ("/proc/sys/fs/binfmt_misc", "binfmt_misc", True),
     ("/run/user/1000", "tmpfs", True), ("/run/docker/netns/x", "nsfs", True),
+    ("/sys/kernel/tracing", "tracefs", True), ("/sys/firmware/efi/efivars", "efivarfs", True),
+    ("/sys", "sysfs", False),
     ("/dev", "devtmpfs", False), ("/proc", "proc", False), ("/run", "tmpfs", False),  # bwrap needs these
     ("/", "ext4", False), ("/home", "ext4", False), ("/var/lib/docker/overlay2/a/merged", "overlay", False),
     ("/run/sesame", "tmpfs", False),  # holds the base: the sessions live on it
@@ -82,6 +84,7 @@ async def test_a_sandbox_sees_its_own_mounted_workspace_and_nothing_of_the_host_
                 assert (base_dir / name / "project" / "mine").read_text() == "edit\n"
                 assert "early" not in text and "late" not in text  # no other session's mount named
                 assert " cgroup " not in text and "/sys/fs/cgroup" not in text
+                assert not any(line.split()[4].startswith("/sys/") for line in out if line.count(" - ") == 1)
         finally:
             await second.destroy()
             await first.destroy()
