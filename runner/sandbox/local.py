@@ -117,6 +117,7 @@ class LocalSandbox(Sandbox):
         self._watchdog: asyncio.Task[None] | None = None
         self._reaper: SessionReaper | None = None
         self._started = False
+        self._spares_due = False  # the next session's spares: made during this one's first command
 
     def report(self, violation: Violation) -> None:
         """Hand a violation to the callback on the loop (safe from any thread)."""
@@ -148,8 +149,14 @@ class LocalSandbox(Sandbox):
             await self.destroy()
             raise
         self._started = True
+        self._spares_due = True
+
+    def _make_spares(self) -> None:
+        """What the next session's start takes ready-made, made while this session's first command sets up
+        (bwrap works in a process of its own then, and the worker's threads have the interpreter to
+        themselves; made at the end of the start they held up its first command)."""
         if isinstance(self._limiter, Cgroups) and self.policy.limits is not None:
-            make_spare(self.policy.limits)  # the next session's cgroup, made while this one runs
+            make_spare(self.policy.limits)  # the next session's cgroup
         if self.secured:
             make_spare_netns(NETNS_BINDS)  # and its network namespace
             # and threads for its launcher and supervisor (started off the loop: each start waits for its thread)
@@ -332,6 +339,9 @@ class LocalSandbox(Sandbox):
         self._handles.add(handle)
         if self._reaper is not None:
             self._reaper.watch(handle.pid)  # both start in a new session: pid is the group
+        if self._spares_due:
+            self._spares_due = False
+            self._make_spares()
         return handle
 
     async def _exec_bwrap(

@@ -44,6 +44,7 @@ async def test_a_start_that_fails_undoes_the_network_limits_and_launcher(base_di
 
     warm = create_sandbox(SandboxPolicy("warm", base_dir), ignore)  # what a worker keeps: reaper, spare netns
     await warm.start()
+    assert await (await warm.exec(["true"])).wait() == 0  # the spares are made during a first command
     await warm.destroy()
     # the tool directory is opened beside the network, the session cgroup and the launcher thread
     policy = SandboxPolicy("broken", base_dir, tools=((str(base_dir / "no-such-tool"), "tool"),))

@@ -64,10 +64,6 @@ async def test_two_sessions_never_share_a_namespace(base_dir: Path) -> None:
     for sandbox in sandboxes:
         await sandbox.start()
     try:
-        ahead = prepared_spare()  # a started session has the next one made ahead (after its own start)
-        taken = {os.fstat(s._netns.fd).st_ino for s in sandboxes if s._netns}  # type: ignore[attr-defined]
-        assert ahead is not None and len(taken) == 3 and ahead not in taken
-        assert tuple(BINDS) == NETNS_BINDS
         seen = set()
         for sandbox in sandboxes:
             handle = await sandbox.exec(["readlink", "/proc/self/ns/net"])
@@ -75,6 +71,10 @@ async def test_two_sessions_never_share_a_namespace(base_dir: Path) -> None:
             assert await handle.wait() == 0
             seen.add(lines[0])
         assert len(seen) == 3
+        ahead = prepared_spare()  # a session's first command has the next one made ahead meanwhile
+        taken = {os.fstat(s._netns.fd).st_ino for s in sandboxes if s._netns}  # type: ignore[attr-defined]
+        assert ahead is not None and len(taken) == 3 and ahead not in taken
+        assert tuple(BINDS) == NETNS_BINDS
     finally:
         for sandbox in sandboxes:
             await sandbox.destroy()

@@ -80,8 +80,9 @@ async def test_a_started_session_leaves_threads_waiting_for_the_next(base_dir: P
 
     first = create_sandbox(SandboxPolicy("spare-first", base_dir), ignore)
     await first.start()
+    assert await (await first.exec(["true"])).wait() == 0
     await first.destroy()
-    for _ in range(200):  # refilled off the loop after the start
+    for _ in range(200):  # refilled off the loop during the first command
         if spare_threads.waiting() >= 2:
             break
         await asyncio.sleep(0.01)
