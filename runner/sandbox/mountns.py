@@ -19,9 +19,10 @@ start, a private copy of the host's namespace for sessions under one base (the t
 
 A session's launcher thread joins the template; when the session's own directory holds mounts (an overlay
 workspace) it takes a copy of them from the host (open_tree) and attaches them in a copy of the template of
-its own. The template is private: what the host mounts later does not arrive (the session's own directory
-is taken at each start). Where a step cannot be made (no privilege, a kernel without open_tree) launchers
-stay in the worker's namespace, as before, and the reason is logged once.
+its own. The template is private (nothing propagates into it or out of it); when the host's mounts it keeps
+have changed since it was made, the next start makes a new one. Where a step cannot be made (no
+privilege, a kernel without open_tree) launchers stay in the worker's namespace, as before, and the reason
+is logged once.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 _lock = threading.Lock()
 _refused = 0  # the pid of a process where launchers cannot leave its namespace (not tried again there)
-_templates: OrderedDict[tuple[int, str], int] = OrderedDict()  # (pid, base) -> template namespace fd
+# (pid, base) -> (template namespace fd, the host mounts it keeps: a change on the host makes a new one)
+_templates: OrderedDict[tuple[int, str], tuple[int, tuple[tuple[bytes, bytes], ...]]] = OrderedDict()
 _TEMPLATES = 4  # a worker has one base; tests have many
 
 
@@ -97,11 +99,14 @@ def _syscall(number: int, *args: object) -> int:
     return result
 
 
-def _holds_mounts(session_dir: str) -> bool:
-    """Whether anything is mounted at or under the session's directory in this thread's namespace."""
+def _host_view(base_dir: str, session_dir: str) -> tuple[tuple[tuple[bytes, bytes], ...], bool]:
+    """From this thread's (the host's) namespace: the mounts a template keeps, and whether anything is
+    mounted at or under the session's directory."""
     prefix = os.fsencode(session_dir)
-    return any(point == prefix or point.startswith(prefix + b"/")
-               for point, _kind in mount_table("/proc/thread-self/mountinfo"))
+    table = mount_table("/proc/thread-self/mountinfo")
+    kept = tuple((point, kind) for point, kind in table
+                 if not left_out(os.fsdecode(point), os.fsdecode(kind), base_dir))
+    return kept, any(point == prefix or point.startswith(prefix + b"/") for point, _kind in table)
 
 
 def _make_template(base_dir: str) -> int:
@@ -125,15 +130,17 @@ def _refuse(reason: str) -> bool:
 
 def enter(base_dir: str, session_dir: str) -> bool:
     """On a session's launcher thread (root, in the worker's namespace, nothing filtered yet): move into
-    the template for base_dir (made here the first time), with the session directory's own mounts attached
-    in a copy of it when it holds any. False (logged once) where it cannot: the thread stays where it was.
-    A failure halfway raises (the thread is then done: its launcher refuses all work)."""
+    the template for base_dir (made here the first time, and again when the host's mounts it keeps have
+    changed: what the host mounts later shows in the sandboxes started after), with the session directory's
+    own mounts attached in a copy of it when it holds any. False (logged once) where it cannot: the thread
+    stays where it was. A failure halfway raises (the thread is then done: its launcher refuses all work)."""
     if _refused == os.getpid():
         return False
     base_dir, session_dir = os.path.realpath(base_dir), os.path.realpath(session_dir)
     os.makedirs(session_dir, exist_ok=True)  # prepare_session makes it too, alongside; its modes follow
     tree = -1
-    if _holds_mounts(session_dir):  # a copy of them, taken in the host's namespace before leaving it
+    kept, holds = _host_view(base_dir, session_dir)
+    if holds:  # a copy of its mounts, taken in the host's namespace before leaving it
         try:
             tree = _syscall(_NR_OPEN_TREE, _AT_FDCWD, os.fsencode(session_dir),
                             _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE)
@@ -142,7 +149,8 @@ def enter(base_dir: str, session_dir: str) -> bool:
     try:
         key = (os.getpid(), base_dir)
         with _lock:
-            template = _templates.get(key)
+            known = _templates.get(key)
+            template = known[0] if known is not None and known[1] == kept else None
             if template is not None:
                 _templates.move_to_end(key)
         if template is None:
@@ -150,9 +158,12 @@ def enter(base_dir: str, session_dir: str) -> bool:
                 return _refuse(f"unshare: {os.strerror(ctypes.get_errno())}")
             made = _make_template(base_dir)
             with _lock:
-                _templates[key] = made
+                stale = _templates.pop(key, None)
+                if stale is not None:  # launchers that joined it keep it while they live
+                    os.close(stale[0])
+                _templates[key] = (made, kept)
                 while len(_templates) > _TEMPLATES:
-                    os.close(_templates.popitem(last=False)[1])
+                    os.close(_templates.popitem(last=False)[1][0])
         else:
             _check(_libc.unshare(CLONE_FS), "unshare(CLONE_FS)")  # setns refuses a shared one
             _check(_libc.setns(template, CLONE_NEWNS), "setns(mount namespace)")

@@ -94,6 +94,32 @@ async def test_a_sandbox_sees_its_own_mounted_workspace_and_nothing_of_the_host_
     assert {p for p in before if b"/sys/fs/cgroup" in p} <= host_points()  # the host keeps its own
 
 
+@requires_sandbox
+async def test_a_filesystem_the_host_mounts_later_shows_in_sandboxes_started_after(base_dir: Path) -> None:
+    async def ignore(v: object) -> None:
+        pass
+
+    async def look(name: str, path: Path) -> str:
+        sandbox = create_sandbox(SandboxPolicy(name, base_dir), ignore)
+        await sandbox.start()
+        try:
+            handle = await sandbox.exec(["/bin/sh", "-c", f"cat {path}/marker 2>/dev/null || echo absent"])
+            out = [line.text async for line in handle]
+            assert await handle.wait() == 0
+            return out[0]
+        finally:
+            await sandbox.destroy()
+
+    later = Path("/mnt") / f"sesame-test-{os.getpid()}-{base_dir.name}"
+    assert await look("before", later) == "absent"  # the template is made here
+    mount_tmpfs(later, "marker")
+    try:
+        assert await look("after", later) == "marker"  # the host's kept mounts changed: a new template
+    finally:
+        unmount(later)
+        later.rmdir()
+
+
 def on_thread(work: Callable[[], T]) -> T:
     """work() on a thread of its own (namespace changes stay with it)."""
     out: list[T | BaseException] = []
