@@ -53,6 +53,7 @@ DNS_PORT = 53
 SERVED_PORTS = (PROXY_PORT, DNS_PORT)  # held by the worker in the netns until the session's processes are killed
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 NETNS_BINDS = ((socket.SOCK_STREAM, ("127.0.0.1", PROXY_PORT)), (socket.SOCK_DGRAM, ("127.0.0.1", DNS_PORT)))
+SUPERVISOR_END = 5.0  # seconds a destroy waits for the supervisor's thread (it ends at once once told)
 SPARE_THREADS = 4  # a secured start's: its launcher and supervisor, the next session's netns and cgroup
 _REFILLS: set[asyncio.Future[None]] = set()  # refills under way (a reference keeps each task alive)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -474,19 +475,18 @@ class LocalSandbox(Sandbox):
         if self._netns is not None:
             self._netns.close()
             self._netns = None
-        supervised = self._supervisor is not None
-        if self._supervisor is not None:
-            self._supervisor.stop()
-            self._supervisor = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.stop()
         launcher, self._launcher = self._launcher, None
         if launcher is not None:
             launcher.stop()
-            if not supervised and launcher.listener_fd >= 0:  # a start that failed before the supervisor
+            if supervisor is None and launcher.listener_fd >= 0:  # a start that failed before the supervisor
                 os.close(launcher.listener_fd)
         limiter, self._limiter = self._limiter, None
-        if launcher is not None or limiter is not None:
-            # one hop off the loop: the launcher thread ends (leaving its cgroup), then the cgroup goes
-            await asyncio.to_thread(_end_launcher_and_limits, launcher, limiter)
+        if supervisor is not None or launcher is not None or limiter is not None:
+            # one hop off the loop: the threads end (the launcher leaving its cgroup), then the cgroup goes
+            await asyncio.to_thread(_end_threads_and_limits, supervisor, launcher, limiter)
         for fd in (self._seccomp_fd, self._notify_fd):
             if fd is not None:
                 os.close(fd)
@@ -514,8 +514,12 @@ def hidden_paths(policy: SandboxPolicy, resolved: list[tuple[str, str]] | None =
     return HiddenPaths(frozenset(secrets), str(policy.base_dir), visible, writable)
 
 
-def _end_launcher_and_limits(launcher: Launcher | None, limiter: Limiter | None) -> None:
-    """Wait for the launcher thread to end, then release the limits (a cgroup with a task left cannot go)."""
+def _end_threads_and_limits(supervisor: Supervisor | None, launcher: Launcher | None,
+                            limiter: Limiter | None) -> None:
+    """Wait for the supervisor and launcher threads to end (told to already), then release the limits (a
+    cgroup with a task left cannot go): a destroyed sandbox leaves no thread behind."""
+    if supervisor is not None and not supervisor.join(SUPERVISOR_END):
+        log.warning("the seccomp supervisor of a destroyed sandbox did not end within %s s", SUPERVISOR_END)
     if launcher is not None:
         launcher.join()
     if limiter is not None:

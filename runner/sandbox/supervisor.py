@@ -106,6 +106,13 @@ class Supervisor:
             if not self._closed:
                 os.write(self._wake_w, b"x")
 
+    def join(self, timeout: float) -> bool:
+        """Wait until the thread has ended after stop() (a blocking call); False if it still runs."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
     def _run(self) -> None:
         """Poll the listeners until stop() is called (or, with a launcher's listener, until every process
         filtered by it is gone)."""
