@@ -105,7 +105,7 @@ ENQUEUE_TIMEOUT = 3.0  # an enqueue (connection included) that takes longer coun
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """One enqueue waiting for the next pipeline (ArqQueue._send)."""
+    """One enqueue waiting for the next send (ArqQueue._send)."""
 
     session_id: str
     job: str
@@ -178,7 +178,7 @@ class ArqQueue:
 
     async def _enqueue_job(self, session_id: str, job: str, queued_comment: bool) -> int:
         """The enqueue script's answer; sent with the enqueues asked for while the previous send was on its
-        way, in one pipeline (issue 16: at hundreds of deliveries a second the send is most of an enqueue's
+        way, in one write (issue 16: at hundreds of deliveries a second the send is most of an enqueue's
         CPU). Nothing waits for company: a lone enqueue goes at once. TimeoutError when no answer came within
         ENQUEUE_TIMEOUT (the connection included): a timer on the answer, neither asyncio.wait_for (a task of
         its own per enqueue) nor asyncio.timeout (issue 16: 8 % and 3 % of intake's CPU)."""
