@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect, make_url
 
@@ -123,10 +124,17 @@ def _json_value(value: object) -> str:
 
 
 def batch_json(batch: list[_Record]) -> str:
-    """batch_record_statement's parameter: the records as one JSON array, each with its position."""
-    return json.dumps([{**one.values, "event_data": one.event, "event_at": one.values["created_at"],
-                        "delivery_id": one.delivery_id, "base_given": one.base_given, "ord": position}
-                       for position, one in enumerate(batch, 1)], default=_json_value)
+    """batch_record_statement's parameter: the records as one JSON array, each with its position. Written by
+    orjson (issue 16: json.dumps was 5 % of the web process's CPU at 500 deliveries/s; orjson takes a fifth of
+    that), times as ISO 8601 with their offset as before; what orjson refuses (an int beyond 64 bits, a key
+    that is not a string...) goes through json.dumps, as before."""
+    records = [{**one.values, "event_data": one.event, "event_at": one.values["created_at"],
+                "delivery_id": one.delivery_id, "base_given": one.base_given, "ord": position}
+               for position, one in enumerate(batch, 1)]
+    try:
+        return orjson.dumps(records, default=_json_value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(records, default=_json_value)
 
 
 def column_types(table: Table, dialect: Dialect) -> dict[str, str]:

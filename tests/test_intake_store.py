@@ -165,6 +165,19 @@ async def test_batched_records_keep_every_value_as_given(pg_services: Services) 
         await sessions.delete(row.id)
 
 
+async def test_a_batch_orjson_refuses_is_written_as_json_dumps_writes_it(pg_services: Services) -> None:
+    """An int beyond 64 bits or a key that is not a string (orjson refuses both) in a batched record: the
+    batch is written by json.dumps, as given (keys as strings, as json.dumps writes them)."""
+    sessions, repo = pg_services.sessions, f"acme/store-{uuid.uuid4().hex[:8]}"
+    given = [NewSession(**{**vars(new(repo, i)), "context": {"big": 2 ** 70 + i, 7: "seven"}}) for i in range(3)]
+    answers = await asyncio.gather(*(sessions.record_trigger(n, str(uuid.uuid4())) for n in given))
+    for i, answer in enumerate(answers):
+        assert answer is not None and answer[1] is not None
+        row = await sessions.get(answer[1])
+        assert row is not None and row.context == {"big": 2 ** 70 + i, "7": "seven"}
+        await sessions.delete(row.id)
+
+
 async def test_a_record_the_server_refuses_fails_alone(pg_services: Services, pg_database: str) -> None:
     sessions, repo = pg_services.sessions, f"acme/store-{uuid.uuid4().hex[:8]}"
     good = [new(repo, i) for i in range(6)]

@@ -131,6 +131,28 @@ async def _concurrent_enqueues(redis_url: str) -> None:
         await queue.close()
 
 
+async def test_an_enqueue_after_its_connection_was_killed_lands_when_redis_answers_again() -> None:
+    """The sender keeps its connection between sends: killed by Redis, the next enqueue fails (as the
+    pipeline's did), the session is enqueued again once Redis answers, on a fresh connection, and every
+    later enqueue lands."""
+    with redis_server() as server:
+        queue = ArqQueue(server.url)
+        client = aioredis.from_url(server.url)
+        try:
+            assert await queue.enqueue("before", queued_comment=True)
+            assert await client.client_kill_filter(_type="normal", skipme=True) >= 1
+            await queue.enqueue("killed")  # refused or enqueued: either way it lands
+            async with asyncio.timeout(10):
+                while await client.zscore("arq:queue", "killed:1") is None:
+                    await asyncio.sleep(0.05)
+            assert await queue.enqueue("after")
+            assert await client.zcard("arq:queue") == 3
+            assert await client.lrange("sesame:queued-comments", 0, -1) == [b"before"]
+        finally:
+            await client.aclose()
+            await queue.close()
+
+
 async def test_an_enqueue_redis_never_answers_fails_after_the_timeout(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A Redis that accepts the connection and never answers: the enqueue gives up after ENQUEUE_TIMEOUT
