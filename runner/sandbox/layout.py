@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.sandbox.base import (
@@ -224,7 +225,27 @@ def secret_candidates(policy: SandboxPolicy) -> list[str]:
 def resolved_secrets(policy: SandboxPolicy) -> list[tuple[str, str]]:
     """Every secret candidate as (absolute, resolved) path: resolved once per start, for the mount plan
     and the supervisor's hidden paths alike (each resolution lstats every component)."""
-    return [(os.path.abspath(c), os.path.realpath(c)) for c in secret_candidates(policy)]
+    absolute = [os.path.abspath(c) for c in secret_candidates(policy)]
+    return list(zip(absolute, realpaths(absolute), strict=True))
+
+
+def realpaths(paths: Sequence[str]) -> list[str]:
+    """os.path.realpath of each absolute, normalised path, each parent directory resolved once (the secret
+    candidates share their homes): a path resolves as its resolved parent joined with its last component,
+    resolved again only where that component is a symlink."""
+    parents: dict[str, str] = {}
+    out: list[str] = []
+    for path in paths:
+        parent, name = os.path.split(path)
+        if not name:  # "/"
+            out.append(os.path.realpath(path))
+            continue
+        resolved = parents.get(parent)
+        if resolved is None:
+            resolved = parents[parent] = os.path.realpath(parent)
+        joined = os.path.join(resolved, name)
+        out.append(os.path.realpath(joined) if os.path.islink(joined) else joined)
+    return out
 
 
 def hidden_mounts(policy: SandboxPolicy, check_reach: bool,

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,14 +168,21 @@ class LocalSandbox(Sandbox):
                 task.add_done_callback(_REFILLS.discard)
 
     async def _start_secured(self) -> None:
-        """The parts of a secured start side by side: the files and the mount plan on a thread, the
-        network (netns, proxy, DNS sink) on the loop, the limits and then the launcher thread in them."""
+        """The parts of a secured start side by side: the files and the mount plan on a thread; the netns,
+        then its proxy and DNS sink on the loop beside the limits and then the launcher thread in them."""
         async def files() -> None:
             await asyncio.to_thread(self._prepare_files)
 
-        async def launcher() -> None:
-            await asyncio.gather(self._start_network(), self._start_limiter())
+        async def thread() -> None:
+            await self._start_limiter()
             await self._start_launcher()
+
+        async def launcher() -> None:
+            # the launcher thread needs the netns's descriptor only: it joins it while the servers start
+            self._netns = take_spare(NETNS_BINDS)
+            for result in await asyncio.gather(self._start_servers(), thread(), return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
 
         steps = asyncio.gather(files(), launcher(), return_exceptions=True)
         try:
@@ -191,8 +199,7 @@ class LocalSandbox(Sandbox):
         """Session directories and control files, the mount plan, the seccomp program and the tool fds
         (a worker thread)."""
         layout.prepare_session(self.policy, self._drop)
-        self._seccomp_fd = _memfd("sesame-seccomp", seccomp.deny_program())
-        self._notify_fd = _memfd("sesame-seccomp-notify", seccomp.notify_program())
+        self._seccomp_fd, self._notify_fd = _programs()
         for src, _name in self.policy.tools:
             self._tool_fds.append(os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         tool_fds = tuple((fd, str(self.policy.tool_path(name)))
@@ -287,9 +294,9 @@ class LocalSandbox(Sandbox):
         )
         self._supervisor.start()
 
-    async def _start_network(self) -> None:
-        """A loopback-only netns (made ahead) with the proxy on 127.0.0.1:3128 and DNS sink on :53."""
-        self._netns = take_spare(NETNS_BINDS)
+    async def _start_servers(self) -> None:
+        """The proxy on 127.0.0.1:3128 and DNS sink on :53 of the session's loopback-only netns (made ahead)."""
+        assert self._netns is not None
         proxy_sock, dns_sock = self._netns.sockets
         self._proxy = EgressProxy(self.policy.allowed_domains, self.policy.denied_domains, self.report,
                                   self.policy.proxy_limits)
@@ -487,10 +494,7 @@ class LocalSandbox(Sandbox):
         if supervisor is not None or launcher is not None or limiter is not None:
             # one hop off the loop: the threads end (the launcher leaving its cgroup), then the cgroup goes
             await asyncio.to_thread(_end_threads_and_limits, supervisor, launcher, limiter)
-        for fd in (self._seccomp_fd, self._notify_fd):
-            if fd is not None:
-                os.close(fd)
-        self._seccomp_fd = self._notify_fd = None
+        self._seccomp_fd = self._notify_fd = None  # the process's (_programs): they stay open
         for fd in self._tool_fds:
             os.close(fd)
         self._tool_fds = []
@@ -539,6 +543,21 @@ def _protected(paths: Sequence[str]) -> tuple[list[str], list[str]]:
         elif os.path.isdir(os.path.dirname(path)):
             missing.append(path)
     return present, missing
+
+
+_programs_lock = threading.Lock()
+_programs_made: tuple[int, int, int] | None = None  # (pid, deny program fd, notify program fd)
+
+
+def _programs() -> tuple[int, int]:
+    """The seccomp deny and notify programs in sealed memfds, made once per worker process (the same for
+    every session; each command opens its own descriptor on them)."""
+    global _programs_made
+    with _programs_lock:
+        if _programs_made is None or _programs_made[0] != os.getpid():
+            _programs_made = (os.getpid(), _memfd("sesame-seccomp", seccomp.deny_program()),
+                              _memfd("sesame-seccomp-notify", seccomp.notify_program()))
+        return _programs_made[1], _programs_made[2]
 
 
 def _memfd(name: str, data: bytes) -> int:

@@ -128,3 +128,27 @@ def test_session_directories_are_made_once_per_policy(tmp_path: Path) -> None:
     assert policy.home_dir == tmp_path / "a" / "s1" / "home" and policy != moved
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.project_dir = tmp_path  # type: ignore[misc]
+
+
+def test_realpaths_resolve_as_os_path_realpath_does(tmp_path: Path) -> None:
+    """The secret candidates' resolution shares each parent's: the same answers as os.path.realpath, on a
+    tree of symlinked parents and names, dangling links, loops, missing parts and relative links."""
+    import itertools
+    import random
+
+    from runner.sandbox.layout import realpaths
+
+    root = tmp_path / "t"
+    (root / "real" / "deep").mkdir(parents=True)
+    (root / "real" / "file").write_text("x")
+    links = {"home": "real", "abs": str(root / "real" / "deep"), "dangling": "nowhere", "loop1": "loop2",
+             "loop2": "loop1", "up": "..", "self": ".", "chain": "home", "real/deep/back": "../../home",
+             "real/name": "file", "real/dir": "deep"}
+    for name, target in links.items():
+        os.symlink(target, root / name)
+    parts = ["home", "abs", "dangling", "loop1", "up", "self", "chain", "real", "deep", "back", "name", "dir",
+             "file", "missing"]
+    rng = random.Random(16)
+    paths = [str(root / "/".join(combo)) for n in (1, 2, 3) for combo in itertools.product(parts, repeat=n)]
+    paths = [*rng.sample(paths, 600), str(root), "/", "/etc/passwd", "/proc/self/fd/0"]
+    assert realpaths(paths) == [os.path.realpath(p) for p in paths]
