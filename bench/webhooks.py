@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -184,7 +185,7 @@ async def settle_cpu(pid: int, quiet: float = 0.3) -> None:
 async def run(rate: float, seconds: float, workers: int = 1, github_latency: float = 0.0) -> tuple[Result, Result]:
     work = Path(tempfile.mkdtemp(prefix="sesame-bench-"))
     database = f"sesame_bench_{uuid.uuid4().hex[:10]}"
-    database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + database
+    database_url = urllib.parse.urlunsplit(urllib.parse.urlsplit(PG_ADMIN)._replace(path=f"/{database}"))
     fake_thread = FakeThread(work / "fake")
     fake = fake_thread.start()
     repo = "acme/widget"
