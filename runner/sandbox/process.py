@@ -125,15 +125,17 @@ class Tree:
         return self.child_pid
 
     async def kill(self) -> None:
-        """SIGKILL the group and the pid-ns init (which takes the whole namespace with it)."""
+        """SIGKILL the group, then the pid-ns init (which takes the whole namespace with it). The group (bwrap)
+        first: killed after the init, bwrap could see its child die first and exit 137 instead of being killed,
+        so a killed command's code depended on which signal landed first."""
         if self._info is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._info), 1.0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
         if self._init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
         if self.token is not None:
             await kill_marked(self.token)
         if self.uid is not None:
