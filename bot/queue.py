@@ -113,11 +113,6 @@ class Send:
     answer: asyncio.Future[int]
 
 
-def _time_out(answer: asyncio.Future[int]) -> None:
-    if not answer.done():
-        answer.set_exception(TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s"))
-
-
 class ArqQueue:
     """Enqueues `run_session(session_id)` with job id `{session_id}:{attempt}` (arq dedupes it)."""
 
@@ -137,6 +132,7 @@ class ArqQueue:
         self._retrying: asyncio.Task[None] | None = None
         self._batch: list[Send] = []  # enqueues waiting for the next send
         self._sender: asyncio.Task[None] | None = None
+        self._sending: list[Send] = []  # the batch the sender waits on now
         self._connection: Connection | None = None  # the sender's own (_execute), lent by this pool
         self._connection_pool: ArqRedis | None = None
 
@@ -184,8 +180,9 @@ class ArqQueue:
         its own per enqueue) nor asyncio.timeout (issue 16: 8 % and 3 % of intake's CPU)."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[int] = loop.create_future()
-        timer = loop.call_later(ENQUEUE_TIMEOUT, _time_out, answer)
-        self._batch.append(Send(session_id, job, queued_comment, answer))
+        send = Send(session_id, job, queued_comment, answer)
+        timer = loop.call_later(ENQUEUE_TIMEOUT, self._timed_out, send)
+        self._batch.append(send)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_batches(), name="arq-enqueue")
         try:
@@ -193,19 +190,36 @@ class ArqQueue:
         finally:
             timer.cancel()
 
+    def _timed_out(self, send: Send) -> None:
+        """No answer within ENQUEUE_TIMEOUT: the enqueue fails (and is tried again later). A sender still
+        waiting for this send is stuck on its connection (a Redis that stopped answering keeps it open): it
+        is cancelled, which drops the connection, so the next enqueue starts a sender on a fresh one."""
+        if not send.answer.done():
+            send.answer.set_exception(TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s"))
+        if any(waiting is send for waiting in self._sending) and self._sender is not None:
+            self._sender.cancel()
+
     async def _send_batches(self) -> None:
         while self._batch:
             batch, self._batch = self._batch, []
+            self._sending = batch
             try:
                 answers = await self._send(batch)
             except Exception as exc:  # each enqueue raises it (enqueue decides what an outage means)
                 for send in batch:
                     if not send.answer.done():
                         send.answer.set_exception(exc)
+            except asyncio.CancelledError:  # stuck (_timed_out), or closing: the batch's enqueues fail now
+                for send in batch:
+                    if not send.answer.done():
+                        send.answer.set_exception(TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s"))
+                raise
             else:
                 for send, result in zip(batch, answers, strict=True):
                     if not send.answer.done():
                         send.answer.set_result(result)
+            finally:
+                self._sending = []
 
     async def _send(self, batch: list[Send]) -> list[int]:
         """ENQUEUE_SCRIPT for each job of the batch, one round trip (the script loaded again first when

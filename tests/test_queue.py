@@ -177,3 +177,70 @@ async def test_an_enqueue_redis_never_answers_fails_after_the_timeout(
         await queue.close()
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(held) == 1 and len(failed) == 1 and "enqueue of session silent failed" in failed[0]
+
+
+class MutingProxy:
+    """A TCP proxy in front of a Redis: mute() makes every connection open so far go silent for good (what
+    is sent on it is swallowed, nothing comes back, it stays open), as a Redis stuck or cut off behind a
+    connection that never breaks; connections made afterwards are relayed."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.muted: set[asyncio.StreamWriter] = set()
+        self.open: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    def mute(self) -> None:
+        self.muted |= self.open
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.open.add(client_w)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if client_w not in self.muted:
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pipe(client_r, upstream_w), pipe(upstream_r, client_w), return_exceptions=True)
+        for writer in (client_w, upstream_w):
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.open:
+            writer.close()
+
+
+async def test_a_connection_that_stops_answering_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender keeps its connection; when Redis stops answering on it without closing it, the enqueue
+    fails after ENQUEUE_TIMEOUT and the sender lets that connection go: the session refused meanwhile and
+    every later enqueue land on a fresh one (it stayed stuck on the silent connection for good before)."""
+    monkeypatch.setattr(queue_module, "ENQUEUE_TIMEOUT", 0.5)
+    monkeypatch.setattr(queue_module, "REDIS_PROBE_EVERY", 0.2)
+    with redis_server() as server:
+        proxy = MutingProxy(server.port)
+        queue = ArqQueue(await proxy.start())
+        client = aioredis.from_url(server.url)
+        try:
+            assert await queue.enqueue("before")
+            proxy.mute()
+            assert not await queue.enqueue("silent")  # no answer: refused, kept to be enqueued again
+            async with asyncio.timeout(15):
+                while not await queue.enqueue("after"):
+                    await asyncio.sleep(0.1)
+                while await client.zscore("arq:queue", "silent:1") is None:  # the refused one, enqueued again
+                    await asyncio.sleep(0.05)
+            assert {j.decode() for j in await client.zrange("arq:queue", 0, -1)} == {
+                "before:1", "silent:1", "after:1"}
+        finally:
+            await client.aclose()
+            async with asyncio.timeout(10):  # a sender stuck on the silent connection held close() for good
+                await queue.close()
+            await proxy.close()
