@@ -113,6 +113,10 @@ class Send:
     answer: asyncio.Future[int]
 
 
+def _no_answer() -> TimeoutError:
+    return TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s")
+
+
 class ArqQueue:
     """Enqueues `run_session(session_id)` with job id `{session_id}:{attempt}` (arq dedupes it)."""
 
@@ -195,7 +199,7 @@ class ArqQueue:
         waiting for this send is stuck on its connection (a Redis that stopped answering keeps it open): it
         is cancelled, which drops the connection, so the next enqueue starts a sender on a fresh one."""
         if not send.answer.done():
-            send.answer.set_exception(TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s"))
+            send.answer.set_exception(_no_answer())
         if any(waiting is send for waiting in self._sending) and self._sender is not None:
             self._sender.cancel()
 
@@ -212,7 +216,7 @@ class ArqQueue:
             except asyncio.CancelledError:  # stuck (_timed_out), or closing: the batch's enqueues fail now
                 for send in batch:
                     if not send.answer.done():
-                        send.answer.set_exception(TimeoutError(f"Redis did not answer within {ENQUEUE_TIMEOUT} s"))
+                        send.answer.set_exception(_no_answer())
                 raise
             else:
                 for send, result in zip(batch, answers, strict=True):

@@ -212,10 +212,9 @@ class Launcher:
         """Set the thread up for a session, on the thread itself: join the session's limits (adopt(tid),
         with root's rights, before any filter: Limiter.adopt_thread), the mount namespace bwrap starts
         from (with session, the sessions' base and the session's directory: runner.sandbox.mountns), the
-        netns, drop privileges,
-        no_new_privs, install the listener filter (listener_fd is then the supervisor's; -1 without a
-        listener filter: each command installs its own, runner.sandbox.notify_exec). A thread whose
-        setup failed ends: it runs nothing else."""
+        netns; drop privileges, no_new_privs, install the listener filter (listener_fd is then the
+        supervisor's; -1 without a listener filter: each command installs its own,
+        runner.sandbox.notify_exec). A thread whose setup failed ends: it runs nothing else."""
         if self._prepared:
             raise RuntimeError("this launcher is set up for a session already")
         self._prepared = True

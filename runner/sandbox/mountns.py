@@ -33,21 +33,26 @@ import os
 import threading
 from collections import OrderedDict
 
-from runner.overlay import mount_table
+from runner.overlay import (
+    AT_FDCWD,
+    MNT_DETACH,
+    MOVE_MOUNT_F_EMPTY_PATH,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
+    SYS_MOVE_MOUNT,
+    SYS_OPEN_TREE,
+    UMOUNT_NOFOLLOW,
+    mount_table,
+)
 from runner.sandbox.verdicts import under
 
 log = logging.getLogger(__name__)
 
 CLONE_NEWNS = 0x00020000
+CLONE_FS = 0x00000200
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
-CLONE_FS = 0x00000200
-MNT_DETACH = 2
-_NR_OPEN_TREE, _NR_MOVE_MOUNT = 428, 429  # the same number on every architecture
-_AT_FDCWD = -100
-_OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_RECURSIVE = 1, os.O_CLOEXEC, 0x8000
-_MOVE_MOUNT_F_EMPTY_PATH = 4
-UMOUNT_NOFOLLOW = 8
+AT_RECURSIVE = 0x8000  # open_tree: the mounts under the path too
 COVERED = ("/dev", "/proc", "/run")  # the sandbox mounts its own over these: what lies under them is unseen
 KERNEL = ("/sys",)  # what is mounted under it: host kernel interfaces
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -142,8 +147,8 @@ def enter(base_dir: str, session_dir: str) -> bool:
     kept, holds = _host_view(base_dir, session_dir)
     if holds:  # a copy of its mounts, taken in the host's namespace before leaving it
         try:
-            tree = _syscall(_NR_OPEN_TREE, _AT_FDCWD, os.fsencode(session_dir),
-                            _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE)
+            tree = _syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(session_dir),
+                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
         except OSError as exc:
             return _refuse(f"open_tree: {exc.strerror}")
     try:
@@ -169,7 +174,7 @@ def enter(base_dir: str, session_dir: str) -> bool:
             _check(_libc.setns(template, CLONE_NEWNS), "setns(mount namespace)")
         if tree >= 0:  # in a copy of its own: the template stays without this session's mounts
             _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            _syscall(_NR_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(session_dir), _MOVE_MOUNT_F_EMPTY_PATH)
+            _syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(session_dir), MOVE_MOUNT_F_EMPTY_PATH)
         return True
     finally:
         if tree >= 0:
@@ -188,7 +193,7 @@ def probe(base_dir: str) -> tuple[bool, str]:
             _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
             os.close(_make_template(os.path.realpath(base_dir)))
             left = len(mount_table("/proc/thread-self/mountinfo"))
-            tree = _syscall(_NR_OPEN_TREE, _AT_FDCWD, b"/", _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
+            tree = _syscall(SYS_OPEN_TREE, AT_FDCWD, b"/", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
             os.close(tree)
             out.append((True, f"bwrap starts from a copy without {host - left} of the host's {host} mounts"))
         except OSError as exc:
