@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import html
 import re
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class _OptionError(ValueError):
 def clean_context(text: str) -> str:
     """Strip HTML comments and invisible characters; normalize line endings."""
     text = _LINE_BREAKS.sub("\n", text)
-    text = _HTML_COMMENT.sub("", text)
+    if "<!--" in text:
+        text = _HTML_COMMENT.sub("", text)
     return _INVISIBLE.sub("", text)
 
 
@@ -116,13 +118,20 @@ def _mask(text: str, pattern: re.Pattern[str]) -> str:
     return pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
 
 
+@functools.lru_cache(maxsize=8)
+def _mention_pattern(slug: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w@./+-])@{re.escape(slug)}(?![\w-])(?!/)(?!\.\w)", re.IGNORECASE)
+
+
 def _find_mention(text: str, slug: str) -> re.Match[str] | None:
-    """First whole-word `@slug` outside code and quotes."""
-    masked = _mask(_mask(_mask(text, _CODE_FENCE), _CODE_SPAN), _QUOTE_LINE)
-    pattern = re.compile(
-        rf"(?<![\w@./+-])@{re.escape(slug)}(?![\w-])(?!/)(?!\.\w)", re.IGNORECASE
-    )
-    return pattern.search(masked)
+    """First whole-word `@slug` outside code and quotes (a mask is skipped where its marker is absent:
+    every trigger comes through here, issue 16)."""
+    masked = text
+    if "`" in masked or "~~~" in masked:
+        masked = _mask(_mask(masked, _CODE_FENCE), _CODE_SPAN)
+    if ">" in masked:
+        masked = _mask(masked, _QUOTE_LINE)
+    return _mention_pattern(slug).search(masked)
 
 
 def _option_value(name: str, value: str) -> str:
@@ -196,7 +205,8 @@ def parse_mention(text: str, slug: str) -> Trigger | None:
     mention = _find_mention(text, slug)
     if mention is None:
         return None
-    rest = re.sub(r"^[,:;]", "", text[mention.end():])
+    rest = text[mention.end():]
+    rest = rest[1:] if rest[:1] in (",", ":", ";") else rest
     if _bare_word(rest) in ("stop", "help", "--help"):
         return Trigger(command=Command.HELP if "help" in _bare_word(rest) else Command.STOP)
     pick = _PICK.fullmatch(_bare_word(rest))

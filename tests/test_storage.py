@@ -14,7 +14,7 @@ from sqlalchemy import text, update
 
 from bot.cli.wiring import open_services
 from bot.db import NotMigrated, alembic_config, check_migrated, make_engine, migrate
-from bot.models import Session, State, utcnow
+from bot.models import Session, State, new_id, utcnow
 from bot.services import Services
 from bot.sessions import CHUNK_MIN, NewSession, SessionInUse
 from bot.violation_counts import ViolationCount
@@ -288,3 +288,16 @@ async def test_a_transaction_the_caller_owns_writes_the_row_and_its_event_togeth
     events = await services.sessions.events(row.id)
     assert [(e.seq, e.kind) for e in events] == [(1, "status"), (seq, "commit")] and seq == 2
     await services.sessions.delete(row.id)
+
+
+def test_new_ids_are_random_uuids_as_uuid_writes_them() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for one in ids:
+        parsed = uuid.UUID(one)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, one)
+    # every bit outside the version and variant varies
+    ints = [uuid.UUID(one).int for one in ids]
+    fixed = (0xF << 76) | (0x3 << 62)
+    assert all(bit & fixed or (any(i & bit for i in ints) and not all(i & bit for i in ints))
+               for bit in (1 << n for n in range(128)))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import re
 import subprocess
 
 import pytest
 
+from bot import triggers
 from bot.triggers import (
     Command,
     SlackCommand,
@@ -99,6 +102,26 @@ def test_parse_mention_other_slug() -> None:
 def test_prompt_keeps_code_after_mention() -> None:
     trigger = parse_mention("@sesame run this:\n```sh\nmake test\n```", SLUG)
     assert trigger == Trigger(prompt="run this:\n```sh\nmake test\n```")
+
+
+def test_the_mention_is_found_as_if_every_mask_ran() -> None:
+    """_find_mention skips a mask when its marker is absent (issue 16); on random comments made of the markers,
+    mentions and lookalikes, it finds what masking code fences, spans and quotes every time finds."""
+    def masked_always(text: str) -> re.Match[str] | None:
+        masked = triggers._mask(triggers._mask(triggers._mask(text, triggers._CODE_FENCE), triggers._CODE_SPAN),
+                                triggers._QUOTE_LINE)
+        return triggers._mention_pattern(SLUG).search(masked)
+
+    pieces = ["@sesame", "@Sesame", "@sesame-dev", "x@sesame", " ", "\n", "`", "```", "~~~", "> ", ">", "fix",
+              "\n```\n", "a.b", "<!--", "-->", "\t", ","]
+    rng = random.Random(16)
+    found = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        fast, full = triggers._find_mention(text, SLUG), masked_always(text)
+        assert (fast and fast.span()) == (full and full.span()), repr(text)
+        found += full is not None
+    assert 500 < found < 4500  # both kinds of answer were compared
 
 
 CLEAN: list[tuple[str, str]] = [

@@ -64,6 +64,14 @@ async def test_malformed_json_is_400(hook: Hook) -> None:
     assert response.status == 400 and "not valid JSON" in await response.text()
 
 
+async def test_json_nested_too_deep_is_400_not_a_crash(hook: Hook) -> None:
+    headers, _ = hook.fake.delivery("issue_comment", {})
+    body = b"[" * 100_000 + b"]" * 100_000  # json's decoder runs out of recursion (RecursionError)
+    headers["X-Hub-Signature-256"] = sign(body, hook.fake.webhook_secret)
+    response = await hook.client.post("/webhooks/github", data=body, headers=headers)
+    assert response.status == 400 and "not valid JSON" in await response.text()
+
+
 async def test_body_over_25_mb_is_413(hook: Hook) -> None:
     headers, _ = hook.fake.delivery("issue_comment", {})
     response = await hook.client.post("/webhooks/github", data=b" " * (25 * 1024 * 1024 + 1), headers=headers)

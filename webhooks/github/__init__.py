@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+import orjson
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
@@ -29,7 +30,7 @@ def parse_event(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.
         return sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure:
         raise web.HTTPUnauthorized(text="signature does not match\n") from None
-    except (BadRequest, ValueError, UnicodeDecodeError):
+    except (BadRequest, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         if headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise web.HTTPUnsupportedMediaType(text="send deliveries as application/json\n") from None
         raise web.HTTPBadRequest(text="the body is not valid JSON\n") from None
@@ -69,7 +70,8 @@ async def receive(request: web.Request) -> web.Response:
             await services.sessions.forget_delivery(event.delivery_id)
         return web.json_response({"status": "error"}, status=500)
     request[OUTCOME] = outcome_word(intake.outcome)
-    return web.json_response({"status": "accepted", **intake.outcome}, status=202)
+    return web.Response(body=orjson.dumps({"status": "accepted", **intake.outcome}), status=202,
+                        content_type="application/json")
 
 
 async def process_kept(app: web.Application, headers: dict[str, str], body: bytes) -> bool:
