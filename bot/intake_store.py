@@ -317,10 +317,25 @@ class IntakeStore:
         request while no base was given (the caller asks GitHub, then inserts), or a concurrent duplicate
         of the trigger key (none of those set). Written with the others that wait."""
         answer: asyncio.Future[tuple[Lookup, bool]] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(tuple(values), []).append(
-            _Record(values, event, delivery_id, base_given, answer))
+        one = _Record(values, event, delivery_id, base_given, answer)
+        if self._in_flight == 0 and not self._waiting:
+            return await self._write_alone(one)
+        self._waiting.setdefault(tuple(values), []).append(one)
         self._send_batches()
         return await answer
+
+    async def _write_alone(self, one: _Record) -> tuple[Lookup, bool]:
+        """A record that finds nothing in flight is written by its caller, at once: no task, no answer passed
+        between tasks (issue 16: at 500 deliveries/s most records come alone, and handing each to a task
+        of its own was a sixth of the hot path's CPU). Those that arrive meanwhile wait for a batch, which is
+        sent when this one is answered, as when it was a batch's."""
+        self._in_flight += 1
+        try:
+            [row] = await self._write_rows(tuple(one.values), [one])
+        finally:
+            self._in_flight -= 1
+            self._send_batches()
+        return _recorded(row, one.values["id"])
 
     def _send_batches(self) -> None:
         while self._in_flight < MAX_IN_FLIGHT and self._waiting:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from bot import intake_store
 from bot.intake_store import MAX_IN_FLIGHT, IntakeStore
 from bot.services import Services, open_services
 from bot.sessions import NewSession
@@ -242,3 +243,37 @@ async def test_a_retry_of_a_written_batch_finds_its_own_rows_recorded(pg_service
     assert first[1] and again == (first[0], True)
     other = await sessions.fast.record({**values, "id": str(uuid.uuid4())}, {"state": "pending"}, delivery, False)
     assert other[0].existing == values["id"] and not other[1]  # a true redelivery
+
+
+async def test_records_arriving_while_a_lone_one_is_written_follow_it_in_one_statement(
+        pg_services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record that finds nothing in flight is written by its caller (issue 16); those that arrive while it is
+    on its way wait, and go in one statement once it is answered (with one statement in flight at most, nothing
+    else would send them)."""
+    monkeypatch.setattr(intake_store, "MAX_IN_FLIGHT", 1)
+    sessions, repo = pg_services.sessions, f"acme/store-{uuid.uuid4().hex[:8]}"
+    store = sessions.fast
+    assert store is not None
+    sizes: list[int] = []
+    gate = asyncio.Event()
+    write_rows = store._write_rows
+
+    async def held_first(columns: tuple[str, ...], batch: list[intake_store._Record]) -> list[asyncpg.Record]:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            await gate.wait()
+        return await write_rows(columns, batch)
+
+    monkeypatch.setattr(store, "_write_rows", held_first)
+    first = asyncio.create_task(sessions.record_trigger(new(repo, 1), str(uuid.uuid4())))
+    async with asyncio.timeout(5):
+        while not sizes:
+            await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(sessions.record_trigger(new(repo, 2 + i), str(uuid.uuid4()))) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert sizes == [1]  # the others wait for the lone one
+    gate.set()
+    async with asyncio.timeout(10):
+        answers = await asyncio.gather(first, *rest)
+    assert sizes == [1, 5]
+    assert all(answer is not None and answer[1] is not None for answer in answers)

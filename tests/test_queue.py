@@ -244,3 +244,35 @@ async def test_a_connection_that_stops_answering_is_replaced(monkeypatch: pytest
             async with asyncio.timeout(10):  # a sender stuck on the silent connection held close() for good
                 await queue.close()
             await proxy.close()
+
+
+async def test_enqueues_waiting_behind_a_lone_one_stuck_on_a_silent_connection_all_land(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone enqueue is sent by its caller (issue 16); those asked for while it is stuck on a connection that
+    went silent wait for the sender task, which starts on a fresh connection once the lone one gave up:
+    every session lands in the queue, once, and close() is not held."""
+    monkeypatch.setattr(queue_module, "ENQUEUE_TIMEOUT", 0.5)
+    monkeypatch.setattr(queue_module, "REDIS_PROBE_EVERY", 2.0)  # the refused one is enqueued again late
+    with redis_server() as server:
+        proxy = MutingProxy(server.port)
+        queue = ArqQueue(await proxy.start())
+        client = aioredis.from_url(server.url)
+        try:
+            assert await queue.enqueue("before")
+            proxy.mute()
+            lone = asyncio.create_task(queue.enqueue("silent"))
+            await asyncio.sleep(0.4)
+            assert queue._alone  # the lone one holds the silent connection; the next ones wait for the sender
+            behind = await asyncio.gather(*(queue.enqueue(f"behind-{i}") for i in range(5)))
+            assert not await lone
+            assert behind == [True] * 5  # sent on a fresh connection as soon as the lone one gave up
+            wanted = {"before:1", "silent:1"} | {f"behind-{i}:1" for i in range(5)}
+            async with asyncio.timeout(15):
+                while {j.decode() for j in await client.zrange("arq:queue", 0, -1)} != wanted:
+                    await asyncio.sleep(0.05)
+            assert await client.zcard("arq:queue") == len(wanted)
+        finally:
+            await client.aclose()
+            async with asyncio.timeout(10):
+                await queue.close()
+            await proxy.close()
