@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -218,32 +220,40 @@ class MutingProxy:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def behind_muting_proxy() -> AsyncIterator[tuple[MutingProxy, ArqQueue, aioredis.Redis]]:
+    """A queue on a Redis behind a MutingProxy, and a client straight to that Redis; close() must not be held
+    by a sender stuck on a silent connection."""
+    with redis_server() as server:
+        proxy = MutingProxy(server.port)
+        queue = ArqQueue(await proxy.start())
+        client = aioredis.from_url(server.url)
+        try:
+            yield proxy, queue, client
+        finally:
+            await client.aclose()
+            async with asyncio.timeout(10):  # a sender stuck on the silent connection held close() for good
+                await queue.close()
+            await proxy.close()
+
+
 async def test_a_connection_that_stops_answering_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sender keeps its connection; when Redis stops answering on it without closing it, the enqueue
     fails after ENQUEUE_TIMEOUT and the sender lets that connection go: the session refused meanwhile and
     every later enqueue land on a fresh one (it stayed stuck on the silent connection for good before)."""
     monkeypatch.setattr(queue_module, "ENQUEUE_TIMEOUT", 0.5)
     monkeypatch.setattr(queue_module, "REDIS_PROBE_EVERY", 0.2)
-    with redis_server() as server:
-        proxy = MutingProxy(server.port)
-        queue = ArqQueue(await proxy.start())
-        client = aioredis.from_url(server.url)
-        try:
-            assert await queue.enqueue("before")
-            proxy.mute()
-            assert not await queue.enqueue("silent")  # no answer: refused, kept to be enqueued again
-            async with asyncio.timeout(15):
-                while not await queue.enqueue("after"):
-                    await asyncio.sleep(0.1)
-                while await client.zscore("arq:queue", "silent:1") is None:  # the refused one, enqueued again
-                    await asyncio.sleep(0.05)
-            assert {j.decode() for j in await client.zrange("arq:queue", 0, -1)} == {
-                "before:1", "silent:1", "after:1"}
-        finally:
-            await client.aclose()
-            async with asyncio.timeout(10):  # a sender stuck on the silent connection held close() for good
-                await queue.close()
-            await proxy.close()
+    async with behind_muting_proxy() as (proxy, queue, client):
+        assert await queue.enqueue("before")
+        proxy.mute()
+        assert not await queue.enqueue("silent")  # no answer: refused, kept to be enqueued again
+        async with asyncio.timeout(15):
+            while not await queue.enqueue("after"):
+                await asyncio.sleep(0.1)
+            while await client.zscore("arq:queue", "silent:1") is None:  # the refused one, enqueued again
+                await asyncio.sleep(0.05)
+        assert {j.decode() for j in await client.zrange("arq:queue", 0, -1)} == {
+            "before:1", "silent:1", "after:1"}
 
 
 async def test_enqueues_waiting_behind_a_lone_one_stuck_on_a_silent_connection_all_land(
@@ -253,26 +263,17 @@ async def test_enqueues_waiting_behind_a_lone_one_stuck_on_a_silent_connection_a
     every session lands in the queue, once, and close() is not held."""
     monkeypatch.setattr(queue_module, "ENQUEUE_TIMEOUT", 0.5)
     monkeypatch.setattr(queue_module, "REDIS_PROBE_EVERY", 2.0)  # the refused one is enqueued again late
-    with redis_server() as server:
-        proxy = MutingProxy(server.port)
-        queue = ArqQueue(await proxy.start())
-        client = aioredis.from_url(server.url)
-        try:
-            assert await queue.enqueue("before")
-            proxy.mute()
-            lone = asyncio.create_task(queue.enqueue("silent"))
-            await asyncio.sleep(0.4)
-            assert queue._alone  # the lone one holds the silent connection; the next ones wait for the sender
-            behind = await asyncio.gather(*(queue.enqueue(f"behind-{i}") for i in range(5)))
-            assert not await lone
-            assert behind == [True] * 5  # sent on a fresh connection as soon as the lone one gave up
-            wanted = {"before:1", "silent:1"} | {f"behind-{i}:1" for i in range(5)}
-            async with asyncio.timeout(15):
-                while {j.decode() for j in await client.zrange("arq:queue", 0, -1)} != wanted:
-                    await asyncio.sleep(0.05)
-            assert await client.zcard("arq:queue") == len(wanted)
-        finally:
-            await client.aclose()
-            async with asyncio.timeout(10):
-                await queue.close()
-            await proxy.close()
+    async with behind_muting_proxy() as (proxy, queue, client):
+        assert await queue.enqueue("before")
+        proxy.mute()
+        lone = asyncio.create_task(queue.enqueue("silent"))
+        await asyncio.sleep(0.4)
+        assert queue._alone  # the lone one holds the silent connection; the next ones wait for the sender
+        behind = await asyncio.gather(*(queue.enqueue(f"behind-{i}") for i in range(5)))
+        assert not await lone
+        assert behind == [True] * 5  # sent on a fresh connection as soon as the lone one gave up
+        wanted = {"before:1", "silent:1"} | {f"behind-{i}:1" for i in range(5)}
+        async with asyncio.timeout(15):
+            while {j.decode() for j in await client.zrange("arq:queue", 0, -1)} != wanted:
+                await asyncio.sleep(0.05)
+        assert await client.zcard("arq:queue") == len(wanted)
