@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
+
+import pytest
+from aiohttp import web
 
 from bot.github_channel import github_channel
 from bot.models import State
 from bot.prompting import compose_prompt
 from tests.support.fake_github import sign
 from tests.webhooks.conftest import Hook, MakeHook
+from webhooks.github import parse_event
 
 
 async def test_trigger_comment_becomes_one_session(hook: Hook) -> None:
@@ -66,7 +71,8 @@ async def test_malformed_json_is_400(hook: Hook) -> None:
 
 async def test_json_nested_too_deep_is_400_not_a_crash(hook: Hook) -> None:
     headers, _ = hook.fake.delivery("issue_comment", {})
-    body = b"[" * 100_000 + b"]" * 100_000  # json's decoder runs out of recursion (RecursionError)
+    # a long number leaves it to json (orjson reads this depth), whose decoder runs out of recursion
+    body = b"[" * 100_000 + b"123456789012345678901234567890" + b"]" * 100_000
     headers["X-Hub-Signature-256"] = sign(body, hook.fake.webhook_secret)
     response = await hook.client.post("/webhooks/github", data=body, headers=headers)
     assert response.status == 400 and "not valid JSON" in await response.text()
@@ -310,3 +316,54 @@ async def test_a_delivery_is_never_parsed_unverified_when_the_secret_goes_away(h
     response = await hook.client.post("/webhooks/github", data=body, headers=headers)
     assert response.status == 503 and "GITHUB_WEBHOOK_SECRET" in await response.text()
     assert await hook.sessions() == []
+
+
+def _signed(body: bytes, content_type: str = "application/json") -> dict[str, str]:
+    return {"content-type": content_type, "x-github-event": "issue_comment", "x-github-delivery": str(uuid.uuid4()),
+            "x-hub-signature-256": sign(body, "s3cret")}
+
+
+def _json_value(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.randint(-10 ** rng.randint(1, 30), 10 ** rng.randint(1, 30))  # beyond 64 bits too
+    if kind == 1:
+        return rng.choice([0.1, -0.0, 1e308, 5e-324, 2.5, rng.random() * 10 ** rng.randint(-30, 30)])
+    if kind == 2:
+        return "".join(rng.choice(["a", "é", "\u2028", "\\", '"', "\x00", "\U0001f600", "1234567890"])
+                       for _ in range(rng.randint(0, 12)))
+    if kind in (3, 4, 5):
+        return rng.choice([True, False, None, 18446744073709551615, -9223372036854775808])
+    if kind in (6, 7):
+        return {f"k{i}": _json_value(rng, depth + 1) for i in range(rng.randint(0, 5))}
+    return [_json_value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+
+
+def test_a_delivery_reads_as_json_reads_it() -> None:
+    """Bodies are read by orjson where it reads them as json does (issue 16): on random documents (ints beyond
+    64 bits, floats at the edges, escapes, astral characters), the values and their types are json's."""
+    rng = random.Random(16)
+    for _ in range(2000):
+        body = json.dumps({"action": "created", "value": _json_value(rng)}).encode()
+        data = parse_event(_signed(body), body, "s3cret").data
+        assert json.dumps(data) == json.dumps(json.loads(body)), body[:200]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": 123456789012345678901234567890}', b'{"id": -9223372036854775809}', b'{"id": 18446744073709551616}',
+    b'{"text": "\\ud800"}', b'{"n": NaN}', b'{"n": 1e400}', b'\xef\xbb\xbf{"a": 1}'])
+def test_what_orjson_reads_otherwise_is_read_by_json(body: bytes) -> None:
+    try:
+        expected: object = json.loads(body.decode())
+    except ValueError:
+        with pytest.raises(web.HTTPBadRequest):
+            parse_event(_signed(body), body, "s3cret")
+        return
+    assert json.dumps(parse_event(_signed(body), body, "s3cret").data) == json.dumps(expected)
+
+
+def test_a_wrong_signature_is_refused_whichever_parser_reads_the_body() -> None:
+    for body in (b'{"a": 1}', b'{"id": 123456789012345678901234567890}', b'{"text": "\\ud800"}'):
+        headers = _signed(body) | {"x-hub-signature-256": sign(body, "not-the-secret")}
+        with pytest.raises(web.HTTPUnauthorized):
+            parse_event(headers, body, "s3cret")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -27,6 +28,9 @@ def parse_event(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.
     if any(name not in headers for name in REQUIRED_HEADERS):
         raise web.HTTPBadRequest(text="a delivery needs X-GitHub-Event and X-GitHub-Delivery\n")
     try:
+        data = _read_json(headers, body, secret)
+        if data is not None:
+            return sansio.Event(data, event=headers["x-github-event"], delivery_id=headers["x-github-delivery"])
         return sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure:
         raise web.HTTPUnauthorized(text="signature does not match\n") from None
@@ -34,6 +38,25 @@ def parse_event(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.
         if headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise web.HTTPUnsupportedMediaType(text="send deliveries as application/json\n") from None
         raise web.HTTPBadRequest(text="the body is not valid JSON\n") from None
+
+
+# Each byte as "0" when it is a digit, else " ": a run of LONG_NUMBER digits in the body is found with `in`.
+DIGITS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+LONG_NUMBER = b"0" * 19  # an integer orjson reads as a float (beyond int64 below zero, uint64 above) has as many
+
+
+def _read_json(headers: Mapping[str, str], body: bytes, secret: str) -> Any:
+    """A verified `application/json` body (what GitHub sends) as orjson reads it, in half json's time (issue 16:
+    json.loads was 6 % of the web process's CPU at 500 deliveries/s). orjson reads every JSON value as json
+    does, except integers beyond 64 bits (as floats) and what it refuses (a lone surrogate, NaN, a BOM...):
+    None for those, and for any other content type, and gidgethub's from_http verifies and parses it as before."""
+    if headers.get("content-type") != "application/json" or LONG_NUMBER in body.translate(DIGITS):
+        return None
+    sansio.validate_event(body, signature=headers["x-hub-signature-256"], secret=secret)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 async def dispatch(event: sansio.Event, intake: Intake) -> int:
