@@ -78,6 +78,19 @@ async def test_json_nested_too_deep_is_400_not_a_crash(hook: Hook) -> None:
     assert response.status == 400 and "not valid JSON" in await response.text()
 
 
+async def test_a_lone_surrogate_is_400_and_records_nothing(hook: Hook) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no text column can hold it, so it is refused up front with
+    a clear 400 instead of failing the insert (a 500 and a logged traceback). GitHub never sends one."""
+    issue = hook.fake.add_issue(hook.repo, "Broken text", "")
+    response = await hook.comment(issue.number, "@sesame --agent command fix \ud800 this")
+    assert response.status == 400 and "lone surrogate" in await response.text()
+    assert await hook.sessions() == [] and hook.bot_comments(issue.number) == []
+    response = await hook.comment(issue.number, "@sesame --agent command fix \U0001f600 this")  # a whole pair
+    assert response.status == 202, await response.text()
+    [row] = await hook.sessions()
+    assert row.prompt == "fix \U0001f600 this"
+
+
 async def test_body_over_25_mb_is_413(hook: Hook) -> None:
     headers, _ = hook.fake.delivery("issue_comment", {})
     response = await hook.client.post("/webhooks/github", data=b" " * (25 * 1024 * 1024 + 1), headers=headers)
@@ -351,7 +364,7 @@ def test_a_delivery_reads_as_json_reads_it() -> None:
 
 @pytest.mark.parametrize("body", [
     b'{"id": 123456789012345678901234567890}', b'{"id": -9223372036854775809}', b'{"id": 18446744073709551616}',
-    b'{"text": "\\ud800"}', b'{"n": NaN}', b'{"n": 1e400}', b'\xef\xbb\xbf{"a": 1}'])
+    b'{"text": "\\ud83d\\ude00"}', b'{"n": NaN}', b'{"n": 1e400}', b'\xef\xbb\xbf{"a": 1}'])
 def test_what_orjson_reads_otherwise_is_read_by_json(body: bytes) -> None:
     try:
         expected: object = json.loads(body.decode())
@@ -360,6 +373,14 @@ def test_what_orjson_reads_otherwise_is_read_by_json(body: bytes) -> None:
             parse_event(_signed(body), body, "s3cret")
         return
     assert json.dumps(parse_event(_signed(body), body, "s3cret").data) == json.dumps(expected)
+
+
+@pytest.mark.parametrize("body", [b'{"text": "\\ud800"}', b'{"a": ["x\\udfff"]}', b'{"k\\ud83d": 1}',
+                                  b'{"id": 123456789012345678901234567890, "t": "\\ude00\\ud83d"}'])
+def test_a_lone_surrogate_is_refused_by_either_parser(body: bytes) -> None:
+    with pytest.raises(web.HTTPBadRequest) as refused:
+        parse_event(_signed(body), body, "s3cret")
+    assert "lone surrogate" in (refused.value.text or "")
 
 
 def test_a_wrong_signature_is_refused_whichever_parser_reads_the_body() -> None:
