@@ -78,6 +78,8 @@ async def test_create_get_list_and_idempotency(api) -> None:  # type: ignore[no-
     (json.dumps({"repo": "r", "prompt": "p", "budget": -1}).encode(), "budget must be a number of USD"),
     (json.dumps({"repo": "r", "prompt": "p", "budget": "2.50"}).encode(), "budget must be a number of USD"),
     (json.dumps({"repo": "r", "prompt": "p", "budget": True}).encode(), "budget must be a number of USD"),
+    pytest.param(b'{"repo": "r", "prompt": "fix \\ud800 this"}', "lone surrogate", id="lone-surrogate"),
+    pytest.param(b'{"repo": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deep", id="deep"),
 ])
 async def test_bad_input_is_a_clear_400(api, payload: bytes, needle: str) -> None:  # type: ignore[no-untyped-def]
     response = await api.post("/api/session", data=payload, headers={"Content-Type": "application/json"})

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bot.models import Session
 from bot.session_input import InputError
+from webhooks.json_text import LONE_SURROGATE, is_text
 from webhooks.keys import SERVICES
 
 MAX_PROMPT = 50_000
@@ -38,8 +39,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
                                            content_type="application/json")
     try:
         body = await request.json()
+        text = is_text(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise bad_request("the body is not valid JSON") from None
+    except RecursionError:
+        raise bad_request("the body is not valid JSON: nested too deep") from None
+    if not text:
+        raise bad_request(LONE_SURROGATE)
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     return body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -15,6 +14,7 @@ from bot.secret import reveal
 from webhooks.app import QUEUE, SERVICES
 from webhooks.github import checks, comments, installations, issues, spool
 from webhooks.github.intake import Intake
+from webhooks.json_text import LONE_SURROGATE, is_text
 from webhooks.metrics import OUTCOME, outcome_word
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,14 @@ def parse_event(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.
 
 
 def _refuse_lone_surrogates(data: Any) -> None:
-    """A 400 unless every string json read is Unicode text: JSON may escape half a UTF-16 pair, which no text
-    column stores (the insert failed once the delivery was half handled: a 500). Only bodies orjson refused or
-    left to json get here; orjson refuses these itself."""
+    """A 400 unless every string is text (webhooks.json_text). Only bodies orjson refused or left to json get
+    here; orjson refuses lone surrogates itself."""
     try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise web.HTTPBadRequest(text="the body escapes a lone surrogate (half a UTF-16 pair, such as \\ud800), "
-                                      "which is not text\n") from None
+        if is_text(data):
+            return
     except RecursionError:
         raise web.HTTPBadRequest(text="the body is nested too deep\n") from None
+    raise web.HTTPBadRequest(text=f"{LONE_SURROGATE}\n")
 
 
 # Each byte as "0" when it is a digit, else " ": a run of LONG_NUMBER digits in the body is found with `in`.
