@@ -112,7 +112,12 @@ def _token_shape(token: str) -> bool:
 async def check_csrf(request: web.Request) -> dict[str, str]:
     """The form's fields, once it proves it came from one of our pages: its token matches the cookie
     (a page elsewhere can neither read nor set it), and the browser does not call it cross-site."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # bytes not in the charset named (UTF-8 by default), an unknown charset,
+        # a multipart body without its boundary
+        raise PageError(400, "This form could not be read: its body is not a form in text of the character set it "
+                             "names (UTF-8 when it names none). Reload the page and send it again.") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     cookie, given = request.cookies.get(CSRF_COOKIE, ""), fields.get(CSRF_FIELD, "")
     cross = request.headers.get("Sec-Fetch-Site") == "cross-site" or not _same_origin(request)

@@ -244,6 +244,26 @@ async def test_forms_without_the_token_or_from_another_site_are_refused(web: Any
     assert response.status == 403
 
 
+async def test_a_form_that_is_not_text_is_a_400_page(web: Any, services: Services) -> None:
+    """A form body of bytes that are not UTF-8, in a charset nobody knows, or multipart without its boundary, is an
+    HTML 400 saying so (it was a 500), and changes nothing."""
+    sid = await make(services, "keep running")
+    await services.sessions.claim(sid, "test")
+    token = csrf_of(await page(web, f"/sessions/{sid}"))
+    part = b'--xx\r\nContent-Disposition: form-data; name="csrf"\r\n%s\r\n' + token.encode() + b"\r\n--xx--\r\n"
+    for body, content_type in ((b"csrf=" + token.encode() + b"&x=\xff\xfe", "application/x-www-form-urlencoded"),
+                               (b"csrf=" + token.encode(), "application/x-www-form-urlencoded; charset=nope-9"),
+                               (b"csrf=" + token.encode(), "multipart/form-data"),
+                               (b"csrf=" + token.encode(), "multipart/form-data; boundary=xx"),
+                               (part % b"Content-Type: text/plain; charset=zz\r\n", "multipart/form-data; boundary=xx")):
+        response = await web.post(f"/sessions/{sid}/stop", data=body, headers={"Content-Type": content_type},
+                                  allow_redirects=False)
+        assert response.status == 400 and response.content_type == "text/html", content_type
+        assert "could not be read" in await response.text()
+    row = await services.sessions.get(sid)
+    assert row is not None and not row.stop_requested and row.state == "processing"
+
+
 async def test_unknown_pages_are_an_html_404_and_the_api_keeps_json(web: Any) -> None:
     for path in ("/nope", "/sessions/no-such-id", "/admin/x", "/static/missing.css"):
         response = await web.get(path)
