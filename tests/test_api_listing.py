@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import pytest
@@ -36,6 +37,11 @@ async def start(api: Any, prompt: str, **extra: Any) -> dict[str, Any]:
     ("?limit=201", ["limit", "1 to 200"]),
     ("?limit=lots", ["limit", "1 to 200"]),
     ("?cursor=not-a-cursor", ["cursor"]),
+    # a cursor naming a lone surrogate as its last id, and one nested deeper than json decodes (500s before)
+    pytest.param("?cursor=" + base64.urlsafe_b64encode(b'["2026-01-01T00:00:00", "\\ud800"]').decode(), ["cursor"],
+                 id="cursor-lone-surrogate"),
+    pytest.param("?cursor=" + base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode(), ["cursor"],
+                 id="cursor-too-deep"),
 ])
 async def test_bad_filters_are_a_400_naming_the_filter_and_its_values(api: Any, query: str,
                                                                       needles: list[str]) -> None:

@@ -96,8 +96,9 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         at, last_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         moment = datetime.fromisoformat(at)
+        str(last_id).encode()  # UnicodeEncodeError for a lone surrogate, which no query can carry
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), str(last_id)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: nested too deep
         raise bad_request("cursor is not one this server gave out: take it from the last page's `cursor`") from None
 
 
