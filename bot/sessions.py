@@ -153,6 +153,18 @@ class NewSession:
     id: str | None = None  # chosen by the caller when it must know it before the row exists
 
 
+def holdable(text: str) -> bool:
+    """Whether a text column can hold text: PostgreSQL's refuses NUL, and no UTF-8 encoder writes a lone surrogate
+    (which JSON can escape). A key that fails this names no row."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class SessionInUse(Exception):
     """A session other rows still refer to (its follow-ups) cannot be deleted."""
 
@@ -313,11 +325,14 @@ class SessionService:
                                           .order_by(Session.created_at.desc()))).scalars())
 
     async def get(self, session_id: str) -> Session | None:
+        if not holdable(session_id):  # from a URL or a button: no row has it, and the driver would refuse it
+            return None
         async with self.autocommit() as db:
             return await db.get(Session, session_id)
 
     async def many(self, session_ids: list[str]) -> list[Session]:
         """The sessions with these ids (missing ones left out), in one query."""
+        session_ids = [session_id for session_id in session_ids if holdable(session_id)]
         if not session_ids:
             return []
         async with self.autocommit() as db:

@@ -131,6 +131,10 @@ async def test_violations_endpoint_shows_counts_and_times(api, services: Service
                                      "lastAt": "2026-01-01T00:00:09+00:00"}
     assert body["violations"][1]["count"] == 1
     assert (await api.get("/api/session/nope/violations")).status == 404
+    for bad in ("nope%00", f"{created['id']}%00"):  # a NUL PostgreSQL cannot compare: still no such session
+        for path in (f"/api/session/{bad}", f"/api/session/{bad}/violations", f"/api/session/{bad}/events"):
+            response = await api.get(path)
+            assert response.status == 404 and "no such session" in await response.text(), path
     await services.sessions.request_stop(created["id"])  # the stream ends with the session
     events = await (await api.get(f"/api/session/{created['id']}/events")).text()
     assert '"count": 20000' in events

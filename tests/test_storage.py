@@ -63,6 +63,15 @@ async def test_create_is_idempotent_by_trigger_key(services: Services) -> None:
     assert first.title == "fix the flaky retry test"
 
 
+async def test_an_id_no_row_can_hold_finds_nothing(services: Services) -> None:
+    """A NUL (PostgreSQL's text refuses it) or a lone surrogate in an id from a URL or a button is no session: None,
+    not a driver error."""
+    row, _ = await services.sessions.create(new(f"delivery:{uuid.uuid4()}"))
+    for bad in (f"{row.id}\x00", "\x00", f"{row.id[:-1]}\ud800"):
+        assert await services.sessions.get(bad) is None, repr(bad)
+        assert [found.id for found in await services.sessions.many([row.id, bad])] == [row.id]
+
+
 async def test_concurrent_duplicates_make_one_session(services: Services) -> None:
     key = f"delivery:{uuid.uuid4()}"
     results = await asyncio.gather(*(services.sessions.create(new(key)) for _ in range(8)))

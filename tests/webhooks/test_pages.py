@@ -265,7 +265,7 @@ async def test_a_form_that_is_not_text_is_a_400_page(web: Any, services: Service
 
 
 async def test_unknown_pages_are_an_html_404_and_the_api_keeps_json(web: Any) -> None:
-    for path in ("/nope", "/sessions/no-such-id", "/admin/x", "/static/missing.css"):
+    for path in ("/nope", "/sessions/no-such-id", "/sessions/no-such-id%00", "/admin/x", "/static/missing.css"):
         response = await web.get(path)
         assert response.status == 404 and response.content_type == "text/html", path
         assert "<h1>" in await response.text()
