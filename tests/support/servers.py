@@ -29,10 +29,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, *, up: bool, timeout: float = 20.0) -> None:
-    """Wait until the port accepts connections (up) or refuses them (not up)."""
+def wait_port(port: int, *, up: bool, timeout: float = 20.0, alive: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the port accepts connections (up) or refuses them (not up); stop early when the process
+    that should open it (alive) has exited."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (alive is None or alive.poll() is None):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 if up:
@@ -41,6 +42,8 @@ def wait_port(port: int, *, up: bool, timeout: float = 20.0) -> None:
             if not up:
                 return
         time.sleep(0.05)
+    if alive is not None and alive.poll() is not None:
+        raise TimeoutError(f"port {port} did not go up: its server exited")
     raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} within {timeout} s")
 
 
@@ -87,6 +90,14 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _has_cwd(proc: Path) -> bool:
+    try:
+        os.readlink(proc / "cwd")
+    except OSError:
+        return False
+    return True
+
+
 def _pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
@@ -124,9 +135,15 @@ class PostgresServer:
     def start(self) -> None:
         argv = [_pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.dir),
                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"]
-        self.proc = subprocess.Popen(self._wrap(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, up=True)
-        self._wait_ready()
+        log = self.dir / "server.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(self._wrap(argv), stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            wait_port(self.port, up=True, alive=self.proc)
+            self._wait_ready()
+        except TimeoutError as exc:  # say why: the server's own last words
+            tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+            raise TimeoutError(f"{exc}; exit code {self.proc.poll()}; its log ends:\n" + "\n".join(tail)) from None
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -150,6 +167,7 @@ class PostgresServer:
     def _kill_backends(self) -> None:
         """Backends outlive a SIGKILLed postmaster until they notice; kill those of this cluster."""
         pid_file = self.data / "postmaster.pid"
+        killed: list[Path] = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -162,6 +180,11 @@ class PostgresServer:
                     os.kill(int(proc.name), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                killed.append(proc)
+        # until each has exited (a zombie has no cwd left), a dying backend still holds the cluster's shared memory
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_has_cwd(proc) for proc in killed):
+            time.sleep(0.02)
         pid_file.unlink(missing_ok=True)
 
     def restart(self, down_for: float = 0.0) -> None:
