@@ -42,6 +42,18 @@ class RepoTarget:
     value: str
 
 
+def check_utf8(field: str, text: str) -> str:
+    """A terminal argument as given, unless it holds bytes that are not UTF-8: Python reads those into lone
+    surrogates (surrogateescape), which no database column stores and no git ref or URL means."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+        held = f"the byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
+        raise InputError(field, f"{field} is not UTF-8 text (it holds {held})") from None
+    return text
+
+
 def check_prompt(text: str | None) -> str:
     """The prompt without surrounding blanks; a blank one is refused."""
     prompt = (text or "").strip()

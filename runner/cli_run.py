@@ -15,7 +15,7 @@ from bot.progress import Progress, render_text
 from bot.repo_config import trigger_choice
 from bot.reporting import Channel, LocalChannel
 from bot.services import Services
-from bot.session_input import InputError, check_prompt, check_ref, parse_repo
+from bot.session_input import InputError, check_prompt, check_ref, check_utf8, parse_repo
 from bot.sessions import NewSession
 from bot.untrusted import one_line
 from runner import pipeline
@@ -51,6 +51,11 @@ class TerminalPrinter:
 
 def check_input(args: argparse.Namespace, cwd: Path) -> tuple[str, str, str | None, str | None]:
     """The repository (absolute path or URL), prompt, base and branch, checked as the API checks them."""
+    for field, option in (("repo", "repo"), ("model", "--model"), ("base", "--base"), ("branch", "--branch"),
+                          ("agent_command", "--command")):
+        if getattr(args, field, None):
+            check_utf8(option, getattr(args, field))
+    check_utf8("prompt", " ".join(args.prompt))
     target = parse_repo(args.repo, cwd)
     if target.kind == "github":
         raise InputError("repo", f"{args.repo} is neither an existing path nor a clone URL")

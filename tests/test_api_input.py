@@ -85,6 +85,22 @@ async def test_api_refuses_bad_input_with_the_cli_message(services: Services, ai
     assert code == 2 and said == answer["error"], (said, answer)
 
 
+@pytest.mark.parametrize("field", ["prompt", "model", "base", "branch", "agent_command", "repo"])
+async def test_cli_arguments_that_are_not_utf8_are_refused_by_name(services: Services, repo: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   field: str) -> None:
+    """A terminal argument of bytes that are not UTF-8 reaches Python as lone surrogates (surrogateescape), which
+    no database column stores: one sentence naming the argument, not a traceback from the insert."""
+    bad = b"caf\xe9".decode(errors="surrogateescape")
+    given: dict[str, Any] = {"repo": str(repo)}
+    given[field] = {"prompt": [f"fix {bad}"], "repo": f"{repo}/{bad}"}.get(field, bad)
+    before = [row.id for row in await services.sessions.recent(limit=1)]
+    code, said = await run_cli(services, capsys, **given)
+    name = {"agent_command": "--command", "base": "--base", "branch": "--branch", "model": "--model"}.get(field, field)
+    assert code == 2 and said == f"{name} is not UTF-8 text (it holds the byte 0xe9)", said
+    assert [row.id for row in await services.sessions.recent(limit=1)] == before
+
+
 async def test_api_accepts_a_real_repository_and_records_its_absolute_path(
         services: Services, aiohttp_client: Any, repo: Path) -> None:
     client = await client_with(services, aiohttp_client, "local")
