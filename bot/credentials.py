@@ -20,6 +20,13 @@ GITHUB = "github"  # the credentials of GitHub itself: the PAT whose identity au
 SETTING_SECRETS = {"AI_API_KEY": "ai"}
 
 
+def pasted_whole(value: str) -> bool:
+    """Whether a credential (already stripped) looks pasted as it is: no space, line break, control or invisible
+    character (a zero-width space, a BOM, a terminal escape, which copying from a page or a terminal brings along
+    and which the vendor would refuse, or which would break the header the key goes in)."""
+    return value.isprintable() and " " not in value
+
+
 def kinds_for(owner: str) -> tuple[str, ...]:
     """The kinds a credential owner takes: an agent a subscription or an API key, GitHub a PAT."""
     return ("github_pat",) if owner == GITHUB else PRIORITY

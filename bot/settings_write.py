@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config_file import config_path_set, dump_for_update, parse_for_update, splice_jsonc
+from bot.credentials import pasted_whole
 from bot.setting_types import HEX64, SettingsError, coerce
 from bot.settings import KEYS_BY_NAME, Settings, resolve, validate
 
@@ -88,6 +89,6 @@ def check_secret_setting(settings: Settings, name: str, value: Any) -> None:
     if settings.locked(name):
         raise SettingsError(name, f"is locked by the environment ({settings.sources[name][4:]})",
                             "Change the environment variable and restart")
-    if value is not None and (not isinstance(value, str) or any(ch.isspace() for ch in value.strip())
-                              or len(value) > 20_000):
-        raise SettingsError(name, "must be the key itself, as text without spaces", "Paste the key alone")
+    if value is not None and (not isinstance(value, str) or not pasted_whole(value.strip()) or len(value) > 20_000):
+        raise SettingsError(name, "must be the key itself, as text without spaces or invisible characters",
+                            "Paste the key alone")

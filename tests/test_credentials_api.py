@@ -57,6 +57,17 @@ async def test_kinds_belong_to_their_owner(client) -> None:  # type: ignore[no-u
     assert spaced.status == 400
 
 
+@pytest.mark.parametrize("value", ["sk-ant-\u200bpasted", "sk-ant-\u00a0pasted", "sk-ant-\x1b[0mpasted",
+                                   "sk-ant-\ufeffpasted", "sk-ant-\u2028pasted"])
+async def test_a_credential_with_invisible_characters_is_refused(client, with_github: Services,  # type: ignore[no-untyped-def]
+                                                                  value: str) -> None:
+    """A key pasted with a zero-width space, a no-break space, a terminal escape or a BOM would be stored and then
+    refused by the vendor (or break the header it goes in): refused up front, saying why."""
+    answer = await client.put("/api/credentials/claude", json={"kind": "api_key", "value": value})
+    assert answer.status == 400 and "invisible characters" in (await answer.json())["error"]
+    assert [c for c in await with_github.credentials.all_values() if c.value == value] == []
+
+
 async def test_an_environment_key_is_listed_as_locked_and_never_shown(client) -> None:  # type: ignore[no-untyped-def]
     await client.delete("/api/credentials/claude")  # the run's PostgreSQL database is shared: others store one
     answer = await client.get("/api/credentials/claude")

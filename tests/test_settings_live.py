@@ -72,6 +72,15 @@ async def test_put_refuses_a_broken_value_and_writes_nothing(api_in, tmp_path: P
     assert settings.AI_MODEL != "changed"
 
 
+@pytest.mark.parametrize("value", ["sk-ai one", "sk-ai-\u200bkey", "sk-ai-\x1b[0mkey", 42])
+async def test_a_secret_setting_must_be_the_key_alone(api_in, value: object) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api_in
+    answer = await client.put("/api/settings", json={"AI_API_KEY": value})
+    body = await answer.json()
+    assert answer.status == 400 and body["key"] == "AI_API_KEY" and "Paste the key alone" in body["error"], body
+    assert "invisible characters" in body["error"]
+
+
 async def test_unknown_and_environment_only_keys_say_what_they_are(api_in) -> None:  # type: ignore[no-untyped-def]
     client, _ = api_in
     unknown = await (await client.put("/api/settings", json={"SESSION_TIMOUT": 5})).json()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from bot.catalog import AGENT_SPECS, CATALOG
-from bot.credentials import GITHUB, SETTING_SECRETS
+from bot.credentials import GITHUB, SETTING_SECRETS, pasted_whole
 from bot.github import PatCheckError, check_pat
 from bot.services import Services
 from bot.setting_types import Key
@@ -234,8 +234,8 @@ async def store_credential(request: web.Request) -> web.Response:
     if kind not in kinds:
         raise PageError(400, f"Choose one of {', '.join(KIND_LABELS[k] for k in kinds)}.")
     value = fields.get("value", "").strip()
-    if not value or len(value) > 20_000 or any(ch.isspace() for ch in value):
-        raise PageError(400, "Paste the credential itself, without spaces or line breaks.")
+    if not value or len(value) > 20_000 or not pasted_whole(value):
+        raise PageError(400, "Paste the credential itself, without spaces, line breaks or invisible characters.")
     services = request.app[SERVICES]
     if kind == "github_pat":
         await pat_login(request, value)

@@ -85,6 +85,15 @@ async def test_a_changed_setting_is_written_and_applies_and_a_locked_or_invalid_
     assert services.settings.SANDBOX_MAX_PROCESSES == 512
 
 
+async def test_a_credential_with_invisible_or_control_characters_is_refused(settings_web: Any) -> None:
+    token = csrf_of(await page(settings_web, "/settings/credentials"))
+    for value in ("AIza-\u200bpasted", "AIza-pasted\x00", "AIza-\x1b[0mpasted", "AIza pasted", "AIza-\ufeffpasted"):
+        refused = await settings_web.post("/settings/credentials/gemini", allow_redirects=False,
+                                          data={"csrf": token, "kind": "api_key", "value": value})
+        assert refused.status == 400 and "invisible characters" in await refused.text(), repr(value)
+    assert await settings_web.services.credentials.get("gemini", "api_key") is None
+
+
 async def test_a_credential_is_stored_masked_and_removed_and_a_pat_shows_its_identity(settings_web: Any) -> None:
     services, fake = settings_web.services, settings_web.fake
     html = await page(settings_web, "/settings/credentials")

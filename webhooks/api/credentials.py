@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.catalog import CATALOG
-from bot.credentials import GITHUB, kinds_for
+from bot.credentials import GITHUB, kinds_for, pasted_whole
 from bot.github import PatCheckError, check_pat
 from bot.services import Services
 from webhooks.api.common import bad_request, read_json, text_field
@@ -51,8 +51,8 @@ async def put_credentials(request: web.Request) -> web.Response:
     if kind not in kinds_for(owner):
         raise bad_request(f"kind must be one of {', '.join(kinds_for(owner))} for {owner}")
     value = (text_field(body, "value", True, 20_000) or "").strip()
-    if not value or any(ch.isspace() for ch in value):
-        raise bad_request("value must be the credential itself, without spaces or line breaks")
+    if not value or not pasted_whole(value):
+        raise bad_request("value must be the credential itself, without spaces, line breaks or invisible characters")
     services: Services = request.app[SERVICES]
     extra: dict[str, Any] = {}
     if kind == "github_pat":
