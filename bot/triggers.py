@@ -28,6 +28,7 @@ _INVISIBLE = re.compile(
     "\U000e0000-\U000e007f"  # tag characters
     "\U000e0100-\U000e01ef"  # variation selectors supplement
     "\x00-\x08\x0b\x0c\x0e-\x1f\x7f"  # C0 controls except tab and newlines
+    "\ud800-\udfff"  # a lone surrogate (JSON can escape half a pair): no UTF-8 column stores it
     "]"
 )
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)

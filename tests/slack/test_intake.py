@@ -181,6 +181,22 @@ async def test_thread_follow_up_makes_a_child_on_the_same_branch(harness: SlackH
     assert grandchild.parent_id == child.id  # the thread's last session
 
 
+async def test_a_lone_surrogate_in_a_follow_up_is_dropped_like_an_invisible_character(harness: SlackHarness) -> None:
+    """Slack's JSON may escape half a UTF-16 pair; no column stores it, and the event was acked 200 before the
+    insert failed: the follow-up vanished with no reply. It is dropped like the other invisible characters."""
+    await harness.command("acme/widget fix it", user="U1ALICE")
+    [parent] = await sessions(harness)
+    await harness.services.sessions.set_branch(parent.id, "sesame/fix-it", "main")
+    event = harness.slack.mention_event("--agent command now add \ud800a test\udfff", channel=CHANNEL,
+                                        thread_ts=parent.report["ts"])
+    status, _ = await harness.event(event)
+    assert status == 200
+    [child] = [s for s in await sessions(harness) if s.parent_id == parent.id]
+    assert child.prompt == "now add a test"
+    [reply] = harness.slack.posted(CHANNEL, thread_ts=parent.report["ts"])
+    assert child.report["ts"] == reply.ts
+
+
 async def test_mention_outside_a_session_thread_gets_a_hint(harness: SlackHarness) -> None:
     event = harness.slack.mention_event("fix everything", channel=CHANNEL, thread_ts=None)
     await harness.event(event)
