@@ -91,6 +91,31 @@ async def test_a_lone_surrogate_is_400_and_records_nothing(hook: Hook) -> None:
     assert row.prompt == "fix \U0001f600 this"
 
 
+@pytest.mark.parametrize("path,value,said", [
+    (("issue", "number"), 10 ** 12, "issue.number is not a whole number from 1 to 2147483647"),
+    (("issue", "number"), "seven", "issue.number is not a whole number"),
+    (("issue", "number"), True, "issue.number is not a whole number"),
+    (("comment", "body"), ["@sesame", "fix"], "comment.body is not text"),
+    (("sender", "login"), 42, "sender.login is not text"),
+    (("repository", "full_name"), None, "repository.full_name is not text"),
+    (("installation", "id"), "5", "installation.id is not a whole number"),
+    (("issue",), "seven", "issue is not an object"),
+])
+async def test_a_delivery_of_another_shape_than_githubs_is_400_naming_the_field(
+        hook: Hook, path: tuple[str, ...], value: object, said: str) -> None:
+    """Well-formed JSON with a field of a type GitHub never sends there was a 500 from deep in a handler (or a
+    202 on SQLite and a 500 on PostgreSQL for a number its column cannot hold): a 400 that names the field."""
+    issue = hook.fake.add_issue(hook.repo, "Shapes", "")
+    payload = hook.fake.issue_comment_payload(hook.repo, issue.number, "@sesame --agent command fix it")
+    target = payload
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    response = await hook.send("issue_comment", payload)
+    assert response.status == 400 and said in await response.text()
+    assert await hook.sessions() == [] and hook.bot_comments(issue.number) == []
+
+
 async def test_body_over_25_mb_is_413(hook: Hook) -> None:
     headers, _ = hook.fake.delivery("issue_comment", {})
     response = await hook.client.post("/webhooks/github", data=b" " * (25 * 1024 * 1024 + 1), headers=headers)

@@ -54,6 +54,44 @@ def _refuse_lone_surrogates(data: Any) -> None:
     raise web.HTTPBadRequest(text=f"{LONE_SURROGATE}\n")
 
 
+INT32 = 2**31 - 1  # PostgreSQL's integer: sessions.issue_number and pr_number
+# The fields the handlers read, where present, with the kind of value GitHub sends: "text" (a string), "body"
+# (a string or null), "id" (a whole number, not a boolean), "number" (one from 1 to INT32). Absent fields are the
+# handlers' to judge, as before.
+SHAPE: tuple[tuple[str, str, str], ...] = (
+    ("repository", "full_name", "text"), ("sender", "login", "text"), ("installation", "id", "id"),
+    ("issue", "number", "number"), ("issue", "title", "text"), ("issue", "body", "body"),
+    ("pull_request", "number", "number"), ("pull_request", "body", "body"),
+    ("comment", "id", "id"), ("comment", "body", "body"), ("review", "id", "id"), ("review", "body", "body"),
+)
+KIND_WORDS = {"text": "text", "body": "text", "id": "a whole number", "number": f"a whole number from 1 to {INT32}"}
+
+
+def shape_problem(data: dict[str, Any]) -> str | None:
+    """What in a delivery is of another kind than GitHub sends there ("issue.number is not a whole number..."),
+    or None. Such a delivery used to fail deep in a handler (a 500 and a traceback), or, for a number beyond
+    PostgreSQL's integer, be recorded on SQLite and fail on PostgreSQL."""
+    for parent, name, kind in SHAPE:
+        outer = data.get(parent)
+        if outer is None:
+            continue
+        if not isinstance(outer, dict):
+            return f"{parent} is not an object"
+        if name not in outer:
+            continue
+        value = outer[name]
+        if kind == "text":
+            fits = isinstance(value, str)
+        elif kind == "body":
+            fits = value is None or isinstance(value, str)
+        else:
+            fits = isinstance(value, int) and not isinstance(value, bool) and (
+                kind == "id" or 1 <= value <= INT32)
+        if not fits:
+            return f"{parent}.{name} is not {KIND_WORDS[kind]}"
+    return None
+
+
 # Each byte as "0" when it is a digit, else " ": a run of LONG_NUMBER digits in the body is found with `in`.
 DIGITS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
 LONG_NUMBER = b"0" * 19  # an integer orjson reads as a float (beyond int64 below zero, uint64 above) has as many
@@ -98,6 +136,9 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"msg": "pong"})
     if not isinstance(event.data, dict):
         raise web.HTTPBadRequest(text="a delivery body is a JSON object\n")
+    problem = shape_problem(event.data)
+    if problem is not None:
+        raise web.HTTPBadRequest(text=f"the delivery's {problem}, where GitHub sends one\n")
     intake = Intake(services, request.app[QUEUE], event)
     if await dispatch(event, intake):
         if not (await services.database_health())["ok"]:  # kept, and recorded when the database returns
@@ -119,7 +160,7 @@ async def process_kept(app: web.Application, headers: dict[str, str], body: byte
     except web.HTTPException:
         log.warning("a spooled delivery no longer verifies; dropped")
         return True
-    if not isinstance(event.data, dict):
+    if not isinstance(event.data, dict) or shape_problem(event.data) is not None:
         return True
     intake = Intake(services, app[QUEUE], event)
     if await dispatch(event, intake):
