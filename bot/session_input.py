@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.catalog import display_name
+from bot.setting_types import not_utf8
 from bot.settings import API_REPO_POLICIES, Settings
 from bot.triggers import is_safe_ref
 
@@ -45,12 +46,9 @@ class RepoTarget:
 def check_utf8(field: str, text: str) -> str:
     """A terminal argument as given, unless it holds bytes that are not UTF-8: Python reads those into lone
     surrogates (surrogateescape), which no database column stores and no git ref or URL means."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
-        held = f"the byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
-        raise InputError(field, f"{field} is not UTF-8 text (it holds {held})") from None
+    held = not_utf8(text)
+    if held is not None:
+        raise InputError(field, f"{field} is not UTF-8 text (it holds {held})")
     return text
 
 

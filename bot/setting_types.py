@@ -90,10 +90,24 @@ def check(key: Key, value: Any) -> Any:
     return value
 
 
+def not_utf8(text: str) -> str | None:
+    """What in `text` no UTF-8 encoder writes: "the byte 0xe9" for a byte that was not UTF-8 (read by Python as a
+    lone surrogate: os.environ and argv use surrogateescape), "a lone surrogate" for half a UTF-16 pair; else None."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        return f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+    return None
+
+
 def convert(key: Key, value: Any) -> Any:
     """Turn a raw env/config value into the key's type or raise SettingsError."""
     if value is None:
         return None
+    if isinstance(value, str) and (held := not_utf8(value)) is not None:
+        raise SettingsError(key.name, f"is not UTF-8 text (it holds {held})",
+                            "Write the value in UTF-8 (a terminal or file in another encoding gave these bytes)")
     if key.kind == "bool":
         if isinstance(value, bool):
             return value

@@ -138,6 +138,18 @@ def test_startup_errors_name_the_key(tmp_path: Path, env: dict[str, str], key: s
     assert info.value.fix
 
 
+@pytest.mark.parametrize("key,raw", [("GITHUB_APP_SLUG", b"se\xffsame"), ("AI_MODEL", b"gpt-\xe9"),
+                                     ("SANDBOX_ALLOWED_DOMAINS", b"pypi.org,caf\xe9.example"),
+                                     ("BASE_URL", b"https://caf\xe9.test")])
+def test_an_environment_value_that_is_not_utf8_is_a_startup_error(tmp_path: Path, key: str, raw: bytes) -> None:
+    """os.environ reads bytes that are not UTF-8 as lone surrogates: a slug that then never matches a mention, a
+    model name no API takes. One error naming the key and the byte, at start-up."""
+    with pytest.raises(SettingsError) as info:
+        load(tmp_path, {key: raw.decode(errors="surrogateescape")})
+    assert info.value.key == key and "is not UTF-8 text (it holds the byte 0x" in str(info.value), str(info.value)
+    assert info.value.fix
+
+
 def test_embedded_default_generates_a_private_key_file(tmp_path: Path) -> None:
     settings = load_settings(env={"SESAME_DATA_DIR": str(tmp_path / "d")}, cwd=tmp_path)
     warnings: list[str] = []
