@@ -38,6 +38,7 @@ from bot.admission import AtLimitError, account_of, like_prefix, lock_key
 from bot.db import rows_affected
 from bot.intake_store import IntakeStore, Lookup, Parent, column_types
 from bot.models import Session, SessionEvent, State, Violation, WebhookDelivery, new_id, utcnow
+from bot.setting_types import not_utf8
 from bot.violation_counts import CountedViolation, merge_counts, upsert_violations, violation_event
 from bot.violation_counts import ViolationCount as ViolationCount
 
@@ -156,13 +157,7 @@ class NewSession:
 def holdable(text: str) -> bool:
     """Whether a text column can hold text: PostgreSQL's refuses NUL, and no UTF-8 encoder writes a lone surrogate
     (which JSON can escape). A key that fails this names no row."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    return "\x00" not in text and not_utf8(text) is None
 
 
 class SessionInUse(Exception):

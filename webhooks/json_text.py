@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bot.setting_types import not_utf8
+
 LONE_SURROGATE = "the body escapes a lone surrogate (half a UTF-16 pair, such as \\ud800), which is not text"
 
 
 def is_text(data: Any) -> bool:
     """False when a string (a key or a value) of a document json read holds a lone surrogate. RecursionError
     where it is nested deeper than the encoder recurses."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not_utf8(json.dumps(data, ensure_ascii=False)) is None
