@@ -40,6 +40,8 @@ async def start(api: Any, prompt: str, **extra: Any) -> dict[str, Any]:
     # a cursor naming a lone surrogate as its last id, and one nested deeper than json decodes (500s before)
     pytest.param("?cursor=" + base64.urlsafe_b64encode(b'["2026-01-01T00:00:00", "\\ud800"]').decode(), ["cursor"],
                  id="cursor-lone-surrogate"),
+    pytest.param("?cursor=" + base64.urlsafe_b64encode(b'["2026-01-01T00:00:00", "a\\u0000b"]').decode(), ["cursor"],
+                 id="cursor-nul"),
     pytest.param("?cursor=" + base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode(), ["cursor"],
                  id="cursor-too-deep"),
 ])

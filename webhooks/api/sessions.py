@@ -18,7 +18,7 @@ from bot.models import Session, State, Violation
 from bot.repo_config import follow_up_choice, trigger_choice
 from bot.services import Services
 from bot.session_input import InputError, check_model, check_prompt, check_ref, request_digest, resolve_repo
-from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc
+from bot.sessions import SOURCES, NewSession, SessionInUse, as_utc, holdable
 from bot.triggers import MAX_BEST_OF
 from webhooks.api.common import (
     MAX_MODEL,
@@ -96,7 +96,8 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         at, last_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         moment = datetime.fromisoformat(at)
-        str(last_id).encode()  # UnicodeEncodeError for a lone surrogate, which no query can carry
+        if not holdable(str(last_id)):  # a NUL or a lone surrogate, which no query can carry
+            raise ValueError(last_id)
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), str(last_id)
     except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: nested too deep
         raise bad_request("cursor is not one this server gave out: take it from the last page's `cursor`") from None
